@@ -1,0 +1,34 @@
+// f32 -> f16 packing for adapters without SHADER_F16: halves [start, start + n) of dst (u32 words,
+// two f16 each, low half first) take src[0 .. n); the other half of a boundary word is kept.
+// src: [n] f32; dst: [words] u32.
+
+override WG: u32 = 256u;
+
+struct Params {
+    start: u32,
+    n: u32,
+    first_word: u32,
+    words: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> src: array<f32>;
+@group(0) @binding(2) var<storage, read_write> dst: array<u32>;
+
+@compute @workgroup_size(WG)
+fn pack_f16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+    let g = (wg.x + nwg.x * (wg.y + nwg.y * wg.z)) * WG + lid;
+    if (g >= p.words) {
+        return;
+    }
+    let w = p.first_word + g;
+    var pair = unpack2x16float(dst[w]);
+    for (var h = 0u; h < 2u; h++) {
+        let idx = 2u * w + h;
+        if (idx >= p.start && idx < p.start + p.n) {
+            pair[h] = src[idx - p.start];
+        }
+    }
+    dst[w] = pack2x16float(pair);
+}

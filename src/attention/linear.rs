@@ -1,0 +1,293 @@
+//! Kernelized linear attention on the GPU (Katharopoulos et al. 2020, *Transformers are RNNs*,
+//! arXiv 2006.16236, eqs. 4-6 and 16-20).
+//!
+//! Non-causal: `O_i = φ(Q_i)ᵀ S / (φ(Q_i)ᵀ z + ε)` with `S = Σ_j φ(K_j) V_jᵀ`, `z = Σ_j φ(K_j)`.
+//! Causal: the sums run over `j ≤ i`, computed in the chunked parallel form: per chunk of rows,
+//! a masked intra-chunk product plus the prefix state of all earlier chunks, so the work is
+//! spread over L rather than one sequential loop per head. Any L; the last chunk is ragged.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::FeatureMap;
+use crate::cast::record_pack_f16;
+use crate::pipeline::Storage;
+use crate::schedule::{rows_per_pass, scratch, Bind, Schedule};
+use crate::{Context, Element, Error, Result, Tensor};
+
+/// Options for [`linear_attention`] and the CPU reference
+/// [`crate::reference::attention::linear_attention`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LinearAttentionOptions {
+    /// φ, applied to Q and K.
+    pub feature_map: FeatureMap,
+    /// Sum over `j ≤ i` only.
+    pub causal: bool,
+    /// Added to the denominator (default 1e-6).
+    pub eps: f32,
+    /// Divide by `φ(Q_i)ᵀ z + ε` (default true). Off, the output is the numerator alone.
+    pub denominator: bool,
+}
+
+impl Default for LinearAttentionOptions {
+    fn default() -> Self {
+        Self {
+            feature_map: FeatureMap::Elu1,
+            causal: false,
+            eps: 1e-6,
+            denominator: true,
+        }
+    }
+}
+
+/// Sizes of one attention call: `rows` = product of the leading dims (B·H).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttnDims {
+    pub rows: usize,
+    pub len: usize,
+    pub dk: usize,
+    pub dv: usize,
+    /// Shape of the output: q's leading dims, then [L, Dv].
+    pub out_shape: Vec<usize>,
+}
+
+/// Checks `q, k: [.., L, Dk]`, `v: [.., L, Dv]` (rank 3 `[H, L, D]` or 4 `[B, H, L, D]`) and
+/// returns the sizes. Every dim must be at least 1.
+pub fn check_shapes(op: &'static str, q: &[usize], k: &[usize], v: &[usize]) -> Result<AttnDims> {
+    if !(q.len() == 3 || q.len() == 4) {
+        return Err(Error::Shape {
+            op,
+            name: "q",
+            expected: "[H, L, Dk] or [B, H, L, Dk]".into(),
+            got: q.to_vec(),
+        });
+    }
+    if q.contains(&0) {
+        return Err(Error::Shape {
+            op,
+            name: "q",
+            expected: "every dim >= 1".into(),
+            got: q.to_vec(),
+        });
+    }
+    if k != q {
+        return Err(Error::Shape {
+            op,
+            name: "k",
+            expected: format!("{q:?} (the shape of q)"),
+            got: k.to_vec(),
+        });
+    }
+    let r = q.len();
+    if v.len() != r || v[..r - 1] != q[..r - 1] || v[r - 1] == 0 {
+        return Err(Error::Shape {
+            op,
+            name: "v",
+            expected: format!("{:?} + [Dv >= 1] (q's leading dims and L)", &q[..r - 1]),
+            got: v.to_vec(),
+        });
+    }
+    let mut out_shape = q.to_vec();
+    out_shape[r - 1] = v[r - 1];
+    Ok(AttnDims {
+        rows: q[..r - 2].iter().product(),
+        len: q[r - 2],
+        dk: q[r - 1],
+        dv: v[r - 1],
+        out_shape,
+    })
+}
+
+pub(crate) fn check_options(op: &'static str, opts: &LinearAttentionOptions) -> Result<()> {
+    if !(opts.eps.is_finite() && opts.eps >= 0.0) {
+        return Err(Error::InvalidArgument {
+            op,
+            name: "eps",
+            reason: format!("{} is not a finite number >= 0", opts.eps),
+        });
+    }
+    Ok(())
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    rows: u32,
+    len: u32,
+    dk: u32,
+    dv: u32,
+    n_chunks: u32,
+    flags: u32,
+    eps: f32,
+    q_off: u32,
+    k_off: u32,
+    v_off: u32,
+    o_off: u32,
+    total: u32,
+}
+
+/// Rows per chunk: the largest of 64, 32, 16, 8 whose score tile (C² f32) and denominators fit
+/// the device's workgroup memory.
+pub(crate) fn chunk_len(ctx: &Context) -> u32 {
+    let mem = ctx.limits().max_compute_workgroup_storage_size as u64;
+    [64u64, 32, 16, 8]
+        .into_iter()
+        .find(|c| (c * c + c) * 4 <= mem)
+        .unwrap_or(4) as u32
+}
+
+pub(crate) fn workgroup_size(ctx: &Context) -> u32 {
+    256.min(ctx.limits().max_compute_invocations_per_workgroup)
+        .min(ctx.limits().max_compute_workgroup_size_x)
+}
+
+const OP: &str = "linear_attention";
+
+/// Linear attention: `q, k: [B, H, L, Dk]` (or `[H, L, Dk]`), `v: [.., L, Dv]` -> `o: [.., L, Dv]`
+/// in the inputs' dtype. f16 tensors are stored as f16; all arithmetic and state is f32.
+///
+/// NaN in an input reaches exactly the outputs that depend on it. Errors: [`Error::Shape`] for
+/// mismatched shapes, [`Error::InvalidArgument`] for a bad ε, [`Error::TooLarge`] when one
+/// (batch, head) row does not fit a storage binding.
+pub fn linear_attention<T: Element>(
+    ctx: &Context,
+    q: &Tensor<T>,
+    k: &Tensor<T>,
+    v: &Tensor<T>,
+    opts: &LinearAttentionOptions,
+) -> Result<Tensor<T>> {
+    let dims = check_shapes(OP, q.shape(), k.shape(), v.shape())?;
+    let out = Tensor::empty(ctx, &dims.out_shape)?;
+    linear_attention_into(ctx, q, k, v, &out, opts)?;
+    Ok(out)
+}
+
+/// [`linear_attention`] writing into an existing `out: [.., L, Dv]`, one submission.
+pub fn linear_attention_into<T: Element>(
+    ctx: &Context,
+    q: &Tensor<T>,
+    k: &Tensor<T>,
+    v: &Tensor<T>,
+    out: &Tensor<T>,
+    opts: &LinearAttentionOptions,
+) -> Result<()> {
+    crate::error_scope(ctx, || {
+        let mut s = Schedule::new(ctx);
+        record_linear_attention(&mut s, q, k, v, out, opts)?;
+        s.submit();
+        Ok(())
+    })
+}
+
+/// Records linear attention into a [`Schedule`] (for chaining ops in one submission).
+pub fn record_linear_attention<T: Element>(
+    s: &mut Schedule<'_>,
+    q: &Tensor<T>,
+    k: &Tensor<T>,
+    v: &Tensor<T>,
+    out: &Tensor<T>,
+    opts: &LinearAttentionOptions,
+) -> Result<()> {
+    let ctx = s.context();
+    let d = check_shapes(OP, q.shape(), k.shape(), v.shape())?;
+    check_options(OP, opts)?;
+    if out.shape() != d.out_shape.as_slice() {
+        return Err(Error::Shape {
+            op: OP,
+            name: "out",
+            expected: format!("{:?}", d.out_shape),
+            got: out.shape().to_vec(),
+        });
+    }
+    for (name, t) in [("q", q), ("k", k), ("v", v)] {
+        if t.buffer() == out.buffer() {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                name: "out",
+                reason: format!("aliases input `{name}`"),
+            });
+        }
+    }
+    let storage = Storage::for_dtype(ctx, T::DTYPE);
+    let chunk = chunk_len(ctx);
+    let wg = workgroup_size(ctx);
+    let (len, dk, dv) = (d.len as u64, d.dk as u64, d.dv as u64);
+    let n_chunks = len.div_ceil(chunk as u64);
+    let width = dk * dv + dk;
+    let es = size_of::<T>() as u64;
+    let ob = storage.out_elem_bytes();
+    let per = rows_per_pass(
+        ctx,
+        OP,
+        &[
+            ("q", len * dk * es),
+            ("v", len * dv * es),
+            ("o", len * dv * ob),
+            ("state", n_chunks * width * 4),
+        ],
+        d.rows,
+    )?;
+    let consts = [
+        ("FMAP", opts.feature_map.shader_id()),
+        ("WG", wg),
+        ("CHUNK", chunk),
+    ];
+    let pl = |entry| {
+        ctx.pipelines
+            .get(ctx, "linear_attention", entry, storage, &consts)
+    };
+    let (p_state, p_scan, p_apply) = (pl("chunk_state")?, pl("scan_chunks")?, pl("chunk_apply")?);
+    let rows_max = per.min(d.rows) as u64;
+    let state = scratch(ctx, rows_max * n_chunks * width * 4);
+    let packed_out = (storage == Storage::F16Packed).then(|| scratch(ctx, rows_max * len * dv * 4));
+    let flags = opts.causal as u32 | (opts.denominator as u32) << 1;
+
+    let mut r0 = 0u64;
+    while r0 < d.rows as u64 {
+        let nr = (per as u64).min(d.rows as u64 - r0);
+        let (bq, q_off) = Bind::elems(ctx, 1, q.buffer(), es, r0 * len * dk, nr * len * dk);
+        let (bk, k_off) = Bind::elems(ctx, 2, k.buffer(), es, r0 * len * dk, nr * len * dk);
+        let (bv, v_off) = Bind::elems(ctx, 3, v.buffer(), es, r0 * len * dv, nr * len * dv);
+        let bs = Bind {
+            slot: 4,
+            buffer: &state,
+            offset: 0,
+            size: nr * n_chunks * width * 4,
+        };
+        let (bo, o_off) = match &packed_out {
+            Some(buf) => (
+                Bind {
+                    slot: 5,
+                    buffer: buf,
+                    offset: 0,
+                    size: nr * len * dv * 4,
+                },
+                0,
+            ),
+            None => Bind::elems(ctx, 5, out.buffer(), es, r0 * len * dv, nr * len * dv),
+        };
+        let mut prm = Params {
+            rows: nr as u32,
+            len: len as u32,
+            dk: dk as u32,
+            dv: dv as u32,
+            n_chunks: n_chunks as u32,
+            flags,
+            eps: opts.eps,
+            q_off,
+            k_off,
+            v_off,
+            o_off,
+            total: (nr * n_chunks) as u32,
+        };
+        s.dispatch(&p_state, &prm, &[bk, bv, bs], nr * n_chunks)?;
+        prm.total = (nr * width) as u32;
+        s.dispatch(&p_scan, &prm, &[bs], (nr * width).div_ceil(wg as u64))?;
+        prm.total = (nr * n_chunks) as u32;
+        s.dispatch(&p_apply, &prm, &[bq, bk, bv, bs, bo], nr * n_chunks)?;
+        if let Some(buf) = &packed_out {
+            record_pack_f16(s, buf, out.buffer(), r0 * len * dv, nr * len * dv)?;
+        }
+        r0 += nr;
+    }
+    Ok(())
+}

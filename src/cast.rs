@@ -1,0 +1,48 @@
+//! Packing f32 results into f16 tensors on adapters without SHADER_F16.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::pipeline::Storage;
+use crate::schedule::{Bind, Schedule};
+use crate::Result;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct PackParams {
+    start: u32,
+    n: u32,
+    first_word: u32,
+    words: u32,
+}
+
+/// Records `dst[first .. first + n] = f16(src[0 .. n])`, where `dst` holds f16 pairs in u32 words.
+pub(crate) fn record_pack_f16(
+    s: &mut Schedule<'_>,
+    src: &wgpu::Buffer,
+    dst: &wgpu::Buffer,
+    first: u64,
+    n: u64,
+) -> Result<()> {
+    let ctx = s.context();
+    let wg = crate::attention::linear::workgroup_size(ctx);
+    let p = ctx
+        .pipelines
+        .get(ctx, "cast", "pack_f16", Storage::F32, &[("WG", wg)])?;
+    let (bd, start) = Bind::elems(ctx, 2, dst, 2, first, n);
+    let start = start as u64;
+    let first_word = start / 2;
+    let words = (start + n).div_ceil(2) - first_word;
+    let prm = PackParams {
+        start: start as u32,
+        n: n as u32,
+        first_word: first_word as u32,
+        words: words as u32,
+    };
+    let bs = Bind {
+        slot: 1,
+        buffer: src,
+        offset: 0,
+        size: n * 4,
+    };
+    s.dispatch(&p, &prm, &[bs, bd], words.div_ceil(wg as u64))
+}

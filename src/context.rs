@@ -1,0 +1,221 @@
+//! Adapter choice, device, queue, features and limits.
+
+use crate::pipeline::PipelineCache;
+use crate::{Error, Result};
+
+/// How to build a [`Context`].
+#[derive(Clone, Debug)]
+pub struct ContextOptions {
+    /// Case-insensitive substring of the adapter name to use. `None` reads `LONGSEQ_ADAPTER`;
+    /// when that is unset too, a hardware GPU is preferred over a software adapter.
+    pub adapter: Option<String>,
+    /// Request `SHADER_F16` when the adapter has it (default true). When false, f16 tensors are
+    /// read as packed `u32` words with `unpack2x16float`, the path for adapters without f16.
+    pub shader_f16: bool,
+    /// Cap on the storage-binding size, in bytes, below the adapter's. Ops split their work to fit
+    /// whatever the device allows; a small cap makes that splitting testable.
+    pub max_storage_binding_size: Option<u64>,
+}
+
+impl Default for ContextOptions {
+    fn default() -> Self {
+        Self {
+            adapter: None,
+            shader_f16: true,
+            max_storage_binding_size: None,
+        }
+    }
+}
+
+/// A device and queue plus what the ops need to know about them. Cheap to share by reference;
+/// `Send + Sync`.
+pub struct Context {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    f16: bool,
+    limits: wgpu::Limits,
+    pub(crate) pipelines: PipelineCache,
+}
+
+fn type_rank(t: wgpu::DeviceType) -> u32 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    }
+}
+
+fn backend_rank(b: wgpu::Backend) -> u32 {
+    match b {
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 0,
+        wgpu::Backend::BrowserWebGpu => 1,
+        _ => 2,
+    }
+}
+
+impl Context {
+    /// Picks an adapter with [`ContextOptions::default`] and opens a device (blocking).
+    pub fn new() -> Result<Self> {
+        Self::with_options(&ContextOptions::default())
+    }
+
+    /// Blocking form of [`Context::new_async`].
+    pub fn with_options(opts: &ContextOptions) -> Result<Self> {
+        pollster::block_on(Self::new_async(opts))
+    }
+
+    /// Picks an adapter, then requests a device with `SHADER_F16` (when present and wanted) and
+    /// the limits the ops use, raised to the adapter's: buffer and storage-binding size,
+    /// workgroup storage, invocations per workgroup.
+    pub async fn new_async(opts: &ContextOptions) -> Result<Self> {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let wanted = opts
+            .adapter
+            .clone()
+            .or_else(|| std::env::var("LONGSEQ_ADAPTER").ok())
+            .filter(|s| !s.is_empty());
+        let mut adapters: Vec<wgpu::Adapter> = instance
+            .enumerate_adapters(wgpu::Backends::all())
+            .await
+            .into_iter()
+            .filter(|a| {
+                a.get_downlevel_capabilities()
+                    .flags
+                    .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+            })
+            .collect();
+        if adapters.is_empty() {
+            return Err(Error::NoAdapter {
+                detail: String::new(),
+            });
+        }
+        let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+        if let Some(w) = &wanted {
+            let w = w.to_lowercase();
+            adapters.retain(|a| a.get_info().name.to_lowercase().contains(&w));
+            if adapters.is_empty() {
+                return Err(Error::NoAdapter {
+                    detail: format!(" matching LONGSEQ_ADAPTER={w:?} (available: {names:?})"),
+                });
+            }
+        }
+        adapters.sort_by_key(|a| {
+            let i = a.get_info();
+            (type_rank(i.device_type), backend_rank(i.backend))
+        });
+        let adapter = adapters.swap_remove(0);
+        let info = adapter.get_info();
+        let f16 = opts.shader_f16 && adapter.features().contains(wgpu::Features::SHADER_F16);
+        let al = adapter.limits();
+        let mut limits = wgpu::Limits::default().or_worse_values_from(&al);
+        limits.max_buffer_size = al.max_buffer_size;
+        limits.max_storage_buffer_binding_size = al.max_storage_buffer_binding_size;
+        if let Some(cap) = opts.max_storage_binding_size {
+            limits.max_storage_buffer_binding_size =
+                limits.max_storage_buffer_binding_size.min(cap);
+        }
+        limits.max_compute_workgroup_storage_size = al.max_compute_workgroup_storage_size;
+        limits.max_compute_invocations_per_workgroup = al.max_compute_invocations_per_workgroup;
+        limits.max_compute_workgroup_size_x = al.max_compute_workgroup_size_x;
+        let required_features = if f16 {
+            wgpu::Features::SHADER_F16
+        } else {
+            wgpu::Features::empty()
+        };
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("longseq"),
+                required_features,
+                required_limits: limits,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::RequestDevice {
+                adapter: info.name.clone(),
+                message: e.to_string(),
+            })?;
+        Ok(Self::from_device(device, queue, info))
+    }
+
+    /// Wraps an application's own device and queue. f16 storage uses native `f16` when the
+    /// device was created with `SHADER_F16`, packed words otherwise; limits are read from the device.
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo) -> Self {
+        let f16 = device.features().contains(wgpu::Features::SHADER_F16);
+        let limits = device.limits();
+        Self {
+            device,
+            queue,
+            info,
+            f16,
+            limits,
+            pipelines: PipelineCache::default(),
+        }
+    }
+
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.info
+    }
+    /// Whether shaders use native `f16` (SHADER_F16 enabled) for f16 tensors.
+    pub fn shader_f16(&self) -> bool {
+        self.f16
+    }
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
+    /// Blocks until all submitted work is done.
+    pub fn wait(&self) -> Result<()> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| Error::Device(e.to_string()))
+    }
+
+    /// A few lines for `longseq info`: adapter, backend, type, f16 and the limits that matter.
+    pub fn describe(&self) -> String {
+        let i = &self.info;
+        let l = &self.limits;
+        format!(
+            "adapter: {} ({:?}, {:?}, driver {} {})\n\
+             shader f16: {}\n\
+             max storage binding: {} bytes\n\
+             max buffer: {} bytes\n\
+             max workgroup storage: {} bytes\n\
+             max invocations per workgroup: {}\n\
+             max workgroups per dimension: {}\n\
+             storage offset alignment: {} bytes",
+            i.name,
+            i.backend,
+            i.device_type,
+            i.driver,
+            i.driver_info,
+            if self.f16 {
+                "yes"
+            } else {
+                "no (packed u32 path)"
+            },
+            l.max_storage_buffer_binding_size,
+            l.max_buffer_size,
+            l.max_compute_workgroup_storage_size,
+            l.max_compute_invocations_per_workgroup,
+            l.max_compute_workgroups_per_dimension,
+            l.min_storage_buffer_offset_alignment,
+        )
+    }
+
+    /// One line: adapter name, backend, device type.
+    pub fn adapter_line(&self) -> String {
+        let i = &self.info;
+        format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type)
+    }
+}

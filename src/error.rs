@@ -1,0 +1,70 @@
+//! One error type for the whole crate.
+
+/// Everything that can go wrong in longseq. Bad input is reported here, never by a panic.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No adapter could be found (or none matched `LONGSEQ_ADAPTER`).
+    #[error("no GPU adapter found{detail}; for a software adapter install lavapipe (Debian/Ubuntu: `apt-get install mesa-vulkan-drivers`)")]
+    NoAdapter { detail: String },
+    /// The adapter refused the device request.
+    #[error("adapter `{adapter}` refused the device request: {message}")]
+    RequestDevice { adapter: String, message: String },
+    /// A tensor has the wrong shape for an op.
+    #[error("{op}: `{name}` has shape {got:?}, expected {expected}")]
+    Shape {
+        op: &'static str,
+        name: &'static str,
+        expected: String,
+        got: Vec<usize>,
+    },
+    /// A host slice does not hold as many elements as the shape says.
+    #[error("tensor data has {got} elements but shape {shape:?} needs {expected}")]
+    DataLength {
+        shape: Vec<usize>,
+        expected: usize,
+        got: usize,
+    },
+    /// An option or argument is out of its valid range.
+    #[error("{op}: invalid `{name}`: {reason}")]
+    InvalidArgument {
+        op: &'static str,
+        name: &'static str,
+        reason: String,
+    },
+    /// A tensor holds a dtype this op or file does not take.
+    #[error("{op}: `{name}` has dtype {got}, expected {expected}")]
+    Dtype {
+        op: &'static str,
+        name: String,
+        expected: String,
+        got: String,
+    },
+    /// NaN found where the NaN policy forbids it.
+    #[error("{op}: `{name}` holds NaN at flat index {index} (NaN policy: error)")]
+    NaN {
+        op: &'static str,
+        name: String,
+        index: usize,
+    },
+    /// One slice of the work does not fit the device's storage-binding limit even after splitting.
+    #[error("{op}: {what} needs {needed} bytes in one storage binding; the device allows {limit}")]
+    TooLarge {
+        op: &'static str,
+        what: String,
+        needed: u64,
+        limit: u64,
+    },
+    /// WGSL failed to parse, validate or build into a pipeline.
+    #[error("shader `{shader}` (entry `{entry}`) failed to compile: {message}")]
+    Shader {
+        shader: String,
+        entry: String,
+        message: String,
+    },
+    /// The device reported an error (out of memory, lost device, failed map).
+    #[error("device error: {0}")]
+    Device(String),
+}
+
+/// `Result` with [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;

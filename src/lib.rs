@@ -1,0 +1,61 @@
+//! # longseq
+//!
+//! Sub-quadratic sequence kernels as hand-written WGSL compute shaders, dispatched through wgpu on
+//! any adapter (Vulkan, Metal, DX12, WebGPU; lavapipe on the CPU), each checked by a plain-Rust
+//! CPU reference with f64 accumulation in [`reference`].
+//!
+//! ```no_run
+//! use longseq::{attention::{linear_attention, FeatureMap, LinearAttentionOptions}, Context, Tensor};
+//! # fn main() -> longseq::Result<()> {
+//! let ctx = Context::new()?; // LONGSEQ_ADAPTER=substring picks an adapter by name
+//! let (h, l, d) = (2, 100, 16);
+//! let x: Vec<f32> = (0..h * l * d).map(|i| (i as f32 * 0.37).sin()).collect();
+//! let q = Tensor::from_slice(&ctx, &x, &[h, l, d])?; // q: [H, L, Dk] or [B, H, L, Dk]
+//! let opts = LinearAttentionOptions { feature_map: FeatureMap::Elu1, causal: true, ..Default::default() };
+//! let o = linear_attention(&ctx, &q, &q, &q, &opts)?; // o: [H, L, Dv]
+//! let host: Vec<f32> = o.to_vec(&ctx)?;
+//! # Ok(()) }
+//! ```
+
+pub mod attention;
+mod cast;
+pub mod context;
+pub mod dtype;
+pub mod error;
+mod pipeline;
+pub mod reference;
+pub mod schedule;
+pub mod tensor;
+
+pub use context::{Context, ContextOptions};
+pub use dtype::{DType, Element};
+pub use error::{Error, Result};
+pub use schedule::Schedule;
+pub use tensor::Tensor;
+
+/// Runs `f` inside validation and out-of-memory error scopes, so a device-side failure becomes
+/// an [`Error::Device`] instead of wgpu's default panic.
+pub(crate) fn error_scope<R>(ctx: &Context, f: impl FnOnce() -> Result<R>) -> Result<R> {
+    let oom = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+    let val = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let r = f();
+    let e1 = pollster::block_on(val.pop());
+    let e2 = pollster::block_on(oom.pop());
+    let r = r?;
+    match e1.or(e2) {
+        Some(e) => Err(Error::Device(e.to_string())),
+        None => Ok(r),
+    }
+}
+
+/// Returns [`Error::NaN`] at the first NaN in `data` (for callers whose NaN policy is "error").
+pub fn check_no_nan<T: Element>(op: &'static str, name: &str, data: &[T]) -> Result<()> {
+    match data.iter().position(|x| x.to_f64().is_nan()) {
+        Some(index) => Err(Error::NaN {
+            op,
+            name: name.into(),
+            index,
+        }),
+        None => Ok(()),
+    }
+}

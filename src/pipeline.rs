@@ -1,0 +1,156 @@
+//! WGSL sources, their specialisation per storage dtype, and the pipeline cache.
+//!
+//! Each shader in `shaders/` declares its element arrays as `array<ST>` (read) or `array<OT>`
+//! (written) and reads and writes them only through `ld_NAME(i) -> f32` and `st_NAME(i, f32)`.
+//! This module prepends the dtype prelude and generates those accessors, so one WGSL file serves
+//! f32, native f16 (SHADER_F16) and f16 packed two to a `u32` word (adapters without f16).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::{Context, DType, Error, Result};
+
+/// How element arrays are stored in a shader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Storage {
+    F32,
+    /// `enable f16;` arrays of `f16`.
+    F16,
+    /// f16 pairs in `u32` words; outputs are written as f32 and packed afterwards.
+    F16Packed,
+}
+
+impl Storage {
+    pub(crate) fn for_dtype(ctx: &Context, d: DType) -> Self {
+        match d {
+            DType::F32 => Storage::F32,
+            DType::F16 if ctx.shader_f16() => Storage::F16,
+            DType::F16 => Storage::F16Packed,
+        }
+    }
+    /// Bytes of one element of a written (`OT`) array.
+    pub(crate) fn out_elem_bytes(self) -> u64 {
+        match self {
+            Storage::F32 | Storage::F16Packed => 4,
+            Storage::F16 => 2,
+        }
+    }
+}
+
+fn source(shader: &str) -> Option<&'static str> {
+    Some(match shader {
+        "linear_attention" => include_str!("../shaders/linear_attention.wgsl"),
+        "cast" => include_str!("../shaders/cast.wgsl"),
+        _ => return None,
+    })
+}
+
+/// The prelude plus accessors for every `array<ST>` / `array<OT>` binding in `src`.
+pub(crate) fn specialise(src: &str, storage: Storage) -> String {
+    let (st, ot, head) = match storage {
+        Storage::F32 => ("f32", "f32", ""),
+        Storage::F16 => ("f16", "f16", "enable f16;\n"),
+        Storage::F16Packed => ("u32", "f32", ""),
+    };
+    let mut out = format!("{head}alias ST = {st};\nalias OT = {ot};\n");
+    for line in src.lines() {
+        let l = line.trim();
+        let Some(rest) = l.strip_prefix("@group(0)") else {
+            continue;
+        };
+        let Some(name_start) = rest.find('>') else {
+            continue;
+        };
+        let decl = &rest[name_start + 1..];
+        let Some((name, ty)) = decl.split_once(':') else {
+            continue;
+        };
+        let name = name.trim();
+        let ty = ty.trim().trim_end_matches(';').trim();
+        if ty == "array<ST>" {
+            let body = match storage {
+                Storage::F16Packed => format!("return unpack2x16float({name}[i >> 1u])[i & 1u];"),
+                _ => format!("return f32({name}[i]);"),
+            };
+            out += &format!("fn ld_{name}(i: u32) -> f32 {{ {body} }}\n");
+        } else if ty == "array<OT>" {
+            out += &format!("fn st_{name}(i: u32, x: f32) {{ {name}[i] = OT(x); }}\n");
+        }
+    }
+    out + src
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Key {
+    shader: &'static str,
+    entry: &'static str,
+    storage: Storage,
+    constants: Vec<(&'static str, u32)>,
+}
+
+/// Compiled pipelines, one per (shader, entry point, storage, override constants).
+#[derive(Default)]
+pub(crate) struct PipelineCache {
+    map: Mutex<HashMap<Key, Arc<wgpu::ComputePipeline>>>,
+}
+
+impl PipelineCache {
+    /// The pipeline for this key, compiled on first use inside a validation error scope so a bad
+    /// shader is an [`Error::Shader`] naming it. `LONGSEQ_DUMP_WGSL=DIR` writes each specialised
+    /// source to DIR for debugging.
+    pub(crate) fn get(
+        &self,
+        ctx: &Context,
+        shader: &'static str,
+        entry: &'static str,
+        storage: Storage,
+        constants: &[(&'static str, u32)],
+    ) -> Result<Arc<wgpu::ComputePipeline>> {
+        let key = Key {
+            shader,
+            entry,
+            storage,
+            constants: constants.to_vec(),
+        };
+        if let Some(p) = self.map.lock().unwrap().get(&key) {
+            return Ok(p.clone());
+        }
+        let src = source(shader).ok_or_else(|| Error::Shader {
+            shader: shader.into(),
+            entry: entry.into(),
+            message: "no such shader".into(),
+        })?;
+        let code = specialise(src, storage);
+        if let Ok(dir) = std::env::var("LONGSEQ_DUMP_WGSL") {
+            let _ = std::fs::write(format!("{dir}/{shader}.{storage:?}.wgsl"), &code);
+        }
+        let consts: Vec<(&str, f64)> = constants.iter().map(|&(n, v)| (n, v as f64)).collect();
+        let dev = &ctx.device;
+        let scope = dev.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = dev.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(shader),
+            source: wgpu::ShaderSource::Wgsl(code.into()),
+        });
+        let pipeline = dev.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(entry),
+            layout: None,
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &consts,
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: None,
+        });
+        if let Some(err) = pollster::block_on(scope.pop()) {
+            return Err(Error::Shader {
+                shader: shader.into(),
+                entry: entry.into(),
+                message: err.to_string(),
+            });
+        }
+        let p = Arc::new(pipeline);
+        self.map.lock().unwrap().insert(key, p.clone());
+        Ok(p)
+    }
+}

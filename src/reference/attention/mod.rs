@@ -1,0 +1,5 @@
+//! CPU references for the attention ops.
+
+pub mod linear;
+
+pub use linear::linear_attention;

@@ -1,0 +1,5 @@
+//! The CPU reference path: every op written from its paper's equation in plain Rust with f64
+//! accumulation, independent of the shaders. Tests compare the GPU against it; the CLI runs it
+//! when no adapter is present.
+
+pub mod attention;

@@ -1,0 +1,174 @@
+//! Recording dispatches into one encoder: grid folding, binding ranges, one submit per chain.
+
+use wgpu::util::DeviceExt;
+
+use crate::{Context, Error, Result};
+
+/// A range of a buffer bound at one binding slot.
+#[derive(Clone, Copy)]
+pub(crate) struct Bind<'b> {
+    pub slot: u32,
+    pub buffer: &'b wgpu::Buffer,
+    pub offset: u64,
+    pub size: u64,
+}
+
+impl<'b> Bind<'b> {
+    /// Elements `[first, first + n)` of a buffer of `elem_bytes`-sized elements. The offset is
+    /// aligned down to the device's storage-offset alignment; the returned element index is where
+    /// `first` lands inside the binding (the shader adds it to its indices).
+    pub fn elems(
+        ctx: &Context,
+        slot: u32,
+        buffer: &'b wgpu::Buffer,
+        elem_bytes: u64,
+        first: u64,
+        n: u64,
+    ) -> (Self, u32) {
+        let align = ctx.limits().min_storage_buffer_offset_alignment as u64;
+        let start = first * elem_bytes;
+        let offset = start / align * align;
+        let end = ((first + n) * elem_bytes).div_ceil(4) * 4;
+        let end = end.min(buffer.size()).max(offset + 4);
+        let bind = Self {
+            slot,
+            buffer,
+            offset,
+            size: end - offset,
+        };
+        (bind, ((start - offset) / elem_bytes) as u32)
+    }
+}
+
+/// Splits `rows` independent rows (e.g. (batch, head) pairs) into passes so that each binding,
+/// holding `bytes_per_row[i]` bytes per row plus alignment slack, fits the storage-binding limit.
+/// Returns the number of rows per pass.
+pub(crate) fn rows_per_pass(
+    ctx: &Context,
+    op: &'static str,
+    bytes_per_row: &[(&str, u64)],
+    rows: usize,
+) -> Result<usize> {
+    let limit = ctx.limits().max_storage_buffer_binding_size;
+    let slack = ctx.limits().min_storage_buffer_offset_alignment as u64 + 4;
+    let mut per = rows.max(1) as u64;
+    for &(what, b) in bytes_per_row {
+        if b + slack > limit {
+            return Err(Error::TooLarge {
+                op,
+                what: format!("one row of `{what}`"),
+                needed: b + slack,
+                limit,
+            });
+        }
+        per = per.min((limit - slack) / b.max(1));
+    }
+    // Keep every in-shader index inside u32.
+    for &(_, b) in bytes_per_row {
+        per = per.min((u32::MAX as u64 / b.max(1)).max(1));
+    }
+    Ok(per.max(1) as usize)
+}
+
+/// Workgroup grid for `n` workgroups, folded into y and z past the per-dimension limit. Shaders
+/// recover the linear index as `wg.x + nwg.x * (wg.y + nwg.y * wg.z)` and skip indices >= n.
+pub(crate) fn fold_grid(ctx: &Context, n: u64) -> Result<[u32; 3]> {
+    let m = ctx.limits().max_compute_workgroups_per_dimension as u64;
+    let n = n.max(1);
+    if n > m * m * m {
+        return Err(Error::TooLarge {
+            op: "dispatch",
+            what: format!("{n} workgroups"),
+            needed: n,
+            limit: m * m * m,
+        });
+    }
+    let x = n.min(m);
+    let rest = n.div_ceil(x);
+    let y = rest.min(m);
+    let z = rest.div_ceil(y);
+    Ok([x as u32, y as u32, z as u32])
+}
+
+/// Records an op, or a chain of ops, into one command encoder; [`Schedule::submit`] sends it all
+/// in one queue submission.
+pub struct Schedule<'a> {
+    ctx: &'a Context,
+    encoder: wgpu::CommandEncoder,
+}
+
+impl<'a> Schedule<'a> {
+    pub fn new(ctx: &'a Context) -> Self {
+        let encoder = ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("longseq schedule"),
+            });
+        Self { ctx, encoder }
+    }
+
+    pub fn context(&self) -> &'a Context {
+        self.ctx
+    }
+
+    /// Records one dispatch of `workgroups` workgroups (folded as needed). `params` is bound as a
+    /// uniform at slot 0; `binds` fill the other slots the entry point uses.
+    pub(crate) fn dispatch<P: bytemuck::Pod>(
+        &mut self,
+        pipeline: &wgpu::ComputePipeline,
+        params: &P,
+        binds: &[Bind<'_>],
+        workgroups: u64,
+    ) -> Result<()> {
+        let grid = fold_grid(self.ctx, workgroups)?;
+        let dev = &self.ctx.device;
+        let ubuf = dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("longseq params"),
+            contents: bytemuck::bytes_of(params),
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: ubuf.as_entire_binding(),
+        }];
+        for b in binds {
+            entries.push(wgpu::BindGroupEntry {
+                binding: b.slot,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: b.buffer,
+                    offset: b.offset,
+                    size: wgpu::BufferSize::new(b.size),
+                }),
+            });
+        }
+        let bg = dev.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        // One pass per dispatch: passes are ordered, so a later dispatch sees earlier writes.
+        let mut pass = self
+            .encoder
+            .begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+        pass.set_pipeline(pipeline);
+        pass.set_bind_group(0, &bg, &[]);
+        pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
+        Ok(())
+    }
+
+    /// Sends everything recorded in one submission. Does not wait; reading a tensor back or
+    /// [`Context::wait`] does.
+    pub fn submit(self) -> wgpu::SubmissionIndex {
+        self.ctx.queue.submit([self.encoder.finish()])
+    }
+}
+
+/// An internal buffer for an op's intermediate results (f32 state, f32 staging of packed f16).
+pub(crate) fn scratch(ctx: &Context, bytes: u64) -> wgpu::Buffer {
+    ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("longseq scratch"),
+        size: bytes.div_ceil(4).max(1) * 4,
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    })
+}

@@ -1,0 +1,138 @@
+//! Shared harness for the GPU tests: one context per storage mode, random inputs, comparison.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+
+use half::f16;
+use longseq::{Context, ContextOptions, Element};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::StandardNormal;
+
+/// Tolerances, normwise: max |gpu − cpu| / max |cpu|.
+pub const TOL_F32: f64 = 1e-5;
+pub const TOL_F16: f64 = 2e-3;
+
+fn open(opts: ContextOptions) -> Context {
+    match Context::with_options(&opts) {
+        Ok(c) => c,
+        Err(e) => panic!(
+            "GPU tests need an adapter and found none ({e}).\n\
+             Install the lavapipe software adapter: `apt-get install mesa-vulkan-drivers` \
+             (or run scripts/test, which does it when run as root)."
+        ),
+    }
+}
+
+/// The default context (native f16 when the adapter has SHADER_F16).
+pub fn ctx() -> &'static Context {
+    static C: OnceLock<Context> = OnceLock::new();
+    C.get_or_init(|| open(ContextOptions::default()))
+}
+
+/// A context without SHADER_F16: f16 tensors go through the packed-u32 path.
+pub fn ctx_packed() -> &'static Context {
+    static C: OnceLock<Context> = OnceLock::new();
+    C.get_or_init(|| {
+        open(ContextOptions {
+            shader_f16: false,
+            ..Default::default()
+        })
+    })
+}
+
+/// A context whose storage bindings are capped at `bytes`, to force ops to split their work.
+pub fn ctx_small_bindings(bytes: u64) -> Context {
+    open(ContextOptions {
+        max_storage_binding_size: Some(bytes),
+        ..Default::default()
+    })
+}
+
+pub fn rng(seed: u64) -> StdRng {
+    StdRng::seed_from_u64(seed)
+}
+
+/// `n` draws of N(0, σ²), never all zero.
+pub fn randn(rng: &mut StdRng, n: usize, sigma: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| sigma * rng.sample::<f32, _>(StandardNormal))
+        .collect()
+}
+
+pub fn to_f16(x: &[f32]) -> Vec<f16> {
+    x.iter().map(|&v| f16::from_f32(v)).collect()
+}
+
+pub fn to_f64<T: Element>(x: &[T]) -> Vec<f64> {
+    x.iter().map(|v| v.to_f64()).collect()
+}
+
+/// Normwise relative error, or +∞ when the NaN patterns differ (NaN never passes by accident).
+pub fn rel_err(got: &[f64], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len(), "length mismatch");
+    let mut scale = 0.0f64;
+    let mut diff = 0.0f64;
+    for (g, w) in got.iter().zip(want) {
+        if g.is_nan() != w.is_nan() {
+            return f64::INFINITY;
+        }
+        if w.is_nan() {
+            continue;
+        }
+        if !g.is_finite() || !w.is_finite() {
+            if g != w {
+                return f64::INFINITY;
+            }
+            continue;
+        }
+        scale = scale.max(w.abs());
+        diff = diff.max((g - w).abs());
+    }
+    if scale == 0.0 {
+        diff
+    } else {
+        diff / scale
+    }
+}
+
+pub fn assert_close(label: &str, got: &[f64], want: &[f64], tol: f64) {
+    let e = rel_err(got, want);
+    assert!(e <= tol, "{label}: relative error {e:.3e} > {tol:.1e}");
+}
+
+/// Linear attention straight from the quadratic form of eq. 4 (no S, no z): an independent check
+/// on the reference. `q, k: [R, L, Dk]`, `v: [R, L, Dv]` in f64.
+#[allow(clippy::too_many_arguments)]
+pub fn naive_linear_attention(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    (rows, l, dk, dv): (usize, usize, usize, usize),
+    phi: impl Fn(f64) -> f64,
+    causal: bool,
+    eps: f64,
+    denominator: bool,
+) -> Vec<f64> {
+    let mut out = vec![0.0; rows * l * dv];
+    for r in 0..rows {
+        for i in 0..l {
+            let jmax = if causal { i + 1 } else { l };
+            let mut den = eps;
+            let mut num = vec![0.0; dv];
+            for j in 0..jmax {
+                let w: f64 = (0..dk)
+                    .map(|a| phi(q[(r * l + i) * dk + a]) * phi(k[(r * l + j) * dk + a]))
+                    .sum();
+                den += w;
+                for e in 0..dv {
+                    num[e] += w * v[(r * l + j) * dv + e];
+                }
+            }
+            for e in 0..dv {
+                out[(r * l + i) * dv + e] = if denominator { num[e] / den } else { num[e] };
+            }
+        }
+    }
+    out
+}
