@@ -42,6 +42,7 @@ fn source(shader: &str) -> Option<&'static str> {
         "linear_attention" => include_str!("../shaders/linear_attention.wgsl"),
         "softmax_attention" => include_str!("../shaders/softmax_attention.wgsl"),
         "lightning_attention" => include_str!("../shaders/lightning_attention.wgsl"),
+        "transnormer" => include_str!("../shaders/transnormer.wgsl"),
         "cast" => include_str!("../shaders/cast.wgsl"),
         _ => return None,
     })

@@ -1,10 +1,11 @@
 //! Attention ops: kernelized linear attention and its feature maps; exact softmax attention;
-//! Lightning attention.
+//! Lightning attention; TransNormer's NormAttention and DiagAttention.
 
 pub mod feature_map;
 pub mod lightning;
 pub mod linear;
 pub mod softmax;
+pub mod transnormer;
 
 pub use feature_map::FeatureMap;
 pub use lightning::{
@@ -16,4 +17,9 @@ pub use linear::{
 };
 pub use softmax::{
     record_softmax_attention, softmax_attention, softmax_attention_into, SoftmaxAttentionOptions,
+};
+pub use transnormer::{
+    diag_attention, diag_attention_into, norm_attention, norm_attention_into,
+    record_diag_attention, record_norm_attention, Affine, DiagAttentionOptions, DiagWeights, Norm,
+    NormAttentionOptions,
 };
