@@ -2,13 +2,17 @@
 // a running max m and sum l per query row, so no L x L buffer exists; memory is O(BQ * BK) per workgroup.
 // q, k: [R, L, Dk]; v: [R, L, Dv]; o: [R, L, Dv], row-major, R = rows (batch x heads) in this pass.
 // One workgroup per (row, query tile of BQ rows, column block of DVB = TPQ * NA columns of Dv).
+// Per key tile: Q and K in chunks of DKC columns through workgroup memory (K transposed), each
+// invocation holding SPT logits of its query in registers; then the online-softmax update.
 // WMODE 1 (DiagAttention's relu variant) weighs keys by relu(logit) and writes the unnormalised sum.
 
 override WG: u32 = 256u;   // invocations per workgroup = BQ * TPQ
 override BQ: u32 = 32u;    // queries per tile
-override BK: u32 = 32u;    // keys per tile
+override BK: u32 = 32u;    // keys per tile = TPQ * SPT
+override DKC: u32 = 32u;   // columns of Dk per chunk of the Q and K tiles
 override WMODE: u32 = 0u;  // 0 softmax, 1 relu weights without normalisation
 const NA: u32 = 8u;        // output columns accumulated per invocation
+const SPT: u32 = 8u;       // logits per invocation
 const NEG: f32 = -1e30;    // "no key seen yet": below any finite logit we meet, yet exp(NEG - x) = 0
 
 struct Params {
@@ -36,6 +40,8 @@ struct Params {
 @group(0) @binding(3) var<storage, read> v: array<ST>;
 @group(0) @binding(4) var<storage, read_write> o: array<OT>;
 
+var<workgroup> q_s: array<f32, BQ * DKC>;   // [BQ][DKC]
+var<workgroup> k_s: array<f32, DKC * BK>;   // [DKC][BK], transposed
 var<workgroup> w_tile: array<f32, BQ * BK>;  // logits, then weights exp(s - m)
 var<workgroup> row_m: array<f32, BQ>;
 var<workgroup> row_l: array<f32, BQ>;
@@ -62,14 +68,10 @@ fn key_range(i: u32) -> vec2<u32> {
     return vec2<u32>(lo, hi);
 }
 
-// The logit of query i against key j (positions inside the row; qb, kb: the row's bases).
-// Every per-(i, j) term of the logit (biases, position rotations, length scalings) goes here.
-fn logit(qb: u32, kb: u32, i: u32, j: u32) -> f32 {
-    var s = 0.0;
-    for (var a = 0u; a < p.dk; a++) {
-        s += ld_q(qb + i * p.dk + a) * ld_k(kb + j * p.dk + a);
-    }
-    return s * p.scale;
+// The logit of query i against key j (positions inside the row) from their dot product q_i.k_j.
+// Every per-(i, j) term of the logit (biases, length scalings) goes here.
+fn logit(dot: f32, i: u32, j: u32) -> f32 {
+    return dot * p.scale;
 }
 
 @compute @workgroup_size(WG)
@@ -108,16 +110,47 @@ fn attend(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
     }
 
     for (var j0 = j_lo; j0 < j_hi; j0 += BK) {
-        workgroupBarrier();
-        for (var e = lid; e < BQ * BK; e += WG) {
-            let i = i0 + e / BK;
-            let j = j0 + e % BK;
-            let kr = key_range(i);
-            var s = NEG;
-            if (j >= kr.x && j < kr.y) {
-                s = logit(qb, kb, i, j);
+        var dot: array<f32, SPT>;
+        for (var c = 0u; c < SPT; c++) {
+            dot[c] = 0.0;
+        }
+        for (var a0 = 0u; a0 < p.dk; a0 += DKC) {
+            let na = min(DKC, p.dk - a0);
+            workgroupBarrier();
+            for (var e = lid; e < BQ * DKC; e += WG) {
+                let i = i0 + e / DKC;
+                let a = e % DKC;
+                var x = 0.0;
+                if (i < p.len && a < na) {
+                    x = ld_q(qb + i * p.dk + a0 + a);
+                }
+                q_s[e] = x;
             }
-            w_tile[e] = s;
+            for (var e = lid; e < BK * DKC; e += WG) {
+                let j = j0 + e / DKC;
+                let a = e % DKC;
+                var x = 0.0;
+                if (j < p.len && a < na) {
+                    x = ld_k(kb + j * p.dk + a0 + a);
+                }
+                k_s[a * BK + e / DKC] = x;
+            }
+            workgroupBarrier();
+            for (var a = 0u; a < na; a++) {
+                let qa = q_s[tq * DKC + a];
+                for (var c = 0u; c < SPT; c++) {
+                    dot[c] += qa * k_s[a * BK + tc + c * tpq];
+                }
+            }
+        }
+        for (var c = 0u; c < SPT; c++) {
+            let jl = tc + c * tpq;
+            let j = j0 + jl;
+            var s = NEG;
+            if (j >= own.x && j < own.y) {
+                s = logit(dot[c], iq, j);
+            }
+            w_tile[tq * BK + jl] = s;
         }
         workgroupBarrier();
         if (lid < BQ) {

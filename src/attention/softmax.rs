@@ -106,17 +106,20 @@ pub(crate) struct Attend {
 /// Output columns per invocation (`NA` in the shader).
 const NA: u32 = 8;
 
-/// (workgroup size, queries per tile, keys per tile). Eight invocations share a query, so a
-/// workgroup covers 64 columns of Dv; the tile of weights is BQ·BK f32 of workgroup memory.
-fn tiles(ctx: &Context) -> (u32, u32, u32) {
+/// (workgroup size, queries per tile, keys per tile, Dk chunk). Eight invocations share a query:
+/// together they hold its 32 logits of a key tile and 64 output columns. Workgroup memory holds
+/// the Q chunk, the K chunk and the weight tile; the Dk chunk is the largest that fits.
+fn tiles(ctx: &Context) -> (u32, u32, u32, u32) {
     let wg = workgroup_size(ctx);
-    let bq = (wg / 8).max(1);
+    let tpq = 8.min(wg);
+    let bq = (wg / tpq).max(1);
+    let bk = tpq * 8;
     let mem = ctx.limits().max_compute_workgroup_storage_size;
-    let mut bk = 32u32;
-    while bk > 1 && (bq * bk + 3 * bq) * 4 > mem {
-        bk /= 2;
+    let mut dkc = 64u32;
+    while dkc > 1 && (bq * dkc + dkc * bk + bq * bk + 3 * bq) * 4 > mem {
+        dkc /= 2;
     }
-    (bq * (wg / bq), bq, bk)
+    (bq * tpq, bq, bk, dkc)
 }
 
 /// Where a pass writes: `elem_bytes`-sized elements of `buffer` from element `first` on.
@@ -148,11 +151,12 @@ pub(crate) fn record_attend_rows<T: Element>(
     out: OutSlot<'_>,
 ) -> Result<()> {
     let ctx = s.context();
-    let (wg, bq, bk) = tiles(ctx);
+    let (wg, bq, bk, dkc) = tiles(ctx);
     let consts = [
         ("WG", wg),
         ("BQ", bq),
         ("BK", bk),
+        ("DKC", dkc),
         ("WMODE", cfg.relu as u32),
     ];
     let pl = ctx
