@@ -8,7 +8,10 @@ use std::process::Command;
 use common::*;
 use safetensors::SafeTensors;
 
-const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/minilm_two_cities_qkv.safetensors");
+const DATA: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/data/minilm_two_cities_qkv.safetensors"
+);
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_longseq"))
@@ -48,7 +51,9 @@ fn elu1(x: f64) -> f64 {
 
 #[test]
 fn attention_on_shipped_data_equals_the_equation() {
-    let cases: [(&str, &str, fn(f64) -> f64, bool, bool); 6] = [
+    // (prefix, feature map, φ, causal, denominator)
+    type Case = (&'static str, &'static str, fn(f64) -> f64, bool, bool);
+    let cases: [Case; 6] = [
         ("layer0.", "elu1", elu1, false, true),
         ("layer0.", "elu1", elu1, true, true),
         ("layer5.", "relu", |x| x.max(0.0), false, true),
@@ -59,8 +64,16 @@ fn attention_on_shipped_data_equals_the_equation() {
     for (i, (prefix, fm, phi, causal, den)) in cases.into_iter().enumerate() {
         let out = tmp(&format!("o{i}.safetensors"));
         let mut cmd = bin();
-        cmd.args(["attention", "--input", DATA, "--prefix", prefix, "--method", "linear"])
-            .args(["--feature-map", fm, "--device", "gpu", "--output", &out]);
+        cmd.args([
+            "attention",
+            "--input",
+            DATA,
+            "--prefix",
+            prefix,
+            "--method",
+            "linear",
+        ])
+        .args(["--feature-map", fm, "--device", "gpu", "--output", &out]);
         if causal {
             cmd.arg("--causal");
         }
@@ -70,14 +83,22 @@ fn attention_on_shipped_data_equals_the_equation() {
         let res = cmd.output().unwrap();
         assert!(res.status.success(), "{:?}", stderr_lines(&res));
         let stdout = String::from_utf8_lossy(&res.stdout);
-        assert!(stdout.contains("adapter:") && stdout.contains("gpu:"), "{stdout}");
+        assert!(
+            stdout.contains("adapter:") && stdout.contains("gpu:"),
+            "{stdout}"
+        );
         let (o, shape) = read_f64(&out, "o");
         assert_eq!(shape, [12, 403, 32]);
         let (q, _) = read_f64(DATA, &format!("{prefix}q"));
         let (k, _) = read_f64(DATA, &format!("{prefix}k"));
         let (v, _) = read_f64(DATA, &format!("{prefix}v"));
         let want = naive_linear_attention(&q, &k, &v, (12, 403, 32, 32), phi, causal, 1e-6, den);
-        assert_close(&format!("{prefix} {fm} causal={causal}"), &o, &want, TOL_F32);
+        assert_close(
+            &format!("{prefix} {fm} causal={causal}"),
+            &o,
+            &want,
+            TOL_F32,
+        );
     }
 }
 
@@ -85,13 +106,25 @@ fn attention_on_shipped_data_equals_the_equation() {
 fn both_devices_agree_and_f16_storage_is_within_tolerance() {
     let out = tmp("o_f16.safetensors");
     let res = bin()
-        .args(["attention", "--input", DATA, "--prefix", "layer0.", "--causal"])
+        .args([
+            "attention",
+            "--input",
+            DATA,
+            "--prefix",
+            "layer0.",
+            "--causal",
+        ])
         .args(["--dtype", "f16", "--output", &out])
         .output()
         .unwrap();
     assert!(res.status.success(), "{:?}", stderr_lines(&res));
     let stdout = String::from_utf8_lossy(&res.stdout);
-    for needle in ["gpu:", "cpu:", "gpu vs cpu:", "vs layer0.softmax_out: relative Frobenius error"] {
+    for needle in [
+        "gpu:",
+        "cpu:",
+        "gpu vs cpu:",
+        "vs layer0.softmax_out: relative Frobenius error",
+    ] {
         assert!(stdout.contains(needle), "missing `{needle}` in:\n{stdout}");
     }
     let (o, _) = read_f64(&out, "o");
@@ -119,11 +152,29 @@ fn shape_mismatch_is_one_line_and_exit_code_2() {
     let path = tmp("bad.safetensors");
     let q = vec![0.5f32; 2 * 5 * 4];
     let k = vec![0.5f32; 2 * 6 * 4];
-    let tq = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2, 5, 4], bytemuck::cast_slice(&q)).unwrap();
-    let tk = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2, 6, 4], bytemuck::cast_slice(&k)).unwrap();
+    let tq = safetensors::tensor::TensorView::new(
+        safetensors::Dtype::F32,
+        vec![2, 5, 4],
+        bytemuck::cast_slice(&q),
+    )
+    .unwrap();
+    let tk = safetensors::tensor::TensorView::new(
+        safetensors::Dtype::F32,
+        vec![2, 6, 4],
+        bytemuck::cast_slice(&k),
+    )
+    .unwrap();
     let tv = tq.clone();
-    safetensors::serialize_to_file([("q", tq), ("k", tk), ("v", tv)], None, std::path::Path::new(&path)).unwrap();
-    let res = bin().args(["attention", "--input", &path]).output().unwrap();
+    safetensors::serialize_to_file(
+        [("q", tq), ("k", tk), ("v", tv)],
+        None,
+        std::path::Path::new(&path),
+    )
+    .unwrap();
+    let res = bin()
+        .args(["attention", "--input", &path])
+        .output()
+        .unwrap();
     assert_eq!(res.status.code(), Some(2));
     let err = stderr_lines(&res);
     assert_eq!(err.len(), 1, "{err:?}");
@@ -134,7 +185,17 @@ fn shape_mismatch_is_one_line_and_exit_code_2() {
 fn cpu_only_run_writes_the_reference() {
     let out = tmp("o_cpu.safetensors");
     let res = bin()
-        .args(["attention", "--input", DATA, "--prefix", "layer5.", "--device", "cpu", "--output", &out])
+        .args([
+            "attention",
+            "--input",
+            DATA,
+            "--prefix",
+            "layer5.",
+            "--device",
+            "cpu",
+            "--output",
+            &out,
+        ])
         .output()
         .unwrap();
     assert!(res.status.success(), "{:?}", stderr_lines(&res));

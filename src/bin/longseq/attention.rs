@@ -124,7 +124,10 @@ pub fn run(a: Args) -> Result<(), CliError> {
     let cpu = if a.device != Device::Gpu {
         let t = Instant::now();
         let o = longseq::reference::attention::linear_attention(&q, &k, &v, &dims, &opts)?;
-        println!("cpu: {:.3} ms (f64 reference)", t.elapsed().as_secs_f64() * 1e3);
+        println!(
+            "cpu: {:.3} ms (f64 reference)",
+            t.elapsed().as_secs_f64() * 1e3
+        );
         Some(o)
     } else {
         None

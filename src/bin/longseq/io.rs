@@ -99,7 +99,12 @@ pub fn write(path: &str, tensors: Vec<(&str, Vec<usize>, Out)>) -> Result<(), Cl
     let owned: Vec<(String, Vec<usize>, Dtype, Vec<u8>)> = tensors
         .into_iter()
         .map(|(n, s, d)| match d {
-            Out::F32(v) => (n.to_string(), s, Dtype::F32, bytemuck::cast_slice(&v).to_vec()),
+            Out::F32(v) => (
+                n.to_string(),
+                s,
+                Dtype::F32,
+                bytemuck::cast_slice(&v).to_vec(),
+            ),
         })
         .collect();
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = owned

@@ -11,7 +11,11 @@ use clap::{Parser, Subcommand};
 use io::CliError;
 
 #[derive(Parser)]
-#[command(name = "longseq", version, about = "Sub-quadratic sequence kernels on any GPU (wgpu), checked against a CPU reference")]
+#[command(
+    name = "longseq",
+    version,
+    about = "Sub-quadratic sequence kernels on any GPU (wgpu), checked against a CPU reference"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
