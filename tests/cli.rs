@@ -51,7 +51,9 @@ fn elu1(x: f64) -> f64 {
 
 #[test]
 fn attention_on_shipped_data_equals_the_equation() {
-    let cases: [(&str, &str, fn(f64) -> f64, bool, bool); 6] = [
+    // (prefix, feature map, φ, causal, denominator)
+    type Case = (&'static str, &'static str, fn(f64) -> f64, bool, bool);
+    let cases: [Case; 6] = [
         ("layer0.", "elu1", elu1, false, true),
         ("layer0.", "elu1", elu1, true, true),
         ("layer5.", "relu", |x| x.max(0.0), false, true),
