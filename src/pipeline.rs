@@ -41,6 +41,7 @@ fn source(shader: &str) -> Option<&'static str> {
     Some(match shader {
         "linear_attention" => include_str!("../shaders/linear_attention.wgsl"),
         "cast" => include_str!("../shaders/cast.wgsl"),
+        "hippo" => include_str!("../shaders/hippo.wgsl"),
         _ => return None,
     })
 }
