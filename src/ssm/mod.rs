@@ -1,0 +1,51 @@
+//! State-space sequence ops (S4 family): the S4D convolution kernel, FFT convolution and the
+//! parallel associative scan, each a WGSL shader with a CPU reference in
+//! [`crate::reference::ssm`].
+
+pub mod kernel;
+
+pub use kernel::{
+    record_s4d_kernel, s4d_init, s4d_kernel, s4d_kernel_into, DiagonalSsm, Discretization, S4dInit,
+};
+
+use crate::schedule::Bind;
+use crate::{Context, Element, Error, Result, Tensor};
+
+/// A whole tensor bound at `slot`, or [`Error::TooLarge`] past the storage-binding limit.
+pub(crate) fn bind_whole<'b, T: Element>(
+    ctx: &Context,
+    op: &'static str,
+    name: &str,
+    slot: u32,
+    t: &'b Tensor<T>,
+) -> Result<Bind<'b>> {
+    bind_buffer(ctx, op, name, slot, t.buffer())
+}
+
+pub(crate) fn bind_buffer<'b>(
+    ctx: &Context,
+    op: &'static str,
+    name: &str,
+    slot: u32,
+    buffer: &'b wgpu::Buffer,
+) -> Result<Bind<'b>> {
+    let limit = ctx.limits().max_storage_buffer_binding_size;
+    if buffer.size() > limit {
+        return Err(Error::TooLarge {
+            op,
+            what: format!("`{name}`"),
+            needed: buffer.size(),
+            limit,
+        });
+    }
+    Ok(Bind {
+        slot,
+        buffer,
+        offset: 0,
+        size: buffer.size(),
+    })
+}
+
+pub(crate) fn workgroup_size(ctx: &Context) -> u32 {
+    crate::attention::linear::workgroup_size(ctx)
+}
