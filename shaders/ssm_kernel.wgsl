@@ -1,8 +1,8 @@
 // S4D convolution kernel (Gu et al. 2022, arXiv 2206.11893): K[h, l] = 2 Re sum_n W[h, n] Abar[h, n]^l
 // with W = C Bbar, diagonal complex A in conjugate-pair storage (only one of each pair is stored).
 // a_re, a_im, b_re, b_im, c_re, c_im: [H, N2]; dt: [H]; k: [H, L] row-major.
-// modes: [H, N2, 5] u32 words per mode: W re, W im, log|Abar| (f32 bits), then the phase of Abar
-// in turns as a 64-bit two's-complement fixed-point fraction (hi, lo). Abar^l is formed as
+// modes: [H, N2, 7] u32 words per mode: W re, W im, log|Abar| (f32 bits), the phase of Abar in
+// turns as a 64-bit two's-complement fixed-point fraction (hi, lo), Bbar re, Bbar im (f32 bits). Abar^l is formed as
 // exp(l log|Abar|) (cos, sin)(2 pi frac(l * turns)) with l * turns reduced exactly in integers:
 // no repeated products, and cos/sin only ever see angles in [-pi, pi].
 
@@ -186,7 +186,9 @@ fn discretize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
     }
     let hi = f.x;
     let lo = f.y;
-    let o = i * 5u;
+    let o = i * 7u;
+    modes[o + 5u] = bitcast<u32>(bbar.x);
+    modes[o + 6u] = bitcast<u32>(bbar.y);
     modes[o] = bitcast<u32>(w.x);
     modes[o + 1u] = bitcast<u32>(w.y);
     modes[o + 2u] = bitcast<u32>(logmag);
@@ -222,9 +224,9 @@ fn vandermonde(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     }
     let fl = f32(l);
     var acc = 0.0;
-    let base = (p.h0 + hh) * p.n2 * 5u;
+    let base = (p.h0 + hh) * p.n2 * 7u;
     for (var n = 0u; n < p.n2; n++) {
-        let o = base + n * 5u;
+        let o = base + n * 7u;
         let w = vec2<f32>(bitcast<f32>(modes[o]), bitcast<f32>(modes[o + 1u]));
         // l * phase mod 1 turn, exactly: (hi, lo) * l mod 2^64.
         let lo = modes[o + 4u];

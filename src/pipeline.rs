@@ -42,6 +42,7 @@ fn source(shader: &str) -> Option<&'static str> {
         "linear_attention" => include_str!("../shaders/linear_attention.wgsl"),
         "cast" => include_str!("../shaders/cast.wgsl"),
         "fft" => include_str!("../shaders/fft.wgsl"),
+        "scan" => include_str!("../shaders/scan.wgsl"),
         "ssm_kernel" => include_str!("../shaders/ssm_kernel.wgsl"),
         _ => return None,
     })

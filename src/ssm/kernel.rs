@@ -207,6 +207,9 @@ fn jacobi_eigenvalues(a: &mut [f64], m: usize) {
     }
 }
 
+/// u32 words per mode in the discretised-mode table (see shaders/ssm_kernel.wgsl).
+pub(crate) const MODE_WORDS: u64 = 7;
+
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct Params {
@@ -277,52 +280,20 @@ pub fn record_s4d_kernel<T: Element>(
     let len = os[1] as u64;
     let storage = Storage::for_dtype(ctx, T::DTYPE);
     let wg = workgroup_size(ctx);
-    let consts = [
-        ("WG", wg),
-        (
-            "DISC",
-            match disc {
-                Discretization::Zoh => 0,
-                Discretization::Bilinear => 1,
-            },
-        ),
-    ];
-    let p_disc = ctx
-        .pipelines
-        .get(ctx, "ssm_kernel", "discretize", storage, &consts)?;
     let p_vand = ctx
         .pipelines
-        .get(ctx, "ssm_kernel", "vandermonde", storage, &consts)?;
-    let n_modes = (h * n2) as u64;
-    let modes = scratch(ctx, n_modes * 5 * 4);
+        .get(ctx, "ssm_kernel", "vandermonde", storage, &consts(disc, wg))?;
+    let modes = record_modes(s, ssm, disc)?;
     let bm = bind_buffer(ctx, OP, "modes", 8, &modes)?;
-    let mut binds = Vec::new();
-    for (slot, (name, t)) in [
-        ("A_re", &ssm.a_re),
-        ("A_im", &ssm.a_im),
-        ("B_re", &ssm.b_re),
-        ("B_im", &ssm.b_im),
-        ("C_re", &ssm.c_re),
-        ("C_im", &ssm.c_im),
-        ("dt", &ssm.dt),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        binds.push(bind_whole(ctx, OP, name, slot as u32 + 1, t)?);
-    }
-    binds.push(bm);
     let mut prm = Params {
         h: h as u32,
         n2: n2 as u32,
         len: len as u32,
-        total: n_modes as u32,
+        total: 0,
         h0: 0,
         k_off: 0,
         _p: [0; 2],
     };
-    s.dispatch(&p_disc, &prm, &binds, n_modes.div_ceil(wg as u64))?;
-
     let es = size_of::<T>() as u64;
     let ob = storage.out_elem_bytes();
     let per = rows_per_pass(ctx, OP, &[("K", len * ob)], h)? as u64;
@@ -354,4 +325,57 @@ pub fn record_s4d_kernel<T: Element>(
         h0 += nh;
     }
     Ok(())
+}
+
+fn consts(disc: Discretization, wg: u32) -> [(&'static str, u32); 2] {
+    let d = match disc {
+        Discretization::Zoh => 0,
+        Discretization::Bilinear => 1,
+    };
+    [("WG", wg), ("DISC", d)]
+}
+
+/// Records the discretisation of every mode into a new `[H, N2, MODE_WORDS]` table: C·B̄,
+/// log|Ā|, the phase of Ā in fixed-point turns, B̄ (see shaders/ssm_kernel.wgsl).
+pub(crate) fn record_modes<T: Element>(
+    s: &mut Schedule<'_>,
+    ssm: &DiagonalSsm<T>,
+    disc: Discretization,
+) -> Result<wgpu::Buffer> {
+    let ctx = s.context();
+    let (h, n2) = ssm.dims(OP)?;
+    let storage = Storage::for_dtype(ctx, T::DTYPE);
+    let wg = workgroup_size(ctx);
+    let p_disc = ctx
+        .pipelines
+        .get(ctx, "ssm_kernel", "discretize", storage, &consts(disc, wg))?;
+    let n_modes = (h * n2) as u64;
+    let modes = scratch(ctx, n_modes * MODE_WORDS * 4);
+    let mut binds = Vec::new();
+    for (slot, (name, t)) in [
+        ("A_re", &ssm.a_re),
+        ("A_im", &ssm.a_im),
+        ("B_re", &ssm.b_re),
+        ("B_im", &ssm.b_im),
+        ("C_re", &ssm.c_re),
+        ("C_im", &ssm.c_im),
+        ("dt", &ssm.dt),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        binds.push(bind_whole(ctx, OP, name, slot as u32 + 1, t)?);
+    }
+    binds.push(bind_buffer(ctx, OP, "modes", 8, &modes)?);
+    let prm = Params {
+        h: h as u32,
+        n2: n2 as u32,
+        len: 0,
+        total: n_modes as u32,
+        h0: 0,
+        k_off: 0,
+        _p: [0; 2],
+    };
+    s.dispatch(&p_disc, &prm, &binds, n_modes.div_ceil(wg as u64))?;
+    Ok(modes)
 }

@@ -4,11 +4,13 @@
 
 pub mod fft;
 pub mod kernel;
+pub mod scan;
 
 pub use fft::{causal_conv, causal_conv_into, fft, record_causal_conv, FftDirection};
 pub use kernel::{
     record_s4d_kernel, s4d_init, s4d_kernel, s4d_kernel_into, DiagonalSsm, Discretization, S4dInit,
 };
+pub use scan::{linear_scan, linear_scan_into, s4d_scan, s4d_scan_into, s4d_step, ScanOperands};
 
 use crate::schedule::Bind;
 use crate::{Context, Element, Error, Result, Tensor};

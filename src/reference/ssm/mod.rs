@@ -2,6 +2,8 @@
 
 pub mod fft;
 pub mod kernel;
+pub mod scan;
 
 pub use fft::{causal_conv, causal_conv_direct};
 pub use kernel::{s4d_kernel, DiagonalSsm, Discretization};
+pub use scan::{linear_scan, s4d_recurrence, s4d_scan_step};
