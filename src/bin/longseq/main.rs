@@ -4,6 +4,7 @@
 mod attention;
 mod io;
 mod methods;
+mod ssm;
 
 use std::process::ExitCode;
 
@@ -28,6 +29,7 @@ enum Command {
     /// device type, f16 support and the limits the ops use.
     Info,
     Attention(attention::Args),
+    Ssm(ssm::Args),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +37,7 @@ fn main() -> ExitCode {
     let r = match cli.command {
         Command::Info => info(),
         Command::Attention(a) => attention::run(a),
+        Command::Ssm(a) => ssm::run(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
