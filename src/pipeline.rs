@@ -41,6 +41,8 @@ fn source(shader: &str) -> Option<&'static str> {
     Some(match shader {
         "linear_attention" => include_str!("../shaders/linear_attention.wgsl"),
         "cast" => include_str!("../shaders/cast.wgsl"),
+        "favor" => include_str!("../shaders/favor.wgsl"),
+        "recurrent" => include_str!("../shaders/recurrent.wgsl"),
         _ => return None,
     })
 }

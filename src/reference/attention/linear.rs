@@ -65,7 +65,14 @@ pub fn linear_attention<T: Element>(
             let o = &mut out[(r * l + i) * dv..][..dv];
             for (e, oe) in o.iter_mut().enumerate() {
                 let num: f64 = (0..dk).map(|a| fq[a] * s[a * dv + e]).sum();
-                *oe = if opts.denominator { num / den } else { num };
+                *oe = if !opts.denominator {
+                    num
+                } else if den == 0.0 {
+                    // Denominator guard: every weight is 0 (and ε = 0), so 0/0 is defined as 0.
+                    0.0
+                } else {
+                    num / den
+                };
             }
         }
     }
