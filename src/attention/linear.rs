@@ -5,6 +5,8 @@
 //! Causal: the sums run over `j ≤ i`, computed in the chunked parallel form: per chunk of rows,
 //! a masked intra-chunk product plus the prefix state of all earlier chunks, so the work is
 //! spread over L rather than one sequential loop per head. Any L; the last chunk is ragged.
+//! The same chunk kernels serve precomputed features (Performer, [`super::favor`]) and the
+//! prefill of recurrent decoding ([`super::recurrent`]).
 
 use bytemuck::{Pod, Zeroable};
 
@@ -22,7 +24,9 @@ pub struct LinearAttentionOptions {
     pub feature_map: FeatureMap,
     /// Sum over `j ≤ i` only.
     pub causal: bool,
-    /// Added to the denominator (default 1e-6).
+    /// Added to the denominator (default 1e-6). Denominator guard: a row whose denominator is
+    /// exactly 0 (ε = 0 and every weight `φ(q_i)·φ(k_j)` 0, e.g. relu of a query ≤ 0, or
+    /// features that underflow) outputs 0, never 0/0 = NaN; the CPU reference does the same.
     pub eps: f32,
     /// Divide by `φ(Q_i)ᵀ z + ε` (default true). Off, the output is the numerator alone.
     pub denominator: bool,
