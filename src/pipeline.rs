@@ -82,6 +82,42 @@ pub(crate) fn specialise(src: &str, storage: Storage) -> String {
     out + src
 }
 
+/// Builds one compute pipeline inside a validation error scope.
+fn compile(
+    ctx: &Context,
+    shader: &str,
+    entry: &str,
+    code: String,
+    constants: &[(&'static str, u32)],
+) -> Result<wgpu::ComputePipeline> {
+    let consts: Vec<(&str, f64)> = constants.iter().map(|&(n, v)| (n, v as f64)).collect();
+    let dev = &ctx.device;
+    let scope = dev.push_error_scope(wgpu::ErrorFilter::Validation);
+    let module = dev.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(shader),
+        source: wgpu::ShaderSource::Wgsl(code.into()),
+    });
+    let pipeline = dev.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(entry),
+        layout: None,
+        module: &module,
+        entry_point: Some(entry),
+        compilation_options: wgpu::PipelineCompilationOptions {
+            constants: &consts,
+            zero_initialize_workgroup_memory: false,
+        },
+        cache: None,
+    });
+    match pollster::block_on(scope.pop()) {
+        Some(err) => Err(Error::Shader {
+            shader: shader.into(),
+            entry: entry.into(),
+            message: err.to_string(),
+        }),
+        None => Ok(pipeline),
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct Key {
     shader: &'static str,
@@ -126,33 +162,51 @@ impl PipelineCache {
         if let Ok(dir) = std::env::var("LONGSEQ_DUMP_WGSL") {
             let _ = std::fs::write(format!("{dir}/{shader}.{storage:?}.wgsl"), &code);
         }
-        let consts: Vec<(&str, f64)> = constants.iter().map(|&(n, v)| (n, v as f64)).collect();
-        let dev = &ctx.device;
-        let scope = dev.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = dev.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(shader),
-            source: wgpu::ShaderSource::Wgsl(code.into()),
-        });
-        let pipeline = dev.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(entry),
-            layout: None,
-            module: &module,
-            entry_point: Some(entry),
-            compilation_options: wgpu::PipelineCompilationOptions {
-                constants: &consts,
-                zero_initialize_workgroup_memory: false,
-            },
-            cache: None,
-        });
-        if let Some(err) = pollster::block_on(scope.pop()) {
-            return Err(Error::Shader {
-                shader: shader.into(),
-                entry: entry.into(),
-                message: err.to_string(),
-            });
-        }
+        let pipeline = compile(ctx, shader, entry, code, constants)?;
         let p = Arc::new(pipeline);
         self.map.lock().unwrap().insert(key, p.clone());
         Ok(p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accessors_follow_the_storage_mode() {
+        let src = "@group(0) @binding(1) var<storage, read> x: array<ST>;\n\
+                   @group(0) @binding(2) var<storage, read_write> y: array<OT>;\n";
+        let packed = specialise(src, Storage::F16Packed);
+        assert!(packed
+            .contains("fn ld_x(i: u32) -> f32 { return unpack2x16float(x[i >> 1u])[i & 1u]; }"));
+        assert!(packed.contains("alias OT = f32;"));
+        let native = specialise(src, Storage::F16);
+        assert!(native.starts_with("enable f16;"));
+        assert!(native.contains("fn st_y(i: u32, x: f32) { y[i] = OT(x); }"));
+    }
+
+    #[test]
+    fn a_shader_that_fails_to_compile_is_an_error_naming_it() {
+        let ctx = match Context::new() {
+            Ok(c) => c,
+            Err(e) => panic!("needs an adapter (apt-get install mesa-vulkan-drivers): {e}"),
+        };
+        let bad = "@compute @workgroup_size(1) fn main() { let x: u32 = 1.5; }".to_string();
+        match compile(&ctx, "broken_shader", "main", bad, &[]) {
+            Err(Error::Shader {
+                shader,
+                entry,
+                message,
+            }) => {
+                assert_eq!((shader.as_str(), entry.as_str()), ("broken_shader", "main"));
+                assert!(!message.is_empty());
+            }
+            other => panic!("expected Error::Shader, got {:?}", other.err()),
+        }
+        let missing = ctx
+            .pipelines
+            .get(&ctx, "no_such_shader", "main", Storage::F32, &[]);
+        assert!(matches!(missing, Err(Error::Shader { .. })));
     }
 }

@@ -74,20 +74,24 @@ pub(crate) fn rows_per_pass(
 /// recover the linear index as `wg.x + nwg.x * (wg.y + nwg.y * wg.z)` and skip indices >= n.
 pub(crate) fn fold_grid(ctx: &Context, n: u64) -> Result<[u32; 3]> {
     let m = ctx.limits().max_compute_workgroups_per_dimension as u64;
-    let n = n.max(1);
+    fold(n.max(1), m).ok_or_else(|| Error::TooLarge {
+        op: "dispatch",
+        what: format!("{n} workgroups"),
+        needed: n,
+        limit: m * m * m,
+    })
+}
+
+/// `n >= 1` workgroups as x·y·z with each side <= `m`; None past m³.
+fn fold(n: u64, m: u64) -> Option<[u32; 3]> {
     if n > m * m * m {
-        return Err(Error::TooLarge {
-            op: "dispatch",
-            what: format!("{n} workgroups"),
-            needed: n,
-            limit: m * m * m,
-        });
+        return None;
     }
     let x = n.min(m);
     let rest = n.div_ceil(x);
     let y = rest.min(m);
     let z = rest.div_ceil(y);
-    Ok([x as u32, y as u32, z as u32])
+    Some([x as u32, y as u32, z as u32])
 }
 
 /// Records an op, or a chain of ops, into one command encoder; [`Schedule::submit`] sends it all
@@ -171,4 +175,27 @@ pub(crate) fn scratch(ctx: &Context, bytes: u64) -> wgpu::Buffer {
         usage: wgpu::BufferUsages::STORAGE,
         mapped_at_creation: false,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn grids_fold_into_y_and_z_and_cover_every_workgroup() {
+        let m = 65_535u64;
+        for n in [
+            1,
+            2,
+            65_535,
+            65_536,
+            70_000,
+            65_535 * 65_535 + 1,
+            5_000_000_000,
+        ] {
+            let g = super::fold(n, m).unwrap().map(u64::from);
+            assert!(g.iter().all(|&d| (1..=m).contains(&d)), "{n}: {g:?}");
+            let cover = g[0] * g[1] * g[2];
+            assert!(cover >= n && cover - n < g[0] * g[1], "{n}: {g:?}");
+        }
+        assert!(super::fold(m * m * m + 1, m).is_none());
+    }
 }

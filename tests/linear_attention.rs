@@ -329,3 +329,31 @@ fn f16_input_is_unchanged_and_output_is_f16() {
     assert_eq!(o.shape(), &[2, 9, 3]);
     assert_eq!(t.to_vec(c).unwrap(), x);
 }
+
+/// Two ops recorded into one schedule and submitted once: the second reads the first's output.
+#[test]
+fn a_chain_of_ops_runs_in_one_submission() {
+    let c = ctx();
+    let (rows, l, d) = (3, 70, 8);
+    let mut g = rng(21);
+    let q = randn(&mut g, rows * l * d, 0.8);
+    let k = randn(&mut g, rows * l * d, 0.8);
+    let v = randn(&mut g, rows * l * d, 1.0);
+    let shape = [rows, l, d];
+    let t = |x: &[f32]| Tensor::from_slice(c, x, &shape).unwrap();
+    let (tq, tk, tv) = (t(&q), t(&k), t(&v));
+    let mid = Tensor::<f32>::nan(c, &shape).unwrap();
+    let out = Tensor::<f32>::nan(c, &shape).unwrap();
+    let o1 = opts(FeatureMap::Elu1, true);
+    let o2 = opts(FeatureMap::Relu, false);
+    let mut s = longseq::Schedule::new(c);
+    longseq::attention::record_linear_attention(&mut s, &tq, &tk, &tv, &mid, &o1).unwrap();
+    longseq::attention::record_linear_attention(&mut s, &tq, &tk, &mid, &out, &o2).unwrap();
+    s.submit();
+    let got = to_f64(&pollster::block_on(out.to_vec_async(c)).unwrap());
+    let d3 = check_shapes("t", &shape, &shape, &shape).unwrap();
+    let m = reference::attention::linear_attention(&q, &k, &v, &d3, &o1).unwrap();
+    let m32: Vec<f32> = m.iter().map(|&x| x as f32).collect();
+    let want = reference::attention::linear_attention(&q, &k, &m32, &d3, &o2).unwrap();
+    assert_close("chain", &got, &want, TOL_F32);
+}

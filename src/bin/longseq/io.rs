@@ -1,0 +1,121 @@
+//! safetensors in and out for the CLI.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use half::f16;
+use safetensors::{Dtype, SafeTensors};
+
+/// A CLI failure: `Input` (missing tensor, bad shape, bad file: exit 2) or `Run` (exit 1).
+pub enum CliError {
+    Input(String),
+    Run(String),
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CliError::Input(m) | CliError::Run(m) => f.write_str(m),
+        }
+    }
+}
+
+impl From<longseq::Error> for CliError {
+    fn from(e: longseq::Error) -> Self {
+        match e {
+            longseq::Error::Shape { .. }
+            | longseq::Error::DataLength { .. }
+            | longseq::Error::InvalidArgument { .. }
+            | longseq::Error::Dtype { .. }
+            | longseq::Error::NaN { .. } => CliError::Input(e.to_string()),
+            _ => CliError::Run(e.to_string()),
+        }
+    }
+}
+
+pub fn read_file(path: &str) -> Result<Vec<u8>, CliError> {
+    std::fs::read(path).map_err(|e| CliError::Input(format!("cannot read {path}: {e}")))
+}
+
+/// A tensor read from a file, converted to f64, with its stored dtype.
+pub struct HostTensor {
+    pub data: Vec<f64>,
+    pub shape: Vec<usize>,
+    pub dtype: Dtype,
+}
+
+impl HostTensor {
+    pub fn to_f32(&self) -> Vec<f32> {
+        self.data.iter().map(|&x| x as f32).collect()
+    }
+}
+
+pub fn parse<'a>(bytes: &'a [u8], path: &str) -> Result<SafeTensors<'a>, CliError> {
+    SafeTensors::deserialize(bytes)
+        .map_err(|e| CliError::Input(format!("{path} is not a safetensors file: {e}")))
+}
+
+/// Reads tensor `name` (f16, f32 or f64) from `st`.
+pub fn read(st: &SafeTensors<'_>, name: &str, path: &str) -> Result<HostTensor, CliError> {
+    let t = st.tensor(name).map_err(|_| {
+        let mut names: Vec<&str> = st.names();
+        names.sort();
+        CliError::Input(format!(
+            "tensor `{name}` not found in {path} (it has: {})",
+            names.join(", ")
+        ))
+    })?;
+    let b = t.data();
+    let data: Vec<f64> = match t.dtype() {
+        Dtype::F32 => bytemuck::pod_collect_to_vec::<u8, f32>(b)
+            .into_iter()
+            .map(f64::from)
+            .collect(),
+        Dtype::F16 => bytemuck::pod_collect_to_vec::<u8, f16>(b)
+            .into_iter()
+            .map(f64::from)
+            .collect(),
+        Dtype::F64 => bytemuck::pod_collect_to_vec::<u8, f64>(b),
+        d => {
+            return Err(CliError::Input(format!(
+                "tensor `{name}` in {path} has dtype {d:?}; expected F16, F32 or F64"
+            )))
+        }
+    };
+    Ok(HostTensor {
+        data,
+        shape: t.shape().to_vec(),
+        dtype: t.dtype(),
+    })
+}
+
+/// A tensor to write.
+pub enum Out {
+    F32(Vec<f32>),
+}
+
+/// Writes `(name, shape, data)` tensors to `path`.
+pub fn write(path: &str, tensors: Vec<(&str, Vec<usize>, Out)>) -> Result<(), CliError> {
+    let owned: Vec<(String, Vec<usize>, Dtype, Vec<u8>)> = tensors
+        .into_iter()
+        .map(|(n, s, d)| match d {
+            Out::F32(v) => (
+                n.to_string(),
+                s,
+                Dtype::F32,
+                bytemuck::cast_slice(&v).to_vec(),
+            ),
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = owned
+        .iter()
+        .map(|(n, s, d, b)| {
+            let v = safetensors::tensor::TensorView::new(*d, s.clone(), b)
+                .map_err(|e| CliError::Run(format!("cannot build tensor `{n}`: {e}")))?;
+            Ok((n.clone(), v))
+        })
+        .collect::<Result<_, CliError>>()?;
+    let meta: Option<HashMap<String, String>> = None;
+    safetensors::serialize_to_file(views, meta, std::path::Path::new(path))
+        .map_err(|e| CliError::Run(format!("cannot write {path}: {e}")))
+}
