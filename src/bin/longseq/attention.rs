@@ -4,7 +4,10 @@ use std::time::Instant;
 
 use half::f16;
 use longseq::attention::linear::check_shapes;
-use longseq::attention::{linear_attention, FeatureMap, LinearAttentionOptions};
+use longseq::attention::{
+    draw_omega, favor_attention, linear_attention, FavorKind, FavorOptions, FeatureMap,
+    LinearAttentionOptions, OmegaDraw,
+};
 use longseq::{Context, Element, Tensor};
 
 use crate::io::{self, CliError, Out};
@@ -15,7 +18,9 @@ use crate::{compare, open_gpu, rel_frobenius, Device};
 /// Reads `{P}q`, `{P}k` ([H, L, Dk] or [B, H, L, Dk]) and `{P}v` ([.., L, Dv]), f16, f32 or f64.
 /// Prints the adapter, the shapes, GPU and CPU wall times, the max-abs and normwise relative
 /// difference GPU vs CPU and, when `{P}softmax_out` exists, the relative Frobenius error against
-/// it. Writes tensor `o` ([.., L, Dv], f32, same rank as q): the GPU result, or the CPU one when
+/// it. `--feature-map favor|favor-trig` runs Performer attention with ω drawn from `--seed`
+/// (`--num-features M` rows) or read from tensor `--omega NAME` ([M, Dk], used exactly as given).
+/// Writes tensor `o` ([.., L, Dv], f32, same rank as q): the GPU result, or the CPU one when
 /// only the CPU ran. A missing tensor or a shape mismatch exits with code 2.
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
@@ -29,9 +34,23 @@ pub struct Args {
     /// Attention method.
     #[arg(long, value_enum, default_value = "linear")]
     method: Method,
-    /// Feature map φ for linear attention: elu1 (elu + 1), relu, identity.
+    /// Feature map φ for linear attention: elu1 (elu + 1), relu, identity, or Performer random
+    /// features favor (positive, FAVOR+) and favor-trig (sin/cos).
     #[arg(long, default_value = "elu1")]
-    feature_map: FeatureMap,
+    feature_map: Phi,
+    /// favor*: number M of random features (ω: [M, Dk]); with --omega it must equal M.
+    #[arg(long)]
+    num_features: Option<usize>,
+    /// favor*: seed for drawing ω.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// favor*: how ω is drawn.
+    #[arg(long, value_enum, default_value = "orthogonal-chi")]
+    omega_draw: Draw,
+    /// favor*: name of a tensor [M, Dk] in the input file used as ω exactly as given (no
+    /// rescaling, no redraw).
+    #[arg(long)]
+    omega: Option<String>,
     /// Causal: row i attends to rows j <= i.
     #[arg(long)]
     causal: bool,
@@ -59,6 +78,42 @@ pub struct Args {
 enum Method {
     /// Kernelized linear attention (Katharopoulos et al. 2020).
     Linear,
+}
+
+/// `--feature-map`: an elementwise φ or Performer features.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phi {
+    Map(FeatureMap),
+    Favor(FavorKind),
+}
+
+impl std::str::FromStr for Phi {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "favor" => Ok(Phi::Favor(FavorKind::Positive)),
+            "favor-trig" => Ok(Phi::Favor(FavorKind::Trig)),
+            _ => s.parse().map(Phi::Map).map_err(|_| {
+                format!("unknown feature map `{s}` (expected elu1, relu, identity, favor or favor-trig)")
+            }),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Draw {
+    /// Blocks of Dk orthogonal rows, norms of independent Gaussian vectors.
+    OrthogonalChi,
+    /// Blocks of Dk orthogonal rows, every norm √Dk.
+    OrthogonalSqrtD,
+    /// i.i.d. N(0, 1) entries.
+    Gaussian,
+}
+
+/// What runs: linear attention with an elementwise φ, or Performer with ω `[M, Dk]`.
+enum Op {
+    Linear(LinearAttentionOptions),
+    Favor(Vec<f32>, usize, FavorOptions),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -92,30 +147,61 @@ pub fn run(a: Args) -> Result<(), CliError> {
         longseq::check_no_nan("attention", "v", &v)?;
     }
     let Method::Linear = a.method;
-    let opts = LinearAttentionOptions {
-        feature_map: a.feature_map,
-        causal: a.causal,
-        eps: a.eps,
-        denominator: !a.no_denominator,
+    let op = match a.feature_map {
+        Phi::Map(fm) => {
+            if a.num_features.is_some() || a.omega.is_some() {
+                return Err(CliError::Input(
+                    "--num-features and --omega go with --feature-map favor or favor-trig".into(),
+                ));
+            }
+            Op::Linear(LinearAttentionOptions {
+                feature_map: fm,
+                causal: a.causal,
+                eps: a.eps,
+                denominator: !a.no_denominator,
+            })
+        }
+        Phi::Favor(kind) => {
+            let (w, m) = omega(&a, &st, dims.dk)?;
+            Op::Favor(
+                w,
+                m,
+                FavorOptions {
+                    kind,
+                    causal: a.causal,
+                },
+            )
+        }
     };
     let ctx = open_gpu(a.device)?;
     if let Some(c) = &ctx {
         println!("adapter: {}", c.adapter_line());
     }
     println!("input: {} {shapes}", a.input);
-    println!(
-        "method: linear, feature map {}, {}, eps {}, denominator {}, GPU storage {:?}",
-        a.feature_map.name(),
-        if a.causal { "causal" } else { "non-causal" },
-        a.eps,
-        !a.no_denominator,
-        a.dtype
-    );
+    let mode = if a.causal { "causal" } else { "non-causal" };
+    match &op {
+        Op::Linear(_) => println!(
+            "method: linear, feature map {}, {mode}, eps {}, denominator {}, GPU storage {:?}",
+            a.feature_map_name(),
+            a.eps,
+            !a.no_denominator,
+            a.dtype
+        ),
+        Op::Favor(_, m, _) => println!(
+            "method: linear, feature map {}, M = {m} random features (omega: {}), {mode}, GPU storage {:?}",
+            a.feature_map_name(),
+            match &a.omega {
+                Some(n) => format!("tensor `{n}`"),
+                None => format!("{:?} draw, seed {}", a.omega_draw, a.seed),
+            },
+            a.dtype
+        ),
+    }
 
     let gpu = match &ctx {
         Some(c) => Some(match a.dtype {
-            Dtype::F32 => run_gpu::<f32>(c, (&q, &k, &v), &dims, &opts, |x| x.to_vec())?,
-            Dtype::F16 => run_gpu::<f16>(c, (&q, &k, &v), &dims, &opts, |x| {
+            Dtype::F32 => run_gpu::<f32>(c, (&q, &k, &v), &dims, &op, |x| x.to_vec())?,
+            Dtype::F16 => run_gpu::<f16>(c, (&q, &k, &v), &dims, &op, |x| {
                 x.iter().map(|&y| f16::from_f32(y)).collect()
             })?,
         }),
@@ -123,7 +209,12 @@ pub fn run(a: Args) -> Result<(), CliError> {
     };
     let cpu = if a.device != Device::Gpu {
         let t = Instant::now();
-        let o = longseq::reference::attention::linear_attention(&q, &k, &v, &dims, &opts)?;
+        let o = match &op {
+            Op::Linear(o) => longseq::reference::attention::linear_attention(&q, &k, &v, &dims, o)?,
+            Op::Favor(w, _, o) => {
+                longseq::reference::attention::favor_attention(&q, &k, &v, &dims, w, o)?
+            }
+        };
         println!(
             "cpu: {:.3} ms (f64 reference)",
             t.elapsed().as_secs_f64() * 1e3
@@ -159,7 +250,7 @@ fn run_gpu<T: Element>(
     ctx: &Context,
     (q, k, v): (&[f32], &[f32], &[f32]),
     dims: &longseq::attention::linear::AttnDims,
-    opts: &LinearAttentionOptions,
+    op: &Op,
     conv: impl Fn(&[f32]) -> Vec<T>,
 ) -> Result<Vec<f64>, CliError> {
     let s = |n: usize| {
@@ -170,12 +261,69 @@ fn run_gpu<T: Element>(
     let tq = Tensor::from_slice(ctx, &conv(q), &s(dims.dk))?;
     let tk = Tensor::from_slice(ctx, &conv(k), &s(dims.dk))?;
     let tv = Tensor::from_slice(ctx, &conv(v), &s(dims.dv))?;
-    linear_attention(ctx, &tq, &tk, &tv, opts)?.to_vec(ctx)?;
+    let tw = match op {
+        Op::Favor(w, m, _) => Some(Tensor::from_slice(ctx, w, &[*m, dims.dk])?),
+        Op::Linear(_) => None,
+    };
+    let go = || match (op, &tw) {
+        (Op::Favor(_, _, o), Some(w)) => favor_attention(ctx, &tq, &tk, &tv, w, o),
+        (Op::Linear(o), _) => linear_attention(ctx, &tq, &tk, &tv, o),
+        (Op::Favor(..), None) => unreachable!("ω is uploaded for favor"),
+    };
+    go()?.to_vec(ctx)?;
     let t = Instant::now();
-    let o = linear_attention(ctx, &tq, &tk, &tv, opts)?.to_vec(ctx)?;
+    let o = go()?.to_vec(ctx)?;
     println!(
         "gpu: {:.3} ms (dispatch + readback, pipelines compiled beforehand)",
         t.elapsed().as_secs_f64() * 1e3
     );
     Ok(o.iter().map(|x| x.to_f64()).collect())
+}
+
+impl Args {
+    fn feature_map_name(&self) -> &'static str {
+        match self.feature_map {
+            Phi::Map(fm) => fm.name(),
+            Phi::Favor(FavorKind::Positive) => "favor",
+            Phi::Favor(FavorKind::Trig) => "favor-trig",
+        }
+    }
+}
+
+/// ω for favor*: tensor `--omega` from the file (exactly as stored), or drawn from `--seed`.
+fn omega(
+    a: &Args,
+    st: &safetensors::SafeTensors<'_>,
+    dk: usize,
+) -> Result<(Vec<f32>, usize), CliError> {
+    match (&a.omega, a.num_features) {
+        (Some(name), m) => {
+            let w = io::read(st, name, &a.input)?;
+            if w.shape.len() != 2 || w.shape[1] != dk || w.shape[0] == 0 {
+                return Err(CliError::Input(format!(
+                    "--omega `{name}` has shape {:?}; expected [M, {dk}] with M >= 1",
+                    w.shape
+                )));
+            }
+            if m.is_some_and(|m| m != w.shape[0]) {
+                return Err(CliError::Input(format!(
+                    "--num-features {} but --omega `{name}` has M = {}",
+                    m.unwrap_or(0),
+                    w.shape[0]
+                )));
+            }
+            Ok((w.to_f32(), w.shape[0]))
+        }
+        (None, Some(m)) => {
+            let draw = match a.omega_draw {
+                Draw::OrthogonalChi => OmegaDraw::OrthogonalChi,
+                Draw::OrthogonalSqrtD => OmegaDraw::OrthogonalSqrtD,
+                Draw::Gaussian => OmegaDraw::Gaussian,
+            };
+            Ok((draw_omega(m, dk, draw, a.seed)?, m))
+        }
+        (None, None) => Err(CliError::Input(
+            "--feature-map favor needs --num-features M or --omega NAME".into(),
+        )),
+    }
 }
