@@ -12,6 +12,12 @@
 //! and per head over all keys and all L; each cancels in the ratio. Denominator guard: a row whose
 //! denominator is exactly 0 (every weight underflowed) outputs 0, as the CPU reference does.
 //! Features are f32 on the GPU whatever the storage dtype; ω is always f32.
+//!
+//! Limit of the head-wide key stabiliser: a key whose largest log-feature lies more than ≈ 87
+//! below the head's maximum underflows to 0 in f32 (about 745 in the f64 reference). In causal
+//! mode a later, far larger key can so zero an earlier row's every weight; that row then gets the
+//! guard's 0, where the f64 reference (or recurrent decoding, whose stabiliser is a running
+//! maximum) still has a value.
 
 use bytemuck::{Pod, Zeroable};
 use nalgebra::DMatrix;
