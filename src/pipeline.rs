@@ -48,6 +48,8 @@ fn source(shader: &str) -> Option<&'static str> {
         "fft" => include_str!("../shaders/fft.wgsl"),
         "scan" => include_str!("../shaders/scan.wgsl"),
         "ssm_kernel" => include_str!("../shaders/ssm_kernel.wgsl"),
+        "favor" => include_str!("../shaders/favor.wgsl"),
+        "recurrent" => include_str!("../shaders/recurrent.wgsl"),
         _ => return None,
     })
 }

@@ -3,9 +3,9 @@
 
 use longseq::attention::linear::AttnDims;
 use longseq::attention::{
-    diag_attention, lightning_attention, linear_attention, norm_attention, softmax_attention,
-    Affine, DiagAttentionOptions, LightningOptions, LinearAttentionOptions, NormAttentionOptions,
-    SoftmaxAttentionOptions,
+    diag_attention, favor_attention, lightning_attention, linear_attention, norm_attention,
+    softmax_attention, Affine, DiagAttentionOptions, FavorKind, FavorOptions, LightningOptions,
+    LinearAttentionOptions, NormAttentionOptions, SoftmaxAttentionOptions,
 };
 use longseq::reference::attention as cpu;
 use longseq::{Context, Element, Result, Tensor};
@@ -13,6 +13,12 @@ use longseq::{Context, Element, Result, Tensor};
 /// A method with its resolved options.
 pub enum Op {
     Linear(LinearAttentionOptions),
+    /// Performer: ω `[m, Dk]` row-major.
+    Favor {
+        omega: Vec<f32>,
+        m: usize,
+        opts: FavorOptions,
+    },
     Softmax(SoftmaxAttentionOptions),
     Norm(NormAttentionOptions),
     Diag(DiagAttentionOptions),
@@ -35,6 +41,11 @@ impl Op {
         let none = Affine::default();
         match self {
             Op::Linear(o) => linear_attention(ctx, q, k, v, o),
+            Op::Favor { omega, m, opts } => {
+                let dk = q.shape()[q.shape().len() - 1];
+                let w = Tensor::from_slice(ctx, omega, &[*m, dk])?;
+                favor_attention(ctx, q, k, v, &w, opts)
+            }
             Op::Softmax(o) => softmax_attention(ctx, q, k, v, o),
             Op::Norm(o) => norm_attention(ctx, q, k, v, &none, o),
             Op::Diag(o) => diag_attention(ctx, q, k, v, &none, o),
@@ -48,6 +59,7 @@ impl Op {
         let none = Affine::default();
         match self {
             Op::Linear(o) => cpu::linear_attention(q, k, v, d, o),
+            Op::Favor { omega, opts, .. } => cpu::favor_attention(q, k, v, d, omega, opts),
             Op::Softmax(o) => cpu::softmax_attention(q, k, v, d, o),
             Op::Norm(o) => cpu::norm_attention(q, k, v, d, &none, o),
             Op::Diag(o) => cpu::diag_attention(q, k, v, d, &none, o),
@@ -70,6 +82,14 @@ impl Op {
                 causal(o.causal),
                 o.eps,
                 o.denominator
+            ),
+            Op::Favor { m, opts, .. } => format!(
+                "linear, feature map {}, M = {m} random features, {}",
+                match opts.kind {
+                    FavorKind::Positive => "favor",
+                    FavorKind::Trig => "favor-trig",
+                },
+                causal(opts.causal)
             ),
             Op::Softmax(o) => format!("softmax, {}, scale {}", causal(o.causal), scale(o.scale)),
             Op::Norm(o) => format!(
