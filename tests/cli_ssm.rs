@@ -218,3 +218,25 @@ fn hippo_approx_on_mauna_loa_refuses_gaps_then_matches_the_reference() {
         assert!(c.iter().chain(&r).all(|x| x.is_finite()));
     }
 }
+
+#[test]
+fn hippo_approx_reports_an_overflowing_recurrence() {
+    // Forward Euler at step 1/k multiplies mode n by (1 − (n+1)/k): binomial growth past f32.
+    let out = bin()
+        .args([
+            "hippo-approx",
+            "--csv",
+            CO2,
+            "--column",
+            "co2",
+            "--n",
+            "128",
+            "--fill",
+            "linear",
+        ])
+        .args(["--method", "euler", "--output", &tmp("euler.safetensors")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("use --method bilinear"));
+}

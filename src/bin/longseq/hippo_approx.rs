@@ -121,6 +121,13 @@ pub fn run(a: Args) -> Result<(), CliError> {
         (None, Some(c)) => c.clone(),
         (None, None) => unreachable!("open_gpu returns a context unless the device is cpu"),
     };
+    if let Some(i) = c.iter().position(|x| !x.is_finite()) {
+        return Err(CliError::Run(format!(
+            "the memory left the f32/f64 range at sample {} (forward Euler with the scaled step \
+             grows like a binomial for N beyond ~30); use --method bilinear",
+            i / a.n
+        )));
+    }
     let (xs, t) = sample_grid(step, l);
     let recon = reconstruct(measure, a.theta, &c[(l - 1) * a.n..], t, &xs)?;
     let (mut se, mut max, mut cnt) = (0.0, 0.0f64, 0usize);
