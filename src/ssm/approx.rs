@@ -257,7 +257,10 @@ pub fn record_hippo_approx<T: Element>(
                     limit: mem,
                 });
             }
-            let ab: Vec<f32> = ab.iter().map(|&x| x as f32).collect();
+            let nn = opts.n;
+            let ab: Vec<f32> = (0..nn * nn)
+                .map(|k| ab[(k % nn) * nn + k / nn] as f32)
+                .collect(); // transposed: see shaders/hippo.wgsl
             let bb: Vec<f32> = bb.iter().map(|&x| x as f32).collect();
             let ta = Tensor::from_slice(ctx, &ab, &[opts.n, opts.n])?;
             let tb = Tensor::from_slice(ctx, &bb, &[opts.n])?;
