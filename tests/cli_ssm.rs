@@ -1,19 +1,21 @@
-//! `longseq hippo`, `discretize` and `hippo-approx` against independent computations: numpy's
-//! HiPPO matrices and scipy's cont2discrete (tests/data, generated once by the scripts beside
-//! them), and the f64 reference recurrence on the real Mauna Loa series.
+//! `longseq ssm` on a generated model, each mode checked against an independent f64 computation
+//! written here: the impulse response of the full N-state recurrence (both modes of each
+//! conjugate pair), direct convolution, the step-by-step recurrence.
 
 mod common;
 
 use std::collections::HashMap;
 use std::process::Command;
 
-use safetensors::{Dtype, SafeTensors};
+use common::*;
+use num_complex::Complex64;
+use rand::Rng;
+use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 
-const CO2: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/co2_mauna_loa_weekly.csv");
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_longseq"))
-}
+const H: usize = 3;
+const N2: usize = 16;
+const B: usize = 2;
+const L: usize = 257;
 
 fn tmp(name: &str) -> String {
     let dir = std::env::temp_dir().join(format!("longseq-cli-ssm-{}", std::process::id()));
@@ -21,222 +23,159 @@ fn tmp(name: &str) -> String {
     dir.join(name).to_string_lossy().into_owned()
 }
 
-fn read(path: &str, name: &str) -> (Vec<f64>, Vec<usize>, Dtype) {
-    let bytes = std::fs::read(path).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let t = st.tensor(name).unwrap();
-    let v = match t.dtype() {
-        Dtype::F64 => bytemuck::pod_collect_to_vec::<u8, f64>(t.data()),
-        Dtype::F32 => bytemuck::pod_collect_to_vec::<u8, f32>(t.data())
-            .into_iter()
-            .map(f64::from)
-            .collect(),
-        d => panic!("unexpected dtype {d:?}"),
-    };
-    (v, t.shape().to_vec(), t.dtype())
+struct Model {
+    a: Vec<Complex64>,
+    b: Vec<Complex64>,
+    c: Vec<Complex64>,
+    dt: Vec<f64>,
+    d: Vec<f64>,
+    u: Vec<f64>,
 }
 
-fn write_f64(path: &str, tensors: &[(&str, Vec<usize>, &[f64])]) {
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
-        .iter()
-        .map(|(n, s, d)| (n.to_string(), s.clone(), bytemuck::cast_slice(d).to_vec()))
+/// Random model and input (f32 values), written to a safetensors file.
+fn model(path: &str) -> Model {
+    let mut g = rng(2024);
+    let f = |x: f64| x as f32 as f64;
+    let z = |re: f64, im: f64| Complex64::new(f(re), f(im));
+    let a: Vec<Complex64> = (0..H * N2)
+        .map(|i| {
+            z(
+                -g.random_range(0.1..1.0),
+                3.0 * (i % N2) as f64 + g.random_range(0.0..1.0),
+            )
+        })
         .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+    let cn = |g: &mut rand::rngs::StdRng| {
+        Complex64::new(f(g.random_range(-1.0..1.0)), f(g.random_range(-1.0..1.0)))
+    };
+    let b: Vec<Complex64> = (0..H * N2).map(|_| cn(&mut g)).collect();
+    let c: Vec<Complex64> = (0..H * N2).map(|_| cn(&mut g)).collect();
+    let dt: Vec<f64> = (0..H)
+        .map(|_| f(10f64.powf(g.random_range(-3.0..-1.0))))
+        .collect();
+    let d: Vec<f64> = (0..H).map(|_| f(g.random_range(-1.0..1.0))).collect();
+    let u: Vec<f64> = randn(&mut g, B * H * L, 1.0)
+        .into_iter()
+        .map(f64::from)
+        .collect();
+    let f32s = |v: Vec<f64>| -> Vec<u8> {
+        let v: Vec<f32> = v.into_iter().map(|x| x as f32).collect();
+        bytemuck::cast_slice(&v).to_vec()
+    };
+    let re = |v: &[Complex64]| v.iter().map(|x| x.re).collect::<Vec<_>>();
+    let im = |v: &[Complex64]| v.iter().map(|x| x.im).collect::<Vec<_>>();
+    let tensors: Vec<(&str, Vec<usize>, Vec<u8>)> = vec![
+        ("A_re", vec![H, N2], f32s(re(&a))),
+        ("A_im", vec![H, N2], f32s(im(&a))),
+        ("B_re", vec![H, N2], f32s(re(&b))),
+        ("B_im", vec![H, N2], f32s(im(&b))),
+        ("C_re", vec![H, N2], f32s(re(&c))),
+        ("C_im", vec![H, N2], f32s(im(&c))),
+        ("dt", vec![H], f32s(dt.clone())),
+        ("D", vec![H], f32s(d.clone())),
+        ("u", vec![B, H, L], f32s(u.clone())),
+    ];
+    let views: Vec<(String, TensorView<'_>)> = tensors
         .iter()
         .map(|(n, s, b)| {
-            let v = safetensors::tensor::TensorView::new(Dtype::F64, s.clone(), b).unwrap();
-            (n.clone(), v)
+            (
+                n.to_string(),
+                TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
+            )
         })
         .collect();
     let meta: Option<HashMap<String, String>> = None;
     safetensors::serialize_to_file(views, meta, std::path::Path::new(path)).unwrap();
+    Model { a, b, c, dt, d, u }
 }
 
-fn ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{cmd:?} failed: {stderr}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn rel(got: &[f64], want: &[f64]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    let scale = want.iter().fold(0.0f64, |m, w| m.max(w.abs()));
-    let diff = got
-        .iter()
-        .zip(want)
-        .fold(0.0f64, |m, (g, w)| m.max((g - w).abs()));
-    assert!(diff.is_finite());
-    diff / scale
-}
-
-/// Blocks of `case ...` headers followed by `rows` lines of numbers.
-fn cases(text: &str, rows: usize) -> Vec<(Vec<String>, Vec<Vec<f64>>)> {
-    let mut lines = text.lines().filter(|l| !l.starts_with('#'));
-    let mut out = vec![];
-    while let Some(h) = lines.next() {
-        let head: Vec<String> = h.split_whitespace().skip(1).map(String::from).collect();
-        let mats = (0..rows)
-            .map(|_| {
-                let l = lines.next().unwrap();
-                l.split_whitespace().map(|v| v.parse().unwrap()).collect()
-            })
-            .collect();
-        out.push((head, mats));
+/// ZOH over all N = 2·N2 modes (each stored one and its conjugate): K_l = Σ C Ā^l B̄ by the
+/// recurrence x ← Ā x from x = B̄.
+fn kernel_dense(m: &Model) -> Vec<f64> {
+    let mut k = vec![0.0; H * L];
+    for h in 0..H {
+        for n in 0..N2 {
+            let i = h * N2 + n;
+            for (a, b, c) in [
+                (m.a[i], m.b[i], m.c[i]),
+                (m.a[i].conj(), m.b[i].conj(), m.c[i].conj()),
+            ] {
+                let ab = (a * m.dt[h]).exp();
+                let mut x = (ab - 1.0) / a * b;
+                for l in 0..L {
+                    k[h * L + l] += (c * x).re;
+                    x *= ab;
+                }
+            }
+        }
     }
-    out
+    k
+}
+
+fn run(input: &str, mode: &str, out: &str) -> Vec<f64> {
+    let o = Command::new(env!("CARGO_BIN_EXE_longseq"))
+        .args(["ssm", "--input", input, "--mode", mode, "--device", "gpu"])
+        .args(["--output", out])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let bytes = std::fs::read(out).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let name = if mode == "kernel" { "K" } else { "y" };
+    let t = st.tensor(name).unwrap();
+    let want_shape = if mode == "kernel" {
+        vec![H, L]
+    } else {
+        vec![B, H, L]
+    };
+    assert_eq!(t.shape(), want_shape.as_slice());
+    let v: Vec<f32> = bytemuck::pod_collect_to_vec(t.data());
+    v.into_iter().map(f64::from).collect()
 }
 
 #[test]
-fn hippo_command_equals_numpy() {
-    let all = cases(include_str!("data/hippo_numpy.txt"), 2);
-    assert_eq!(all.len(), 15);
-    for (head, mats) in all {
-        let (measure, n, theta) = (&head[0], &head[1], &head[2]);
-        let path = tmp(&format!("hippo-{measure}-{n}.safetensors"));
-        ok(bin().args([
-            "hippo",
-            "--measure",
-            measure,
-            "--n",
-            n,
-            "--theta",
-            theta,
-            "--output",
-            &path,
-        ]));
-        let (a, sa, da) = read(&path, "A");
-        let (b, sb, _) = read(&path, "B");
-        let n: usize = n.parse().unwrap();
-        assert_eq!((sa, sb, da), (vec![n, n], vec![n, 1], Dtype::F64));
-        let (ea, eb) = (rel(&a, &mats[0]), rel(&b, &mats[1]));
-        assert!(
-            ea <= 1e-12 && eb <= 1e-12,
-            "{measure} N={n}: {ea:.2e} {eb:.2e}"
-        );
+fn ssm_modes_equal_independent_computations() {
+    let input = tmp("model.safetensors");
+    let m = model(&input);
+    let k = kernel_dense(&m);
+    let got = run(&input, "kernel", &tmp("k.safetensors"));
+    let e = rel_err(&got, &k);
+    println!("kernel vs dense: {e:.2e}");
+    assert!(e <= 1e-4);
+    let mut y = vec![0.0; B * H * L];
+    for r in 0..B * H {
+        let h = r % H;
+        for t in 0..L {
+            y[r * L + t] = m.d[h] * m.u[r * L + t]
+                + (0..=t)
+                    .map(|s| k[h * L + s] * m.u[r * L + t - s])
+                    .sum::<f64>();
+        }
+    }
+    for mode in ["conv", "scan"] {
+        let got = run(&input, mode, &tmp(&format!("{mode}.safetensors")));
+        let e = rel_err(&got, &y);
+        println!("{mode} vs direct convolution: {e:.2e}");
+        assert!(e <= 1e-4, "{mode}: {e:.3e}");
     }
 }
 
 #[test]
-fn discretize_command_equals_scipy() {
-    let all = cases(include_str!("data/cont2discrete.txt"), 4);
-    let mut worst = 0.0f64;
-    for (i, (head, m)) in all.iter().enumerate() {
-        let (method, dt) = (&head[0], &head[1]);
-        let (n, k): (usize, usize) = (head[2].parse().unwrap(), head[3].parse().unwrap());
-        let (inp, out) = (
-            tmp(&format!("ab{i}.safetensors")),
-            tmp(&format!("d{i}.safetensors")),
-        );
-        write_f64(&inp, &[("A", vec![n, n], &m[0]), ("B", vec![n, k], &m[1])]);
-        let method = if method == "backward_diff" {
-            "backward-euler"
-        } else {
-            method
-        };
-        ok(bin().args([
-            "discretize",
-            "--input",
-            &inp,
-            "--method",
-            method,
-            "--dt",
-            dt,
-            "--output",
-            &out,
-        ]));
-        let (ad, sa, _) = read(&out, "Ab");
-        let (bd, sb, _) = read(&out, "Bb");
-        assert_eq!((sa, sb), (vec![n, n], vec![n, k]));
-        let e = rel(&ad, &m[2]).max(rel(&bd, &m[3]));
-        assert!(e <= 1e-9, "{method} dt={dt} n={n}: {e:.2e}");
-        worst = worst.max(e);
-    }
-    eprintln!("discretize CLI vs scipy: worst relative error {worst:.2e}");
-}
-
-#[test]
-fn discretize_command_rejects_bad_input_with_exit_code_2() {
-    let inp = tmp("bad.safetensors");
-    write_f64(
-        &inp,
-        &[("A", vec![2, 3], &[0.0; 6]), ("B", vec![2, 1], &[1.0, 1.0])],
-    );
-    let out = bin()
+fn ssm_bad_input_exits_2() {
+    let input = tmp("bad.safetensors");
+    let v: Vec<u8> = bytemuck::cast_slice(&[1.0f32; 6]).to_vec();
+    let views = vec![(
+        "A_re".to_string(),
+        TensorView::new(Dtype::F32, vec![2, 3], &v).unwrap(),
+    )];
+    let meta: Option<HashMap<String, String>> = None;
+    safetensors::serialize_to_file(views, meta, std::path::Path::new(&input)).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_longseq"))
         .args([
-            "discretize",
-            "--input",
-            &inp,
-            "--method",
-            "zoh",
-            "--dt",
-            "0.1",
-            "--output",
-            &tmp("x"),
+            "ssm", "--input", &input, "--mode", "conv", "--device", "cpu",
         ])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("`A` has shape [2, 3]"));
-}
-
-#[test]
-fn hippo_approx_on_mauna_loa_refuses_gaps_then_matches_the_reference() {
-    let path = tmp("co2.safetensors");
-    let base = ["hippo-approx", "--csv", CO2, "--column", "co2", "--n", "16"];
-    let out = bin().args(base).args(["--output", &path]).output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("59 of 2284 values are missing"));
-
-    for measure in ["legs", "legt"] {
-        let stdout = ok(bin().args(base).args([
-            "--fill",
-            "linear",
-            "--measure",
-            measure,
-            "--theta",
-            "0.25",
-            "--device",
-            "both",
-            "--output",
-            &path,
-        ]));
-        let line = stdout
-            .lines()
-            .find(|l| l.starts_with("gpu vs cpu"))
-            .unwrap();
-        let rel: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
-        assert!(rel <= 1e-4, "{measure}: {line}");
-        let (f, sf, _) = read(&path, "f");
-        let (c, sc, dc) = read(&path, "c");
-        let (r, _, _) = read(&path, "recon");
-        assert_eq!((sf, sc, dc), (vec![2284], vec![2284, 16], Dtype::F32));
-        assert!(
-            f.iter().all(|x| (300.0..450.0).contains(x)),
-            "filled series out of range"
-        );
-        assert!(c.iter().chain(&r).all(|x| x.is_finite()));
-    }
-}
-
-#[test]
-fn hippo_approx_reports_an_overflowing_recurrence() {
-    // Forward Euler at step 1/k multiplies mode n by (1 − (n+1)/k): binomial growth past f32.
-    let out = bin()
-        .args([
-            "hippo-approx",
-            "--csv",
-            CO2,
-            "--column",
-            "co2",
-            "--n",
-            "128",
-            "--fill",
-            "linear",
-        ])
-        .args(["--method", "euler", "--output", &tmp("euler.safetensors")])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("use --method bilinear"));
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("A_im"));
 }

@@ -6,6 +6,8 @@ mod discretize;
 mod hippo;
 mod hippo_approx;
 mod io;
+mod methods;
+mod ssm;
 
 use std::process::ExitCode;
 
@@ -33,6 +35,7 @@ enum Command {
     Hippo(hippo::Args),
     Discretize(discretize::Args),
     HippoApprox(hippo_approx::Args),
+    Ssm(ssm::Args),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +46,7 @@ fn main() -> ExitCode {
         Command::Hippo(a) => hippo::run(a),
         Command::Discretize(a) => discretize::run(a),
         Command::HippoApprox(a) => hippo_approx::run(a),
+        Command::Ssm(a) => ssm::run(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
