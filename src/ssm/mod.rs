@@ -1,6 +1,7 @@
 //! State-space sequence ops (HiPPO, S4 family): HiPPO matrices, discretisation, HiPPO online
-//! function approximation, the S4D convolution kernel, FFT convolution and the parallel
-//! associative scan; each GPU op has a CPU reference in [`crate::reference::ssm`].
+//! function approximation (and reading a series with gaps for it), the S4D convolution kernel,
+//! FFT convolution and the parallel associative scan; each GPU op has a CPU reference in
+//! [`crate::reference::ssm`].
 
 pub mod approx;
 pub mod discretize;
@@ -8,8 +9,11 @@ pub mod fft;
 pub mod hippo;
 pub mod kernel;
 pub mod scan;
+pub mod series;
 
-pub use approx::{hippo_approx, hippo_approx_into, record_hippo_approx, HippoApproxOptions, Step};
+pub use approx::{
+    hippo_approx, hippo_approx_into, record_hippo_approx, sample_grid, HippoApproxOptions, Step,
+};
 pub use discretize::{discretize, discretize_diag, Method};
 pub use hippo::{hippo, reconstruct, Measure, StateSpace};
 

@@ -2,6 +2,9 @@
 //! reference, and compare them. `longseq help <command>` documents each command's tensors.
 
 mod attention;
+mod discretize;
+mod hippo;
+mod hippo_approx;
 mod io;
 mod methods;
 mod ssm;
@@ -29,6 +32,9 @@ enum Command {
     /// device type, f16 support and the limits the ops use.
     Info,
     Attention(attention::Args),
+    Hippo(hippo::Args),
+    Discretize(discretize::Args),
+    HippoApprox(hippo_approx::Args),
     Ssm(ssm::Args),
 }
 
@@ -37,6 +43,9 @@ fn main() -> ExitCode {
     let r = match cli.command {
         Command::Info => info(),
         Command::Attention(a) => attention::run(a),
+        Command::Hippo(a) => hippo::run(a),
+        Command::Discretize(a) => discretize::run(a),
+        Command::HippoApprox(a) => hippo_approx::run(a),
         Command::Ssm(a) => ssm::run(a),
     };
     match r {
