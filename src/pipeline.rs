@@ -41,6 +41,7 @@ fn source(shader: &str) -> Option<&'static str> {
     Some(match shader {
         "linear_attention" => include_str!("../shaders/linear_attention.wgsl"),
         "cast" => include_str!("../shaders/cast.wgsl"),
+        "dplr" => include_str!("../shaders/dplr.wgsl"),
         "fft" => include_str!("../shaders/fft.wgsl"),
         "scan" => include_str!("../shaders/scan.wgsl"),
         "ssm_kernel" => include_str!("../shaders/ssm_kernel.wgsl"),

@@ -2,10 +2,12 @@
 //! parallel associative scan, each a WGSL shader with a CPU reference in
 //! [`crate::reference::ssm`].
 
+pub mod dplr;
 pub mod fft;
 pub mod kernel;
 pub mod scan;
 
+pub use dplr::s4_dplr_kernel;
 pub use fft::{causal_conv, causal_conv_into, fft, record_causal_conv, FftDirection};
 pub use kernel::{
     record_s4d_kernel, s4d_init, s4d_kernel, s4d_kernel_into, DiagonalSsm, Discretization, S4dInit,
