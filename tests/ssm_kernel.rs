@@ -225,3 +225,13 @@ fn s4d_kernel_bad_input() {
         Err(Error::Shape { name: "B", .. })
     ));
 }
+
+#[test]
+fn s4d_kernel_long_sequence() {
+    for disc in DISCS {
+        let m = random_ssm(21, 2, 32, S4dInit::Lin);
+        let e = gpu_vs_cpu::<f32>(ctx(), &m, 65537, disc);
+        println!("f32 L=65537 {disc:?}: {e:.2e}");
+        assert!(e <= TOL_F32, "{disc:?}: {e:.3e}");
+    }
+}
