@@ -40,7 +40,11 @@ impl Storage {
 fn source(shader: &str) -> Option<&'static str> {
     Some(match shader {
         "linear_attention" => include_str!("../shaders/linear_attention.wgsl"),
+        "softmax_attention" => include_str!("../shaders/softmax_attention.wgsl"),
+        "lightning_attention" => include_str!("../shaders/lightning_attention.wgsl"),
+        "transnormer" => include_str!("../shaders/transnormer.wgsl"),
         "cast" => include_str!("../shaders/cast.wgsl"),
+        "hippo" => include_str!("../shaders/hippo.wgsl"),
         "dplr" => include_str!("../shaders/dplr.wgsl"),
         "fft" => include_str!("../shaders/fft.wgsl"),
         "scan" => include_str!("../shaders/scan.wgsl"),

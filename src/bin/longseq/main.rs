@@ -3,6 +3,7 @@
 
 mod attention;
 mod io;
+mod methods;
 mod ssm;
 
 use std::process::ExitCode;
