@@ -14,10 +14,10 @@ pub use approx::{hippo_approx, hippo_approx_into, record_hippo_approx, HippoAppr
 pub use discretize::{discretize, discretize_diag, Method};
 pub use dplr::s4_dplr_kernel;
 pub use fft::{causal_conv, causal_conv_into, fft, record_causal_conv, FftDirection};
+pub use hippo::{hippo, reconstruct, Measure, StateSpace};
 pub use kernel::{
     record_s4d_kernel, s4d_init, s4d_kernel, s4d_kernel_into, DiagonalSsm, Discretization, S4dInit,
 };
-pub use hippo::{hippo, reconstruct, Measure, StateSpace};
 pub use scan::{linear_scan, linear_scan_into, s4d_scan, s4d_scan_into, s4d_step, ScanOperands};
 
 use crate::schedule::Bind;
