@@ -145,7 +145,7 @@ fn reference_kernel_is_the_impulse_response() {
         let m = random_ssm(11, 2, 5, S4dInit::Inv);
         let len = 300;
         let k = rs::s4d_kernel(&m, len, disc).unwrap();
-        let (ab, bb) = m.discretize(disc);
+        let (ab, bb) = m.discretize(disc).unwrap();
         let mut want = vec![0.0; m.h * len];
         for i in 0..m.h * m.n2 {
             let mut x = bb[i];
