@@ -45,6 +45,7 @@ fn source(shader: &str) -> Option<&'static str> {
         "transnormer" => include_str!("../shaders/transnormer.wgsl"),
         "cast" => include_str!("../shaders/cast.wgsl"),
         "hippo" => include_str!("../shaders/hippo.wgsl"),
+        "dplr" => include_str!("../shaders/dplr.wgsl"),
         "fft" => include_str!("../shaders/fft.wgsl"),
         "scan" => include_str!("../shaders/scan.wgsl"),
         "ssm_kernel" => include_str!("../shaders/ssm_kernel.wgsl"),
