@@ -4,8 +4,8 @@
 //! and the wait for the device; inputs are uploaded beforehand, pipelines compiled by a warm-up.
 //!
 //! `LONGSEQ_BENCH_MAX_L=N` drops the lengths above N; on a CPU adapter (lavapipe) softmax runs
-//! only up to L = 2048 unless `LONGSEQ_BENCH_SOFTMAX_MAX_L` says otherwise (one softmax run at
-//! L = 32768 is ~1 TFLOP of work).
+//! only up to L = 512 unless `LONGSEQ_BENCH_SOFTMAX_MAX_L` says otherwise (one softmax run at
+//! L = 32768 is ~4 TFLOP of work).
 
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,7 @@ fn bench(c: &mut Criterion) {
     let cpu_adapter = ctx.adapter_info().device_type == wgpu::DeviceType::Cpu;
     let max_l = env_usize("LONGSEQ_BENCH_MAX_L").unwrap_or(usize::MAX);
     let softmax_max_l = env_usize("LONGSEQ_BENCH_SOFTMAX_MAX_L").unwrap_or(if cpu_adapter {
-        2048
+        512
     } else {
         usize::MAX
     });

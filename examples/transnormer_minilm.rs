@@ -2,10 +2,10 @@
 //!
 //! 1. On the shipped MiniLM capture (layers 0 and 5, 12 heads, L = 403, D = 32): the relative
 //!    Frobenius error of each method against the stored float64 `softmax_out`, and its GPU time.
-//! 2. On random data (B·H = 1, D = 32), GPU time against L: where each sub-quadratic method
-//!    overtakes exact softmax.
+//! 2. On random data (B·H = 1, D = 32 unless --bh / --d say otherwise), GPU time against L: where
+//!    each sub-quadratic method overtakes exact softmax.
 //!
-//! `cargo run --release --example transnormer_minilm -- [--max-l L] [--out DIR]`
+//! `cargo run --release --example transnormer_minilm -- [--max-l L] [--bh N] [--d D] [--out DIR]`
 //! Writes DIR/transnormer_minilm.md and DIR/transnormer_minilm.png (DIR defaults to
 //! target/examples). On a CPU adapter (lavapipe) the sweep stops at L = 2048 unless --max-l says
 //! otherwise (16 384 elsewhere), and softmax is not run again once one run took longer than 10 s.
@@ -190,13 +190,16 @@ fn main() -> Result<(), Box<dyn Error>> {
         .into_iter()
         .filter(|&l| l <= max_l)
         .collect();
-    let d = 32;
+    let bh: usize = flag("--bh").map_or(Ok(1), |s| s.parse())?;
+    let d: usize = flag("--d").map_or(Ok(32), |s| s.parse())?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut times: Vec<Vec<Option<f64>>> = vec![vec![]; sweep.len()];
     for &l in &ls {
-        let shape = [1, l, d];
+        let shape = [bh, l, d];
         let x = [0, 1, 2].map(|_| {
-            let data: Vec<f32> = (0..l * d).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let data: Vec<f32> = (0..bh * l * d)
+                .map(|_| rng.random_range(-1.0..1.0))
+                .collect();
             Tensor::from_slice(&ctx, &data, &shape).unwrap()
         });
         let out = Tensor::<f32>::empty(&ctx, &shape)?;
@@ -217,7 +220,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     }
     writeln!(
         md,
-        "\n## GPU time (ms) against L, random data, B·H = 1, D = 32, non-causal (lightning causal)\n"
+        "\n## GPU time (ms) against L, random data, B·H = {bh}, D = {d}, non-causal (lightning causal)\n"
     )?;
     write!(md, "| L |")?;
     for m in &sweep {
@@ -276,7 +279,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     plot::line_plot(
         &png,
         &plot::Axes {
-            title: "GPU time vs sequence length (B·H = 1, D = 32)",
+            title: &format!("GPU time vs sequence length (B·H = {bh}, D = {d})"),
             x_label: "L",
             y_label: "ms",
             log_x: true,
