@@ -25,6 +25,7 @@ pub mod error;
 mod pipeline;
 pub mod reference;
 pub mod schedule;
+pub mod ssm;
 pub mod tensor;
 
 pub use context::{Context, ContextOptions};

@@ -44,6 +44,7 @@ fn source(shader: &str) -> Option<&'static str> {
         "lightning_attention" => include_str!("../shaders/lightning_attention.wgsl"),
         "transnormer" => include_str!("../shaders/transnormer.wgsl"),
         "cast" => include_str!("../shaders/cast.wgsl"),
+        "hippo" => include_str!("../shaders/hippo.wgsl"),
         _ => return None,
     })
 }
