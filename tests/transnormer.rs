@@ -262,3 +262,23 @@ fn bad_input_is_a_typed_error() {
         Err(Error::InvalidArgument { name: "scale", .. })
     ));
 }
+
+/// `FeatureMap::Elu` (added for NormAttention) also drives the linear-attention kernel.
+#[test]
+fn linear_attention_with_the_elu_map_matches_reference() {
+    let c = ctx();
+    let x = inputs((2, 77, 5, 6), 12, |x| x.to_vec());
+    for causal in [false, true] {
+        let o = longseq::attention::LinearAttentionOptions {
+            feature_map: FeatureMap::Elu,
+            causal,
+            denominator: false,
+            ..Default::default()
+        };
+        let got = gpu(c, &x, &|q, k, v, out| {
+            longseq::attention::linear_attention_into(c, q, k, v, out, &o).unwrap()
+        });
+        let want = reference::attention::linear_attention(&x.q, &x.k, &x.v, &x.d, &o).unwrap();
+        assert_close(&format!("elu causal={causal}"), &got, &want, TOL_F32);
+    }
+}
