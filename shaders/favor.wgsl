@@ -183,6 +183,9 @@ fn phi(y: f32) -> f32 {
     if (FMAP == 1u) {
         return select(y, 0.0, y < 0.0);
     }
+    if (FMAP == 3u) {
+        return select(exp(y) - 1.0, y, y > 0.0);
+    }
     return y;
 }
 

@@ -17,7 +17,8 @@ fn all_features(ctx: &Context, dk: usize, m: usize) -> Vec<(&'static str, Featur
         Features::Linear(LinearAttentionOptions {
             feature_map: fm,
             causal: true,
-            denominator: fm != FeatureMap::Identity,
+            // identity and elu are not positive: no denominator.
+            denominator: !matches!(fm, FeatureMap::Identity | FeatureMap::Elu),
             ..Default::default()
         })
     };
@@ -27,6 +28,7 @@ fn all_features(ctx: &Context, dk: usize, m: usize) -> Vec<(&'static str, Featur
         ("elu1", lin(FeatureMap::Elu1)),
         ("relu", lin(FeatureMap::Relu)),
         ("identity", lin(FeatureMap::Identity)),
+        ("elu", lin(FeatureMap::Elu)),
         (
             "favor",
             Features::Favor {
