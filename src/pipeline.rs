@@ -41,6 +41,8 @@ fn source(shader: &str) -> Option<&'static str> {
     Some(match shader {
         "linear_attention" => include_str!("../shaders/linear_attention.wgsl"),
         "cast" => include_str!("../shaders/cast.wgsl"),
+        "embedding" => include_str!("../shaders/embedding.wgsl"),
+        "rope" => include_str!("../shaders/rope.wgsl"),
         _ => return None,
     })
 }

@@ -3,3 +3,4 @@
 //! when no adapter is present.
 
 pub mod attention;
+pub mod positions;
