@@ -2,7 +2,9 @@
 //! reference, and compare them. `longseq help <command>` documents each command's tensors.
 
 mod attention;
+mod embed;
 mod io;
+mod rope;
 
 use std::process::ExitCode;
 
@@ -27,6 +29,8 @@ enum Command {
     /// device type, f16 support and the limits the ops use.
     Info,
     Attention(attention::Args),
+    Embed(embed::Args),
+    Rope(rope::Args),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +38,8 @@ fn main() -> ExitCode {
     let r = match cli.command {
         Command::Info => info(),
         Command::Attention(a) => attention::run(a),
+        Command::Embed(a) => embed::run(a),
+        Command::Rope(a) => rope::run(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
