@@ -32,10 +32,12 @@ fn register_font() -> Result<(), Box<dyn Error>> {
     static DONE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let ok = *DONE.get_or_init(|| {
         FONTS.iter().any(|p| match std::fs::read(p) {
-            Ok(b) => {
-                plotters::style::register_font("sans-serif", FontStyle::Normal, Box::leak(b.into_boxed_slice()))
-                    .is_ok()
-            }
+            Ok(b) => plotters::style::register_font(
+                "sans-serif",
+                FontStyle::Normal,
+                Box::leak(b.into_boxed_slice()),
+            )
+            .is_ok(),
             Err(_) => false,
         })
     });
@@ -59,8 +61,13 @@ fn tick(v: f64) -> String {
 }
 
 fn bounds(series: &[Series], f: impl Fn(&(f64, f64)) -> f64, log: bool) -> (f64, f64) {
-    let vals = series.iter().flat_map(|s| s.points.iter().map(&f)).filter(|v| v.is_finite() && (!log || *v > 0.0));
-    let (lo, hi) = vals.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+    let vals = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(&f))
+        .filter(|v| v.is_finite() && (!log || *v > 0.0));
+    let (lo, hi) = vals.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+        (a.min(v), b.max(v))
+    });
     if !lo.is_finite() {
         return (if log { 1e-3 } else { 0.0 }, 1.0);
     }
@@ -72,7 +79,13 @@ fn bounds(series: &[Series], f: impl Fn(&(f64, f64)) -> f64, log: bool) -> (f64,
     }
 }
 
-fn draw<X, Y>(path: &str, axes: &Axes<'_>, series: &[Series], x: X, y: Y) -> Result<(), Box<dyn Error>>
+fn draw<X, Y>(
+    path: &str,
+    axes: &Axes<'_>,
+    series: &[Series],
+    x: X,
+    y: Y,
+) -> Result<(), Box<dyn Error>>
 where
     X: AsRangedCoord<Value = f64>,
     Y: AsRangedCoord<Value = f64>,
@@ -101,8 +114,17 @@ where
         chart
             .draw_series(LineSeries::new(s.points.iter().copied(), color))?
             .label(s.name.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], Palette99::pick(i).stroke_width(3)));
-        chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 3, Palette99::pick(i).filled())))?;
+            .legend(move |(x, y)| {
+                PathElement::new(
+                    vec![(x, y), (x + 20, y)],
+                    Palette99::pick(i).stroke_width(3),
+                )
+            });
+        chart.draw_series(
+            s.points
+                .iter()
+                .map(|&p| Circle::new(p, 3, Palette99::pick(i).filled())),
+        )?;
     }
     chart
         .configure_series_labels()
@@ -123,6 +145,12 @@ pub fn line_plot(path: &str, axes: &Axes<'_>, series: &[Series]) -> Result<(), B
         (false, false) => draw(path, axes, series, x0..x1, y0..y1),
         (true, false) => draw(path, axes, series, (x0..x1).log_scale(), y0..y1),
         (false, true) => draw(path, axes, series, x0..x1, (y0..y1).log_scale()),
-        (true, true) => draw(path, axes, series, (x0..x1).log_scale(), (y0..y1).log_scale()),
+        (true, true) => draw(
+            path,
+            axes,
+            series,
+            (x0..x1).log_scale(),
+            (y0..y1).log_scale(),
+        ),
     }
 }
