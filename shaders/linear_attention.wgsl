@@ -4,7 +4,7 @@
 // Pipeline: chunk_state -> scan_chunks (exclusive prefix if causal, total in chunk 0 if not)
 //           -> chunk_apply (intra-chunk masked product + phi(Q) S).
 
-override FMAP: u32 = 0u;    // feature map: 0 elu+1, 1 relu, 2 identity
+override FMAP: u32 = 0u;    // feature map: 0 elu+1, 1 relu, 2 identity, 3 elu
 override WG: u32 = 256u;    // invocations per workgroup
 override CHUNK: u32 = 64u;  // rows per chunk; sized on the host from the workgroup-memory limit
 
@@ -40,6 +40,9 @@ fn phi(x: f32) -> f32 {
     }
     if (FMAP == 1u) {
         return select(x, 0.0, x < 0.0);
+    }
+    if (FMAP == 3u) {
+        return select(exp(x) - 1.0, x, x > 0.0);
     }
     return x;
 }

@@ -26,6 +26,7 @@ mod pipeline;
 pub mod positions;
 pub mod reference;
 pub mod schedule;
+pub mod ssm;
 pub mod tensor;
 
 pub use context::{Context, ContextOptions};

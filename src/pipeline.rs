@@ -40,9 +40,16 @@ impl Storage {
 fn source(shader: &str) -> Option<&'static str> {
     Some(match shader {
         "linear_attention" => include_str!("../shaders/linear_attention.wgsl"),
+        "softmax_attention" => include_str!("../shaders/softmax_attention.wgsl"),
+        "lightning_attention" => include_str!("../shaders/lightning_attention.wgsl"),
+        "transnormer" => include_str!("../shaders/transnormer.wgsl"),
         "cast" => include_str!("../shaders/cast.wgsl"),
         "embedding" => include_str!("../shaders/embedding.wgsl"),
         "rope" => include_str!("../shaders/rope.wgsl"),
+        "hippo" => include_str!("../shaders/hippo.wgsl"),
+        "fft" => include_str!("../shaders/fft.wgsl"),
+        "scan" => include_str!("../shaders/scan.wgsl"),
+        "ssm_kernel" => include_str!("../shaders/ssm_kernel.wgsl"),
         _ => return None,
     })
 }

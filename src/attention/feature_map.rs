@@ -10,6 +10,9 @@ pub enum FeatureMap {
     Elu1,
     /// φ(x) = max(x, 0).
     Relu,
+    /// φ(x) = elu(x): x for x > 0, eˣ − 1 otherwise. TransNormer's NormAttention uses it (no
+    /// denominator); not positive, so with a denominator it can vanish.
+    Elu,
     /// φ(x) = x. Not positive, so the denominator can vanish: use it without the denominator.
     Identity,
 }
@@ -32,6 +35,13 @@ impl FeatureMap {
                     x
                 }
             }
+            FeatureMap::Elu => {
+                if x > 0.0 {
+                    x
+                } else {
+                    x.exp_m1()
+                }
+            }
             FeatureMap::Identity => x,
         }
     }
@@ -42,6 +52,7 @@ impl FeatureMap {
             FeatureMap::Elu1 => 0,
             FeatureMap::Relu => 1,
             FeatureMap::Identity => 2,
+            FeatureMap::Elu => 3,
         }
     }
 
@@ -50,6 +61,7 @@ impl FeatureMap {
             FeatureMap::Elu1 => "elu1",
             FeatureMap::Relu => "relu",
             FeatureMap::Identity => "identity",
+            FeatureMap::Elu => "elu",
         }
     }
 }
@@ -61,8 +73,9 @@ impl FromStr for FeatureMap {
             "elu1" => Ok(FeatureMap::Elu1),
             "relu" => Ok(FeatureMap::Relu),
             "identity" => Ok(FeatureMap::Identity),
+            "elu" => Ok(FeatureMap::Elu),
             _ => Err(format!(
-                "unknown feature map `{s}` (expected elu1, relu or identity)"
+                "unknown feature map `{s}` (expected elu1, relu, elu or identity)"
             )),
         }
     }

@@ -1,9 +1,25 @@
-//! Attention ops: kernelized linear attention and its feature maps.
+//! Attention ops: kernelized linear attention and its feature maps; exact softmax attention;
+//! Lightning attention; TransNormer's NormAttention and DiagAttention.
 
 pub mod feature_map;
+pub mod lightning;
 pub mod linear;
+pub mod softmax;
+pub mod transnormer;
 
 pub use feature_map::FeatureMap;
+pub use lightning::{
+    alibi_slopes, lightning_attention, lightning_attention_into, record_lightning_attention,
+    LightningOptions,
+};
 pub use linear::{
     linear_attention, linear_attention_into, record_linear_attention, LinearAttentionOptions,
+};
+pub use softmax::{
+    record_softmax_attention, softmax_attention, softmax_attention_into, SoftmaxAttentionOptions,
+};
+pub use transnormer::{
+    diag_attention, diag_attention_into, norm_attention, norm_attention_into,
+    record_diag_attention, record_norm_attention, Affine, DiagAttentionOptions, DiagWeights, Norm,
+    NormAttentionOptions,
 };

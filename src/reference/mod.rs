@@ -4,3 +4,4 @@
 
 pub mod attention;
 pub mod positions;
+pub mod ssm;

@@ -4,10 +4,14 @@ use std::time::Instant;
 
 use half::f16;
 use longseq::attention::linear::check_shapes;
-use longseq::attention::{linear_attention, FeatureMap, LinearAttentionOptions};
+use longseq::attention::{
+    DiagAttentionOptions, DiagWeights, FeatureMap, LightningOptions, LinearAttentionOptions, Norm,
+    NormAttentionOptions, SoftmaxAttentionOptions,
+};
 use longseq::{Context, Element, Tensor};
 
 use crate::io::{self, CliError, Out};
+use crate::methods::Op;
 use crate::{compare, open_gpu, rel_frobenius, Device};
 
 /// Attention over tensors in a safetensors file, on the GPU and/or the CPU reference.
@@ -29,15 +33,36 @@ pub struct Args {
     /// Attention method.
     #[arg(long, value_enum, default_value = "linear")]
     method: Method,
-    /// Feature map φ for linear attention: elu1 (elu + 1), relu, identity.
+    /// Feature map φ for linear and norm attention: elu1 (elu + 1), relu, elu, identity.
+    /// (Lightning uses q and k as given.)
     #[arg(long, default_value = "elu1")]
     feature_map: FeatureMap,
-    /// Causal: row i attends to rows j <= i.
+    /// Causal: row i attends to rows j <= i. (Lightning is always causal.)
     #[arg(long)]
     causal: bool,
-    /// ε added to the denominator.
+    /// ε added to the denominator (linear), or inside the norm (norm, diag with relu weights).
     #[arg(long, default_value_t = 1e-6)]
     eps: f32,
+    /// Output norm over Dv for norm attention and diag with relu weights:
+    /// simple-rmsnorm, rmsnorm, layernorm (unit gain, zero bias).
+    #[arg(long, default_value = "simple-rmsnorm")]
+    norm: Norm,
+    /// Block length: DiagAttention's w (default 64), Lightning's block (default: largest of
+    /// 64/32/16/8 that fits the device).
+    #[arg(long)]
+    block: Option<u32>,
+    /// DiagAttention's weights inside a block: softmax, or relu followed by --norm.
+    #[arg(long, value_enum, default_value = "softmax")]
+    weights: Weights,
+    /// Lightning's per-head decay rates s_h (λ_h = exp(−s_h)): the ALiBi slopes 2^(−8(h+1)/H).
+    #[arg(long, value_enum, default_value = "alibi", conflicts_with = "decay")]
+    slopes: Slopes,
+    /// Lightning's decay rates from tensor NAME ([H], s_h >= 0) of the input file (no prefix).
+    #[arg(long, value_name = "NAME")]
+    decay: Option<String>,
+    /// Logit scale for softmax and diag (default 1/sqrt(Dk)).
+    #[arg(long)]
+    scale: Option<f32>,
     /// Output the numerator alone (no normalisation).
     #[arg(long)]
     no_denominator: bool,
@@ -59,6 +84,25 @@ pub struct Args {
 enum Method {
     /// Kernelized linear attention (Katharopoulos et al. 2020).
     Linear,
+    /// Exact softmax attention, tiled with the online softmax (O(L) memory).
+    Softmax,
+    /// TransNormer's NormAttention: Norm(φ(Q)(φ(K)ᵀV)).
+    Norm,
+    /// TransNormer's DiagAttention: attention inside blocks of --block positions.
+    Diag,
+    /// Lightning attention: causal linear attention with per-head decay, block-wise.
+    Lightning,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Weights {
+    Softmax,
+    Relu,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Slopes {
+    Alibi,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -85,37 +129,25 @@ pub fn run(a: Args) -> Result<(), CliError> {
         "q {:?} {:?}, k {:?} {:?}, v {:?} {:?}",
         q.shape, q.dtype, k.shape, k.dtype, v.shape, v.dtype
     );
+    let q_shape = q.shape.clone();
     let (q, k, v) = (q.to_f32(), k.to_f32(), v.to_f32());
     if a.nan == NanPolicy::Error {
         longseq::check_no_nan("attention", "q", &q)?;
         longseq::check_no_nan("attention", "k", &k)?;
         longseq::check_no_nan("attention", "v", &v)?;
     }
-    let Method::Linear = a.method;
-    let opts = LinearAttentionOptions {
-        feature_map: a.feature_map,
-        causal: a.causal,
-        eps: a.eps,
-        denominator: !a.no_denominator,
-    };
+    let op = op_from_args(&a, &st, &q_shape)?;
     let ctx = open_gpu(a.device)?;
     if let Some(c) = &ctx {
         println!("adapter: {}", c.adapter_line());
     }
     println!("input: {} {shapes}", a.input);
-    println!(
-        "method: linear, feature map {}, {}, eps {}, denominator {}, GPU storage {:?}",
-        a.feature_map.name(),
-        if a.causal { "causal" } else { "non-causal" },
-        a.eps,
-        !a.no_denominator,
-        a.dtype
-    );
+    println!("method: {}, GPU storage {:?}", op.describe(), a.dtype);
 
     let gpu = match &ctx {
         Some(c) => Some(match a.dtype {
-            Dtype::F32 => run_gpu::<f32>(c, (&q, &k, &v), &dims, &opts, |x| x.to_vec())?,
-            Dtype::F16 => run_gpu::<f16>(c, (&q, &k, &v), &dims, &opts, |x| {
+            Dtype::F32 => run_gpu::<f32>(c, (&q, &k, &v), &dims, &op, |x| x.to_vec())?,
+            Dtype::F16 => run_gpu::<f16>(c, (&q, &k, &v), &dims, &op, |x| {
                 x.iter().map(|&y| f16::from_f32(y)).collect()
             })?,
         }),
@@ -123,7 +155,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
     };
     let cpu = if a.device != Device::Gpu {
         let t = Instant::now();
-        let o = longseq::reference::attention::linear_attention(&q, &k, &v, &dims, &opts)?;
+        let o = op.cpu(&q, &k, &v, &dims)?;
         println!(
             "cpu: {:.3} ms (f64 reference)",
             t.elapsed().as_secs_f64() * 1e3
@@ -159,7 +191,7 @@ fn run_gpu<T: Element>(
     ctx: &Context,
     (q, k, v): (&[f32], &[f32], &[f32]),
     dims: &longseq::attention::linear::AttnDims,
-    opts: &LinearAttentionOptions,
+    op: &Op,
     conv: impl Fn(&[f32]) -> Vec<T>,
 ) -> Result<Vec<f64>, CliError> {
     let s = |n: usize| {
@@ -170,12 +202,74 @@ fn run_gpu<T: Element>(
     let tq = Tensor::from_slice(ctx, &conv(q), &s(dims.dk))?;
     let tk = Tensor::from_slice(ctx, &conv(k), &s(dims.dk))?;
     let tv = Tensor::from_slice(ctx, &conv(v), &s(dims.dv))?;
-    linear_attention(ctx, &tq, &tk, &tv, opts)?.to_vec(ctx)?;
+    op.gpu(ctx, &tq, &tk, &tv)?.to_vec(ctx)?;
     let t = Instant::now();
-    let o = linear_attention(ctx, &tq, &tk, &tv, opts)?.to_vec(ctx)?;
+    let o = op.gpu(ctx, &tq, &tk, &tv)?.to_vec(ctx)?;
     println!(
         "gpu: {:.3} ms (dispatch + readback, pipelines compiled beforehand)",
         t.elapsed().as_secs_f64() * 1e3
     );
     Ok(o.iter().map(|x| x.to_f64()).collect())
+}
+
+/// The method and its options from the flags; `--decay NAME` is read from the input file.
+fn op_from_args(
+    a: &Args,
+    st: &safetensors::SafeTensors<'_>,
+    q_shape: &[usize],
+) -> Result<Op, CliError> {
+    let weights = match a.weights {
+        Weights::Softmax => DiagWeights::Softmax,
+        Weights::Relu => DiagWeights::Relu,
+    };
+    Ok(match a.method {
+        Method::Linear => Op::Linear(LinearAttentionOptions {
+            feature_map: a.feature_map,
+            causal: a.causal,
+            eps: a.eps,
+            denominator: !a.no_denominator,
+        }),
+        Method::Softmax => Op::Softmax(SoftmaxAttentionOptions {
+            causal: a.causal,
+            scale: a.scale,
+        }),
+        Method::Norm => Op::Norm(NormAttentionOptions {
+            feature_map: a.feature_map,
+            causal: a.causal,
+            norm: a.norm,
+            eps: a.eps,
+        }),
+        Method::Diag => Op::Diag(DiagAttentionOptions {
+            block: a.block.unwrap_or(64),
+            causal: a.causal,
+            scale: a.scale,
+            weights,
+            norm: a.norm,
+            eps: a.eps,
+        }),
+        Method::Lightning => {
+            let Slopes::Alibi = a.slopes;
+            let slopes = match &a.decay {
+                Some(name) => {
+                    let t = io::read(st, name, &a.input)?;
+                    if t.shape.len() != 1 {
+                        return Err(CliError::Input(format!(
+                            "--decay tensor `{name}` has shape {:?}; expected [H]",
+                            t.shape
+                        )));
+                    }
+                    Some(t.to_f32())
+                }
+                None => None,
+            };
+            Op::Lightning {
+                opts: LightningOptions {
+                    block: a.block,
+                    ..Default::default()
+                },
+                slopes,
+                heads: q_shape[q_shape.len() - 3],
+            }
+        }
+    })
 }

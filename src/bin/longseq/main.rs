@@ -4,7 +4,9 @@
 mod attention;
 mod embed;
 mod io;
+mod methods;
 mod rope;
+mod ssm;
 
 use std::process::ExitCode;
 
@@ -31,6 +33,7 @@ enum Command {
     Attention(attention::Args),
     Embed(embed::Args),
     Rope(rope::Args),
+    Ssm(ssm::Args),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
         Command::Attention(a) => attention::run(a),
         Command::Embed(a) => embed::run(a),
         Command::Rope(a) => rope::run(a),
+        Command::Ssm(a) => ssm::run(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

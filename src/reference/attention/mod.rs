@@ -1,5 +1,11 @@
 //! CPU references for the attention ops.
 
+pub mod lightning;
 pub mod linear;
+pub mod softmax;
+pub mod transnormer;
 
+pub use lightning::lightning_attention;
 pub use linear::linear_attention;
+pub use softmax::softmax_attention;
+pub use transnormer::{diag_attention, norm_attention};

@@ -1,0 +1,224 @@
+// Parallel associative scan for h_t = a_t h_{t-1} + b_t, h_{-1} = 0, real or complex (Blelloch
+// 1990; S5, Smith et al. 2023): elements (a, b) combine as (a_i, b_i) . (a_j, b_j) =
+// (a_j a_i, a_j b_i + b_j), identity (1, 0). x: [R, M] vec4 (a.re, a.im, b.re, b.im) at each
+// level; level 0 has M = L, level k+1 holds the block totals of level k (blocks of WG).
+// Up: each workgroup scans one block in workgroup memory (Hillis-Steele) and writes its total;
+// down: every element of block j > 0 is prefixed with the resolved total of blocks 0..j-1.
+// SSM mode (S4D recurrence): rows are (b, h, n), a = Abar[h, n], b_t = Bbar[h, n] u[b, h, t];
+// y[b, h, t] = 2 Re sum_n C[h, n] x[b, h, n, t] + D[h] u[b, h, t].
+
+override WG: u32 = 256u;
+
+struct Params {
+    rows: u32,   // scan rows in this pass
+    m: u32,      // length of the rows at this level
+    total: u32,  // threads or workgroups in use
+    flags: u32,  // bit 0: a complex, bit 1: b complex
+    in_off: u32, // element offset of the pass's first row in the bound inputs (a, b or u)
+    out_off: u32,// same for the outputs (h or y)
+    h: u32,      // SSM: heads
+    n2: u32,     // SSM: modes per head
+    bh0: u32,    // SSM: first (b, h) row of this pass
+    _p0: u32,
+    _p1: u32,
+    _p2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a_re: array<ST>;
+@group(0) @binding(2) var<storage, read> a_im: array<ST>;
+@group(0) @binding(3) var<storage, read> b_re: array<ST>;
+@group(0) @binding(4) var<storage, read> b_im: array<ST>;
+@group(0) @binding(5) var<storage, read_write> x: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> agg: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read_write> h_re: array<OT>;
+@group(0) @binding(8) var<storage, read_write> h_im: array<OT>;
+@group(0) @binding(9) var<storage, read> modes: array<u32>;
+@group(0) @binding(10) var<storage, read> u: array<ST>;
+@group(0) @binding(11) var<storage, read> c_re: array<ST>;
+@group(0) @binding(12) var<storage, read> c_im: array<ST>;
+@group(0) @binding(13) var<storage, read> d: array<ST>;
+@group(0) @binding(14) var<storage, read_write> y: array<OT>;
+
+var<workgroup> sh: array<vec4<f32>, WG>;
+
+const MODE_WORDS: u32 = 7u;
+const TWO_PI: f32 = 6.283185307179586;
+
+fn wg_index(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return wg.x + nwg.x * (wg.y + nwg.y * wg.z);
+}
+
+fn cmul(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
+    return vec2<f32>(a.x * b.x - a.y * b.y, a.x * b.y + a.y * b.x);
+}
+
+// e earlier, l later.
+fn combine(e: vec4<f32>, l: vec4<f32>) -> vec4<f32> {
+    return vec4<f32>(cmul(l.xy, e.xy), cmul(l.xy, e.zw) + l.zw);
+}
+
+@compute @workgroup_size(WG)
+fn load_ab(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) lid: u32) {
+    let i = wg_index(wg, nwg) * WG + lid;
+    if (i >= p.total) {
+        return;
+    }
+    let j = p.in_off + i;
+    var v = vec4<f32>(ld_a_re(j), 0.0, ld_b_re(j), 0.0);
+    if ((p.flags & 1u) != 0u) {
+        v.y = ld_a_im(j);
+    }
+    if ((p.flags & 2u) != 0u) {
+        v.w = ld_b_im(j);
+    }
+    x[i] = v;
+}
+
+// One workgroup per (row, block of WG): inclusive scan of the block in place, total to agg.
+@compute @workgroup_size(WG)
+fn scan_up(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) lid: u32) {
+    let wid = wg_index(wg, nwg);
+    // Uniform control flow: every invocation reaches every barrier.
+    let live = wid < p.total;
+    let nblk = (p.m + WG - 1u) / WG;
+    let r = wid / nblk;
+    let blk = wid % nblk;
+    let t = blk * WG + lid;
+    let idx = r * p.m + t;
+    let inside = live && t < p.m;
+    var v = vec4<f32>(1.0, 0.0, 0.0, 0.0);
+    if (inside) {
+        v = x[idx];
+    }
+    sh[lid] = v;
+    for (var off = 1u; off < WG; off <<= 1u) {
+        workgroupBarrier();
+        if (lid >= off) {
+            v = combine(sh[lid - off], v);
+        }
+        workgroupBarrier();
+        sh[lid] = v;
+    }
+    if (inside) {
+        x[idx] = v;
+    }
+    if (live && lid == WG - 1u) {
+        agg[r * nblk + blk] = v;
+    }
+}
+
+// One invocation per element of blocks j >= 1: x = (resolved total of blocks < j) . x.
+@compute @workgroup_size(WG)
+fn scan_down(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+    let i = wg_index(wg, nwg) * WG + lid;
+    if (i >= p.total) {
+        return;
+    }
+    let r = i / p.m;
+    let t = i % p.m;
+    let blk = t / WG;
+    if (blk == 0u) {
+        return;
+    }
+    let nblk = (p.m + WG - 1u) / WG;
+    x[i] = combine(agg[r * nblk + blk - 1u], x[i]);
+}
+
+@compute @workgroup_size(WG)
+fn store_real(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let i = wg_index(wg, nwg) * WG + lid;
+    if (i >= p.total) {
+        return;
+    }
+    st_h_re(p.out_off + i, x[i].z);
+}
+
+@compute @workgroup_size(WG)
+fn store_complex(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let i = wg_index(wg, nwg) * WG + lid;
+    if (i >= p.total) {
+        return;
+    }
+    st_h_re(p.out_off + i, x[i].z);
+    st_h_im(p.out_off + i, x[i].w);
+}
+
+// Abar of mode `mi` from its table entry: exp(log|Abar|) at the exactly reduced phase.
+fn abar(mi: u32) -> vec2<f32> {
+    let o = mi * MODE_WORDS;
+    let t = f32(bitcast<i32>(modes[o + 3u])) * 2.3283064365386963e-10
+        + f32(modes[o + 4u]) * 5.421010862427522e-20;
+    let ang = TWO_PI * t;
+    return exp(bitcast<f32>(modes[o + 2u])) * vec2<f32>(cos(ang), sin(ang));
+}
+
+fn bbar(mi: u32) -> vec2<f32> {
+    let o = mi * MODE_WORDS;
+    return vec2<f32>(bitcast<f32>(modes[o + 5u]), bitcast<f32>(modes[o + 6u]));
+}
+
+// One invocation per ((b, h, n) row of the pass, t): x = (Abar, Bbar u_t).
+@compute @workgroup_size(WG)
+fn load_ssm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+    let i = wg_index(wg, nwg) * WG + lid;
+    if (i >= p.total) {
+        return;
+    }
+    let r = i / p.m;
+    let t = i % p.m;
+    let bh = r / p.n2;
+    let mi = ((p.bh0 + bh) % p.h) * p.n2 + r % p.n2;
+    let uu = ld_u(p.in_off + bh * p.m + t);
+    x[i] = vec4<f32>(abar(mi), bbar(mi) * uu);
+}
+
+// One invocation per ((b, h) row of the pass, t): y = 2 Re sum_n C x + D u.
+@compute @workgroup_size(WG)
+fn out_ssm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) lid: u32) {
+    let i = wg_index(wg, nwg) * WG + lid;
+    if (i >= p.total) {
+        return;
+    }
+    let bh = i / p.m;
+    let t = i % p.m;
+    let hh = (p.bh0 + bh) % p.h;
+    var acc = 0.0;
+    for (var n = 0u; n < p.n2; n++) {
+        let c = vec2<f32>(ld_c_re(hh * p.n2 + n), ld_c_im(hh * p.n2 + n));
+        acc += cmul(c, x[(bh * p.n2 + n) * p.m + t].zw).x;
+    }
+    st_y(p.out_off + i, 2.0 * acc + ld_d(hh) * ld_u(p.in_off + i));
+}
+
+@group(0) @binding(15) var<storage, read> state_in: array<vec2<f32>>;
+@group(0) @binding(16) var<storage, read_write> state_out: array<vec2<f32>>;
+
+// The recurrent mode, one step, one invocation per (b, h): x_n <- Abar_n x_n + Bbar_n u,
+// y = 2 Re sum_n C_n x_n + D u. state: [B, H, N2] complex as vec2.
+@compute @workgroup_size(WG)
+fn step(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let i = wg_index(wg, nwg) * WG + lid;
+    if (i >= p.total) {
+        return;
+    }
+    let hh = i % p.h;
+    let uu = ld_u(i);
+    var acc = 0.0;
+    for (var n = 0u; n < p.n2; n++) {
+        let mi = hh * p.n2 + n;
+        let xn = cmul(abar(mi), state_in[i * p.n2 + n]) + bbar(mi) * uu;
+        state_out[i * p.n2 + n] = xn;
+        let c = vec2<f32>(ld_c_re(mi), ld_c_im(mi));
+        acc += cmul(c, xn).x;
+    }
+    st_y(i, 2.0 * acc + ld_d(hh) * uu);
+}

@@ -1,0 +1,303 @@
+//! Exact softmax attention on the GPU: `O = softmax(Q Kᵀ · scale) V`, the baseline every
+//! approximation is measured against.
+//!
+//! Tiled with the online softmax (Milakov & Gimelshein 2018, *Online normalizer calculation for
+//! softmax*; Dao et al. 2022, *FlashAttention*): each workgroup holds a tile of queries, walks the
+//! keys tile by tile and keeps a running maximum `m` and sum `l` per query, rescaling its partial
+//! output by `exp(m_old − m_new)` whenever the maximum grows. No `L × L` buffer exists, so memory is
+//! O(L); logits of any size stay finite because every exponent is `≤ 0`.
+
+use bytemuck::{Pod, Zeroable};
+
+use super::linear::{check_shapes, workgroup_size, AttnDims};
+use crate::cast::record_pack_f16;
+use crate::pipeline::Storage;
+use crate::schedule::{rows_per_pass, scratch, Bind, Schedule};
+use crate::{Context, Element, Error, Result, Tensor};
+
+/// Options for [`softmax_attention`] and the CPU reference
+/// [`crate::reference::attention::softmax_attention`].
+#[derive(Clone, Copy, Debug, PartialEq, Default)]
+pub struct SoftmaxAttentionOptions {
+    /// Query `i` attends to keys `j ≤ i` only.
+    pub causal: bool,
+    /// Multiplies `Q Kᵀ`; `None` means `1/√Dk` (Vaswani et al. 2017).
+    pub scale: Option<f32>,
+}
+
+impl SoftmaxAttentionOptions {
+    /// The scale actually applied for head dim `dk`: `scale`, or `1/√dk` rounded to f32. The GPU
+    /// and the CPU reference both use this f32 value.
+    pub fn scale_for(&self, dk: usize) -> f32 {
+        self.scale
+            .unwrap_or_else(|| (1.0 / (dk as f64).sqrt()) as f32)
+    }
+}
+
+pub(crate) fn check_scale(op: &'static str, scale: Option<f32>) -> Result<()> {
+    match scale {
+        Some(s) if !s.is_finite() => Err(Error::InvalidArgument {
+            op,
+            name: "scale",
+            reason: format!("{s} is not finite"),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Checks that `out` has the output shape and is none of the inputs.
+pub(crate) fn check_out<T: Element>(
+    op: &'static str,
+    d: &AttnDims,
+    inputs: &[(&str, &Tensor<T>)],
+    out: &Tensor<T>,
+) -> Result<()> {
+    if out.shape() != d.out_shape.as_slice() {
+        return Err(Error::Shape {
+            op,
+            name: "out",
+            expected: format!("{:?}", d.out_shape),
+            got: out.shape().to_vec(),
+        });
+    }
+    for (name, t) in inputs {
+        if t.buffer() == out.buffer() {
+            return Err(Error::InvalidArgument {
+                op,
+                name: "out",
+                reason: format!("aliases input `{name}`"),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    rows: u32,
+    len: u32,
+    dk: u32,
+    dv: u32,
+    n_qt: u32,
+    n_cb: u32,
+    flags: u32,
+    block: u32,
+    scale: f32,
+    q_off: u32,
+    k_off: u32,
+    v_off: u32,
+    o_off: u32,
+    total: u32,
+    _pad: [u32; 2],
+}
+
+/// What one pass of the attend kernel computes (shared with DiagAttention).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Attend {
+    pub causal: bool,
+    pub scale: f32,
+    /// Keys only from the query's own block of this many positions; 0 = no blocks.
+    pub block: u32,
+    /// Weights relu(logit), unnormalised, instead of the softmax.
+    pub relu: bool,
+}
+
+/// Output columns per invocation (`NA` in the shader).
+const NA: u32 = 8;
+
+/// (workgroup size, queries per tile, keys per tile, Dk chunk). Eight invocations share a query:
+/// together they hold its 32 logits of a key tile and 64 output columns. Workgroup memory holds
+/// the Q chunk, the K chunk and the weight tile; the Dk chunk is the largest that fits.
+fn tiles(ctx: &Context) -> (u32, u32, u32, u32) {
+    let wg = workgroup_size(ctx);
+    let tpq = 8.min(wg);
+    let bq = (wg / tpq).max(1);
+    let bk = tpq * 8;
+    let mem = ctx.limits().max_compute_workgroup_storage_size;
+    let mut dkc = 64u32;
+    while dkc > 1 && (bq * dkc + dkc * bk + bq * bk + 3 * bq) * 4 > mem {
+        dkc /= 2;
+    }
+    (bq * tpq, bq, bk, dkc)
+}
+
+/// Where a pass writes: `elem_bytes`-sized elements of `buffer` from element `first` on.
+pub(crate) struct OutSlot<'b> {
+    pub buffer: &'b wgpu::Buffer,
+    pub elem_bytes: u64,
+    pub first: u64,
+}
+
+/// Bytes per (batch, head) row that one pass binds, for [`rows_per_pass`].
+pub(crate) fn row_bytes(d: &AttnDims, in_bytes: u64, out_bytes: u64) -> Vec<(&'static str, u64)> {
+    let (l, dk, dv) = (d.len as u64, d.dk as u64, d.dv as u64);
+    vec![
+        ("q", l * dk * in_bytes),
+        ("v", l * dv * in_bytes),
+        ("o", l * dv * out_bytes),
+    ]
+}
+
+/// Records the attend kernel over rows `[r0, r0 + nr)` with inputs read as `storage`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn record_attend_rows<T: Element>(
+    s: &mut Schedule<'_>,
+    (q, k, v): (&Tensor<T>, &Tensor<T>, &Tensor<T>),
+    d: &AttnDims,
+    (r0, nr): (u64, u64),
+    cfg: &Attend,
+    storage: Storage,
+    out: OutSlot<'_>,
+) -> Result<()> {
+    let ctx = s.context();
+    let (wg, bq, bk, dkc) = tiles(ctx);
+    let consts = [
+        ("WG", wg),
+        ("BQ", bq),
+        ("BK", bk),
+        ("DKC", dkc),
+        ("WMODE", cfg.relu as u32),
+    ];
+    let pl = ctx
+        .pipelines
+        .get(ctx, "softmax_attention", "attend", storage, &consts)?;
+    let es = size_of::<T>() as u64;
+    let (len, dk, dv) = (d.len as u64, d.dk as u64, d.dv as u64);
+    let n_qt = len.div_ceil(bq as u64);
+    let n_cb = dv.div_ceil(((wg / bq) * NA) as u64);
+    let (bq_, q_off) = Bind::elems(ctx, 1, q.buffer(), es, r0 * len * dk, nr * len * dk);
+    let (bk_, k_off) = Bind::elems(ctx, 2, k.buffer(), es, r0 * len * dk, nr * len * dk);
+    let (bv, v_off) = Bind::elems(ctx, 3, v.buffer(), es, r0 * len * dv, nr * len * dv);
+    let (bo, o_off) = Bind::elems(ctx, 4, out.buffer, out.elem_bytes, out.first, nr * len * dv);
+    let total = nr * n_qt * n_cb;
+    if total > u32::MAX as u64 {
+        return Err(Error::TooLarge {
+            op: "softmax_attention",
+            what: format!("{total} workgroups in one pass"),
+            needed: total,
+            limit: u32::MAX as u64,
+        });
+    }
+    let prm = Params {
+        rows: nr as u32,
+        len: len as u32,
+        dk: dk as u32,
+        dv: dv as u32,
+        n_qt: n_qt as u32,
+        n_cb: n_cb as u32,
+        flags: cfg.causal as u32,
+        block: cfg.block,
+        scale: cfg.scale,
+        q_off,
+        k_off,
+        v_off,
+        o_off,
+        total: total as u32,
+        _pad: [0; 2],
+    };
+    s.dispatch(&pl, &prm, &[bq_, bk_, bv, bo], total)
+}
+
+/// Records the attend kernel over all rows into `out` (any storage; packed f16 goes through an f32
+/// scratch and the pack kernel).
+pub(crate) fn record_attend<T: Element>(
+    s: &mut Schedule<'_>,
+    op: &'static str,
+    qkv: (&Tensor<T>, &Tensor<T>, &Tensor<T>),
+    d: &AttnDims,
+    cfg: &Attend,
+    out: &Tensor<T>,
+) -> Result<()> {
+    let ctx = s.context();
+    let storage = Storage::for_dtype(ctx, T::DTYPE);
+    let es = size_of::<T>() as u64;
+    let per = rows_per_pass(ctx, op, &row_bytes(d, es, storage.out_elem_bytes()), d.rows)? as u64;
+    let (len, dv) = (d.len as u64, d.dv as u64);
+    let packed = (storage == Storage::F16Packed)
+        .then(|| scratch(ctx, per.min(d.rows as u64) * len * dv * 4));
+    let mut r0 = 0u64;
+    while r0 < d.rows as u64 {
+        let nr = per.min(d.rows as u64 - r0);
+        let slot = match &packed {
+            Some(buf) => OutSlot {
+                buffer: buf,
+                elem_bytes: 4,
+                first: 0,
+            },
+            None => OutSlot {
+                buffer: out.buffer(),
+                elem_bytes: es,
+                first: r0 * len * dv,
+            },
+        };
+        record_attend_rows(s, qkv, d, (r0, nr), cfg, storage, slot)?;
+        if let Some(buf) = &packed {
+            record_pack_f16(s, buf, out.buffer(), r0 * len * dv, nr * len * dv)?;
+        }
+        r0 += nr;
+    }
+    Ok(())
+}
+
+const OP: &str = "softmax_attention";
+
+/// Exact softmax attention: `q, k: [B, H, L, Dk]` (or `[H, L, Dk]`), `v: [.., L, Dv]` ->
+/// `o: [.., L, Dv]` in the inputs' dtype, `o_i = Σ_j softmax_j(scale · q_i·k_j) v_j` over all `j`
+/// (or `j ≤ i` when causal). f16 tensors are stored as f16; logits, weights and sums are f32.
+///
+/// A NaN in `q_i` or in a key `q_i` sees makes row `o_i` NaN; a NaN in `v_j[d]` makes column `d`
+/// NaN for every query that sees `j`. Errors: [`Error::Shape`], [`Error::InvalidArgument`] (a
+/// non-finite scale, `out` aliasing an input), [`Error::TooLarge`] when one (batch, head) row does
+/// not fit a storage binding.
+pub fn softmax_attention<T: Element>(
+    ctx: &Context,
+    q: &Tensor<T>,
+    k: &Tensor<T>,
+    v: &Tensor<T>,
+    opts: &SoftmaxAttentionOptions,
+) -> Result<Tensor<T>> {
+    let dims = check_shapes(OP, q.shape(), k.shape(), v.shape())?;
+    check_scale(OP, opts.scale)?;
+    let out = Tensor::empty(ctx, &dims.out_shape)?;
+    softmax_attention_into(ctx, q, k, v, &out, opts)?;
+    Ok(out)
+}
+
+/// [`softmax_attention`] writing into an existing `out: [.., L, Dv]`, one submission.
+pub fn softmax_attention_into<T: Element>(
+    ctx: &Context,
+    q: &Tensor<T>,
+    k: &Tensor<T>,
+    v: &Tensor<T>,
+    out: &Tensor<T>,
+    opts: &SoftmaxAttentionOptions,
+) -> Result<()> {
+    crate::error_scope(ctx, || {
+        let mut s = Schedule::new(ctx);
+        record_softmax_attention(&mut s, q, k, v, out, opts)?;
+        s.submit();
+        Ok(())
+    })
+}
+
+/// Records softmax attention into a [`Schedule`] (for chaining ops in one submission).
+pub fn record_softmax_attention<T: Element>(
+    s: &mut Schedule<'_>,
+    q: &Tensor<T>,
+    k: &Tensor<T>,
+    v: &Tensor<T>,
+    out: &Tensor<T>,
+    opts: &SoftmaxAttentionOptions,
+) -> Result<()> {
+    let d = check_shapes(OP, q.shape(), k.shape(), v.shape())?;
+    check_scale(OP, opts.scale)?;
+    check_out(OP, &d, &[("q", q), ("k", k), ("v", v)], out)?;
+    let cfg = Attend {
+        causal: opts.causal,
+        scale: opts.scale_for(d.dk),
+        block: 0,
+        relu: false,
+    };
+    record_attend(s, OP, (q, k, v), &d, &cfg, out)
+}

@@ -1,0 +1,100 @@
+//! The attention methods behind `longseq attention --method`: one GPU call and one CPU reference
+//! call per method.
+
+use longseq::attention::linear::AttnDims;
+use longseq::attention::{
+    diag_attention, lightning_attention, linear_attention, norm_attention, softmax_attention,
+    Affine, DiagAttentionOptions, LightningOptions, LinearAttentionOptions, NormAttentionOptions,
+    SoftmaxAttentionOptions,
+};
+use longseq::reference::attention as cpu;
+use longseq::{Context, Element, Result, Tensor};
+
+/// A method with its resolved options.
+pub enum Op {
+    Linear(LinearAttentionOptions),
+    Softmax(SoftmaxAttentionOptions),
+    Norm(NormAttentionOptions),
+    Diag(DiagAttentionOptions),
+    /// `slopes: None` means ALiBi.
+    Lightning {
+        opts: LightningOptions,
+        slopes: Option<Vec<f32>>,
+        heads: usize,
+    },
+}
+
+impl Op {
+    pub fn gpu<T: Element>(
+        &self,
+        ctx: &Context,
+        q: &Tensor<T>,
+        k: &Tensor<T>,
+        v: &Tensor<T>,
+    ) -> Result<Tensor<T>> {
+        let none = Affine::default();
+        match self {
+            Op::Linear(o) => linear_attention(ctx, q, k, v, o),
+            Op::Softmax(o) => softmax_attention(ctx, q, k, v, o),
+            Op::Norm(o) => norm_attention(ctx, q, k, v, &none, o),
+            Op::Diag(o) => diag_attention(ctx, q, k, v, &none, o),
+            Op::Lightning { opts, slopes, .. } => {
+                lightning_attention(ctx, q, k, v, slopes.as_deref(), opts)
+            }
+        }
+    }
+
+    pub fn cpu(&self, q: &[f32], k: &[f32], v: &[f32], d: &AttnDims) -> Result<Vec<f64>> {
+        let none = Affine::default();
+        match self {
+            Op::Linear(o) => cpu::linear_attention(q, k, v, d, o),
+            Op::Softmax(o) => cpu::softmax_attention(q, k, v, d, o),
+            Op::Norm(o) => cpu::norm_attention(q, k, v, d, &none, o),
+            Op::Diag(o) => cpu::diag_attention(q, k, v, d, &none, o),
+            Op::Lightning {
+                opts,
+                slopes,
+                heads,
+            } => cpu::lightning_attention(q, k, v, d, *heads, slopes.as_deref(), opts),
+        }
+    }
+
+    /// The `method:` line of the report.
+    pub fn describe(&self) -> String {
+        let causal = |c: bool| if c { "causal" } else { "non-causal" };
+        let scale = |s: Option<f32>| s.map_or("1/sqrt(Dk)".to_string(), |s| s.to_string());
+        match self {
+            Op::Linear(o) => format!(
+                "linear, feature map {}, {}, eps {}, denominator {}",
+                o.feature_map.name(),
+                causal(o.causal),
+                o.eps,
+                o.denominator
+            ),
+            Op::Softmax(o) => format!("softmax, {}, scale {}", causal(o.causal), scale(o.scale)),
+            Op::Norm(o) => format!(
+                "norm, feature map {}, {}, norm {}, eps {}",
+                o.feature_map.name(),
+                causal(o.causal),
+                o.norm.name(),
+                o.eps
+            ),
+            Op::Diag(o) => format!(
+                "diag, block {}, {:?} weights, {}, scale {}{}",
+                o.block,
+                o.weights,
+                causal(o.causal),
+                scale(o.scale),
+                match o.weights {
+                    longseq::attention::DiagWeights::Relu => format!(", norm {}", o.norm.name()),
+                    longseq::attention::DiagWeights::Softmax => String::new(),
+                }
+            ),
+            Op::Lightning { opts, slopes, .. } => format!(
+                "lightning (causal), block {}, slopes {}",
+                opts.block.map_or("auto".into(), |b| b.to_string()),
+                slopes.as_ref().map_or("alibi".into(), |s| format!("{s:?}"))
+            ),
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! FFT (Stockham) against rustfft, and the causal FFT convolution against direct convolution,
+//! at lengths off the power of two, outputs poisoned with NaN before dispatch.
+
+mod common;
+
+use common::*;
+use longseq::reference::ssm as rs;
+use longseq::ssm::{causal_conv, causal_conv_into, fft, FftDirection};
+use longseq::{Context, Element, Error, Tensor};
+use num_complex::Complex64;
+use rustfft::FftPlanner;
+
+#[test]
+fn fft_matches_rustfft() {
+    let mut planner = FftPlanner::<f64>::new();
+    for (seed, &n) in [1usize, 2, 4, 8, 32, 128, 2048, 8192].iter().enumerate() {
+        for dir in [FftDirection::Forward, FftDirection::Inverse] {
+            for real in [false, true] {
+                let rows = 3;
+                let mut g = rng(seed as u64 * 7 + real as u64);
+                let re = randn(&mut g, rows * n, 1.0);
+                let im = if real {
+                    vec![0.0; rows * n]
+                } else {
+                    randn(&mut g, rows * n, 1.0)
+                };
+                let c = ctx();
+                let tre = Tensor::from_slice(c, &re, &[rows, n]).unwrap();
+                let tim = Tensor::from_slice(c, &im, &[rows, n]).unwrap();
+                let (ore, oim) = fft(c, &tre, (!real).then_some(&tim), dir).unwrap();
+                let (gre, gim) = (ore.to_vec(c).unwrap(), oim.to_vec(c).unwrap());
+                let plan = match dir {
+                    FftDirection::Forward => planner.plan_fft_forward(n),
+                    FftDirection::Inverse => planner.plan_fft_inverse(n),
+                };
+                let scale = if dir == FftDirection::Inverse {
+                    1.0 / n as f64
+                } else {
+                    1.0
+                };
+                let mut got = Vec::new();
+                let mut want = Vec::new();
+                for r in 0..rows {
+                    let mut v: Vec<Complex64> = (0..n)
+                        .map(|t| Complex64::new(re[r * n + t] as f64, im[r * n + t] as f64))
+                        .collect();
+                    plan.process(&mut v);
+                    for t in 0..n {
+                        want.extend([v[t].re * scale, v[t].im * scale]);
+                        got.extend([gre[r * n + t] as f64, gim[r * n + t] as f64]);
+                    }
+                }
+                let e = rel_err(&got, &want);
+                println!("fft n={n} {dir:?} real={real}: {e:.2e}");
+                assert!(e <= TOL_F32, "n={n} {dir:?} real={real}: {e:.3e}");
+            }
+        }
+    }
+}
+
+fn conv_case<T: Element>(c: &Context, b: usize, h: usize, len: usize, seed: u64) -> f64 {
+    let mut g = rng(seed);
+    let r = |x: Vec<f32>| -> Vec<T> { x.into_iter().map(|v| T::from_f64(v as f64)).collect() };
+    let u = r(randn(&mut g, b * h * len, 1.0));
+    // A decaying kernel, as SSM kernels are, plus noise.
+    let k: Vec<T> = r((0..h * len)
+        .map(|i| (-((i % len) as f32) / 50.0).exp() * (0.3 * i as f32).cos())
+        .zip(randn(&mut g, h * len, 0.05))
+        .map(|(a, b)| a + b)
+        .collect());
+    let d = r(randn(&mut g, h, 1.0));
+    let tu = Tensor::from_slice(c, &u, &[b, h, len]).unwrap();
+    let tk = Tensor::from_slice(c, &k, &[h, len]).unwrap();
+    let td = Tensor::from_slice(c, &d, &[h]).unwrap();
+    let out = Tensor::<T>::nan(c, &[b, h, len]).unwrap();
+    causal_conv_into(c, &tu, &tk, &td, &out).unwrap();
+    let got = to_f64(&out.to_vec(c).unwrap());
+    let (u, k, d) = (to_f64(&u), to_f64(&k), to_f64(&d));
+    let direct = rs::causal_conv_direct(&u, &k, &d, h, len).unwrap();
+    let via_fft = rs::causal_conv(&u, &k, &d, h, len).unwrap();
+    assert_close("reference fft vs direct", &via_fft, &direct, 1e-12);
+    assert_eq!(to_f64(&tu.to_vec(c).unwrap()), u, "u was modified");
+    rel_err(&got, &direct)
+}
+
+#[test]
+fn causal_conv_f32_equals_direct_convolution() {
+    for (i, &len) in [1usize, 3, 33, 1000, 4097].iter().enumerate() {
+        let e = conv_case::<f32>(ctx(), 2, 3, len, i as u64);
+        println!("conv f32 L={len}: {e:.2e}");
+        assert!(e <= TOL_F32, "L={len}: {e:.3e}");
+    }
+}
+
+#[test]
+fn causal_conv_f16_storage_both_paths() {
+    for (name, c) in [("native", ctx()), ("packed", ctx_packed())] {
+        for (i, &len) in [1usize, 33, 1000].iter().enumerate() {
+            let e = conv_case::<half::f16>(c, 2, 3, len, 50 + i as u64);
+            println!("conv f16 {name} L={len}: {e:.2e}");
+            assert!(e <= TOL_F16, "{name} L={len}: {e:.3e}");
+        }
+    }
+}
+
+/// Storage bindings capped at 128 KiB so a pass holds 7 of the 20 rows (16 KiB spectra each).
+#[test]
+fn causal_conv_split_into_passes() {
+    let c = ctx_small_bindings(128 * 1024);
+    let e = conv_case::<f32>(&c, 4, 5, 700, 77);
+    println!("conv split: {e:.2e}");
+    assert!(e <= TOL_F32, "{e:.3e}");
+}
+
+/// An impulse at t = L−1 with a ones kernel: nothing may wrap around to earlier samples.
+#[test]
+fn causal_conv_impulse_is_causal() {
+    let c = ctx();
+    for &len in &[1usize, 3, 33, 1000, 4097] {
+        let mut u = vec![0.0f32; len];
+        u[len - 1] = 1.0;
+        let tu = Tensor::from_slice(c, &u, &[1, 1, len]).unwrap();
+        let tk = Tensor::from_slice(c, &vec![1.0f32; len], &[1, len]).unwrap();
+        let td = Tensor::from_slice(c, &[0.0f32], &[1]).unwrap();
+        let y = causal_conv(c, &tu, &tk, &td).unwrap().to_vec(c).unwrap();
+        let before = y[..len - 1].iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        println!(
+            "impulse L={len}: max |y[t < L-1]| = {before:.1e}, y[L-1] = {}",
+            y[len - 1]
+        );
+        assert!(before <= 1e-6, "L={len}: leak {before:e}");
+        assert!((y[len - 1] - 1.0).abs() <= 1e-6);
+    }
+}
+
+#[test]
+fn fft_and_conv_bad_input() {
+    let c = ctx();
+    let t = |n: usize, s: &[usize]| Tensor::from_slice(c, &vec![1.0f32; n], s).unwrap();
+    assert!(matches!(
+        fft(c, &t(6, &[2, 3]), None, FftDirection::Forward),
+        Err(Error::Shape { name: "re", .. })
+    ));
+    assert!(matches!(
+        fft(
+            c,
+            &t(8, &[2, 4]),
+            Some(&t(4, &[1, 4])),
+            FftDirection::Forward
+        ),
+        Err(Error::Shape { name: "im", .. })
+    ));
+    let u = t(2 * 3 * 5, &[2, 3, 5]);
+    assert!(matches!(
+        causal_conv(c, &u, &t(12, &[3, 4]), &t(3, &[3])),
+        Err(Error::Shape { name: "K", .. })
+    ));
+    assert!(matches!(
+        causal_conv(c, &u, &t(15, &[3, 5]), &t(2, &[2])),
+        Err(Error::Shape { name: "D", .. })
+    ));
+    assert!(matches!(
+        causal_conv_into(c, &u, &t(15, &[3, 5]), &t(3, &[3]), &u),
+        Err(Error::InvalidArgument { name: "out", .. })
+    ));
+}
