@@ -4,6 +4,7 @@
 pub mod feature_map;
 pub mod lightning;
 pub mod linear;
+pub mod positional;
 pub mod softmax;
 pub mod transnormer;
 
@@ -14,6 +15,10 @@ pub use lightning::{
 };
 pub use linear::{
     linear_attention, linear_attention_into, record_linear_attention, LinearAttentionOptions,
+};
+pub use positional::{
+    record_softmax_attention_positional, softmax_attention_positional,
+    softmax_attention_positional_into, Alibi, PositionalOptions, ReRope,
 };
 pub use softmax::{
     record_softmax_attention, softmax_attention, softmax_attention_into, SoftmaxAttentionOptions,

@@ -4,8 +4,8 @@
 use longseq::attention::linear::AttnDims;
 use longseq::attention::{
     diag_attention, lightning_attention, linear_attention, norm_attention, softmax_attention,
-    Affine, DiagAttentionOptions, LightningOptions, LinearAttentionOptions, NormAttentionOptions,
-    SoftmaxAttentionOptions,
+    softmax_attention_positional, Affine, DiagAttentionOptions, LightningOptions,
+    LinearAttentionOptions, NormAttentionOptions, PositionalOptions, SoftmaxAttentionOptions,
 };
 use longseq::reference::attention as cpu;
 use longseq::{Context, Element, Result, Tensor};
@@ -14,6 +14,12 @@ use longseq::{Context, Element, Result, Tensor};
 pub enum Op {
     Linear(LinearAttentionOptions),
     Softmax(SoftmaxAttentionOptions),
+    /// Softmax with ALiBi / log-n / window / ReRoPE terms inside the kernel.
+    SoftmaxPositional {
+        opts: SoftmaxAttentionOptions,
+        pos: PositionalOptions<'static>,
+        heads: usize,
+    },
     Norm(NormAttentionOptions),
     Diag(DiagAttentionOptions),
     /// `slopes: None` means ALiBi.
@@ -36,6 +42,9 @@ impl Op {
         match self {
             Op::Linear(o) => linear_attention(ctx, q, k, v, o),
             Op::Softmax(o) => softmax_attention(ctx, q, k, v, o),
+            Op::SoftmaxPositional { opts, pos, .. } => {
+                softmax_attention_positional(ctx, q, k, v, opts, pos)
+            }
             Op::Norm(o) => norm_attention(ctx, q, k, v, &none, o),
             Op::Diag(o) => diag_attention(ctx, q, k, v, &none, o),
             Op::Lightning { opts, slopes, .. } => {
@@ -49,6 +58,9 @@ impl Op {
         match self {
             Op::Linear(o) => cpu::linear_attention(q, k, v, d, o),
             Op::Softmax(o) => cpu::softmax_attention(q, k, v, d, o),
+            Op::SoftmaxPositional { opts, pos, heads } => {
+                cpu::positional::softmax_attention_positional(q, k, v, d, *heads, opts, pos)
+            }
             Op::Norm(o) => cpu::norm_attention(q, k, v, d, &none, o),
             Op::Diag(o) => cpu::diag_attention(q, k, v, d, &none, o),
             Op::Lightning {
@@ -72,6 +84,15 @@ impl Op {
                 o.denominator
             ),
             Op::Softmax(o) => format!("softmax, {}, scale {}", causal(o.causal), scale(o.scale)),
+            Op::SoftmaxPositional { opts, pos, .. } => format!(
+                "softmax, {}, scale {}, alibi {}, log-n L_train {:?}, window {:?}, rerope {:?}",
+                causal(opts.causal || pos.window.is_some()),
+                scale(opts.scale),
+                pos.alibi.is_some(),
+                pos.log_n_train,
+                pos.window,
+                pos.rerope.map(|r| (r.window, r.base, r.layout)),
+            ),
             Op::Norm(o) => format!(
                 "norm, feature map {}, {}, norm {}, eps {}",
                 o.feature_map.name(),

@@ -78,7 +78,7 @@ enum Scaling {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum Layout {
+pub enum Layout {
     /// Pairs (x[2i], x[2i+1]) (RoFormer, LLaMA reference code).
     Interleaved,
     /// Pairs (x[i], x[i + D/2]) (GPT-NeoX, Hugging Face rotate_half).

@@ -2,6 +2,7 @@
 
 pub mod lightning;
 pub mod linear;
+pub mod positional;
 pub mod softmax;
 pub mod transnormer;
 
