@@ -2,6 +2,8 @@
 //! (N2 = 32), B = 1, L ∈ {1024, 4096, 16384}; and the GPU scan mode against the GPU conv mode at
 //! H = 16 (the scan holds N2·L complex states per (b, h): 16 B each). GPU timings cover the
 //! submissions and the wait for the device; inputs are uploaded and pipelines compiled first.
+//! On lavapipe with 2 cores a full run takes tens of minutes (the f64 reference forms every
+//! Ā^l by binary powering); filter with e.g. `cargo bench --bench ssm -- gpu`.
 
 use std::time::{Duration, Instant};
 

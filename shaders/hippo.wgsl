@@ -1,6 +1,7 @@
 // HiPPO online function approximation (Gu et al. 2020, arXiv 2008.07669), one row = one signal.
 // f: [R, L] row-major (this pass's rows); c: [R, L, N] f32, c[r, t, :] = memory after f[r, t].
-// abar: [N, N] f32, bbar: [N] f32 (time-invariant entry only): c_t = abar c_{t-1} + bbar f_t.
+// abar: [N, N] f32 stored transposed (abar[j * N + i] = Ā[i, j], so neighbouring invocations read
+// neighbouring words), bbar: [N] f32 (lti only): c_t = Ā c_{t-1} + bbar f_t.
 // nan_at: [1] u32, atomicMin of the global flat index (row0 + r) * L + t of any NaN in f.
 // Long series run as several dispatches over chunks of steps, so no single dispatch runs long.
 // Entries: legs (one invocation per row, O(N) per step from the structure of LegS's A),
@@ -106,9 +107,8 @@ fn lti(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<
         let nxt = NMAX - cur;
         for (var i = lid; i < p.n; i += WG) {
             var acc = bbar[i] * x;
-            let ab = i * p.n;
             for (var j = 0u; j < p.n; j++) {
-                acc += abar[ab + j] * st[cur + j];
+                acc += abar[j * p.n + i] * st[cur + j];
             }
             st[nxt + i] = acc;
             c[cb + t * p.n + i] = acc;

@@ -1,8 +1,10 @@
 // Kernelized linear attention (Katharopoulos et al. 2020, eqs. 4-6 and 16-20), chunked form.
 // q, k: [R, L, Dk]; v: [R, L, Dv]; o: [R, L, Dv], row-major, R = rows (batch x heads) in this pass.
 // state: [R, n_chunks, W] f32 with W = Dk*Dv + Dk: per chunk phi(K_c)^T V_c then sum phi(K_c).
-// Pipeline: chunk_state -> scan_chunks (exclusive prefix if causal, total in chunk 0 if not)
+// Pipeline: chunk_state -> [chunk_total: S_out [R, Dk, Dv], z_out [R, Dk], for prefill]
+//           -> scan_chunks (exclusive prefix if causal, total in chunk 0 if not)
 //           -> chunk_apply (intra-chunk masked product + phi(Q) S).
+// Denominator guard: a row whose denominator is exactly 0 (every weight 0, eps = 0) outputs 0.
 
 override FMAP: u32 = 0u;    // feature map: 0 elu+1, 1 relu, 2 identity, 3 elu
 override WG: u32 = 256u;    // invocations per workgroup
@@ -21,6 +23,8 @@ struct Params {
     v_off: u32,
     o_off: u32,
     total: u32,
+    s_off: u32,
+    z_off: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -29,6 +33,8 @@ struct Params {
 @group(0) @binding(3) var<storage, read> v: array<ST>;
 @group(0) @binding(4) var<storage, read_write> state: array<f32>;
 @group(0) @binding(5) var<storage, read_write> o: array<OT>;
+@group(0) @binding(6) var<storage, read_write> s_out: array<f32>;
+@group(0) @binding(7) var<storage, read_write> z_out: array<f32>;
 
 var<workgroup> scores: array<f32, CHUNK * CHUNK>;
 var<workgroup> den: array<f32, CHUNK>;
@@ -86,6 +92,29 @@ fn chunk_state(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
             }
         }
         state[sb + e] = acc;
+    }
+}
+
+// One invocation per (row, state entry): the sum over all chunks, i.e. S and z after the last row.
+@compute @workgroup_size(WG)
+fn chunk_total(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let gid = wg_index(wg, nwg) * WG + lid;
+    if (gid >= p.total) {
+        return;
+    }
+    let w = width();
+    let r = gid / w;
+    let e = gid % w;
+    var run = 0.0;
+    for (var c = 0u; c < p.n_chunks; c++) {
+        run += state[(r * p.n_chunks + c) * w + e];
+    }
+    let kv = p.dk * p.dv;
+    if (e < kv) {
+        s_out[p.s_off + r * kv + e] = run;
+    } else {
+        z_out[p.z_off + r * p.dk + e - kv] = run;
     }
 }
 
@@ -180,7 +209,8 @@ fn chunk_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
         }
         var out = num;
         if (use_den) {
-            out = num / den[i];
+            // 0/0 (all weights 0) -> 0; a NaN denominator still gives NaN.
+            out = select(num / den[i], 0.0, den[i] == 0.0);
         }
         st_o(ob + i * p.dv + d, out);
     }

@@ -208,34 +208,66 @@ fn mulhi(a: u32, b: u32) -> u32 {
     return a1 * b1 + (p01 >> 16u) + (p10 >> 16u) + (mid >> 16u);
 }
 
-// One workgroup per (head, tile of WG positions); one invocation per l, summing over modes.
+// Abar^l of the mode at word offset o: exp(l log|Abar|) at the phase l * turns mod 1, exact.
+fn abar_pow(o: u32, l: u32) -> vec2<f32> {
+    let lo = modes[o + 4u];
+    let ph = modes[o + 3u] * l + mulhi(l, lo);
+    let pl = lo * l;
+    let t = f32(bitcast<i32>(ph)) * 2.3283064365386963e-10 + f32(pl) * 5.421010862427522e-20;
+    let ang = TWO_PI * t;
+    return exp(f32(l) * bitcast<f32>(modes[o + 2u])) * vec2<f32>(cos(ang), sin(ang));
+}
+
+// Positions per invocation: W Abar^l0 is evaluated exactly once per mode and multiplied by the
+// exactly evaluated Abar^r, r < RUN, shared through workgroup memory: two roundings per output
+// whatever l, and ~RUN times fewer exp/cos/sin than one evaluation per output.
+const RUN: u32 = 8u;
+
+var<workgroup> apow: array<vec2<f32>, WG>;
+
+// One workgroup per (head, tile of WG * RUN positions); one invocation per RUN consecutive l.
 @compute @workgroup_size(WG)
 fn vandermonde(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
     let wid = wg_index(wg, nwg);
     if (wid >= p.total) {
-        return;
+        return; // uniform across the workgroup
     }
-    let tiles = (p.len + WG - 1u) / WG;
+    let span = WG * RUN;
+    let tiles = (p.len + span - 1u) / span;
     let hh = wid / tiles;
-    let l = (wid % tiles) * WG + lid;
-    if (l >= p.len) {
-        return;
+    let l0 = (wid % tiles) * span + lid * RUN;
+    let live = l0 < p.len;
+    var acc: array<f32, RUN>;
+    for (var r = 0u; r < RUN; r++) {
+        acc[r] = 0.0;
     }
-    let fl = f32(l);
-    var acc = 0.0;
     let base = (p.h0 + hh) * p.n2 * 7u;
-    for (var n = 0u; n < p.n2; n++) {
-        let o = base + n * 7u;
-        let w = vec2<f32>(bitcast<f32>(modes[o]), bitcast<f32>(modes[o + 1u]));
-        // l * phase mod 1 turn, exactly: (hi, lo) * l mod 2^64.
-        let lo = modes[o + 4u];
-        let ph = modes[o + 3u] * l + mulhi(l, lo);
-        let pl = lo * l;
-        let t = f32(bitcast<i32>(ph)) * 2.3283064365386963e-10 + f32(pl) * 5.421010862427522e-20;
-        let ang = TWO_PI * t;
-        let mag = exp(fl * bitcast<f32>(modes[o + 2u]));
-        acc += mag * (w.x * cos(ang) - w.y * sin(ang));
+    let chunk = WG / RUN; // modes whose Abar^r fill the table at once
+    for (var c0 = 0u; c0 < p.n2; c0 += chunk) {
+        let cn = min(chunk, p.n2 - c0);
+        workgroupBarrier();
+        let tn = lid / RUN;
+        if (tn < cn) {
+            apow[lid] = abar_pow(base + (c0 + tn) * 7u, lid % RUN);
+        }
+        workgroupBarrier();
+        if (live) {
+            for (var j = 0u; j < cn; j++) {
+                let o = base + (c0 + j) * 7u;
+                let w = vec2<f32>(bitcast<f32>(modes[o]), bitcast<f32>(modes[o + 1u]));
+                let z = cmul(w, abar_pow(o, l0));
+                for (var r = 0u; r < RUN; r++) {
+                    acc[r] += cmul(z, apow[j * RUN + r]).x;
+                }
+            }
+        }
     }
-    st_k(p.k_off + hh * p.len + l, 2.0 * acc);
+    if (live) {
+        for (var r = 0u; r < RUN; r++) {
+            if (l0 + r < p.len) {
+                st_k(p.k_off + hh * p.len + l0 + r, 2.0 * acc[r]);
+            }
+        }
+    }
 }

@@ -47,9 +47,12 @@ fn source(shader: &str) -> Option<&'static str> {
         "embedding" => include_str!("../shaders/embedding.wgsl"),
         "rope" => include_str!("../shaders/rope.wgsl"),
         "hippo" => include_str!("../shaders/hippo.wgsl"),
+        "dplr" => include_str!("../shaders/dplr.wgsl"),
         "fft" => include_str!("../shaders/fft.wgsl"),
         "scan" => include_str!("../shaders/scan.wgsl"),
         "ssm_kernel" => include_str!("../shaders/ssm_kernel.wgsl"),
+        "favor" => include_str!("../shaders/favor.wgsl"),
+        "recurrent" => include_str!("../shaders/recurrent.wgsl"),
         _ => return None,
     })
 }

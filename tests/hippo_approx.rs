@@ -8,8 +8,9 @@ use longseq::reference;
 use longseq::ssm::{hippo_approx, hippo_approx_into, HippoApproxOptions, Measure, Method, Step};
 use longseq::{Context, Element, Error, Tensor};
 
-/// (B, L, N): L ∈ {1, 3, 33, 1000}, N ∈ {1, 2, 3, 64, 65}.
-const CASES: [(usize, usize, usize); 7] = [
+/// (B, L, N): L ∈ {1, 3, 33, 1000, 4097, 65 537}, N ∈ {1, 2, 3, 64, 65}. Long series run as
+/// many dispatches (see LOOP_BUDGET in src/ssm/approx.rs), so the state crosses dispatch borders.
+const CASES: [(usize, usize, usize); 9] = [
     (2, 1, 1),
     (3, 3, 2),
     (2, 33, 3),
@@ -17,6 +18,8 @@ const CASES: [(usize, usize, usize); 7] = [
     (5, 33, 65),
     (1, 1000, 64),
     (2, 1000, 65),
+    (2, 4097, 3),
+    (1, 65_537, 1),
 ];
 
 fn modes() -> Vec<HippoApproxOptions> {

@@ -145,7 +145,7 @@ fn reference_kernel_is_the_impulse_response() {
         let m = random_ssm(11, 2, 5, S4dInit::Inv);
         let len = 300;
         let k = rs::s4d_kernel(&m, len, disc).unwrap();
-        let (ab, bb) = m.discretize(disc);
+        let (ab, bb) = m.discretize(disc).unwrap();
         let mut want = vec![0.0; m.h * len];
         for i in 0..m.h * m.n2 {
             let mut x = bb[i];
@@ -224,4 +224,14 @@ fn s4d_kernel_bad_input() {
         rs::s4d_kernel(&hm, 5, Discretization::Zoh),
         Err(Error::Shape { name: "B", .. })
     ));
+}
+
+#[test]
+fn s4d_kernel_long_sequence() {
+    for disc in DISCS {
+        let m = random_ssm(21, 2, 32, S4dInit::Lin);
+        let e = gpu_vs_cpu::<f32>(ctx(), &m, 65537, disc);
+        println!("f32 L=65537 {disc:?}: {e:.2e}");
+        assert!(e <= TOL_F32, "{disc:?}: {e:.3e}");
+    }
 }

@@ -5,6 +5,8 @@
 //! Causal: the sums run over `j ≤ i`, computed in the chunked parallel form: per chunk of rows,
 //! a masked intra-chunk product plus the prefix state of all earlier chunks, so the work is
 //! spread over L rather than one sequential loop per head. Any L; the last chunk is ragged.
+//! The same chunk kernels serve precomputed features (Performer, [`super::favor`]) and the
+//! prefill of recurrent decoding ([`super::recurrent`]).
 
 use bytemuck::{Pod, Zeroable};
 
@@ -22,7 +24,9 @@ pub struct LinearAttentionOptions {
     pub feature_map: FeatureMap,
     /// Sum over `j ≤ i` only.
     pub causal: bool,
-    /// Added to the denominator (default 1e-6).
+    /// Added to the denominator (default 1e-6). Denominator guard: a row whose denominator is
+    /// exactly 0 (ε = 0 and every weight `φ(q_i)·φ(k_j)` 0, e.g. relu of a query ≤ 0, or
+    /// features that underflow) outputs 0, never 0/0 = NaN; the CPU reference does the same.
     pub eps: f32,
     /// Divide by `φ(Q_i)ᵀ z + ε` (default true). Off, the output is the numerator alone.
     pub denominator: bool,
@@ -123,6 +127,9 @@ struct Params {
     v_off: u32,
     o_off: u32,
     total: u32,
+    s_off: u32,
+    z_off: u32,
+    _pad: [u32; 2],
 }
 
 /// Rows per chunk: the largest of 64, 32, 16, 8 whose score tile (C² f32) and denominators fit
@@ -187,6 +194,20 @@ pub fn record_linear_attention<T: Element>(
     out: &Tensor<T>,
     opts: &LinearAttentionOptions,
 ) -> Result<()> {
+    record_linear(s, q, k, v, out, opts, None)
+}
+
+/// The linear-attention passes; with `state` = (S `[R, Dk, Dv]`, z `[R, Dk]`) f32 buffers, also
+/// each row's sums over all L (the decoding state after a causal prefill).
+pub(crate) fn record_linear<T: Element>(
+    s: &mut Schedule<'_>,
+    q: &Tensor<T>,
+    k: &Tensor<T>,
+    v: &Tensor<T>,
+    out: &Tensor<T>,
+    opts: &LinearAttentionOptions,
+    state: Option<(&wgpu::Buffer, &wgpu::Buffer)>,
+) -> Result<()> {
     let ctx = s.context();
     let d = check_shapes(OP, q.shape(), k.shape(), v.shape())?;
     check_options(OP, opts)?;
@@ -208,11 +229,7 @@ pub fn record_linear_attention<T: Element>(
         }
     }
     let storage = Storage::for_dtype(ctx, T::DTYPE);
-    let chunk = chunk_len(ctx);
-    let wg = workgroup_size(ctx);
     let (len, dk, dv) = (d.len as u64, d.dk as u64, d.dv as u64);
-    let n_chunks = len.div_ceil(chunk as u64);
-    let width = dk * dv + dk;
     let es = size_of::<T>() as u64;
     let ob = storage.out_elem_bytes();
     let per = rows_per_pass(
@@ -222,72 +239,156 @@ pub fn record_linear_attention<T: Element>(
             ("q", len * dk * es),
             ("v", len * dv * es),
             ("o", len * dv * ob),
-            ("state", n_chunks * width * 4),
+            ("state", core_state_bytes(ctx, len, dk, dv)),
+            ("S", dk * dv * 4),
         ],
         d.rows,
     )?;
-    let consts = [
-        ("FMAP", opts.feature_map.shader_id()),
-        ("WG", wg),
-        ("CHUNK", chunk),
-    ];
-    let pl = |entry| {
-        ctx.pipelines
-            .get(ctx, "linear_attention", entry, storage, &consts)
-    };
-    let (p_state, p_scan, p_apply) = (pl("chunk_state")?, pl("scan_chunks")?, pl("chunk_apply")?);
     let rows_max = per.min(d.rows) as u64;
-    let state = scratch(ctx, rows_max * n_chunks * width * 4);
+    let chunks = scratch(ctx, rows_max * core_state_bytes(ctx, len, dk, dv));
     let packed_out = (storage == Storage::F16Packed).then(|| scratch(ctx, rows_max * len * dv * 4));
-    let flags = opts.causal as u32 | (opts.denominator as u32) << 1;
-
+    let core = Core {
+        len,
+        dk,
+        dv,
+        causal: opts.causal,
+        denominator: opts.denominator,
+        eps: opts.eps,
+    };
     let mut r0 = 0u64;
     while r0 < d.rows as u64 {
         let nr = (per as u64).min(d.rows as u64 - r0);
-        let (bq, q_off) = Bind::elems(ctx, 1, q.buffer(), es, r0 * len * dk, nr * len * dk);
-        let (bk, k_off) = Bind::elems(ctx, 2, k.buffer(), es, r0 * len * dk, nr * len * dk);
-        let (bv, v_off) = Bind::elems(ctx, 3, v.buffer(), es, r0 * len * dv, nr * len * dv);
-        let bs = Bind {
-            slot: 4,
-            buffer: &state,
-            offset: 0,
-            size: nr * n_chunks * width * 4,
-        };
-        let (bo, o_off) = match &packed_out {
-            Some(buf) => (
-                Bind {
-                    slot: 5,
-                    buffer: buf,
-                    offset: 0,
-                    size: nr * len * dv * 4,
-                },
-                0,
-            ),
+        let o = match &packed_out {
+            Some(buf) => whole(5, buf, nr * len * dv * 4),
             None => Bind::elems(ctx, 5, out.buffer(), es, r0 * len * dv, nr * len * dv),
         };
-        let mut prm = Params {
-            rows: nr as u32,
-            len: len as u32,
-            dk: dk as u32,
-            dv: dv as u32,
-            n_chunks: n_chunks as u32,
-            flags,
-            eps: opts.eps,
-            q_off,
-            k_off,
-            v_off,
-            o_off,
-            total: (nr * n_chunks) as u32,
+        let binds = CoreBinds {
+            q: Bind::elems(ctx, 1, q.buffer(), es, r0 * len * dk, nr * len * dk),
+            k: Bind::elems(ctx, 2, k.buffer(), es, r0 * len * dk, nr * len * dk),
+            v: Bind::elems(ctx, 3, v.buffer(), es, r0 * len * dv, nr * len * dv),
+            o,
+            total: state.map(|(bs, bz)| {
+                (
+                    Bind::elems(ctx, 6, bs, 4, r0 * dk * dv, nr * dk * dv),
+                    Bind::elems(ctx, 7, bz, 4, r0 * dk, nr * dk),
+                )
+            }),
         };
-        s.dispatch(&p_state, &prm, &[bk, bv, bs], nr * n_chunks)?;
-        prm.total = (nr * width) as u32;
-        s.dispatch(&p_scan, &prm, &[bs], (nr * width).div_ceil(wg as u64))?;
-        prm.total = (nr * n_chunks) as u32;
-        s.dispatch(&p_apply, &prm, &[bq, bk, bv, bs, bo], nr * n_chunks)?;
+        record_core(
+            s,
+            storage,
+            opts.feature_map.shader_id(),
+            &core,
+            nr,
+            &binds,
+            &chunks,
+        )?;
         if let Some(buf) = &packed_out {
             record_pack_f16(s, buf, out.buffer(), r0 * len * dv, nr * len * dv)?;
         }
         r0 += nr;
     }
     Ok(())
+}
+
+/// A binding of the first `bytes` of a whole internal buffer, at element offset 0.
+pub(crate) fn whole(slot: u32, buffer: &wgpu::Buffer, bytes: u64) -> (Bind<'_>, u32) {
+    let size = bytes.div_ceil(4).max(1) * 4;
+    (
+        Bind {
+            slot,
+            buffer,
+            offset: 0,
+            size,
+        },
+        0,
+    )
+}
+
+/// Sizes and flags of one run of the chunked kernels (per pass of rows).
+pub(crate) struct Core {
+    pub len: u64,
+    /// Feature dim (Dk for elementwise maps, m' for precomputed features).
+    pub dk: u64,
+    pub dv: u64,
+    pub causal: bool,
+    pub denominator: bool,
+    pub eps: f32,
+}
+
+/// Bindings of one pass (binding, element offset inside it): q, k, v, o at slots 1, 2, 3, 5; for
+/// prefill, `total` = (S out, z out) at slots 6, 7, which receive each row's sums over all L.
+pub(crate) struct CoreBinds<'b> {
+    pub q: (Bind<'b>, u32),
+    pub k: (Bind<'b>, u32),
+    pub v: (Bind<'b>, u32),
+    pub o: (Bind<'b>, u32),
+    pub total: Option<((Bind<'b>, u32), (Bind<'b>, u32))>,
+}
+
+/// Bytes of chunk state one row needs (n_chunks · (Dk·Dv + Dk) f32).
+pub(crate) fn core_state_bytes(ctx: &Context, len: u64, dk: u64, dv: u64) -> u64 {
+    len.div_ceil(chunk_len(ctx) as u64) * (dk * dv + dk) * 4
+}
+
+/// Records chunk_state -> [chunk_total] -> scan_chunks -> chunk_apply for `nr` rows. `fmap` is the
+/// `FMAP` constant (2 = identity, for features computed beforehand); `state` holds at least
+/// `nr · core_state_bytes` bytes.
+pub(crate) fn record_core(
+    s: &mut Schedule<'_>,
+    storage: Storage,
+    fmap: u32,
+    c: &Core,
+    nr: u64,
+    b: &CoreBinds<'_>,
+    state: &wgpu::Buffer,
+) -> Result<()> {
+    let ctx = s.context();
+    let chunk = chunk_len(ctx);
+    let wg = workgroup_size(ctx);
+    let n_chunks = c.len.div_ceil(chunk as u64);
+    let width = c.dk * c.dv + c.dk;
+    let consts = [("FMAP", fmap), ("WG", wg), ("CHUNK", chunk)];
+    let pl = |entry| {
+        ctx.pipelines
+            .get(ctx, "linear_attention", entry, storage, &consts)
+    };
+    let bs = Bind {
+        slot: 4,
+        buffer: state,
+        offset: 0,
+        size: nr * n_chunks * width * 4,
+    };
+    let mut prm = Params {
+        rows: nr as u32,
+        len: c.len as u32,
+        dk: c.dk as u32,
+        dv: c.dv as u32,
+        n_chunks: n_chunks as u32,
+        flags: c.causal as u32 | (c.denominator as u32) << 1,
+        eps: c.eps,
+        q_off: b.q.1,
+        k_off: b.k.1,
+        v_off: b.v.1,
+        o_off: b.o.1,
+        total: (nr * n_chunks) as u32,
+        s_off: b.total.map_or(0, |t| t.0 .1),
+        z_off: b.total.map_or(0, |t| t.1 .1),
+        _pad: [0; 2],
+    };
+    s.dispatch(
+        &*pl("chunk_state")?,
+        &prm,
+        &[b.k.0, b.v.0, bs],
+        nr * n_chunks,
+    )?;
+    prm.total = (nr * width) as u32;
+    let groups = (nr * width).div_ceil(wg as u64);
+    if let Some((ts, tz)) = b.total {
+        s.dispatch(&*pl("chunk_total")?, &prm, &[bs, ts.0, tz.0], groups)?;
+    }
+    s.dispatch(&*pl("scan_chunks")?, &prm, &[bs], groups)?;
+    prm.total = (nr * n_chunks) as u32;
+    let binds = [b.q.0, b.k.0, b.v.0, bs, b.o.0];
+    s.dispatch(&*pl("chunk_apply")?, &prm, &binds, nr * n_chunks)
 }

@@ -1,13 +1,20 @@
-//! Attention ops: kernelized linear attention and its feature maps; exact softmax attention;
-//! Lightning attention; TransNormer's NormAttention and DiagAttention.
+//! Attention ops: kernelized linear attention, its feature maps, Performer (FAVOR+) features and
+//! recurrent decoding; exact softmax attention; Lightning attention; TransNormer's NormAttention
+//! and DiagAttention.
 
+pub mod favor;
 pub mod feature_map;
 pub mod lightning;
 pub mod linear;
 pub mod positional;
+pub mod recurrent;
 pub mod softmax;
 pub mod transnormer;
 
+pub use favor::{
+    draw_omega, favor_attention, favor_attention_into, record_favor_attention, FavorKind,
+    FavorOptions, OmegaDraw,
+};
 pub use feature_map::FeatureMap;
 pub use lightning::{
     alibi_slopes, lightning_attention, lightning_attention_into, record_lightning_attention,
@@ -20,6 +27,7 @@ pub use positional::{
     record_softmax_attention_positional, softmax_attention_positional,
     softmax_attention_positional_into, Alibi, PositionalOptions, ReRope,
 };
+pub use recurrent::{prefill, step, Features, RecurrentState};
 pub use softmax::{
     record_softmax_attention, softmax_attention, softmax_attention_into, SoftmaxAttentionOptions,
 };

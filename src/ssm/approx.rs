@@ -114,6 +114,18 @@ pub fn check_shape(op: &'static str, f: &[usize], n: usize) -> Result<(usize, us
     Ok((b, l, out))
 }
 
+/// The times of samples `0 .. len` and the current time after the last one: sample `j` sits at
+/// `x = j + 1` (scaled step, in samples) or `x = (j + 1)·Δ` (fixed step); `t` is the last of them.
+/// Feed these to [`super::hippo::reconstruct`] with the coefficients `c[len − 1]`.
+pub fn sample_grid(step: Step, len: usize) -> (Vec<f64>, f64) {
+    let unit = match step {
+        Step::Scaled => 1.0,
+        Step::Fixed(dt) => dt,
+    };
+    let xs: Vec<f64> = (1..=len).map(|k| k as f64 * unit).collect();
+    (xs, len as f64 * unit)
+}
+
 /// `(Ā: [N, N], B̄: [N])` for a fixed step, f64.
 pub fn fixed_step_matrices(opts: &HippoApproxOptions, dt: f64) -> Result<(Vec<f64>, Vec<f64>)> {
     let ss = hippo(opts.measure, opts.n, opts.theta)?;
@@ -245,7 +257,10 @@ pub fn record_hippo_approx<T: Element>(
                     limit: mem,
                 });
             }
-            let ab: Vec<f32> = ab.iter().map(|&x| x as f32).collect();
+            let nn = opts.n;
+            let ab: Vec<f32> = (0..nn * nn)
+                .map(|k| ab[(k % nn) * nn + k / nn] as f32)
+                .collect(); // transposed: see shaders/hippo.wgsl
             let bb: Vec<f32> = bb.iter().map(|&x| x as f32).collect();
             let ta = Tensor::from_slice(ctx, &ab, &[opts.n, opts.n])?;
             let tb = Tensor::from_slice(ctx, &bb, &[opts.n])?;

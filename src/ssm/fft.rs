@@ -70,7 +70,7 @@ fn radices(n: u64) -> Vec<u32> {
 }
 
 /// `tw[j] = e^{−2πij/n}`, j < n, computed in f64 and rounded once.
-fn twiddles(ctx: &Context, n: u64) -> wgpu::Buffer {
+pub(crate) fn twiddles(ctx: &Context, n: u64) -> wgpu::Buffer {
     let tw: Vec<f32> = (0..n)
         .flat_map(|j| {
             let a = -2.0 * std::f64::consts::PI * j as f64 / n as f64;
@@ -96,7 +96,7 @@ fn spec(slot: u32, buffer: &wgpu::Buffer, rows: u64, n: u64) -> Bind<'_> {
 
 /// Records the Stockham passes over `rows` rows of length n held in `a` (complex, vec2<f32>);
 /// `b` is the ping-pong partner. Returns true when the result ended in `b`.
-fn record_passes(
+pub(crate) fn record_passes(
     s: &mut Schedule<'_>,
     storage: Storage,
     tw: &wgpu::Buffer,

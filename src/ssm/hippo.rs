@@ -15,10 +15,12 @@
 //!
 //! LegS, LagT: the ODE is exact for every `f`. LegT, FouT: the value `f(t−θ)` leaving the window is
 //! replaced by its reconstruction (the paper's approximation), exact when `f` lies in the span.
-//! LegT and LagT agree with state-spaces/s4 `hippo.py::transition` (`legt` before its extra 0.5
-//! rescale, `lagt` with β = 1). FouT orders the basis `[1, cos 1, sin 1, cos 2, sin 2, …]` with
-//! `e = [1, √2, 0, √2, 0, …]`; s4's `fout` keeps a dead `sin 0` state and uses frequency `πk`, so
-//! its matrices differ from ours.
+//! LegT and LagT follow the conventions of state-spaces/s4 `hippo.py::transition` (`legt` with
+//! θ = 1 up to any constant time rescale a version of that file applies; `lagt` with β = 1);
+//! tests/data/hippo_numpy.txt is an independent numpy transcription of them. FouT orders the
+//! basis `[1, cos 1, sin 1, cos 2, sin 2, …]` with `e = [1, √2, 0, √2, 0, …]`, derived here from the
+//! paper's recipe (window `[t−θ, t]`, frequencies `2πk/θ`); s4's `fout` orders and scales its
+//! states differently, so its matrices are not ours.
 
 use crate::{Error, Result};
 

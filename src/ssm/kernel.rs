@@ -207,6 +207,9 @@ fn jacobi_eigenvalues(a: &mut [f64], m: usize) {
     }
 }
 
+/// Positions per invocation in the `vandermonde` entry (`RUN` in shaders/ssm_kernel.wgsl).
+const VANDERMONDE_RUN: u64 = 8;
+
 /// u32 words per mode in the discretised-mode table (see shaders/ssm_kernel.wgsl).
 pub(crate) const MODE_WORDS: u64 = 7;
 
@@ -298,7 +301,7 @@ pub fn record_s4d_kernel<T: Element>(
     let ob = storage.out_elem_bytes();
     let per = rows_per_pass(ctx, OP, &[("K", len * ob)], h)? as u64;
     let packed = (storage == Storage::F16Packed).then(|| scratch(ctx, per.min(h as u64) * len * 4));
-    let tiles = len.div_ceil(wg as u64);
+    let tiles = len.div_ceil(wg as u64 * VANDERMONDE_RUN);
     let mut h0 = 0u64;
     while h0 < h as u64 {
         let nh = per.min(h as u64 - h0);

@@ -1,19 +1,24 @@
 //! State-space sequence ops (HiPPO, S4 family): HiPPO matrices, discretisation, HiPPO online
-//! function approximation, the S4D convolution kernel, FFT convolution and the parallel
-//! associative scan; each GPU op has a CPU reference in [`crate::reference::ssm`].
+//! function approximation (and reading a series with gaps for it), the S4D and S4 (DPLR)
+//! convolution kernels, FFT convolution and the parallel associative scan; each GPU op is a WGSL
+//! shader with a CPU reference in [`crate::reference::ssm`].
 
 pub mod approx;
 pub mod discretize;
+pub mod dplr;
 pub mod fft;
 pub mod hippo;
 pub mod kernel;
 pub mod scan;
+pub mod series;
 
-pub use approx::{hippo_approx, hippo_approx_into, record_hippo_approx, HippoApproxOptions, Step};
+pub use approx::{
+    hippo_approx, hippo_approx_into, record_hippo_approx, sample_grid, HippoApproxOptions, Step,
+};
 pub use discretize::{discretize, discretize_diag, Method};
-pub use hippo::{hippo, reconstruct, Measure, StateSpace};
-
+pub use dplr::s4_dplr_kernel;
 pub use fft::{causal_conv, causal_conv_into, fft, record_causal_conv, FftDirection};
+pub use hippo::{hippo, reconstruct, Measure, StateSpace};
 pub use kernel::{
     record_s4d_kernel, s4d_init, s4d_kernel, s4d_kernel_into, DiagonalSsm, Discretization, S4dInit,
 };

@@ -4,11 +4,12 @@ use std::time::Instant;
 
 use half::f16;
 use longseq::attention::linear::check_shapes;
-use longseq::attention::{Alibi, PositionalOptions, ReRope};
 use longseq::attention::{
-    DiagAttentionOptions, DiagWeights, FeatureMap, LightningOptions, LinearAttentionOptions, Norm,
-    NormAttentionOptions, SoftmaxAttentionOptions,
+    draw_omega, DiagAttentionOptions, DiagWeights, FavorKind, FavorOptions, FeatureMap,
+    LightningOptions, LinearAttentionOptions, Norm, NormAttentionOptions, OmegaDraw,
+    SoftmaxAttentionOptions,
 };
+use longseq::attention::{Alibi, PositionalOptions, ReRope};
 use longseq::positions::RopeLayout;
 use longseq::{Context, Element, Tensor};
 
@@ -21,7 +22,9 @@ use crate::{compare, open_gpu, rel_frobenius, Device};
 /// Reads `{P}q`, `{P}k` ([H, L, Dk] or [B, H, L, Dk]) and `{P}v` ([.., L, Dv]), f16, f32 or f64.
 /// Prints the adapter, the shapes, GPU and CPU wall times, the max-abs and normwise relative
 /// difference GPU vs CPU and, when `{P}softmax_out` exists, the relative Frobenius error against
-/// it. Writes tensor `o` ([.., L, Dv], f32, same rank as q): the GPU result, or the CPU one when
+/// it. `--feature-map favor|favor-trig` runs Performer attention with ω drawn from `--seed`
+/// (`--num-features M` rows) or read from tensor `--omega NAME` ([M, Dk], used exactly as given).
+/// Writes tensor `o` ([.., L, Dv], f32, same rank as q): the GPU result, or the CPU one when
 /// only the CPU ran. A missing tensor or a shape mismatch exits with code 2.
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
@@ -35,10 +38,24 @@ pub struct Args {
     /// Attention method.
     #[arg(long, value_enum, default_value = "linear")]
     method: Method,
-    /// Feature map φ for linear and norm attention: elu1 (elu + 1), relu, elu, identity.
-    /// (Lightning uses q and k as given.)
+    /// Feature map φ for linear and norm attention: elu1 (elu + 1), relu, elu, identity; for
+    /// linear attention also Performer random features favor (positive, FAVOR+) and favor-trig
+    /// (sin/cos). (Lightning uses q and k as given.)
     #[arg(long, default_value = "elu1")]
-    feature_map: FeatureMap,
+    feature_map: Phi,
+    /// favor*: number M of random features (ω: [M, Dk]); with --omega it must equal M.
+    #[arg(long)]
+    num_features: Option<usize>,
+    /// favor*: seed for drawing ω.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// favor*: how ω is drawn.
+    #[arg(long, value_enum, default_value = "orthogonal-chi")]
+    omega_draw: Draw,
+    /// favor*: name of a tensor [M, Dk] in the input file used as ω exactly as given (no
+    /// rescaling, no redraw).
+    #[arg(long)]
+    omega: Option<String>,
     /// Causal: row i attends to rows j <= i. (Lightning is always causal.)
     #[arg(long)]
     causal: bool,
@@ -114,6 +131,36 @@ enum Method {
     Diag,
     /// Lightning attention: causal linear attention with per-head decay, block-wise.
     Lightning,
+}
+
+/// `--feature-map`: an elementwise φ or Performer random features.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phi {
+    Map(FeatureMap),
+    Favor(FavorKind),
+}
+
+impl std::str::FromStr for Phi {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "favor" => Ok(Phi::Favor(FavorKind::Positive)),
+            "favor-trig" => Ok(Phi::Favor(FavorKind::Trig)),
+            _ => s.parse().map(Phi::Map).map_err(|_| {
+                format!("unknown feature map `{s}` (expected elu1, relu, elu, identity, favor or favor-trig)")
+            }),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Draw {
+    /// Blocks of Dk orthogonal rows, norms of independent Gaussian vectors.
+    OrthogonalChi,
+    /// Blocks of Dk orthogonal rows, every norm √Dk.
+    OrthogonalSqrtD,
+    /// i.i.d. N(0, 1) entries.
+    Gaussian,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -244,18 +291,44 @@ fn op_from_args(
         Weights::Softmax => DiagWeights::Softmax,
         Weights::Relu => DiagWeights::Relu,
     };
+    let dk = q_shape[q_shape.len() - 1];
+    let map = || match a.feature_map {
+        Phi::Map(fm) => Ok(fm),
+        Phi::Favor(_) => Err(CliError::Input(format!(
+            "--feature-map favor/favor-trig goes with --method linear, not {:?}",
+            a.method
+        ))),
+    };
+    if !matches!(a.feature_map, Phi::Favor(_)) && (a.num_features.is_some() || a.omega.is_some()) {
+        return Err(CliError::Input(
+            "--num-features and --omega go with --feature-map favor or favor-trig".into(),
+        ));
+    }
     if a.method != Method::Softmax && positional(a).is_some() {
         return Err(CliError::Input(
             "--alibi, --log-n-scale, --window and --rerope need --method softmax".into(),
         ));
     }
     Ok(match a.method {
-        Method::Linear => Op::Linear(LinearAttentionOptions {
-            feature_map: a.feature_map,
-            causal: a.causal,
-            eps: a.eps,
-            denominator: !a.no_denominator,
-        }),
+        Method::Linear => match a.feature_map {
+            Phi::Map(fm) => Op::Linear(LinearAttentionOptions {
+                feature_map: fm,
+                causal: a.causal,
+                eps: a.eps,
+                denominator: !a.no_denominator,
+            }),
+            Phi::Favor(kind) => {
+                let (omega, m) = omega(a, st, dk)?;
+                Op::Favor {
+                    omega,
+                    m,
+                    opts: FavorOptions {
+                        kind,
+                        causal: a.causal,
+                    },
+                }
+            }
+        },
         Method::Softmax => {
             let opts = SoftmaxAttentionOptions {
                 causal: a.causal,
@@ -271,7 +344,7 @@ fn op_from_args(
             }
         }
         Method::Norm => Op::Norm(NormAttentionOptions {
-            feature_map: a.feature_map,
+            feature_map: map()?,
             causal: a.causal,
             norm: a.norm,
             eps: a.eps,
@@ -327,4 +400,42 @@ fn positional(a: &Args) -> Option<PositionalOptions<'static>> {
         }),
     };
     (pos != PositionalOptions::default()).then_some(pos)
+}
+
+/// ω for favor*: the tensor named by --omega as given, or drawn from --seed.
+fn omega(
+    a: &Args,
+    st: &safetensors::SafeTensors<'_>,
+    dk: usize,
+) -> Result<(Vec<f32>, usize), CliError> {
+    match (&a.omega, a.num_features) {
+        (Some(name), m) => {
+            let w = io::read(st, name, &a.input)?;
+            if w.shape.len() != 2 || w.shape[1] != dk || w.shape[0] == 0 {
+                return Err(CliError::Input(format!(
+                    "--omega `{name}` has shape {:?}; expected [M, {dk}] with M >= 1",
+                    w.shape
+                )));
+            }
+            if m.is_some_and(|m| m != w.shape[0]) {
+                return Err(CliError::Input(format!(
+                    "--num-features {} but --omega `{name}` has M = {}",
+                    m.unwrap_or(0),
+                    w.shape[0]
+                )));
+            }
+            Ok((w.to_f32(), w.shape[0]))
+        }
+        (None, Some(m)) => {
+            let draw = match a.omega_draw {
+                Draw::OrthogonalChi => OmegaDraw::OrthogonalChi,
+                Draw::OrthogonalSqrtD => OmegaDraw::OrthogonalSqrtD,
+                Draw::Gaussian => OmegaDraw::Gaussian,
+            };
+            Ok((draw_omega(m, dk, draw, a.seed)?, m))
+        }
+        (None, None) => Err(CliError::Input(
+            "--feature-map favor needs --num-features M or --omega NAME".into(),
+        )),
+    }
 }

@@ -93,6 +93,7 @@ pub fn read(st: &SafeTensors<'_>, name: &str, path: &str) -> Result<HostTensor, 
 /// A tensor to write.
 pub enum Out {
     F32(Vec<f32>),
+    F64(Vec<f64>),
 }
 
 /// Writes `(name, shape, data)` tensors to `path`.
@@ -104,6 +105,12 @@ pub fn write(path: &str, tensors: Vec<(&str, Vec<usize>, Out)>) -> Result<(), Cl
                 n.to_string(),
                 s,
                 Dtype::F32,
+                bytemuck::cast_slice(&v).to_vec(),
+            ),
+            Out::F64(v) => (
+                n.to_string(),
+                s,
+                Dtype::F64,
                 bytemuck::cast_slice(&v).to_vec(),
             ),
         })

@@ -2,7 +2,10 @@
 //! reference, and compare them. `longseq help <command>` documents each command's tensors.
 
 mod attention;
+mod discretize;
 mod embed;
+mod hippo;
+mod hippo_approx;
 mod io;
 mod methods;
 mod rope;
@@ -33,6 +36,9 @@ enum Command {
     Attention(attention::Args),
     Embed(embed::Args),
     Rope(rope::Args),
+    Hippo(hippo::Args),
+    Discretize(discretize::Args),
+    HippoApprox(hippo_approx::Args),
     Ssm(ssm::Args),
 }
 
@@ -43,6 +49,9 @@ fn main() -> ExitCode {
         Command::Attention(a) => attention::run(a),
         Command::Embed(a) => embed::run(a),
         Command::Rope(a) => rope::run(a),
+        Command::Hippo(a) => hippo::run(a),
+        Command::Discretize(a) => discretize::run(a),
+        Command::HippoApprox(a) => hippo_approx::run(a),
         Command::Ssm(a) => ssm::run(a),
     };
     match r {

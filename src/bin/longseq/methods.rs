@@ -3,9 +3,10 @@
 
 use longseq::attention::linear::AttnDims;
 use longseq::attention::{
-    diag_attention, lightning_attention, linear_attention, norm_attention, softmax_attention,
-    softmax_attention_positional, Affine, DiagAttentionOptions, LightningOptions,
-    LinearAttentionOptions, NormAttentionOptions, PositionalOptions, SoftmaxAttentionOptions,
+    diag_attention, favor_attention, lightning_attention, linear_attention, norm_attention,
+    softmax_attention, softmax_attention_positional, Affine, DiagAttentionOptions, FavorKind,
+    FavorOptions, LightningOptions, LinearAttentionOptions, NormAttentionOptions,
+    PositionalOptions, SoftmaxAttentionOptions,
 };
 use longseq::reference::attention as cpu;
 use longseq::{Context, Element, Result, Tensor};
@@ -13,6 +14,12 @@ use longseq::{Context, Element, Result, Tensor};
 /// A method with its resolved options.
 pub enum Op {
     Linear(LinearAttentionOptions),
+    /// Performer: ω `[m, Dk]` row-major.
+    Favor {
+        omega: Vec<f32>,
+        m: usize,
+        opts: FavorOptions,
+    },
     Softmax(SoftmaxAttentionOptions),
     /// Softmax with ALiBi / log-n / window / ReRoPE terms inside the kernel.
     SoftmaxPositional {
@@ -41,6 +48,11 @@ impl Op {
         let none = Affine::default();
         match self {
             Op::Linear(o) => linear_attention(ctx, q, k, v, o),
+            Op::Favor { omega, m, opts } => {
+                let dk = q.shape()[q.shape().len() - 1];
+                let w = Tensor::from_slice(ctx, omega, &[*m, dk])?;
+                favor_attention(ctx, q, k, v, &w, opts)
+            }
             Op::Softmax(o) => softmax_attention(ctx, q, k, v, o),
             Op::SoftmaxPositional { opts, pos, .. } => {
                 softmax_attention_positional(ctx, q, k, v, opts, pos)
@@ -57,6 +69,7 @@ impl Op {
         let none = Affine::default();
         match self {
             Op::Linear(o) => cpu::linear_attention(q, k, v, d, o),
+            Op::Favor { omega, opts, .. } => cpu::favor_attention(q, k, v, d, omega, opts),
             Op::Softmax(o) => cpu::softmax_attention(q, k, v, d, o),
             Op::SoftmaxPositional { opts, pos, heads } => {
                 cpu::positional::softmax_attention_positional(q, k, v, d, *heads, opts, pos)
@@ -82,6 +95,14 @@ impl Op {
                 causal(o.causal),
                 o.eps,
                 o.denominator
+            ),
+            Op::Favor { m, opts, .. } => format!(
+                "linear, feature map {}, M = {m} random features, {}",
+                match opts.kind {
+                    FavorKind::Positive => "favor",
+                    FavorKind::Trig => "favor-trig",
+                },
+                causal(opts.causal)
             ),
             Op::Softmax(o) => format!("softmax, {}, scale {}", causal(o.causal), scale(o.scale)),
             Op::SoftmaxPositional { opts, pos, .. } => format!(

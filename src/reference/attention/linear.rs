@@ -1,6 +1,7 @@
 //! Linear attention as the recurrence of Katharopoulos et al. 2020, eqs. 16-20:
 //! `S_i = S_{i−1} + φ(K_i) V_iᵀ`, `z_i = z_{i−1} + φ(K_i)`, `O_i = φ(Q_i)ᵀ S_i / (φ(Q_i)ᵀ z_i + ε)`;
-//! non-causal uses the full sums (eq. 6).
+//! non-causal uses the full sums (eq. 6). Denominator guard: when `φ(Q_i)ᵀ z_i + ε` is exactly 0
+//! (ε = 0 and every weight 0) the output row is 0 rather than 0/0.
 
 use crate::attention::linear::{AttnDims, LinearAttentionOptions};
 use crate::{Element, Error, Result};
@@ -65,7 +66,14 @@ pub fn linear_attention<T: Element>(
             let o = &mut out[(r * l + i) * dv..][..dv];
             for (e, oe) in o.iter_mut().enumerate() {
                 let num: f64 = (0..dk).map(|a| fq[a] * s[a * dv + e]).sum();
-                *oe = if opts.denominator { num / den } else { num };
+                *oe = if !opts.denominator {
+                    num
+                } else if den == 0.0 {
+                    // Denominator guard: every weight is 0 (and ε = 0), so 0/0 is defined as 0.
+                    0.0
+                } else {
+                    num / den
+                };
             }
         }
     }

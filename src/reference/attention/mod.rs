@@ -1,11 +1,13 @@
 //! CPU references for the attention ops.
 
+pub mod favor;
 pub mod lightning;
 pub mod linear;
 pub mod positional;
 pub mod softmax;
 pub mod transnormer;
 
+pub use favor::favor_attention;
 pub use lightning::lightning_attention;
 pub use linear::linear_attention;
 pub use softmax::softmax_attention;

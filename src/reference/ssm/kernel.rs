@@ -67,49 +67,30 @@ impl DiagonalSsm {
         Ok(())
     }
 
-    /// `(Ā_n, B̄_n)` of every mode, `[H, N2]`.
-    pub fn discretize(&self, disc: Discretization) -> (Vec<Complex64>, Vec<Complex64>) {
-        let one = Complex64::new(1.0, 0.0);
+    /// `(Ā_n, B̄_n)` of every mode, `[H, N2]`, by [`crate::ssm::discretize_diag`] per head.
+    /// Errors: non-finite A or B, a bilinear pole (`1 − ΔA/2 = 0`).
+    pub fn discretize(&self, disc: Discretization) -> Result<(Vec<Complex64>, Vec<Complex64>)> {
+        let method = match disc {
+            Discretization::Zoh => crate::ssm::Method::Zoh,
+            Discretization::Bilinear => crate::ssm::Method::Bilinear,
+        };
         let mut ab = Vec::with_capacity(self.a.len());
         let mut bb = Vec::with_capacity(self.a.len());
-        for (i, (&a, &b)) in self.a.iter().zip(&self.b).enumerate() {
-            let dt = self.dt[i / self.n2];
-            let z = a * dt;
-            match disc {
-                Disc::Zoh => {
-                    ab.push(z.exp());
-                    bb.push(exp_m1_over(z) * dt * b);
-                }
-                Disc::Bilinear => {
-                    let den = one - z / 2.0;
-                    ab.push((one + z / 2.0) / den);
-                    bb.push(b * dt / den);
-                }
-            }
+        for (h, &dt) in self.dt.iter().enumerate() {
+            let r = h * self.n2..(h + 1) * self.n2;
+            let (a, b) = crate::ssm::discretize_diag(&self.a[r.clone()], &self.b[r], dt, method)?;
+            ab.extend(a);
+            bb.extend(b);
         }
-        (ab, bb)
+        Ok((ab, bb))
     }
-}
-
-use Discretization as Disc;
-
-/// `(e^z − 1)/z`, with `e^z − 1 = expm1(x)cos y − 2 sin²(y/2) + i e^x sin y` so small z keeps its
-/// digits; the limit 1 at z = 0.
-pub(crate) fn exp_m1_over(z: Complex64) -> Complex64 {
-    if z == Complex64::new(0.0, 0.0) {
-        return Complex64::new(1.0, 0.0);
-    }
-    let (x, y) = (z.re, z.im);
-    let s = (y / 2.0).sin();
-    let em1 = Complex64::new(x.exp_m1() * y.cos() - 2.0 * s * s, x.exp() * y.sin());
-    em1 / z
 }
 
 /// S4D kernel `K: [H, L]`, `K[h, l] = 2 Re Σ_n C_n B̄_n Ā_n^l` (l = 0..L−1), f64. `Ā^l` is taken
 /// by `powu` (binary powering), independent of the GPU's reduced-phase exponentials.
 pub fn s4d_kernel(ssm: &DiagonalSsm, len: usize, disc: Discretization) -> Result<Vec<f64>> {
     ssm.check("s4d_kernel")?;
-    let (ab, bb) = ssm.discretize(disc);
+    let (ab, bb) = ssm.discretize(disc)?;
     let mut k = vec![0.0; ssm.h * len];
     for h in 0..ssm.h {
         for n in 0..ssm.n2 {

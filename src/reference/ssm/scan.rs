@@ -45,7 +45,7 @@ pub fn s4d_scan_step(
             got: vec![state.len(), u.len()],
         });
     }
-    let (ab, bb) = ssm.discretize(disc);
+    let (ab, bb) = ssm.discretize(disc)?;
     let mut x = state.to_vec();
     let mut y = vec![0.0; u.len()];
     for (i, yi) in y.iter_mut().enumerate() {
