@@ -5,6 +5,11 @@
 // Per key tile: Q and K in chunks of DKC columns through workgroup memory (K transposed), each
 // invocation holding SPT logits of its query in registers; then the online-softmax update.
 // WMODE 1 (DiagAttention's relu variant) weighs keys by relu(logit) and writes the unnormalised sum.
+// Position terms (longseq::attention::positional), all per (i, j) inside the tiles, no L x L buffer:
+// sliding window j in (i - window, i]; logit s = scale * kappa_i * q_i.k_j - slope_h * |i - j| with
+// kappa_i = max(1, ln n_i / ln L_train) (n_i = keys query i sees) and ALiBi slopes[h]; ReRoPE:
+// q_i.k_j -> sum over rotary pairs of A cos(phi) - B sin(phi), phi = clamp(i - j, -w, w) * theta_p,
+// A = qa ka + qb kb, B = qb ka - qa kb, cos/sin from rot: [2w + 1, D/2, 2] (host, f64 -> f32).
 
 override WG: u32 = 256u;   // invocations per workgroup = BQ * TPQ
 override BQ: u32 = 32u;    // queries per tile
@@ -32,6 +37,14 @@ struct Params {
     total: u32,
     _pad0: u32,
     _pad1: u32,
+    heads: u32,      // H: row r of the pass is head (r0 + r) % H
+    r0: u32,
+    window: u32,     // sliding window w; 0 = none
+    pflags: u32,     // bit 0 ALiBi, bit 1 ReRoPE, bit 2 ReRoPE half-split layout
+    logn_inv: f32,   // 1 / ln L_train; 0 = no log-n scale
+    rw: u32,         // ReRoPE window
+    _pad2: u32,
+    _pad3: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -39,6 +52,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read> k: array<ST>;
 @group(0) @binding(3) var<storage, read> v: array<ST>;
 @group(0) @binding(4) var<storage, read_write> o: array<OT>;
+@group(0) @binding(5) var<storage, read> slopes: array<f32>;
+@group(0) @binding(6) var<storage, read> rot: array<f32>;
 
 var<workgroup> q_s: array<f32, BQ * DKC>;   // [BQ][DKC]
 var<workgroup> k_s: array<f32, DKC * BK>;   // [DKC][BK], transposed
@@ -65,13 +80,35 @@ fn key_range(i: u32) -> vec2<u32> {
         lo = i / p.block * p.block;
         hi = min(hi, lo + p.block);
     }
+    if (p.window > 0u) {
+        hi = min(hi, i + 1u);
+        lo = max(lo, select(0u, i + 1u - p.window, i + 1u > p.window));
+    }
     return vec2<u32>(lo, hi);
+}
+
+var<private> head: u32;
+
+// Column of q or k that holds element e of the interleaved pair order (ReRoPE loads pairs adjacent).
+fn pair_col(e: u32) -> u32 {
+    if ((p.pflags & 6u) != 6u) {
+        return e;
+    }
+    return select(e / 2u + p.dk / 2u, e / 2u, e % 2u == 0u);
 }
 
 // The logit of query i against key j (positions inside the row) from their dot product q_i.k_j.
 // Every per-(i, j) term of the logit (biases, length scalings) goes here.
 fn logit(dot: f32, i: u32, j: u32) -> f32 {
-    return dot * p.scale;
+    var s = dot * p.scale;
+    if (p.logn_inv > 0.0) {
+        let kr = key_range(i);
+        s *= max(1.0, log(f32(kr.y - kr.x)) * p.logn_inv);
+    }
+    if ((p.pflags & 1u) != 0u) {
+        s -= slopes[head] * f32(max(i, j) - min(i, j));
+    }
+    return s;
 }
 
 @compute @workgroup_size(WG)
@@ -85,6 +122,8 @@ fn attend(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
     let cb = wid % p.n_cb;
     let qt = (wid / p.n_cb) % p.n_qt;
     let r = wid / (p.n_cb * p.n_qt);
+    head = (p.r0 + r) % p.heads;
+    let rerope = (p.pflags & 2u) != 0u;
     let i0 = qt * BQ;
     let i_last = min(i0 + BQ, p.len) - 1u;
     let qb = p.q_off + r * p.len * p.dk;
@@ -122,7 +161,7 @@ fn attend(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
                 let a = e % DKC;
                 var x = 0.0;
                 if (i < p.len && a < na) {
-                    x = ld_q(qb + i * p.dk + a0 + a);
+                    x = ld_q(qb + i * p.dk + pair_col(a0 + a));
                 }
                 q_s[e] = x;
             }
@@ -131,15 +170,33 @@ fn attend(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
                 let a = e % DKC;
                 var x = 0.0;
                 if (j < p.len && a < na) {
-                    x = ld_k(kb + j * p.dk + a0 + a);
+                    x = ld_k(kb + j * p.dk + pair_col(a0 + a));
                 }
                 k_s[a * BK + e / DKC] = x;
             }
             workgroupBarrier();
-            for (var a = 0u; a < na; a++) {
-                let qa = q_s[tq * DKC + a];
-                for (var c = 0u; c < SPT; c++) {
-                    dot[c] += qa * k_s[a * BK + tc + c * tpq];
+            if (rerope) {
+                let w = i32(p.rw);
+                let half = p.dk / 2u;
+                for (var a = 0u; a + 1u < na; a += 2u) {
+                    let qa = q_s[tq * DKC + a];
+                    let qb = q_s[tq * DKC + a + 1u];
+                    let pair = (a0 + a) / 2u;
+                    for (var c = 0u; c < SPT; c++) {
+                        let kl = tc + c * tpq;
+                        let ka = k_s[a * BK + kl];
+                        let kb = k_s[(a + 1u) * BK + kl];
+                        let delta = clamp(i32(iq) - i32(j0 + kl), -w, w);
+                        let t = (u32(delta + w) * half + pair) * 2u;
+                        dot[c] += (qa * ka + qb * kb) * rot[t] - (qb * ka - qa * kb) * rot[t + 1u];
+                    }
+                }
+            } else {
+                for (var a = 0u; a < na; a++) {
+                    let qa = q_s[tq * DKC + a];
+                    for (var c = 0u; c < SPT; c++) {
+                        dot[c] += qa * k_s[a * BK + tc + c * tpq];
+                    }
                 }
             }
         }

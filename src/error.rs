@@ -39,6 +39,16 @@ pub enum Error {
         expected: String,
         got: String,
     },
+    /// An index (a token id) is not below the size of the table it indexes.
+    #[error("{op}: `{name}`{position:?} = {index} is out of range (must be < {bound})")]
+    IndexOutOfRange {
+        op: &'static str,
+        name: &'static str,
+        /// Multi-index of the first bad element, e.g. `[b, l]`.
+        position: Vec<usize>,
+        index: u64,
+        bound: u64,
+    },
     /// NaN found where the NaN policy forbids it.
     #[error("{op}: `{name}` holds NaN at flat index {index} (NaN policy: error)")]
     NaN {

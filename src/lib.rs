@@ -23,6 +23,7 @@ pub mod context;
 pub mod dtype;
 pub mod error;
 mod pipeline;
+pub mod positions;
 pub mod reference;
 pub mod schedule;
 pub mod ssm;

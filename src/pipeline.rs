@@ -44,6 +44,8 @@ fn source(shader: &str) -> Option<&'static str> {
         "lightning_attention" => include_str!("../shaders/lightning_attention.wgsl"),
         "transnormer" => include_str!("../shaders/transnormer.wgsl"),
         "cast" => include_str!("../shaders/cast.wgsl"),
+        "embedding" => include_str!("../shaders/embedding.wgsl"),
+        "rope" => include_str!("../shaders/rope.wgsl"),
         "hippo" => include_str!("../shaders/hippo.wgsl"),
         "dplr" => include_str!("../shaders/dplr.wgsl"),
         "fft" => include_str!("../shaders/fft.wgsl"),

@@ -6,6 +6,7 @@ pub mod favor;
 pub mod feature_map;
 pub mod lightning;
 pub mod linear;
+pub mod positional;
 pub mod recurrent;
 pub mod softmax;
 pub mod transnormer;
@@ -21,6 +22,10 @@ pub use lightning::{
 };
 pub use linear::{
     linear_attention, linear_attention_into, record_linear_attention, LinearAttentionOptions,
+};
+pub use positional::{
+    record_softmax_attention_positional, softmax_attention_positional,
+    softmax_attention_positional_into, Alibi, PositionalOptions, ReRope,
 };
 pub use recurrent::{prefill, step, Features, RecurrentState};
 pub use softmax::{

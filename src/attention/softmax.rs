@@ -90,6 +90,29 @@ struct Params {
     o_off: u32,
     total: u32,
     _pad: [u32; 2],
+    heads: u32,
+    r0: u32,
+    window: u32,
+    pflags: u32,
+    logn_inv: f32,
+    rw: u32,
+    _pad2: [u32; 2],
+}
+
+/// Position terms inside the attend kernel (see [`crate::attention::positional`]); the default
+/// adds none.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct PosBias<'b> {
+    /// H, to find a row's head.
+    pub heads: u32,
+    /// Sliding window w (keys j in (i − w, i]); 0 = none.
+    pub window: u32,
+    /// ALiBi slopes, `[H]` f32.
+    pub slopes: Option<&'b wgpu::Buffer>,
+    /// 1 / ln L_train; 0 = no log-n scale.
+    pub logn_inv: f32,
+    /// ReRoPE: (window, half-split layout, cos/sin table `[2w + 1, Dk/2, 2]` f32).
+    pub rerope: Option<(u32, bool, &'b wgpu::Buffer)>,
 }
 
 /// What one pass of the attend kernel computes (shared with DiagAttention).
@@ -143,10 +166,26 @@ pub(crate) fn row_bytes(d: &AttnDims, in_bytes: u64, out_bytes: u64) -> Vec<(&'s
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn record_attend_rows<T: Element>(
     s: &mut Schedule<'_>,
+    qkv: (&Tensor<T>, &Tensor<T>, &Tensor<T>),
+    d: &AttnDims,
+    rows: (u64, u64),
+    cfg: &Attend,
+    storage: Storage,
+    out: OutSlot<'_>,
+) -> Result<()> {
+    let pos = PosBias::default();
+    record_attend_rows_pos(s, qkv, d, rows, cfg, &pos, storage, out)
+}
+
+/// [`record_attend_rows`] with position terms.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn record_attend_rows_pos<T: Element>(
+    s: &mut Schedule<'_>,
     (q, k, v): (&Tensor<T>, &Tensor<T>, &Tensor<T>),
     d: &AttnDims,
     (r0, nr): (u64, u64),
     cfg: &Attend,
+    pos: &PosBias<'_>,
     storage: Storage,
     out: OutSlot<'_>,
 ) -> Result<()> {
@@ -195,8 +234,35 @@ pub(crate) fn record_attend_rows<T: Element>(
         o_off,
         total: total as u32,
         _pad: [0; 2],
+        heads: pos.heads.max(1),
+        r0: r0 as u32,
+        window: pos.window,
+        pflags: pos.slopes.is_some() as u32
+            | (pos.rerope.is_some() as u32) << 1
+            | (pos.rerope.is_some_and(|r| r.1) as u32) << 2,
+        logn_inv: pos.logn_inv,
+        rw: pos.rerope.map_or(0, |r| r.0),
+        _pad2: [0; 2],
     };
-    s.dispatch(&pl, &prm, &[bq_, bk_, bv, bo], total)
+    // Unused position inputs still need a binding.
+    let dummy = scratch(ctx, 16);
+    let (sb, rb) = (
+        pos.slopes.unwrap_or(&dummy),
+        pos.rerope.map_or(&dummy, |r| r.2),
+    );
+    let bs = Bind {
+        slot: 5,
+        buffer: sb,
+        offset: 0,
+        size: sb.size(),
+    };
+    let br = Bind {
+        slot: 6,
+        buffer: rb,
+        offset: 0,
+        size: rb.size(),
+    };
+    s.dispatch(&pl, &prm, &[bq_, bk_, bv, bo, bs, br], total)
 }
 
 /// Records the attend kernel over all rows into `out` (any storage; packed f16 goes through an f32
@@ -207,6 +273,19 @@ pub(crate) fn record_attend<T: Element>(
     qkv: (&Tensor<T>, &Tensor<T>, &Tensor<T>),
     d: &AttnDims,
     cfg: &Attend,
+    out: &Tensor<T>,
+) -> Result<()> {
+    record_attend_pos(s, op, qkv, d, cfg, &PosBias::default(), out)
+}
+
+/// [`record_attend`] with position terms.
+pub(crate) fn record_attend_pos<T: Element>(
+    s: &mut Schedule<'_>,
+    op: &'static str,
+    qkv: (&Tensor<T>, &Tensor<T>, &Tensor<T>),
+    d: &AttnDims,
+    cfg: &Attend,
+    pos: &PosBias<'_>,
     out: &Tensor<T>,
 ) -> Result<()> {
     let ctx = s.context();
@@ -231,7 +310,7 @@ pub(crate) fn record_attend<T: Element>(
                 first: r0 * len * dv,
             },
         };
-        record_attend_rows(s, qkv, d, (r0, nr), cfg, storage, slot)?;
+        record_attend_rows_pos(s, qkv, d, (r0, nr), cfg, pos, storage, slot)?;
         if let Some(buf) = &packed {
             record_pack_f16(s, buf, out.buffer(), r0 * len * dv, nr * len * dv)?;
         }

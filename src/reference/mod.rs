@@ -3,4 +3,5 @@
 //! when no adapter is present.
 
 pub mod attention;
+pub mod positions;
 pub mod ssm;

@@ -9,6 +9,8 @@ use longseq::attention::{
     LightningOptions, LinearAttentionOptions, Norm, NormAttentionOptions, OmegaDraw,
     SoftmaxAttentionOptions,
 };
+use longseq::attention::{Alibi, PositionalOptions, ReRope};
+use longseq::positions::RopeLayout;
 use longseq::{Context, Element, Tensor};
 
 use crate::io::{self, CliError, Out};
@@ -80,6 +82,26 @@ pub struct Args {
     /// Logit scale for softmax and diag (default 1/sqrt(Dk)).
     #[arg(long)]
     scale: Option<f32>,
+    /// Softmax: ALiBi bias −m_h·|i − j| on the logits, m_h = 2^(−8h/H), h = 1..H, for H a power
+    /// of two (the ALiBi reference code's interleaved slopes otherwise).
+    #[arg(long)]
+    alibi: bool,
+    /// Softmax: multiply the logits of query i by max(1, ln n_i / ln L_TRAIN), n_i = keys it sees.
+    #[arg(long, value_name = "L_TRAIN")]
+    log_n_scale: Option<usize>,
+    /// Softmax: sliding window, query i sees keys j in (i − W, i] (implies causal).
+    #[arg(long, value_name = "W")]
+    window: Option<usize>,
+    /// Softmax: ReRoPE, rotary inside the kernel on the raw q and k with the relative position
+    /// i − j clipped to [−W, W].
+    #[arg(long, value_name = "W")]
+    rerope: Option<usize>,
+    /// ReRoPE's rotary base.
+    #[arg(long, default_value_t = 10_000.0)]
+    rerope_base: f64,
+    /// ReRoPE's pair layout: interleaved (x[2i], x[2i+1]) or half (x[i], x[i + D/2]).
+    #[arg(long, value_enum, default_value = "interleaved")]
+    rerope_layout: crate::rope::Layout,
     /// Output the numerator alone (no normalisation).
     #[arg(long)]
     no_denominator: bool,
@@ -282,6 +304,11 @@ fn op_from_args(
             "--num-features and --omega go with --feature-map favor or favor-trig".into(),
         ));
     }
+    if a.method != Method::Softmax && positional(a).is_some() {
+        return Err(CliError::Input(
+            "--alibi, --log-n-scale, --window and --rerope need --method softmax".into(),
+        ));
+    }
     Ok(match a.method {
         Method::Linear => match a.feature_map {
             Phi::Map(fm) => Op::Linear(LinearAttentionOptions {
@@ -302,10 +329,20 @@ fn op_from_args(
                 }
             }
         },
-        Method::Softmax => Op::Softmax(SoftmaxAttentionOptions {
-            causal: a.causal,
-            scale: a.scale,
-        }),
+        Method::Softmax => {
+            let opts = SoftmaxAttentionOptions {
+                causal: a.causal,
+                scale: a.scale,
+            };
+            match positional(a) {
+                Some(pos) => Op::SoftmaxPositional {
+                    opts,
+                    pos,
+                    heads: q_shape[q_shape.len() - 3],
+                },
+                None => Op::Softmax(opts),
+            }
+        }
         Method::Norm => Op::Norm(NormAttentionOptions {
             feature_map: map()?,
             causal: a.causal,
@@ -345,6 +382,24 @@ fn op_from_args(
             }
         }
     })
+}
+
+/// The softmax position terms from the flags; None when no flag asks for one.
+fn positional(a: &Args) -> Option<PositionalOptions<'static>> {
+    let pos = PositionalOptions {
+        alibi: a.alibi.then_some(Alibi::Standard),
+        log_n_train: a.log_n_scale,
+        window: a.window,
+        rerope: a.rerope.map(|window| ReRope {
+            window,
+            base: a.rerope_base,
+            layout: match a.rerope_layout {
+                crate::rope::Layout::Interleaved => RopeLayout::Interleaved,
+                crate::rope::Layout::Half => RopeLayout::HalfSplit,
+            },
+        }),
+    };
+    (pos != PositionalOptions::default()).then_some(pos)
 }
 
 /// ω for favor*: the tensor named by --omega as given, or drawn from --seed.

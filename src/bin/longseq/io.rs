@@ -27,6 +27,7 @@ impl From<longseq::Error> for CliError {
             | longseq::Error::DataLength { .. }
             | longseq::Error::InvalidArgument { .. }
             | longseq::Error::Dtype { .. }
+            | longseq::Error::IndexOutOfRange { .. }
             | longseq::Error::NaN { .. } => CliError::Input(e.to_string()),
             _ => CliError::Run(e.to_string()),
         }
@@ -125,4 +126,57 @@ pub fn write(path: &str, tensors: Vec<(&str, Vec<usize>, Out)>) -> Result<(), Cl
     let meta: Option<HashMap<String, String>> = None;
     safetensors::serialize_to_file(views, meta, std::path::Path::new(path))
         .map_err(|e| CliError::Run(format!("cannot write {path}: {e}")))
+}
+
+/// Reads integer tensor `name` (U8, U16, U32, I32 or I64: token ids, positions) from `st` as
+/// u32. A negative value or one past u32 is an input error naming its flat index.
+pub fn read_u32(
+    st: &SafeTensors<'_>,
+    name: &str,
+    path: &str,
+) -> Result<(Vec<u32>, Vec<usize>), CliError> {
+    let t = st.tensor(name).map_err(|_| {
+        let mut names: Vec<&str> = st.names();
+        names.sort();
+        CliError::Input(format!(
+            "tensor `{name}` not found in {path} (it has: {})",
+            names.join(", ")
+        ))
+    })?;
+    let b = t.data();
+    let wide: Vec<i64> = match t.dtype() {
+        Dtype::U8 => b.iter().map(|&x| x as i64).collect(),
+        Dtype::U16 => bytemuck::pod_collect_to_vec::<u8, u16>(b)
+            .into_iter()
+            .map(i64::from)
+            .collect(),
+        Dtype::U32 => bytemuck::pod_collect_to_vec::<u8, u32>(b)
+            .into_iter()
+            .map(i64::from)
+            .collect(),
+        Dtype::I32 => bytemuck::pod_collect_to_vec::<u8, i32>(b)
+            .into_iter()
+            .map(i64::from)
+            .collect(),
+        Dtype::I64 => bytemuck::pod_collect_to_vec::<u8, i64>(b),
+        d => {
+            return Err(CliError::Input(format!(
+                "tensor `{name}` in {path} has dtype {d:?}; expected an integer type \
+                 (U8, U16, U32, I32 or I64)"
+            )))
+        }
+    };
+    let data = wide
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| {
+            u32::try_from(x).map_err(|_| {
+                CliError::Input(format!(
+                    "tensor `{name}` in {path} holds {x} at flat index {i}; expected 0 ..= {}",
+                    u32::MAX
+                ))
+            })
+        })
+        .collect::<Result<Vec<u32>, CliError>>()?;
+    Ok((data, t.shape().to_vec()))
 }

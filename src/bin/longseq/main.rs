@@ -3,10 +3,12 @@
 
 mod attention;
 mod discretize;
+mod embed;
 mod hippo;
 mod hippo_approx;
 mod io;
 mod methods;
+mod rope;
 mod ssm;
 
 use std::process::ExitCode;
@@ -32,6 +34,8 @@ enum Command {
     /// device type, f16 support and the limits the ops use.
     Info,
     Attention(attention::Args),
+    Embed(embed::Args),
+    Rope(rope::Args),
     Hippo(hippo::Args),
     Discretize(discretize::Args),
     HippoApprox(hippo_approx::Args),
@@ -43,6 +47,8 @@ fn main() -> ExitCode {
     let r = match cli.command {
         Command::Info => info(),
         Command::Attention(a) => attention::run(a),
+        Command::Embed(a) => embed::run(a),
+        Command::Rope(a) => rope::run(a),
         Command::Hippo(a) => hippo::run(a),
         Command::Discretize(a) => discretize::run(a),
         Command::HippoApprox(a) => hippo_approx::run(a),

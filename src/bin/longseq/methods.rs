@@ -4,8 +4,9 @@
 use longseq::attention::linear::AttnDims;
 use longseq::attention::{
     diag_attention, favor_attention, lightning_attention, linear_attention, norm_attention,
-    softmax_attention, Affine, DiagAttentionOptions, FavorKind, FavorOptions, LightningOptions,
-    LinearAttentionOptions, NormAttentionOptions, SoftmaxAttentionOptions,
+    softmax_attention, softmax_attention_positional, Affine, DiagAttentionOptions, FavorKind,
+    FavorOptions, LightningOptions, LinearAttentionOptions, NormAttentionOptions,
+    PositionalOptions, SoftmaxAttentionOptions,
 };
 use longseq::reference::attention as cpu;
 use longseq::{Context, Element, Result, Tensor};
@@ -20,6 +21,12 @@ pub enum Op {
         opts: FavorOptions,
     },
     Softmax(SoftmaxAttentionOptions),
+    /// Softmax with ALiBi / log-n / window / ReRoPE terms inside the kernel.
+    SoftmaxPositional {
+        opts: SoftmaxAttentionOptions,
+        pos: PositionalOptions<'static>,
+        heads: usize,
+    },
     Norm(NormAttentionOptions),
     Diag(DiagAttentionOptions),
     /// `slopes: None` means ALiBi.
@@ -47,6 +54,9 @@ impl Op {
                 favor_attention(ctx, q, k, v, &w, opts)
             }
             Op::Softmax(o) => softmax_attention(ctx, q, k, v, o),
+            Op::SoftmaxPositional { opts, pos, .. } => {
+                softmax_attention_positional(ctx, q, k, v, opts, pos)
+            }
             Op::Norm(o) => norm_attention(ctx, q, k, v, &none, o),
             Op::Diag(o) => diag_attention(ctx, q, k, v, &none, o),
             Op::Lightning { opts, slopes, .. } => {
@@ -61,6 +71,9 @@ impl Op {
             Op::Linear(o) => cpu::linear_attention(q, k, v, d, o),
             Op::Favor { omega, opts, .. } => cpu::favor_attention(q, k, v, d, omega, opts),
             Op::Softmax(o) => cpu::softmax_attention(q, k, v, d, o),
+            Op::SoftmaxPositional { opts, pos, heads } => {
+                cpu::positional::softmax_attention_positional(q, k, v, d, *heads, opts, pos)
+            }
             Op::Norm(o) => cpu::norm_attention(q, k, v, d, &none, o),
             Op::Diag(o) => cpu::diag_attention(q, k, v, d, &none, o),
             Op::Lightning {
@@ -92,6 +105,15 @@ impl Op {
                 causal(opts.causal)
             ),
             Op::Softmax(o) => format!("softmax, {}, scale {}", causal(o.causal), scale(o.scale)),
+            Op::SoftmaxPositional { opts, pos, .. } => format!(
+                "softmax, {}, scale {}, alibi {}, log-n L_train {:?}, window {:?}, rerope {:?}",
+                causal(opts.causal || pos.window.is_some()),
+                scale(opts.scale),
+                pos.alibi.is_some(),
+                pos.log_n_train,
+                pos.window,
+                pos.rerope.map(|r| (r.window, r.base, r.layout)),
+            ),
             Op::Norm(o) => format!(
                 "norm, feature map {}, {}, norm {}, eps {}",
                 o.feature_map.name(),

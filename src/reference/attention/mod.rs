@@ -3,6 +3,7 @@
 pub mod favor;
 pub mod lightning;
 pub mod linear;
+pub mod positional;
 pub mod softmax;
 pub mod transnormer;
 
