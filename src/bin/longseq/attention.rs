@@ -326,6 +326,10 @@ fn op_from_args(
                         kind,
                         causal: a.causal,
                     },
+                    source: match &a.omega {
+                        Some(n) => format!("tensor `{n}`"),
+                        None => format!("{:?} draw, seed {}", a.omega_draw, a.seed),
+                    },
                 }
             }
         },

@@ -19,6 +19,8 @@ pub enum Op {
         omega: Vec<f32>,
         m: usize,
         opts: FavorOptions,
+        /// Where ω came from, for the report: "tensor `W`" or "OrthogonalChi draw, seed 3".
+        source: String,
     },
     Softmax(SoftmaxAttentionOptions),
     /// Softmax with ALiBi / log-n / window / ReRoPE terms inside the kernel.
@@ -48,7 +50,7 @@ impl Op {
         let none = Affine::default();
         match self {
             Op::Linear(o) => linear_attention(ctx, q, k, v, o),
-            Op::Favor { omega, m, opts } => {
+            Op::Favor { omega, m, opts, .. } => {
                 let dk = q.shape()[q.shape().len() - 1];
                 let w = Tensor::from_slice(ctx, omega, &[*m, dk])?;
                 favor_attention(ctx, q, k, v, &w, opts)
@@ -96,8 +98,10 @@ impl Op {
                 o.eps,
                 o.denominator
             ),
-            Op::Favor { m, opts, .. } => format!(
-                "linear, feature map {}, M = {m} random features, {}",
+            Op::Favor {
+                m, opts, source, ..
+            } => format!(
+                "linear, feature map {}, M = {m} random features (omega: {source}), {}",
                 match opts.kind {
                     FavorKind::Positive => "favor",
                     FavorKind::Trig => "favor-trig",
