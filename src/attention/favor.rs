@@ -348,23 +348,7 @@ pub(crate) fn record_favor<T: Element>(
     let ctx = s.context();
     let d = check_shapes(OP, q.shape(), k.shape(), v.shape())?;
     let m = check_omega(OP, omega.shape(), d.dk)? as u64;
-    if out.shape() != d.out_shape.as_slice() {
-        return Err(Error::Shape {
-            op: OP,
-            name: "out",
-            expected: format!("{:?}", d.out_shape),
-            got: out.shape().to_vec(),
-        });
-    }
-    for (name, t) in [("q", q), ("k", k), ("v", v)] {
-        if t.buffer() == out.buffer() {
-            return Err(Error::InvalidArgument {
-                op: OP,
-                name: "out",
-                reason: format!("aliases input `{name}`"),
-            });
-        }
-    }
+    super::softmax::check_out(OP, &d, &[("q", q), ("k", k), ("v", v)], out)?;
     let storage = Storage::for_dtype(ctx, T::DTYPE);
     let is_f32 = T::DTYPE == crate::DType::F32;
     let (len, dk, dv) = (d.len as u64, d.dk as u64, d.dv as u64);

@@ -211,23 +211,7 @@ pub(crate) fn record_linear<T: Element>(
     let ctx = s.context();
     let d = check_shapes(OP, q.shape(), k.shape(), v.shape())?;
     check_options(OP, opts)?;
-    if out.shape() != d.out_shape.as_slice() {
-        return Err(Error::Shape {
-            op: OP,
-            name: "out",
-            expected: format!("{:?}", d.out_shape),
-            got: out.shape().to_vec(),
-        });
-    }
-    for (name, t) in [("q", q), ("k", k), ("v", v)] {
-        if t.buffer() == out.buffer() {
-            return Err(Error::InvalidArgument {
-                op: OP,
-                name: "out",
-                reason: format!("aliases input `{name}`"),
-            });
-        }
-    }
+    super::softmax::check_out(OP, &d, &[("q", q), ("k", k), ("v", v)], out)?;
     let storage = Storage::for_dtype(ctx, T::DTYPE);
     let (len, dk, dv) = (d.len as u64, d.dk as u64, d.dv as u64);
     let es = size_of::<T>() as u64;
