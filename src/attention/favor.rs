@@ -216,28 +216,7 @@ pub(crate) fn record_cast_f32(
     xf: &wgpu::Buffer,
     n: u64,
 ) -> Result<()> {
-    let ctx = s.context();
-    let p = ctx
-        .pipelines
-        .get(ctx, "favor", "cast_f32", storage, &[("WG", WG)])?;
-    let prm = Params {
-        rows: 0,
-        len: 0,
-        dk: 0,
-        m: 0,
-        x_off: x.1,
-        head_off: 0,
-        total: n as u32,
-        scale: 0.0,
-        norm: 0.0,
-        _pad: [0; 3],
-    };
-    s.dispatch(
-        &p,
-        &prm,
-        &[x.0, whole(6, xf, n * 4).0],
-        n.div_ceil(WG as u64),
-    )
+    record_elementwise(s, "cast_f32", storage, &[("WG", WG)], x, (6, xf), n)
 }
 
 /// Records `feat[0..n] = φ(x[first..first + n])` for an elementwise feature map (FMAP id).
@@ -249,27 +228,31 @@ pub(crate) fn record_map_features(
     feat: &wgpu::Buffer,
     n: u64,
 ) -> Result<()> {
-    let ctx = s.context();
     let consts = [("WG", WG), ("FMAP", fmap)];
-    let p = ctx
-        .pipelines
-        .get(ctx, "favor", "map_features", storage, &consts)?;
+    record_elementwise(s, "map_features", storage, &consts, x, (3, feat), n)
+}
+
+/// One elementwise pass of `favor.wgsl` over `n` elements: x at slot 1, the f32 result at `out`.
+fn record_elementwise(
+    s: &mut Schedule<'_>,
+    entry: &'static str,
+    storage: Storage,
+    consts: &[(&'static str, u32)],
+    x: (Bind<'_>, u32),
+    (slot, out): (u32, &wgpu::Buffer),
+    n: u64,
+) -> Result<()> {
+    let ctx = s.context();
+    let p = ctx.pipelines.get(ctx, "favor", entry, storage, consts)?;
     let prm = Params {
-        rows: 0,
-        len: 0,
-        dk: 0,
-        m: 0,
         x_off: x.1,
-        head_off: 0,
         total: n as u32,
-        scale: 0.0,
-        norm: 0.0,
-        _pad: [0; 3],
+        ..Zeroable::zeroed()
     };
     s.dispatch(
         &p,
         &prm,
-        &[x.0, whole(3, feat, n * 4).0],
+        &[x.0, whole(slot, out, n * 4).0],
         n.div_ceil(WG as u64),
     )
 }
