@@ -20,120 +20,18 @@
 //! maximum) still has a value.
 
 use bytemuck::{Pod, Zeroable};
-use nalgebra::DMatrix;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-use rand_distr::StandardNormal;
 
-use super::linear::{check_shapes, core_state_bytes, record_core, whole, Core, CoreBinds};
+use super::linear::{core_state_bytes, record_core, Core, CoreBinds};
+use crate::bind::{scratch, Bind};
 use crate::cast::record_pack_f16;
 use crate::pipeline::Storage;
-use crate::schedule::{rows_per_pass, scratch, Bind, Schedule};
-use crate::{Context, Element, Error, Result, Tensor};
-
-/// Which random features.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub enum FavorKind {
-    /// `exp(ωᵀx' − ‖x'‖²/2)`: positive (FAVOR+), F = M features.
-    #[default]
-    Positive,
-    /// `exp(‖x'‖²/2)·[sin(ωᵀx'), cos(ωᵀx')]`: F = 2M features, not positive.
-    Trig,
-}
-
-impl FavorKind {
-    /// Features per position for `m` random directions.
-    pub fn num_features(self, m: usize) -> usize {
-        match self {
-            FavorKind::Positive => m,
-            FavorKind::Trig => 2 * m,
-        }
-    }
-}
-
-/// How [`draw_omega`] draws the random directions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub enum OmegaDraw {
-    /// Rows i.i.d. N(0, I_d).
-    Gaussian,
-    /// Blocks of d mutually orthogonal rows (Q of the QR of a d×d Gaussian, sign-fixed), each
-    /// row rescaled to the norm of an independent N(0, I_d) draw (chi-distributed), §2.4.
-    #[default]
-    OrthogonalChi,
-    /// Orthogonal blocks, every row of norm √d.
-    OrthogonalSqrtD,
-}
-
-/// Options for [`favor_attention`] and the CPU reference
-/// [`crate::reference::attention::favor_attention`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct FavorOptions {
-    pub kind: FavorKind,
-    /// Sum over `j ≤ i` only.
-    pub causal: bool,
-}
+use crate::schedule::{rows_per_pass, Schedule};
+pub(crate) use crate::types::attention::check_omega;
+use crate::types::attention::check_shapes;
+pub use crate::types::attention::{draw_omega, FavorKind, FavorOptions, OmegaDraw};
+use crate::{Context, Element, Result, Tensor};
 
 const OP: &str = "favor_attention";
-
-/// ω `[m, dk]` row-major f32, drawn from `seed` (rand's `StdRng`). `m` need not be a multiple
-/// of `dk`: the last orthogonal block keeps its first `m mod dk` rows.
-/// Errors: [`Error::InvalidArgument`] when `m` or `dk` is 0.
-pub fn draw_omega(m: usize, dk: usize, draw: OmegaDraw, seed: u64) -> Result<Vec<f32>> {
-    for (name, v) in [("num_features", m), ("dk", dk)] {
-        if v == 0 {
-            return Err(Error::InvalidArgument {
-                op: "draw_omega",
-                name,
-                reason: "must be >= 1".into(),
-            });
-        }
-    }
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut normal = move || -> f64 { rng.sample(StandardNormal) };
-    let mut w = Vec::with_capacity(m * dk);
-    if draw == OmegaDraw::Gaussian {
-        w.extend((0..m * dk).map(|_| normal() as f32));
-        return Ok(w);
-    }
-    while w.len() < m * dk {
-        let g = DMatrix::<f64>::from_fn(dk, dk, |_, _| normal());
-        let qr = g.qr();
-        let (q, r) = (qr.q(), qr.r());
-        // Columns of Q, signs fixed by diag(R) so the block is Haar-distributed.
-        for c in 0..dk {
-            if w.len() == m * dk {
-                break;
-            }
-            let sign = if r[(c, c)] < 0.0 { -1.0 } else { 1.0 };
-            let norm = match draw {
-                OmegaDraw::OrthogonalChi => (0..dk).map(|_| normal().powi(2)).sum::<f64>().sqrt(),
-                _ => (dk as f64).sqrt(),
-            };
-            w.extend((0..dk).map(|a| (sign * norm * q[(a, c)]) as f32));
-        }
-    }
-    Ok(w)
-}
-
-/// Checks `omega: [M, Dk]` with M >= 1 against the inputs' Dk; returns M.
-pub(crate) fn check_omega(op: &'static str, omega: &[usize], dk: usize) -> Result<usize> {
-    if omega.len() != 2 || omega[1] != dk {
-        return Err(Error::Shape {
-            op,
-            name: "omega",
-            expected: format!("[M, {dk}] (M random directions of q's head dim)"),
-            got: omega.to_vec(),
-        });
-    }
-    if omega[0] == 0 {
-        return Err(Error::InvalidArgument {
-            op,
-            name: "omega",
-            reason: "M = 0 random features".into(),
-        });
-    }
-    Ok(omega[0])
-}
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -174,9 +72,9 @@ pub(crate) fn record_features(
     let f = kind.num_features(m as usize) as u64;
     let consts = [("WG", WG), ("TRIG", (kind == FavorKind::Trig) as u32)];
     let pl = |entry| ctx.pipelines.get(ctx, "favor", entry, storage, &consts);
-    let b_omega = whole(2, omega, m * dk * 4).0;
-    let b_feat = whole(3, feat, nr * len * f * 4).0;
-    let b_log = whole(4, logscale, nr * len * 4).0;
+    let b_omega = Bind::prefix_at(2, omega, m * dk * 4).0;
+    let b_feat = Bind::prefix_at(3, feat, nr * len * f * 4).0;
+    let b_log = Bind::prefix_at(4, logscale, nr * len * 4).0;
     let mut prm = Params {
         rows: nr as u32,
         len: len as u32,
@@ -252,7 +150,7 @@ fn record_elementwise(
     s.dispatch(
         &p,
         &prm,
-        &[x.0, whole(slot, out, n * 4).0],
+        &[x.0, Bind::prefix_at(slot, out, n * 4).0],
         n.div_ceil(WG as u64),
     )
 }
@@ -385,7 +283,7 @@ pub(crate) fn record_favor<T: Element>(
         let xk = Bind::elems(ctx, 1, k.buffer(), es, r0 * len * dk, nr * len * dk);
         let h = match &state {
             Some(st) => Bind::elems(ctx, 5, st.c, 4, r0, nr),
-            None => whole(5, &head, nr * 4),
+            None => Bind::prefix_at(5, &head, nr * 4),
         };
         record_features(
             s,
@@ -402,12 +300,12 @@ pub(crate) fn record_favor<T: Element>(
             Some(buf) => {
                 let xv = Bind::elems(ctx, 1, v.buffer(), es, r0 * len * dv, nr * len * dv);
                 record_cast_f32(s, storage, xv, buf, nr * len * dv)?;
-                whole(3, buf, nr * len * dv * 4)
+                Bind::prefix_at(3, buf, nr * len * dv * 4)
             }
             None => Bind::elems(ctx, 3, v.buffer(), 4, r0 * len * dv, nr * len * dv),
         };
         let o = match &of {
-            Some(buf) => whole(5, buf, nr * len * dv * 4),
+            Some(buf) => Bind::prefix_at(5, buf, nr * len * dv * 4),
             None => Bind::elems(ctx, 5, out.buffer(), 4, r0 * len * dv, nr * len * dv),
         };
         let total = state.as_ref().map(|st| {
@@ -417,8 +315,8 @@ pub(crate) fn record_favor<T: Element>(
             )
         });
         let binds = CoreBinds {
-            q: whole(1, &fq, nr * len * f * 4),
-            k: whole(2, &fk, nr * len * f * 4),
+            q: Bind::prefix_at(1, &fq, nr * len * f * 4),
+            k: Bind::prefix_at(2, &fk, nr * len * f * 4),
             v: vb,
             o,
             total,

@@ -9,114 +9,17 @@
 //! so strong decays (s = 2, B = 64) underflow harmlessly instead of overflowing. Cost O(L·B·D).
 
 use bytemuck::{Pod, Zeroable};
-use wgpu::util::DeviceExt;
 
-use super::linear::{check_shapes, workgroup_size, AttnDims};
 use super::softmax::{check_out, row_bytes, OutSlot};
 use super::FeatureMap;
+use crate::bind::{scratch, upload_f32, Bind};
 use crate::cast::record_pack_f16;
 use crate::pipeline::Storage;
-use crate::schedule::{rows_per_pass, scratch, Bind, Schedule};
-use crate::{Context, Element, Error, Result, Tensor};
-
-/// Options for [`lightning_attention`] and the CPU reference
-/// [`crate::reference::attention::lightning_attention`].
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct LightningOptions {
-    /// Rows per block; `None` picks the largest of 64, 32, 16, 8 whose B×B score tile fits the
-    /// device's workgroup memory. Any B ≥ 1 that fits is valid; the result does not depend on it.
-    pub block: Option<u32>,
-    /// φ applied to q and k inside the kernel. The papers apply their activation outside, so the
-    /// default is [`FeatureMap::Identity`].
-    pub feature_map: FeatureMap,
-}
-
-impl Default for LightningOptions {
-    fn default() -> Self {
-        Self {
-            block: None,
-            feature_map: FeatureMap::Identity,
-        }
-    }
-}
-
-/// ALiBi slopes (Press et al. 2022), TransNormerLLM's default decay rates: `s_h = 2^(−8(h+1)/H)`
-/// for H a power of two; otherwise the slopes of the nearest power of two below H followed by
-/// every other slope of twice that many, as in the ALiBi reference code.
-pub fn alibi_slopes(heads: usize) -> Vec<f32> {
-    fn pow2(n: usize) -> Vec<f64> {
-        (1..=n)
-            .map(|h| 2f64.powf(-8.0 * h as f64 / n as f64))
-            .collect()
-    }
-    if heads == 0 {
-        return vec![];
-    }
-    let p = 1usize << (usize::BITS - 1 - heads.leading_zeros());
-    let mut s = pow2(p);
-    if p < heads {
-        s.extend(pow2(2 * p).into_iter().step_by(2).take(heads - p));
-    }
-    s.into_iter().map(|x| x as f32).collect()
-}
-
-/// Heads of a `[H, L, D]` or `[B, H, L, D]` shape.
-pub(crate) fn heads_of(shape: &[usize]) -> usize {
-    shape[shape.len() - 3]
-}
-
-pub(crate) fn max_block(ctx: &Context) -> u32 {
-    let mem = ctx.limits().max_compute_workgroup_storage_size as u64;
-    let mut b = 1u64;
-    while ((b + 1) * (b + 1) + b + 2) * 4 <= mem && b < 256 {
-        b += 1;
-    }
-    b as u32
-}
-
-/// The block size to use, or [`Error::InvalidArgument`].
-pub(crate) fn resolve_block(ctx: &Context, op: &'static str, block: Option<u32>) -> Result<u32> {
-    let max = max_block(ctx);
-    match block {
-        None => Ok([64, 32, 16, 8]
-            .into_iter()
-            .find(|&b| b <= max)
-            .unwrap_or(max)),
-        Some(b) if b >= 1 && b <= max => Ok(b),
-        Some(b) => Err(Error::InvalidArgument {
-            op,
-            name: "block",
-            reason: format!("{b} is not in 1..={max} (the B×B tile must fit workgroup memory)"),
-        }),
-    }
-}
-
-/// Checks `slopes: [H]`, each finite and ≥ 0, or builds the ALiBi ones.
-pub(crate) fn resolve_slopes(
-    op: &'static str,
-    heads: usize,
-    slopes: Option<&[f32]>,
-) -> Result<Vec<f32>> {
-    let Some(s) = slopes else {
-        return Ok(alibi_slopes(heads));
-    };
-    if s.len() != heads {
-        return Err(Error::Shape {
-            op,
-            name: "slopes",
-            expected: format!("[{heads}] (one per head)"),
-            got: vec![s.len()],
-        });
-    }
-    if let Some(x) = s.iter().find(|x| !(x.is_finite() && **x >= 0.0)) {
-        return Err(Error::InvalidArgument {
-            op,
-            name: "slopes",
-            reason: format!("{x} is not a finite decay rate >= 0"),
-        });
-    }
-    Ok(s.to_vec())
-}
+use crate::schedule::{rows_per_pass, Schedule};
+use crate::sizes::{resolve_block, workgroup_size};
+pub use crate::types::attention::{alibi_slopes, LightningOptions};
+use crate::types::attention::{check_shapes, heads_of, resolve_slopes, AttnDims};
+use crate::{Context, Element, Result, Tensor};
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -230,19 +133,6 @@ pub(crate) fn decayed_rows_per_pass(
     let n_blocks = (d.len as u64).div_ceil(block as u64);
     rb.push(("state", n_blocks * (d.dk * d.dv) as u64 * 4));
     Ok(rows_per_pass(ctx, op, &rb, d.rows)? as u64)
-}
-
-pub(crate) fn upload_f32(ctx: &Context, x: &[f32]) -> wgpu::Buffer {
-    let mut x = x.to_vec();
-    if x.is_empty() {
-        x.push(0.0);
-    }
-    ctx.device
-        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("longseq f32 parameters"),
-            contents: bytemuck::cast_slice(&x),
-            usage: wgpu::BufferUsages::STORAGE,
-        })
 }
 
 const OP: &str = "lightning_attention";

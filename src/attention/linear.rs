@@ -10,107 +10,14 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::FeatureMap;
+use crate::bind::{scratch, Bind};
 use crate::cast::record_pack_f16;
 use crate::pipeline::Storage;
-use crate::schedule::{rows_per_pass, scratch, Bind, Schedule};
-use crate::{Context, Element, Error, Result, Tensor};
-
-/// Options for [`linear_attention`] and the CPU reference
-/// [`crate::reference::attention::linear_attention`].
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct LinearAttentionOptions {
-    /// φ, applied to Q and K.
-    pub feature_map: FeatureMap,
-    /// Sum over `j ≤ i` only.
-    pub causal: bool,
-    /// Added to the denominator (default 1e-6). Denominator guard: a row whose denominator is
-    /// exactly 0 (ε = 0 and every weight `φ(q_i)·φ(k_j)` 0, e.g. relu of a query ≤ 0, or
-    /// features that underflow) outputs 0, never 0/0 = NaN; the CPU reference does the same.
-    pub eps: f32,
-    /// Divide by `φ(Q_i)ᵀ z + ε` (default true). Off, the output is the numerator alone.
-    pub denominator: bool,
-}
-
-impl Default for LinearAttentionOptions {
-    fn default() -> Self {
-        Self {
-            feature_map: FeatureMap::Elu1,
-            causal: false,
-            eps: 1e-6,
-            denominator: true,
-        }
-    }
-}
-
-/// Sizes of one attention call: `rows` = product of the leading dims (B·H).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AttnDims {
-    pub rows: usize,
-    pub len: usize,
-    pub dk: usize,
-    pub dv: usize,
-    /// Shape of the output: q's leading dims, then [L, Dv].
-    pub out_shape: Vec<usize>,
-}
-
-/// Checks `q, k: [.., L, Dk]`, `v: [.., L, Dv]` (rank 3 `[H, L, D]` or 4 `[B, H, L, D]`) and
-/// returns the sizes. Every dim must be at least 1.
-pub fn check_shapes(op: &'static str, q: &[usize], k: &[usize], v: &[usize]) -> Result<AttnDims> {
-    if !(q.len() == 3 || q.len() == 4) {
-        return Err(Error::Shape {
-            op,
-            name: "q",
-            expected: "[H, L, Dk] or [B, H, L, Dk]".into(),
-            got: q.to_vec(),
-        });
-    }
-    if q.contains(&0) {
-        return Err(Error::Shape {
-            op,
-            name: "q",
-            expected: "every dim >= 1".into(),
-            got: q.to_vec(),
-        });
-    }
-    if k != q {
-        return Err(Error::Shape {
-            op,
-            name: "k",
-            expected: format!("{q:?} (the shape of q)"),
-            got: k.to_vec(),
-        });
-    }
-    let r = q.len();
-    if v.len() != r || v[..r - 1] != q[..r - 1] || v[r - 1] == 0 {
-        return Err(Error::Shape {
-            op,
-            name: "v",
-            expected: format!("{:?} + [Dv >= 1] (q's leading dims and L)", &q[..r - 1]),
-            got: v.to_vec(),
-        });
-    }
-    let mut out_shape = q.to_vec();
-    out_shape[r - 1] = v[r - 1];
-    Ok(AttnDims {
-        rows: q[..r - 2].iter().product(),
-        len: q[r - 2],
-        dk: q[r - 1],
-        dv: v[r - 1],
-        out_shape,
-    })
-}
-
-pub(crate) fn check_options(op: &'static str, opts: &LinearAttentionOptions) -> Result<()> {
-    if !(opts.eps.is_finite() && opts.eps >= 0.0) {
-        return Err(Error::InvalidArgument {
-            op,
-            name: "eps",
-            reason: format!("{} is not a finite number >= 0", opts.eps),
-        });
-    }
-    Ok(())
-}
+use crate::schedule::{rows_per_pass, Schedule};
+use crate::sizes::{chunk_len, workgroup_size};
+use crate::types::attention::check_options;
+pub use crate::types::attention::{check_shapes, AttnDims, LinearAttentionOptions};
+use crate::{Context, Element, Result, Tensor};
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -130,21 +37,6 @@ struct Params {
     s_off: u32,
     z_off: u32,
     _pad: [u32; 2],
-}
-
-/// Rows per chunk: the largest of 64, 32, 16, 8 whose score tile (C² f32) and denominators fit
-/// the device's workgroup memory.
-pub(crate) fn chunk_len(ctx: &Context) -> u32 {
-    let mem = ctx.limits().max_compute_workgroup_storage_size as u64;
-    [64u64, 32, 16, 8]
-        .into_iter()
-        .find(|c| (c * c + c) * 4 <= mem)
-        .unwrap_or(4) as u32
-}
-
-pub(crate) fn workgroup_size(ctx: &Context) -> u32 {
-    256.min(ctx.limits().max_compute_invocations_per_workgroup)
-        .min(ctx.limits().max_compute_workgroup_size_x)
 }
 
 const OP: &str = "linear_attention";
@@ -243,7 +135,7 @@ pub(crate) fn record_linear<T: Element>(
     while r0 < d.rows as u64 {
         let nr = (per as u64).min(d.rows as u64 - r0);
         let o = match &packed_out {
-            Some(buf) => whole(5, buf, nr * len * dv * 4),
+            Some(buf) => Bind::prefix_at(5, buf, nr * len * dv * 4),
             None => Bind::elems(ctx, 5, out.buffer(), es, r0 * len * dv, nr * len * dv),
         };
         let binds = CoreBinds {
@@ -273,20 +165,6 @@ pub(crate) fn record_linear<T: Element>(
         r0 += nr;
     }
     Ok(())
-}
-
-/// A binding of the first `bytes` of a whole internal buffer, at element offset 0.
-pub(crate) fn whole(slot: u32, buffer: &wgpu::Buffer, bytes: u64) -> (Bind<'_>, u32) {
-    let size = bytes.div_ceil(4).max(1) * 4;
-    (
-        Bind {
-            slot,
-            buffer,
-            offset: 0,
-            size,
-        },
-        0,
-    )
 }
 
 /// Sizes and flags of one run of the chunked kernels (per pass of rows).

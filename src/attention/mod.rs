@@ -3,7 +3,7 @@
 //! and DiagAttention.
 
 pub mod favor;
-pub mod feature_map;
+pub use crate::types::feature_map;
 pub mod lightning;
 pub mod linear;
 pub mod positional;
@@ -11,11 +11,11 @@ pub mod recurrent;
 pub mod softmax;
 pub mod transnormer;
 
+pub use crate::types::FeatureMap;
 pub use favor::{
     draw_omega, favor_attention, favor_attention_into, record_favor_attention, FavorKind,
     FavorOptions, OmegaDraw,
 };
-pub use feature_map::FeatureMap;
 pub use lightning::{
     alibi_slopes, lightning_attention, lightning_attention_into, record_lightning_attention,
     LightningOptions,

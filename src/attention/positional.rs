@@ -13,119 +13,17 @@
 
 use wgpu::util::DeviceExt;
 
-use super::linear::check_shapes;
-use super::softmax::{check_out, check_scale, record_attend_pos, Attend, PosBias};
+use super::softmax::{check_out, record_attend_pos, Attend, PosBias};
 use super::SoftmaxAttentionOptions;
-use crate::positions::RopeLayout;
 use crate::schedule::Schedule;
+pub use crate::types::attention::{
+    check_positional, heads_of, slopes_for, Alibi, PositionalOptions, ReRope,
+};
+use crate::types::attention::{check_scale, check_shapes, rerope_table};
+use crate::types::RopeLayout;
 use crate::{Context, Element, Error, Result, Tensor};
 
 const OP: &str = "softmax_attention";
-
-/// ALiBi slopes.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Alibi<'a> {
-    /// `2^(−8h/H)` for H a power of two, the reference code's interleaving otherwise
-    /// ([`super::alibi_slopes`]).
-    Standard,
-    /// One slope per head, `[H]`.
-    Slopes(&'a [f32]),
-}
-
-/// ReRoPE: rotary inside the kernel with relative positions clipped at `window`.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct ReRope {
-    pub window: usize,
-    /// Rotary base (10 000 in RoFormer).
-    pub base: f64,
-    pub layout: RopeLayout,
-}
-
-/// Position terms for [`softmax_attention_positional`]; the default adds none.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct PositionalOptions<'a> {
-    pub alibi: Option<Alibi<'a>>,
-    /// `L_train` for the log-n logit scale (>= 2).
-    pub log_n_train: Option<usize>,
-    /// Sliding window `w` (>= 1): keys `j ∈ (i − w, i]`, causal whatever `causal` says.
-    pub window: Option<usize>,
-    pub rerope: Option<ReRope>,
-}
-
-/// The number of heads H of `q: [H, L, D]` or `[B, H, L, D]`.
-pub fn heads_of(shape: &[usize]) -> usize {
-    shape[shape.len() - 3]
-}
-
-/// The slopes for `heads` heads, checked.
-pub fn slopes_for(alibi: &Alibi<'_>, heads: usize) -> Result<Vec<f32>> {
-    match alibi {
-        Alibi::Standard => Ok(super::alibi_slopes(heads)),
-        Alibi::Slopes(s) => {
-            if s.len() != heads {
-                return Err(Error::Shape {
-                    op: OP,
-                    name: "alibi slopes",
-                    expected: format!("[{heads}] (H of q)"),
-                    got: vec![s.len()],
-                });
-            }
-            if let Some(x) = s.iter().find(|x| !x.is_finite()) {
-                return Err(Error::InvalidArgument {
-                    op: OP,
-                    name: "alibi slopes",
-                    reason: format!("{x} is not finite"),
-                });
-            }
-            Ok(s.to_vec())
-        }
-    }
-}
-
-/// Checks the position options against head dim `dk`.
-pub fn check_positional(pos: &PositionalOptions<'_>, dk: usize) -> Result<()> {
-    let bad = |name, reason: String| Error::InvalidArgument {
-        op: OP,
-        name,
-        reason,
-    };
-    if pos.window == Some(0) {
-        return Err(bad("window", "must be >= 1".into()));
-    }
-    if let Some(n) = pos.log_n_train {
-        if n < 2 {
-            return Err(bad("log_n_train", format!("{n}: ln L_train must be > 0")));
-        }
-    }
-    if let Some(r) = pos.rerope {
-        if r.window == 0 {
-            return Err(bad("rerope window", "must be >= 1".into()));
-        }
-        if !(r.base.is_finite() && r.base > 0.0) {
-            return Err(bad("rerope base", format!("{} is not > 0", r.base)));
-        }
-        if !dk.is_multiple_of(2) {
-            return Err(bad(
-                "rerope",
-                format!("Dk = {dk} is odd; rotary needs pairs"),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// cos and sin of `Δ·θ_p` for Δ in [−w, w] and pair p: `[2w + 1, D/2, 2]`, f64 -> f32.
-fn rerope_table(w: usize, d: usize, base: f64) -> Vec<f32> {
-    let mut t = Vec::with_capacity((2 * w + 1) * d);
-    for delta in -(w as i64)..=w as i64 {
-        for p in 0..d / 2 {
-            let phi = delta as f64 * base.powf(-2.0 * p as f64 / d as f64);
-            t.push(phi.cos() as f32);
-            t.push(phi.sin() as f32);
-        }
-    }
-    t
-}
 
 /// Exact softmax attention with position terms: `q, k: [B, H, L, Dk]` (or `[H, L, Dk]`),
 /// `v: [.., L, Dv]` -> `o: [.., L, Dv]`. With ReRoPE, q and k are the raw (unrotated) projections.

@@ -15,11 +15,13 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::favor::{check_omega, record_favor, record_features, record_map_features, StateOut};
-use super::linear::{check_options, check_shapes, record_linear, whole};
+use super::linear::record_linear;
 use super::{FavorKind, LinearAttentionOptions};
+use crate::bind::{scratch, Bind};
 use crate::cast::record_pack_f16;
 use crate::pipeline::Storage;
-use crate::schedule::{rows_per_pass, scratch, Bind, Schedule};
+use crate::schedule::{rows_per_pass, Schedule};
+use crate::types::attention::{check_options, check_shapes};
 use crate::{Context, Element, Error, Result, Tensor};
 
 /// The feature map of a recurrent state.
@@ -240,7 +242,7 @@ pub fn step<T: Element>(
             let (bz, z_off) = Bind::elems(ctx, 6, state.z.buffer(), 4, r0 * f, nr * f);
             let (bc, c_off) = Bind::elems(ctx, 7, state.log_scale.buffer(), 4, r0, nr);
             let (bo, o_off) = match &of {
-                Some(buf) => whole(8, buf, nr * dv * 4),
+                Some(buf) => Bind::prefix_at(8, buf, nr * dv * 4),
                 None => Bind::elems(ctx, 8, out.buffer(), es, r0 * dv, nr * dv),
             };
             let mut prm = Params {
@@ -262,9 +264,9 @@ pub fn step<T: Element>(
                     .get(ctx, "recurrent", e, storage, &[("WG", WG)])
             };
             let (bfq, bfk, bck) = (
-                whole(1, &fq, nr * f * 4).0,
-                whole(2, &fk, nr * f * 4).0,
-                whole(3, &ck, nr * 4).0,
+                Bind::prefix_at(1, &fq, nr * f * 4).0,
+                Bind::prefix_at(2, &fk, nr * f * 4).0,
+                Bind::prefix_at(3, &ck, nr * 4).0,
             );
             let groups = (nr * (f * dv + f)).div_ceil(WG as u64);
             s.dispatch(

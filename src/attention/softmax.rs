@@ -9,41 +9,14 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::linear::{check_shapes, workgroup_size, AttnDims};
+use crate::bind::{scratch, Bind};
 use crate::cast::record_pack_f16;
 use crate::pipeline::Storage;
-use crate::schedule::{rows_per_pass, scratch, Bind, Schedule};
+use crate::schedule::{rows_per_pass, Schedule};
+use crate::sizes::{softmax_tiles, NA};
+pub use crate::types::attention::SoftmaxAttentionOptions;
+use crate::types::attention::{check_scale, check_shapes, AttnDims};
 use crate::{Context, Element, Error, Result, Tensor};
-
-/// Options for [`softmax_attention`] and the CPU reference
-/// [`crate::reference::attention::softmax_attention`].
-#[derive(Clone, Copy, Debug, PartialEq, Default)]
-pub struct SoftmaxAttentionOptions {
-    /// Query `i` attends to keys `j ≤ i` only.
-    pub causal: bool,
-    /// Multiplies `Q Kᵀ`; `None` means `1/√Dk` (Vaswani et al. 2017).
-    pub scale: Option<f32>,
-}
-
-impl SoftmaxAttentionOptions {
-    /// The scale actually applied for head dim `dk`: `scale`, or `1/√dk` rounded to f32. The GPU
-    /// and the CPU reference both use this f32 value.
-    pub fn scale_for(&self, dk: usize) -> f32 {
-        self.scale
-            .unwrap_or_else(|| (1.0 / (dk as f64).sqrt()) as f32)
-    }
-}
-
-pub(crate) fn check_scale(op: &'static str, scale: Option<f32>) -> Result<()> {
-    match scale {
-        Some(s) if !s.is_finite() => Err(Error::InvalidArgument {
-            op,
-            name: "scale",
-            reason: format!("{s} is not finite"),
-        }),
-        _ => Ok(()),
-    }
-}
 
 /// Checks that `out` has the output shape and is none of the inputs.
 pub(crate) fn check_out<T: Element>(
@@ -126,25 +99,6 @@ pub(crate) struct Attend {
     pub relu: bool,
 }
 
-/// Output columns per invocation (`NA` in the shader).
-const NA: u32 = 8;
-
-/// (workgroup size, queries per tile, keys per tile, Dk chunk). Eight invocations share a query:
-/// together they hold its 32 logits of a key tile and 64 output columns. Workgroup memory holds
-/// the Q chunk, the K chunk and the weight tile; the Dk chunk is the largest that fits.
-fn tiles(ctx: &Context) -> (u32, u32, u32, u32) {
-    let wg = workgroup_size(ctx);
-    let tpq = 8.min(wg);
-    let bq = (wg / tpq).max(1);
-    let bk = tpq * 8;
-    let mem = ctx.limits().max_compute_workgroup_storage_size;
-    let mut dkc = 64u32;
-    while dkc > 1 && (bq * dkc + dkc * bk + bq * bk + 3 * bq) * 4 > mem {
-        dkc /= 2;
-    }
-    (bq * tpq, bq, bk, dkc)
-}
-
 /// Where a pass writes: `elem_bytes`-sized elements of `buffer` from element `first` on.
 pub(crate) struct OutSlot<'b> {
     pub buffer: &'b wgpu::Buffer,
@@ -190,7 +144,7 @@ pub(crate) fn record_attend_rows_pos<T: Element>(
     out: OutSlot<'_>,
 ) -> Result<()> {
     let ctx = s.context();
-    let (wg, bq, bk, dkc) = tiles(ctx);
+    let (wg, bq, bk, dkc) = softmax_tiles(ctx);
     let consts = [
         ("WG", wg),
         ("BQ", bq),

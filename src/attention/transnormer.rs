@@ -9,219 +9,20 @@
 //! Norm acts per (batch, head, position) over Dv. (TransNormer's code normalises the concatenation
 //! of all heads; with one head that is the same.)
 
-use std::str::FromStr;
-
 use bytemuck::{Pod, Zeroable};
 
-use super::lightning::{
-    decayed_rows_per_pass, record_decayed_rows, resolve_block, upload_f32, Decayed,
-};
-use super::linear::{check_shapes, workgroup_size, AttnDims};
-use super::softmax::{
-    check_out, check_scale, record_attend, record_attend_rows, row_bytes, Attend, OutSlot,
-};
-use super::FeatureMap;
+use super::lightning::{decayed_rows_per_pass, record_decayed_rows, Decayed};
+use super::softmax::{check_out, record_attend, record_attend_rows, row_bytes, Attend, OutSlot};
+use crate::bind::{scratch, upload_f32, Bind};
 use crate::cast::record_pack_f16;
 use crate::pipeline::Storage;
-use crate::schedule::{rows_per_pass, scratch, Bind, Schedule};
+use crate::schedule::{rows_per_pass, Schedule};
+use crate::sizes::{resolve_block, workgroup_size};
+use crate::types::attention::{check_diag, check_norm, check_shapes, AttnDims};
+pub use crate::types::attention::{
+    Affine, DiagAttentionOptions, DiagWeights, Norm, NormAttentionOptions,
+};
 use crate::{Context, DType, Element, Error, Result, Tensor};
-
-/// The output norm over Dv (`x` one output row, `d = Dv`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub enum Norm {
-    /// `x / (‖x‖₂ · d^(−1/2) + ε)`, TransNormer's default.
-    #[default]
-    SimpleRmsNorm,
-    /// `g ⊙ x / (‖x‖₂ · d^(−1/2) + ε) + b` (TransNormer's RMSNorm: ε outside the root).
-    RmsNorm,
-    /// `g ⊙ (x − mean) / √(var + ε) + b`, biased variance (as torch.nn.LayerNorm).
-    LayerNorm,
-}
-
-impl Norm {
-    pub fn name(self) -> &'static str {
-        match self {
-            Norm::SimpleRmsNorm => "simple-rmsnorm",
-            Norm::RmsNorm => "rmsnorm",
-            Norm::LayerNorm => "layernorm",
-        }
-    }
-
-    /// Applies the norm to one row in place (the CPU reference's definition, f64).
-    pub fn apply(self, x: &mut [f64], eps: f64, gain: Option<&[f32]>, bias: Option<&[f32]>) {
-        let n = x.len() as f64;
-        let g = |d: usize| gain.map_or(1.0, |g| g[d] as f64);
-        let b = |d: usize| bias.map_or(0.0, |b| b[d] as f64);
-        match self {
-            Norm::SimpleRmsNorm | Norm::RmsNorm => {
-                let rms = x.iter().map(|v| v * v).sum::<f64>().sqrt() / n.sqrt();
-                for (d, v) in x.iter_mut().enumerate() {
-                    *v = g(d) * (*v / (rms + eps)) + b(d);
-                }
-            }
-            Norm::LayerNorm => {
-                let mean = x.iter().sum::<f64>() / n;
-                let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
-                let inv = 1.0 / (var + eps).sqrt();
-                for (d, v) in x.iter_mut().enumerate() {
-                    *v = g(d) * (*v - mean) * inv + b(d);
-                }
-            }
-        }
-    }
-
-    fn shader_id(self) -> u32 {
-        match self {
-            Norm::SimpleRmsNorm => 0,
-            Norm::RmsNorm => 1,
-            Norm::LayerNorm => 2,
-        }
-    }
-}
-
-impl FromStr for Norm {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "simple-rmsnorm" => Ok(Norm::SimpleRmsNorm),
-            "rmsnorm" => Ok(Norm::RmsNorm),
-            "layernorm" => Ok(Norm::LayerNorm),
-            _ => Err(format!(
-                "unknown norm `{s}` (expected simple-rmsnorm, rmsnorm or layernorm)"
-            )),
-        }
-    }
-}
-
-/// The norm's learned parameters, host values of length Dv: gain `g` (default ones) and bias
-/// `b` (default zeros). SimpleRMSNorm takes neither.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Affine<'a> {
-    pub gain: Option<&'a [f32]>,
-    pub bias: Option<&'a [f32]>,
-}
-
-/// Options for [`norm_attention`] and [`crate::reference::attention::norm_attention`].
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct NormAttentionOptions {
-    /// φ for Q and K; the paper's code uses [`FeatureMap::Elu`] (the default here).
-    pub feature_map: FeatureMap,
-    pub causal: bool,
-    pub norm: Norm,
-    /// ε of the norm (default 1e-6).
-    pub eps: f32,
-}
-
-impl Default for NormAttentionOptions {
-    fn default() -> Self {
-        Self {
-            feature_map: FeatureMap::Elu,
-            causal: false,
-            norm: Norm::SimpleRmsNorm,
-            eps: 1e-6,
-        }
-    }
-}
-
-/// How DiagAttention weighs the keys of a block.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum DiagWeights {
-    /// `softmax_j(scale · q_i·k_j)` over the block.
-    #[default]
-    Softmax,
-    /// `relu(scale · q_i·k_j)`, the weighted sum then normalised by the options' norm.
-    Relu,
-}
-
-/// Options for [`diag_attention`] and [`crate::reference::attention::diag_attention`].
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct DiagAttentionOptions {
-    /// Block length w ≥ 1 (default 64); the last block is ragged.
-    pub block: u32,
-    pub causal: bool,
-    /// Logit scale; `None` means `1/√Dk`.
-    pub scale: Option<f32>,
-    pub weights: DiagWeights,
-    /// The norm after relu weights (ignored for softmax).
-    pub norm: Norm,
-    /// ε of the norm (default 1e-6).
-    pub eps: f32,
-}
-
-impl Default for DiagAttentionOptions {
-    fn default() -> Self {
-        Self {
-            block: 64,
-            causal: false,
-            scale: None,
-            weights: DiagWeights::Softmax,
-            norm: Norm::SimpleRmsNorm,
-            eps: 1e-6,
-        }
-    }
-}
-
-impl DiagAttentionOptions {
-    pub fn scale_for(&self, dk: usize) -> f32 {
-        self.scale
-            .unwrap_or_else(|| (1.0 / (dk as f64).sqrt()) as f32)
-    }
-}
-
-pub(crate) fn check_norm(
-    op: &'static str,
-    norm: Norm,
-    eps: f32,
-    affine: &Affine<'_>,
-    dv: usize,
-) -> Result<()> {
-    if !(eps.is_finite() && eps >= 0.0) {
-        return Err(Error::InvalidArgument {
-            op,
-            name: "eps",
-            reason: format!("{eps} is not a finite number >= 0"),
-        });
-    }
-    for (name, x) in [("gain", affine.gain), ("bias", affine.bias)] {
-        let Some(x) = x else { continue };
-        if norm == Norm::SimpleRmsNorm {
-            return Err(Error::InvalidArgument {
-                op,
-                name: if name == "gain" { "gain" } else { "bias" },
-                reason: "simple-rmsnorm has no learned parameters".into(),
-            });
-        }
-        if x.len() != dv {
-            return Err(Error::Shape {
-                op,
-                name: if name == "gain" { "gain" } else { "bias" },
-                expected: format!("[{dv}] (Dv)"),
-                got: vec![x.len()],
-            });
-        }
-    }
-    Ok(())
-}
-
-pub(crate) fn check_diag(op: &'static str, o: &DiagAttentionOptions) -> Result<()> {
-    if o.block == 0 {
-        return Err(Error::InvalidArgument {
-            op,
-            name: "block",
-            reason: "the block length must be >= 1".into(),
-        });
-    }
-    check_scale(op, o.scale)
-}
-
-fn whole(slot: u32, buffer: &wgpu::Buffer) -> Bind<'_> {
-    Bind {
-        slot,
-        buffer,
-        offset: 0,
-        size: buffer.size(),
-    }
-}
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -275,7 +76,7 @@ fn record_norm_rows(
         eps,
         o_off,
     };
-    let binds = [bx, whole(2, gain), whole(3, bias), bo];
+    let binds = [bx, Bind::all(2, gain), Bind::all(3, bias), bo];
     s.dispatch(&pl, &prm, &binds, n.div_ceil(wg as u64))
 }
 

@@ -3,10 +3,12 @@
 use bytemuck::{Pod, Zeroable};
 use wgpu::util::DeviceExt;
 
-use crate::attention::linear::workgroup_size;
+use crate::bind::{scratch, Bind};
 use crate::cast::record_pack_f16;
 use crate::pipeline::Storage;
-use crate::schedule::{rows_per_pass, scratch, Bind, Schedule};
+use crate::schedule::{rows_per_pass, Schedule};
+use crate::sizes::workgroup_size;
+pub use crate::types::positions::check_embedding;
 use crate::{Context, Element, Error, Result, Tensor};
 
 const OP: &str = "embedding";
@@ -22,55 +24,6 @@ struct Params {
     i_off: u32,
     total: u32,
     _pad: u32,
-}
-
-/// Checks `table: [V, D]` and `ids` (shape `ids_shape`, `[L]` or `[B, L]`, every id < V) and
-/// returns the output shape `ids_shape + [D]`. The first id out of range is an
-/// [`Error::IndexOutOfRange`] naming its position.
-pub fn check_embedding(table: &[usize], ids: &[u32], ids_shape: &[usize]) -> Result<Vec<usize>> {
-    if table.len() != 2 || table.contains(&0) {
-        return Err(Error::Shape {
-            op: OP,
-            name: "table",
-            expected: "[V, D] with V, D >= 1".into(),
-            got: table.to_vec(),
-        });
-    }
-    if !(ids_shape.len() == 1 || ids_shape.len() == 2) || ids_shape.contains(&0) {
-        return Err(Error::Shape {
-            op: OP,
-            name: "ids",
-            expected: "[L] or [B, L] with every dim >= 1".into(),
-            got: ids_shape.to_vec(),
-        });
-    }
-    let n: usize = ids_shape.iter().product();
-    if ids.len() != n {
-        return Err(Error::DataLength {
-            shape: ids_shape.to_vec(),
-            expected: n,
-            got: ids.len(),
-        });
-    }
-    let v = table[0];
-    if let Some(i) = ids.iter().position(|&id| id as u64 >= v as u64) {
-        let l = *ids_shape.last().unwrap();
-        let position = if ids_shape.len() == 2 {
-            vec![i / l, i % l]
-        } else {
-            vec![i]
-        };
-        return Err(Error::IndexOutOfRange {
-            op: OP,
-            name: "ids",
-            position,
-            index: ids[i] as u64,
-            bound: v as u64,
-        });
-    }
-    let mut out = ids_shape.to_vec();
-    out.push(table[1]);
-    Ok(out)
 }
 
 /// Embedding lookup: `table: [V, D]` (f32 or f16), `ids: [L]` or `[B, L]` (u32, row-major,

@@ -13,133 +13,19 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::discretize::{check_dt, discretize, Method};
-use super::hippo::{hippo, Measure};
+use crate::bind::Bind;
 use crate::pipeline::Storage;
-use crate::schedule::{rows_per_pass, Bind, Schedule};
+use crate::schedule::{rows_per_pass, Schedule};
+pub use crate::types::ssm::{
+    check_options, check_shape, fixed_step_matrices, sample_grid, HippoApproxOptions, Step,
+    MAX_FIXED_N,
+};
 use crate::{Context, Element, Error, Result, Tensor};
 
 const OP: &str = "hippo_approx";
 
 /// Loop iterations per invocation and dispatch (half of lavapipe's 65 535 limit).
 const LOOP_BUDGET: u64 = 1 << 15;
-
-/// Largest state for a fixed step: `2·N` f32 of workgroup memory within the 16 KiB default.
-pub const MAX_FIXED_N: usize = 2048;
-
-/// How time advances per sample.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Step {
-    /// Δ = 1/k at step k: LegS's scale-invariant memory over the whole history.
-    Scaled,
-    /// The same Δ at every step (a time-invariant system).
-    Fixed(f64),
-}
-
-/// Options for [`hippo_approx`] and [`crate::reference::ssm::hippo_approx`].
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct HippoApproxOptions {
-    /// State size N >= 1.
-    pub n: usize,
-    pub measure: Measure,
-    /// Window θ of LegT and FouT, in the same time unit as the step.
-    pub theta: f64,
-    pub step: Step,
-    /// Discretisation rule (default bilinear). [`Step::Scaled`] takes Euler, backward Euler or
-    /// bilinear; [`Step::Fixed`] also ZOH.
-    pub method: Method,
-}
-
-impl Default for HippoApproxOptions {
-    fn default() -> Self {
-        Self {
-            n: 64,
-            measure: Measure::LegS,
-            theta: 1.0,
-            step: Step::Scaled,
-            method: Method::Bilinear,
-        }
-    }
-}
-
-/// Validates `opts` (see [`HippoApproxOptions`]).
-pub fn check_options(op: &'static str, opts: &HippoApproxOptions) -> Result<()> {
-    let bad = |name, reason: String| Err(Error::InvalidArgument { op, name, reason });
-    if opts.n == 0 {
-        return bad("n", "the state size must be >= 1".into());
-    }
-    match opts.step {
-        Step::Scaled if opts.measure != Measure::LegS => bad(
-            "step",
-            format!(
-                "the scaled step 1/k is LegS's; {:?} takes a fixed dt",
-                opts.measure
-            ),
-        ),
-        Step::Scaled if opts.method == Method::Zoh => bad(
-            "method",
-            "the scaled step takes euler, backward-euler or bilinear".into(),
-        ),
-        Step::Fixed(dt) => check_dt(op, dt),
-        Step::Scaled => Ok(()),
-    }?;
-    if matches!(opts.measure, Measure::LegT | Measure::FouT)
-        && !(opts.theta.is_finite() && opts.theta > 0.0)
-    {
-        return bad(
-            "theta",
-            format!("{} is not a finite window > 0", opts.theta),
-        );
-    }
-    Ok(())
-}
-
-/// `(B, L)` of a signal tensor `f: [L]` or `[B, L]`, and the output shape.
-pub fn check_shape(op: &'static str, f: &[usize], n: usize) -> Result<(usize, usize, Vec<usize>)> {
-    let (b, l) = match *f {
-        [l] => (1, l),
-        [b, l] => (b, l),
-        _ => (0, 0),
-    };
-    if b == 0 || l == 0 {
-        return Err(Error::Shape {
-            op,
-            name: "f",
-            expected: "[L] or [B, L] with every dim >= 1".into(),
-            got: f.to_vec(),
-        });
-    }
-    let mut out = f.to_vec();
-    out.push(n);
-    Ok((b, l, out))
-}
-
-/// The times of samples `0 .. len` and the current time after the last one: sample `j` sits at
-/// `x = j + 1` (scaled step, in samples) or `x = (j + 1)·Δ` (fixed step); `t` is the last of them.
-/// Feed these to [`super::hippo::reconstruct`] with the coefficients `c[len − 1]`.
-pub fn sample_grid(step: Step, len: usize) -> (Vec<f64>, f64) {
-    let unit = match step {
-        Step::Scaled => 1.0,
-        Step::Fixed(dt) => dt,
-    };
-    let xs: Vec<f64> = (1..=len).map(|k| k as f64 * unit).collect();
-    (xs, len as f64 * unit)
-}
-
-/// `(Ā: [N, N], B̄: [N])` for a fixed step, f64.
-pub fn fixed_step_matrices(opts: &HippoApproxOptions, dt: f64) -> Result<(Vec<f64>, Vec<f64>)> {
-    let ss = hippo(opts.measure, opts.n, opts.theta)?;
-    discretize(&ss.a, &ss.b, ss.n, 1, dt, opts.method)
-}
-
-fn whole(slot: u32, t: &Tensor<f32>) -> Bind<'_> {
-    Bind {
-        slot,
-        buffer: t.buffer(),
-        offset: 0,
-        size: t.buffer().size(),
-    }
-}
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -342,7 +228,13 @@ pub fn record_hippo_approx<T: Element>(
             (prm.t0, prm.t1) = (t0 as u32, t1 as u32);
             match &fixed {
                 Some((ta, tb, _)) => {
-                    let binds = [bf, bc, whole(3, ta), whole(4, tb), bflag];
+                    let binds = [
+                        bf,
+                        bc,
+                        Bind::all(3, ta.buffer()),
+                        Bind::all(4, tb.buffer()),
+                        bflag,
+                    ];
                     s.dispatch(&pipeline, &prm, &binds, nr)?;
                 }
                 None => {

@@ -12,10 +12,11 @@ use bytemuck::{Pod, Zeroable};
 use wgpu::util::DeviceExt;
 
 use super::fft::{record_passes, twiddles, FftDirection};
-use super::{bind_buffer, workgroup_size};
+use crate::bind::{bind_buffer, scratch, Bind};
 use crate::pipeline::Storage;
-use crate::reference::ssm::DplrSsm;
-use crate::schedule::{scratch, Bind, Schedule};
+use crate::schedule::Schedule;
+use crate::sizes::workgroup_size;
+pub use crate::types::ssm::DplrSsm;
 use crate::{Context, Error, Result, Tensor};
 
 const OP: &str = "s4_dplr_kernel";

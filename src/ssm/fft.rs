@@ -5,10 +5,11 @@
 use bytemuck::{Pod, Zeroable};
 use wgpu::util::DeviceExt;
 
-use super::{bind_buffer, workgroup_size};
+use crate::bind::{bind_buffer, scratch, Bind};
 use crate::cast::record_pack_f16;
 use crate::pipeline::Storage;
-use crate::schedule::{rows_per_pass, scratch, Bind, Schedule};
+use crate::schedule::{rows_per_pass, Schedule};
+use crate::sizes::workgroup_size;
 use crate::{Context, Element, Error, Result, Tensor};
 
 /// Direction of [`fft`]: forward `X_k = Σ_j x_j e^{−2πijk/n}`, inverse with `e^{+2πijk/n}` and

@@ -14,12 +14,13 @@
 use bytemuck::{Pod, Zeroable};
 use num_complex::Complex64;
 
-use super::{bind_buffer, bind_whole, workgroup_size};
+use crate::bind::{bind_buffer, bind_whole, scratch, Bind};
 use crate::cast::record_pack_f16;
 use crate::pipeline::Storage;
-use crate::reference;
-pub use crate::reference::ssm::Discretization;
-use crate::schedule::{rows_per_pass, scratch, Bind, Schedule};
+use crate::schedule::{rows_per_pass, Schedule};
+use crate::sizes::workgroup_size;
+use crate::types::ssm as host;
+pub use crate::types::ssm::{s4d_init, Discretization, S4dInit};
 use crate::{Context, Element, Error, Result, Tensor};
 
 const OP: &str = "s4d_kernel";
@@ -43,7 +44,7 @@ pub struct DiagonalSsm<T: Element> {
 
 impl<T: Element> DiagonalSsm<T> {
     /// Uploads a host SSM, rounding to `T`.
-    pub fn from_host(ctx: &Context, m: &reference::ssm::DiagonalSsm) -> Result<Self> {
+    pub fn from_host(ctx: &Context, m: &host::DiagonalSsm) -> Result<Self> {
         m.check("DiagonalSsm::from_host")?;
         let hn = [m.h, m.n2];
         let up = |v: Vec<f64>, shape: &[usize]| {
@@ -102,108 +103,6 @@ impl<T: Element> DiagonalSsm<T> {
             }
         }
         Ok((s[0], s[1]))
-    }
-}
-
-/// Initialisations of the diagonal A (S4D paper §4), `N = 2·N2` the state size, `n = 0..N2−1`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum S4dInit {
-    /// `A_n = −1/2 + iπn`.
-    Lin,
-    /// `A_n = −1/2 + i(N/π)(N/(2n+1) − 1)`.
-    Inv,
-    /// The eigenvalues of the normal part of HiPPO-LegS, `−1/2 + iσ_n` with `σ_n > 0`, ascending.
-    LegS,
-}
-
-/// The `N2` diagonal entries of A for one head under `init` (the same for every head).
-/// Errors: [`Error::InvalidArgument`] for `n2 = 0`.
-pub fn s4d_init(init: S4dInit, n2: usize) -> Result<Vec<Complex64>> {
-    if n2 == 0 {
-        return Err(Error::InvalidArgument {
-            op: "s4d_init",
-            name: "n2",
-            reason: "N2 must be >= 1".into(),
-        });
-    }
-    let n = (2 * n2) as f64;
-    let pi = std::f64::consts::PI;
-    Ok(match init {
-        S4dInit::Lin => (0..n2)
-            .map(|j| Complex64::new(-0.5, pi * j as f64))
-            .collect(),
-        S4dInit::Inv => (0..n2)
-            .map(|j| Complex64::new(-0.5, n / pi * (n / (2 * j + 1) as f64 - 1.0)))
-            .collect(),
-        S4dInit::LegS => legs_normal_eigenvalues(2 * n2)
-            .into_iter()
-            .map(|s| Complex64::new(-0.5, s))
-            .collect(),
-    })
-}
-
-/// HiPPO-LegS is `A = −1/2 I + S − P Pᵀ` with `P_n = √(n + 1/2)` and S skew-symmetric,
-/// `S_nk = −√(2n+1)√(2k+1)/2` for n > k (S4, arXiv 2111.00396, §3.3). S has eigenvalues ±iσ;
-/// these are the N/2 values σ > 0 in ascending order. The Hermitian iS is diagonalised through
-/// its real symmetric embedding `[[0, Sᵀ], [S, 0]]` (each eigenvalue of iS twice) with cyclic
-/// Jacobi rotations in f64.
-fn legs_normal_eigenvalues(n: usize) -> Vec<f64> {
-    let m = 2 * n;
-    let mut a = vec![0.0f64; m * m];
-    for i in 0..n {
-        for k in 0..i {
-            let s = -0.5 * ((2 * i + 1) as f64).sqrt() * ((2 * k + 1) as f64).sqrt();
-            // S[i][k] = s, S[k][i] = −s; embedding rows n.. hold S, rows ..n hold Sᵀ.
-            a[(n + i) * m + k] = s;
-            a[(n + k) * m + i] = -s;
-            a[k * m + n + i] = s;
-            a[i * m + n + k] = -s;
-        }
-    }
-    jacobi_eigenvalues(&mut a, m);
-    let mut ev: Vec<f64> = (0..m).map(|i| a[i * m + i]).collect();
-    ev.sort_by(|x, y| y.total_cmp(x));
-    // The n largest are the positive σ (each twice), then zeros/negatives.
-    let mut s: Vec<f64> = ev[..n].iter().step_by(2).copied().collect();
-    s.truncate(n / 2);
-    s.sort_by(f64::total_cmp);
-    s
-}
-
-/// Cyclic Jacobi on a symmetric `m × m` matrix, in place; the diagonal ends as the eigenvalues.
-fn jacobi_eigenvalues(a: &mut [f64], m: usize) {
-    for _sweep in 0..100 {
-        let off: f64 = (0..m)
-            .flat_map(|i| (0..m).filter(move |&j| j != i).map(move |j| (i, j)))
-            .map(|(i, j)| a[i * m + j] * a[i * m + j])
-            .sum();
-        let diag: f64 = (0..m).map(|i| a[i * m + i] * a[i * m + i]).sum();
-        if off <= 1e-30 * diag.max(1e-300) {
-            return;
-        }
-        for p in 0..m {
-            for q in p + 1..m {
-                let apq = a[p * m + q];
-                if apq == 0.0 {
-                    continue;
-                }
-                let theta = (a[q * m + q] - a[p * m + p]) / (2.0 * apq);
-                let sgn = if theta >= 0.0 { 1.0 } else { -1.0 };
-                let t = sgn / (theta.abs() + (theta * theta + 1.0).sqrt());
-                let c = 1.0 / (t * t + 1.0).sqrt();
-                let s = t * c;
-                for k in 0..m {
-                    let (akp, akq) = (a[k * m + p], a[k * m + q]);
-                    a[k * m + p] = c * akp - s * akq;
-                    a[k * m + q] = s * akp + c * akq;
-                }
-                for k in 0..m {
-                    let (apk, aqk) = (a[p * m + k], a[q * m + k]);
-                    a[p * m + k] = c * apk - s * aqk;
-                    a[q * m + k] = s * apk + c * aqk;
-                }
-            }
-        }
     }
 }
 
@@ -283,9 +182,13 @@ pub fn record_s4d_kernel<T: Element>(
     let len = os[1] as u64;
     let storage = Storage::for_dtype(ctx, T::DTYPE);
     let wg = workgroup_size(ctx);
-    let p_vand = ctx
-        .pipelines
-        .get(ctx, "ssm_kernel", "vandermonde", storage, &consts(disc, wg))?;
+    let p_vand = ctx.pipelines.get(
+        ctx,
+        "ssm_kernel",
+        "vandermonde",
+        storage,
+        &consts(disc, wg)?,
+    )?;
     let modes = record_modes(s, ssm, disc)?;
     let bm = bind_buffer(ctx, OP, "modes", 8, &modes)?;
     let mut prm = Params {
@@ -330,12 +233,20 @@ pub fn record_s4d_kernel<T: Element>(
     Ok(())
 }
 
-fn consts(disc: Discretization, wg: u32) -> [(&'static str, u32); 2] {
+/// The `DISC` constant: the shader forms ZOH and bilinear modes; the other rules are host-only.
+fn consts(disc: Discretization, wg: u32) -> Result<[(&'static str, u32); 2]> {
     let d = match disc {
         Discretization::Zoh => 0,
         Discretization::Bilinear => 1,
+        other => {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                name: "disc",
+                reason: format!("{other:?}: the S4D kernel takes zoh or bilinear"),
+            })
+        }
     };
-    [("WG", wg), ("DISC", d)]
+    Ok([("WG", wg), ("DISC", d)])
 }
 
 /// Records the discretisation of every mode into a new `[H, N2, MODE_WORDS]` table: C·B̄,
@@ -351,7 +262,7 @@ pub(crate) fn record_modes<T: Element>(
     let wg = workgroup_size(ctx);
     let p_disc = ctx
         .pipelines
-        .get(ctx, "ssm_kernel", "discretize", storage, &consts(disc, wg))?;
+        .get(ctx, "ssm_kernel", "discretize", storage, &consts(disc, wg)?)?;
     let n_modes = (h * n2) as u64;
     let modes = scratch(ctx, n_modes * MODE_WORDS * 4);
     let mut binds = Vec::new();

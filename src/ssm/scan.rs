@@ -10,10 +10,11 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::kernel::{record_modes, DiagonalSsm, Discretization};
-use super::{bind_buffer, bind_whole, workgroup_size};
+use crate::bind::{bind_buffer, bind_whole, scratch, Bind};
 use crate::cast::record_pack_f16;
 use crate::pipeline::Storage;
-use crate::schedule::{rows_per_pass, scratch, Bind, Schedule};
+use crate::schedule::{rows_per_pass, Schedule};
+use crate::sizes::workgroup_size;
 use crate::{Context, Element, Error, Result, Tensor};
 
 #[repr(C)]
@@ -48,15 +49,6 @@ impl Params {
     }
 }
 
-fn whole(slot: u32, buffer: &wgpu::Buffer, bytes: u64) -> Bind<'_> {
-    Bind {
-        slot,
-        buffer,
-        offset: 0,
-        size: bytes.max(4),
-    }
-}
-
 /// Scans `rows` rows of length `len` held in `x` (vec4 elements, level 0) in place.
 fn record_levels(
     s: &mut Schedule<'_>,
@@ -86,8 +78,8 @@ fn record_levels(
         let mut prm = Params::new(rows, m);
         prm.total = (rows * nblk) as u32;
         let binds = [
-            whole(5, buf(k), rows * m * 16),
-            whole(6, buf(k + 1), rows * nblk * 16),
+            Bind::prefix(5, buf(k), rows * m * 16),
+            Bind::prefix(6, buf(k + 1), rows * nblk * 16),
         ];
         s.dispatch(&up, &prm, &binds, rows * nblk)?;
     }
@@ -99,8 +91,8 @@ fn record_levels(
         let nblk = m.div_ceil(w);
         let prm = Params::new(rows, m);
         let binds = [
-            whole(5, buf(k), rows * m * 16),
-            whole(6, buf(k + 1), rows * nblk * 16),
+            Bind::prefix(5, buf(k), rows * m * 16),
+            Bind::prefix(6, buf(k + 1), rows * nblk * 16),
         ];
         s.dispatch(&down, &prm, &binds, (rows * m).div_ceil(w))?;
     }
@@ -236,7 +228,7 @@ pub fn linear_scan_into<T: Element>(
             let bb = Bind::elems(ctx, 3, ops.b_re.buffer(), es, first, n).0;
             let bbi = Bind::elems(ctx, 4, ops.b_im.unwrap_or(ops.b_re).buffer(), es, first, n).0;
             prm.in_off = off;
-            let bx = whole(5, &x, n * 16);
+            let bx = Bind::prefix(5, &x, n * 16);
             s.dispatch(
                 &*pl("load_ab")?,
                 &prm,
@@ -251,7 +243,9 @@ pub fn linear_scan_into<T: Element>(
             };
             for (i, &(t, slot)) in outs.iter().enumerate() {
                 match &packed {
-                    Some((p0, p1)) => binds.push(whole(slot, if i == 0 { p0 } else { p1 }, n * 4)),
+                    Some((p0, p1)) => {
+                        binds.push(Bind::prefix(slot, if i == 0 { p0 } else { p1 }, n * 4))
+                    }
                     None => {
                         let (b, off) = Bind::elems(ctx, slot, t.buffer(), es, first, n);
                         prm.out_off = off;
@@ -358,7 +352,7 @@ pub fn s4d_scan_into<T: Element>(
             prm.bh0 = r0 as u32;
             let (bu, off) = Bind::elems(ctx, 10, u.buffer(), es, r0 * len, nr * len);
             prm.in_off = off;
-            let bx = whole(5, &x, rows * len * 16);
+            let bx = Bind::prefix(5, &x, rows * len * 16);
             s.dispatch(
                 &*pl("load_ssm")?,
                 &prm,
@@ -367,7 +361,7 @@ pub fn s4d_scan_into<T: Element>(
             )?;
             record_levels(&mut s, storage, &x, rows, len)?;
             let by = match &packed {
-                Some(buf) => whole(14, buf, nr * len * 4),
+                Some(buf) => Bind::prefix(14, buf, nr * len * 4),
                 None => {
                     let (b, off) = Bind::elems(ctx, 14, out.buffer(), es, r0 * len, nr * len);
                     prm.out_off = off;
@@ -423,7 +417,7 @@ pub fn s4d_step<T: Element>(
         let n = (b * h) as u64;
         let packed = (storage == Storage::F16Packed).then(|| scratch(ctx, n * 4));
         let by = match &packed {
-            Some(buf) => whole(14, buf, n * 4),
+            Some(buf) => Bind::prefix(14, buf, n * 4),
             None => bind_whole(ctx, STEP, "y", 14, &y)?,
         };
         let binds = [
