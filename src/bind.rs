@@ -122,3 +122,14 @@ pub(crate) fn bind_buffer<'b>(
         size: buffer.size(),
     })
 }
+
+/// A read-only storage buffer holding `x` (one zero word when empty: bindings cannot be empty).
+pub(crate) fn upload_u32(ctx: &Context, x: &[u32]) -> wgpu::Buffer {
+    let x = if x.is_empty() { &[0u32][..] } else { x };
+    ctx.device
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("longseq u32 parameters"),
+            contents: bytemuck::cast_slice(x),
+            usage: wgpu::BufferUsages::STORAGE,
+        })
+}

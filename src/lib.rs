@@ -21,6 +21,7 @@ pub mod attention;
 mod bind;
 mod cast;
 pub mod context;
+mod driver;
 pub mod dtype;
 pub mod error;
 pub mod math;

@@ -125,6 +125,11 @@ impl<'a> Schedule<'a> {
         Ok(())
     }
 
+    /// Records zeroing a whole buffer (it needs `COPY_DST`).
+    pub(crate) fn clear(&mut self, buffer: &wgpu::Buffer) {
+        self.encoder.clear_buffer(buffer, 0, None);
+    }
+
     /// Sends everything recorded in one submission. Does not wait; reading a tensor back or
     /// [`Context::wait`] does.
     pub fn submit(self) -> wgpu::SubmissionIndex {

@@ -23,13 +23,13 @@ use bytemuck::{Pod, Zeroable};
 
 use super::linear::{core_state_bytes, record_core, Core, CoreBinds};
 use crate::bind::{scratch, Bind};
-use crate::cast::record_pack_f16;
+use crate::driver::{self, Input, Pass, Plan, RowOp};
 use crate::pipeline::Storage;
-use crate::schedule::{rows_per_pass, Schedule};
+use crate::schedule::Schedule;
 pub(crate) use crate::types::attention::check_omega;
-use crate::types::attention::check_shapes;
+use crate::types::attention::{check_shapes, AttnDims};
 pub use crate::types::attention::{draw_omega, FavorKind, FavorOptions, OmegaDraw};
-use crate::{Context, Element, Result, Tensor};
+use crate::{Context, DType, Element, Result, Tensor};
 
 const OP: &str = "favor_attention";
 
@@ -169,10 +169,7 @@ pub fn favor_attention<T: Element>(
     omega: &Tensor<f32>,
     opts: &FavorOptions,
 ) -> Result<Tensor<T>> {
-    let dims = check_shapes(OP, q.shape(), k.shape(), v.shape())?;
-    let out = Tensor::empty(ctx, &dims.out_shape)?;
-    favor_attention_into(ctx, q, k, v, omega, &out, opts)?;
-    Ok(out)
+    driver::run(ctx, &Favor::new(q, k, v, omega, opts))
 }
 
 /// [`favor_attention`] writing into an existing `out: [.., L, Dv]`, one submission.
@@ -185,12 +182,7 @@ pub fn favor_attention_into<T: Element>(
     out: &Tensor<T>,
     opts: &FavorOptions,
 ) -> Result<()> {
-    crate::error_scope(ctx, || {
-        let mut s = Schedule::new(ctx);
-        record_favor_attention(&mut s, q, k, v, omega, out, opts)?;
-        s.submit();
-        Ok(())
-    })
+    driver::run_into(ctx, &Favor::new(q, k, v, omega, opts), out)
 }
 
 /// Records [`favor_attention`] into a [`Schedule`].
@@ -203,7 +195,7 @@ pub fn record_favor_attention<T: Element>(
     out: &Tensor<T>,
     opts: &FavorOptions,
 ) -> Result<()> {
-    record_favor(s, q, k, v, omega, out, opts.kind, opts.causal, None)
+    driver::record(s, &Favor::new(q, k, v, omega, opts), out)
 }
 
 /// Where a prefill writes each row's final state: S `[R, F, Dv]`, z `[R, F]`, log-scale `[R]`.
@@ -213,102 +205,97 @@ pub(crate) struct StateOut<'a> {
     pub c: &'a wgpu::Buffer,
 }
 
-/// The FAVOR pipeline; with `state`, also the state after the last row (prefill, causal).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn record_favor<T: Element>(
-    s: &mut Schedule<'_>,
-    q: &Tensor<T>,
-    k: &Tensor<T>,
-    v: &Tensor<T>,
-    omega: &Tensor<f32>,
-    out: &Tensor<T>,
-    kind: FavorKind,
-    causal: bool,
-    state: Option<StateOut<'_>>,
-) -> Result<()> {
-    let ctx = s.context();
-    let d = check_shapes(OP, q.shape(), k.shape(), v.shape())?;
-    let m = check_omega(OP, omega.shape(), d.dk)? as u64;
-    super::softmax::check_out(OP, &d, &[("q", q), ("k", k), ("v", v)], out)?;
-    let storage = Storage::for_dtype(ctx, T::DTYPE);
-    let is_f32 = T::DTYPE == crate::DType::F32;
-    let (len, dk, dv) = (d.len as u64, d.dk as u64, d.dv as u64);
-    let f = kind.num_features(m as usize) as u64;
-    let es = size_of::<T>() as u64;
-    let st_bytes = core_state_bytes(ctx, len, f, dv);
-    let per = rows_per_pass(
-        ctx,
-        OP,
-        &[
-            ("q", len * dk * es),
-            ("v", len * dv * 4),
-            ("features", len * f * 4),
-            ("state", st_bytes),
-            ("S", f * dv * 4),
-        ],
-        d.rows,
-    )?;
-    let rows_max = per.min(d.rows) as u64;
-    let fq = scratch(ctx, rows_max * len * f * 4);
-    let fk = scratch(ctx, rows_max * len * f * 4);
-    let logs = scratch(ctx, rows_max * len * 4);
-    let head = scratch(ctx, rows_max * 4);
-    let core_state = scratch(ctx, rows_max * st_bytes);
-    let vf = (!is_f32).then(|| scratch(ctx, rows_max * len * dv * 4));
-    let of = (!is_f32).then(|| scratch(ctx, rows_max * len * dv * 4));
-    let core = Core {
-        len,
-        dk: f,
-        dv,
-        causal,
-        denominator: true,
-        eps: 0.0,
-    };
-    let mut r0 = 0u64;
-    while r0 < d.rows as u64 {
-        let nr = (per as u64).min(d.rows as u64 - r0);
+/// The FAVOR op; with `state`, also the state after the last row (prefill, causal).
+pub(crate) struct Favor<'a, T: Element> {
+    pub q: &'a Tensor<T>,
+    pub k: &'a Tensor<T>,
+    pub v: &'a Tensor<T>,
+    pub omega: &'a Tensor<f32>,
+    pub kind: FavorKind,
+    pub causal: bool,
+    pub state: Option<StateOut<'a>>,
+}
+
+impl<'a, T: Element> Favor<'a, T> {
+    pub fn new(
+        q: &'a Tensor<T>,
+        k: &'a Tensor<T>,
+        v: &'a Tensor<T>,
+        omega: &'a Tensor<f32>,
+        opts: &FavorOptions,
+    ) -> Self {
+        Self {
+            q,
+            k,
+            v,
+            omega,
+            kind: opts.kind,
+            causal: opts.causal,
+            state: None,
+        }
+    }
+}
+
+impl<T: Element> RowOp for Favor<'_, T> {
+    type T = T;
+    /// Sizes and M.
+    type Dims = (AttnDims, u64);
+    const NAME: &'static str = OP;
+
+    fn plan(&self, ctx: &Context) -> Result<(Self::Dims, Plan)> {
+        let d = check_shapes(OP, self.q.shape(), self.k.shape(), self.v.shape())?;
+        let m = check_omega(OP, self.omega.shape(), d.dk)? as u64;
+        let (len, dk, dv) = (d.len as u64, d.dk as u64, d.dv as u64);
+        let f = self.kind.num_features(m as usize) as u64;
+        let es = size_of::<T>() as u64;
+        let mut plan = Plan::new(d.out_shape.clone(), d.rows as u64, len * dv)
+            .bytes("q", len * dk * es)
+            .bytes("v", len * dv * 4)
+            .bytes("features", len * f * 4)
+            .bytes("state", core_state_bytes(ctx, len, f, dv))
+            .bytes("S", f * dv * 4);
+        // The chunk kernels run on f32 features, so they write f32.
+        plan.f32_out = true;
+        Ok(((d, m), plan))
+    }
+
+    fn inputs(&self) -> Vec<Input<'_>> {
+        let mut i = super::qkv_inputs(self.q, self.k, self.v);
+        i.push(Input::of("omega", self.omega));
+        i
+    }
+
+    fn record_rows(&self, s: &mut Schedule<'_>, (d, m): &Self::Dims, p: &Pass<'_>) -> Result<()> {
+        let ctx = s.context();
+        let (kind, storage, m) = (self.kind, p.storage, *m);
+        let (len, dk, dv) = (d.len as u64, d.dk as u64, d.dv as u64);
+        let f = kind.num_features(m as usize) as u64;
+        let (r0, nr, es) = (p.r0, p.nr, size_of::<T>() as u64);
+        let fq = scratch(ctx, nr * len * f * 4);
+        let fk = scratch(ctx, nr * len * f * 4);
+        let logs = scratch(ctx, nr * len * 4);
+        let head = scratch(ctx, nr * 4);
+        let core_state = scratch(ctx, nr * core_state_bytes(ctx, len, f, dv));
         let sizes = (nr, len, dk, m);
-        let xq = Bind::elems(ctx, 1, q.buffer(), es, r0 * len * dk, nr * len * dk);
-        record_features(
-            s,
-            storage,
-            kind,
-            xq,
-            omega.buffer(),
-            sizes,
-            &fq,
-            &logs,
-            None,
-        )?;
-        let xk = Bind::elems(ctx, 1, k.buffer(), es, r0 * len * dk, nr * len * dk);
-        let h = match &state {
+        let w = self.omega.buffer();
+        let xq = Bind::elems(ctx, 1, self.q.buffer(), es, r0 * len * dk, nr * len * dk);
+        record_features(s, storage, kind, xq, w, sizes, &fq, &logs, None)?;
+        let xk = Bind::elems(ctx, 1, self.k.buffer(), es, r0 * len * dk, nr * len * dk);
+        let h = match &self.state {
             Some(st) => Bind::elems(ctx, 5, st.c, 4, r0, nr),
             None => Bind::prefix_at(5, &head, nr * 4),
         };
-        record_features(
-            s,
-            storage,
-            kind,
-            xk,
-            omega.buffer(),
-            sizes,
-            &fk,
-            &logs,
-            Some(h),
-        )?;
+        record_features(s, storage, kind, xk, w, sizes, &fk, &logs, Some(h))?;
+        let vf = (T::DTYPE != DType::F32).then(|| scratch(ctx, nr * len * dv * 4));
         let vb = match &vf {
             Some(buf) => {
-                let xv = Bind::elems(ctx, 1, v.buffer(), es, r0 * len * dv, nr * len * dv);
+                let xv = Bind::elems(ctx, 1, self.v.buffer(), es, r0 * len * dv, nr * len * dv);
                 record_cast_f32(s, storage, xv, buf, nr * len * dv)?;
                 Bind::prefix_at(3, buf, nr * len * dv * 4)
             }
-            None => Bind::elems(ctx, 3, v.buffer(), 4, r0 * len * dv, nr * len * dv),
+            None => Bind::elems(ctx, 3, self.v.buffer(), 4, r0 * len * dv, nr * len * dv),
         };
-        let o = match &of {
-            Some(buf) => Bind::prefix_at(5, buf, nr * len * dv * 4),
-            None => Bind::elems(ctx, 5, out.buffer(), 4, r0 * len * dv, nr * len * dv),
-        };
-        let total = state.as_ref().map(|st| {
+        let total = self.state.as_ref().map(|st| {
             (
                 Bind::elems(ctx, 6, st.s, 4, r0 * f * dv, nr * f * dv),
                 Bind::elems(ctx, 7, st.z, 4, r0 * f, nr * f),
@@ -318,14 +305,17 @@ pub(crate) fn record_favor<T: Element>(
             q: Bind::prefix_at(1, &fq, nr * len * f * 4),
             k: Bind::prefix_at(2, &fk, nr * len * f * 4),
             v: vb,
-            o,
+            o: p.out.bind(ctx, 5, nr * len * dv),
             total,
         };
-        record_core(s, Storage::F32, 2, &core, nr, &binds, &core_state)?;
-        if let Some(buf) = &of {
-            record_pack_f16(s, buf, out.buffer(), r0 * len * dv, nr * len * dv)?;
-        }
-        r0 += nr;
+        let core = Core {
+            len,
+            dk: f,
+            dv,
+            causal: self.causal,
+            denominator: true,
+            eps: 0.0,
+        };
+        record_core(s, Storage::F32, 2, &core, nr, &binds, &core_state)
     }
-    Ok(())
 }

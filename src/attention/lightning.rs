@@ -10,12 +10,11 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::softmax::{check_out, row_bytes, OutSlot};
 use super::FeatureMap;
 use crate::bind::{scratch, upload_f32, Bind};
-use crate::cast::record_pack_f16;
+use crate::driver::{self, Input, OutSlot, Pass, Plan, RowOp};
 use crate::pipeline::Storage;
-use crate::schedule::{rows_per_pass, Schedule};
+use crate::schedule::Schedule;
 use crate::sizes::{resolve_block, workgroup_size};
 pub use crate::types::attention::{alibi_slopes, LightningOptions};
 use crate::types::attention::{check_shapes, heads_of, resolve_slopes, AttnDims};
@@ -58,7 +57,7 @@ pub(crate) fn record_decayed_rows<T: Element>(
     (r0, nr): (u64, u64),
     cfg: &Decayed<'_>,
     storage: Storage,
-    out: OutSlot<'_>,
+    out: &OutSlot<'_>,
 ) -> Result<()> {
     let ctx = s.context();
     let wg = workgroup_size(ctx);
@@ -91,7 +90,7 @@ pub(crate) fn record_decayed_rows<T: Element>(
         offset: 0,
         size: state.size(),
     };
-    let (bo, o_off) = Bind::elems(ctx, 6, out.buffer, out.elem_bytes, out.first, nr * len * dv);
+    let (bo, o_off) = out.bind(ctx, 6, nr * len * dv);
     let mut prm = Params {
         rows: nr as u32,
         len: len as u32,
@@ -120,19 +119,10 @@ pub(crate) fn record_decayed_rows<T: Element>(
     s.dispatch(&p_apply, &prm, &[bq, bk, bv, bsl, bs, bo], nr * n_blocks)
 }
 
-/// Rows per pass for the decayed kernel: inputs, output and the per-block state must fit.
-pub(crate) fn decayed_rows_per_pass(
-    ctx: &Context,
-    op: &'static str,
-    d: &AttnDims,
-    block: u32,
-    in_bytes: u64,
-    out_bytes: u64,
-) -> Result<u64> {
-    let mut rb = row_bytes(d, in_bytes, out_bytes);
+/// The plan of the decayed kernel: q/k/v rows plus the per-block state.
+pub(crate) fn decayed_plan<T: Element>(d: &AttnDims, block: u32) -> Plan {
     let n_blocks = (d.len as u64).div_ceil(block as u64);
-    rb.push(("state", n_blocks * (d.dk * d.dv) as u64 * 4));
-    Ok(rows_per_pass(ctx, op, &rb, d.rows)? as u64)
+    super::qkv_plan::<T>(d).bytes("state", n_blocks * (d.dk * d.dv) as u64 * 4)
 }
 
 const OP: &str = "lightning_attention";
@@ -152,10 +142,16 @@ pub fn lightning_attention<T: Element>(
     slopes: Option<&[f32]>,
     opts: &LightningOptions,
 ) -> Result<Tensor<T>> {
-    let dims = check_shapes(OP, q.shape(), k.shape(), v.shape())?;
-    let out = Tensor::empty(ctx, &dims.out_shape)?;
-    lightning_attention_into(ctx, q, k, v, slopes, &out, opts)?;
-    Ok(out)
+    driver::run(
+        ctx,
+        &Lightning {
+            q,
+            k,
+            v,
+            slopes,
+            opts,
+        },
+    )
 }
 
 /// [`lightning_attention`] writing into an existing `out: [.., L, Dv]`, one submission.
@@ -168,12 +164,17 @@ pub fn lightning_attention_into<T: Element>(
     out: &Tensor<T>,
     opts: &LightningOptions,
 ) -> Result<()> {
-    crate::error_scope(ctx, || {
-        let mut s = Schedule::new(ctx);
-        record_lightning_attention(&mut s, q, k, v, slopes, out, opts)?;
-        s.submit();
-        Ok(())
-    })
+    driver::run_into(
+        ctx,
+        &Lightning {
+            q,
+            k,
+            v,
+            slopes,
+            opts,
+        },
+        out,
+    )
 }
 
 /// Records Lightning attention into a [`Schedule`].
@@ -186,46 +187,56 @@ pub fn record_lightning_attention<T: Element>(
     out: &Tensor<T>,
     opts: &LightningOptions,
 ) -> Result<()> {
-    let ctx = s.context();
-    let d = check_shapes(OP, q.shape(), k.shape(), v.shape())?;
-    check_out(OP, &d, &[("q", q), ("k", k), ("v", v)], out)?;
-    let heads = heads_of(q.shape());
-    let sl = resolve_slopes(OP, heads, slopes)?;
-    let block = resolve_block(ctx, OP, opts.block)?;
-    let storage = Storage::for_dtype(ctx, T::DTYPE);
-    let es = size_of::<T>() as u64;
-    let per = decayed_rows_per_pass(ctx, OP, &d, block, es, storage.out_elem_bytes())?;
-    let slopes_buf = upload_f32(ctx, &sl);
-    let cfg = Decayed {
-        feature_map: opts.feature_map,
-        causal: true,
-        block,
-        slopes: &slopes_buf,
-        heads: heads as u32,
-    };
-    let (len, dv) = (d.len as u64, d.dv as u64);
-    let packed = (storage == Storage::F16Packed)
-        .then(|| scratch(ctx, per.min(d.rows as u64) * len * dv * 4));
-    let mut r0 = 0u64;
-    while r0 < d.rows as u64 {
-        let nr = per.min(d.rows as u64 - r0);
-        let slot = match &packed {
-            Some(buf) => OutSlot {
-                buffer: buf,
-                elem_bytes: 4,
-                first: 0,
-            },
-            None => OutSlot {
-                buffer: out.buffer(),
-                elem_bytes: es,
-                first: r0 * len * dv,
-            },
-        };
-        record_decayed_rows(s, (q, k, v), &d, (r0, nr), &cfg, storage, slot)?;
-        if let Some(buf) = &packed {
-            record_pack_f16(s, buf, out.buffer(), r0 * len * dv, nr * len * dv)?;
-        }
-        r0 += nr;
+    driver::record(
+        s,
+        &Lightning {
+            q,
+            k,
+            v,
+            slopes,
+            opts,
+        },
+        out,
+    )
+}
+
+struct Lightning<'a, T: Element> {
+    q: &'a Tensor<T>,
+    k: &'a Tensor<T>,
+    v: &'a Tensor<T>,
+    slopes: Option<&'a [f32]>,
+    opts: &'a LightningOptions,
+}
+
+impl<T: Element> RowOp for Lightning<'_, T> {
+    type T = T;
+    /// Sizes, block, slopes on the device, heads.
+    type Dims = (AttnDims, u32, wgpu::Buffer, u32);
+    const NAME: &'static str = OP;
+
+    fn plan(&self, ctx: &Context) -> Result<(Self::Dims, Plan)> {
+        let d = check_shapes(OP, self.q.shape(), self.k.shape(), self.v.shape())?;
+        let heads = heads_of(self.q.shape());
+        let sl = resolve_slopes(OP, heads, self.slopes)?;
+        let block = resolve_block(ctx, OP, self.opts.block)?;
+        let plan = decayed_plan::<T>(&d, block);
+        Ok(((d, block, upload_f32(ctx, &sl), heads as u32), plan))
     }
-    Ok(())
+
+    fn inputs(&self) -> Vec<Input<'_>> {
+        super::qkv_inputs(self.q, self.k, self.v)
+    }
+
+    fn record_rows(&self, s: &mut Schedule<'_>, dims: &Self::Dims, p: &Pass<'_>) -> Result<()> {
+        let (d, block, slopes, heads) = dims;
+        let cfg = Decayed {
+            feature_map: self.opts.feature_map,
+            causal: true,
+            block: *block,
+            slopes,
+            heads: *heads,
+        };
+        let qkv = (self.q, self.k, self.v);
+        record_decayed_rows(s, qkv, d, (p.r0, p.nr), &cfg, p.storage, &p.out)
+    }
 }

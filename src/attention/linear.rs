@@ -11,9 +11,9 @@
 use bytemuck::{Pod, Zeroable};
 
 use crate::bind::{scratch, Bind};
-use crate::cast::record_pack_f16;
+use crate::driver::{self, Input, Pass, Plan, RowOp};
 use crate::pipeline::Storage;
-use crate::schedule::{rows_per_pass, Schedule};
+use crate::schedule::Schedule;
 use crate::sizes::{chunk_len, workgroup_size};
 use crate::types::attention::check_options;
 pub use crate::types::attention::{check_shapes, AttnDims, LinearAttentionOptions};
@@ -54,10 +54,7 @@ pub fn linear_attention<T: Element>(
     v: &Tensor<T>,
     opts: &LinearAttentionOptions,
 ) -> Result<Tensor<T>> {
-    let dims = check_shapes(OP, q.shape(), k.shape(), v.shape())?;
-    let out = Tensor::empty(ctx, &dims.out_shape)?;
-    linear_attention_into(ctx, q, k, v, &out, opts)?;
-    Ok(out)
+    driver::run(ctx, &Linear::new(q, k, v, opts))
 }
 
 /// [`linear_attention`] writing into an existing `out: [.., L, Dv]`, one submission.
@@ -69,12 +66,7 @@ pub fn linear_attention_into<T: Element>(
     out: &Tensor<T>,
     opts: &LinearAttentionOptions,
 ) -> Result<()> {
-    crate::error_scope(ctx, || {
-        let mut s = Schedule::new(ctx);
-        record_linear_attention(&mut s, q, k, v, out, opts)?;
-        s.submit();
-        Ok(())
-    })
+    driver::run_into(ctx, &Linear::new(q, k, v, opts), out)
 }
 
 /// Records linear attention into a [`Schedule`] (for chaining ops in one submission).
@@ -86,85 +78,83 @@ pub fn record_linear_attention<T: Element>(
     out: &Tensor<T>,
     opts: &LinearAttentionOptions,
 ) -> Result<()> {
-    record_linear(s, q, k, v, out, opts, None)
+    driver::record(s, &Linear::new(q, k, v, opts), out)
 }
 
-/// The linear-attention passes; with `state` = (S `[R, Dk, Dv]`, z `[R, Dk]`) f32 buffers, also
+/// The linear-attention op; with `state` = (S `[R, Dk, Dv]`, z `[R, Dk]`) f32 buffers, also
 /// each row's sums over all L (the decoding state after a causal prefill).
-pub(crate) fn record_linear<T: Element>(
-    s: &mut Schedule<'_>,
-    q: &Tensor<T>,
-    k: &Tensor<T>,
-    v: &Tensor<T>,
-    out: &Tensor<T>,
-    opts: &LinearAttentionOptions,
-    state: Option<(&wgpu::Buffer, &wgpu::Buffer)>,
-) -> Result<()> {
-    let ctx = s.context();
-    let d = check_shapes(OP, q.shape(), k.shape(), v.shape())?;
-    check_options(OP, opts)?;
-    super::softmax::check_out(OP, &d, &[("q", q), ("k", k), ("v", v)], out)?;
-    let storage = Storage::for_dtype(ctx, T::DTYPE);
-    let (len, dk, dv) = (d.len as u64, d.dk as u64, d.dv as u64);
-    let es = size_of::<T>() as u64;
-    let ob = storage.out_elem_bytes();
-    let per = rows_per_pass(
-        ctx,
-        OP,
-        &[
-            ("q", len * dk * es),
-            ("v", len * dv * es),
-            ("o", len * dv * ob),
-            ("state", core_state_bytes(ctx, len, dk, dv)),
-            ("S", dk * dv * 4),
-        ],
-        d.rows,
-    )?;
-    let rows_max = per.min(d.rows) as u64;
-    let chunks = scratch(ctx, rows_max * core_state_bytes(ctx, len, dk, dv));
-    let packed_out = (storage == Storage::F16Packed).then(|| scratch(ctx, rows_max * len * dv * 4));
-    let core = Core {
-        len,
-        dk,
-        dv,
-        causal: opts.causal,
-        denominator: opts.denominator,
-        eps: opts.eps,
-    };
-    let mut r0 = 0u64;
-    while r0 < d.rows as u64 {
-        let nr = (per as u64).min(d.rows as u64 - r0);
-        let o = match &packed_out {
-            Some(buf) => Bind::prefix_at(5, buf, nr * len * dv * 4),
-            None => Bind::elems(ctx, 5, out.buffer(), es, r0 * len * dv, nr * len * dv),
+pub(crate) struct Linear<'a, T: Element> {
+    pub q: &'a Tensor<T>,
+    pub k: &'a Tensor<T>,
+    pub v: &'a Tensor<T>,
+    pub opts: LinearAttentionOptions,
+    pub state: Option<(&'a wgpu::Buffer, &'a wgpu::Buffer)>,
+}
+
+impl<'a, T: Element> Linear<'a, T> {
+    pub fn new(
+        q: &'a Tensor<T>,
+        k: &'a Tensor<T>,
+        v: &'a Tensor<T>,
+        opts: &LinearAttentionOptions,
+    ) -> Self {
+        Self {
+            q,
+            k,
+            v,
+            opts: *opts,
+            state: None,
+        }
+    }
+}
+
+impl<T: Element> RowOp for Linear<'_, T> {
+    type T = T;
+    type Dims = AttnDims;
+    const NAME: &'static str = OP;
+
+    fn plan(&self, ctx: &Context) -> Result<(AttnDims, Plan)> {
+        let d = check_shapes(OP, self.q.shape(), self.k.shape(), self.v.shape())?;
+        check_options(OP, &self.opts)?;
+        let (len, dk, dv) = (d.len as u64, d.dk as u64, d.dv as u64);
+        let plan = super::qkv_plan::<T>(&d)
+            .bytes("state", core_state_bytes(ctx, len, dk, dv))
+            .bytes("S", dk * dv * 4);
+        Ok((d, plan))
+    }
+
+    fn inputs(&self) -> Vec<Input<'_>> {
+        super::qkv_inputs(self.q, self.k, self.v)
+    }
+
+    fn record_rows(&self, s: &mut Schedule<'_>, d: &AttnDims, p: &Pass<'_>) -> Result<()> {
+        let ctx = s.context();
+        let (len, dk, dv) = (d.len as u64, d.dk as u64, d.dv as u64);
+        let (r0, nr, es) = (p.r0, p.nr, size_of::<T>() as u64);
+        let chunks = scratch(ctx, nr * core_state_bytes(ctx, len, dk, dv));
+        let core = Core {
+            len,
+            dk,
+            dv,
+            causal: self.opts.causal,
+            denominator: self.opts.denominator,
+            eps: self.opts.eps,
         };
         let binds = CoreBinds {
-            q: Bind::elems(ctx, 1, q.buffer(), es, r0 * len * dk, nr * len * dk),
-            k: Bind::elems(ctx, 2, k.buffer(), es, r0 * len * dk, nr * len * dk),
-            v: Bind::elems(ctx, 3, v.buffer(), es, r0 * len * dv, nr * len * dv),
-            o,
-            total: state.map(|(bs, bz)| {
+            q: Bind::elems(ctx, 1, self.q.buffer(), es, r0 * len * dk, nr * len * dk),
+            k: Bind::elems(ctx, 2, self.k.buffer(), es, r0 * len * dk, nr * len * dk),
+            v: Bind::elems(ctx, 3, self.v.buffer(), es, r0 * len * dv, nr * len * dv),
+            o: p.out.bind(ctx, 5, nr * len * dv),
+            total: self.state.map(|(bs, bz)| {
                 (
                     Bind::elems(ctx, 6, bs, 4, r0 * dk * dv, nr * dk * dv),
                     Bind::elems(ctx, 7, bz, 4, r0 * dk, nr * dk),
                 )
             }),
         };
-        record_core(
-            s,
-            storage,
-            opts.feature_map.shader_id(),
-            &core,
-            nr,
-            &binds,
-            &chunks,
-        )?;
-        if let Some(buf) = &packed_out {
-            record_pack_f16(s, buf, out.buffer(), r0 * len * dv, nr * len * dv)?;
-        }
-        r0 += nr;
+        let fmap = self.opts.feature_map.shader_id();
+        record_core(s, p.storage, fmap, &core, nr, &binds, &chunks)
     }
-    Ok(())
 }
 
 /// Sizes and flags of one run of the chunked kernels (per pass of rows).

@@ -11,15 +11,15 @@
 //!
 //! The logit is `scale · κ_i · dot(i, j) − m_h·|i − j|`.
 
-use wgpu::util::DeviceExt;
-
-use super::softmax::{check_out, record_attend_pos, Attend, PosBias};
+use super::softmax::{record_attend_rows, Attend, PosBias};
 use super::SoftmaxAttentionOptions;
+use crate::bind::upload_f32;
+use crate::driver::{self, Input, Pass, Plan, RowOp};
 use crate::schedule::Schedule;
 pub use crate::types::attention::{
     check_positional, heads_of, slopes_for, Alibi, PositionalOptions, ReRope,
 };
-use crate::types::attention::{check_scale, check_shapes, rerope_table};
+use crate::types::attention::{check_scale, check_shapes, rerope_table, AttnDims};
 use crate::types::RopeLayout;
 use crate::{Context, Element, Error, Result, Tensor};
 
@@ -39,10 +39,7 @@ pub fn softmax_attention_positional<T: Element>(
     opts: &SoftmaxAttentionOptions,
     pos: &PositionalOptions<'_>,
 ) -> Result<Tensor<T>> {
-    let dims = check_shapes(OP, q.shape(), k.shape(), v.shape())?;
-    let out = Tensor::empty(ctx, &dims.out_shape)?;
-    softmax_attention_positional_into(ctx, q, k, v, &out, opts, pos)?;
-    Ok(out)
+    driver::run(ctx, &Positional { q, k, v, opts, pos })
 }
 
 /// [`softmax_attention_positional`] writing into an existing `out`, one submission.
@@ -55,12 +52,7 @@ pub fn softmax_attention_positional_into<T: Element>(
     opts: &SoftmaxAttentionOptions,
     pos: &PositionalOptions<'_>,
 ) -> Result<()> {
-    crate::error_scope(ctx, || {
-        let mut s = Schedule::new(ctx);
-        record_softmax_attention_positional(&mut s, q, k, v, out, opts, pos)?;
-        s.submit();
-        Ok(())
-    })
+    driver::run_into(ctx, &Positional { q, k, v, opts, pos }, out)
 }
 
 /// Records [`softmax_attention_positional`] into a [`Schedule`].
@@ -73,62 +65,107 @@ pub fn record_softmax_attention_positional<T: Element>(
     opts: &SoftmaxAttentionOptions,
     pos: &PositionalOptions<'_>,
 ) -> Result<()> {
-    let ctx = s.context();
-    let d = check_shapes(OP, q.shape(), k.shape(), v.shape())?;
-    check_scale(OP, opts.scale)?;
-    check_out(OP, &d, &[("q", q), ("k", k), ("v", v)], out)?;
-    check_positional(pos, d.dk)?;
-    let heads = heads_of(q.shape());
-    let init = |label, data: &[f32]| {
-        ctx.device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: bytemuck::cast_slice(data),
-                usage: wgpu::BufferUsages::STORAGE,
-            })
-    };
-    let slopes = match &pos.alibi {
-        Some(a) => Some(init("longseq alibi slopes", &slopes_for(a, heads)?)),
-        None => None,
-    };
-    // Relative positions never exceed L − 1, so the table needs no more rows than that.
-    let rerope = pos
-        .rerope
-        .map(|r| (r.window.min(d.len.max(1) - 1).max(1), r));
-    let table = match rerope {
-        Some((w, r)) => {
-            let t = rerope_table(w, d.dk, r.base);
-            let bytes = t.len() as u64 * 4;
-            let limit = ctx.limits().max_storage_buffer_binding_size;
-            if bytes > limit {
-                return Err(Error::TooLarge {
-                    op: OP,
-                    what: "the ReRoPE cos/sin table".into(),
-                    needed: bytes,
-                    limit,
-                });
+    driver::record(s, &Positional { q, k, v, opts, pos }, out)
+}
+
+struct Positional<'a, T: Element> {
+    q: &'a Tensor<T>,
+    k: &'a Tensor<T>,
+    v: &'a Tensor<T>,
+    opts: &'a SoftmaxAttentionOptions,
+    pos: &'a PositionalOptions<'a>,
+}
+
+/// The checked sizes and the position terms' device tables.
+struct PosDims {
+    d: AttnDims,
+    cfg: Attend,
+    heads: u32,
+    window: u32,
+    logn_inv: f32,
+    slopes: Option<wgpu::Buffer>,
+    /// ReRoPE (window, half-split, cos/sin table).
+    rerope: Option<(u32, bool, wgpu::Buffer)>,
+}
+
+impl<T: Element> RowOp for Positional<'_, T> {
+    type T = T;
+    type Dims = PosDims;
+    const NAME: &'static str = OP;
+
+    fn plan(&self, ctx: &Context) -> Result<(PosDims, Plan)> {
+        let (q, pos) = (self.q, self.pos);
+        let d = check_shapes(OP, q.shape(), self.k.shape(), self.v.shape())?;
+        check_scale(OP, self.opts.scale)?;
+        check_positional(pos, d.dk)?;
+        let heads = heads_of(q.shape());
+        let slopes = match &pos.alibi {
+            Some(a) => Some(upload_f32(ctx, &slopes_for(a, heads)?)),
+            None => None,
+        };
+        // Relative positions never exceed L − 1, so the table needs no more rows than that.
+        let rerope = match pos.rerope {
+            Some(r) => {
+                let w = r.window.min(d.len.max(1) - 1).max(1);
+                let t = rerope_table(w, d.dk, r.base);
+                let bytes = t.len() as u64 * 4;
+                let limit = ctx.limits().max_storage_buffer_binding_size;
+                if bytes > limit {
+                    return Err(Error::TooLarge {
+                        op: OP,
+                        what: "the ReRoPE cos/sin table".into(),
+                        needed: bytes,
+                        limit,
+                    });
+                }
+                let half = r.layout == RopeLayout::HalfSplit;
+                Some((w as u32, half, upload_f32(ctx, &t)))
             }
-            Some(init("longseq rerope table", &t))
-        }
-        None => None,
-    };
-    let bias = PosBias {
-        heads: heads as u32,
-        window: pos.window.map_or(0, |w| w.min(u32::MAX as usize) as u32),
-        slopes: slopes.as_ref(),
-        logn_inv: pos
-            .log_n_train
-            .map_or(0.0, |n| (1.0 / (n as f64).ln()) as f32),
-        rerope: match (rerope, &table) {
-            (Some((w, r)), Some(t)) => Some((w as u32, r.layout == RopeLayout::HalfSplit, t)),
-            _ => None,
-        },
-    };
-    let cfg = Attend {
-        causal: opts.causal || pos.window.is_some(),
-        scale: opts.scale_for(d.dk),
-        block: 0,
-        relu: false,
-    };
-    record_attend_pos(s, OP, (q, k, v), &d, &cfg, &bias, out)
+            None => None,
+        };
+        let cfg = Attend {
+            causal: self.opts.causal || pos.window.is_some(),
+            scale: self.opts.scale_for(d.dk),
+            block: 0,
+            relu: false,
+        };
+        let plan = super::qkv_plan::<T>(&d);
+        let dims = PosDims {
+            d,
+            cfg,
+            heads: heads as u32,
+            window: pos.window.map_or(0, |w| w.min(u32::MAX as usize) as u32),
+            logn_inv: pos
+                .log_n_train
+                .map_or(0.0, |n| (1.0 / (n as f64).ln()) as f32),
+            slopes,
+            rerope,
+        };
+        Ok((dims, plan))
+    }
+
+    fn inputs(&self) -> Vec<Input<'_>> {
+        super::qkv_inputs(self.q, self.k, self.v)
+    }
+
+    fn record_rows(&self, s: &mut Schedule<'_>, pd: &PosDims, p: &Pass<'_>) -> Result<()> {
+        let bias = PosBias {
+            heads: pd.heads,
+            window: pd.window,
+            slopes: pd.slopes.as_ref(),
+            logn_inv: pd.logn_inv,
+            rerope: pd.rerope.as_ref().map(|(w, h, t)| (*w, *h, t)),
+        };
+        let qkv = (self.q, self.k, self.v);
+        record_attend_rows(
+            s,
+            qkv,
+            &pd.d,
+            (p.r0, p.nr),
+            &pd.cfg,
+            &bias,
+            p.storage,
+            &p.out,
+        )
+    }
 }

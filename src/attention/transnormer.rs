@@ -11,12 +11,12 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use super::lightning::{decayed_rows_per_pass, record_decayed_rows, Decayed};
-use super::softmax::{check_out, record_attend, record_attend_rows, row_bytes, Attend, OutSlot};
+use super::lightning::{decayed_plan, record_decayed_rows, Decayed};
+use super::softmax::{record_attend_rows, Attend, PosBias};
 use crate::bind::{scratch, upload_f32, Bind};
-use crate::cast::record_pack_f16;
+use crate::driver::{self, Input, OutSlot, Pass, Plan, RowOp};
 use crate::pipeline::Storage;
-use crate::schedule::{rows_per_pass, Schedule};
+use crate::schedule::Schedule;
 use crate::sizes::{resolve_block, workgroup_size};
 use crate::types::attention::{check_diag, check_norm, check_shapes, AttnDims};
 pub use crate::types::attention::{
@@ -52,7 +52,7 @@ fn record_norm_rows(
     eps: f32,
     (gain, bias): (&wgpu::Buffer, &wgpu::Buffer),
     storage: Storage,
-    out: OutSlot<'_>,
+    out: &OutSlot<'_>,
 ) -> Result<()> {
     let ctx = s.context();
     let wg = workgroup_size(ctx);
@@ -69,7 +69,7 @@ fn record_norm_rows(
         offset: 0,
         size: n * dv * 4,
     };
-    let (bo, o_off) = Bind::elems(ctx, 4, out.buffer, out.elem_bytes, out.first, n * dv);
+    let (bo, o_off) = out.bind(ctx, 4, n * dv);
     let prm = NormParams {
         n: n as u32,
         dv: dv as u32,
@@ -80,62 +80,50 @@ fn record_norm_rows(
     s.dispatch(&pl, &prm, &binds, n.div_ceil(wg as u64))
 }
 
-/// Runs `numerator` (which writes f32 rows `[nr, L, Dv]` into the given scratch) then the norm
-/// into `out`, pass by pass.
-fn record_normalised<T: Element>(
-    s: &mut Schedule<'_>,
-    d: &AttnDims,
-    per: u64,
-    (norm, eps, affine): (Norm, f32, &Affine<'_>),
-    out: &Tensor<T>,
-    mut numerator: impl FnMut(&mut Schedule<'_>, (u64, u64), OutSlot<'_>) -> Result<()>,
-) -> Result<()> {
-    let ctx = s.context();
-    let (len, dv) = (d.len as u64, d.dv as u64);
-    let gain = upload_f32(ctx, &affine.gain.map_or(vec![1.0; d.dv], <[f32]>::to_vec));
-    let bias = upload_f32(ctx, &affine.bias.map_or(vec![0.0; d.dv], <[f32]>::to_vec));
-    let storage = Storage::for_dtype(ctx, T::DTYPE);
-    let es = size_of::<T>() as u64;
-    let rows_max = per.min(d.rows as u64);
-    let sums = scratch(ctx, rows_max * len * dv * 4);
-    let packed = (storage == Storage::F16Packed).then(|| scratch(ctx, rows_max * len * dv * 4));
-    let mut r0 = 0u64;
-    while r0 < d.rows as u64 {
-        let nr = per.min(d.rows as u64 - r0);
+/// A norm's device parameters: gain and bias of length Dv (ones and zeros when not given).
+struct NormCfg {
+    norm: Norm,
+    eps: f32,
+    gain: wgpu::Buffer,
+    bias: wgpu::Buffer,
+}
+
+impl NormCfg {
+    fn new(ctx: &Context, norm: Norm, eps: f32, affine: &Affine<'_>, dv: usize) -> Self {
+        Self {
+            norm,
+            eps,
+            gain: upload_f32(ctx, &affine.gain.map_or(vec![1.0; dv], <[f32]>::to_vec)),
+            bias: upload_f32(ctx, &affine.bias.map_or(vec![0.0; dv], <[f32]>::to_vec)),
+        }
+    }
+
+    /// Runs `numerator` (which writes f32 rows `[nr, L, Dv]` into the slot it is given), then
+    /// the norm into the pass's output.
+    fn record<T: Element>(
+        &self,
+        s: &mut Schedule<'_>,
+        d: &AttnDims,
+        p: &Pass<'_>,
+        numerator: impl FnOnce(&mut Schedule<'_>, Storage, &OutSlot<'_>) -> Result<()>,
+    ) -> Result<()> {
+        let (len, dv) = (d.len as u64, d.dv as u64);
+        let sums = scratch(s.context(), p.nr * len * dv * 4);
         let slot = OutSlot {
             buffer: &sums,
             elem_bytes: 4,
             first: 0,
         };
-        numerator(s, (r0, nr), slot)?;
-        let dst = match &packed {
-            Some(buf) => OutSlot {
-                buffer: buf,
-                elem_bytes: 4,
-                first: 0,
-            },
-            None => OutSlot {
-                buffer: out.buffer(),
-                elem_bytes: es,
-                first: r0 * len * dv,
-            },
-        };
-        record_norm_rows(
-            s,
-            &sums,
-            (nr * len, dv),
-            norm,
-            eps,
-            (&gain, &bias),
-            storage,
-            dst,
-        )?;
-        if let Some(buf) = &packed {
-            record_pack_f16(s, buf, out.buffer(), r0 * len * dv, nr * len * dv)?;
-        }
-        r0 += nr;
+        numerator(s, f32_out_storage(T::DTYPE), &slot)?;
+        let affine = (&self.gain, &self.bias);
+        let (n, norm, eps) = ((p.nr * len, dv), self.norm, self.eps);
+        record_norm_rows(s, &sums, n, norm, eps, affine, p.storage, &p.out)
     }
-    Ok(())
+}
+
+/// Bytes per row of the f32 sums before the norm.
+fn sums_bytes(d: &AttnDims) -> u64 {
+    (d.len * d.dv) as u64 * 4
 }
 
 const NORM_OP: &str = "norm_attention";
@@ -154,11 +142,16 @@ pub fn norm_attention<T: Element>(
     affine: &Affine<'_>,
     opts: &NormAttentionOptions,
 ) -> Result<Tensor<T>> {
-    let dims = check_shapes(NORM_OP, q.shape(), k.shape(), v.shape())?;
-    check_norm(NORM_OP, opts.norm, opts.eps, affine, dims.dv)?;
-    let out = Tensor::empty(ctx, &dims.out_shape)?;
-    norm_attention_into(ctx, q, k, v, affine, &out, opts)?;
-    Ok(out)
+    driver::run(
+        ctx,
+        &NormOp {
+            q,
+            k,
+            v,
+            affine,
+            opts,
+        },
+    )
 }
 
 /// [`norm_attention`] writing into an existing `out: [.., L, Dv]`, one submission.
@@ -171,12 +164,17 @@ pub fn norm_attention_into<T: Element>(
     out: &Tensor<T>,
     opts: &NormAttentionOptions,
 ) -> Result<()> {
-    crate::error_scope(ctx, || {
-        let mut s = Schedule::new(ctx);
-        record_norm_attention(&mut s, q, k, v, affine, out, opts)?;
-        s.submit();
-        Ok(())
-    })
+    driver::run_into(
+        ctx,
+        &NormOp {
+            q,
+            k,
+            v,
+            affine,
+            opts,
+        },
+        out,
+    )
 }
 
 /// Records NormAttention into a [`Schedule`].
@@ -189,26 +187,61 @@ pub fn record_norm_attention<T: Element>(
     out: &Tensor<T>,
     opts: &NormAttentionOptions,
 ) -> Result<()> {
-    let ctx = s.context();
-    let d = check_shapes(NORM_OP, q.shape(), k.shape(), v.shape())?;
-    check_norm(NORM_OP, opts.norm, opts.eps, affine, d.dv)?;
-    check_out(NORM_OP, &d, &[("q", q), ("k", k), ("v", v)], out)?;
-    let block = resolve_block(ctx, NORM_OP, None)?;
-    let es = size_of::<T>() as u64;
-    let per = decayed_rows_per_pass(ctx, NORM_OP, &d, block, es, 4)?;
-    let zero = upload_f32(ctx, &[0.0]);
-    let cfg = Decayed {
-        feature_map: opts.feature_map,
-        causal: opts.causal,
-        block,
-        slopes: &zero,
-        heads: 1,
-    };
-    let storage = f32_out_storage(T::DTYPE);
-    let norm = (opts.norm, opts.eps, affine);
-    record_normalised(s, &d, per, norm, out, |s, rows, slot| {
-        record_decayed_rows(s, (q, k, v), &d, rows, &cfg, storage, slot)
-    })
+    driver::record(
+        s,
+        &NormOp {
+            q,
+            k,
+            v,
+            affine,
+            opts,
+        },
+        out,
+    )
+}
+
+struct NormOp<'a, T: Element> {
+    q: &'a Tensor<T>,
+    k: &'a Tensor<T>,
+    v: &'a Tensor<T>,
+    affine: &'a Affine<'a>,
+    opts: &'a NormAttentionOptions,
+}
+
+impl<T: Element> RowOp for NormOp<'_, T> {
+    type T = T;
+    /// Sizes, block, the zero decay rate, the norm.
+    type Dims = (AttnDims, u32, wgpu::Buffer, NormCfg);
+    const NAME: &'static str = NORM_OP;
+
+    fn plan(&self, ctx: &Context) -> Result<(Self::Dims, Plan)> {
+        let o = self.opts;
+        let d = check_shapes(NORM_OP, self.q.shape(), self.k.shape(), self.v.shape())?;
+        check_norm(NORM_OP, o.norm, o.eps, self.affine, d.dv)?;
+        let block = resolve_block(ctx, NORM_OP, None)?;
+        let plan = decayed_plan::<T>(&d, block).bytes("sums", sums_bytes(&d));
+        let norm = NormCfg::new(ctx, o.norm, o.eps, self.affine, d.dv);
+        Ok(((d, block, upload_f32(ctx, &[0.0]), norm), plan))
+    }
+
+    fn inputs(&self) -> Vec<Input<'_>> {
+        super::qkv_inputs(self.q, self.k, self.v)
+    }
+
+    fn record_rows(&self, s: &mut Schedule<'_>, dims: &Self::Dims, p: &Pass<'_>) -> Result<()> {
+        let (d, block, zero, norm) = dims;
+        let cfg = Decayed {
+            feature_map: self.opts.feature_map,
+            causal: self.opts.causal,
+            block: *block,
+            slopes: zero,
+            heads: 1,
+        };
+        let qkv = (self.q, self.k, self.v);
+        norm.record::<T>(s, d, p, |s, storage, slot| {
+            record_decayed_rows(s, qkv, d, (p.r0, p.nr), &cfg, storage, slot)
+        })
+    }
 }
 
 const DIAG_OP: &str = "diag_attention";
@@ -227,11 +260,16 @@ pub fn diag_attention<T: Element>(
     affine: &Affine<'_>,
     opts: &DiagAttentionOptions,
 ) -> Result<Tensor<T>> {
-    let dims = check_shapes(DIAG_OP, q.shape(), k.shape(), v.shape())?;
-    check_diag(DIAG_OP, opts)?;
-    let out = Tensor::empty(ctx, &dims.out_shape)?;
-    diag_attention_into(ctx, q, k, v, affine, &out, opts)?;
-    Ok(out)
+    driver::run(
+        ctx,
+        &DiagOp {
+            q,
+            k,
+            v,
+            affine,
+            opts,
+        },
+    )
 }
 
 /// [`diag_attention`] writing into an existing `out: [.., L, Dv]`, one submission.
@@ -244,12 +282,17 @@ pub fn diag_attention_into<T: Element>(
     out: &Tensor<T>,
     opts: &DiagAttentionOptions,
 ) -> Result<()> {
-    crate::error_scope(ctx, || {
-        let mut s = Schedule::new(ctx);
-        record_diag_attention(&mut s, q, k, v, affine, out, opts)?;
-        s.submit();
-        Ok(())
-    })
+    driver::run_into(
+        ctx,
+        &DiagOp {
+            q,
+            k,
+            v,
+            affine,
+            opts,
+        },
+        out,
+    )
 }
 
 /// Records DiagAttention into a [`Schedule`].
@@ -262,34 +305,74 @@ pub fn record_diag_attention<T: Element>(
     out: &Tensor<T>,
     opts: &DiagAttentionOptions,
 ) -> Result<()> {
-    let ctx = s.context();
-    let d = check_shapes(DIAG_OP, q.shape(), k.shape(), v.shape())?;
-    check_diag(DIAG_OP, opts)?;
-    check_out(DIAG_OP, &d, &[("q", q), ("k", k), ("v", v)], out)?;
-    let relu = opts.weights == DiagWeights::Relu;
-    if relu {
-        check_norm(DIAG_OP, opts.norm, opts.eps, affine, d.dv)?;
-    } else if affine.gain.is_some() || affine.bias.is_some() {
-        return Err(Error::InvalidArgument {
-            op: DIAG_OP,
-            name: "gain",
-            reason: "softmax weights take no norm parameters".into(),
-        });
+    driver::record(
+        s,
+        &DiagOp {
+            q,
+            k,
+            v,
+            affine,
+            opts,
+        },
+        out,
+    )
+}
+
+struct DiagOp<'a, T: Element> {
+    q: &'a Tensor<T>,
+    k: &'a Tensor<T>,
+    v: &'a Tensor<T>,
+    affine: &'a Affine<'a>,
+    opts: &'a DiagAttentionOptions,
+}
+
+impl<T: Element> RowOp for DiagOp<'_, T> {
+    type T = T;
+    /// Sizes, the attend pass, the norm after relu weights.
+    type Dims = (AttnDims, Attend, Option<NormCfg>);
+    const NAME: &'static str = DIAG_OP;
+
+    fn plan(&self, ctx: &Context) -> Result<(Self::Dims, Plan)> {
+        let (o, affine) = (self.opts, self.affine);
+        let d = check_shapes(DIAG_OP, self.q.shape(), self.k.shape(), self.v.shape())?;
+        check_diag(DIAG_OP, o)?;
+        let relu = o.weights == DiagWeights::Relu;
+        if relu {
+            check_norm(DIAG_OP, o.norm, o.eps, affine, d.dv)?;
+        } else if affine.gain.is_some() || affine.bias.is_some() {
+            return Err(Error::InvalidArgument {
+                op: DIAG_OP,
+                name: "gain",
+                reason: "softmax weights take no norm parameters".into(),
+            });
+        }
+        let cfg = Attend {
+            causal: o.causal,
+            scale: o.scale_for(d.dk),
+            block: o.block.min(d.len as u32),
+            relu,
+        };
+        let mut plan = super::qkv_plan::<T>(&d);
+        let mut norm = None;
+        if relu {
+            plan = plan.bytes("sums", sums_bytes(&d));
+            norm = Some(NormCfg::new(ctx, o.norm, o.eps, affine, d.dv));
+        }
+        Ok(((d, cfg, norm), plan))
     }
-    let cfg = Attend {
-        causal: opts.causal,
-        scale: opts.scale_for(d.dk),
-        block: opts.block.min(d.len as u32),
-        relu,
-    };
-    if !relu {
-        return record_attend(s, DIAG_OP, (q, k, v), &d, &cfg, out);
+
+    fn inputs(&self) -> Vec<Input<'_>> {
+        super::qkv_inputs(self.q, self.k, self.v)
     }
-    let es = size_of::<T>() as u64;
-    let per = rows_per_pass(ctx, DIAG_OP, &row_bytes(&d, es, 4), d.rows)? as u64;
-    let storage = f32_out_storage(T::DTYPE);
-    let norm = (opts.norm, opts.eps, affine);
-    record_normalised(s, &d, per, norm, out, |s, rows, slot| {
-        record_attend_rows(s, (q, k, v), &d, rows, &cfg, storage, slot)
-    })
+
+    fn record_rows(&self, s: &mut Schedule<'_>, dims: &Self::Dims, p: &Pass<'_>) -> Result<()> {
+        let (d, cfg, norm) = dims;
+        let (qkv, rows, none) = ((self.q, self.k, self.v), (p.r0, p.nr), PosBias::default());
+        match norm {
+            None => record_attend_rows(s, qkv, d, rows, cfg, &none, p.storage, &p.out),
+            Some(norm) => norm.record::<T>(s, d, p, |s, storage, slot| {
+                record_attend_rows(s, qkv, d, rows, cfg, &none, storage, slot)
+            }),
+        }
+    }
 }

@@ -9,17 +9,15 @@
 //! would be off by whole radians past a few thousand tokens).
 
 use bytemuck::{Pod, Zeroable};
-use wgpu::util::DeviceExt;
 
-use crate::bind::{scratch, Bind};
-use crate::cast::record_pack_f16;
-use crate::pipeline::Storage;
-use crate::schedule::{rows_per_pass, Schedule};
+use crate::bind::{upload_u32, Bind};
+use crate::driver::{self, Input, Pass, Plan, RowOp};
+use crate::schedule::Schedule;
 use crate::sizes::workgroup_size;
 pub use crate::types::positions::{
     check_rope, frequencies, Positions, RopeLayout, RopeOptions, RopeScaling,
 };
-use crate::{Context, Element, Error, Result, Tensor};
+use crate::{Context, Element, Result, Tensor};
 
 const OP: &str = "rope";
 
@@ -61,10 +59,7 @@ pub fn rope<T: Element>(
     positions: Positions<'_>,
     opts: &RopeOptions,
 ) -> Result<Tensor<T>> {
-    check_rope(x.shape(), opts)?;
-    let out = Tensor::empty(ctx, x.shape())?;
-    rope_into(ctx, x, positions, &out, opts)?;
-    Ok(out)
+    driver::run(ctx, &Rope { x, positions, opts })
 }
 
 /// [`rope`] writing into an existing `out` of x's shape, one submission.
@@ -75,12 +70,7 @@ pub fn rope_into<T: Element>(
     out: &Tensor<T>,
     opts: &RopeOptions,
 ) -> Result<()> {
-    crate::error_scope(ctx, || {
-        let mut s = Schedule::new(ctx);
-        record_rope(&mut s, x, positions, out, opts)?;
-        s.submit();
-        Ok(())
-    })
+    driver::run_into(ctx, &Rope { x, positions, opts }, out)
 }
 
 /// Records RoPE into a [`Schedule`], split over (batch, head) rows to fit storage bindings.
@@ -91,77 +81,65 @@ pub fn record_rope<T: Element>(
     out: &Tensor<T>,
     opts: &RopeOptions,
 ) -> Result<()> {
-    let ctx = s.context();
-    let (rows, len, d) = check_rope(x.shape(), opts)?;
-    let pos = positions.resolve(len)?;
-    if out.shape() != x.shape() {
-        return Err(Error::Shape {
-            op: OP,
-            name: "out",
-            expected: format!("{:?} (the shape of x)", x.shape()),
-            got: out.shape().to_vec(),
-        });
-    }
-    if out.buffer() == x.buffer() {
-        return Err(Error::InvalidArgument {
-            op: OP,
-            name: "out",
-            reason: "aliases input `x`".into(),
-        });
-    }
-    let max_pos = pos.iter().copied().max().unwrap_or(0);
-    let (theta, mscale) = frequencies(d, max_pos, opts);
-    let storage = Storage::for_dtype(ctx, T::DTYPE);
-    let wg = workgroup_size(ctx);
-    let layout = match opts.layout {
-        RopeLayout::Interleaved => 0,
-        RopeLayout::HalfSplit => 1,
-    };
-    let pipeline = ctx.pipelines.get(
-        ctx,
-        "rope",
-        "rotate",
-        storage,
-        &[("WG", wg), ("LAYOUT", layout)],
-    )?;
-    let init = |label, data: &[u32]| {
-        ctx.device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: bytemuck::cast_slice(data),
-                usage: wgpu::BufferUsages::STORAGE,
-            })
-    };
-    let pos_buf = init("longseq rope positions", &pos);
-    let freq_buf = init("longseq rope frequencies", &turn_words(&theta));
-    let (l, d) = (len as u64, d as u64);
-    let es = size_of::<T>() as u64;
-    let ob = storage.out_elem_bytes();
-    let per = rows_per_pass(ctx, OP, &[("x", l * d * es), ("o", l * d * ob)], rows)? as u64;
-    let packed_out =
-        (storage == Storage::F16Packed).then(|| scratch(ctx, per.min(rows as u64) * l * d * 4));
-    let whole = |slot, buffer| Bind {
-        slot,
-        buffer,
-        offset: 0,
-        size: buffer.size(),
-    };
-    let mut r0 = 0u64;
-    while r0 < rows as u64 {
-        let nr = per.min(rows as u64 - r0);
-        let (bx, x_off) = Bind::elems(ctx, 1, x.buffer(), es, r0 * l * d, nr * l * d);
-        let (bo, o_off) = match &packed_out {
-            Some(buf) => (
-                Bind {
-                    slot: 4,
-                    buffer: buf,
-                    offset: 0,
-                    size: nr * l * d * 4,
-                },
-                0,
-            ),
-            None => Bind::elems(ctx, 4, out.buffer(), es, r0 * l * d, nr * l * d),
+    driver::record(s, &Rope { x, positions, opts }, out)
+}
+
+struct Rope<'a, T: Element> {
+    x: &'a Tensor<T>,
+    positions: Positions<'a>,
+    opts: &'a RopeOptions,
+}
+
+/// L, D, the YaRN magnitude scale, positions and frequencies (turn words) on the device.
+struct RopeDims {
+    len: u64,
+    d: u64,
+    mscale: f32,
+    pos: wgpu::Buffer,
+    freq: wgpu::Buffer,
+}
+
+impl<T: Element> RowOp for Rope<'_, T> {
+    type T = T;
+    type Dims = RopeDims;
+    const NAME: &'static str = OP;
+
+    fn plan(&self, ctx: &Context) -> Result<(RopeDims, Plan)> {
+        let (rows, len, d) = check_rope(self.x.shape(), self.opts)?;
+        let pos = self.positions.resolve(len)?;
+        let max_pos = pos.iter().copied().max().unwrap_or(0);
+        let (theta, mscale) = frequencies(d, max_pos, self.opts);
+        let (l, d) = (len as u64, d as u64);
+        let es = size_of::<T>() as u64;
+        let plan = Plan::new(self.x.shape().to_vec(), rows as u64, l * d).bytes("x", l * d * es);
+        let dims = RopeDims {
+            len: l,
+            d,
+            mscale: mscale as f32,
+            pos: upload_u32(ctx, &pos),
+            freq: upload_u32(ctx, &turn_words(&theta)),
         };
+        Ok((dims, plan))
+    }
+
+    fn inputs(&self) -> Vec<Input<'_>> {
+        vec![Input::of("x", self.x)]
+    }
+
+    fn record_rows(&self, s: &mut Schedule<'_>, rd: &RopeDims, p: &Pass<'_>) -> Result<()> {
+        let ctx = s.context();
+        let wg = workgroup_size(ctx);
+        let layout = match self.opts.layout {
+            RopeLayout::Interleaved => 0,
+            RopeLayout::HalfSplit => 1,
+        };
+        let consts = [("WG", wg), ("LAYOUT", layout)];
+        let pipeline = ctx
+            .pipelines
+            .get(ctx, "rope", "rotate", p.storage, &consts)?;
+        let (l, d, nr, es) = (rd.len, rd.d, p.nr, size_of::<T>() as u64);
+        let (bx, x_off) = Bind::elems(ctx, 1, self.x.buffer(), es, p.r0 * l * d, nr * l * d);
+        let (bo, o_off) = p.out.bind(ctx, 4, nr * l * d);
         let total = nr * l * (d / 2);
         let prm = Params {
             rows: nr as u32,
@@ -170,15 +148,10 @@ pub fn record_rope<T: Element>(
             x_off,
             o_off,
             total: total as u32,
-            mscale: mscale as f32,
+            mscale: rd.mscale,
             _pad: 0,
         };
-        let binds = [bx, whole(2, &pos_buf), whole(3, &freq_buf), bo];
-        s.dispatch(&pipeline, &prm, &binds, total.div_ceil(wg as u64))?;
-        if let Some(buf) = &packed_out {
-            record_pack_f16(s, buf, out.buffer(), r0 * l * d, nr * l * d)?;
-        }
-        r0 += nr;
+        let binds = [bx, Bind::all(2, &rd.pos), Bind::all(3, &rd.freq), bo];
+        s.dispatch(&pipeline, &prm, &binds, total.div_ceil(wg as u64))
     }
-    Ok(())
 }

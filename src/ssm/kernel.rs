@@ -14,10 +14,10 @@
 use bytemuck::{Pod, Zeroable};
 use num_complex::Complex64;
 
-use crate::bind::{bind_buffer, bind_whole, scratch, Bind};
-use crate::cast::record_pack_f16;
+use crate::bind::{bind_buffer, bind_whole, scratch};
+use crate::driver::{self, Input, Pass, Plan, RowOp};
 use crate::pipeline::Storage;
-use crate::schedule::{rows_per_pass, Schedule};
+use crate::schedule::Schedule;
 use crate::sizes::workgroup_size;
 use crate::types::ssm as host;
 pub use crate::types::ssm::{s4d_init, Discretization, S4dInit};
@@ -43,6 +43,20 @@ pub struct DiagonalSsm<T: Element> {
 }
 
 impl<T: Element> DiagonalSsm<T> {
+    /// Every parameter tensor, for the driver's alias and context checks.
+    pub(crate) fn inputs(&self) -> Vec<Input<'_>> {
+        vec![
+            Input::of("A_re", &self.a_re),
+            Input::of("A_im", &self.a_im),
+            Input::of("B_re", &self.b_re),
+            Input::of("B_im", &self.b_im),
+            Input::of("C_re", &self.c_re),
+            Input::of("C_im", &self.c_im),
+            Input::of("dt", &self.dt),
+            Input::of("D", &self.d),
+        ]
+    }
+
     /// Uploads a host SSM, rounding to `T`.
     pub fn from_host(ctx: &Context, m: &host::DiagonalSsm) -> Result<Self> {
         m.check("DiagonalSsm::from_host")?;
@@ -126,24 +140,15 @@ struct Params {
 
 /// S4D kernel `K: [H, L]` in the parameters' dtype (f32 arithmetic), from `ssm` discretised by
 /// `disc`. Errors: [`Error::Shape`] for inconsistent parameter shapes, [`Error::InvalidArgument`]
-/// for `len = 0`, [`Error::TooLarge`] when one head's row or the parameters exceed a binding.
+/// for `len = 0` or a rule other than ZOH and bilinear, [`Error::TooLarge`] when one head's row
+/// or the parameters exceed a binding.
 pub fn s4d_kernel<T: Element>(
     ctx: &Context,
     ssm: &DiagonalSsm<T>,
     len: usize,
     disc: Discretization,
 ) -> Result<Tensor<T>> {
-    let (h, _) = ssm.dims(OP)?;
-    if len == 0 {
-        return Err(Error::InvalidArgument {
-            op: OP,
-            name: "len",
-            reason: "L must be >= 1".into(),
-        });
-    }
-    let out = Tensor::empty(ctx, &[h, len])?;
-    s4d_kernel_into(ctx, ssm, &out, disc)?;
-    Ok(out)
+    driver::run(ctx, &S4dKernel { ssm, len, disc })
 }
 
 /// [`s4d_kernel`] into an existing `out: [H, L]` (L is taken from it), one submission.
@@ -153,12 +158,8 @@ pub fn s4d_kernel_into<T: Element>(
     out: &Tensor<T>,
     disc: Discretization,
 ) -> Result<()> {
-    crate::error_scope(ctx, || {
-        let mut s = Schedule::new(ctx);
-        record_s4d_kernel(&mut s, ssm, out, disc)?;
-        s.submit();
-        Ok(())
-    })
+    let len = out_len(ssm, out)?;
+    driver::run_into(ctx, &S4dKernel { ssm, len, disc }, out)
 }
 
 /// Records the S4D kernel into a [`Schedule`].
@@ -168,85 +169,100 @@ pub fn record_s4d_kernel<T: Element>(
     out: &Tensor<T>,
     disc: Discretization,
 ) -> Result<()> {
-    let ctx = s.context();
-    let (h, n2) = ssm.dims(OP)?;
-    let os = out.shape();
-    if os.len() != 2 || os[0] != h || os[1] == 0 {
-        return Err(Error::Shape {
+    let len = out_len(ssm, out)?;
+    driver::record(s, &S4dKernel { ssm, len, disc }, out)
+}
+
+/// L of `out: [H, L]`.
+fn out_len<T: Element>(ssm: &DiagonalSsm<T>, out: &Tensor<T>) -> Result<usize> {
+    let (h, _) = ssm.dims(OP)?;
+    match *out.shape() {
+        [oh, l] if oh == h && l > 0 => Ok(l),
+        _ => Err(Error::Shape {
             op: OP,
             name: "out",
             expected: format!("[{h}, L >= 1] ([H, L])"),
-            got: os.to_vec(),
-        });
+            got: out.shape().to_vec(),
+        }),
     }
-    let len = os[1] as u64;
-    let storage = Storage::for_dtype(ctx, T::DTYPE);
-    let wg = workgroup_size(ctx);
-    let p_vand = ctx.pipelines.get(
-        ctx,
-        "ssm_kernel",
-        "vandermonde",
-        storage,
-        &consts(disc, wg)?,
-    )?;
-    let modes = record_modes(s, ssm, disc)?;
-    let bm = bind_buffer(ctx, OP, "modes", 8, &modes)?;
-    let mut prm = Params {
-        h: h as u32,
-        n2: n2 as u32,
-        len: len as u32,
-        total: 0,
-        h0: 0,
-        k_off: 0,
-        _p: [0; 2],
-    };
-    let es = size_of::<T>() as u64;
-    let ob = storage.out_elem_bytes();
-    let per = rows_per_pass(ctx, OP, &[("K", len * ob)], h)? as u64;
-    let packed = (storage == Storage::F16Packed).then(|| scratch(ctx, per.min(h as u64) * len * 4));
-    let tiles = len.div_ceil(wg as u64 * VANDERMONDE_RUN);
-    let mut h0 = 0u64;
-    while h0 < h as u64 {
-        let nh = per.min(h as u64 - h0);
-        let (bk, k_off) = match &packed {
-            Some(buf) => (
-                Bind {
-                    slot: 9,
-                    buffer: buf,
-                    offset: 0,
-                    size: nh * len * 4,
-                },
-                0,
-            ),
-            None => Bind::elems(ctx, 9, out.buffer(), es, h0 * len, nh * len),
-        };
-        prm.h = nh as u32;
-        prm.h0 = h0 as u32;
-        prm.k_off = k_off;
-        prm.total = (nh * tiles) as u32;
-        s.dispatch(&p_vand, &prm, &[bm, bk], nh * tiles)?;
-        if let Some(buf) = &packed {
-            record_pack_f16(s, buf, out.buffer(), h0 * len, nh * len)?;
-        }
-        h0 += nh;
-    }
-    Ok(())
 }
 
-/// The `DISC` constant: the shader forms ZOH and bilinear modes; the other rules are host-only.
-fn consts(disc: Discretization, wg: u32) -> Result<[(&'static str, u32); 2]> {
-    let d = match disc {
-        Discretization::Zoh => 0,
-        Discretization::Bilinear => 1,
-        other => {
+struct S4dKernel<'a, T: Element> {
+    ssm: &'a DiagonalSsm<T>,
+    len: usize,
+    disc: Discretization,
+}
+
+impl<T: Element> RowOp for S4dKernel<'_, T> {
+    type T = T;
+    /// N2 and the discretised-mode table (recorded in the prologue).
+    type Dims = (u64, Option<wgpu::Buffer>);
+    const NAME: &'static str = OP;
+
+    fn plan(&self, _: &Context) -> Result<(Self::Dims, Plan)> {
+        let (h, n2) = self.ssm.dims(OP)?;
+        if self.len == 0 {
             return Err(Error::InvalidArgument {
                 op: OP,
-                name: "disc",
-                reason: format!("{other:?}: the S4D kernel takes zoh or bilinear"),
-            })
+                name: "len",
+                reason: "L must be >= 1".into(),
+            });
         }
-    };
-    Ok([("WG", wg), ("DISC", d)])
+        check_disc(OP, self.disc)?;
+        let plan = Plan::new(vec![h, self.len], h as u64, self.len as u64);
+        Ok(((n2 as u64, None), plan))
+    }
+
+    fn inputs(&self) -> Vec<Input<'_>> {
+        self.ssm.inputs()
+    }
+
+    fn record_prologue(&self, s: &mut Schedule<'_>, d: &mut Self::Dims) -> Result<()> {
+        d.1 = Some(record_modes(s, self.ssm, self.disc)?);
+        Ok(())
+    }
+
+    fn record_rows(&self, s: &mut Schedule<'_>, d: &Self::Dims, p: &Pass<'_>) -> Result<()> {
+        let ctx = s.context();
+        let wg = workgroup_size(ctx);
+        let consts = consts(self.disc, wg)?;
+        let p_vand = ctx
+            .pipelines
+            .get(ctx, "ssm_kernel", "vandermonde", p.storage, &consts)?;
+        let modes = d.1.as_ref().expect("the prologue records the modes");
+        let bm = bind_buffer(ctx, OP, "modes", 8, modes)?;
+        let (len, nh) = (self.len as u64, p.nr);
+        let tiles = len.div_ceil(wg as u64 * VANDERMONDE_RUN);
+        let (bk, k_off) = p.out.bind(ctx, 9, nh * len);
+        let prm = Params {
+            h: nh as u32,
+            n2: d.0 as u32,
+            len: len as u32,
+            total: (nh * tiles) as u32,
+            h0: p.r0 as u32,
+            k_off,
+            _p: [0; 2],
+        };
+        s.dispatch(&p_vand, &prm, &[bm, bk], nh * tiles)
+    }
+}
+
+/// The shader forms ZOH and bilinear modes; the other rules are host-only.
+pub(crate) fn check_disc(op: &'static str, disc: Discretization) -> Result<u32> {
+    match disc {
+        Discretization::Zoh => Ok(0),
+        Discretization::Bilinear => Ok(1),
+        other => Err(Error::InvalidArgument {
+            op,
+            name: "disc",
+            reason: format!("{other:?}: the S4D kernels take zoh or bilinear"),
+        }),
+    }
+}
+
+/// The `WG` and `DISC` constants.
+fn consts(disc: Discretization, wg: u32) -> Result<[(&'static str, u32); 2]> {
+    Ok([("WG", wg), ("DISC", check_disc(OP, disc)?)])
 }
 
 /// Records the discretisation of every mode into a new `[H, N2, MODE_WORDS]` table: C·B̄,

@@ -15,10 +15,15 @@ pub use approx::{
     hippo_approx, hippo_approx_into, record_hippo_approx, sample_grid, HippoApproxOptions, Step,
 };
 pub use discretize::{discretize, discretize_diag, Method};
-pub use dplr::s4_dplr_kernel;
-pub use fft::{causal_conv, causal_conv_into, fft, record_causal_conv, FftDirection};
+pub use dplr::{record_s4_dplr_kernel, s4_dplr_kernel, s4_dplr_kernel_into};
+pub use fft::{
+    causal_conv, causal_conv_into, fft, fft_into, record_causal_conv, record_fft, FftDirection,
+};
 pub use hippo::{hippo, reconstruct, Measure, StateSpace};
 pub use kernel::{
     record_s4d_kernel, s4d_init, s4d_kernel, s4d_kernel_into, DiagonalSsm, Discretization, S4dInit,
 };
-pub use scan::{linear_scan, linear_scan_into, s4d_scan, s4d_scan_into, s4d_step, ScanOperands};
+pub use scan::{
+    linear_scan, linear_scan_into, record_linear_scan, record_s4d_scan, record_s4d_step, s4d_scan,
+    s4d_scan_into, s4d_step, s4d_step_into, ScanOperands,
+};
