@@ -190,7 +190,7 @@ impl Context {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map(|_| ())
-            .map_err(|e| Error::Device(e.to_string()))
+            .map_err(Error::device)
     }
 
     /// A few lines for `longseq info`: adapter, backend, type, f16 and the limits that matter.

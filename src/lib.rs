@@ -17,6 +17,27 @@
 //! # Ok(()) }
 //! ```
 
+/// Declares a `#[repr(C)]` uniform struct mirrored by a WGSL `Params` struct, with its layout
+/// (size and member offsets) for the reflection test in [`pipeline`].
+macro_rules! uniform {
+    ($(#[$m:meta])* $vis:vis struct $name:ident { $($(#[$fm:meta])* $f:ident : $t:ty),* $(,)? }) => {
+        $(#[$m])*
+        #[repr(C)]
+        #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+        $vis struct $name { $($(#[$fm])* $f: $t),* }
+
+        impl crate::pipeline::Uniform for $name {
+            fn layout() -> crate::pipeline::Layout {
+                crate::pipeline::Layout {
+                    size: size_of::<Self>(),
+                    fields: vec![$((stringify!($f), std::mem::offset_of!($name, $f))),*],
+                }
+            }
+        }
+    };
+}
+pub(crate) use uniform;
+
 pub mod attention;
 mod bind;
 mod cast;
@@ -38,8 +59,11 @@ pub mod types;
 pub use context::{Context, ContextOptions};
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
+/// The wgpu and half this crate is built on, so applications use the same versions.
+pub use half;
 pub use schedule::Schedule;
 pub use tensor::Tensor;
+pub use wgpu;
 
 /// Runs `f` inside validation and out-of-memory error scopes, so a device-side failure becomes
 /// an [`Error::Device`] instead of wgpu's default panic.
@@ -51,7 +75,7 @@ pub(crate) fn error_scope<R>(ctx: &Context, f: impl FnOnce() -> Result<R>) -> Re
     let e2 = pollster::block_on(oom.pop());
     let r = r?;
     match e1.or(e2) {
-        Some(e) => Err(Error::Device(e.to_string())),
+        Some(e) => Err(Error::device(e)),
         None => Ok(r),
     }
 }

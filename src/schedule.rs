@@ -76,6 +76,18 @@ impl<'a> Schedule<'a> {
         Self { ctx, encoder }
     }
 
+    /// Records into an application's own encoder (made on `ctx`'s device), so longseq ops join
+    /// the application's command stream; [`Schedule::into_encoder`] hands it back unsubmitted.
+    /// Internal buffers (parameters, scratch) stay alive as long as the commands need them.
+    pub fn from_encoder(ctx: &'a Context, encoder: wgpu::CommandEncoder) -> Self {
+        Self { ctx, encoder }
+    }
+
+    /// The encoder with everything recorded so far, for the application to submit.
+    pub fn into_encoder(self) -> wgpu::CommandEncoder {
+        self.encoder
+    }
+
     pub fn context(&self) -> &'a Context {
         self.ctx
     }

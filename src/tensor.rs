@@ -179,13 +179,16 @@ impl<T: Element> Tensor<T> {
         #[cfg(not(target_arch = "wasm32"))]
         ctx.wait()?;
         rx.await
-            .map_err(|_| Error::Device("readback callback dropped".into()))?
-            .map_err(|e| Error::Device(e.to_string()))?;
+            .map_err(|_| Error::Device {
+                message: "readback callback dropped".into(),
+                source: None,
+            })?
+            .map_err(Error::device)?;
         let out = {
             let view = staging
                 .slice(..)
                 .get_mapped_range()
-                .map_err(|e| Error::Device(e.to_string()))?;
+                .map_err(Error::device)?;
             let n = self.len();
             bytemuck::pod_collect_to_vec::<u8, T>(&view[..n * size_of::<T>()])
         };

@@ -19,7 +19,7 @@
 //! guard's 0, where the f64 reference (or recurrent decoding, whose stabiliser is a running
 //! maximum) still has a value.
 
-use bytemuck::{Pod, Zeroable};
+use bytemuck::Zeroable;
 
 use super::linear::{core_state_bytes, record_core, Core, CoreBinds};
 use crate::bind::{scratch, Bind};
@@ -33,19 +33,20 @@ use crate::{Context, DType, Element, Result, Tensor};
 
 const OP: &str = "favor_attention";
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    rows: u32,
-    len: u32,
-    dk: u32,
-    m: u32,
-    x_off: u32,
-    head_off: u32,
-    total: u32,
-    scale: f32,
-    norm: f32,
-    _pad: [u32; 3],
+crate::uniform! {
+    /// The `Params` uniform of shaders/favor.wgsl.
+    pub(crate) struct Params {
+        rows: u32,
+        len: u32,
+        dk: u32,
+        m: u32,
+        x_off: u32,
+        head_off: u32,
+        total: u32,
+        scale: f32,
+        norm: f32,
+        _pad: [u32; 3],
+    }
 }
 
 pub(crate) const WG: u32 = 64;

@@ -8,8 +8,6 @@
 //! blocks, `KV ← λ^B KV + Σ_j λ^(B−1−j) k_jᵀ v_j`. Only non-negative powers of λ are ever formed,
 //! so strong decays (s = 2, B = 64) underflow harmlessly instead of overflowing. Cost O(L·B·D).
 
-use bytemuck::{Pod, Zeroable};
-
 use super::FeatureMap;
 use crate::bind::{scratch, upload_f32, Bind};
 use crate::driver::{self, Input, OutSlot, Pass, Plan, RowOp};
@@ -20,23 +18,24 @@ pub use crate::types::attention::{alibi_slopes, LightningOptions};
 use crate::types::attention::{check_shapes, heads_of, resolve_slopes, AttnDims};
 use crate::{Context, Element, Result, Tensor};
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    rows: u32,
-    len: u32,
-    dk: u32,
-    dv: u32,
-    n_blocks: u32,
-    flags: u32,
-    heads: u32,
-    row0: u32,
-    q_off: u32,
-    k_off: u32,
-    v_off: u32,
-    o_off: u32,
-    total: u32,
-    _pad: [u32; 3],
+crate::uniform! {
+    /// The `Params` uniform of shaders/lightning_attention.wgsl.
+    pub(crate) struct Params {
+        rows: u32,
+        len: u32,
+        dk: u32,
+        dv: u32,
+        n_blocks: u32,
+        flags: u32,
+        heads: u32,
+        row0: u32,
+        q_off: u32,
+        k_off: u32,
+        v_off: u32,
+        o_off: u32,
+        total: u32,
+        _pad: [u32; 3],
+    }
 }
 
 /// One pass of the decayed kernel (shared with NormAttention, which uses s = 0).

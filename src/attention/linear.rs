@@ -8,8 +8,6 @@
 //! The same chunk kernels serve precomputed features (Performer, [`super::favor`]) and the
 //! prefill of recurrent decoding ([`super::recurrent`]).
 
-use bytemuck::{Pod, Zeroable};
-
 use crate::bind::{scratch, Bind};
 use crate::driver::{self, Input, Pass, Plan, RowOp};
 use crate::pipeline::Storage;
@@ -19,24 +17,25 @@ use crate::types::attention::check_options;
 pub use crate::types::attention::{check_shapes, AttnDims, LinearAttentionOptions};
 use crate::{Context, Element, Result, Tensor};
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    rows: u32,
-    len: u32,
-    dk: u32,
-    dv: u32,
-    n_chunks: u32,
-    flags: u32,
-    eps: f32,
-    q_off: u32,
-    k_off: u32,
-    v_off: u32,
-    o_off: u32,
-    total: u32,
-    s_off: u32,
-    z_off: u32,
-    _pad: [u32; 2],
+crate::uniform! {
+    /// The `Params` uniform of shaders/linear_attention.wgsl.
+    pub(crate) struct Params {
+        rows: u32,
+        len: u32,
+        dk: u32,
+        dv: u32,
+        n_chunks: u32,
+        flags: u32,
+        eps: f32,
+        q_off: u32,
+        k_off: u32,
+        v_off: u32,
+        o_off: u32,
+        total: u32,
+        s_off: u32,
+        z_off: u32,
+        _pad: [u32; 2],
+    }
 }
 
 const OP: &str = "linear_attention";

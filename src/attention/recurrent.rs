@@ -12,8 +12,6 @@
 //! and z are rescaled by `e^(c−c')` (as the running maximum of an online softmax), so a step never
 //! overflows and the ratio is unchanged.
 
-use bytemuck::{Pod, Zeroable};
-
 use super::favor::{check_omega, record_features, record_map_features, Favor, StateOut};
 use super::linear::Linear;
 use super::{FavorKind, FavorOptions, LinearAttentionOptions};
@@ -195,21 +193,22 @@ pub fn record_prefill<T: Element>(
 
 const PREFILL: &str = "prefill";
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    rows: u32,
-    f: u32,
-    dv: u32,
-    flags: u32,
-    eps: f32,
-    v_off: u32,
-    o_off: u32,
-    s_off: u32,
-    z_off: u32,
-    c_off: u32,
-    total: u32,
-    _pad: u32,
+crate::uniform! {
+    /// The `Params` uniform of shaders/recurrent.wgsl.
+    pub(crate) struct Params {
+        rows: u32,
+        f: u32,
+        dv: u32,
+        flags: u32,
+        eps: f32,
+        v_off: u32,
+        o_off: u32,
+        s_off: u32,
+        z_off: u32,
+        c_off: u32,
+        total: u32,
+        _pad: u32,
+    }
 }
 
 const WG: u32 = 64;

@@ -7,8 +7,6 @@
 //! output by `exp(m_old − m_new)` whenever the maximum grows. No `L × L` buffer exists, so memory is
 //! O(L); logits of any size stay finite because every exponent is `≤ 0`.
 
-use bytemuck::{Pod, Zeroable};
-
 use crate::bind::{scratch, Bind};
 use crate::driver::{self, Input, OutSlot, Pass, Plan, RowOp};
 use crate::pipeline::Storage;
@@ -18,31 +16,32 @@ pub use crate::types::attention::SoftmaxAttentionOptions;
 use crate::types::attention::{check_scale, check_shapes, AttnDims};
 use crate::{Context, Element, Error, Result, Tensor};
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    rows: u32,
-    len: u32,
-    dk: u32,
-    dv: u32,
-    n_qt: u32,
-    n_cb: u32,
-    flags: u32,
-    block: u32,
-    scale: f32,
-    q_off: u32,
-    k_off: u32,
-    v_off: u32,
-    o_off: u32,
-    total: u32,
-    _pad: [u32; 2],
-    heads: u32,
-    r0: u32,
-    window: u32,
-    pflags: u32,
-    logn_inv: f32,
-    rw: u32,
-    _pad2: [u32; 2],
+crate::uniform! {
+    /// The `Params` uniform of shaders/softmax_attention.wgsl.
+    pub(crate) struct Params {
+        rows: u32,
+        len: u32,
+        dk: u32,
+        dv: u32,
+        n_qt: u32,
+        n_cb: u32,
+        flags: u32,
+        block: u32,
+        scale: f32,
+        q_off: u32,
+        k_off: u32,
+        v_off: u32,
+        o_off: u32,
+        total: u32,
+        _pad: [u32; 2],
+        heads: u32,
+        r0: u32,
+        window: u32,
+        pflags: u32,
+        logn_inv: f32,
+        rw: u32,
+        _pad2: [u32; 2],
+    }
 }
 
 /// Position terms inside the attend kernel (see [`crate::attention::positional`]); the default

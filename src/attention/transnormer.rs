@@ -9,8 +9,6 @@
 //! Norm acts per (batch, head, position) over Dv. (TransNormer's code normalises the concatenation
 //! of all heads; with one head that is the same.)
 
-use bytemuck::{Pod, Zeroable};
-
 use super::lightning::{decayed_plan, record_decayed_rows, Decayed};
 use super::softmax::{record_attend_rows, Attend, PosBias};
 use crate::bind::{scratch, upload_f32, Bind};
@@ -24,13 +22,14 @@ pub use crate::types::attention::{
 };
 use crate::{Context, DType, Element, Error, Result, Tensor};
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct NormParams {
-    n: u32,
-    dv: u32,
-    eps: f32,
-    o_off: u32,
+crate::uniform! {
+    /// The `Params` uniform of shaders/transnormer.wgsl.
+    pub(crate) struct NormParams {
+        n: u32,
+        dv: u32,
+        eps: f32,
+        o_off: u32,
+    }
 }
 
 /// Storage that reads `T` inputs and writes f32: f16 always goes through packed words here, so

@@ -1,7 +1,5 @@
 //! Token embedding lookup on the GPU: `x = one_hot(ids) · W = W[ids]`.
 
-use bytemuck::{Pod, Zeroable};
-
 use crate::bind::{upload_u32, Bind};
 use crate::driver::{self, Input, Pass, Plan, RowOp};
 use crate::schedule::{rows_per_pass, Schedule};
@@ -11,17 +9,18 @@ use crate::{Context, Element, Result, Tensor};
 
 const OP: &str = "embedding";
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    d: u32,
-    v0: u32,
-    nv: u32,
-    t_off: u32,
-    x_off: u32,
-    i_off: u32,
-    total: u32,
-    _pad: u32,
+crate::uniform! {
+    /// The `Params` uniform of shaders/embedding.wgsl.
+    pub(crate) struct Params {
+        d: u32,
+        v0: u32,
+        nv: u32,
+        t_off: u32,
+        x_off: u32,
+        i_off: u32,
+        total: u32,
+        _pad: u32,
+    }
 }
 
 /// Embedding lookup: `table: [V, D]` (f32 or f16), `ids: [L]` or `[B, L]` (u32, row-major,

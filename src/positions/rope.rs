@@ -8,8 +8,6 @@
 //! one turn exactly in 64-bit fixed point, so large positions lose no accuracy (an f16 angle
 //! would be off by whole radians past a few thousand tokens).
 
-use bytemuck::{Pod, Zeroable};
-
 use crate::bind::{upload_u32, Bind};
 use crate::driver::{self, Input, Pass, Plan, RowOp};
 use crate::schedule::Schedule;
@@ -34,17 +32,18 @@ fn turn_words(theta: &[f64]) -> Vec<u32> {
         .collect()
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    rows: u32,
-    len: u32,
-    half: u32,
-    x_off: u32,
-    o_off: u32,
-    total: u32,
-    mscale: f32,
-    _pad: u32,
+crate::uniform! {
+    /// The `Params` uniform of shaders/rope.wgsl.
+    pub(crate) struct Params {
+        rows: u32,
+        len: u32,
+        half: u32,
+        x_off: u32,
+        o_off: u32,
+        total: u32,
+        mscale: f32,
+        _pad: u32,
+    }
 }
 
 /// RoPE: `x: [B, H, L, D]` (any rank >= 2: `[.., L, D]`, D even; f32 or f16) -> the rotated

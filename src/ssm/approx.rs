@@ -11,8 +11,6 @@
 //!
 //! The state starts at zero. `f` is f32 or f16 storage; the state and `c` are f32.
 
-use bytemuck::{Pod, Zeroable};
-
 use crate::bind::Bind;
 use crate::driver::{self, Input, Pass, Plan, RowOp};
 use crate::pipeline::Storage;
@@ -28,20 +26,21 @@ const OP: &str = "hippo_approx";
 /// Loop iterations per invocation and dispatch (half of lavapipe's 65 535 limit).
 const LOOP_BUDGET: u64 = 1 << 15;
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    rows: u32,
-    len: u32,
-    n: u32,
-    f_off: u32,
-    c_off: u32,
-    row0: u32,
-    total: u32,
-    alpha: f32,
-    t0: u32,
-    t1: u32,
-    pad: [u32; 2],
+crate::uniform! {
+    /// The `Params` uniform of shaders/hippo.wgsl.
+    pub(crate) struct Params {
+        rows: u32,
+        len: u32,
+        n: u32,
+        f_off: u32,
+        c_off: u32,
+        row0: u32,
+        total: u32,
+        alpha: f32,
+        t0: u32,
+        t1: u32,
+        pad: [u32; 2],
+    }
 }
 
 /// Where [`record_hippo_approx`] notes the first NaN of the series; read it after submitting.

@@ -8,8 +8,6 @@
 //! the inverse FFT run on the GPU. Any N >= 1 (odd N included: no conjugate pairing is assumed);
 //! the kernel's real part is returned (real for a real A, B, C).
 
-use bytemuck::{Pod, Zeroable};
-
 use super::fft::{record_passes, twiddles, FftDirection};
 use crate::bind::{bind_buffer, scratch, upload_f32, Bind};
 use crate::driver::{self, Input, Pass, Plan, RowOp};
@@ -21,17 +19,18 @@ use crate::{Context, Error, Result, Tensor};
 
 const OP: &str = "s4_dplr_kernel";
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    h: u32,
-    nn: u32,
-    n: u32,
-    len: u32,
-    total: u32,
-    scale: f32,
-    k_off: u32,
-    _p: u32,
+crate::uniform! {
+    /// The `Params` uniform of shaders/dplr.wgsl.
+    pub(crate) struct Params {
+        h: u32,
+        nn: u32,
+        n: u32,
+        len: u32,
+        total: u32,
+        scale: f32,
+        k_off: u32,
+        _p: u32,
+    }
 }
 
 /// The S4 kernel `K: [H, L]` (f32) of a DPLR SSM with bilinear discretisation. Errors:

@@ -2,7 +2,6 @@
 //! and the causal FFT convolution `y = K ∗ u + D·u` of S4 (Gu et al. 2022, arXiv 2111.00396,
 //! §3.3), padded internally to a power of two `n >= 2L` so nothing wraps around.
 
-use bytemuck::{Pod, Zeroable};
 use wgpu::util::DeviceExt;
 
 use crate::bind::{bind_buffer, scratch, Bind};
@@ -20,21 +19,22 @@ pub enum FftDirection {
     Inverse,
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    rows: u32,
-    len: u32,
-    n: u32,
-    total: u32,
-    ns: u32,
-    sign: f32,
-    scale: f32,
-    x_off: u32,
-    y_off: u32,
-    row0: u32,
-    h: u32,
-    _p: u32,
+crate::uniform! {
+    /// The `Params` uniform of shaders/fft.wgsl.
+    pub(crate) struct Params {
+        rows: u32,
+        len: u32,
+        n: u32,
+        total: u32,
+        ns: u32,
+        sign: f32,
+        scale: f32,
+        x_off: u32,
+        y_off: u32,
+        row0: u32,
+        h: u32,
+        _p: u32,
+    }
 }
 
 impl Params {

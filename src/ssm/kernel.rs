@@ -11,7 +11,6 @@
 //! relative at 1.2·10⁴ rad). For bilinear the step `arg Ā` carries one f32 rounding, which l
 //! multiplies: phase error up to about `l·|arg Ā|·2⁻²³` (1.7e-4 relative at 1.2·10⁴ rad).
 
-use bytemuck::{Pod, Zeroable};
 use num_complex::Complex64;
 
 use crate::bind::{bind_buffer, bind_whole, scratch};
@@ -126,16 +125,17 @@ const VANDERMONDE_RUN: u64 = 8;
 /// u32 words per mode in the discretised-mode table (see shaders/ssm_kernel.wgsl).
 pub(crate) const MODE_WORDS: u64 = 7;
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    h: u32,
-    n2: u32,
-    len: u32,
-    total: u32,
-    h0: u32,
-    k_off: u32,
-    _p: [u32; 2],
+crate::uniform! {
+    /// The `Params` uniform of shaders/ssm_kernel.wgsl.
+    pub(crate) struct Params {
+        h: u32,
+        n2: u32,
+        len: u32,
+        total: u32,
+        h0: u32,
+        k_off: u32,
+        _p: [u32; 2],
+    }
 }
 
 /// S4D kernel `K: [H, L]` in the parameters' dtype (f32 arithmetic), from `ssm` discretised by

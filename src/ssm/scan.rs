@@ -7,8 +7,6 @@
 //! writes its total; the totals are scanned the same way, level upon level, until one block
 //! remains, then every block is prefixed with the resolved total of the blocks before it.
 
-use bytemuck::{Pod, Zeroable};
-
 use super::kernel::{check_disc, record_modes, DiagonalSsm, Discretization};
 use crate::bind::{bind_buffer, bind_whole, scratch, Bind};
 use crate::driver::{self, Input, Pass, Plan, RowOp};
@@ -17,19 +15,20 @@ use crate::schedule::Schedule;
 use crate::sizes::workgroup_size;
 use crate::{Context, Element, Error, Result, Tensor};
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    rows: u32,
-    m: u32,
-    total: u32,
-    flags: u32,
-    in_off: u32,
-    out_off: u32,
-    h: u32,
-    n2: u32,
-    bh0: u32,
-    _p: [u32; 3],
+crate::uniform! {
+    /// The `Params` uniform of shaders/scan.wgsl.
+    pub(crate) struct Params {
+        rows: u32,
+        m: u32,
+        total: u32,
+        flags: u32,
+        in_off: u32,
+        out_off: u32,
+        h: u32,
+        n2: u32,
+        bh0: u32,
+        _p: [u32; 3],
+    }
 }
 
 impl Params {

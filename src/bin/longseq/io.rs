@@ -26,7 +26,7 @@ impl From<longseq::Error> for CliError {
             longseq::Error::Shape { .. }
             | longseq::Error::DataLength { .. }
             | longseq::Error::InvalidArgument { .. }
-            | longseq::Error::Dtype { .. }
+            | longseq::Error::ShapeOverflow { .. }
             | longseq::Error::IndexOutOfRange { .. }
             | longseq::Error::NaN { .. } => CliError::Input(e.to_string()),
             _ => CliError::Run(e.to_string()),
