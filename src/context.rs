@@ -99,12 +99,15 @@ impl Context {
         )
     }
 
-    /// Picks an adapter with [`ContextOptions::default`] and opens a device (blocking).
+    /// Picks an adapter with [`ContextOptions::default`] and opens a device (blocking; not on
+    /// wasm32, where [`Context::new_async`] is the way).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn new() -> Result<Self> {
         Self::with_options(&ContextOptions::default())
     }
 
-    /// Blocking form of [`Context::new_async`].
+    /// Blocking form of [`Context::new_async`] (not on wasm32).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn with_options(opts: &ContextOptions) -> Result<Self> {
         pollster::block_on(Self::new_async(opts))
     }
@@ -222,7 +225,9 @@ impl Context {
         &self.limits
     }
 
-    /// Blocks until all submitted work is done.
+    /// Blocks until all submitted work is done (not on wasm32, where the browser drives the
+    /// queue).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn wait(&self) -> Result<()> {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())

@@ -41,12 +41,23 @@ pub(crate) fn error_scope<R>(ctx: &Context, f: impl FnOnce() -> Result<R>) -> Re
     let oom = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
     let val = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
     let r = f();
-    let e1 = pollster::block_on(val.pop());
-    let e2 = pollster::block_on(oom.pop());
-    let r = r?;
-    match e1.or(e2) {
-        Some(e) => Err(Error::Device(e.to_string())),
-        None => Ok(r),
+    // On the web nothing may block: the scopes are popped and their errors go to the device's
+    // uncaptured-error handler (the browser console) instead of this result.
+    #[cfg(target_arch = "wasm32")]
+    {
+        drop(val.pop());
+        drop(oom.pop());
+        r
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let e1 = pollster::block_on(val.pop());
+        let e2 = pollster::block_on(oom.pop());
+        let r = r?;
+        match e1.or(e2) {
+            Some(e) => Err(Error::Device(e.to_string())),
+            None => Ok(r),
+        }
     }
 }
 

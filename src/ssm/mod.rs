@@ -12,9 +12,9 @@ pub mod kernel;
 pub mod scan;
 pub mod series;
 
-pub use approx::{
-    hippo_approx, hippo_approx_into, record_hippo_approx, sample_grid, HippoApproxOptions, Step,
-};
+#[cfg(not(target_arch = "wasm32"))]
+pub use approx::{hippo_approx, hippo_approx_into};
+pub use approx::{record_hippo_approx, sample_grid, HippoApproxOptions, NanCheck, Step};
 pub use discretize::{discretize, discretize_diag, Method};
 pub use dplr::s4_dplr_kernel;
 pub use fft::{causal_conv, causal_conv_into, fft, record_causal_conv, FftDirection};
