@@ -30,6 +30,11 @@ pub mod ssm;
 pub mod tensor;
 
 pub use context::{Context, ContextOptions};
+
+/// README.md's code blocks run as doctests, so its library snippet compiles as written.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
 pub use schedule::Schedule;
