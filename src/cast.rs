@@ -2,8 +2,9 @@
 
 use bytemuck::{Pod, Zeroable};
 
+use crate::bind::Bind;
 use crate::pipeline::Storage;
-use crate::schedule::{Bind, Schedule};
+use crate::schedule::Schedule;
 use crate::Result;
 
 #[repr(C)]
@@ -24,7 +25,7 @@ pub(crate) fn record_pack_f16(
     n: u64,
 ) -> Result<()> {
     let ctx = s.context();
-    let wg = crate::attention::linear::workgroup_size(ctx);
+    let wg = crate::sizes::workgroup_size(ctx);
     let p = ctx
         .pipelines
         .get(ctx, "cast", "pack_f16", Storage::F32, &[("WG", wg)])?;

@@ -1,5 +1,7 @@
 //! Adapter choice, device, queue, features and limits.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use crate::pipeline::PipelineCache;
 use crate::{Error, Result};
 
@@ -39,7 +41,11 @@ pub struct Context {
     f16: bool,
     limits: wgpu::Limits,
     pub(crate) pipelines: PipelineCache,
+    /// Unique per context, so a tensor can tell which context made it.
+    id: u64,
 }
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 fn type_rank(t: wgpu::DeviceType) -> u32 {
     match t {
@@ -205,7 +211,13 @@ impl Context {
             f16,
             limits,
             pipelines: PipelineCache::default(),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         }
+    }
+
+    /// Tells contexts apart: tensors remember the id of the context that made them.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
     }
 
     pub fn device(&self) -> &wgpu::Device {

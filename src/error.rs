@@ -24,6 +24,9 @@ pub enum Error {
         expected: usize,
         got: usize,
     },
+    /// A shape whose element count (or byte size) overflows.
+    #[error("shape {shape:?} has more elements than fit in memory")]
+    ShapeOverflow { shape: Vec<usize> },
     /// An option or argument is out of its valid range.
     #[error("{op}: invalid `{name}`: {reason}")]
     InvalidArgument {
@@ -70,6 +73,12 @@ pub enum Error {
         shader: String,
         entry: String,
         message: String,
+    },
+    /// A tensor made by one [`crate::Context`] was used with another.
+    #[error("{op}: `{name}` belongs to another Context")]
+    WrongContext {
+        op: &'static str,
+        name: &'static str,
     },
     /// The device reported an error (out of memory, lost device, failed map).
     #[error("device error: {0}")]

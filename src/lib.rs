@@ -18,16 +18,22 @@
 //! ```
 
 pub mod attention;
+mod bind;
 mod cast;
 pub mod context;
+mod driver;
 pub mod dtype;
 pub mod error;
+pub mod math;
 mod pipeline;
 pub mod positions;
 pub mod reference;
 pub mod schedule;
+pub mod series;
+mod sizes;
 pub mod ssm;
 pub mod tensor;
+pub mod types;
 
 pub use context::{Context, ContextOptions};
 

@@ -28,13 +28,6 @@ impl Storage {
             DType::F16 => Storage::F16Packed,
         }
     }
-    /// Bytes of one element of a written (`OT`) array.
-    pub(crate) fn out_elem_bytes(self) -> u64 {
-        match self {
-            Storage::F32 | Storage::F16Packed => 4,
-            Storage::F16 => 2,
-        }
-    }
 }
 
 fn source(shader: &str) -> Option<&'static str> {
