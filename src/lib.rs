@@ -57,6 +57,11 @@ pub mod tensor;
 pub mod types;
 
 pub use context::{Context, ContextOptions};
+
+/// README.md's code blocks run as doctests, so its library snippet compiles as written.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
 /// The wgpu and half this crate is built on, so applications use the same versions.
@@ -71,12 +76,23 @@ pub(crate) fn error_scope<R>(ctx: &Context, f: impl FnOnce() -> Result<R>) -> Re
     let oom = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
     let val = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
     let r = f();
-    let e1 = pollster::block_on(val.pop());
-    let e2 = pollster::block_on(oom.pop());
-    let r = r?;
-    match e1.or(e2) {
-        Some(e) => Err(Error::device(e)),
-        None => Ok(r),
+    // On the web nothing may block: the scopes are popped and their errors go to the device's
+    // uncaptured-error handler (the browser console) instead of this result.
+    #[cfg(target_arch = "wasm32")]
+    {
+        drop(val.pop());
+        drop(oom.pop());
+        r
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let e1 = pollster::block_on(val.pop());
+        let e2 = pollster::block_on(oom.pop());
+        let r = r?;
+        match e1.or(e2) {
+            Some(e) => Err(Error::device(e)),
+            None => Ok(r),
+        }
     }
 }
 

@@ -282,7 +282,15 @@ fn compile(
         },
         cache: None,
     });
-    match pollster::block_on(scope.pop()) {
+    // On the web nothing may block: a shader error reaches the browser console instead.
+    #[cfg(target_arch = "wasm32")]
+    let popped: Option<wgpu::Error> = {
+        drop(scope.pop());
+        None
+    };
+    #[cfg(not(target_arch = "wasm32"))]
+    let popped = pollster::block_on(scope.pop());
+    match popped {
         Some(err) => Err(Error::Shader {
             shader: shader.into(),
             entry: entry.into(),

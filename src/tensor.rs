@@ -146,7 +146,9 @@ impl<T: Element> Tensor<T> {
         })
     }
 
-    /// Copies the tensor back to the host, blocking until the device is done.
+    /// Copies the tensor back to the host, blocking until the device is done. Not on wasm32,
+    /// where nothing may block: use [`Tensor::to_vec_async`] there.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn to_vec(&self, ctx: &Context) -> Result<Vec<T>> {
         pollster::block_on(self.to_vec_async(ctx))
     }

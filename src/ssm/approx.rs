@@ -50,9 +50,16 @@ pub struct NanCheck {
 
 impl NanCheck {
     /// Waits for the device and returns [`Error::NaN`] (flat index `b·L + t` into `f`) if the
-    /// series held a NaN.
+    /// series held a NaN. Not on wasm32 (nothing may block there): use
+    /// [`NanCheck::check_async`].
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn check(&self, ctx: &Context) -> Result<()> {
-        let bits = self.flag.to_vec(ctx)?[0].to_bits();
+        pollster::block_on(self.check_async(ctx))
+    }
+
+    /// [`NanCheck::check`] without blocking: the flag is read back asynchronously.
+    pub async fn check_async(&self, ctx: &Context) -> Result<()> {
+        let bits = self.flag.to_vec_async(ctx).await?[0].to_bits();
         if bits == u32::MAX {
             return Ok(());
         }
@@ -70,6 +77,9 @@ impl NanCheck {
 /// Errors: [`Error::Shape`], [`Error::InvalidArgument`] for bad options, [`Error::NaN`] (flat
 /// index into `f`) when the series holds NaN, [`Error::TooLarge`] when one signal's coefficients
 /// do not fit a storage binding or the state does not fit workgroup memory (fixed step).
+/// Not on wasm32 (it blocks): record with [`record_hippo_approx`] and await
+/// [`NanCheck::check_async`] there.
+#[cfg(not(target_arch = "wasm32"))]
 pub fn hippo_approx<T: Element>(
     ctx: &Context,
     f: &Tensor<T>,
@@ -88,7 +98,9 @@ pub fn hippo_approx<T: Element>(
     Ok(out)
 }
 
-/// [`hippo_approx`] writing into an existing `out: [B, L, N]` f32, one submission.
+/// [`hippo_approx`] writing into an existing `out: [B, L, N]` f32, one submission (not on
+/// wasm32).
+#[cfg(not(target_arch = "wasm32"))]
 pub fn hippo_approx_into<T: Element>(
     ctx: &Context,
     f: &Tensor<T>,

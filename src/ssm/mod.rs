@@ -11,9 +11,9 @@ pub mod fft;
 pub mod kernel;
 pub mod scan;
 
-pub use approx::{
-    hippo_approx, hippo_approx_into, record_hippo_approx, sample_grid, HippoApproxOptions, Step,
-};
+#[cfg(not(target_arch = "wasm32"))]
+pub use approx::{hippo_approx, hippo_approx_into};
+pub use approx::{record_hippo_approx, sample_grid, HippoApproxOptions, NanCheck, Step};
 pub use discretize::{discretize, discretize_diag, Method};
 pub use dplr::{record_s4_dplr_kernel, s4_dplr_kernel, s4_dplr_kernel_into};
 pub use fft::{
