@@ -386,9 +386,9 @@ fn bad_input_is_a_typed_error_and_inputs_stay_unmodified() {
     let t = |v: &[f32], s: &[usize]| Tensor::from_slice(c, v, s).unwrap();
     let wrong_l = t(&vec![0.5; 2 * 3 * 9], &[2, 3, 9]);
     let wrong_n = t(&vec![0.5; 2 * 5 * 10], &[2, 5, 10]);
-    let wrong_d = t(&vec![0.5; 4 * 4], &[4, 4]);
+    let wrong_d = t(&[0.5; 4 * 4], &[4, 4]);
     let wrong_vec = t(&[0.5; 4], &[4]);
-    let wrong_state = t(&vec![0.5; 2 * 3 * 5], &[2, 3, 5]);
+    let wrong_state = t(&[0.5; 2 * 3 * 5], &[2, 3, 5]);
     let rank2 = t(&[0.5; 6], &[2, 3]);
     let shape_err = |x: SelectiveScanInputs<'_, f32>, name: &str| match selective_scan(c, &x) {
         Err(Error::Shape { name: n, .. }) => assert_eq!(n, name),

@@ -6,6 +6,8 @@ use half::f16;
 use longseq::reference::mamba::{selective_scan_ref, ScanDims, SelectiveScanRef};
 use longseq::ssm::{selective_scan, SelectiveScanInputs};
 use longseq::{Context, Element, Tensor};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use rand_distr::StandardNormal;
 
 use crate::check::{self, StorageDtype};
 use crate::io::{self, CliError, HostTensor, Out};
@@ -14,7 +16,7 @@ use crate::{open_gpu, Device};
 /// The Mamba selective scan (S6; Gu & Dao 2023, arXiv 2312.00752, Alg. 2) on the GPU and/or the
 /// f64 reference, with the tensor names and layout of mamba's `selective_scan_ref`.
 ///
-/// Reads (f16, f32 or f64) from --input:
+/// Reads (f16, f32 or f64) from --input, or draws them with --init (below):
 ///   u              [B, D, L]  input
 ///   delta          [B, D, L]  Δ (before delta_bias and softplus)
 ///   A              [D, N]     real, ≤ 0 for a decaying state (−exp(A_log))
@@ -23,6 +25,10 @@ use crate::{open_gpu, Device};
 ///   z              [B, D, L]  optional gate: out ·= silu(z)
 ///   delta_bias     [D]        optional, added to Δ
 ///   initial_state  [B, D, N]  optional (zero when absent)
+/// --init draws a Mamba-initialised layer (Gu & Dao 2023, §3.6 and the reference code's init):
+/// A[d, n] = −(n + 1) (S4D-real), D = 1, delta_bias = softplus⁻¹(dt) with dt log-uniform in
+/// [1e-3, 1e-1], and u, delta, B, C, z ~ N(0, 1), from --seed, as [--batch, --dim, --len] with
+/// --state N.
 /// Computes Δ = softplus(delta + delta_bias) (softplus with --delta-softplus),
 /// h_t = exp(Δ A) h_{t−1} + Δ B_t u_t, out_t = (Σ_n C_t h_t + D u_t) · silu(z_t).
 /// Writes (f32): out [B, D, L], last_state [B, D, N].
@@ -31,12 +37,31 @@ use crate::{open_gpu, Device};
 #[derive(clap::Args)]
 #[command(
     verbatim_doc_comment,
-    after_help = "Example:\n  longseq mamba --input scan.safetensors --delta-softplus --output out.safetensors"
+    after_help = "Example (no input file needed):\n  \
+longseq mamba --init --dim 64 --state 16 --len 1000 --seed 0 --delta-softplus --output out.safetensors"
 )]
 pub struct Args {
     /// safetensors file holding the input tensors.
+    #[arg(long, required_unless_present = "init", conflicts_with = "init")]
+    input: Option<String>,
+    /// Draw a Mamba-initialised layer and its inputs instead of reading them.
     #[arg(long)]
-    input: String,
+    init: bool,
+    /// --init: batch B.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// --init: channels D.
+    #[arg(long, default_value_t = 64)]
+    dim: usize,
+    /// --init: state size N.
+    #[arg(long, default_value_t = 16)]
+    state: usize,
+    /// --init: length L.
+    #[arg(long, default_value_t = 1024)]
+    len: usize,
+    /// --init: seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
     /// Apply softplus to Δ (after delta_bias), as Mamba does.
     #[arg(long)]
     delta_softplus: bool,
@@ -123,7 +148,10 @@ fn read_inputs(path: &str) -> Result<Inputs, CliError> {
 
 pub fn run(a: Args) -> Result<(), CliError> {
     io::check_output(a.output.as_deref())?;
-    let mut x = read_inputs(&a.input)?;
+    let (mut x, source) = match &a.input {
+        Some(path) => (read_inputs(path)?, path.clone()),
+        None => (draw_inputs(&a)?, format!("--init (seed {})", a.seed)),
+    };
     let dtypes: Vec<_> = x.req.iter().map(|t| t.dtype).collect();
     let dtype = StorageDtype::resolve(a.dtype, &dtypes);
     // The reference sees the values as the GPU stores them (the state stays f32).
@@ -151,8 +179,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
         println!("adapter: {}", c.adapter_line());
     }
     println!(
-        "input: {} B = {batch}, D = {dim}, N = {state}, L = {len}{}{}",
-        a.input,
+        "input: {source} B = {batch}, D = {dim}, N = {state}, L = {len}{}{}",
         if a.delta_softplus {
             ", delta_softplus"
         } else {
@@ -204,6 +231,52 @@ pub fn run(a: Args) -> Result<(), CliError> {
         println!("wrote out [{batch}, {dim}, {len}] and last_state [{batch}, {dim}, {state}] f32 to {path}");
     }
     Ok(())
+}
+
+/// A Mamba-initialised layer and N(0, 1) inputs (see the command's doc).
+fn draw_inputs(a: &Args) -> Result<Inputs, CliError> {
+    let (b, d, n, l) = (a.batch, a.dim, a.state, a.len);
+    if [b, d, n, l].contains(&0) {
+        return Err(CliError::Input(
+            "--init needs --batch, --dim, --state and --len >= 1".into(),
+        ));
+    }
+    let mut rng = StdRng::seed_from_u64(a.seed);
+    let mut t = |shape: Vec<usize>, f: &mut dyn FnMut(&mut StdRng, usize) -> f64| {
+        let len = shape.iter().product();
+        HostTensor {
+            data: (0..len).map(|i| f(&mut rng, i)).collect(),
+            shape,
+            dtype: safetensors::Dtype::F32,
+        }
+    };
+    let mut normal = |g: &mut StdRng, _: usize| g.sample::<f64, _>(StandardNormal);
+    let (lo, hi) = (1e-3f64.ln(), 1e-1f64.ln());
+    // softplus⁻¹(dt) = dt + ln(1 − e^−dt).
+    let mut bias = |g: &mut StdRng, _: usize| {
+        let dt = (lo + g.random::<f64>() * (hi - lo)).exp();
+        dt + (-(-dt).exp_m1()).ln()
+    };
+    let req = vec![
+        t(vec![b, d, l], &mut normal),
+        t(vec![b, d, l], &mut normal),
+        t(vec![d, n], &mut |_, i| -((i % n) as f64 + 1.0)),
+        t(vec![b, n, l], &mut normal),
+        t(vec![b, n, l], &mut normal),
+    ];
+    let opt = vec![
+        Some(t(vec![d], &mut |_, _| 1.0)),
+        Some(t(vec![b, d, l], &mut normal)),
+        Some(t(vec![d], &mut bias)),
+        None,
+    ];
+    let dims = ScanDims {
+        batch: b,
+        dim: d,
+        state: n,
+        len: l,
+    };
+    Ok(Inputs { dims, req, opt })
 }
 
 fn stored(dtype: StorageDtype, name: &str, t: &HostTensor) -> Result<Vec<f64>, CliError> {
