@@ -1,5 +1,6 @@
 //! Adapter choice, device, queue, features and limits.
 
+pub use crate::attention::chunk::TileFamily;
 use crate::pipeline::PipelineCache;
 use crate::{Error, Result};
 
@@ -15,6 +16,9 @@ pub struct ContextOptions {
     /// Cap on the storage-binding size, in bytes, below the adapter's. Ops split their work to fit
     /// whatever the device allows; a small cap makes that splitting testable.
     pub max_storage_binding_size: Option<u64>,
+    /// Tile shapes of the chunked linear-attention engine; `None` chooses from the adapter
+    /// ([`TileFamily::for_adapter`]). Forcing either family is for tests and tuning.
+    pub tiles: Option<TileFamily>,
 }
 
 impl Default for ContextOptions {
@@ -23,6 +27,7 @@ impl Default for ContextOptions {
             adapter: None,
             shader_f16: true,
             max_storage_binding_size: None,
+            tiles: None,
         }
     }
 }
@@ -35,6 +40,7 @@ pub struct Context {
     info: wgpu::AdapterInfo,
     f16: bool,
     limits: wgpu::Limits,
+    tiles: TileFamily,
     pub(crate) pipelines: PipelineCache,
 }
 
@@ -138,7 +144,11 @@ impl Context {
                 adapter: info.name.clone(),
                 message: e.to_string(),
             })?;
-        Ok(Self::from_device(device, queue, info))
+        let mut ctx = Self::from_device(device, queue, info);
+        if let Some(t) = opts.tiles {
+            ctx.tiles = t;
+        }
+        Ok(ctx)
     }
 
     /// Wraps an application's own device and queue. f16 storage uses native `f16` when the
@@ -146,12 +156,14 @@ impl Context {
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo) -> Self {
         let f16 = device.features().contains(wgpu::Features::SHADER_F16);
         let limits = device.limits();
+        let tiles = TileFamily::for_adapter(&info);
         Self {
             device,
             queue,
             info,
             f16,
             limits,
+            tiles,
             pipelines: PipelineCache::default(),
         }
     }
@@ -171,6 +183,10 @@ impl Context {
     }
     pub fn limits(&self) -> &wgpu::Limits {
         &self.limits
+    }
+    /// Tile shapes the chunked linear-attention engine uses on this context.
+    pub fn tile_family(&self) -> TileFamily {
+        self.tiles
     }
 
     /// Blocks until all submitted work is done.

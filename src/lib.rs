@@ -29,7 +29,7 @@ pub mod schedule;
 pub mod ssm;
 pub mod tensor;
 
-pub use context::{Context, ContextOptions};
+pub use context::{Context, ContextOptions, TileFamily};
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
 pub use schedule::Schedule;

@@ -6,7 +6,9 @@
 //! f32, native f16 (SHADER_F16) and f16 packed two to a `u32` word (adapters without f16).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
+
+use crate::attention::chunk::{self, TileFamily};
 
 use crate::{Context, DType, Error, Result};
 
@@ -39,9 +41,15 @@ impl Storage {
 
 fn source(shader: &str) -> Option<&'static str> {
     Some(match shader {
-        "linear_attention" => include_str!("../shaders/linear_attention.wgsl"),
+        "chunk_attention" => {
+            static S: LazyLock<String> = LazyLock::new(|| chunk::source(TileFamily::Cpu));
+            S.as_str()
+        }
+        "chunk_attention_small" => {
+            static S: LazyLock<String> = LazyLock::new(|| chunk::source(TileFamily::Gpu));
+            S.as_str()
+        }
         "softmax_attention" => include_str!("../shaders/softmax_attention.wgsl"),
-        "lightning_attention" => include_str!("../shaders/lightning_attention.wgsl"),
         "transnormer" => include_str!("../shaders/transnormer.wgsl"),
         "cast" => include_str!("../shaders/cast.wgsl"),
         "embedding" => include_str!("../shaders/embedding.wgsl"),

@@ -355,7 +355,6 @@ pub(crate) fn record_favor<T: Element>(
     let fk = scratch(ctx, rows_max * len * f * 4);
     let logs = scratch(ctx, rows_max * len * 4);
     let head = scratch(ctx, rows_max * 4);
-    let core_state = scratch(ctx, rows_max * st_bytes);
     let vf = (!is_f32).then(|| scratch(ctx, rows_max * len * dv * 4));
     let of = (!is_f32).then(|| scratch(ctx, rows_max * len * dv * 4));
     let core = Core {
@@ -421,9 +420,9 @@ pub(crate) fn record_favor<T: Element>(
             k: whole(2, &fk, nr * len * f * 4),
             v: vb,
             o,
-            total,
+            totals: total,
         };
-        record_core(s, Storage::F32, 2, &core, nr, &binds, &core_state)?;
+        record_core(s, Storage::F32, 2, &core, nr, &binds)?;
         if let Some(buf) = &of {
             record_pack_f16(s, buf, out.buffer(), r0 * len * dv, nr * len * dv)?;
         }

@@ -8,15 +8,13 @@
 //! blocks, `KV ← λ^B KV + Σ_j λ^(B−1−j) k_jᵀ v_j`. Only non-negative powers of λ are ever formed,
 //! so strong decays (s = 2, B = 64) underflow harmlessly instead of overflowing. Cost O(L·B·D).
 
-use bytemuck::{Pod, Zeroable};
 use wgpu::util::DeviceExt;
 
-use super::linear::{check_shapes, workgroup_size, AttnDims};
+use super::linear::{check_shapes, AttnDims};
 use super::softmax::{check_out, row_bytes, OutSlot};
-use super::FeatureMap;
-use crate::cast::record_pack_f16;
+use super::{chunk, FeatureMap};
 use crate::pipeline::Storage;
-use crate::schedule::{rows_per_pass, scratch, Bind, Schedule};
+use crate::schedule::{rows_per_pass, Bind, Schedule};
 use crate::{Context, Element, Error, Result, Tensor};
 
 /// Options for [`lightning_attention`] and the CPU reference
@@ -66,22 +64,14 @@ pub(crate) fn heads_of(shape: &[usize]) -> usize {
 }
 
 pub(crate) fn max_block(ctx: &Context) -> u32 {
-    let mem = ctx.limits().max_compute_workgroup_storage_size as u64;
-    let mut b = 1u64;
-    while ((b + 1) * (b + 1) + b + 2) * 4 <= mem && b < 256 {
-        b += 1;
-    }
-    b as u32
+    chunk::max_chunk(ctx)
 }
 
 /// The block size to use, or [`Error::InvalidArgument`].
 pub(crate) fn resolve_block(ctx: &Context, op: &'static str, block: Option<u32>) -> Result<u32> {
     let max = max_block(ctx);
     match block {
-        None => Ok([64, 32, 16, 8]
-            .into_iter()
-            .find(|&b| b <= max)
-            .unwrap_or(max)),
+        None => Ok(chunk::default_chunk(ctx).min(max)),
         Some(b) if b >= 1 && b <= max => Ok(b),
         Some(b) => Err(Error::InvalidArgument {
             op,
@@ -118,26 +108,7 @@ pub(crate) fn resolve_slopes(
     Ok(s.to_vec())
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    rows: u32,
-    len: u32,
-    dk: u32,
-    dv: u32,
-    n_blocks: u32,
-    flags: u32,
-    heads: u32,
-    row0: u32,
-    q_off: u32,
-    k_off: u32,
-    v_off: u32,
-    o_off: u32,
-    total: u32,
-    _pad: [u32; 3],
-}
-
-/// One pass of the decayed kernel (shared with NormAttention, which uses s = 0).
+/// One pass of the decayed kernel (shared with NormAttention, which has no decay).
 pub(crate) struct Decayed<'b> {
     pub feature_map: FeatureMap,
     pub causal: bool,
@@ -145,9 +116,33 @@ pub(crate) struct Decayed<'b> {
     /// `[H]` f32 decay rates on the device.
     pub slopes: &'b wgpu::Buffer,
     pub heads: u32,
+    /// Apply the slopes (false: λ = 1 and `slopes` is unused).
+    pub decay: bool,
 }
 
-/// Records block_state, scan_blocks and block_apply over rows `[r0, r0 + nr)`.
+impl Decayed<'_> {
+    fn job(&self, storage: Storage, d: &AttnDims) -> chunk::Job {
+        chunk::Job {
+            storage,
+            fmap: self.feature_map.shader_id(),
+            causal: self.causal,
+            denominator: false,
+            eps: 0.0,
+            chunk: Some(self.block),
+            len: d.len as u64,
+            dk: d.dk as u64,
+            dv: d.dv as u64,
+        }
+    }
+    fn decay(&self) -> Option<chunk::Decay<'_>> {
+        self.decay.then_some(chunk::Decay {
+            slopes: self.slopes,
+            heads: self.heads,
+        })
+    }
+}
+
+/// Records the chunk engine over rows `[r0, r0 + nr)` into `out`.
 pub(crate) fn record_decayed_rows<T: Element>(
     s: &mut Schedule<'_>,
     (q, k, v): (&Tensor<T>, &Tensor<T>, &Tensor<T>),
@@ -158,66 +153,26 @@ pub(crate) fn record_decayed_rows<T: Element>(
     out: OutSlot<'_>,
 ) -> Result<()> {
     let ctx = s.context();
-    let wg = workgroup_size(ctx);
-    let consts = [
-        ("FMAP", cfg.feature_map.shader_id()),
-        ("WG", wg),
-        ("CHUNK", cfg.block),
-    ];
-    let pl = |entry| {
-        ctx.pipelines
-            .get(ctx, "lightning_attention", entry, storage, &consts)
-    };
-    let (p_state, p_scan, p_apply) = (pl("block_state")?, pl("scan_blocks")?, pl("block_apply")?);
     let es = size_of::<T>() as u64;
     let (len, dk, dv) = (d.len as u64, d.dk as u64, d.dv as u64);
-    let n_blocks = len.div_ceil(cfg.block as u64);
-    let state = scratch(ctx, nr * n_blocks * dk * dv * 4);
-    let (bq, q_off) = Bind::elems(ctx, 1, q.buffer(), es, r0 * len * dk, nr * len * dk);
-    let (bk, k_off) = Bind::elems(ctx, 2, k.buffer(), es, r0 * len * dk, nr * len * dk);
-    let (bv, v_off) = Bind::elems(ctx, 3, v.buffer(), es, r0 * len * dv, nr * len * dv);
-    let bsl = Bind {
-        slot: 4,
-        buffer: cfg.slopes,
-        offset: 0,
-        size: cfg.slopes.size(),
+    let b = chunk::PassBinds {
+        q: Bind::elems(ctx, 1, q.buffer(), es, r0 * len * dk, nr * len * dk),
+        k: Bind::elems(ctx, 2, k.buffer(), es, r0 * len * dk, nr * len * dk),
+        v: Bind::elems(ctx, 3, v.buffer(), es, r0 * len * dv, nr * len * dv),
+        o: Bind::elems(
+            ctx,
+            11,
+            out.buffer,
+            out.elem_bytes,
+            out.first,
+            nr * len * dv,
+        ),
+        totals: None,
     };
-    let bs = Bind {
-        slot: 5,
-        buffer: &state,
-        offset: 0,
-        size: state.size(),
-    };
-    let (bo, o_off) = Bind::elems(ctx, 6, out.buffer, out.elem_bytes, out.first, nr * len * dv);
-    let mut prm = Params {
-        rows: nr as u32,
-        len: len as u32,
-        dk: dk as u32,
-        dv: dv as u32,
-        n_blocks: n_blocks as u32,
-        flags: cfg.causal as u32,
-        heads: cfg.heads,
-        row0: (r0 % cfg.heads as u64) as u32,
-        q_off,
-        k_off,
-        v_off,
-        o_off,
-        total: (nr * n_blocks) as u32,
-        _pad: [0; 3],
-    };
-    s.dispatch(&p_state, &prm, &[bk, bv, bsl, bs], nr * n_blocks)?;
-    prm.total = (nr * dk * dv) as u32;
-    s.dispatch(
-        &p_scan,
-        &prm,
-        &[bsl, bs],
-        (nr * dk * dv).div_ceil(wg as u64),
-    )?;
-    prm.total = (nr * n_blocks) as u32;
-    s.dispatch(&p_apply, &prm, &[bq, bk, bv, bsl, bs, bo], nr * n_blocks)
+    chunk::record_rows(s, &cfg.job(storage, d), cfg.decay(), (r0, nr), &b)
 }
 
-/// Rows per pass for the decayed kernel: inputs, output and the per-block state must fit.
+/// Rows per pass for the decayed kernel: inputs, output and the engine's scratch must fit.
 pub(crate) fn decayed_rows_per_pass(
     ctx: &Context,
     op: &'static str,
@@ -227,8 +182,15 @@ pub(crate) fn decayed_rows_per_pass(
     out_bytes: u64,
 ) -> Result<u64> {
     let mut rb = row_bytes(d, in_bytes, out_bytes);
-    let n_blocks = (d.len as u64).div_ceil(block as u64);
-    rb.push(("state", n_blocks * (d.dk * d.dv) as u64 * 4));
+    let cfg = Decayed {
+        feature_map: FeatureMap::Identity,
+        causal: true,
+        block,
+        slopes: &upload_f32(ctx, &[0.0]),
+        heads: 1,
+        decay: false,
+    };
+    rb.extend(chunk::row_bytes(ctx, &cfg.job(Storage::F32, d)));
     Ok(rows_per_pass(ctx, op, &rb, d.rows)? as u64)
 }
 
@@ -302,9 +264,6 @@ pub fn record_lightning_attention<T: Element>(
     let heads = heads_of(q.shape());
     let sl = resolve_slopes(OP, heads, slopes)?;
     let block = resolve_block(ctx, OP, opts.block)?;
-    let storage = Storage::for_dtype(ctx, T::DTYPE);
-    let es = size_of::<T>() as u64;
-    let per = decayed_rows_per_pass(ctx, OP, &d, block, es, storage.out_elem_bytes())?;
     let slopes_buf = upload_f32(ctx, &sl);
     let cfg = Decayed {
         feature_map: opts.feature_map,
@@ -312,30 +271,23 @@ pub fn record_lightning_attention<T: Element>(
         block,
         slopes: &slopes_buf,
         heads: heads as u32,
+        decay: true,
     };
-    let (len, dv) = (d.len as u64, d.dv as u64);
-    let packed = (storage == Storage::F16Packed)
-        .then(|| scratch(ctx, per.min(d.rows as u64) * len * dv * 4));
-    let mut r0 = 0u64;
-    while r0 < d.rows as u64 {
-        let nr = per.min(d.rows as u64 - r0);
-        let slot = match &packed {
-            Some(buf) => OutSlot {
-                buffer: buf,
-                elem_bytes: 4,
-                first: 0,
-            },
-            None => OutSlot {
-                buffer: out.buffer(),
-                elem_bytes: es,
-                first: r0 * len * dv,
-            },
-        };
-        record_decayed_rows(s, (q, k, v), &d, (r0, nr), &cfg, storage, slot)?;
-        if let Some(buf) = &packed {
-            record_pack_f16(s, buf, out.buffer(), r0 * len * dv, nr * len * dv)?;
-        }
-        r0 += nr;
-    }
-    Ok(())
+    let storage = Storage::for_dtype(ctx, T::DTYPE);
+    let io = chunk::Io {
+        q: q.buffer(),
+        k: k.buffer(),
+        v: v.buffer(),
+        in_bytes: size_of::<T>() as u64,
+        out: out.buffer(),
+        totals: None,
+    };
+    chunk::record(
+        s,
+        OP,
+        &cfg.job(storage, &d),
+        cfg.decay(),
+        d.rows as u64,
+        &io,
+    )
 }

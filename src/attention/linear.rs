@@ -8,12 +8,9 @@
 //! The same chunk kernels serve precomputed features (Performer, [`super::favor`]) and the
 //! prefill of recurrent decoding ([`super::recurrent`]).
 
-use bytemuck::{Pod, Zeroable};
-
-use super::FeatureMap;
-use crate::cast::record_pack_f16;
+use super::{chunk, FeatureMap};
 use crate::pipeline::Storage;
-use crate::schedule::{rows_per_pass, scratch, Bind, Schedule};
+use crate::schedule::{Bind, Schedule};
 use crate::{Context, Element, Error, Result, Tensor};
 
 /// Options for [`linear_attention`] and the CPU reference
@@ -112,36 +109,6 @@ pub(crate) fn check_options(op: &'static str, opts: &LinearAttentionOptions) -> 
     Ok(())
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    rows: u32,
-    len: u32,
-    dk: u32,
-    dv: u32,
-    n_chunks: u32,
-    flags: u32,
-    eps: f32,
-    q_off: u32,
-    k_off: u32,
-    v_off: u32,
-    o_off: u32,
-    total: u32,
-    s_off: u32,
-    z_off: u32,
-    _pad: [u32; 2],
-}
-
-/// Rows per chunk: the largest of 64, 32, 16, 8 whose score tile (C² f32) and denominators fit
-/// the device's workgroup memory.
-pub(crate) fn chunk_len(ctx: &Context) -> u32 {
-    let mem = ctx.limits().max_compute_workgroup_storage_size as u64;
-    [64u64, 32, 16, 8]
-        .into_iter()
-        .find(|c| (c * c + c) * 4 <= mem)
-        .unwrap_or(4) as u32
-}
-
 pub(crate) fn workgroup_size(ctx: &Context) -> u32 {
     256.min(ctx.limits().max_compute_invocations_per_workgroup)
         .min(ctx.limits().max_compute_workgroup_size_x)
@@ -212,67 +179,26 @@ pub(crate) fn record_linear<T: Element>(
     let d = check_shapes(OP, q.shape(), k.shape(), v.shape())?;
     check_options(OP, opts)?;
     super::softmax::check_out(OP, &d, &[("q", q), ("k", k), ("v", v)], out)?;
-    let storage = Storage::for_dtype(ctx, T::DTYPE);
-    let (len, dk, dv) = (d.len as u64, d.dk as u64, d.dv as u64);
-    let es = size_of::<T>() as u64;
-    let ob = storage.out_elem_bytes();
-    let per = rows_per_pass(
-        ctx,
-        OP,
-        &[
-            ("q", len * dk * es),
-            ("v", len * dv * es),
-            ("o", len * dv * ob),
-            ("state", core_state_bytes(ctx, len, dk, dv)),
-            ("S", dk * dv * 4),
-        ],
-        d.rows,
-    )?;
-    let rows_max = per.min(d.rows) as u64;
-    let chunks = scratch(ctx, rows_max * core_state_bytes(ctx, len, dk, dv));
-    let packed_out = (storage == Storage::F16Packed).then(|| scratch(ctx, rows_max * len * dv * 4));
-    let core = Core {
-        len,
-        dk,
-        dv,
+    let job = chunk::Job {
+        storage: Storage::for_dtype(ctx, T::DTYPE),
+        fmap: opts.feature_map.shader_id(),
         causal: opts.causal,
         denominator: opts.denominator,
         eps: opts.eps,
+        chunk: None,
+        len: d.len as u64,
+        dk: d.dk as u64,
+        dv: d.dv as u64,
     };
-    let mut r0 = 0u64;
-    while r0 < d.rows as u64 {
-        let nr = (per as u64).min(d.rows as u64 - r0);
-        let o = match &packed_out {
-            Some(buf) => whole(5, buf, nr * len * dv * 4),
-            None => Bind::elems(ctx, 5, out.buffer(), es, r0 * len * dv, nr * len * dv),
-        };
-        let binds = CoreBinds {
-            q: Bind::elems(ctx, 1, q.buffer(), es, r0 * len * dk, nr * len * dk),
-            k: Bind::elems(ctx, 2, k.buffer(), es, r0 * len * dk, nr * len * dk),
-            v: Bind::elems(ctx, 3, v.buffer(), es, r0 * len * dv, nr * len * dv),
-            o,
-            total: state.map(|(bs, bz)| {
-                (
-                    Bind::elems(ctx, 6, bs, 4, r0 * dk * dv, nr * dk * dv),
-                    Bind::elems(ctx, 7, bz, 4, r0 * dk, nr * dk),
-                )
-            }),
-        };
-        record_core(
-            s,
-            storage,
-            opts.feature_map.shader_id(),
-            &core,
-            nr,
-            &binds,
-            &chunks,
-        )?;
-        if let Some(buf) = &packed_out {
-            record_pack_f16(s, buf, out.buffer(), r0 * len * dv, nr * len * dv)?;
-        }
-        r0 += nr;
-    }
-    Ok(())
+    let io = chunk::Io {
+        q: q.buffer(),
+        k: k.buffer(),
+        v: v.buffer(),
+        in_bytes: size_of::<T>() as u64,
+        out: out.buffer(),
+        totals: state,
+    };
+    chunk::record(s, OP, &job, None, d.rows as u64, &io)
 }
 
 /// A binding of the first `bytes` of a whole internal buffer, at element offset 0.
@@ -289,7 +215,7 @@ pub(crate) fn whole(slot: u32, buffer: &wgpu::Buffer, bytes: u64) -> (Bind<'_>, 
     )
 }
 
-/// Sizes and flags of one run of the chunked kernels (per pass of rows).
+/// Sizes and flags of one run of the chunk engine over precomputed f32 features (per pass of rows).
 pub(crate) struct Core {
     pub len: u64,
     /// Feature dim (Dk for elementwise maps, m' for precomputed features).
@@ -300,24 +226,45 @@ pub(crate) struct Core {
     pub eps: f32,
 }
 
-/// Bindings of one pass (binding, element offset inside it): q, k, v, o at slots 1, 2, 3, 5; for
-/// prefill, `total` = (S out, z out) at slots 6, 7, which receive each row's sums over all L.
-pub(crate) struct CoreBinds<'b> {
-    pub q: (Bind<'b>, u32),
-    pub k: (Bind<'b>, u32),
-    pub v: (Bind<'b>, u32),
-    pub o: (Bind<'b>, u32),
-    pub total: Option<((Bind<'b>, u32), (Bind<'b>, u32))>,
-}
+/// Bindings of one pass of the chunk engine (binding, element offset inside it).
+pub(crate) type CoreBinds<'b> = chunk::PassBinds<'b>;
 
-/// Bytes of chunk state one row needs (n_chunks · (Dk·Dv + Dk) f32).
+/// Largest scratch binding of the chunk engine per row, for a caller's pass plan.
 pub(crate) fn core_state_bytes(ctx: &Context, len: u64, dk: u64, dv: u64) -> u64 {
-    len.div_ceil(chunk_len(ctx) as u64) * (dk * dv + dk) * 4
+    let job = core_job(
+        Storage::F32,
+        2,
+        &Core {
+            len,
+            dk,
+            dv,
+            causal: true,
+            denominator: true,
+            eps: 0.0,
+        },
+    );
+    chunk::row_bytes(ctx, &job)
+        .into_iter()
+        .map(|(_, b)| b)
+        .max()
+        .unwrap_or(4)
 }
 
-/// Records chunk_state -> [chunk_total] -> scan_chunks -> chunk_apply for `nr` rows. `fmap` is the
-/// `FMAP` constant (2 = identity, for features computed beforehand); `state` holds at least
-/// `nr · core_state_bytes` bytes.
+fn core_job(storage: Storage, fmap: u32, c: &Core) -> chunk::Job {
+    chunk::Job {
+        storage,
+        fmap,
+        causal: c.causal,
+        denominator: c.denominator,
+        eps: c.eps,
+        chunk: None,
+        len: c.len,
+        dk: c.dk,
+        dv: c.dv,
+    }
+}
+
+/// Records the chunk engine for `nr` rows that the caller bound.
 pub(crate) fn record_core(
     s: &mut Schedule<'_>,
     storage: Storage,
@@ -325,54 +272,6 @@ pub(crate) fn record_core(
     c: &Core,
     nr: u64,
     b: &CoreBinds<'_>,
-    state: &wgpu::Buffer,
 ) -> Result<()> {
-    let ctx = s.context();
-    let chunk = chunk_len(ctx);
-    let wg = workgroup_size(ctx);
-    let n_chunks = c.len.div_ceil(chunk as u64);
-    let width = c.dk * c.dv + c.dk;
-    let consts = [("FMAP", fmap), ("WG", wg), ("CHUNK", chunk)];
-    let pl = |entry| {
-        ctx.pipelines
-            .get(ctx, "linear_attention", entry, storage, &consts)
-    };
-    let bs = Bind {
-        slot: 4,
-        buffer: state,
-        offset: 0,
-        size: nr * n_chunks * width * 4,
-    };
-    let mut prm = Params {
-        rows: nr as u32,
-        len: c.len as u32,
-        dk: c.dk as u32,
-        dv: c.dv as u32,
-        n_chunks: n_chunks as u32,
-        flags: c.causal as u32 | (c.denominator as u32) << 1,
-        eps: c.eps,
-        q_off: b.q.1,
-        k_off: b.k.1,
-        v_off: b.v.1,
-        o_off: b.o.1,
-        total: (nr * n_chunks) as u32,
-        s_off: b.total.map_or(0, |t| t.0 .1),
-        z_off: b.total.map_or(0, |t| t.1 .1),
-        _pad: [0; 2],
-    };
-    s.dispatch(
-        &*pl("chunk_state")?,
-        &prm,
-        &[b.k.0, b.v.0, bs],
-        nr * n_chunks,
-    )?;
-    prm.total = (nr * width) as u32;
-    let groups = (nr * width).div_ceil(wg as u64);
-    if let Some((ts, tz)) = b.total {
-        s.dispatch(&*pl("chunk_total")?, &prm, &[bs, ts.0, tz.0], groups)?;
-    }
-    s.dispatch(&*pl("scan_chunks")?, &prm, &[bs], groups)?;
-    prm.total = (nr * n_chunks) as u32;
-    let binds = [b.q.0, b.k.0, b.v.0, bs, b.o.0];
-    s.dispatch(&*pl("chunk_apply")?, &prm, &binds, nr * n_chunks)
+    chunk::record_rows(s, &core_job(storage, fmap, c), None, (0, nr), b)
 }

@@ -2,6 +2,7 @@
 //! recurrent decoding; exact softmax attention; Lightning attention; TransNormer's NormAttention
 //! and DiagAttention.
 
+pub mod chunk;
 pub mod favor;
 pub mod feature_map;
 pub mod lightning;
@@ -11,6 +12,7 @@ pub mod recurrent;
 pub mod softmax;
 pub mod transnormer;
 
+pub use chunk::TileFamily;
 pub use favor::{
     draw_omega, favor_attention, favor_attention_into, record_favor_attention, FavorKind,
     FavorOptions, OmegaDraw,

@@ -402,6 +402,7 @@ pub fn record_norm_attention<T: Element>(
         block,
         slopes: &zero,
         heads: 1,
+        decay: false,
     };
     let storage = f32_out_storage(T::DTYPE);
     let norm = (opts.norm, opts.eps, affine);
