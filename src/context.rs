@@ -17,7 +17,8 @@ pub struct ContextOptions {
     /// whatever the device allows; a small cap makes that splitting testable.
     pub max_storage_binding_size: Option<u64>,
     /// Tile shapes of the chunked linear-attention engine; `None` chooses from the adapter
-    /// ([`TileFamily::for_adapter`]). Forcing either family is for tests and tuning.
+    /// ([`TileFamily::for_adapter`]), unless `LONGSEQ_TILES` is `cpu` or `gpu`. Forcing either
+    /// family is for tests and tuning.
     pub tiles: Option<TileFamily>,
 }
 
@@ -42,6 +43,7 @@ pub struct Context {
     limits: wgpu::Limits,
     tiles: TileFamily,
     pub(crate) pipelines: PipelineCache,
+    pub(crate) chunk_scratch: crate::attention::chunk::ScratchPool,
 }
 
 fn type_rank(t: wgpu::DeviceType) -> u32 {
@@ -145,7 +147,13 @@ impl Context {
                 message: e.to_string(),
             })?;
         let mut ctx = Self::from_device(device, queue, info);
-        if let Some(t) = opts.tiles {
+        let env = std::env::var("LONGSEQ_TILES").ok();
+        let forced = match env.as_deref().map(str::to_lowercase).as_deref() {
+            Some("cpu") => Some(TileFamily::Cpu),
+            Some("gpu") => Some(TileFamily::Gpu),
+            _ => None,
+        };
+        if let Some(t) = opts.tiles.or(forced) {
             ctx.tiles = t;
         }
         Ok(ctx)
@@ -165,6 +173,7 @@ impl Context {
             limits,
             tiles,
             pipelines: PipelineCache::default(),
+            chunk_scratch: Default::default(),
         }
     }
 

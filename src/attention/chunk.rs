@@ -95,6 +95,38 @@ pub(crate) fn max_chunk(ctx: &Context) -> u32 {
         .unwrap_or(1)
 }
 
+/// Scratch buffers kept between calls: on lavapipe creating (and freeing) tens of MiB of buffers
+/// costs more than the kernels (≈ 0.5 s of W1's 1.1 s before this pool). A buffer is taken for the
+/// recording of one call and returned after it; the queue runs submissions in order, so a later
+/// call that reuses it writes only after earlier work with it is done.
+#[derive(Default)]
+pub(crate) struct ScratchPool(std::sync::Mutex<Vec<wgpu::Buffer>>);
+
+/// Buffers the pool keeps at most (the largest are kept).
+const POOL_KEEP: usize = 12;
+
+impl ScratchPool {
+    fn take(&self, ctx: &Context, bytes: u64) -> wgpu::Buffer {
+        let bytes = bytes.div_ceil(4).max(1) * 4;
+        let mut pool = self.0.lock().unwrap();
+        let best = (0..pool.len())
+            .filter(|&i| pool[i].size() >= bytes && pool[i].size() <= bytes.saturating_mul(2))
+            .min_by_key(|&i| pool[i].size());
+        match best {
+            Some(i) => pool.swap_remove(i),
+            None => scratch(ctx, bytes),
+        }
+    }
+    fn give(&self, bufs: impl IntoIterator<Item = wgpu::Buffer>) {
+        let mut pool = self.0.lock().unwrap();
+        pool.extend(bufs);
+        if pool.len() > POOL_KEEP {
+            pool.sort_by_key(|b| std::cmp::Reverse(b.size()));
+            pool.truncate(POOL_KEEP);
+        }
+    }
+}
+
 /// Sizes of one engine run.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Job {
@@ -258,14 +290,53 @@ fn record_segment(
     sweep: Sweep,
 ) -> Result<()> {
     let ctx = s.context();
+    let nc = geo.chunks(seg.len);
+    let slots = nc * geo.cp as u64;
+    let feat = seg.nr * slots * geo.dkp * 4;
+    let pool = &ctx.chunk_scratch;
+    let (qt, kt, kw) = (
+        pool.take(ctx, feat),
+        pool.take(ctx, feat),
+        pool.take(ctx, feat),
+    );
+    let vp = pool.take(ctx, seg.nr * slots * geo.dvp * 4);
+    let state = pool.take(ctx, seg.nr * nc * geo.width() * 4);
+    let r = record_passes(
+        s,
+        job,
+        geo,
+        decay,
+        seg,
+        b,
+        carry,
+        sweep,
+        [&qt, &kt, &kw, &vp, &state],
+    );
+    pool.give([qt, kt, kw, vp, state]);
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+fn record_passes(
+    s: &mut Schedule<'_>,
+    job: &Job,
+    geo: &Geo,
+    decay: Option<Decay<'_>>,
+    seg: Segment,
+    b: &PassBinds<'_>,
+    carry: &wgpu::Buffer,
+    sweep: Sweep,
+    [qt, kt, kw, vp, state]: [&wgpu::Buffer; 5],
+) -> Result<()> {
+    let ctx = s.context();
     let (tr, tc, wg_apply, wg) = geo.family.tiles();
     let nc = geo.chunks(seg.len);
-    let zero = [0f32];
+    let slots = nc * geo.cp as u64;
     let dummy;
     let (slopes, heads) = match decay {
         Some(d) => (d.slopes, d.heads),
         None => {
-            dummy = crate::attention::lightning::upload_f32(ctx, &zero);
+            dummy = crate::attention::lightning::upload_f32(ctx, &[0f32]);
             (&dummy, 1)
         }
     };
@@ -285,11 +356,6 @@ fn record_segment(
         ctx.pipelines
             .get(ctx, shader, entry, job.storage, &consts(w))
     };
-    let slots = nc * geo.cp as u64;
-    let feat = seg.nr * slots * geo.dkp * 4;
-    let (qt, kt, kw) = (scratch(ctx, feat), scratch(ctx, feat), scratch(ctx, feat));
-    let vp = scratch(ctx, seg.nr * slots * geo.dvp * 4);
-    let state = scratch(ctx, seg.nr * nc * geo.width() * 4);
     let bsl = whole(4, slopes);
     let w4 = geo.width() / 4;
     let mut prm = Params {
@@ -321,23 +387,23 @@ fn record_segment(
         at(1, b.q.0),
         at(2, b.k.0),
         bsl,
-        whole(5, &qt),
-        whole(6, &kt),
-        whole(7, &kw),
+        whole(5, qt),
+        whole(6, kt),
+        whole(7, kw),
     ];
     s.dispatch(&*pl("prep_qk", wg)?, &prm, &binds, groups(n, wg))?;
     let n = seg.nr * slots * geo.dvp / 4;
     prm.total = n as u32;
-    let binds = [at(3, b.v.0), whole(8, &vp)];
+    let binds = [at(3, b.v.0), whole(8, vp)];
     s.dispatch(&*pl("prep_v", wg)?, &prm, &binds, groups(n, wg))?;
     if sweep != Sweep::Apply {
         let n = seg.nr * nc * (geo.dkp / tr as u64) * (geo.dvp / tc as u64);
         prm.total = n as u32;
-        let binds = [whole(7, &kw), whole(8, &vp), whole(9, &state)];
+        let binds = [whole(7, kw), whole(8, vp), whole(9, state)];
         s.dispatch(&*pl("chunk_state", wg)?, &prm, &binds, groups(n, wg))?;
         let n = seg.nr * w4;
         prm.total = n as u32;
-        let binds = [bsl, whole(9, &state), whole(10, carry)];
+        let binds = [bsl, whole(9, state), whole(10, carry)];
         s.dispatch(&*pl("scan", wg)?, &prm, &binds, groups(n, wg))?;
     }
     if sweep == Sweep::Sum {
@@ -351,15 +417,15 @@ fn record_segment(
     }
     prm.total = (seg.nr * nc) as u32;
     let st = if job.causal {
-        whole(9, &state)
+        whole(9, state)
     } else {
         whole(9, carry)
     };
     let binds = [
         bsl,
-        whole(5, &qt),
-        whole(6, &kt),
-        whole(8, &vp),
+        whole(5, qt),
+        whole(6, kt),
+        whole(8, vp),
         st,
         at(11, b.o.0),
     ];
@@ -385,7 +451,7 @@ pub(crate) fn record_rows(
             limit: MAX_CHUNKS_PER_SEGMENT * geo.chunk as u64,
         });
     }
-    let carry = scratch(ctx, nr * geo.width() * 4);
+    let carry = ctx.chunk_scratch.take(ctx, nr * geo.width() * 4);
     let seg = Segment {
         nr,
         len: job.len,
@@ -393,7 +459,9 @@ pub(crate) fn record_rows(
         first: true,
         row0: r0,
     };
-    record_segment(s, job, &geo, decay, seg, b, &carry, Sweep::Both)
+    let r = record_segment(s, job, &geo, decay, seg, b, &carry, Sweep::Both);
+    ctx.chunk_scratch.give([carry]);
+    r
 }
 
 /// Whole tensors of one engine run (element buffers of the job's storage).
