@@ -18,7 +18,7 @@
 // values (as vec4) per TR·TC FMAs; the host picks TR, TC per adapter (large on CPU adapters).
 // No invocation loops more than max(CP, Dkp, nc) times; the host keeps nc ≤ 32 768 per segment.
 
-override FMAP: u32 = 0u;     // feature map: 0 elu+1, 1 relu, 2 identity, 3 elu
+override FMAP: u32 = 0u;     // feature map (FMAP_* codes; phi from the prelude)
 override WG: u32 = 64u;      // invocations per workgroup
 override CHUNK: u32 = 64u;   // rows per chunk
 override CP: u32 = 64u;      // slots per chunk (CHUNK rounded up to the tiles)
@@ -26,6 +26,8 @@ override CAUSAL: bool = false;
 override DECAY: bool = false;
 override DEN: bool = true;
 
+// Register tile: compile-time sizes (they size function-scope arrays, which overrides cannot), so
+// the pipeline substitutes the host's TR, TC for these lines.
 const TR: u32 = 16u;
 const TC: u32 = 16u;
 const TR4: u32 = TR / 4u;
@@ -71,24 +73,6 @@ struct Params {
 
 var<workgroup> at: array<vec4<f32>, CP * CP / 4u>;  // masked, decayed scores, transposed: [j][i]
 var<workgroup> den: array<vec4<f32>, CP / 4u>;
-
-// Written so NaN goes through: select(f, t, cond) keeps x when the comparison is false.
-fn phi(x: f32) -> f32 {
-    if (FMAP == 0u) {
-        return select(exp(x), x + 1.0, x > 0.0);
-    }
-    if (FMAP == 1u) {
-        return select(x, 0.0, x < 0.0);
-    }
-    if (FMAP == 3u) {
-        return select(exp(x) - 1.0, x, x > 0.0);
-    }
-    return x;
-}
-
-fn wg_index(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wg.x + nwg.x * (wg.y + nwg.y * wg.z);
-}
 
 fn slope(r: u32) -> f32 {
     if (!DECAY) {

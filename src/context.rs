@@ -1,14 +1,19 @@
 //! Adapter choice, device, queue, features and limits.
 
-pub use crate::attention::chunk::TileFamily;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use crate::pipeline::PipelineCache;
+pub use crate::types::TileFamily;
 use crate::{Error, Result};
 
 /// How to build a [`Context`].
 #[derive(Clone, Debug)]
 pub struct ContextOptions {
-    /// Case-insensitive substring of the adapter name to use. `None` reads `LONGSEQ_ADAPTER`;
-    /// when that is unset too, a hardware GPU is preferred over a software adapter.
+    /// Which adapter to use: words (split at spaces or commas), each a case-insensitive
+    /// substring of the adapter's name or its backend's name (`vulkan`, `gl`, `metal`, `dx12`,
+    /// `webgpu`); every word must match, e.g. `"llvmpipe vulkan"`. `None` reads
+    /// `LONGSEQ_ADAPTER`; when that is unset too, a hardware GPU is preferred over a software
+    /// adapter and Vulkan/Metal/DX12 over GL.
     pub adapter: Option<String>,
     /// Request `SHADER_F16` when the adapter has it (default true). When false, f16 tensors are
     /// read as packed `u32` words with `unpack2x16float`, the path for adapters without f16.
@@ -16,7 +21,7 @@ pub struct ContextOptions {
     /// Cap on the storage-binding size, in bytes, below the adapter's. Ops split their work to fit
     /// whatever the device allows; a small cap makes that splitting testable.
     pub max_storage_binding_size: Option<u64>,
-    /// Tile shapes of the chunked linear-attention engine; `None` chooses from the adapter
+    /// Tile shapes of the chunked kernels; `None` chooses from the adapter
     /// ([`TileFamily::for_adapter`]), unless `LONGSEQ_TILES` is `cpu` or `gpu`. Forcing either
     /// family is for tests and tuning.
     pub tiles: Option<TileFamily>,
@@ -43,8 +48,12 @@ pub struct Context {
     limits: wgpu::Limits,
     tiles: TileFamily,
     pub(crate) pipelines: PipelineCache,
-    pub(crate) chunk_scratch: crate::attention::chunk::ScratchPool,
+    pub(crate) chunk_scratch: ScratchPool,
+    /// Unique per context, so a tensor can tell which context made it.
+    id: u64,
 }
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 fn type_rank(t: wgpu::DeviceType) -> u32 {
     match t {
@@ -64,13 +73,55 @@ fn backend_rank(b: wgpu::Backend) -> u32 {
     }
 }
 
+/// Whether every word of `wanted` (split at spaces and commas) is a case-insensitive substring
+/// of the adapter's name or its backend's name.
+fn adapter_matches(info: &wgpu::AdapterInfo, wanted: &str) -> bool {
+    let name = info.name.to_lowercase();
+    let backend = info.backend.to_str().to_lowercase();
+    wanted
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .all(|w| name.contains(&w) || backend.contains(&w))
+}
+
 impl Context {
-    /// Picks an adapter with [`ContextOptions::default`] and opens a device (blocking).
+    /// Every adapter that can run compute shaders (the candidates of [`Context::new`]), in the
+    /// order wgpu lists them. Empty when there is none.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn adapters() -> Vec<wgpu::AdapterInfo> {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+            .into_iter()
+            .filter(|a| {
+                a.get_downlevel_capabilities()
+                    .flags
+                    .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+            })
+            .map(|a| a.get_info())
+            .collect()
+    }
+
+    /// One line for an adapter: `llvmpipe (LLVM 15.0.6, 256 bits) (backend vulkan, Cpu)`.
+    pub fn info_line(i: &wgpu::AdapterInfo) -> String {
+        format!(
+            "{} (backend {}, {:?})",
+            i.name,
+            i.backend.to_str(),
+            i.device_type
+        )
+    }
+
+    /// Picks an adapter with [`ContextOptions::default`] and opens a device (blocking; not on
+    /// wasm32, where [`Context::new_async`] is the way).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn new() -> Result<Self> {
         Self::with_options(&ContextOptions::default())
     }
 
-    /// Blocking form of [`Context::new_async`].
+    /// Blocking form of [`Context::new_async`] (not on wasm32).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn with_options(opts: &ContextOptions) -> Result<Self> {
         pollster::block_on(Self::new_async(opts))
     }
@@ -101,13 +152,20 @@ impl Context {
                 detail: String::new(),
             });
         }
-        let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+        let names: Vec<String> = adapters
+            .iter()
+            .map(|a| Self::info_line(&a.get_info()))
+            .collect();
         if let Some(w) = &wanted {
-            let w = w.to_lowercase();
-            adapters.retain(|a| a.get_info().name.to_lowercase().contains(&w));
+            adapters.retain(|a| adapter_matches(&a.get_info(), w));
             if adapters.is_empty() {
-                return Err(Error::NoAdapter {
-                    detail: format!(" matching LONGSEQ_ADAPTER={w:?} (available: {names:?})"),
+                return Err(Error::InvalidArgument {
+                    op: "Context::new",
+                    name: "LONGSEQ_ADAPTER",
+                    reason: format!(
+                        "{w:?} matches no adapter (by name or backend); available: {}",
+                        names.join("; ")
+                    ),
                 });
             }
         }
@@ -173,8 +231,14 @@ impl Context {
             limits,
             tiles,
             pipelines: PipelineCache::default(),
-            chunk_scratch: Default::default(),
+            chunk_scratch: ScratchPool::default(),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         }
+    }
+
+    /// Tells contexts apart: tensors remember the id of the context that made them.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
     }
 
     pub fn device(&self) -> &wgpu::Device {
@@ -193,17 +257,19 @@ impl Context {
     pub fn limits(&self) -> &wgpu::Limits {
         &self.limits
     }
-    /// Tile shapes the chunked linear-attention engine uses on this context.
+    /// Tile shapes the chunked kernels use on this context.
     pub fn tile_family(&self) -> TileFamily {
         self.tiles
     }
 
-    /// Blocks until all submitted work is done.
+    /// Blocks until all submitted work is done (not on wasm32, where the browser drives the
+    /// queue).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn wait(&self) -> Result<()> {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map(|_| ())
-            .map_err(|e| Error::Device(e.to_string()))
+            .map_err(Error::device)
     }
 
     /// A few lines for `longseq info`: adapter, backend, type, f16 and the limits that matter.
@@ -211,7 +277,7 @@ impl Context {
         let i = &self.info;
         let l = &self.limits;
         format!(
-            "adapter: {} ({:?}, {:?}, driver {} {})\n\
+            "adapter: {} (backend {}, {:?}, driver {} {})\n\
              shader f16: {}\n\
              max storage binding: {} bytes\n\
              max buffer: {} bytes\n\
@@ -220,7 +286,7 @@ impl Context {
              max workgroups per dimension: {}\n\
              storage offset alignment: {} bytes",
             i.name,
-            i.backend,
+            i.backend.to_str(),
             i.device_type,
             i.driver,
             i.driver_info,
@@ -241,6 +307,43 @@ impl Context {
     /// One line: adapter name, backend, device type.
     pub fn adapter_line(&self) -> String {
         let i = &self.info;
-        format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type)
+        Self::info_line(i)
+    }
+}
+
+/// Scratch buffers kept between calls: on lavapipe creating (and freeing) tens of MiB of buffers
+/// costs more than the kernels (≈ 0.5 s of W1's 1.1 s before this pool). A buffer is taken for the
+/// recording of one call and returned after it; the queue runs submissions in order, so a later
+/// call that reuses it writes only after earlier work with it is done.
+#[derive(Default)]
+pub(crate) struct ScratchPool(std::sync::Mutex<Vec<wgpu::Buffer>>);
+
+/// Buffers the pool keeps at most (the largest are kept).
+const POOL_KEEP: usize = 12;
+
+impl ScratchPool {
+    pub(crate) fn take(&self, ctx: &Context, bytes: u64) -> wgpu::Buffer {
+        let bytes = bytes.div_ceil(4).max(1) * 4;
+        let mut pool = self.0.lock().unwrap();
+        let best = (0..pool.len())
+            .filter(|&i| pool[i].size() >= bytes && pool[i].size() <= bytes.saturating_mul(2))
+            .min_by_key(|&i| pool[i].size());
+        match best {
+            Some(i) => pool.swap_remove(i),
+            None => ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("longseq pooled scratch"),
+                size: bytes,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            }),
+        }
+    }
+    pub(crate) fn give(&self, bufs: impl IntoIterator<Item = wgpu::Buffer>) {
+        let mut pool = self.0.lock().unwrap();
+        pool.extend(bufs);
+        if pool.len() > POOL_KEEP {
+            pool.sort_by_key(|b| std::cmp::Reverse(b.size()));
+            pool.truncate(POOL_KEEP);
+        }
     }
 }

@@ -9,123 +9,14 @@
 //! come from the adapter ([`TileFamily`]); a row whose tensors exceed the storage-binding limit is
 //! split along L into segments that carry the state from one to the next.
 
-use bytemuck::{Pod, Zeroable};
-
-use crate::cast::record_pack_f16;
+use crate::bind::{upload_f32, Bind};
+use crate::driver::Pass;
 use crate::pipeline::Storage;
-use crate::schedule::{rows_per_pass, scratch, Bind, Schedule};
-use crate::{Context, Error, Result};
-
-/// Which tile shapes the chunk engine uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum TileFamily {
-    /// Large register tiles (16×16 per invocation), few invocations per workgroup: CPU adapters
-    /// (lavapipe, SwiftShader, WARP), where every load is a scalar loop and arithmetic is wide.
-    Cpu,
-    /// Small register tiles (4×4) and wide workgroups: discrete and integrated GPUs.
-    Gpu,
-}
-
-impl TileFamily {
-    /// The family for an adapter: CPU device types and known software rasterisers get [`Cpu`].
-    ///
-    /// [`Cpu`]: TileFamily::Cpu
-    pub fn for_adapter(info: &wgpu::AdapterInfo) -> Self {
-        let name = info.name.to_lowercase();
-        let software = ["llvmpipe", "swiftshader", "warp", "basic render"]
-            .iter()
-            .any(|s| name.contains(s));
-        if info.device_type == wgpu::DeviceType::Cpu || software {
-            TileFamily::Cpu
-        } else {
-            TileFamily::Gpu
-        }
-    }
-
-    /// (TR, TC) register tile, invocations per apply workgroup, per other workgroup.
-    fn tiles(self) -> (u32, u32, u32, u32) {
-        match self {
-            TileFamily::Cpu => (16, 16, 16, 64),
-            TileFamily::Gpu => (4, 4, 64, 64),
-        }
-    }
-
-    fn shader(self) -> &'static str {
-        match self {
-            TileFamily::Cpu => "chunk_attention",
-            TileFamily::Gpu => "chunk_attention_small",
-        }
-    }
-}
-
-/// The WGSL of one family: the register-tile constants substituted.
-pub(crate) fn source(family: TileFamily) -> String {
-    let src = include_str!("../../shaders/chunk_attention.wgsl");
-    let (tr, tc, _, _) = family.tiles();
-    src.replace("const TR: u32 = 16u;", &format!("const TR: u32 = {tr}u;"))
-        .replace("const TC: u32 = 16u;", &format!("const TC: u32 = {tc}u;"))
-}
-
-/// Chunk length and padded slot count the adapter can hold: the `CP × CP` score tile and `CP`
-/// denominators must fit workgroup memory.
-fn fits(ctx: &Context, cp: u64) -> bool {
-    (cp * cp + cp) * 4 <= ctx.limits().max_compute_workgroup_storage_size as u64
-}
-
-fn pad_slots(family: TileFamily, chunk: u32) -> u32 {
-    let (tr, tc, _, _) = family.tiles();
-    chunk.next_multiple_of(tr.max(tc).max(4))
-}
-
-/// The default chunk length: the largest of 64, 32, 16, 8 whose tiles fit.
-pub(crate) fn default_chunk(ctx: &Context) -> u32 {
-    let f = ctx.tile_family();
-    [64, 32, 16, 8]
-        .into_iter()
-        .find(|&c| fits(ctx, pad_slots(f, c) as u64))
-        .unwrap_or(4)
-}
-
-/// The largest chunk length (≤ 256) whose tiles fit.
-pub(crate) fn max_chunk(ctx: &Context) -> u32 {
-    let f = ctx.tile_family();
-    (1..=256u32)
-        .rev()
-        .find(|&c| fits(ctx, pad_slots(f, c) as u64))
-        .unwrap_or(1)
-}
-
-/// Scratch buffers kept between calls: on lavapipe creating (and freeing) tens of MiB of buffers
-/// costs more than the kernels (≈ 0.5 s of W1's 1.1 s before this pool). A buffer is taken for the
-/// recording of one call and returned after it; the queue runs submissions in order, so a later
-/// call that reuses it writes only after earlier work with it is done.
-#[derive(Default)]
-pub(crate) struct ScratchPool(std::sync::Mutex<Vec<wgpu::Buffer>>);
-
-/// Buffers the pool keeps at most (the largest are kept).
-const POOL_KEEP: usize = 12;
-
-impl ScratchPool {
-    fn take(&self, ctx: &Context, bytes: u64) -> wgpu::Buffer {
-        let bytes = bytes.div_ceil(4).max(1) * 4;
-        let mut pool = self.0.lock().unwrap();
-        let best = (0..pool.len())
-            .filter(|&i| pool[i].size() >= bytes && pool[i].size() <= bytes.saturating_mul(2))
-            .min_by_key(|&i| pool[i].size());
-        match best {
-            Some(i) => pool.swap_remove(i),
-            None => scratch(ctx, bytes),
-        }
-    }
-    fn give(&self, bufs: impl IntoIterator<Item = wgpu::Buffer>) {
-        let mut pool = self.0.lock().unwrap();
-        pool.extend(bufs);
-        if pool.len() > POOL_KEEP {
-            pool.sort_by_key(|b| std::cmp::Reverse(b.size()));
-            pool.truncate(POOL_KEEP);
-        }
-    }
-}
+use crate::schedule::{rows_per_pass, Schedule};
+pub(crate) use crate::sizes::resolve_chunk;
+use crate::sizes::{default_chunk, pad_slots};
+use crate::types::TileFamily;
+use crate::{Context, Result};
 
 /// Sizes of one engine run.
 #[derive(Clone, Copy, Debug)]
@@ -207,9 +98,9 @@ pub(crate) fn row_bytes(ctx: &Context, job: &Job) -> Vec<(&'static str, u64)> {
 /// loop silently past ~65 535 iterations.
 const MAX_CHUNKS_PER_SEGMENT: u64 = 32_768;
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
+crate::uniform! {
+    /// The `Params` uniform of shaders/chunk_attention.wgsl.
+    pub(crate) struct Params {
     len: u32,
     n_chunks: u32,
     dk: u32,
@@ -230,6 +121,7 @@ struct Params {
     s_off: u32,
     z_off: u32,
     _pad: u32,
+    }
 }
 
 /// Bindings of one pass (binding, element offset inside it): q, k, v and o, and for prefill the
@@ -336,7 +228,7 @@ fn record_passes(
     let (slopes, heads) = match decay {
         Some(d) => (d.slopes, d.heads),
         None => {
-            dummy = crate::attention::lightning::upload_f32(ctx, &[0f32]);
+            dummy = upload_f32(ctx, &[0f32]);
             (&dummy, 1)
         }
     };
@@ -349,12 +241,13 @@ fn record_passes(
             ("CAUSAL", job.causal as u32),
             ("DECAY", decay.is_some() as u32),
             ("DEN", job.denominator as u32),
+            ("TR", tr),
+            ("TC", tc),
         ]
     };
-    let shader = geo.family.shader();
     let pl = |entry, w| {
         ctx.pipelines
-            .get(ctx, shader, entry, job.storage, &consts(w))
+            .get(ctx, "chunk_attention", entry, job.storage, &consts(w))
     };
     let bsl = whole(4, slopes);
     let w4 = geo.width() / 4;
@@ -433,7 +326,8 @@ fn record_passes(
 }
 
 /// Records the engine over rows `[r0, r0 + nr)` (all of L) that the caller has bound, e.g. one
-/// pass of a caller's own row loop. The caller sized `nr` with [`row_bytes`] in its plan.
+/// pass of a caller's own row loop (FAVOR+ binds its features). The caller sized `nr` with
+/// [`row_bytes`] in its plan; L must fit one segment ([`MAX_CHUNKS_PER_SEGMENT`] chunks).
 pub(crate) fn record_rows(
     s: &mut Schedule<'_>,
     job: &Job,
@@ -444,7 +338,7 @@ pub(crate) fn record_rows(
     let ctx = s.context();
     let geo = Geo::new(ctx, job);
     if geo.chunks(job.len) > MAX_CHUNKS_PER_SEGMENT {
-        return Err(Error::TooLarge {
+        return Err(crate::Error::TooLarge {
             op: "chunk_attention",
             what: format!("L = {} in one pass", job.len),
             needed: job.len,
@@ -464,86 +358,78 @@ pub(crate) fn record_rows(
     r
 }
 
-/// Whole tensors of one engine run (element buffers of the job's storage).
+/// Whole input tensors of one engine run (element buffers of the job's storage).
 pub(crate) struct Io<'b> {
     pub q: &'b wgpu::Buffer,
     pub k: &'b wgpu::Buffer,
     pub v: &'b wgpu::Buffer,
     /// Bytes per stored input element (4 for f32, 2 for f16).
     pub in_bytes: u64,
-    pub out: &'b wgpu::Buffer,
     /// Totals for prefill: S `[rows, Dk, Dv]`, z `[rows, Dk]` f32.
     pub totals: Option<(&'b wgpu::Buffer, &'b wgpu::Buffer)>,
 }
 
-/// Records the engine over `rows` rows of L: passes of as many rows as the binding limit allows,
-/// and past it, one row at a time in segments of L that carry the state. Packed-f16 outputs are
-/// staged in f32 and packed.
-pub(crate) fn record(
+/// Bytes per row of the bindings of a run over `len` rows of L (inputs, output, scratch).
+fn seg_bytes(geo: &Geo, job: &Job, es: u64, ob: u64, len: u64) -> Vec<(&'static str, u64)> {
+    let mut rb = vec![
+        ("q", len * job.dk * es),
+        ("v", len * job.dv * es),
+        ("o", len * job.dv * ob),
+        ("S", job.dk * job.dv * 4),
+    ];
+    rb.extend(geo.scratch_bytes(len));
+    rb
+}
+
+/// Records one driver pass (rows `[p.r0, p.r0 + p.nr)`, output at `p.out`). Rows that fit a
+/// binding run together over all of L; otherwise (the driver then gives one row per pass when a
+/// row is too large, see [`crate::driver::Plan::split_len`]) each row runs in segments of whole
+/// chunks that fit, carrying the state: causal segments in order, non-causal ones summed first,
+/// then applied.
+pub(crate) fn record_pass(
     s: &mut Schedule<'_>,
     op: &'static str,
     job: &Job,
     decay: Option<Decay<'_>>,
-    rows: u64,
     io: &Io<'_>,
+    p: &Pass<'_>,
 ) -> Result<()> {
     let ctx = s.context();
     let geo = Geo::new(ctx, job);
-    let packed = job.storage == Storage::F16Packed;
-    let ob = job.storage.out_elem_bytes();
-    let (dk, dv, es) = (job.dk, job.dv, io.in_bytes);
-    let plan = |len: u64| {
-        let mut rb = vec![
-            ("q", len * dk * es),
-            ("v", len * dv * es),
-            ("o", len * dv * ob),
-            ("S", dk * dv * 4),
-        ];
-        rb.extend(geo.scratch_bytes(len));
-        rb
-    };
-    let fits_row = geo.chunks(job.len) <= MAX_CHUNKS_PER_SEGMENT
-        && rows_per_pass(ctx, op, &plan(job.len), 1).is_ok();
-    let (per, seg_len) = if fits_row {
-        (
-            rows_per_pass(ctx, op, &plan(job.len), rows as usize)? as u64,
-            job.len,
-        )
+    let (dk, dv, es, len) = (job.dk, job.dv, io.in_bytes, job.len);
+    let ob = p.out.elem_bytes;
+    let plan = |l: u64| seg_bytes(&geo, job, es, ob, l);
+    let whole = geo.chunks(len) <= MAX_CHUNKS_PER_SEGMENT
+        && rows_per_pass(ctx, op, &plan(len), p.nr as usize).is_ok_and(|n| n as u64 >= p.nr);
+    let (rows, seg_len) = if whole {
+        (vec![(p.r0, p.nr)], len)
     } else {
-        // One row at a time, in segments of whole chunks that fit.
         let c = geo.chunk as u64;
-        let mut chunks = geo.chunks(job.len).min(MAX_CHUNKS_PER_SEGMENT);
+        let mut chunks = geo.chunks(len).min(MAX_CHUNKS_PER_SEGMENT);
         while chunks > 1 && rows_per_pass(ctx, op, &plan(chunks * c), 1).is_err() {
             chunks = chunks.div_ceil(2);
         }
         rows_per_pass(ctx, op, &plan(chunks * c), 1)?;
-        (1, chunks * c)
+        ((p.r0..p.r0 + p.nr).map(|r| (r, 1)).collect(), chunks * c)
     };
-    let rows_max = per.min(rows);
-    let stage = packed.then(|| scratch(ctx, rows_max * seg_len * dv * 4));
-    let carry = scratch(ctx, rows_max * geo.width() * 4);
-    let len = job.len;
-    let mut r0 = 0u64;
-    while r0 < rows {
-        let nr = per.min(rows - r0);
-        let segs: Vec<u64> = (0..len).step_by(seg_len as usize).collect();
-        let sweeps: &[Sweep] = if job.causal || segs.len() == 1 {
-            &[Sweep::Both]
-        } else {
-            &[Sweep::Sum, Sweep::Apply]
-        };
+    let carry = ctx.chunk_scratch.take(ctx, rows[0].1 * geo.width() * 4);
+    let segs: Vec<u64> = (0..len).step_by(seg_len as usize).collect();
+    let sweeps: &[Sweep] = if job.causal || segs.len() == 1 {
+        &[Sweep::Both]
+    } else {
+        &[Sweep::Sum, Sweep::Apply]
+    };
+    let mut res = Ok(());
+    'rows: for &(r0, nr) in &rows {
         for &sweep in sweeps {
             for &t0 in &segs {
                 let sl = seg_len.min(len - t0);
-                let o = match &stage {
-                    Some(buf) => (whole(11, buf), 0),
-                    None => Bind::elems(ctx, 11, io.out, ob, r0 * len * dv + t0 * dv, nr * sl * dv),
-                };
+                let o_first = p.out.first + (r0 - p.r0) * len * dv + t0 * dv;
                 let b = PassBinds {
                     q: Bind::elems(ctx, 1, io.q, es, r0 * len * dk + t0 * dk, nr * sl * dk),
                     k: Bind::elems(ctx, 2, io.k, es, r0 * len * dk + t0 * dk, nr * sl * dk),
                     v: Bind::elems(ctx, 3, io.v, es, r0 * len * dv + t0 * dv, nr * sl * dv),
-                    o,
+                    o: Bind::elems(ctx, 11, p.out.buffer, ob, o_first, nr * sl * dv),
                     totals: io.totals.filter(|_| t0 + sl == len).map(|(bs, bz)| {
                         (
                             Bind::elems(ctx, 12, bs, 4, r0 * dk * dv, nr * dk * dv),
@@ -551,6 +437,7 @@ pub(crate) fn record(
                         )
                     }),
                 };
+                // A segment shorter than L has one row, so its rows are contiguous.
                 let seg = Segment {
                     nr,
                     len: sl,
@@ -559,14 +446,13 @@ pub(crate) fn record(
                     row0: r0,
                 };
                 let sub = Job { len: sl, ..*job };
-                record_segment(s, &sub, &geo, decay, seg, &b, &carry, sweep)?;
-                if let (Some(buf), true) = (&stage, sweep != Sweep::Sum) {
-                    // Contiguous: a segment shorter than L has one row.
-                    record_pack_f16(s, buf, io.out, r0 * len * dv + t0 * dv, nr * sl * dv)?;
+                res = record_segment(s, &sub, &geo, decay, seg, &b, &carry, sweep);
+                if res.is_err() {
+                    break 'rows;
                 }
             }
         }
-        r0 += nr;
     }
-    Ok(())
+    ctx.chunk_scratch.give([carry]);
+    res
 }
