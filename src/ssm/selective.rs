@@ -386,36 +386,71 @@ impl<T: Element> RowOp for Selective<'_, '_, T> {
             blk: CARRY_BLOCK as u32,
             total: nr as u32,
         };
+        // Pooled: creating tens of MiB of buffers per call costs lavapipe more than the kernels.
+        let pool = &ctx.chunk_scratch;
+        let nblk = n.div_ceil(NB);
+        let nchunks = prm.nchunks as u64;
+        let bufs = [
+            pool.take(ctx, nr * len * 8),
+            pool.take(ctx, nr * n * nchunks * 8),
+            pool.take(ctx, nr * nblk * len * 4),
+        ];
+        let r = self.record_passes(
+            s,
+            &mut prm,
+            &bufs,
+            [bu, bdelta, bbias, ba, bb, bc],
+            [bh0, blast, bd, bz, bout],
+        );
+        pool.give(bufs);
+        r
+    }
+}
+
+impl<T: Element> Selective<'_, '_, T> {
+    /// prep, chunk_state and the carry scan (not for a step), chunk_apply, finish; `bufs` are
+    /// the (Δ, Δu), carry and partial-output scratch.
+    fn record_passes(
+        &self,
+        s: &mut Schedule<'_>,
+        prm: &mut Params,
+        [dtu, carry, ypart]: &[wgpu::Buffer; 3],
+        [bu, bdelta, bbias, ba, bb, bc]: [Bind<'_>; 6],
+        [bh0, blast, bd, bz, bout]: [Bind<'_>; 5],
+    ) -> Result<()> {
+        let ctx = s.context();
+        let storage = Storage::for_dtype(ctx, T::DTYPE);
         let wg = workgroup_size(ctx);
         let pl = |e| {
             ctx.pipelines
-                .get(ctx, "selective_scan", e, p.storage, &[("WG", wg)])
+                .get(ctx, "selective_scan", e, storage, &[("WG", wg)])
         };
         let groups = |t: u64| t.div_ceil(wg as u64);
-        let dtu = scratch(ctx, nr * len * 8);
-        let bdtu = Bind::all(15, &dtu);
-        prm.total = (nr * len) as u32;
-        let binds = [bu, bdelta, bbias, bdtu];
-        s.dispatch(&*pl("prep")?, &prm, &binds, groups(nr * len))?;
-        let nblk = n.div_ceil(NB);
+        let (nr, len, n) = (prm.rows as u64, prm.len as u64, prm.n as u64);
         let nchunks = prm.nchunks as u64;
-        let lanes = nr * nblk * nchunks;
-        // The decode step (L = 1, one chunk) starts from the initial state: no carries.
-        let carry = scratch(ctx, nr * n * nchunks * 8);
-        let bcarry = Bind::all(10, &carry);
+        let lanes = nr * n.div_ceil(NB) * nchunks;
+        let bdtu = Bind::all(15, dtu);
+        prm.total = (nr * len) as u32;
+        s.dispatch(
+            &*pl("prep")?,
+            prm,
+            &[bu, bdelta, bbias, bdtu],
+            groups(nr * len),
+        )?;
+        let bcarry = Bind::all(10, carry);
         prm.total = lanes as u32;
+        // The decode step (L = 1, one chunk) starts from the initial state: no carries.
         if !self.step {
             let binds = [ba, bb, bdtu, bcarry];
-            s.dispatch(&*pl("chunk_state")?, &prm, &binds, groups(lanes))?;
-            record_carry_scan(s, p.storage, &carry, nr * n, nchunks)?;
+            s.dispatch(&*pl("chunk_state")?, prm, &binds, groups(lanes))?;
+            record_carry_scan(s, storage, carry, nr * n, nchunks)?;
         }
-        let ypart = scratch(ctx, nr * nblk * len * 4);
-        let byp = Bind::all(12, &ypart);
+        let byp = Bind::all(12, ypart);
         let binds = [ba, bb, bc, bh0, bdtu, bcarry, byp, blast];
-        s.dispatch(&*pl("chunk_apply")?, &prm, &binds, groups(lanes))?;
+        s.dispatch(&*pl("chunk_apply")?, prm, &binds, groups(lanes))?;
         prm.total = (nr * len) as u32;
         let binds = [bu, bd, bz, byp, bout];
-        s.dispatch(&*pl("finish")?, &prm, &binds, groups(nr * len))
+        s.dispatch(&*pl("finish")?, prm, &binds, groups(nr * len))
     }
 }
 
