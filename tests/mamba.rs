@@ -1,6 +1,7 @@
 //! The Mamba selective scan (S6) on the GPU against the f64 sequential recurrence
 //! (reference::mamba): ragged L, f32 and f16 storage, strong gates, L past lavapipe's loop
-//! limit, chunked == decode steps, a two-call split through the state, split passes, bad input.
+//! limit, chunked == decode steps, a two-call split through the state (also recorded into one
+//! submission), split passes, bad input.
 //!
 //! Tolerances: normwise max|gpu − ref| / max|ref| ≤ tol, and elementwise
 //! |gpu − ref| ≤ tol · (|ref| + rms(ref)) (the rms floor: y = Σ_n C h cancels to near zero at
@@ -10,8 +11,10 @@ mod common;
 
 use common::*;
 use longseq::reference::mamba::{selective_scan_ref, ScanDims, SelectiveScanRef};
+use longseq::schedule::Schedule;
 use longseq::ssm::{
-    selective_scan, selective_scan_into, selective_state_update, SelectiveScanInputs,
+    record_selective_scan, selective_scan, selective_scan_into, selective_state_update,
+    SelectiveScanInputs,
 };
 use longseq::{Context, Element, Error, Tensor};
 use rand::rngs::StdRng;
@@ -374,6 +377,23 @@ fn two_calls_through_the_state_equal_one() {
     let mut x2 = d2.inputs();
     x2.initial_state = Some(&s1);
     let (o2, s2) = selective_scan(c, &x2).unwrap();
+    // The same two calls recorded into one submission: the second reads the first's state.
+    let (r1, rs1) = (
+        Tensor::<f32>::nan(c, o1.shape()).unwrap(),
+        Tensor::<f32>::nan(c, s1.shape()).unwrap(),
+    );
+    let (r2, rs2) = (
+        Tensor::<f32>::nan(c, o2.shape()).unwrap(),
+        Tensor::<f32>::nan(c, s2.shape()).unwrap(),
+    );
+    let mut sch = Schedule::new(c);
+    record_selective_scan(&mut sch, &x1, &r1, &rs1).unwrap();
+    x2.initial_state = Some(&rs1);
+    record_selective_scan(&mut sch, &x2, &r2, &rs2).unwrap();
+    sch.submit();
+    assert_eq!(r2.to_vec(c).unwrap(), o2.to_vec(c).unwrap());
+    assert_eq!(rs2.to_vec(c).unwrap(), s2.to_vec(c).unwrap());
+    assert_eq!(r1.to_vec(c).unwrap(), o1.to_vec(c).unwrap());
     let (o1, o2) = (o1.to_vec(c).unwrap(), o2.to_vec(c).unwrap());
     let (cut2, rest) = (cut, len - cut);
     let joined: Vec<f64> = (0..batch * dim)
