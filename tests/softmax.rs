@@ -183,10 +183,21 @@ fn splits_work_past_the_storage_binding_limit() {
         let (got, want) = run(&ctx, &sq, &sv, (&q, &k, &v), &o, to_f16);
         assert_close(&format!("f16 causal={causal}"), &got, &want, TOL_F16);
     }
-    let big = vec![0.5f32; 10_000 * 8];
-    let t = Tensor::from_slice(&ctx, &big, &[1, 10_000, 8]).unwrap();
-    match softmax_attention(&ctx, &t, &t, &t, &SoftmaxAttentionOptions::default()) {
-        Err(Error::TooLarge { .. }) => {}
+}
+
+/// A head dim so large that one key tile alone would pass the adapter's loop limit is a typed
+/// error naming the largest Dk that runs (a row past the binding limit splits along L instead:
+/// tests/softmax_long.rs).
+#[test]
+fn head_dim_past_the_loop_limit_is_too_large() {
+    let c = ctx();
+    let big = vec![0.5f32; 2 * 8192];
+    let t = Tensor::from_slice(c, &big, &[1, 2, 8192]).unwrap();
+    match softmax_attention(c, &t, &t, &t, &SoftmaxAttentionOptions::default()) {
+        Err(Error::TooLarge { what, limit, .. }) => {
+            assert!(what.contains("Dk = 8192"), "{what}");
+            assert!(limit >= 1024, "largest Dk {limit}");
+        }
         other => panic!("expected TooLarge, got {:?}", other.err()),
     }
 }

@@ -89,14 +89,20 @@ struct Params {
     v_off: u32,
     o_off: u32,
     total: u32,
-    _pad: [u32; 2],
+    q0: u32,
+    nq: u32,
     heads: u32,
     r0: u32,
     window: u32,
     pflags: u32,
     logn_inv: f32,
     rw: u32,
-    _pad2: [u32; 2],
+    klo: u32,
+    khi: u32,
+    ml_off: u32,
+    neg_inf: f32,
+    qt0: u32,
+    _pad: u32,
 }
 
 /// Position terms inside the attend kernel (see [`crate::attention::positional`]); the default
@@ -128,21 +134,148 @@ pub(crate) struct Attend {
 
 /// Output columns per invocation (`NA` in the shader).
 const NA: u32 = 8;
+/// Logits per invocation (`SPT` in the shader).
+const SPT: u32 = 8;
 
-/// (workgroup size, queries per tile, keys per tile, Dk chunk). Eight invocations share a query:
-/// together they hold its 32 logits of a key tile and 64 output columns. Workgroup memory holds
-/// the Q chunk, the K chunk and the weight tile; the Dk chunk is the largest that fits.
-fn tiles(ctx: &Context) -> (u32, u32, u32, u32) {
+/// Tile sizes of the attend kernel.
+#[derive(Clone, Copy, Debug)]
+struct Tiles {
+    wg: u32,
+    bq: u32,
+    bk: u32,
+    dkc: u32,
+}
+
+/// Eight invocations share a query: together they hold its logits of a key tile and 64 output
+/// columns. Workgroup memory holds the Q chunk, the K chunk and the weight tile; the Dk chunk is
+/// the largest that fits.
+fn tiles(ctx: &Context) -> Tiles {
     let wg = workgroup_size(ctx);
     let tpq = 8.min(wg);
     let bq = (wg / tpq).max(1);
-    let bk = tpq * 8;
+    let bk = tpq * SPT;
     let mem = ctx.limits().max_compute_workgroup_storage_size;
     let mut dkc = 64u32;
     while dkc > 1 && (bq * dkc + dkc * bk + bq * bk + 3 * bq) * 4 > mem {
         dkc /= 2;
     }
-    (bq * tpq, bq, bk, dkc)
+    Tiles {
+        wg: bq * tpq,
+        bq,
+        bk,
+        dkc,
+    }
+}
+
+/// Loop iterations one invocation may spend in one dispatch. llvmpipe stops every loop of an
+/// invocation silently once their iterations together reach 65 535 (Mesa's
+/// `LP_MAX_TGSI_LOOP_ITERATIONS`, shared by all loops of a shader); the margin covers the few
+/// loops outside the key tiles, and the count below already assumes nothing is unrolled.
+const LOOP_BUDGET: u64 = 48_000;
+
+/// Upper bound on the loop iterations one invocation spends per key tile (every loop counted as
+/// if none were unrolled).
+fn iterations_per_tile(t: &Tiles, dk: u64) -> u64 {
+    let (wg, bq, bk, dkc) = (t.wg as u64, t.bq as u64, t.bk as u64, t.dkc as u64);
+    let (spt, na) = (SPT as u64, NA as u64);
+    let chunks = dk.div_ceil(dkc);
+    chunks * (1 + (bq * dkc).div_ceil(wg) + (bk * dkc).div_ceil(wg))
+        + dk * (spt + 1)
+        + 2 * spt
+        + 3 * bk
+        + na * (bk + 1)
+        + 1
+}
+
+/// How the attend kernel covers `rows × L` queries and keys: passes of `rows` rows and `queries`
+/// queries (`rows == 1` or `queries == L`), each pass one dispatch per segment of `keys` keys.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct AttendPlan {
+    pub rows: u64,
+    pub queries: u64,
+    pub keys: u64,
+}
+
+/// Plans passes so that every binding fits the storage-binding limit and no invocation loops
+/// longer than [`LOOP_BUDGET`]. `out_bytes` is the size of an element of the written slot.
+pub(crate) fn plan_attend(
+    ctx: &Context,
+    op: &'static str,
+    d: &AttnDims,
+    in_bytes: u64,
+    out_bytes: u64,
+) -> Result<AttendPlan> {
+    let t = tiles(ctx);
+    let (len, dk, dv) = (d.len as u64, d.dk as u64, d.dv as u64);
+    let per_tile = iterations_per_tile(&t, dk);
+    // A segment may start mid-tile, so it can cost one tile more than its length says.
+    let seg_tiles = (LOOP_BUDGET / per_tile).saturating_sub(1);
+    if seg_tiles == 0 {
+        let max_dk = (1..dk)
+            .rev()
+            .find(|&x| LOOP_BUDGET / iterations_per_tile(&t, x) >= 2);
+        return Err(Error::TooLarge {
+            op,
+            what: format!(
+                "head dim Dk = {dk} (one key tile needs {per_tile} loop iterations per \
+                 invocation; the largest Dk that runs is {})",
+                max_dk.unwrap_or(0)
+            ),
+            needed: dk,
+            limit: max_dk.unwrap_or(0),
+        });
+    }
+    let seg_loop = seg_tiles * t.bk as u64;
+    let split = len > seg_loop;
+    let limit = ctx.limits().max_storage_buffer_binding_size;
+    let room = limit.saturating_sub(ctx.limits().min_storage_buffer_offset_alignment as u64 + 4);
+    // Bytes per query (q, o, f32 state) and per key (k, v).
+    let mut per_query = vec![dk * in_bytes, dv * out_bytes];
+    if split {
+        per_query.push(dv * 4 + 8);
+    }
+    let per_key = [dk * in_bytes, dv * in_bytes];
+    let row_fits = per_query.iter().chain(&per_key).all(|&b| len * b <= room);
+    if row_fits {
+        let mut rb: Vec<(&str, u64)> = per_query
+            .iter()
+            .map(|&b| ("q, o, state", len * b))
+            .collect();
+        rb.extend(per_key.iter().map(|&b| ("k, v", len * b)));
+        let rows = rows_per_pass(ctx, op, &rb, d.rows)? as u64;
+        return Ok(AttendPlan {
+            rows,
+            queries: len,
+            keys: seg_loop.min(len),
+        });
+    }
+    // One row per pass, split along L: queries into blocks, keys into segments that fit.
+    let mut state = per_query.clone();
+    state.push(dv * 4 + 8);
+    let queries = state
+        .iter()
+        .map(|&b| room / b.max(1))
+        .min()
+        .unwrap_or(0)
+        .min(len);
+    let mut keys = per_key.iter().map(|&b| room / b.max(1)).min().unwrap_or(0);
+    keys = seg_loop.min(keys);
+    if keys > t.bk as u64 {
+        keys = keys / t.bk as u64 * t.bk as u64;
+    }
+    if queries == 0 || keys == 0 {
+        return Err(Error::TooLarge {
+            op,
+            what: "one query's or key's vectors".into(),
+            needed: dk.max(dv) * in_bytes.max(out_bytes),
+            limit,
+        });
+    }
+    Ok(AttendPlan {
+        rows: 1,
+        queries,
+        keys: keys.min(len),
+    })
 }
 
 /// Where a pass writes: `elem_bytes`-sized elements of `buffer` from element `first` on.
@@ -162,40 +295,74 @@ pub(crate) fn row_bytes(d: &AttnDims, in_bytes: u64, out_bytes: u64) -> Vec<(&'s
     ]
 }
 
-/// Records the attend kernel over rows `[r0, r0 + nr)` with inputs read as `storage`.
+/// Records the attend kernel over rows `[r0, r0 + nr)` into `out`, which holds `[nr, L, Dv]`
+/// elements from `out.first` on, with inputs read as `storage`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn record_attend_rows<T: Element>(
     s: &mut Schedule<'_>,
     qkv: (&Tensor<T>, &Tensor<T>, &Tensor<T>),
     d: &AttnDims,
-    rows: (u64, u64),
+    (r0, nr): (u64, u64),
     cfg: &Attend,
     storage: Storage,
     out: OutSlot<'_>,
 ) -> Result<()> {
+    let ctx = s.context();
+    let es = size_of::<T>() as u64;
+    let plan = plan_attend(ctx, "attention", d, es, out.elem_bytes)?;
+    let (len, dv) = (d.len as u64, d.dv as u64);
     let pos = PosBias::default();
-    record_attend_rows_pos(s, qkv, d, rows, cfg, &pos, storage, out)
+    let mut r = r0;
+    while r < r0 + nr {
+        let n = plan.rows.min(r0 + nr - r);
+        let mut i = 0;
+        while i < len {
+            let m = plan.queries.min(len - i);
+            let slot = OutSlot {
+                buffer: out.buffer,
+                elem_bytes: out.elem_bytes,
+                first: out.first + ((r - r0) * len + i) * dv,
+            };
+            let pass = Pass {
+                rows: (r, n),
+                queries: (i, m),
+                keys: plan.keys,
+            };
+            record_attend_pass(s, qkv, d, &pass, cfg, &pos, storage, slot)?;
+            i += m;
+        }
+        r += n;
+    }
+    Ok(())
 }
 
-/// [`record_attend_rows`] with position terms.
+/// One pass of the attend kernel: rows `[r, r + n)`, queries `[i, i + m)` (`n == 1` or
+/// `m == L`), one dispatch per segment of `keys` keys.
+struct Pass {
+    rows: (u64, u64),
+    queries: (u64, u64),
+    keys: u64,
+}
+
+/// Records one [`Pass`]; `out` holds its `[n, m, Dv]` outputs from `out.first` on.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn record_attend_rows_pos<T: Element>(
+fn record_attend_pass<T: Element>(
     s: &mut Schedule<'_>,
     (q, k, v): (&Tensor<T>, &Tensor<T>, &Tensor<T>),
     d: &AttnDims,
-    (r0, nr): (u64, u64),
+    pass: &Pass,
     cfg: &Attend,
     pos: &PosBias<'_>,
     storage: Storage,
     out: OutSlot<'_>,
 ) -> Result<()> {
     let ctx = s.context();
-    let (wg, bq, bk, dkc) = tiles(ctx);
+    let t = tiles(ctx);
     let consts = [
-        ("WG", wg),
-        ("BQ", bq),
-        ("BK", bk),
-        ("DKC", dkc),
+        ("WG", t.wg),
+        ("BQ", t.bq),
+        ("BK", t.bk),
+        ("DKC", t.dkc),
         ("WMODE", cfg.relu as u32),
     ];
     let pl = ctx
@@ -203,66 +370,139 @@ pub(crate) fn record_attend_rows_pos<T: Element>(
         .get(ctx, "softmax_attention", "attend", storage, &consts)?;
     let es = size_of::<T>() as u64;
     let (len, dk, dv) = (d.len as u64, d.dk as u64, d.dv as u64);
-    let n_qt = len.div_ceil(bq as u64);
-    let n_cb = dv.div_ceil(((wg / bq) * NA) as u64);
-    let (bq_, q_off) = Bind::elems(ctx, 1, q.buffer(), es, r0 * len * dk, nr * len * dk);
-    let (bk_, k_off) = Bind::elems(ctx, 2, k.buffer(), es, r0 * len * dk, nr * len * dk);
-    let (bv, v_off) = Bind::elems(ctx, 3, v.buffer(), es, r0 * len * dv, nr * len * dv);
-    let (bo, o_off) = Bind::elems(ctx, 4, out.buffer, out.elem_bytes, out.first, nr * len * dv);
-    let total = nr * n_qt * n_cb;
-    if total > u32::MAX as u64 {
+    let ((r0, nr), (q0, nq)) = (pass.rows, pass.queries);
+    let n_qt = nq.div_ceil(t.bq as u64);
+    let n_cb = dv.div_ceil(((t.wg / t.bq) * NA) as u64);
+    let (bq_, q_off) = Bind::elems(
+        ctx,
+        1,
+        q.buffer(),
+        es,
+        r0 * len * dk + q0 * dk,
+        nr * nq * dk,
+    );
+    let (bo, o_off) = Bind::elems(ctx, 4, out.buffer, out.elem_bytes, out.first, nr * nq * dv);
+    if nr * n_qt * n_cb > u32::MAX as u64 {
         return Err(Error::TooLarge {
             op: "softmax_attention",
-            what: format!("{total} workgroups in one pass"),
-            needed: total,
+            what: format!("{} workgroups in one pass", nr * n_qt * n_cb),
+            needed: nr * n_qt * n_cb,
             limit: u32::MAX as u64,
         });
     }
-    let prm = Params {
-        rows: nr as u32,
-        len: len as u32,
-        dk: dk as u32,
-        dv: dv as u32,
-        n_qt: n_qt as u32,
-        n_cb: n_cb as u32,
-        flags: cfg.causal as u32,
-        block: cfg.block,
-        scale: cfg.scale,
-        q_off,
-        k_off,
-        v_off,
-        o_off,
-        total: total as u32,
-        _pad: [0; 2],
-        heads: pos.heads.max(1),
-        r0: r0 as u32,
-        window: pos.window,
-        pflags: pos.slopes.is_some() as u32
-            | (pos.rerope.is_some() as u32) << 1
-            | (pos.rerope.is_some_and(|r| r.1) as u32) << 2,
-        logn_inv: pos.logn_inv,
-        rw: pos.rerope.map_or(0, |r| r.0),
-        _pad2: [0; 2],
-    };
-    // Unused position inputs still need a binding.
+    // Keys the pass's queries see; segments outside it are skipped.
+    let (kmin, kmax) = key_span(d, cfg, pos, (q0, nq));
+    let n_seg = (kmax - kmin).div_ceil(pass.keys);
+    let ml_off = nr * nq * dv;
+    let state = (n_seg > 1).then(|| scratch(ctx, (ml_off + nr * nq * 2) * 4));
+    // Unused inputs still need a binding.
     let dummy = scratch(ctx, 16);
-    let (sb, rb) = (
-        pos.slopes.unwrap_or(&dummy),
-        pos.rerope.map_or(&dummy, |r| r.2),
-    );
-    let bs = Bind {
-        slot: 5,
-        buffer: sb,
+    let bs = whole(5, pos.slopes.unwrap_or(&dummy));
+    let br = whole(6, pos.rerope.map_or(&dummy, |r| r.2));
+    // A buffer cannot be bound read-only and read-write in one dispatch.
+    let dummy_rw = scratch(ctx, 16);
+    let bst = whole(7, state.as_ref().unwrap_or(&dummy_rw));
+    for seg in 0..n_seg {
+        let klo = kmin + seg * pass.keys;
+        let khi = (klo + pass.keys).min(kmax);
+        // Only the query tiles that see a key of this segment.
+        let (qa, qb) = query_span(cfg, pos, (q0, nq), (klo, khi));
+        let bq = t.bq as u64;
+        let (qt0, qt1) = ((qa - q0) / bq, (qb - q0).div_ceil(bq));
+        if qt1 <= qt0 {
+            continue;
+        }
+        let n_qt = qt1 - qt0;
+        let total = nr * n_qt * n_cb;
+        let span = (nr - 1) * len + (khi - klo);
+        let (bk_, k_off) = Bind::elems(ctx, 2, k.buffer(), es, (r0 * len + klo) * dk, span * dk);
+        let (bv, v_off) = Bind::elems(ctx, 3, v.buffer(), es, (r0 * len + klo) * dv, span * dv);
+        let prm = Params {
+            rows: nr as u32,
+            len: len as u32,
+            dk: dk as u32,
+            dv: dv as u32,
+            n_qt: n_qt as u32,
+            n_cb: n_cb as u32,
+            flags: cfg.causal as u32,
+            block: cfg.block,
+            scale: cfg.scale,
+            q_off,
+            k_off,
+            v_off,
+            o_off,
+            total: total as u32,
+            q0: q0 as u32,
+            nq: nq as u32,
+            heads: pos.heads.max(1),
+            r0: r0 as u32,
+            window: pos.window,
+            pflags: pos.slopes.is_some() as u32
+                | (pos.rerope.is_some() as u32) << 1
+                | (pos.rerope.is_some_and(|r| r.1) as u32) << 2,
+            logn_inv: pos.logn_inv,
+            rw: pos.rerope.map_or(0, |r| r.0),
+            klo: klo as u32,
+            khi: khi as u32,
+            ml_off: ml_off as u32,
+            neg_inf: f32::NEG_INFINITY,
+            qt0: qt0 as u32,
+            _pad: 0,
+        };
+        let binds = [bq_, bk_, bv, bo, bs, br, bst];
+        s.dispatch(&pl, &prm, &binds, total)?;
+    }
+    Ok(())
+}
+
+fn whole(slot: u32, b: &wgpu::Buffer) -> Bind<'_> {
+    Bind {
+        slot,
+        buffer: b,
         offset: 0,
-        size: sb.size(),
-    };
-    let br = Bind {
-        slot: 6,
-        buffer: rb,
-        offset: 0,
-        size: rb.size(),
-    };
-    s.dispatch(&pl, &prm, &[bq_, bk_, bv, bo, bs, br], total)
+        size: b.size(),
+    }
+}
+
+/// Queries of `[q0, q0 + nq)` that may see a key of `[klo, khi)` (a superset; never empty
+/// when the keys come from [`key_span`]).
+fn query_span(
+    cfg: &Attend,
+    pos: &PosBias<'_>,
+    (q0, nq): (u64, u64),
+    (klo, khi): (u64, u64),
+) -> (u64, u64) {
+    let (mut qa, mut qb) = (q0, q0 + nq);
+    if cfg.causal || pos.window > 0 {
+        qa = qa.max(klo);
+    }
+    if pos.window > 0 {
+        qb = qb.min(khi + pos.window as u64 - 1);
+    }
+    if cfg.block > 0 {
+        let b = cfg.block as u64;
+        qa = qa.max(klo / b * b);
+        qb = qb.min(((khi - 1) / b + 1) * b);
+    }
+    (qa, qb.max(qa))
+}
+
+/// Keys `[lo, hi)` that some query of `[q0, q0 + nq)` sees (key ranges are monotone in i).
+fn key_span(d: &AttnDims, cfg: &Attend, pos: &PosBias<'_>, (q0, nq): (u64, u64)) -> (u64, u64) {
+    let len = d.len as u64;
+    let last = q0 + nq - 1;
+    let causal = cfg.causal || pos.window > 0;
+    let mut hi = if causal { last + 1 } else { len };
+    let mut lo = 0;
+    if cfg.block > 0 {
+        let b = cfg.block as u64;
+        lo = q0 / b * b;
+        hi = hi.min((last / b + 1) * b).min(len);
+    }
+    if pos.window > 0 {
+        lo = lo.max((q0 + 1).saturating_sub(pos.window as u64));
+    }
+    (lo, hi)
 }
 
 /// Records the attend kernel over all rows into `out` (any storage; packed f16 goes through an f32
@@ -291,28 +531,39 @@ pub(crate) fn record_attend_pos<T: Element>(
     let ctx = s.context();
     let storage = Storage::for_dtype(ctx, T::DTYPE);
     let es = size_of::<T>() as u64;
-    let per = rows_per_pass(ctx, op, &row_bytes(d, es, storage.out_elem_bytes()), d.rows)? as u64;
+    let plan = plan_attend(ctx, op, d, es, storage.out_elem_bytes())?;
     let (len, dv) = (d.len as u64, d.dv as u64);
     let packed = (storage == Storage::F16Packed)
-        .then(|| scratch(ctx, per.min(d.rows as u64) * len * dv * 4));
+        .then(|| scratch(ctx, plan.rows.min(d.rows as u64) * plan.queries * dv * 4));
     let mut r0 = 0u64;
     while r0 < d.rows as u64 {
-        let nr = per.min(d.rows as u64 - r0);
-        let slot = match &packed {
-            Some(buf) => OutSlot {
-                buffer: buf,
-                elem_bytes: 4,
-                first: 0,
-            },
-            None => OutSlot {
-                buffer: out.buffer(),
-                elem_bytes: es,
-                first: r0 * len * dv,
-            },
-        };
-        record_attend_rows_pos(s, qkv, d, (r0, nr), cfg, pos, storage, slot)?;
-        if let Some(buf) = &packed {
-            record_pack_f16(s, buf, out.buffer(), r0 * len * dv, nr * len * dv)?;
+        let nr = plan.rows.min(d.rows as u64 - r0);
+        let mut q0 = 0u64;
+        while q0 < len {
+            let nq = plan.queries.min(len - q0);
+            let first = (r0 * len + q0) * dv;
+            let slot = match &packed {
+                Some(buf) => OutSlot {
+                    buffer: buf,
+                    elem_bytes: 4,
+                    first: 0,
+                },
+                None => OutSlot {
+                    buffer: out.buffer(),
+                    elem_bytes: es,
+                    first,
+                },
+            };
+            let pass = Pass {
+                rows: (r0, nr),
+                queries: (q0, nq),
+                keys: plan.keys,
+            };
+            record_attend_pass(s, qkv, d, &pass, cfg, pos, storage, slot)?;
+            if let Some(buf) = &packed {
+                record_pack_f16(s, buf, out.buffer(), first, nr * nq * dv)?;
+            }
+            q0 += nq;
         }
         r0 += nr;
     }
