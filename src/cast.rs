@@ -1,18 +1,18 @@
 //! Packing f32 results into f16 tensors on adapters without SHADER_F16.
 
-use bytemuck::{Pod, Zeroable};
-
+use crate::bind::Bind;
 use crate::pipeline::Storage;
-use crate::schedule::{Bind, Schedule};
+use crate::schedule::Schedule;
 use crate::Result;
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct PackParams {
-    start: u32,
-    n: u32,
-    first_word: u32,
-    words: u32,
+crate::uniform! {
+    /// The `Params` uniform of shaders/cast.wgsl.
+    pub(crate) struct PackParams {
+        start: u32,
+        n: u32,
+        first_word: u32,
+        words: u32,
+    }
 }
 
 /// Records `dst[first .. first + n] = f16(src[0 .. n])`, where `dst` holds f16 pairs in u32 words.
@@ -23,8 +23,30 @@ pub(crate) fn record_pack_f16(
     first: u64,
     n: u64,
 ) -> Result<()> {
+    // Pieces that fit a binding (a row split along L can stage more than one binding holds);
+    // a multiple of 128 elements keeps every piece of `src` at an aligned offset.
+    let lim = s.context().limits();
+    let align = lim.min_storage_buffer_offset_alignment as u64;
+    let piece = ((lim.max_storage_buffer_binding_size - align - 4) / 4 / 128 * 128).max(128);
+    let mut e = 0;
+    while e < n {
+        let m = piece.min(n - e);
+        record_pack_piece(s, src, e * 4, dst, first + e, m)?;
+        e += m;
+    }
+    Ok(())
+}
+
+fn record_pack_piece(
+    s: &mut Schedule<'_>,
+    src: &wgpu::Buffer,
+    src_offset: u64,
+    dst: &wgpu::Buffer,
+    first: u64,
+    n: u64,
+) -> Result<()> {
     let ctx = s.context();
-    let wg = crate::attention::linear::workgroup_size(ctx);
+    let wg = crate::sizes::workgroup_size(ctx);
     let p = ctx
         .pipelines
         .get(ctx, "cast", "pack_f16", Storage::F32, &[("WG", wg)])?;
@@ -41,7 +63,7 @@ pub(crate) fn record_pack_f16(
     let bs = Bind {
         slot: 1,
         buffer: src,
-        offset: 0,
+        offset: src_offset,
         size: n * 4,
     };
     s.dispatch(&p, &prm, &[bs, bd], words.div_ceil(wg as u64))

@@ -6,15 +6,16 @@
 //! The long cases check a spread of rows (and the last ones) against a direct f64 evaluation of
 //! the definition, so the test stays seconds long.
 
+mod attend_common;
 mod common;
 
+use attend_common::*;
 use common::*;
-use longseq::attention::linear::check_shapes;
-use longseq::attention::transnormer::{DiagAttentionOptions, DiagWeights};
 use longseq::attention::{
     diag_attention_into, softmax_attention_into, softmax_attention_positional_into,
-    PositionalOptions, SoftmaxAttentionOptions,
+    DiagAttentionOptions, DiagWeights, PositionalOptions, SoftmaxAttentionOptions,
 };
+use longseq::types::attention::check_shapes;
 use longseq::{reference, Context, Element, Tensor};
 
 /// `o_i = Σ_j softmax_j(scale·q_i·k_j) v_j` over the keys `j` query `i` sees (j ≤ i when causal,
@@ -149,7 +150,9 @@ fn causal_l8192_d64_has_no_lost_rows() {
         causal: true,
         window: None,
     };
-    check(ctx(), &c, 1, |x| x.to_vec(), TOL_F32);
+    for fam in FAMILIES {
+        check(fctx(fam, true), &c, 1, |x| x.to_vec(), TOL_F32);
+    }
 }
 
 #[test]
@@ -161,7 +164,9 @@ fn causal_l16384_f16() {
         causal: true,
         window: None,
     };
-    check(ctx(), &c, 2, to_f16, TOL_F16);
+    for fam in FAMILIES {
+        check(fctx(fam, true), &c, 2, to_f16, TOL_F16);
+    }
 }
 
 /// Non-causal: every tile walks all keys, across several segments; packed f16 too.
@@ -174,8 +179,10 @@ fn non_causal_l5001() {
         causal: false,
         window: None,
     };
-    check(ctx(), &c, 4, |x| x.to_vec(), TOL_F32);
-    check(ctx_packed(), &c, 3, to_f16, TOL_F16);
+    for fam in FAMILIES {
+        check(fctx(fam, true), &c, 4, |x| x.to_vec(), TOL_F32);
+        check(fctx(fam, false), &c, 3, to_f16, TOL_F16);
+    }
 }
 
 /// L = 65 537 with a sliding window (O(L·w) work); tiles straddle key segments.
@@ -188,7 +195,9 @@ fn windowed_l65537() {
         causal: true,
         window: Some(200),
     };
-    check(ctx(), &c, 5, |x| x.to_vec(), TOL_F32);
+    for fam in FAMILIES {
+        check(fctx(fam, true), &c, 5, |x| x.to_vec(), TOL_F32);
+    }
 }
 
 /// DiagAttention at L = 65 537, blocks of 700: some blocks straddle key segments.
@@ -203,10 +212,13 @@ fn diag_attention_l65537_both_weights() {
         randn(&mut g, n, 1.0),
     );
     let shape = [rows, l, d];
-    let c = ctx();
-    let t = |x: &[f32]| Tensor::from_slice(c, x, &shape).unwrap();
     let dims = check_shapes("t", &shape, &shape, &shape).unwrap();
-    for weights in [DiagWeights::Softmax, DiagWeights::Relu] {
+    for (fam, weights) in FAMILIES
+        .into_iter()
+        .flat_map(|f| [(f, DiagWeights::Softmax), (f, DiagWeights::Relu)])
+    {
+        let c = fctx(fam, true);
+        let t = |x: &[f32]| Tensor::from_slice(c, x, &shape).unwrap();
         let opts = DiagAttentionOptions {
             block: 700,
             causal: true,
@@ -219,8 +231,11 @@ fn diag_attention_l65537_both_weights() {
         let got = to_f64(&out.to_vec(c).unwrap());
         let want = reference::attention::diag_attention(&q, &k, &v, &dims, &aff, &opts).unwrap();
         let e = rel_err(&got, &want);
-        eprintln!("diag {weights:?}: {e:.2e}");
-        assert!(e <= TOL_F32, "diag {weights:?}: relative error {e:.3e}");
+        eprintln!("{fam:?} diag {weights:?}: {e:.2e}");
+        assert!(
+            e <= TOL_F32,
+            "{fam:?} diag {weights:?}: relative error {e:.3e}"
+        );
     }
 }
 
@@ -228,7 +243,13 @@ fn diag_attention_l65537_both_weights() {
 /// with TooLarge; f32 and both f16 paths.
 #[test]
 fn one_row_past_the_binding_limit_splits_along_l() {
-    let c64 = ctx_small_bindings(64 * 1024);
+    for fam in FAMILIES {
+        past_the_binding_limit(fam);
+    }
+}
+
+fn past_the_binding_limit(fam: longseq::attention::AttentionTiles) {
+    let c64 = fctx_small(fam, 64 * 1024, true);
     let (rows, l, d) = (2, 3001, 8);
     for causal in [false, true] {
         let c = Case {
@@ -241,12 +262,7 @@ fn one_row_past_the_binding_limit_splits_along_l() {
         check(&c64, &c, 7, |x| x.to_vec(), TOL_F32);
         check(&c64, &c, 8, to_f16, TOL_F16);
     }
-    let packed = longseq::Context::with_options(&longseq::ContextOptions {
-        max_storage_binding_size: Some(64 * 1024),
-        shader_f16: false,
-        ..Default::default()
-    })
-    .unwrap();
+    let packed = fctx_small(fam, 64 * 1024, false);
     let c = Case {
         rows,
         l,
@@ -271,9 +287,12 @@ fn huge_logit_scale_gives_the_argmax_not_nan() {
     );
     let shape = [rows, l, d];
     let dims = check_shapes("t", &shape, &shape, &shape).unwrap();
-    let c = ctx();
-    let t = |x: &[f32]| Tensor::from_slice(c, x, &shape).unwrap();
-    for scale in [1e30f32, -1e30] {
+    for (fam, scale) in FAMILIES
+        .into_iter()
+        .flat_map(|f| [(f, 1e30f32), (f, -1e30)])
+    {
+        let c = fctx(fam, true);
+        let t = |x: &[f32]| Tensor::from_slice(c, x, &shape).unwrap();
         for causal in [false, true] {
             let o = SoftmaxAttentionOptions {
                 causal,
@@ -285,9 +304,12 @@ fn huge_logit_scale_gives_the_argmax_not_nan() {
             let want = reference::attention::softmax_attention(&q, &k, &v, &dims, &o).unwrap();
             assert!(want.iter().all(|x| x.is_finite()));
             let nan = got.iter().filter(|x| x.is_nan()).count();
-            assert_eq!(nan, 0, "scale {scale} causal={causal}: {nan} NaN outputs");
+            assert_eq!(
+                nan, 0,
+                "{fam:?} scale {scale} causal={causal}: {nan} NaN outputs"
+            );
             assert_close(
-                &format!("scale {scale} causal={causal}"),
+                &format!("{fam:?} scale {scale} causal={causal}"),
                 &got,
                 &want,
                 TOL_F32,

@@ -6,103 +6,56 @@
 //! keys tile by tile and keeps a running maximum `m` and sum `l` per query, rescaling its partial
 //! output by `exp(m_old − m_new)` whenever the maximum grows. No `L × L` buffer exists, so memory is
 //! O(L); logits of any size stay finite because every exponent is `≤ 0`.
+//!
+//! Two kernel families (FlashAttention-2 order: a Q block resident, K/V tiles through workgroup
+//! memory, online softmax), chosen per adapter ([`AttentionTiles`]): `attend_reg` holds 16×8
+//! logit and 16×16 output register tiles per invocation (CPU adapters, where loads are scalar
+//! loops and FMAs are wide); `attend` spreads a tile over 256 invocations with 8 logits and 8
+//! output columns each (GPUs). `softmax_plan.rs` sizes passes and key segments.
 
-use bytemuck::{Pod, Zeroable};
-
-use super::linear::{check_shapes, workgroup_size, AttnDims};
-use crate::cast::record_pack_f16;
+use super::softmax_plan::{
+    key_span, plan_attend, query_span, reg_fits, tiles, AttentionTiles, Tiles,
+};
+use crate::bind::{scratch, Bind};
+use crate::driver::{self, Input, OutSlot, Pass, Plan, RowOp};
 use crate::pipeline::Storage;
-use crate::schedule::{rows_per_pass, scratch, Bind, Schedule};
+use crate::schedule::Schedule;
+pub use crate::types::attention::SoftmaxAttentionOptions;
+use crate::types::attention::{check_scale, check_shapes, AttnDims};
 use crate::{Context, Element, Error, Result, Tensor};
 
-/// Options for [`softmax_attention`] and the CPU reference
-/// [`crate::reference::attention::softmax_attention`].
-#[derive(Clone, Copy, Debug, PartialEq, Default)]
-pub struct SoftmaxAttentionOptions {
-    /// Query `i` attends to keys `j ≤ i` only.
-    pub causal: bool,
-    /// Multiplies `Q Kᵀ`; `None` means `1/√Dk` (Vaswani et al. 2017).
-    pub scale: Option<f32>,
-}
-
-impl SoftmaxAttentionOptions {
-    /// The scale actually applied for head dim `dk`: `scale`, or `1/√dk` rounded to f32. The GPU
-    /// and the CPU reference both use this f32 value.
-    pub fn scale_for(&self, dk: usize) -> f32 {
-        self.scale
-            .unwrap_or_else(|| (1.0 / (dk as f64).sqrt()) as f32)
+crate::uniform! {
+    /// The `Params` uniform of shaders/softmax_attention.wgsl.
+    pub(crate) struct Params {
+        rows: u32,
+        len: u32,
+        dk: u32,
+        dv: u32,
+        n_qt: u32,
+        n_cb: u32,
+        flags: u32,
+        block: u32,
+        scale: f32,
+        q_off: u32,
+        k_off: u32,
+        v_off: u32,
+        o_off: u32,
+        total: u32,
+        q0: u32,
+        nq: u32,
+        heads: u32,
+        r0: u32,
+        window: u32,
+        pflags: u32,
+        logn_inv: f32,
+        rw: u32,
+        klo: u32,
+        khi: u32,
+        ml_off: u32,
+        neg_inf: f32,
+        qt0: u32,
+        _pad: u32,
     }
-}
-
-pub(crate) fn check_scale(op: &'static str, scale: Option<f32>) -> Result<()> {
-    match scale {
-        Some(s) if !s.is_finite() => Err(Error::InvalidArgument {
-            op,
-            name: "scale",
-            reason: format!("{s} is not finite"),
-        }),
-        _ => Ok(()),
-    }
-}
-
-/// Checks that `out` has the output shape and is none of the inputs.
-pub(crate) fn check_out<T: Element>(
-    op: &'static str,
-    d: &AttnDims,
-    inputs: &[(&str, &Tensor<T>)],
-    out: &Tensor<T>,
-) -> Result<()> {
-    if out.shape() != d.out_shape.as_slice() {
-        return Err(Error::Shape {
-            op,
-            name: "out",
-            expected: format!("{:?}", d.out_shape),
-            got: out.shape().to_vec(),
-        });
-    }
-    for (name, t) in inputs {
-        if t.buffer() == out.buffer() {
-            return Err(Error::InvalidArgument {
-                op,
-                name: "out",
-                reason: format!("aliases input `{name}`"),
-            });
-        }
-    }
-    Ok(())
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    rows: u32,
-    len: u32,
-    dk: u32,
-    dv: u32,
-    n_qt: u32,
-    n_cb: u32,
-    flags: u32,
-    block: u32,
-    scale: f32,
-    q_off: u32,
-    k_off: u32,
-    v_off: u32,
-    o_off: u32,
-    total: u32,
-    q0: u32,
-    nq: u32,
-    heads: u32,
-    r0: u32,
-    window: u32,
-    pflags: u32,
-    logn_inv: f32,
-    rw: u32,
-    klo: u32,
-    khi: u32,
-    ml_off: u32,
-    neg_inf: f32,
-    qt0: u32,
-    _pad: u32,
 }
 
 /// Position terms inside the attend kernel (see [`crate::attention::positional`]); the default
@@ -132,171 +85,10 @@ pub(crate) struct Attend {
     pub relu: bool,
 }
 
-/// Output columns per invocation (`NA` in the shader).
-const NA: u32 = 8;
-/// Logits per invocation (`SPT` in the shader).
-const SPT: u32 = 8;
-
-/// Tile sizes of the attend kernel.
-#[derive(Clone, Copy, Debug)]
-struct Tiles {
-    wg: u32,
-    bq: u32,
-    bk: u32,
-    dkc: u32,
-}
-
-/// Eight invocations share a query: together they hold its logits of a key tile and 64 output
-/// columns. Workgroup memory holds the Q chunk, the K chunk and the weight tile; the Dk chunk is
-/// the largest that fits.
-fn tiles(ctx: &Context) -> Tiles {
-    let wg = workgroup_size(ctx);
-    let tpq = 8.min(wg);
-    let bq = (wg / tpq).max(1);
-    let bk = tpq * SPT;
-    let mem = ctx.limits().max_compute_workgroup_storage_size;
-    let mut dkc = 64u32;
-    while dkc > 1 && (bq * dkc + dkc * bk + bq * bk + 3 * bq) * 4 > mem {
-        dkc /= 2;
-    }
-    Tiles {
-        wg: bq * tpq,
-        bq,
-        bk,
-        dkc,
-    }
-}
-
-/// Loop iterations one invocation may spend in one dispatch. llvmpipe stops every loop of an
-/// invocation silently once their iterations together reach 65 535 (Mesa's
-/// `LP_MAX_TGSI_LOOP_ITERATIONS`, shared by all loops of a shader); the margin covers the few
-/// loops outside the key tiles, and the count below already assumes nothing is unrolled.
-const LOOP_BUDGET: u64 = 48_000;
-
-/// Upper bound on the loop iterations one invocation spends per key tile (every loop counted as
-/// if none were unrolled).
-fn iterations_per_tile(t: &Tiles, dk: u64) -> u64 {
-    let (wg, bq, bk, dkc) = (t.wg as u64, t.bq as u64, t.bk as u64, t.dkc as u64);
-    let (spt, na) = (SPT as u64, NA as u64);
-    let chunks = dk.div_ceil(dkc);
-    chunks * (1 + (bq * dkc).div_ceil(wg) + (bk * dkc).div_ceil(wg))
-        + dk * (spt + 1)
-        + 2 * spt
-        + 3 * bk
-        + na * (bk + 1)
-        + 1
-}
-
-/// How the attend kernel covers `rows × L` queries and keys: passes of `rows` rows and `queries`
-/// queries (`rows == 1` or `queries == L`), each pass one dispatch per segment of `keys` keys.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) struct AttendPlan {
-    pub rows: u64,
-    pub queries: u64,
-    pub keys: u64,
-}
-
-/// Plans passes so that every binding fits the storage-binding limit and no invocation loops
-/// longer than [`LOOP_BUDGET`]. `out_bytes` is the size of an element of the written slot.
-pub(crate) fn plan_attend(
-    ctx: &Context,
-    op: &'static str,
-    d: &AttnDims,
-    in_bytes: u64,
-    out_bytes: u64,
-) -> Result<AttendPlan> {
-    let t = tiles(ctx);
-    let (len, dk, dv) = (d.len as u64, d.dk as u64, d.dv as u64);
-    let per_tile = iterations_per_tile(&t, dk);
-    // A segment may start mid-tile, so it can cost one tile more than its length says.
-    let seg_tiles = (LOOP_BUDGET / per_tile).saturating_sub(1);
-    if seg_tiles == 0 {
-        let max_dk = (1..dk)
-            .rev()
-            .find(|&x| LOOP_BUDGET / iterations_per_tile(&t, x) >= 2);
-        return Err(Error::TooLarge {
-            op,
-            what: format!(
-                "head dim Dk = {dk} (one key tile needs {per_tile} loop iterations per \
-                 invocation; the largest Dk that runs is {})",
-                max_dk.unwrap_or(0)
-            ),
-            needed: dk,
-            limit: max_dk.unwrap_or(0),
-        });
-    }
-    let seg_loop = seg_tiles * t.bk as u64;
-    let split = len > seg_loop;
-    let limit = ctx.limits().max_storage_buffer_binding_size;
-    let room = limit.saturating_sub(ctx.limits().min_storage_buffer_offset_alignment as u64 + 4);
-    // Bytes per query (q, o, f32 state) and per key (k, v).
-    let mut per_query = vec![dk * in_bytes, dv * out_bytes];
-    if split {
-        per_query.push(dv * 4 + 8);
-    }
-    let per_key = [dk * in_bytes, dv * in_bytes];
-    let row_fits = per_query.iter().chain(&per_key).all(|&b| len * b <= room);
-    if row_fits {
-        let mut rb: Vec<(&str, u64)> = per_query
-            .iter()
-            .map(|&b| ("q, o, state", len * b))
-            .collect();
-        rb.extend(per_key.iter().map(|&b| ("k, v", len * b)));
-        let rows = rows_per_pass(ctx, op, &rb, d.rows)? as u64;
-        return Ok(AttendPlan {
-            rows,
-            queries: len,
-            keys: seg_loop.min(len),
-        });
-    }
-    // One row per pass, split along L: queries into blocks, keys into segments that fit.
-    let mut state = per_query.clone();
-    state.push(dv * 4 + 8);
-    let queries = state
-        .iter()
-        .map(|&b| room / b.max(1))
-        .min()
-        .unwrap_or(0)
-        .min(len);
-    let mut keys = per_key.iter().map(|&b| room / b.max(1)).min().unwrap_or(0);
-    keys = seg_loop.min(keys);
-    if keys > t.bk as u64 {
-        keys = keys / t.bk as u64 * t.bk as u64;
-    }
-    if queries == 0 || keys == 0 {
-        return Err(Error::TooLarge {
-            op,
-            what: "one query's or key's vectors".into(),
-            needed: dk.max(dv) * in_bytes.max(out_bytes),
-            limit,
-        });
-    }
-    Ok(AttendPlan {
-        rows: 1,
-        queries,
-        keys: keys.min(len),
-    })
-}
-
-/// Where a pass writes: `elem_bytes`-sized elements of `buffer` from element `first` on.
-pub(crate) struct OutSlot<'b> {
-    pub buffer: &'b wgpu::Buffer,
-    pub elem_bytes: u64,
-    pub first: u64,
-}
-
-/// Bytes per (batch, head) row that one pass binds, for [`rows_per_pass`].
-pub(crate) fn row_bytes(d: &AttnDims, in_bytes: u64, out_bytes: u64) -> Vec<(&'static str, u64)> {
-    let (l, dk, dv) = (d.len as u64, d.dk as u64, d.dv as u64);
-    vec![
-        ("q", l * dk * in_bytes),
-        ("v", l * dv * in_bytes),
-        ("o", l * dv * out_bytes),
-    ]
-}
-
-/// Records the attend kernel over rows `[r0, r0 + nr)` into `out`, which holds `[nr, L, Dv]`
-/// elements from `out.first` on, with inputs read as `storage`.
+/// Records the attend kernel over rows `[r0, r0 + nr)` into `out` (which holds `[nr, L, Dv]`
+/// elements from `out.first` on) with inputs read as `storage`, position terms from `pos`. A
+/// row too large for one binding runs in blocks of queries; keys run in segments, one dispatch
+/// each, carrying the online-softmax state between them.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn record_attend_rows<T: Element>(
     s: &mut Schedule<'_>,
@@ -304,14 +96,18 @@ pub(crate) fn record_attend_rows<T: Element>(
     d: &AttnDims,
     (r0, nr): (u64, u64),
     cfg: &Attend,
+    pos: &PosBias<'_>,
     storage: Storage,
-    out: OutSlot<'_>,
+    out: &OutSlot<'_>,
 ) -> Result<()> {
     let ctx = s.context();
+    let mut t = tiles(ctx, d, pos.rerope.is_some());
+    if t.family == AttentionTiles::Cpu && !reg_fits(ctx, &t, d) {
+        t = tiles(ctx, d, true);
+    }
     let es = size_of::<T>() as u64;
-    let plan = plan_attend(ctx, "attention", d, es, out.elem_bytes)?;
+    let plan = plan_attend(ctx, OP, &t, d, nr, (es, out.elem_bytes))?;
     let (len, dv) = (d.len as u64, d.dv as u64);
-    let pos = PosBias::default();
     let mut r = r0;
     while r < r0 + nr {
         let n = plan.rows.min(r0 + nr - r);
@@ -323,12 +119,12 @@ pub(crate) fn record_attend_rows<T: Element>(
                 elem_bytes: out.elem_bytes,
                 first: out.first + ((r - r0) * len + i) * dv,
             };
-            let pass = Pass {
+            let pass = AttendPass {
                 rows: (r, n),
                 queries: (i, m),
                 keys: plan.keys,
             };
-            record_attend_pass(s, qkv, d, &pass, cfg, &pos, storage, slot)?;
+            record_attend_pass(s, qkv, d, &t, &pass, cfg, pos, storage, &slot)?;
             i += m;
         }
         r += n;
@@ -338,55 +134,57 @@ pub(crate) fn record_attend_rows<T: Element>(
 
 /// One pass of the attend kernel: rows `[r, r + n)`, queries `[i, i + m)` (`n == 1` or
 /// `m == L`), one dispatch per segment of `keys` keys.
-struct Pass {
+struct AttendPass {
     rows: (u64, u64),
     queries: (u64, u64),
     keys: u64,
 }
 
-/// Records one [`Pass`]; `out` holds its `[n, m, Dv]` outputs from `out.first` on.
+/// Records one [`AttendPass`]; `out` holds its `[n, m, Dv]` outputs from `out.first` on.
 #[allow(clippy::too_many_arguments)]
 fn record_attend_pass<T: Element>(
     s: &mut Schedule<'_>,
     (q, k, v): (&Tensor<T>, &Tensor<T>, &Tensor<T>),
     d: &AttnDims,
-    pass: &Pass,
+    t: &Tiles,
+    pass: &AttendPass,
     cfg: &Attend,
     pos: &PosBias<'_>,
     storage: Storage,
-    out: OutSlot<'_>,
+    out: &OutSlot<'_>,
 ) -> Result<()> {
     let ctx = s.context();
-    let t = tiles(ctx);
-    let consts = [
+    let mut consts = vec![
         ("WG", t.wg),
         ("BQ", t.bq),
         ("BK", t.bk),
         ("DKC", t.dkc),
         ("WMODE", cfg.relu as u32),
     ];
+    let entry = match t.family {
+        AttentionTiles::Gpu => "attend",
+        AttentionTiles::Cpu => {
+            // `attend`'s workgroup arrays are not part of `attend_reg`; keep them small.
+            consts = vec![("WG", t.wg), ("RDKC", t.dkc), ("WMODE", cfg.relu as u32)];
+            "attend_reg"
+        }
+    };
     let pl = ctx
         .pipelines
-        .get(ctx, "softmax_attention", "attend", storage, &consts)?;
+        .get(ctx, "softmax_attention", entry, storage, &consts)?;
     let es = size_of::<T>() as u64;
     let (len, dk, dv) = (d.len as u64, d.dk as u64, d.dv as u64);
     let ((r0, nr), (q0, nq)) = (pass.rows, pass.queries);
-    let n_qt = nq.div_ceil(t.bq as u64);
-    let n_cb = dv.div_ceil(((t.wg / t.bq) * NA) as u64);
-    let (bq_, q_off) = Bind::elems(
-        ctx,
-        1,
-        q.buffer(),
-        es,
-        r0 * len * dk + q0 * dk,
-        nr * nq * dk,
-    );
-    let (bo, o_off) = Bind::elems(ctx, 4, out.buffer, out.elem_bytes, out.first, nr * nq * dv);
-    if nr * n_qt * n_cb > u32::MAX as u64 {
+    let n_cb = t.n_cb as u64;
+    let first_q = r0 * len * dk + q0 * dk;
+    let (bq_, q_off) = Bind::elems(ctx, 1, q.buffer(), es, first_q, nr * nq * dk);
+    let (bo, o_off) = out.bind(ctx, 4, nr * nq * dv);
+    let n_qt_all = nq.div_ceil(t.bq as u64);
+    if nr * n_qt_all * n_cb > u32::MAX as u64 {
         return Err(Error::TooLarge {
-            op: "softmax_attention",
-            what: format!("{} workgroups in one pass", nr * n_qt * n_cb),
-            needed: nr * n_qt * n_cb,
+            op: OP,
+            what: format!("{} workgroups in one pass", nr * n_qt_all * n_cb),
+            needed: nr * n_qt_all * n_cb,
             limit: u32::MAX as u64,
         });
     }
@@ -395,12 +193,11 @@ fn record_attend_pass<T: Element>(
     let n_seg = (kmax - kmin).div_ceil(pass.keys);
     let ml_off = nr * nq * dv;
     let state = (n_seg > 1).then(|| scratch(ctx, (ml_off + nr * nq * 2) * 4));
-    // Unused inputs still need a binding.
-    let dummy = scratch(ctx, 16);
+    // Unused inputs still need a binding; a buffer cannot be bound read-only and read-write in
+    // one dispatch, hence two dummies.
+    let (dummy, dummy_rw) = (scratch(ctx, 16), scratch(ctx, 16));
     let bs = whole(5, pos.slopes.unwrap_or(&dummy));
     let br = whole(6, pos.rerope.map_or(&dummy, |r| r.2));
-    // A buffer cannot be bound read-only and read-write in one dispatch.
-    let dummy_rw = scratch(ctx, 16);
     let bst = whole(7, state.as_ref().unwrap_or(&dummy_rw));
     for seg in 0..n_seg {
         let klo = kmin + seg * pass.keys;
@@ -449,7 +246,11 @@ fn record_attend_pass<T: Element>(
             qt0: qt0 as u32,
             _pad: 0,
         };
-        let binds = [bq_, bk_, bv, bo, bs, br, bst];
+        // `attend_reg` has no ReRoPE, so its layout has no `rot`.
+        let binds = match t.family {
+            AttentionTiles::Gpu => vec![bq_, bk_, bv, bo, bs, br, bst],
+            AttentionTiles::Cpu => vec![bq_, bk_, bv, bo, bs, bst],
+        };
         s.dispatch(&pl, &prm, &binds, total)?;
     }
     Ok(())
@@ -464,112 +265,6 @@ fn whole(slot: u32, b: &wgpu::Buffer) -> Bind<'_> {
     }
 }
 
-/// Queries of `[q0, q0 + nq)` that may see a key of `[klo, khi)` (a superset; never empty
-/// when the keys come from [`key_span`]).
-fn query_span(
-    cfg: &Attend,
-    pos: &PosBias<'_>,
-    (q0, nq): (u64, u64),
-    (klo, khi): (u64, u64),
-) -> (u64, u64) {
-    let (mut qa, mut qb) = (q0, q0 + nq);
-    if cfg.causal || pos.window > 0 {
-        qa = qa.max(klo);
-    }
-    if pos.window > 0 {
-        qb = qb.min(khi + pos.window as u64 - 1);
-    }
-    if cfg.block > 0 {
-        let b = cfg.block as u64;
-        qa = qa.max(klo / b * b);
-        qb = qb.min(((khi - 1) / b + 1) * b);
-    }
-    (qa, qb.max(qa))
-}
-
-/// Keys `[lo, hi)` that some query of `[q0, q0 + nq)` sees (key ranges are monotone in i).
-fn key_span(d: &AttnDims, cfg: &Attend, pos: &PosBias<'_>, (q0, nq): (u64, u64)) -> (u64, u64) {
-    let len = d.len as u64;
-    let last = q0 + nq - 1;
-    let causal = cfg.causal || pos.window > 0;
-    let mut hi = if causal { last + 1 } else { len };
-    let mut lo = 0;
-    if cfg.block > 0 {
-        let b = cfg.block as u64;
-        lo = q0 / b * b;
-        hi = hi.min((last / b + 1) * b).min(len);
-    }
-    if pos.window > 0 {
-        lo = lo.max((q0 + 1).saturating_sub(pos.window as u64));
-    }
-    (lo, hi)
-}
-
-/// Records the attend kernel over all rows into `out` (any storage; packed f16 goes through an f32
-/// scratch and the pack kernel).
-pub(crate) fn record_attend<T: Element>(
-    s: &mut Schedule<'_>,
-    op: &'static str,
-    qkv: (&Tensor<T>, &Tensor<T>, &Tensor<T>),
-    d: &AttnDims,
-    cfg: &Attend,
-    out: &Tensor<T>,
-) -> Result<()> {
-    record_attend_pos(s, op, qkv, d, cfg, &PosBias::default(), out)
-}
-
-/// [`record_attend`] with position terms.
-pub(crate) fn record_attend_pos<T: Element>(
-    s: &mut Schedule<'_>,
-    op: &'static str,
-    qkv: (&Tensor<T>, &Tensor<T>, &Tensor<T>),
-    d: &AttnDims,
-    cfg: &Attend,
-    pos: &PosBias<'_>,
-    out: &Tensor<T>,
-) -> Result<()> {
-    let ctx = s.context();
-    let storage = Storage::for_dtype(ctx, T::DTYPE);
-    let es = size_of::<T>() as u64;
-    let plan = plan_attend(ctx, op, d, es, storage.out_elem_bytes())?;
-    let (len, dv) = (d.len as u64, d.dv as u64);
-    let packed = (storage == Storage::F16Packed)
-        .then(|| scratch(ctx, plan.rows.min(d.rows as u64) * plan.queries * dv * 4));
-    let mut r0 = 0u64;
-    while r0 < d.rows as u64 {
-        let nr = plan.rows.min(d.rows as u64 - r0);
-        let mut q0 = 0u64;
-        while q0 < len {
-            let nq = plan.queries.min(len - q0);
-            let first = (r0 * len + q0) * dv;
-            let slot = match &packed {
-                Some(buf) => OutSlot {
-                    buffer: buf,
-                    elem_bytes: 4,
-                    first: 0,
-                },
-                None => OutSlot {
-                    buffer: out.buffer(),
-                    elem_bytes: es,
-                    first,
-                },
-            };
-            let pass = Pass {
-                rows: (r0, nr),
-                queries: (q0, nq),
-                keys: plan.keys,
-            };
-            record_attend_pass(s, qkv, d, &pass, cfg, pos, storage, slot)?;
-            if let Some(buf) = &packed {
-                record_pack_f16(s, buf, out.buffer(), first, nr * nq * dv)?;
-            }
-            q0 += nq;
-        }
-        r0 += nr;
-    }
-    Ok(())
-}
-
 const OP: &str = "softmax_attention";
 
 /// Exact softmax attention: `q, k: [B, H, L, Dk]` (or `[H, L, Dk]`), `v: [.., L, Dv]` ->
@@ -577,9 +272,13 @@ const OP: &str = "softmax_attention";
 /// (or `j ≤ i` when causal). f16 tensors are stored as f16; logits, weights and sums are f32.
 ///
 /// A NaN in `q_i` or in a key `q_i` sees makes row `o_i` NaN; a NaN in `v_j[d]` makes column `d`
-/// NaN for every query that sees `j`. Errors: [`Error::Shape`], [`Error::InvalidArgument`] (a
-/// non-finite scale, `out` aliasing an input), [`Error::TooLarge`] when one (batch, head) row does
-/// not fit a storage binding.
+/// NaN for every query that sees `j`. A logit of −∞ weighs exactly 0; the running maximum starts
+/// at a real −∞, so logits of any finite size (scale 1e30 included) give the argmax, never 0/0.
+/// Any L runs: keys go in segments (one dispatch each, bounded loops on every adapter) merged by
+/// the online softmax, and a row larger than a storage binding runs in blocks of queries.
+/// Errors: [`Error::Shape`], [`Error::InvalidArgument`] (a non-finite scale, `out` aliasing an
+/// input), [`Error::TooLarge`] for a head dim so large that one key tile passes the adapter's
+/// loop limit (the message names the largest that runs).
 pub fn softmax_attention<T: Element>(
     ctx: &Context,
     q: &Tensor<T>,
@@ -587,11 +286,7 @@ pub fn softmax_attention<T: Element>(
     v: &Tensor<T>,
     opts: &SoftmaxAttentionOptions,
 ) -> Result<Tensor<T>> {
-    let dims = check_shapes(OP, q.shape(), k.shape(), v.shape())?;
-    check_scale(OP, opts.scale)?;
-    let out = Tensor::empty(ctx, &dims.out_shape)?;
-    softmax_attention_into(ctx, q, k, v, &out, opts)?;
-    Ok(out)
+    driver::run(ctx, &Softmax { q, k, v, opts })
 }
 
 /// [`softmax_attention`] writing into an existing `out: [.., L, Dv]`, one submission.
@@ -603,12 +298,7 @@ pub fn softmax_attention_into<T: Element>(
     out: &Tensor<T>,
     opts: &SoftmaxAttentionOptions,
 ) -> Result<()> {
-    crate::error_scope(ctx, || {
-        let mut s = Schedule::new(ctx);
-        record_softmax_attention(&mut s, q, k, v, out, opts)?;
-        s.submit();
-        Ok(())
-    })
+    driver::run_into(ctx, &Softmax { q, k, v, opts }, out)
 }
 
 /// Records softmax attention into a [`Schedule`] (for chaining ops in one submission).
@@ -620,14 +310,49 @@ pub fn record_softmax_attention<T: Element>(
     out: &Tensor<T>,
     opts: &SoftmaxAttentionOptions,
 ) -> Result<()> {
-    let d = check_shapes(OP, q.shape(), k.shape(), v.shape())?;
-    check_scale(OP, opts.scale)?;
-    check_out(OP, &d, &[("q", q), ("k", k), ("v", v)], out)?;
-    let cfg = Attend {
-        causal: opts.causal,
-        scale: opts.scale_for(d.dk),
-        block: 0,
-        relu: false,
-    };
-    record_attend(s, OP, (q, k, v), &d, &cfg, out)
+    driver::record(s, &Softmax { q, k, v, opts }, out)
+}
+
+/// The driver's plan for an attend op: a row too large for a binding is split along L by
+/// [`record_attend_rows`] itself.
+pub(crate) fn attend_plan<T: Element>(d: &AttnDims) -> Plan {
+    let mut plan = super::qkv_plan::<T>(d);
+    plan.split_l = true;
+    plan
+}
+
+struct Softmax<'a, T: Element> {
+    q: &'a Tensor<T>,
+    k: &'a Tensor<T>,
+    v: &'a Tensor<T>,
+    opts: &'a SoftmaxAttentionOptions,
+}
+
+impl<T: Element> RowOp for Softmax<'_, T> {
+    type T = T;
+    type Dims = (AttnDims, Attend);
+    const NAME: &'static str = OP;
+
+    fn plan(&self, _: &Context) -> Result<(Self::Dims, Plan)> {
+        let d = check_shapes(OP, self.q.shape(), self.k.shape(), self.v.shape())?;
+        check_scale(OP, self.opts.scale)?;
+        let cfg = Attend {
+            causal: self.opts.causal,
+            scale: self.opts.scale_for(d.dk),
+            block: 0,
+            relu: false,
+        };
+        let plan = attend_plan::<T>(&d);
+        Ok(((d, cfg), plan))
+    }
+
+    fn inputs(&self) -> Vec<Input<'_>> {
+        super::qkv_inputs(self.q, self.k, self.v)
+    }
+
+    fn record_rows(&self, s: &mut Schedule<'_>, (d, cfg): &Self::Dims, p: &Pass<'_>) -> Result<()> {
+        let qkv = (self.q, self.k, self.v);
+        let pos = PosBias::default();
+        record_attend_rows(s, qkv, d, (p.r0, p.nr), cfg, &pos, p.storage, &p.out)
+    }
 }

@@ -13,9 +13,10 @@ use longseq::attention::{Alibi, PositionalOptions, ReRope};
 use longseq::positions::RopeLayout;
 use longseq::{Context, Element, Tensor};
 
+use crate::check::{self, StorageDtype};
 use crate::io::{self, CliError, Out};
 use crate::methods::Op;
-use crate::{compare, open_gpu, rel_frobenius, Device};
+use crate::{open_gpu, rel_frobenius, Device};
 
 /// Attention over tensors in a safetensors file, on the GPU and/or the CPU reference.
 ///
@@ -25,9 +26,16 @@ use crate::{compare, open_gpu, rel_frobenius, Device};
 /// it. `--feature-map favor|favor-trig` runs Performer attention with ω drawn from `--seed`
 /// (`--num-features M` rows) or read from tensor `--omega NAME` ([M, Dk], used exactly as given).
 /// Writes tensor `o` ([.., L, Dv], f32, same rank as q): the GPU result, or the CPU one when
-/// only the CPU ran. A missing tensor or a shape mismatch exits with code 2.
+/// only the CPU ran. A missing tensor, a shape mismatch or a bad option exits with code 2; GPU
+/// and reference further apart than the dtype's tolerance (f32 1e-4, f16 5e-3, on
+/// max|diff| / max|ref|) exit with code 3 and write nothing.
 #[derive(clap::Args)]
-#[command(verbatim_doc_comment)]
+#[command(
+    verbatim_doc_comment,
+    allow_negative_numbers = true,
+    after_help = "Example (shipped data, from the repository root):\n  \
+longseq attention --input data/minilm_two_cities_qkv.safetensors --prefix layer0. --method softmax --output o.safetensors"
+)]
 pub struct Args {
     /// safetensors file holding the input tensors.
     #[arg(long)]
@@ -108,9 +116,13 @@ pub struct Args {
     /// Where to run.
     #[arg(long, value_enum, default_value = "both")]
     device: Device,
-    /// GPU storage dtype (arithmetic is f32 either way).
-    #[arg(long, value_enum, default_value = "f32")]
-    dtype: Dtype,
+    /// Run the f64 reference even when its estimated time is past the bound.
+    #[arg(long)]
+    force_reference: bool,
+    /// GPU storage dtype (arithmetic is f32 either way); default f16 when q, k and v are stored
+    /// in f16, else f32.
+    #[arg(long, value_enum)]
+    dtype: Option<StorageDtype>,
     /// NaN in the inputs: propagate to the outputs that depend on it, or refuse (exit 2).
     #[arg(long, value_enum, default_value = "propagate")]
     nan: NanPolicy,
@@ -163,6 +175,28 @@ enum Draw {
     Gaussian,
 }
 
+impl Method {
+    fn name(self) -> &'static str {
+        match self {
+            Method::Linear => "linear",
+            Method::Softmax => "softmax",
+            Method::Norm => "norm",
+            Method::Diag => "diag",
+            Method::Lightning => "lightning",
+        }
+    }
+}
+
+impl Draw {
+    fn name(self) -> &'static str {
+        match self {
+            Draw::OrthogonalChi => "orthogonal-chi",
+            Draw::OrthogonalSqrtD => "orthogonal-sqrt-d",
+            Draw::Gaussian => "gaussian",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Weights {
     Softmax,
@@ -175,18 +209,13 @@ enum Slopes {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum Dtype {
-    F32,
-    F16,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum NanPolicy {
     Propagate,
     Error,
 }
 
 pub fn run(a: Args) -> Result<(), CliError> {
+    io::check_output(a.output.as_deref())?;
     let bytes = io::read_file(&a.input)?;
     let st = io::parse(&bytes, &a.input)?;
     let name = |s: &str| format!("{}{s}", a.prefix);
@@ -195,11 +224,25 @@ pub fn run(a: Args) -> Result<(), CliError> {
     let v = io::read(&st, &name("v"), &a.input)?;
     let dims = check_shapes("attention", &q.shape, &k.shape, &v.shape)?;
     let shapes = format!(
-        "q {:?} {:?}, k {:?} {:?}, v {:?} {:?}",
-        q.shape, q.dtype, k.shape, k.dtype, v.shape, v.dtype
+        "q {:?} {}, k {:?} {}, v {:?} {}",
+        q.shape,
+        io::dtype_name(q.dtype),
+        k.shape,
+        io::dtype_name(k.dtype),
+        v.shape,
+        io::dtype_name(v.dtype)
     );
+    let dtype = StorageDtype::resolve(a.dtype, &[q.dtype, k.dtype, v.dtype]);
     let q_shape = q.shape.clone();
-    let (q, k, v) = (q.to_f32(), k.to_f32(), v.to_f32());
+    let gpu_runs = a.device != Device::Cpu;
+    let store = |n: &str, t: &io::HostTensor| {
+        if gpu_runs {
+            dtype.storable(&name(n), t.to_f32())
+        } else {
+            Ok(t.to_f32())
+        }
+    };
+    let (q, k, v) = (store("q", &q)?, store("k", &k)?, store("v", &v)?);
     if a.nan == NanPolicy::Error {
         longseq::check_no_nan("attention", "q", &q)?;
         longseq::check_no_nan("attention", "k", &k)?;
@@ -211,40 +254,42 @@ pub fn run(a: Args) -> Result<(), CliError> {
         println!("adapter: {}", c.adapter_line());
     }
     println!("input: {} {shapes}", a.input);
-    println!("method: {}, GPU storage {:?}", op.describe(), a.dtype);
+    match &ctx {
+        Some(_) => println!("method: {}; GPU storage {}", op.describe(), dtype.name()),
+        None => println!("method: {}", op.describe()),
+    }
 
     let gpu = match &ctx {
-        Some(c) => Some(match a.dtype {
-            Dtype::F32 => run_gpu::<f32>(c, (&q, &k, &v), &dims, &op, |x| x.to_vec())?,
-            Dtype::F16 => run_gpu::<f16>(c, (&q, &k, &v), &dims, &op, |x| {
+        Some(c) => Some(match dtype {
+            StorageDtype::F32 => run_gpu::<f32>(c, (&q, &k, &v), &dims, &op, |x| x.to_vec())?,
+            StorageDtype::F16 => run_gpu::<f16>(c, (&q, &k, &v), &dims, &op, |x| {
                 x.iter().map(|&y| f16::from_f32(y)).collect()
             })?,
         }),
         None => None,
     };
-    let cpu = if a.device != Device::Gpu {
-        let t = Instant::now();
-        let o = op.cpu(&q, &k, &v, &dims)?;
-        println!(
-            "cpu: {:.3} ms (f64 reference)",
-            t.elapsed().as_secs_f64() * 1e3
-        );
-        Some(o)
-    } else {
-        None
-    };
+    let cpu = check::reference(
+        a.device,
+        a.force_reference,
+        op.reference_ops(&dims),
+        "f64 reference",
+        || op.cpu(&q, &k, &v, &dims),
+    )?;
     if let (Some(g), Some(c)) = (&gpu, &cpu) {
-        let (abs, rel) = compare(g, c);
-        println!("gpu vs cpu: max abs diff {abs:.3e}, relative {rel:.3e}");
+        check::gpu_vs_reference(g, c, dtype)?;
     }
-    let result = gpu.or(cpu).expect("gpu or cpu ran");
-    if let Ok(s) = io::read(&st, &name("softmax_out"), &a.input) {
-        if s.shape == dims.out_shape {
-            println!(
-                "vs {}: relative Frobenius error {:.4}",
-                name("softmax_out"),
-                rel_frobenius(&result, &s.data)
-            );
+    let Some(result) = gpu.or(cpu) else {
+        return Ok(());
+    };
+    if let Some(what) = op.compares_to_softmax() {
+        if let Ok(s) = io::read(&st, &name("softmax_out"), &a.input) {
+            if s.shape == dims.out_shape {
+                println!(
+                    "vs {} (exact non-causal softmax, {what}): relative Frobenius error {:.3e}",
+                    name("softmax_out"),
+                    rel_frobenius(&result, &s.data)
+                );
+            }
         }
     }
     if let Some(path) = &a.output {
@@ -295,13 +340,18 @@ fn op_from_args(
     let map = || match a.feature_map {
         Phi::Map(fm) => Ok(fm),
         Phi::Favor(_) => Err(CliError::Input(format!(
-            "--feature-map favor/favor-trig goes with --method linear, not {:?}",
-            a.method
+            "--feature-map favor/favor-trig goes with --method linear, not {}",
+            a.method.name()
         ))),
     };
     if !matches!(a.feature_map, Phi::Favor(_)) && (a.num_features.is_some() || a.omega.is_some()) {
         return Err(CliError::Input(
             "--num-features and --omega go with --feature-map favor or favor-trig".into(),
+        ));
+    }
+    if a.block == Some(0) {
+        return Err(CliError::Input(
+            "--block 0: the block length must be >= 1".into(),
         ));
     }
     if a.method != Method::Softmax && positional(a).is_some() {
@@ -328,7 +378,7 @@ fn op_from_args(
                     },
                     source: match &a.omega {
                         Some(n) => format!("tensor `{n}`"),
-                        None => format!("{:?} draw, seed {}", a.omega_draw, a.seed),
+                        None => format!("{} draw, seed {}", a.omega_draw.name(), a.seed),
                     },
                 }
             }
