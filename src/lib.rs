@@ -20,6 +20,7 @@
 pub mod attention;
 mod cast;
 pub mod context;
+pub mod cpu;
 pub mod dtype;
 pub mod error;
 mod pipeline;

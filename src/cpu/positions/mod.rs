@@ -1,0 +1,1 @@
+//! Positions on the CPU path: embedding lookup and rotary embeddings.
