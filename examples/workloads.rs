@@ -1,133 +1,217 @@
-//! The workloads of issue 10 on the CPU path (and, with `--reference`, the f64 reference), median
-//! wall times, to set beside `scripts/jax_workloads.py` (JAX-CPU) run on the same machine.
+//! The workloads W1, W2, W3 of the speed issue, timed on each longseq path in one run (median of
+//! `--runs` runs after a warm-up; GPU times include the wait for the device). `scripts/bench-vs-jax`
+//! runs this beside JAX-CPU.
 //!
-//! W1: non-causal elu+1 linear attention, B·H = 16, L = 4096, D = 64, f32, ε = 1e-6.
-//! W2: W1 causal (chunked, chunk 64).
-//! W3: S4D kernel (ZOH) + causal FFT convolution, H = 256, N = 64 (32 pairs), L = 16384,
-//!     A_n = −1/2 + iπn, B = 1, C ~ CN(0, 1), Δ log-uniform in [1e-3, 1e-1], D = 1.
+//! - W1: non-causal elu+1 linear attention, B·H = 16, L = 4096, D = 64, f32, ε = 1e-6.
+//! - W2: W1 causal (chunked).
+//! - W3: S4D kernel (ZOH) + causal FFT convolution, H = 256, N = 64 (32 conjugate pairs),
+//!   L = 16384, A_n = −1/2 + iπn, B = 1, C ~ CN(0, 1), Δ log-uniform in [1e-3, 1e-1], D = 1.
 //!
-//! `cargo run --release --example workloads -- [--runs N] [--reference] [--only W1,W2,W3]`
+//! `cargo run --release --example workloads -- [--device gpu,cpu,reference] [--runs N] [--l L]
+//! [--l3 L] [--only W1,W2,W3]`
 
 use std::time::Instant;
 
 use longseq::attention::linear::check_shapes;
-use longseq::attention::{FeatureMap, LinearAttentionOptions};
-use longseq::reference::ssm::DiagonalSsm;
-use longseq::ssm::Discretization;
-use longseq::{cpu, reference};
+use longseq::attention::{linear_attention_into, LinearAttentionOptions};
+use longseq::reference::ssm as rs;
+use longseq::ssm::{causal_conv_into, s4d_kernel_into, DiagonalSsm, Discretization};
+use longseq::{cpu, reference, Context, Tensor};
 use num_complex::Complex64;
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 
-fn median(mut t: Vec<f64>) -> f64 {
-    t.sort_by(|a, b| a.total_cmp(b));
-    t[t.len() / 2]
+struct Args {
+    devices: Vec<String>,
+    runs: usize,
+    l: usize,
+    l3: usize,
+    only: Vec<String>,
 }
 
-/// Median ms of `runs` calls after one warm-up call.
-fn time<R>(runs: usize, mut f: impl FnMut() -> R) -> (f64, f64, f64) {
-    std::hint::black_box(f());
-    let t: Vec<f64> = (0..runs)
+fn args() -> Args {
+    let mut a = Args {
+        devices: vec!["gpu".into(), "cpu".into(), "reference".into()],
+        runs: 5,
+        l: 4096,
+        l3: 16384,
+        only: vec!["W1".into(), "W2".into(), "W3".into()],
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut it = argv.chunks(2);
+    for kv in &mut it {
+        let (k, v) = match kv {
+            [k, v] => (k.as_str(), v.as_str()),
+            _ => usage(),
+        };
+        let list = || v.split(',').map(str::to_string).collect();
+        match k {
+            "--device" => a.devices = list(),
+            "--only" => a.only = list(),
+            "--runs" => a.runs = v.parse().unwrap_or_else(|_| usage()),
+            "--l" => a.l = v.parse().unwrap_or_else(|_| usage()),
+            "--l3" => a.l3 = v.parse().unwrap_or_else(|_| usage()),
+            _ => usage(),
+        }
+    }
+    a
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: workloads [--device gpu,cpu,reference] [--runs N] [--l L] [--l3 L] [--only W1,W2,W3]"
+    );
+    std::process::exit(2)
+}
+
+/// Median of `runs` timings of `f` in ms, after one untimed warm-up.
+fn median_ms(runs: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut t: Vec<f64> = (0..runs.max(1))
         .map(|_| {
             let s = Instant::now();
-            std::hint::black_box(f());
+            f();
             s.elapsed().as_secs_f64() * 1e3
         })
         .collect();
-    let (lo, hi) = (
-        t.iter().cloned().fold(f64::MAX, f64::min),
-        t.iter().cloned().fold(0.0, f64::max),
-    );
-    (median(t), lo, hi)
+    t.sort_by(f64::total_cmp);
+    t[t.len() / 2]
 }
 
-fn report(name: &str, path: &str, (med, lo, hi): (f64, f64, f64), runs: usize) {
-    println!("{name} {path} {med:.1} ms (min {lo:.1}, max {hi:.1}, {runs} runs)");
+fn report(w: &str, device: &str, ms: f64, gflop: f64) {
+    println!("{w} {device} {ms:.1} ms ({:.2} GFLOP/s)", gflop / ms * 1e3);
+}
+
+fn linear(a: &Args, ctx: Option<&Context>, causal: bool) {
+    let w = if causal { "W2" } else { "W1" };
+    let (rows, l, d) = (16usize, a.l, 64usize);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let n = rows * l * d;
+    let x: Vec<f32> = (0..3 * n).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let (q, k, v) = (&x[..n], &x[n..2 * n], &x[2 * n..]);
+    let shape = [rows, l, d];
+    let opts = LinearAttentionOptions {
+        causal,
+        ..Default::default()
+    };
+    // Two (L·D·D) contractions per row: φ(K)ᵀV and φ(Q)S (the causal form adds the C-wide blocks).
+    let gflop = (2.0 * 2.0 * (rows * l * d * d) as f64) / 1e9;
+    for dev in &a.devices {
+        match (dev.as_str(), ctx) {
+            ("gpu", Some(ctx)) => {
+                let t = |s: &[f32]| Tensor::from_slice(ctx, s, &shape).unwrap();
+                let (tq, tk, tv) = (t(q), t(k), t(v));
+                let out = Tensor::<f32>::empty(ctx, &shape).unwrap();
+                let ms = median_ms(a.runs, || {
+                    linear_attention_into(ctx, &tq, &tk, &tv, &out, &opts).unwrap();
+                    ctx.wait().unwrap();
+                });
+                report(w, "gpu", ms, gflop);
+            }
+            ("cpu", _) => {
+                let dims = check_shapes(w, &shape, &shape, &shape).unwrap();
+                let mut out = vec![0.0f32; n];
+                let ms = median_ms(a.runs, || {
+                    cpu::attention::linear_attention_into(q, k, v, &dims, &opts, &mut out).unwrap();
+                });
+                report(w, "cpu", ms, gflop);
+            }
+            ("reference", _) => {
+                let dims = check_shapes(w, &shape, &shape, &shape).unwrap();
+                let ms = median_ms(a.runs.min(3), || {
+                    reference::attention::linear_attention(q, k, v, &dims, &opts).unwrap();
+                });
+                report(w, "reference", ms, gflop);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn s4d(a: &Args, ctx: Option<&Context>) {
+    let (h, n2, l) = (256usize, 32usize, a.l3);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let mut cn = || {
+        let (re, im): (f64, f64) = (rng.sample(StandardNormal), rng.sample(StandardNormal));
+        Complex64::new(re, im) * std::f64::consts::FRAC_1_SQRT_2
+    };
+    let c: Vec<Complex64> = (0..h * n2).map(|_| cn()).collect();
+    let m = rs::DiagonalSsm {
+        h,
+        n2,
+        a: (0..h)
+            .flat_map(|_| (0..n2).map(|n| Complex64::new(-0.5, std::f64::consts::PI * n as f64)))
+            .collect(),
+        b: vec![Complex64::new(1.0, 0.0); h * n2],
+        c,
+        dt: (0..h)
+            .map(|_| (rng.random_range((1e-3f64).ln()..(1e-1f64).ln())).exp())
+            .collect(),
+        d: vec![1.0; h],
+    };
+    let u: Vec<f32> = (0..h * l).map(|_| rng.sample(StandardNormal)).collect();
+    // Vandermonde: ~8 flop per (h, n, l); three real FFTs of 2L: ~3 · 2.5 · 2L log2(2L) per row.
+    let n_fft = 2.0 * l as f64;
+    let gflop = (8.0 * (h * n2 * l) as f64 + 3.0 * 2.5 * n_fft * n_fft.log2() * h as f64) / 1e9;
+    let disc = Discretization::Zoh;
+    for dev in &a.devices {
+        match (dev.as_str(), ctx) {
+            ("gpu", Some(ctx)) => {
+                let ssm = DiagonalSsm::<f32>::from_host(ctx, &m).unwrap();
+                let tu = Tensor::from_slice(ctx, &u, &[1, h, l]).unwrap();
+                let k = Tensor::<f32>::empty(ctx, &[h, l]).unwrap();
+                let y = Tensor::<f32>::empty(ctx, &[1, h, l]).unwrap();
+                let ms = median_ms(a.runs, || {
+                    s4d_kernel_into(ctx, &ssm, &k, disc).unwrap();
+                    causal_conv_into(ctx, &tu, &k, &ssm.d, &y).unwrap();
+                    ctx.wait().unwrap();
+                });
+                report("W3", "gpu", ms, gflop);
+            }
+            ("cpu", _) => {
+                let (mut k, mut y) = (vec![0.0f32; h * l], vec![0.0f32; h * l]);
+                let ones = vec![1.0f32; h];
+                let ms = median_ms(a.runs, || {
+                    cpu::ssm::s4d_kernel_into(&m, l, disc, &mut k).unwrap();
+                    cpu::ssm::causal_conv_into(&u, &[h, l], &k, &[h, l], &ones, &mut y).unwrap();
+                });
+                report("W3", "cpu", ms, gflop);
+            }
+            ("reference", _) => {
+                let u64_: Vec<f64> = u.iter().map(|&x| x as f64).collect();
+                let ms = median_ms(1, || {
+                    let k = rs::s4d_kernel(&m, l, disc).unwrap();
+                    rs::causal_conv(&u64_, &k, &m.d, h, l).unwrap();
+                });
+                report("W3", "reference", ms, gflop);
+            }
+            _ => {}
+        }
+    }
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let flag = |f: &str| {
-        args.iter()
-            .position(|a| a == f)
-            .map(|i| args[i + 1].clone())
-    };
-    let runs: usize = flag("--runs").map_or(7, |s| s.parse().expect("--runs N"));
-    let only = flag("--only").unwrap_or_else(|| "W1,W2,W3".into());
-    let with_ref = args.iter().any(|a| a == "--reference");
-    let mut g = rand::rngs::StdRng::seed_from_u64(0);
-
-    let (h, l, d) = (16, 4096, 64);
-    let mut uni = |n: usize| {
-        (0..n)
-            .map(|_| g.random_range(-1.0f32..1.0))
-            .collect::<Vec<f32>>()
-    };
-    let (q, k, v) = (uni(h * l * d), uni(h * l * d), uni(h * l * d));
-    let dims = check_shapes("workloads", &[h, l, d], &[h, l, d], &[h, l, d]).unwrap();
-    for (name, causal) in [("W1", false), ("W2", true)] {
-        if !only.contains(name) {
-            continue;
+    let a = args();
+    let ctx = if a.devices.iter().any(|d| d == "gpu") {
+        match Context::new() {
+            Ok(c) => {
+                eprintln!("adapter: {}", c.adapter_line());
+                Some(c)
+            }
+            Err(e) => {
+                eprintln!("no GPU adapter ({e}); timing the other devices only");
+                None
+            }
         }
-        let o = LinearAttentionOptions {
-            feature_map: FeatureMap::Elu1,
-            causal,
-            eps: 1e-6,
-            denominator: true,
-        };
-        let t = time(runs, || {
-            cpu::attention::linear_attention(&q, &k, &v, &dims, &o).unwrap()
-        });
-        report(name, "cpu", t, runs);
-        if with_ref {
-            let r = runs.min(3);
-            let t = time(r, || {
-                reference::attention::linear_attention(&q, &k, &v, &dims, &o).unwrap()
-            });
-            report(name, "reference", t, r);
-        }
-    }
-    if only.contains("W3") {
-        let (hh, n2, l3) = (256, 32, 16384);
-        let mut g = rand::rngs::StdRng::seed_from_u64(1);
-        let a: Vec<Complex64> = (0..hh * n2)
-            .map(|i| Complex64::new(-0.5, std::f64::consts::PI * (i % n2) as f64))
-            .collect();
-        let c: Vec<Complex64> = (0..hh * n2)
-            .map(|_| {
-                let s = std::f64::consts::FRAC_1_SQRT_2;
-                Complex64::new(
-                    s * g.sample::<f64, _>(StandardNormal),
-                    s * g.sample::<f64, _>(StandardNormal),
-                )
-            })
-            .collect();
-        let dt: Vec<f64> = (0..hh)
-            .map(|_| g.random_range(1e-3f64.ln()..1e-1f64.ln()).exp())
-            .collect();
-        let ssm = DiagonalSsm {
-            h: hh,
-            n2,
-            a,
-            b: vec![Complex64::new(1.0, 0.0); hh * n2],
-            c,
-            dt,
-            d: vec![1.0; hh],
-        };
-        let u: Vec<f32> = (0..hh * l3).map(|_| g.sample(StandardNormal)).collect();
-        let ones = vec![1.0f32; hh];
-        let t = time(runs.div_ceil(2).max(3), || {
-            let kern = cpu::ssm::s4d_kernel::<f32>(&ssm, l3, Discretization::Zoh).unwrap();
-            cpu::ssm::causal_conv(&u, &[hh, l3], &kern, &[hh, l3], &ones).unwrap()
-        });
-        report("W3", "cpu", t, runs.div_ceil(2).max(3));
-        if with_ref {
-            let u64: Vec<f64> = u.iter().map(|&x| x as f64).collect();
-            let t = time(1, || {
-                let kern = reference::ssm::s4d_kernel(&ssm, l3, Discretization::Zoh).unwrap();
-                reference::ssm::causal_conv(&u64, &kern, &ssm.d, hh, l3).unwrap()
-            });
-            report("W3", "reference", t, 1);
+    } else {
+        None
+    };
+    for w in &a.only {
+        match w.as_str() {
+            "W1" => linear(&a, ctx.as_ref(), false),
+            "W2" => linear(&a, ctx.as_ref(), true),
+            "W3" => s4d(&a, ctx.as_ref()),
+            _ => usage(),
         }
     }
 }
