@@ -141,20 +141,20 @@ fn favor_draw_runs_both_devices_and_reports_the_softmax_error() {
     for needle in [
         "M = 40",
         "seed 3",
-        "gpu vs cpu:",
+        "gpu vs reference:",
         "relative Frobenius error",
     ] {
         assert!(stdout.contains(needle), "missing `{needle}` in:\n{stdout}");
     }
     let rel: f64 = stdout
         .lines()
-        .find_map(|l| l.strip_prefix("gpu vs cpu: max abs diff "))
+        .find_map(|l| l.strip_prefix("gpu vs reference: max abs diff "))
         .and_then(|l| l.split("relative ").nth(1))
         .unwrap()
         .trim()
         .parse()
         .unwrap();
-    assert!(rel <= TOL_F32, "gpu vs cpu {rel}");
+    assert!(rel <= TOL_F32, "gpu vs reference {rel}");
 }
 
 #[test]

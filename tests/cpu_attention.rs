@@ -234,3 +234,42 @@ fn norm_and_diag_attention_match_reference() {
         }
     }
 }
+
+#[test]
+fn favor_matches_reference() {
+    use longseq::attention::{draw_omega, FavorKind, FavorOptions, OmegaDraw};
+    let mut seed = 700;
+    for &case in &CASES {
+        for kind in [FavorKind::Positive, FavorKind::Trig] {
+            for causal in [false, true] {
+                seed += 1;
+                let m = 1 + (seed as usize * 7) % 40;
+                let omega = draw_omega(m, case.2, OmegaDraw::OrthogonalChi, seed).unwrap();
+                let o = FavorOptions { kind, causal };
+                let x = inputs::<f32>(case, seed, 0.5);
+                let mut out = poisoned::<f32>(x.d.rows * x.d.len * x.d.dv);
+                cpu::attention::favor_attention_into(&x.q, &x.k, &x.v, &x.d, &omega, &o, &mut out)
+                    .unwrap();
+                let want =
+                    reference::attention::favor_attention(&x.q, &x.k, &x.v, &x.d, &omega, &o)
+                        .unwrap();
+                // Trig features are not positive: their denominator can come near 0.
+                let t = if kind == FavorKind::Trig {
+                    Tol {
+                        norm: 1e-4,
+                        rtol: 1e-3,
+                        atol: 1e-5,
+                    }
+                } else {
+                    F32
+                };
+                check(
+                    &format!("favor {kind:?} causal={causal} M={m} {case:?}"),
+                    &out,
+                    &want,
+                    t,
+                );
+            }
+        }
+    }
+}

@@ -194,3 +194,32 @@ fn fft_matches_a_direct_dft() {
         Err(Error::Shape { .. })
     ));
 }
+
+#[test]
+fn s4d_scan_matches_the_reference_recurrence() {
+    for (b, h, n2, len) in [(1, 1, 1, 1), (2, 3, 5, 63), (1, 4, 16, 1000)] {
+        for disc in DISCS {
+            let m = random_ssm(b as u64 * 31 + len as u64, h, n2, S4dInit::Lin);
+            let mut g = rng(len as u64);
+            let u = randn(&mut g, b * h * len, 1.0);
+            let u64_: Vec<f64> = u.iter().map(|&x| x as f64).collect();
+            let got = cpu::ssm::s4d_scan(&m, &u, &[b, h, len], disc).unwrap();
+            let want = rs::s4d_recurrence(&m, &u64_, len, disc).unwrap();
+            check(
+                &format!("scan {disc:?} B={b} H={h} N2={n2} L={len}"),
+                &got,
+                &want,
+                Tol {
+                    norm: 1e-5,
+                    rtol: 1e-3,
+                    atol: 1e-5,
+                },
+            );
+        }
+    }
+    let m = random_ssm(1, 2, 3, S4dInit::Lin);
+    assert!(matches!(
+        cpu::ssm::s4d_scan(&m, &[0.0f32; 12], &[3, 4], Discretization::Zoh),
+        Err(Error::Shape { name: "u", .. })
+    ));
+}

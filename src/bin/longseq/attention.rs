@@ -13,19 +13,21 @@ use longseq::attention::{Alibi, PositionalOptions, ReRope};
 use longseq::positions::RopeLayout;
 use longseq::{Context, Element, Tensor};
 
+use crate::devices::{self, Devices};
 use crate::io::{self, CliError, Out};
 use crate::methods::Op;
-use crate::{compare, open_gpu, rel_frobenius, Device};
+use crate::rel_frobenius;
 
-/// Attention over tensors in a safetensors file, on the GPU and/or the CPU reference.
+/// Attention over tensors in a safetensors file, on the GPU, the f32 CPU path and/or the f64
+/// reference.
 ///
 /// Reads `{P}q`, `{P}k` ([H, L, Dk] or [B, H, L, Dk]) and `{P}v` ([.., L, Dv]), f16, f32 or f64.
-/// Prints the adapter, the shapes, GPU and CPU wall times, the max-abs and normwise relative
-/// difference GPU vs CPU and, when `{P}softmax_out` exists, the relative Frobenius error against
+/// Prints the adapter, the shapes, each device's wall time, each result's max-abs and normwise
+/// relative difference to the reference when it ran and, when `{P}softmax_out` exists, the relative Frobenius error against
 /// it. `--feature-map favor|favor-trig` runs Performer attention with ω drawn from `--seed`
 /// (`--num-features M` rows) or read from tensor `--omega NAME` ([M, Dk], used exactly as given).
-/// Writes tensor `o` ([.., L, Dv], f32, same rank as q): the GPU result, or the CPU one when
-/// only the CPU ran. A missing tensor or a shape mismatch exits with code 2.
+/// Writes tensor `o` ([.., L, Dv], f32, same rank as q): the GPU result, else the CPU path's,
+/// else the reference's. A missing tensor or a shape mismatch exits with code 2.
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
 pub struct Args {
@@ -105,9 +107,10 @@ pub struct Args {
     /// Output the numerator alone (no normalisation).
     #[arg(long)]
     no_denominator: bool,
-    /// Where to run.
-    #[arg(long, value_enum, default_value = "both")]
-    device: Device,
+    /// Where to run: gpu, cpu (the f32 CPU path), reference (f64), or a comma-separated list
+    /// (default gpu,reference; cpu,reference when there is no GPU adapter).
+    #[arg(long)]
+    device: Option<Devices>,
     /// GPU storage dtype (arithmetic is f32 either way).
     #[arg(long, value_enum, default_value = "f32")]
     dtype: Dtype,
@@ -206,10 +209,8 @@ pub fn run(a: Args) -> Result<(), CliError> {
         longseq::check_no_nan("attention", "v", &v)?;
     }
     let op = op_from_args(&a, &st, &q_shape)?;
-    let ctx = open_gpu(a.device)?;
-    if let Some(c) = &ctx {
-        println!("adapter: {}", c.adapter_line());
-    }
+    let mut dev = a.device.unwrap_or_default();
+    let ctx = dev.open()?;
     println!("input: {} {shapes}", a.input);
     println!("method: {}, GPU storage {:?}", op.describe(), a.dtype);
 
@@ -222,22 +223,25 @@ pub fn run(a: Args) -> Result<(), CliError> {
         }),
         None => None,
     };
-    let cpu = if a.device != Device::Gpu {
-        let t = Instant::now();
-        let o = op.cpu(&q, &k, &v, &dims)?;
-        println!(
-            "cpu: {:.3} ms (f64 reference)",
-            t.elapsed().as_secs_f64() * 1e3
-        );
-        Some(o)
+    let cpu = if dev.cpu {
+        let note = match op.has_cpu_path() {
+            true => devices::cpu_note(),
+            false => "no f32 CPU path for this method yet: the f64 reference".into(),
+        };
+        Some(devices::timed("cpu", &note, || {
+            Ok(op.fast(&q, &k, &v, &dims)?)
+        })?)
     } else {
         None
     };
-    if let (Some(g), Some(c)) = (&gpu, &cpu) {
-        let (abs, rel) = compare(g, c);
-        println!("gpu vs cpu: max abs diff {abs:.3e}, relative {rel:.3e}");
-    }
-    let result = gpu.or(cpu).expect("gpu or cpu ran");
+    let reference = if dev.reference {
+        Some(devices::timed("reference", "f64", || {
+            Ok(op.cpu(&q, &k, &v, &dims)?)
+        })?)
+    } else {
+        None
+    };
+    let result = devices::report(gpu, cpu, reference);
     if let Ok(s) = io::read(&st, &name("softmax_out"), &a.input) {
         if s.shape == dims.out_shape {
             println!(

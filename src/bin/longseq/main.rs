@@ -2,6 +2,7 @@
 //! reference, and compare them. `longseq help <command>` documents each command's tensors.
 
 mod attention;
+mod devices;
 mod discretize;
 mod embed;
 mod hippo;
@@ -94,7 +95,8 @@ pub fn open_gpu(device: Device) -> Result<Option<longseq::Context>, CliError> {
 pub enum Device {
     /// GPU only (an error without an adapter).
     Gpu,
-    /// CPU reference only.
+    /// CPU reference only (`reference` is another name for it).
+    #[value(alias = "reference")]
     Cpu,
     /// Both, compared; CPU only (with a one-line notice) when there is no adapter.
     Both,

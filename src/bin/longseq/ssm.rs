@@ -7,8 +7,8 @@ use longseq::ssm::{causal_conv, s4d_kernel, s4d_scan, DiagonalSsm, Discretizatio
 use longseq::{Context, Tensor};
 use num_complex::Complex64;
 
+use crate::devices::{self, Devices};
 use crate::io::{self, CliError, Out};
-use crate::{compare, open_gpu, Device};
 
 /// A diagonal (S4D) state-space model over tensors in a safetensors file, on the GPU and/or the
 /// CPU reference (f64).
@@ -25,7 +25,8 @@ use crate::{compare, open_gpu, Device};
 ///   K  [H, L]     mode kernel: K[h, l] = 2 Re Σ_n C_n B̄_n Ā_n^l
 ///   y  [B, H, L]  mode conv: y = K ∗ u + D·u by FFT; mode scan: the recurrence
 ///                 x_t = Ā x_{t−1} + B̄ u_t, y_t = 2 Re Σ_n C_n x_t + D u_t by parallel scan
-/// With --device both, prints the max-abs and normwise relative difference GPU vs CPU. A missing
+/// Prints each device's time and, when the reference ran, each result's max-abs and normwise
+/// relative difference to it. A missing
 /// tensor or a shape mismatch exits with code 2.
 #[derive(clap::Args)]
 #[command(verbatim_doc_comment)]
@@ -42,9 +43,10 @@ pub struct Args {
     /// Kernel length L for mode kernel when the file has no `u`.
     #[arg(long)]
     len: Option<usize>,
-    /// Where to run.
-    #[arg(long, value_enum, default_value = "both")]
-    device: Device,
+    /// Where to run: gpu, cpu (the f32 CPU path), reference (f64), or a comma-separated list
+    /// (default gpu,reference; cpu,reference when there is no GPU adapter).
+    #[arg(long)]
+    device: Option<Devices>,
     /// Where to write `K` or `y`.
     #[arg(long)]
     output: Option<String>,
@@ -144,10 +146,8 @@ pub fn run(a: Args) -> Result<(), CliError> {
         Mode::Kernel => ("K", vec![h, len]),
         _ => ("y", u.as_ref().unwrap().shape.clone()),
     };
-    let ctx = open_gpu(a.device)?;
-    if let Some(c) = &ctx {
-        println!("adapter: {}", c.adapter_line());
-    }
+    let mut dev = a.device.unwrap_or_default();
+    let ctx = dev.open()?;
     println!(
         "input: {} H = {h}, N = {} (N2 = {n2}), L = {len}{}; mode {:?}, {:?}",
         a.input,
@@ -163,29 +163,39 @@ pub fn run(a: Args) -> Result<(), CliError> {
         Some(c) => Some(run_gpu(c, &m, u.as_ref(), len, a.mode, disc)?),
         None => None,
     };
-    let cpu = if a.device != Device::Gpu {
-        let t = Instant::now();
-        let r = match a.mode {
-            Mode::Kernel => rs::s4d_kernel(&m, len, disc)?,
-            Mode::Conv => {
-                let k = rs::s4d_kernel(&m, len, disc)?;
-                rs::causal_conv(u64_.as_ref().unwrap(), &k, &m.d, h, len)?
-            }
-            Mode::Scan => rs::s4d_recurrence(&m, u64_.as_ref().unwrap(), len, disc)?,
-        };
-        println!(
-            "cpu: {:.3} ms (f64 reference)",
-            t.elapsed().as_secs_f64() * 1e3
-        );
-        Some(r)
+    let cpu = if dev.cpu {
+        let u32_ = u.as_ref().map(|u| (u.to_f32(), u.shape.clone()));
+        let y = devices::timed("cpu", &devices::cpu_note(), || {
+            let k = || longseq::cpu::ssm::s4d_kernel::<f32>(&m, len, disc);
+            Ok(match (a.mode, &u32_) {
+                (Mode::Kernel, _) => k()?,
+                (Mode::Conv, Some((u, shape))) => {
+                    let d: Vec<f32> = m.d.iter().map(|&x| x as f32).collect();
+                    longseq::cpu::ssm::causal_conv(u, shape, &k()?, &[h, len], &d)?
+                }
+                (Mode::Scan, Some((u, shape))) => longseq::cpu::ssm::s4d_scan(&m, u, shape, disc)?,
+                _ => unreachable!("conv and scan read u"),
+            })
+        })?;
+        Some(y.into_iter().map(f64::from).collect())
     } else {
         None
     };
-    if let (Some(g), Some(c)) = (&gpu, &cpu) {
-        let (abs, rel) = compare(g, c);
-        println!("gpu vs cpu: max abs diff {abs:.3e}, relative {rel:.3e}");
-    }
-    let result = gpu.or(cpu).expect("gpu or cpu ran");
+    let reference = if dev.reference {
+        Some(devices::timed("reference", "f64", || {
+            Ok(match a.mode {
+                Mode::Kernel => rs::s4d_kernel(&m, len, disc)?,
+                Mode::Conv => {
+                    let k = rs::s4d_kernel(&m, len, disc)?;
+                    rs::causal_conv(u64_.as_ref().unwrap(), &k, &m.d, h, len)?
+                }
+                Mode::Scan => rs::s4d_recurrence(&m, u64_.as_ref().unwrap(), len, disc)?,
+            })
+        })?)
+    } else {
+        None
+    };
+    let result = devices::report(gpu, cpu, reference);
     if let Some(path) = &a.output {
         let o: Vec<f32> = result.iter().map(|&x| x as f32).collect();
         io::write(path, vec![(out_name, out_shape.clone(), Out::F32(o))])?;

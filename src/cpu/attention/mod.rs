@@ -1,10 +1,12 @@
 //! Attention on the CPU path (f32, rayon, sgemm).
 
+pub mod favor;
 pub mod lightning;
 pub mod linear;
 pub mod softmax;
 pub mod transnormer;
 
+pub use favor::{favor_attention, favor_attention_into};
 pub use lightning::{lightning_attention, lightning_attention_into};
 pub use linear::{linear_attention, linear_attention_into};
 pub use softmax::{softmax_attention, softmax_attention_into};
