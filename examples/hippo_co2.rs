@@ -4,9 +4,13 @@
 //! 256}, then reconstructs the series from the last coefficients alone. Prints a table of
 //! reconstruction errors and writes three PNG plots of signal vs reconstruction.
 //!
-//! `cargo run --release --example hippo_co2 -- --fill linear [--plot-dir DIR]`
-//! Without `--fill linear` the missing weeks are an error, as they should be.
+//! `cargo run --release --example hippo_co2 -- --fill linear [--out DIR]` writes
+//! DIR/hippo_co2_{legs,legt,legs_zoom}.png (DIR defaults to `longseq-out/`).
+//! Without `--fill linear` the missing weeks are an error (one sentence, exit code 2), as they
+//! should be.
 
+#[path = "common/args.rs"]
+mod args;
 #[path = "common/plot.rs"]
 mod plot;
 
@@ -40,23 +44,25 @@ struct Row {
     recon: Vec<f64>,
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().collect();
-    let fill_mode = match args.iter().position(|a| a == "--fill") {
-        Some(i) => Fill::parse(args.get(i + 1).map(String::as_str).unwrap_or(""))?,
+fn main() -> std::process::ExitCode {
+    args::main_with(run)
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let args = args::Args::new();
+    let fill_mode = match args.value("--fill")? {
+        Some(v) => Fill::parse(&v)?,
         None => Fill::Error,
     };
-    let plot_dir = match args.iter().position(|a| a == "--plot-dir") {
-        Some(i) => args
-            .get(i + 1)
-            .cloned()
-            .ok_or("--plot-dir needs a folder")?,
-        None => ".".into(),
-    };
+    let out = args.out_dir()?;
     let text = std::fs::read_to_string(CSV)?;
     let raw = csv_column(&text, "co2")?;
     let dates = fill(&csv_column(&text, "date")?, Fill::Error)?;
-    let f = fill(&raw, fill_mode)?;
+    let f = fill(&raw, fill_mode).map_err(|e| {
+        format!(
+            "{e}; the series has missing weeks: run with `-- --fill linear` to interpolate them"
+        )
+    })?;
     let l = f.len();
     let years: Vec<f64> = dates.iter().map(|&d| year(d)).collect();
     let missing = raw.iter().filter(|v| v.is_none()).count();
@@ -72,6 +78,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tf = Tensor::from_slice(&ctx, &f32s, &[l])?;
 
     let mut rows = vec![];
+    let bar = indicatif::ProgressBar::new(6);
     for (measure, step) in [
         (Measure::LegS, Step::Scaled),
         (Measure::LegT, Step::Fixed(1.0)),
@@ -96,10 +103,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .iter()
                     .zip(&want)
                     .fold(0.0f64, |m, (g, w)| m.max((*g as f64 - w).abs()));
-                println!(
-                    "{measure:?} N=16: GPU vs f64 reference, relative {:.2e}",
+                bar.println(format!(
+                    "{} N=16: GPU vs f64 reference, relative {:.2e}",
+                    if measure == Measure::LegS {
+                        "LegS"
+                    } else {
+                        "LegT"
+                    },
                     diff / scale
-                );
+                ));
             }
             let last: Vec<f64> = c[(l - 1) * n..].iter().map(|&x| x as f64).collect();
             let (xs, t_end) = sample_grid(step, l);
@@ -127,8 +139,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 gpu_ms,
                 recon,
             });
+            bar.inc(1);
         }
     }
+    bar.finish_and_clear();
 
     println!("\nreconstruction of the series from the last coefficient vector c[L-1] alone");
     println!(
@@ -145,6 +159,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let signal = |lo: usize| Series {
         name: "CO2 (filled)".into(),
         points: (lo..l).map(|i| (years[i], f[i])).collect(),
+        ..Default::default()
     };
     let skip = l / 20;
     let zoom = l - 6 * 52;
@@ -155,6 +170,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let series = |lo: usize| Series {
             name: format!("N = {}", r.n),
             points: (lo..l).map(|i| (years[i], r.recon[i])).collect(),
+            ..Default::default()
         };
         if r.label.starts_with("LegS") {
             legs.push(series(skip));
@@ -163,7 +179,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             legt.push(series(l - WINDOW_WEEKS as usize));
         }
     }
-    let p1 = format!("{plot_dir}/hippo_co2_legs.png");
+    let p1 = out.join("hippo_co2_legs.png").display().to_string();
     line_plot(
         &p1,
         &Axes {
@@ -176,7 +192,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
         &legs,
     )?;
-    let p2 = format!("{plot_dir}/hippo_co2_legt.png");
+    let p2 = out.join("hippo_co2_legt.png").display().to_string();
     line_plot(
         &p2,
         &Axes {
@@ -188,7 +204,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
         &legt,
     )?;
-    let p3 = format!("{plot_dir}/hippo_co2_legs_zoom.png");
+    let p3 = out.join("hippo_co2_legs_zoom.png").display().to_string();
     line_plot(
         &p3,
         &Axes {

@@ -1,5 +1,5 @@
 //! Length extrapolation with RoPE: a head of D = 64 trained at L = 2048, run at 8192.
-//! `cargo run --release --example length_extrapolation [OUT_DIR]`
+//! `cargo run --release --example length_extrapolation [-- --out DIR]`
 //!
 //! 1. Per scaling (none, linear PI, NTK-aware, dynamic NTK, YaRN; s = 4), how far each frequency
 //!    band rotates at 8192 compared with the largest angle it saw in training. A band whose
@@ -10,8 +10,11 @@
 //!    rotation matters: without scaling the far keys decorrelate and attention spreads.
 //!    RoPE runs on the GPU; the softmax and entropy on the CPU in f64.
 //!
-//! Writes length_extrapolation_rotation.png and length_extrapolation_entropy.png.
+//! Writes DIR/length_extrapolation_rotation.png and DIR/length_extrapolation_entropy.png (DIR
+//! defaults to `longseq-out/`).
 
+#[path = "common/args.rs"]
+mod args;
 #[path = "common/plot.rs"]
 mod plot;
 
@@ -58,8 +61,12 @@ fn opts(scaling: RopeScaling) -> RopeOptions {
     }
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let out_dir = std::env::args().nth(1).unwrap_or_else(|| ".".into());
+fn main() -> std::process::ExitCode {
+    args::main_with(run)
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let out_dir = args::Args::new().out_dir()?.display().to_string();
     let ctx = Context::new()?;
     println!("adapter: {}", ctx.adapter_line());
 
@@ -78,6 +85,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         rot_series.push(Series {
             name: name.into(),
             points: r.iter().enumerate().map(|(i, &v)| (i as f64, v)).collect(),
+            ..Default::default()
         });
         ratios.push((name, r));
     }
@@ -168,6 +176,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .map(|&l| (l as f64).log2())
                 .zip(row.clone())
                 .collect(),
+            ..Default::default()
         });
         table.push((name.to_string(), row));
     }
@@ -177,6 +186,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .iter()
             .map(|&l| ((l as f64).log2(), (l as f64).ln()))
             .collect(),
+        ..Default::default()
     });
     println!(
         "\nAttention entropy (nats) of {nq} fixed queries at position L−1 over L random keys \

@@ -3,10 +3,12 @@
 //! `‖O − O_softmax‖_F / ‖O_softmax‖_F` of elu1, relu and Performer FAVOR+ (orthogonal random
 //! features, M ∈ {16 .. 1024}, mean ± std over 5 seeds), with the GPU time of each method.
 //!
-//! `cargo run --release --example performer_minilm [-- OUT_DIR]` writes OUT_DIR/performer_minilm.md
-//! (the table) and OUT_DIR/performer_minilm.png (error vs M); OUT_DIR defaults to
-//! `target/performer_minilm`. `LONGSEQ_QUICK=1` runs M ≤ 64 and 2 seeds.
+//! `cargo run --release --example performer_minilm [-- --out DIR]` writes DIR/performer_minilm.md
+//! (the table) and DIR/performer_minilm.png (error vs M, ± std over the seeds); DIR defaults to
+//! `longseq-out/`. `LONGSEQ_QUICK=1` runs M ≤ 64 and 2 seeds.
 
+#[path = "common/args.rs"]
+mod args;
 #[path = "common/plot.rs"]
 mod plot;
 
@@ -74,12 +76,13 @@ fn timed<T>(
     Ok((out, t.elapsed().as_secs_f64() * 1e3 / reps as f64))
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> std::process::ExitCode {
+    args::main_with(run)
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     let quick = std::env::var("LONGSEQ_QUICK").is_ok_and(|v| v == "1");
-    let out_dir = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/target/performer_minilm").into());
-    std::fs::create_dir_all(&out_dir)?;
+    let out_dir = args::Args::new().out_dir()?.display().to_string();
     let ctx = Context::new()?;
     println!("adapter: {}", ctx.adapter_line());
     let bytes = std::fs::read(DATA)?;
@@ -108,6 +111,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ms: vec![],
         });
     }
+    let bar = indicatif::ProgressBar::new(2 * rows.len() as u64);
     for (li, layer) in ["layer0.", "layer5."].into_iter().enumerate() {
         let (q, shape) = read(&st, &format!("{layer}q"));
         let (k, _) = read(&st, &format!("{layer}k"));
@@ -144,9 +148,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
             }
             let (e, s) = mean_std(&row.err[li]);
-            println!("{layer} {} M={}: error {e:.4} ± {s:.4}", row.method, row.m);
+            bar.println(format!(
+                "{layer} {} M={}: error {e:.4} ± {s:.4}",
+                row.method, row.m
+            ));
+            bar.inc(1);
         }
     }
+    bar.finish_and_clear();
 
     let mut md = String::new();
     writeln!(
@@ -201,12 +210,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .filter(|r| r.m > 0)
                 .map(|r| (r.m as f64, mean_std(&r.err[li]).0))
                 .collect(),
+            std: rows
+                .iter()
+                .filter(|r| r.m > 0)
+                .map(|r| mean_std(&r.err[li]).1)
+                .collect(),
         });
         for r in rows.iter().filter(|r| r.m == 0) {
             let e = r.err[li][0];
             series.push(Series {
                 name: format!("{} {name} (no M)", r.method),
                 points: vec![(x0, e), (x1, e)],
+                ..Default::default()
             });
         }
     }

@@ -7,9 +7,11 @@
 //!
 //! `cargo run --release --example transnormer_minilm -- [--max-l L] [--bh N] [--d D] [--out DIR]`
 //! Writes DIR/transnormer_minilm.md and DIR/transnormer_minilm.png (DIR defaults to
-//! target/examples). On a CPU adapter (lavapipe) the sweep stops at L = 2048 unless --max-l says
+//! `longseq-out/`). On a CPU adapter (lavapipe) the sweep stops at L = 2048 unless --max-l says
 //! otherwise (16 384 elsewhere), and softmax is not run again once one run took longer than 10 s.
 
+#[path = "common/args.rs"]
+mod args;
 #[path = "common/plot.rs"]
 mod plot;
 
@@ -110,22 +112,21 @@ fn rel_frobenius(a: &[f32], b: &[f32]) -> f64 {
     (num / den).sqrt()
 }
 
-fn main() -> Result<(), Box<dyn Error>> {
-    let args: Vec<String> = std::env::args().collect();
-    let flag = |f: &str| {
-        args.iter()
-            .position(|a| a == f)
-            .map(|i| args[i + 1].clone())
-    };
+fn main() -> std::process::ExitCode {
+    args::main_with(run)
+}
+
+fn run() -> Result<(), Box<dyn Error>> {
+    let args = args::Args::new();
+    let flag = |f: &str| args.value(f);
     let ctx = Context::new()?;
     let cpu_adapter = ctx.adapter_info().device_type == wgpu::DeviceType::Cpu;
-    let max_l: usize = match flag("--max-l") {
+    let max_l: usize = match flag("--max-l")? {
         Some(s) => s.parse()?,
         None if cpu_adapter => 2048,
         None => 16384,
     };
-    let out_dir = flag("--out").unwrap_or_else(|| "target/examples".into());
-    std::fs::create_dir_all(&out_dir)?;
+    let out_dir = args.out_dir()?.display().to_string();
     let mut md = String::new();
     writeln!(md, "# TransNormer and Lightning vs exact softmax\n")?;
     writeln!(md, "adapter: {}\n", ctx.adapter_line())?;
@@ -190,10 +191,11 @@ fn main() -> Result<(), Box<dyn Error>> {
         .into_iter()
         .filter(|&l| l <= max_l)
         .collect();
-    let bh: usize = flag("--bh").map_or(Ok(1), |s| s.parse())?;
-    let d: usize = flag("--d").map_or(Ok(32), |s| s.parse())?;
+    let bh: usize = flag("--bh")?.map_or(Ok(1), |s| s.parse())?;
+    let d: usize = flag("--d")?.map_or(Ok(32), |s| s.parse())?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut times: Vec<Vec<Option<f64>>> = vec![vec![]; sweep.len()];
+    let bar = indicatif::ProgressBar::new((ls.len() * sweep.len()) as u64);
     for &l in &ls {
         let shape = [bh, l, d];
         let x = [0, 1, 2].map(|_| {
@@ -210,14 +212,16 @@ fn main() -> Result<(), Box<dyn Error>> {
             } else {
                 Some(m.time(&ctx, &x, &out)?)
             };
-            println!(
+            bar.println(format!(
                 "L = {l:6} {:28} {:>12}",
                 m.name(),
                 t.map_or("skipped".into(), |t| format!("{:.2} ms", t * 1e3))
-            );
+            ));
+            bar.inc(1);
             ts.push(t);
         }
     }
+    bar.finish_and_clear();
     writeln!(
         md,
         "\n## GPU time (ms) against L, random data, B·H = {bh}, D = {d}, non-causal (lightning causal)\n"
@@ -273,6 +277,7 @@ fn main() -> Result<(), Box<dyn Error>> {
                 .zip(ts)
                 .filter_map(|(&l, t)| t.map(|t| (l as f64, t * 1e3)))
                 .collect(),
+            ..Default::default()
         })
         .collect();
     let png = format!("{out_dir}/transnormer_minilm.png");

@@ -29,14 +29,6 @@ struct Params {
 
 const TWO_PI: f32 = 6.283185307179586;
 
-fn gid(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wg.x + nwg.x * (wg.y + nwg.y * wg.z)) * WG + lid;
-}
-
-fn cmul(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
-    return vec2<f32>(a.x * b.x - a.y * b.y, a.x * b.y + a.y * b.x);
-}
-
 fn cdiv(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
     let s = max(abs(b.x), abs(b.y));
     let bs = b / s;

@@ -44,14 +44,6 @@ var<workgroup> red: array<f32, WG>;
 
 const NEG_BIG: f32 = -3.4028235e38;
 
-fn wg_index(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wg.x + nwg.x * (wg.y + nwg.y * wg.z);
-}
-
-fn fmax(a: f32, b: f32) -> f32 {
-    return select(a, b, b > a);
-}
-
 fn n_feat() -> u32 {
     return select(p.m, 2u * p.m, TRIG == 1u);
 }
@@ -174,19 +166,6 @@ fn favor_exp_head(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     }
     let r = idx / (n_feat() * p.len);
     finish(idx, head[p.head_off + r]);
-}
-
-fn phi(y: f32) -> f32 {
-    if (FMAP == 0u) {
-        return select(exp(y), y + 1.0, y > 0.0);
-    }
-    if (FMAP == 1u) {
-        return select(y, 0.0, y < 0.0);
-    }
-    if (FMAP == 3u) {
-        return select(exp(y) - 1.0, y, y > 0.0);
-    }
-    return y;
 }
 
 @compute @workgroup_size(WG)

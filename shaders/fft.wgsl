@@ -36,14 +36,6 @@ struct Params {
 @group(0) @binding(7) var<storage, read> xi: array<ST>;
 @group(0) @binding(8) var<storage, read_write> yi: array<OT>;
 
-fn gid(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wg.x + nwg.x * (wg.y + nwg.y * wg.z)) * WG + lid;
-}
-
-fn cmul(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
-    return vec2<f32>(a.x * b.x - a.y * b.y, a.x * b.y + a.y * b.x);
-}
-
 // Zero-padded real rows into complex rows: dst[r, t] = (x[r, t], 0) for t < len, else 0.
 @compute @workgroup_size(WG)
 fn load_real(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,

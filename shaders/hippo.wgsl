@@ -34,10 +34,6 @@ struct Params {
 
 var<workgroup> st: array<f32, 2 * NMAX>;
 
-fn wg_index(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wg.x + nwg.x * (wg.y + nwg.y * wg.z);
-}
-
 // By the bits, so no fast-math assumption can fold it away.
 fn is_nan(x: f32) -> bool {
     return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u;

@@ -39,24 +39,6 @@ struct Params {
 var<workgroup> scores: array<f32, CHUNK * CHUNK>;
 var<workgroup> den: array<f32, CHUNK>;
 
-// Written so NaN goes through: select(f, t, cond) keeps x when the comparison is false.
-fn phi(x: f32) -> f32 {
-    if (FMAP == 0u) {
-        return select(exp(x), x + 1.0, x > 0.0);
-    }
-    if (FMAP == 1u) {
-        return select(x, 0.0, x < 0.0);
-    }
-    if (FMAP == 3u) {
-        return select(exp(x) - 1.0, x, x > 0.0);
-    }
-    return x;
-}
-
-fn wg_index(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wg.x + nwg.x * (wg.y + nwg.y * wg.z);
-}
-
 fn width() -> u32 {
     return p.dk * p.dv + p.dk;
 }

@@ -35,15 +35,6 @@ struct Params {
 
 var<workgroup> red: array<f32, WG>;
 
-fn wg_index(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wg.x + nwg.x * (wg.y + nwg.y * wg.z);
-}
-
-// max that keeps a when b is NaN, so a NaN key poisons S through its weight, not through c.
-fn fmax(a: f32, b: f32) -> f32 {
-    return select(a, b, b > a);
-}
-
 // One invocation per (row, state entry).
 @compute @workgroup_size(WG)
 fn step_update(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,

@@ -45,14 +45,6 @@ var<workgroup> sh: array<vec4<f32>, WG>;
 const MODE_WORDS: u32 = 7u;
 const TWO_PI: f32 = 6.283185307179586;
 
-fn wg_index(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wg.x + nwg.x * (wg.y + nwg.y * wg.z);
-}
-
-fn cmul(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
-    return vec2<f32>(a.x * b.x - a.y * b.y, a.x * b.y + a.y * b.x);
-}
-
 // e earlier, l later.
 fn combine(e: vec4<f32>, l: vec4<f32>) -> vec4<f32> {
     return vec4<f32>(cmul(l.xy, e.xy), cmul(l.xy, e.zw) + l.zw);

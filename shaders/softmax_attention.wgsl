@@ -62,10 +62,6 @@ var<workgroup> row_m: array<f32, BQ>;
 var<workgroup> row_l: array<f32, BQ>;
 var<workgroup> row_alpha: array<f32, BQ>;
 
-fn wg_index(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wg.x + nwg.x * (wg.y + nwg.y * wg.z);
-}
-
 // Keys j in [lo, hi) that query i sees: all, j <= i when causal, and only its own block of w.
 fn key_range(i: u32) -> vec2<u32> {
     if (i >= p.len) {

@@ -33,14 +33,6 @@ struct Params {
 
 const TWO_PI: f32 = 6.283185307179586;
 
-fn wg_index(wg: vec3<u32>, nwg: vec3<u32>) -> u32 {
-    return wg.x + nwg.x * (wg.y + nwg.y * wg.z);
-}
-
-fn cmul(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
-    return vec2<f32>(a.x * b.x - a.y * b.y, a.x * b.y + a.y * b.x);
-}
-
 fn cdiv(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
     // Scaled by the larger component so |b|^2 cannot overflow or underflow.
     let s = max(abs(b.x), abs(b.y));

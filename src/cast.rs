@@ -1,18 +1,18 @@
 //! Packing f32 results into f16 tensors on adapters without SHADER_F16.
 
-use bytemuck::{Pod, Zeroable};
-
+use crate::bind::Bind;
 use crate::pipeline::Storage;
-use crate::schedule::{Bind, Schedule};
+use crate::schedule::Schedule;
 use crate::Result;
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct PackParams {
-    start: u32,
-    n: u32,
-    first_word: u32,
-    words: u32,
+crate::uniform! {
+    /// The `Params` uniform of shaders/cast.wgsl.
+    pub(crate) struct PackParams {
+        start: u32,
+        n: u32,
+        first_word: u32,
+        words: u32,
+    }
 }
 
 /// Records `dst[first .. first + n] = f16(src[0 .. n])`, where `dst` holds f16 pairs in u32 words.
@@ -24,7 +24,7 @@ pub(crate) fn record_pack_f16(
     n: u64,
 ) -> Result<()> {
     let ctx = s.context();
-    let wg = crate::attention::linear::workgroup_size(ctx);
+    let wg = crate::sizes::workgroup_size(ctx);
     let p = ctx
         .pipelines
         .get(ctx, "cast", "pack_f16", Storage::F32, &[("WG", wg)])?;

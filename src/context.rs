@@ -1,13 +1,18 @@
 //! Adapter choice, device, queue, features and limits.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use crate::pipeline::PipelineCache;
 use crate::{Error, Result};
 
 /// How to build a [`Context`].
 #[derive(Clone, Debug)]
 pub struct ContextOptions {
-    /// Case-insensitive substring of the adapter name to use. `None` reads `LONGSEQ_ADAPTER`;
-    /// when that is unset too, a hardware GPU is preferred over a software adapter.
+    /// Which adapter to use: words (split at spaces or commas), each a case-insensitive
+    /// substring of the adapter's name or its backend's name (`vulkan`, `gl`, `metal`, `dx12`,
+    /// `webgpu`); every word must match, e.g. `"llvmpipe vulkan"`. `None` reads
+    /// `LONGSEQ_ADAPTER`; when that is unset too, a hardware GPU is preferred over a software
+    /// adapter and Vulkan/Metal/DX12 over GL.
     pub adapter: Option<String>,
     /// Request `SHADER_F16` when the adapter has it (default true). When false, f16 tensors are
     /// read as packed `u32` words with `unpack2x16float`, the path for adapters without f16.
@@ -36,7 +41,11 @@ pub struct Context {
     f16: bool,
     limits: wgpu::Limits,
     pub(crate) pipelines: PipelineCache,
+    /// Unique per context, so a tensor can tell which context made it.
+    id: u64,
 }
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 fn type_rank(t: wgpu::DeviceType) -> u32 {
     match t {
@@ -56,13 +65,55 @@ fn backend_rank(b: wgpu::Backend) -> u32 {
     }
 }
 
+/// Whether every word of `wanted` (split at spaces and commas) is a case-insensitive substring
+/// of the adapter's name or its backend's name.
+fn adapter_matches(info: &wgpu::AdapterInfo, wanted: &str) -> bool {
+    let name = info.name.to_lowercase();
+    let backend = info.backend.to_str().to_lowercase();
+    wanted
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .all(|w| name.contains(&w) || backend.contains(&w))
+}
+
 impl Context {
-    /// Picks an adapter with [`ContextOptions::default`] and opens a device (blocking).
+    /// Every adapter that can run compute shaders (the candidates of [`Context::new`]), in the
+    /// order wgpu lists them. Empty when there is none.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn adapters() -> Vec<wgpu::AdapterInfo> {
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+            .into_iter()
+            .filter(|a| {
+                a.get_downlevel_capabilities()
+                    .flags
+                    .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+            })
+            .map(|a| a.get_info())
+            .collect()
+    }
+
+    /// One line for an adapter: `llvmpipe (LLVM 15.0.6, 256 bits) (backend vulkan, Cpu)`.
+    pub fn info_line(i: &wgpu::AdapterInfo) -> String {
+        format!(
+            "{} (backend {}, {:?})",
+            i.name,
+            i.backend.to_str(),
+            i.device_type
+        )
+    }
+
+    /// Picks an adapter with [`ContextOptions::default`] and opens a device (blocking; not on
+    /// wasm32, where [`Context::new_async`] is the way).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn new() -> Result<Self> {
         Self::with_options(&ContextOptions::default())
     }
 
-    /// Blocking form of [`Context::new_async`].
+    /// Blocking form of [`Context::new_async`] (not on wasm32).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn with_options(opts: &ContextOptions) -> Result<Self> {
         pollster::block_on(Self::new_async(opts))
     }
@@ -93,13 +144,20 @@ impl Context {
                 detail: String::new(),
             });
         }
-        let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+        let names: Vec<String> = adapters
+            .iter()
+            .map(|a| Self::info_line(&a.get_info()))
+            .collect();
         if let Some(w) = &wanted {
-            let w = w.to_lowercase();
-            adapters.retain(|a| a.get_info().name.to_lowercase().contains(&w));
+            adapters.retain(|a| adapter_matches(&a.get_info(), w));
             if adapters.is_empty() {
-                return Err(Error::NoAdapter {
-                    detail: format!(" matching LONGSEQ_ADAPTER={w:?} (available: {names:?})"),
+                return Err(Error::InvalidArgument {
+                    op: "Context::new",
+                    name: "LONGSEQ_ADAPTER",
+                    reason: format!(
+                        "{w:?} matches no adapter (by name or backend); available: {}",
+                        names.join("; ")
+                    ),
                 });
             }
         }
@@ -153,7 +211,13 @@ impl Context {
             f16,
             limits,
             pipelines: PipelineCache::default(),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         }
+    }
+
+    /// Tells contexts apart: tensors remember the id of the context that made them.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
     }
 
     pub fn device(&self) -> &wgpu::Device {
@@ -173,12 +237,14 @@ impl Context {
         &self.limits
     }
 
-    /// Blocks until all submitted work is done.
+    /// Blocks until all submitted work is done (not on wasm32, where the browser drives the
+    /// queue).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn wait(&self) -> Result<()> {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map(|_| ())
-            .map_err(|e| Error::Device(e.to_string()))
+            .map_err(Error::device)
     }
 
     /// A few lines for `longseq info`: adapter, backend, type, f16 and the limits that matter.
@@ -186,7 +252,7 @@ impl Context {
         let i = &self.info;
         let l = &self.limits;
         format!(
-            "adapter: {} ({:?}, {:?}, driver {} {})\n\
+            "adapter: {} (backend {}, {:?}, driver {} {})\n\
              shader f16: {}\n\
              max storage binding: {} bytes\n\
              max buffer: {} bytes\n\
@@ -195,7 +261,7 @@ impl Context {
              max workgroups per dimension: {}\n\
              storage offset alignment: {} bytes",
             i.name,
-            i.backend,
+            i.backend.to_str(),
             i.device_type,
             i.driver,
             i.driver_info,
@@ -216,6 +282,6 @@ impl Context {
     /// One line: adapter name, backend, device type.
     pub fn adapter_line(&self) -> String {
         let i = &self.info;
-        format!("{} ({:?}, {:?})", i.name, i.backend, i.device_type)
+        Self::info_line(i)
     }
 }

@@ -1,7 +1,9 @@
 //! One error type for the whole crate.
 
 /// Everything that can go wrong in longseq. Bad input is reported here, never by a panic.
+/// New variants may be added (non-exhaustive): match with a wildcard arm.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// No adapter could be found (or none matched `LONGSEQ_ADAPTER`).
     #[error("no GPU adapter found{detail}; for a software adapter install lavapipe (Debian/Ubuntu: `apt-get install mesa-vulkan-drivers`)")]
@@ -24,20 +26,15 @@ pub enum Error {
         expected: usize,
         got: usize,
     },
+    /// A shape whose element count (or byte size) overflows.
+    #[error("shape {shape:?} has more elements than fit in memory")]
+    ShapeOverflow { shape: Vec<usize> },
     /// An option or argument is out of its valid range.
     #[error("{op}: invalid `{name}`: {reason}")]
     InvalidArgument {
         op: &'static str,
         name: &'static str,
         reason: String,
-    },
-    /// A tensor holds a dtype this op or file does not take.
-    #[error("{op}: `{name}` has dtype {got}, expected {expected}")]
-    Dtype {
-        op: &'static str,
-        name: String,
-        expected: String,
-        got: String,
     },
     /// An index (a token id) is not below the size of the table it indexes.
     #[error("{op}: `{name}`{position:?} = {index} is out of range (must be < {bound})")]
@@ -71,9 +68,30 @@ pub enum Error {
         entry: String,
         message: String,
     },
-    /// The device reported an error (out of memory, lost device, failed map).
-    #[error("device error: {0}")]
-    Device(String),
+    /// A tensor made by one [`crate::Context`] was used with another.
+    #[error("{op}: `{name}` belongs to another Context")]
+    WrongContext {
+        op: &'static str,
+        name: &'static str,
+    },
+    /// The device reported an error (validation, out of memory, lost device, failed map); the
+    /// wgpu error, when there is one, is the source.
+    #[error("device error: {message}")]
+    Device {
+        message: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    },
+}
+
+impl Error {
+    /// [`Error::Device`] carrying `e` as its source.
+    pub(crate) fn device(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error::Device {
+            message: e.to_string(),
+            source: Some(Box::new(e)),
+        }
+    }
 }
 
 /// `Result` with [`Error`].

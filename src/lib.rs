@@ -17,24 +17,59 @@
 //! # Ok(()) }
 //! ```
 
+/// Declares a `#[repr(C)]` uniform struct mirrored by a WGSL `Params` struct, with its layout
+/// (size and member offsets) for the reflection test in [`pipeline`].
+macro_rules! uniform {
+    ($(#[$m:meta])* $vis:vis struct $name:ident { $($(#[$fm:meta])* $f:ident : $t:ty),* $(,)? }) => {
+        $(#[$m])*
+        #[repr(C)]
+        #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+        $vis struct $name { $($(#[$fm])* $f: $t),* }
+
+        impl crate::pipeline::Uniform for $name {
+            fn layout() -> crate::pipeline::Layout {
+                crate::pipeline::Layout {
+                    size: size_of::<Self>(),
+                    fields: vec![$((stringify!($f), std::mem::offset_of!($name, $f))),*],
+                }
+            }
+        }
+    };
+}
+pub(crate) use uniform;
+
 pub mod attention;
+mod bind;
 mod cast;
 pub mod context;
 pub mod cpu;
+mod driver;
 pub mod dtype;
 pub mod error;
+pub mod math;
 mod pipeline;
 pub mod positions;
 pub mod reference;
 pub mod schedule;
+pub mod series;
+mod sizes;
 pub mod ssm;
 pub mod tensor;
+pub mod types;
 
 pub use context::{Context, ContextOptions};
+
+/// README.md's code blocks run as doctests, so its library snippet compiles as written.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
+/// The wgpu and half this crate is built on, so applications use the same versions.
+pub use half;
 pub use schedule::Schedule;
 pub use tensor::Tensor;
+pub use wgpu;
 
 /// Runs `f` inside validation and out-of-memory error scopes, so a device-side failure becomes
 /// an [`Error::Device`] instead of wgpu's default panic.
@@ -42,12 +77,23 @@ pub(crate) fn error_scope<R>(ctx: &Context, f: impl FnOnce() -> Result<R>) -> Re
     let oom = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
     let val = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
     let r = f();
-    let e1 = pollster::block_on(val.pop());
-    let e2 = pollster::block_on(oom.pop());
-    let r = r?;
-    match e1.or(e2) {
-        Some(e) => Err(Error::Device(e.to_string())),
-        None => Ok(r),
+    // On the web nothing may block: the scopes are popped and their errors go to the device's
+    // uncaptured-error handler (the browser console) instead of this result.
+    #[cfg(target_arch = "wasm32")]
+    {
+        drop(val.pop());
+        drop(oom.pop());
+        r
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let e1 = pollster::block_on(val.pop());
+        let e2 = pollster::block_on(oom.pop());
+        let r = r?;
+        match e1.or(e2) {
+            Some(e) => Err(Error::device(e)),
+            None => Ok(r),
+        }
     }
 }
 

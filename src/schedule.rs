@@ -2,43 +2,8 @@
 
 use wgpu::util::DeviceExt;
 
+use crate::bind::Bind;
 use crate::{Context, Error, Result};
-
-/// A range of a buffer bound at one binding slot.
-#[derive(Clone, Copy)]
-pub(crate) struct Bind<'b> {
-    pub slot: u32,
-    pub buffer: &'b wgpu::Buffer,
-    pub offset: u64,
-    pub size: u64,
-}
-
-impl<'b> Bind<'b> {
-    /// Elements `[first, first + n)` of a buffer of `elem_bytes`-sized elements. The offset is
-    /// aligned down to the device's storage-offset alignment; the returned element index is where
-    /// `first` lands inside the binding (the shader adds it to its indices).
-    pub fn elems(
-        ctx: &Context,
-        slot: u32,
-        buffer: &'b wgpu::Buffer,
-        elem_bytes: u64,
-        first: u64,
-        n: u64,
-    ) -> (Self, u32) {
-        let align = ctx.limits().min_storage_buffer_offset_alignment as u64;
-        let start = first * elem_bytes;
-        let offset = start / align * align;
-        let end = ((first + n) * elem_bytes).div_ceil(4) * 4;
-        let end = end.min(buffer.size()).max(offset + 4);
-        let bind = Self {
-            slot,
-            buffer,
-            offset,
-            size: end - offset,
-        };
-        (bind, ((start - offset) / elem_bytes) as u32)
-    }
-}
 
 /// Splits `rows` independent rows (e.g. (batch, head) pairs) into passes so that each binding,
 /// holding `bytes_per_row[i]` bytes per row plus alignment slack, fits the storage-binding limit.
@@ -111,6 +76,18 @@ impl<'a> Schedule<'a> {
         Self { ctx, encoder }
     }
 
+    /// Records into an application's own encoder (made on `ctx`'s device), so longseq ops join
+    /// the application's command stream; [`Schedule::into_encoder`] hands it back unsubmitted.
+    /// Internal buffers (parameters, scratch) stay alive as long as the commands need them.
+    pub fn from_encoder(ctx: &'a Context, encoder: wgpu::CommandEncoder) -> Self {
+        Self { ctx, encoder }
+    }
+
+    /// The encoder with everything recorded so far, for the application to submit.
+    pub fn into_encoder(self) -> wgpu::CommandEncoder {
+        self.encoder
+    }
+
     pub fn context(&self) -> &'a Context {
         self.ctx
     }
@@ -160,21 +137,16 @@ impl<'a> Schedule<'a> {
         Ok(())
     }
 
+    /// Records zeroing a whole buffer (it needs `COPY_DST`).
+    pub(crate) fn clear(&mut self, buffer: &wgpu::Buffer) {
+        self.encoder.clear_buffer(buffer, 0, None);
+    }
+
     /// Sends everything recorded in one submission. Does not wait; reading a tensor back or
     /// [`Context::wait`] does.
     pub fn submit(self) -> wgpu::SubmissionIndex {
         self.ctx.queue.submit([self.encoder.finish()])
     }
-}
-
-/// An internal buffer for an op's intermediate results (f32 state, f32 staging of packed f16).
-pub(crate) fn scratch(ctx: &Context, bytes: u64) -> wgpu::Buffer {
-    ctx.device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("longseq scratch"),
-        size: bytes.div_ceil(4).max(1) * 4,
-        usage: wgpu::BufferUsages::STORAGE,
-        mapped_at_creation: false,
-    })
 }
 
 #[cfg(test)]

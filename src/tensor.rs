@@ -10,6 +10,8 @@ use crate::{Context, DType, Element, Error, Result};
 pub struct Tensor<T: Element> {
     buffer: wgpu::Buffer,
     shape: Vec<usize>,
+    /// [`Context::id`] of the context whose device made (or wrapped) the buffer.
+    context: u64,
     _t: PhantomData<T>,
 }
 
@@ -19,9 +21,22 @@ impl<T: Element> Clone for Tensor<T> {
         Self {
             buffer: self.buffer.clone(),
             shape: self.shape.clone(),
+            context: self.context,
             _t: PhantomData,
         }
     }
+}
+
+/// The element count of `shape`, or [`Error::ShapeOverflow`] when it does not fit a `usize` (or
+/// its bytes a `u64`).
+pub(crate) fn checked_len(shape: &[usize], elem_bytes: usize) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .filter(|n| n.checked_mul(elem_bytes).is_some())
+        .ok_or_else(|| Error::ShapeOverflow {
+            shape: shape.to_vec(),
+        })
 }
 
 pub(crate) fn padded_bytes(len: usize, elem: usize) -> u64 {
@@ -31,7 +46,7 @@ pub(crate) fn padded_bytes(len: usize, elem: usize) -> u64 {
 impl<T: Element> Tensor<T> {
     /// Uploads `data` (row-major) with the given shape.
     pub fn from_slice(ctx: &Context, data: &[T], shape: &[usize]) -> Result<Self> {
-        let n: usize = shape.iter().product();
+        let n = checked_len(shape, size_of::<T>())?;
         if n != data.len() {
             return Err(Error::DataLength {
                 shape: shape.to_vec(),
@@ -52,19 +67,20 @@ impl<T: Element> Tensor<T> {
         Ok(Self {
             buffer,
             shape: shape.to_vec(),
+            context: ctx.id(),
             _t: PhantomData,
         })
     }
 
     /// A tensor whose every element is NaN: what tests write into, so an unwritten element shows.
     pub fn nan(ctx: &Context, shape: &[usize]) -> Result<Self> {
-        let n: usize = shape.iter().product();
+        let n = checked_len(shape, size_of::<T>())?;
         Self::from_slice(ctx, &vec![T::from_f64(f64::NAN); n], shape)
     }
 
     /// An uninitialised (zero-filled by wgpu) tensor for op outputs.
     pub fn empty(ctx: &Context, shape: &[usize]) -> Result<Self> {
-        let n: usize = shape.iter().product();
+        let n = checked_len(shape, size_of::<T>())?;
         let size = padded_bytes(n, size_of::<T>());
         check_buffer_size(ctx, size)?;
         let buffer = ctx.device.create_buffer(&wgpu::BufferDescriptor {
@@ -76,6 +92,7 @@ impl<T: Element> Tensor<T> {
         Ok(Self {
             buffer,
             shape: shape.to_vec(),
+            context: ctx.id(),
             _t: PhantomData,
         })
     }
@@ -95,8 +112,43 @@ impl<T: Element> Tensor<T> {
     pub fn buffer(&self) -> &wgpu::Buffer {
         &self.buffer
     }
+    pub(crate) fn context_id(&self) -> u64 {
+        self.context
+    }
 
-    /// Copies the tensor back to the host, blocking until the device is done.
+    /// Wraps an application's own buffer (made on `ctx`'s device) as a tensor of `shape`, without
+    /// a copy. The buffer needs `STORAGE` usage (and `COPY_SRC` for [`Tensor::to_vec`]), and at
+    /// least the shape's bytes rounded up to a word. Errors: [`Error::ShapeOverflow`],
+    /// [`Error::InvalidArgument`] for a missing usage or a buffer too small for the shape.
+    pub fn from_buffer(ctx: &Context, buffer: wgpu::Buffer, shape: &[usize]) -> Result<Self> {
+        let n = checked_len(shape, size_of::<T>())?;
+        let bad = |reason: String| Error::InvalidArgument {
+            op: "Tensor::from_buffer",
+            name: "buffer",
+            reason,
+        };
+        if !buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
+            return Err(bad(format!("usage {:?} lacks STORAGE", buffer.usage())));
+        }
+        let need = padded_bytes(n, size_of::<T>());
+        if buffer.size() < need {
+            return Err(bad(format!(
+                "{} bytes, but shape {shape:?} of {} needs {need}",
+                buffer.size(),
+                T::DTYPE
+            )));
+        }
+        Ok(Self {
+            buffer,
+            shape: shape.to_vec(),
+            context: ctx.id(),
+            _t: PhantomData,
+        })
+    }
+
+    /// Copies the tensor back to the host, blocking until the device is done. Not on wasm32,
+    /// where nothing may block: use [`Tensor::to_vec_async`] there.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn to_vec(&self, ctx: &Context) -> Result<Vec<T>> {
         pollster::block_on(self.to_vec_async(ctx))
     }
@@ -104,6 +156,12 @@ impl<T: Element> Tensor<T> {
     /// Copies the tensor back to the host. On native backends this polls the device itself; on
     /// the web the browser drives the map.
     pub async fn to_vec_async(&self, ctx: &Context) -> Result<Vec<T>> {
+        if ctx.id() != self.context {
+            return Err(Error::WrongContext {
+                op: "to_vec",
+                name: "tensor",
+            });
+        }
         let size = self.buffer.size();
         let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("longseq readback"),
@@ -123,13 +181,16 @@ impl<T: Element> Tensor<T> {
         #[cfg(not(target_arch = "wasm32"))]
         ctx.wait()?;
         rx.await
-            .map_err(|_| Error::Device("readback callback dropped".into()))?
-            .map_err(|e| Error::Device(e.to_string()))?;
+            .map_err(|_| Error::Device {
+                message: "readback callback dropped".into(),
+                source: None,
+            })?
+            .map_err(Error::device)?;
         let out = {
             let view = staging
                 .slice(..)
                 .get_mapped_range()
-                .map_err(|e| Error::Device(e.to_string()))?;
+                .map_err(Error::device)?;
             let n = self.len();
             bytemuck::pod_collect_to_vec::<u8, T>(&view[..n * size_of::<T>()])
         };

@@ -122,11 +122,12 @@ fn both_devices_agree_and_f16_storage_is_within_tolerance() {
     for needle in [
         "gpu:",
         "reference:",
-        "gpu vs reference:",
-        "vs layer0.softmax_out: relative Frobenius error",
+        "gpu vs reference (f16 storage, tolerance 5e-3",
     ] {
         assert!(stdout.contains(needle), "missing `{needle}` in:\n{stdout}");
     }
+    // Causal linear attention is not an estimate of the stored non-causal softmax output.
+    assert!(!stdout.contains("softmax_out"), "{stdout}");
     let (o, _) = read_f64(&out, "o");
     let (q, _) = read_f64(DATA, "layer0.q");
     let (k, _) = read_f64(DATA, "layer0.k");

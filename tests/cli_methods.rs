@@ -168,7 +168,7 @@ fn lightning_equals_its_equation_with_alibi_and_with_a_decay_tensor() {
         &["--method", "lightning"],
         &tmp("l-alibi.safetensors"),
     );
-    assert!(stdout.contains("slopes alibi"), "{stdout}");
+    assert!(stdout.contains("slopes ALiBi"), "{stdout}");
     let want = decayed_quadratic(&q, &k, &v, &alibi_slopes(12), 403, 32);
     assert_close("lightning alibi", &o, &want, TOL_F32);
 

@@ -223,3 +223,69 @@ fn s4d_scan_matches_the_reference_recurrence() {
         Err(Error::Shape { name: "u", .. })
     ));
 }
+
+/// A random DPLR model: Λ with negative real parts and spread phases, small P, Q.
+fn dplr_model(seed: u64, h: usize, n: usize) -> rs::DplrSsm {
+    let mut g = rng(seed);
+    let mut z =
+        |s: f64| Complex64::new(s * g.random_range(-1.0..1.0), s * g.random_range(-1.0..1.0));
+    let p = (0..h * n).map(|_| z(0.3)).collect();
+    let q = (0..h * n).map(|_| z(0.3)).collect();
+    let b = (0..h * n).map(|_| z(1.0)).collect();
+    let c = (0..h * n).map(|_| z(1.0)).collect();
+    let mut g = rng(seed + 1000);
+    let lambda = (0..h * n)
+        .map(|i| {
+            Complex64::new(
+                -g.random_range(0.2..1.0),
+                std::f64::consts::PI * (i % n) as f64 + g.random_range(-0.5..0.5),
+            )
+        })
+        .collect();
+    let dt = (0..h)
+        .map(|_| 10f64.powf(g.random_range(-3.0..-1.0)))
+        .collect();
+    rs::DplrSsm {
+        h,
+        n,
+        lambda,
+        p,
+        q,
+        b,
+        c,
+        dt,
+    }
+}
+
+#[test]
+fn dplr_kernel_matches_the_dense_reference() {
+    let mut seed = 0;
+    for (h, n, len) in [
+        (2usize, 1usize, 1usize),
+        (3, 2, 3),
+        (2, 3, 33),
+        (2, 64, 1000),
+        (1, 65, 300),
+        (2, 8, 4096),
+    ] {
+        seed += 1;
+        let m = dplr_model(seed, h, n);
+        let got = cpu::ssm::s4_dplr_kernel(&m, len).unwrap();
+        let want = rs::dplr_kernel_dense(&m, len).unwrap();
+        check(&format!("dplr H={h} N={n} L={len}"), &got, &want, F32);
+    }
+}
+
+#[test]
+fn dplr_bad_input_is_a_typed_error() {
+    let mut m = dplr_model(1, 2, 3);
+    assert!(matches!(
+        cpu::ssm::s4_dplr_kernel(&m, 0),
+        Err(Error::InvalidArgument { .. })
+    ));
+    m.q.pop();
+    assert!(matches!(
+        cpu::ssm::s4_dplr_kernel(&m, 5),
+        Err(Error::Shape { .. })
+    ));
+}

@@ -19,135 +19,34 @@
 //! guard's 0, where the f64 reference (or recurrent decoding, whose stabiliser is a running
 //! maximum) still has a value.
 
-use bytemuck::{Pod, Zeroable};
-use nalgebra::DMatrix;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-use rand_distr::StandardNormal;
+use bytemuck::Zeroable;
 
-use super::linear::{check_shapes, core_state_bytes, record_core, whole, Core, CoreBinds};
-use crate::cast::record_pack_f16;
+use super::linear::{core_state_bytes, record_core, Core, CoreBinds};
+use crate::bind::{scratch, Bind};
+use crate::driver::{self, Input, Pass, Plan, RowOp};
 use crate::pipeline::Storage;
-use crate::schedule::{rows_per_pass, scratch, Bind, Schedule};
-use crate::{Context, Element, Error, Result, Tensor};
-
-/// Which random features.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub enum FavorKind {
-    /// `exp(ωᵀx' − ‖x'‖²/2)`: positive (FAVOR+), F = M features.
-    #[default]
-    Positive,
-    /// `exp(‖x'‖²/2)·[sin(ωᵀx'), cos(ωᵀx')]`: F = 2M features, not positive.
-    Trig,
-}
-
-impl FavorKind {
-    /// Features per position for `m` random directions.
-    pub fn num_features(self, m: usize) -> usize {
-        match self {
-            FavorKind::Positive => m,
-            FavorKind::Trig => 2 * m,
-        }
-    }
-}
-
-/// How [`draw_omega`] draws the random directions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub enum OmegaDraw {
-    /// Rows i.i.d. N(0, I_d).
-    Gaussian,
-    /// Blocks of d mutually orthogonal rows (Q of the QR of a d×d Gaussian, sign-fixed), each
-    /// row rescaled to the norm of an independent N(0, I_d) draw (chi-distributed), §2.4.
-    #[default]
-    OrthogonalChi,
-    /// Orthogonal blocks, every row of norm √d.
-    OrthogonalSqrtD,
-}
-
-/// Options for [`favor_attention`] and the CPU reference
-/// [`crate::reference::attention::favor_attention`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct FavorOptions {
-    pub kind: FavorKind,
-    /// Sum over `j ≤ i` only.
-    pub causal: bool,
-}
+use crate::schedule::Schedule;
+pub(crate) use crate::types::attention::check_omega;
+use crate::types::attention::{check_shapes, AttnDims};
+pub use crate::types::attention::{draw_omega, FavorKind, FavorOptions, OmegaDraw};
+use crate::{Context, DType, Element, Result, Tensor};
 
 const OP: &str = "favor_attention";
 
-/// ω `[m, dk]` row-major f32, drawn from `seed` (rand's `StdRng`). `m` need not be a multiple
-/// of `dk`: the last orthogonal block keeps its first `m mod dk` rows.
-/// Errors: [`Error::InvalidArgument`] when `m` or `dk` is 0.
-pub fn draw_omega(m: usize, dk: usize, draw: OmegaDraw, seed: u64) -> Result<Vec<f32>> {
-    for (name, v) in [("num_features", m), ("dk", dk)] {
-        if v == 0 {
-            return Err(Error::InvalidArgument {
-                op: "draw_omega",
-                name,
-                reason: "must be >= 1".into(),
-            });
-        }
+crate::uniform! {
+    /// The `Params` uniform of shaders/favor.wgsl.
+    pub(crate) struct Params {
+        rows: u32,
+        len: u32,
+        dk: u32,
+        m: u32,
+        x_off: u32,
+        head_off: u32,
+        total: u32,
+        scale: f32,
+        norm: f32,
+        _pad: [u32; 3],
     }
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut normal = move || -> f64 { rng.sample(StandardNormal) };
-    let mut w = Vec::with_capacity(m * dk);
-    if draw == OmegaDraw::Gaussian {
-        w.extend((0..m * dk).map(|_| normal() as f32));
-        return Ok(w);
-    }
-    while w.len() < m * dk {
-        let g = DMatrix::<f64>::from_fn(dk, dk, |_, _| normal());
-        let qr = g.qr();
-        let (q, r) = (qr.q(), qr.r());
-        // Columns of Q, signs fixed by diag(R) so the block is Haar-distributed.
-        for c in 0..dk {
-            if w.len() == m * dk {
-                break;
-            }
-            let sign = if r[(c, c)] < 0.0 { -1.0 } else { 1.0 };
-            let norm = match draw {
-                OmegaDraw::OrthogonalChi => (0..dk).map(|_| normal().powi(2)).sum::<f64>().sqrt(),
-                _ => (dk as f64).sqrt(),
-            };
-            w.extend((0..dk).map(|a| (sign * norm * q[(a, c)]) as f32));
-        }
-    }
-    Ok(w)
-}
-
-/// Checks `omega: [M, Dk]` with M >= 1 against the inputs' Dk; returns M.
-pub(crate) fn check_omega(op: &'static str, omega: &[usize], dk: usize) -> Result<usize> {
-    if omega.len() != 2 || omega[1] != dk {
-        return Err(Error::Shape {
-            op,
-            name: "omega",
-            expected: format!("[M, {dk}] (M random directions of q's head dim)"),
-            got: omega.to_vec(),
-        });
-    }
-    if omega[0] == 0 {
-        return Err(Error::InvalidArgument {
-            op,
-            name: "omega",
-            reason: "M = 0 random features".into(),
-        });
-    }
-    Ok(omega[0])
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    rows: u32,
-    len: u32,
-    dk: u32,
-    m: u32,
-    x_off: u32,
-    head_off: u32,
-    total: u32,
-    scale: f32,
-    norm: f32,
-    _pad: [u32; 3],
 }
 
 pub(crate) const WG: u32 = 64;
@@ -174,9 +73,9 @@ pub(crate) fn record_features(
     let f = kind.num_features(m as usize) as u64;
     let consts = [("WG", WG), ("TRIG", (kind == FavorKind::Trig) as u32)];
     let pl = |entry| ctx.pipelines.get(ctx, "favor", entry, storage, &consts);
-    let b_omega = whole(2, omega, m * dk * 4).0;
-    let b_feat = whole(3, feat, nr * len * f * 4).0;
-    let b_log = whole(4, logscale, nr * len * 4).0;
+    let b_omega = Bind::prefix_at(2, omega, m * dk * 4).0;
+    let b_feat = Bind::prefix_at(3, feat, nr * len * f * 4).0;
+    let b_log = Bind::prefix_at(4, logscale, nr * len * 4).0;
     let mut prm = Params {
         rows: nr as u32,
         len: len as u32,
@@ -252,7 +151,7 @@ fn record_elementwise(
     s.dispatch(
         &p,
         &prm,
-        &[x.0, whole(slot, out, n * 4).0],
+        &[x.0, Bind::prefix_at(slot, out, n * 4).0],
         n.div_ceil(WG as u64),
     )
 }
@@ -271,10 +170,7 @@ pub fn favor_attention<T: Element>(
     omega: &Tensor<f32>,
     opts: &FavorOptions,
 ) -> Result<Tensor<T>> {
-    let dims = check_shapes(OP, q.shape(), k.shape(), v.shape())?;
-    let out = Tensor::empty(ctx, &dims.out_shape)?;
-    favor_attention_into(ctx, q, k, v, omega, &out, opts)?;
-    Ok(out)
+    driver::run(ctx, &Favor::new(q, k, v, omega, opts))
 }
 
 /// [`favor_attention`] writing into an existing `out: [.., L, Dv]`, one submission.
@@ -287,12 +183,7 @@ pub fn favor_attention_into<T: Element>(
     out: &Tensor<T>,
     opts: &FavorOptions,
 ) -> Result<()> {
-    crate::error_scope(ctx, || {
-        let mut s = Schedule::new(ctx);
-        record_favor_attention(&mut s, q, k, v, omega, out, opts)?;
-        s.submit();
-        Ok(())
-    })
+    driver::run_into(ctx, &Favor::new(q, k, v, omega, opts), out)
 }
 
 /// Records [`favor_attention`] into a [`Schedule`].
@@ -305,7 +196,7 @@ pub fn record_favor_attention<T: Element>(
     out: &Tensor<T>,
     opts: &FavorOptions,
 ) -> Result<()> {
-    record_favor(s, q, k, v, omega, out, opts.kind, opts.causal, None)
+    driver::record(s, &Favor::new(q, k, v, omega, opts), out)
 }
 
 /// Where a prefill writes each row's final state: S `[R, F, Dv]`, z `[R, F]`, log-scale `[R]`.
@@ -315,119 +206,117 @@ pub(crate) struct StateOut<'a> {
     pub c: &'a wgpu::Buffer,
 }
 
-/// The FAVOR pipeline; with `state`, also the state after the last row (prefill, causal).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn record_favor<T: Element>(
-    s: &mut Schedule<'_>,
-    q: &Tensor<T>,
-    k: &Tensor<T>,
-    v: &Tensor<T>,
-    omega: &Tensor<f32>,
-    out: &Tensor<T>,
-    kind: FavorKind,
-    causal: bool,
-    state: Option<StateOut<'_>>,
-) -> Result<()> {
-    let ctx = s.context();
-    let d = check_shapes(OP, q.shape(), k.shape(), v.shape())?;
-    let m = check_omega(OP, omega.shape(), d.dk)? as u64;
-    super::softmax::check_out(OP, &d, &[("q", q), ("k", k), ("v", v)], out)?;
-    let storage = Storage::for_dtype(ctx, T::DTYPE);
-    let is_f32 = T::DTYPE == crate::DType::F32;
-    let (len, dk, dv) = (d.len as u64, d.dk as u64, d.dv as u64);
-    let f = kind.num_features(m as usize) as u64;
-    let es = size_of::<T>() as u64;
-    let st_bytes = core_state_bytes(ctx, len, f, dv);
-    let per = rows_per_pass(
-        ctx,
-        OP,
-        &[
-            ("q", len * dk * es),
-            ("v", len * dv * 4),
-            ("features", len * f * 4),
-            ("state", st_bytes),
-            ("S", f * dv * 4),
-        ],
-        d.rows,
-    )?;
-    let rows_max = per.min(d.rows) as u64;
-    let fq = scratch(ctx, rows_max * len * f * 4);
-    let fk = scratch(ctx, rows_max * len * f * 4);
-    let logs = scratch(ctx, rows_max * len * 4);
-    let head = scratch(ctx, rows_max * 4);
-    let core_state = scratch(ctx, rows_max * st_bytes);
-    let vf = (!is_f32).then(|| scratch(ctx, rows_max * len * dv * 4));
-    let of = (!is_f32).then(|| scratch(ctx, rows_max * len * dv * 4));
-    let core = Core {
-        len,
-        dk: f,
-        dv,
-        causal,
-        denominator: true,
-        eps: 0.0,
-    };
-    let mut r0 = 0u64;
-    while r0 < d.rows as u64 {
-        let nr = (per as u64).min(d.rows as u64 - r0);
+/// The FAVOR op; with `state`, also the state after the last row (prefill, causal).
+pub(crate) struct Favor<'a, T: Element> {
+    pub q: &'a Tensor<T>,
+    pub k: &'a Tensor<T>,
+    pub v: &'a Tensor<T>,
+    pub omega: &'a Tensor<f32>,
+    pub kind: FavorKind,
+    pub causal: bool,
+    pub state: Option<StateOut<'a>>,
+}
+
+impl<'a, T: Element> Favor<'a, T> {
+    pub fn new(
+        q: &'a Tensor<T>,
+        k: &'a Tensor<T>,
+        v: &'a Tensor<T>,
+        omega: &'a Tensor<f32>,
+        opts: &FavorOptions,
+    ) -> Self {
+        Self {
+            q,
+            k,
+            v,
+            omega,
+            kind: opts.kind,
+            causal: opts.causal,
+            state: None,
+        }
+    }
+}
+
+impl<T: Element> RowOp for Favor<'_, T> {
+    type T = T;
+    /// Sizes and M.
+    type Dims = (AttnDims, u64);
+    const NAME: &'static str = OP;
+
+    fn plan(&self, ctx: &Context) -> Result<(Self::Dims, Plan)> {
+        let d = check_shapes(OP, self.q.shape(), self.k.shape(), self.v.shape())?;
+        let m = check_omega(OP, self.omega.shape(), d.dk)? as u64;
+        let (len, dk, dv) = (d.len as u64, d.dk as u64, d.dv as u64);
+        let f = self.kind.num_features(m as usize) as u64;
+        let es = size_of::<T>() as u64;
+        let mut plan = Plan::new(d.out_shape.clone(), d.rows as u64, len * dv)
+            .bytes("q", len * dk * es)
+            .bytes("v", len * dv * 4)
+            .bytes("features", len * f * 4)
+            .bytes("state", core_state_bytes(ctx, len, f, dv))
+            .bytes("S", f * dv * 4);
+        // The chunk kernels run on f32 features, so they write f32.
+        plan.f32_out = true;
+        Ok(((d, m), plan))
+    }
+
+    fn inputs(&self) -> Vec<Input<'_>> {
+        let mut i = super::qkv_inputs(self.q, self.k, self.v);
+        i.push(Input::of("omega", self.omega));
+        i
+    }
+
+    fn record_rows(&self, s: &mut Schedule<'_>, (d, m): &Self::Dims, p: &Pass<'_>) -> Result<()> {
+        let ctx = s.context();
+        let (kind, storage, m) = (self.kind, p.storage, *m);
+        let (len, dk, dv) = (d.len as u64, d.dk as u64, d.dv as u64);
+        let f = kind.num_features(m as usize) as u64;
+        let (r0, nr, es) = (p.r0, p.nr, size_of::<T>() as u64);
+        let fq = scratch(ctx, nr * len * f * 4);
+        let fk = scratch(ctx, nr * len * f * 4);
+        let logs = scratch(ctx, nr * len * 4);
+        let head = scratch(ctx, nr * 4);
+        let core_state = scratch(ctx, nr * core_state_bytes(ctx, len, f, dv));
         let sizes = (nr, len, dk, m);
-        let xq = Bind::elems(ctx, 1, q.buffer(), es, r0 * len * dk, nr * len * dk);
-        record_features(
-            s,
-            storage,
-            kind,
-            xq,
-            omega.buffer(),
-            sizes,
-            &fq,
-            &logs,
-            None,
-        )?;
-        let xk = Bind::elems(ctx, 1, k.buffer(), es, r0 * len * dk, nr * len * dk);
-        let h = match &state {
+        let w = self.omega.buffer();
+        let xq = Bind::elems(ctx, 1, self.q.buffer(), es, r0 * len * dk, nr * len * dk);
+        record_features(s, storage, kind, xq, w, sizes, &fq, &logs, None)?;
+        let xk = Bind::elems(ctx, 1, self.k.buffer(), es, r0 * len * dk, nr * len * dk);
+        let h = match &self.state {
             Some(st) => Bind::elems(ctx, 5, st.c, 4, r0, nr),
-            None => whole(5, &head, nr * 4),
+            None => Bind::prefix_at(5, &head, nr * 4),
         };
-        record_features(
-            s,
-            storage,
-            kind,
-            xk,
-            omega.buffer(),
-            sizes,
-            &fk,
-            &logs,
-            Some(h),
-        )?;
+        record_features(s, storage, kind, xk, w, sizes, &fk, &logs, Some(h))?;
+        let vf = (T::DTYPE != DType::F32).then(|| scratch(ctx, nr * len * dv * 4));
         let vb = match &vf {
             Some(buf) => {
-                let xv = Bind::elems(ctx, 1, v.buffer(), es, r0 * len * dv, nr * len * dv);
+                let xv = Bind::elems(ctx, 1, self.v.buffer(), es, r0 * len * dv, nr * len * dv);
                 record_cast_f32(s, storage, xv, buf, nr * len * dv)?;
-                whole(3, buf, nr * len * dv * 4)
+                Bind::prefix_at(3, buf, nr * len * dv * 4)
             }
-            None => Bind::elems(ctx, 3, v.buffer(), 4, r0 * len * dv, nr * len * dv),
+            None => Bind::elems(ctx, 3, self.v.buffer(), 4, r0 * len * dv, nr * len * dv),
         };
-        let o = match &of {
-            Some(buf) => whole(5, buf, nr * len * dv * 4),
-            None => Bind::elems(ctx, 5, out.buffer(), 4, r0 * len * dv, nr * len * dv),
-        };
-        let total = state.as_ref().map(|st| {
+        let total = self.state.as_ref().map(|st| {
             (
                 Bind::elems(ctx, 6, st.s, 4, r0 * f * dv, nr * f * dv),
                 Bind::elems(ctx, 7, st.z, 4, r0 * f, nr * f),
             )
         });
         let binds = CoreBinds {
-            q: whole(1, &fq, nr * len * f * 4),
-            k: whole(2, &fk, nr * len * f * 4),
+            q: Bind::prefix_at(1, &fq, nr * len * f * 4),
+            k: Bind::prefix_at(2, &fk, nr * len * f * 4),
             v: vb,
-            o,
+            o: p.out.bind(ctx, 5, nr * len * dv),
             total,
         };
-        record_core(s, Storage::F32, 2, &core, nr, &binds, &core_state)?;
-        if let Some(buf) = &of {
-            record_pack_f16(s, buf, out.buffer(), r0 * len * dv, nr * len * dv)?;
-        }
-        r0 += nr;
+        let core = Core {
+            len,
+            dk: f,
+            dv,
+            causal: self.causal,
+            denominator: true,
+            eps: 0.0,
+        };
+        record_core(s, Storage::F32, 2, &core, nr, &binds, &core_state)
     }
-    Ok(())
 }

@@ -8,133 +8,34 @@
 //! blocks, `KV ← λ^B KV + Σ_j λ^(B−1−j) k_jᵀ v_j`. Only non-negative powers of λ are ever formed,
 //! so strong decays (s = 2, B = 64) underflow harmlessly instead of overflowing. Cost O(L·B·D).
 
-use bytemuck::{Pod, Zeroable};
-use wgpu::util::DeviceExt;
-
-use super::linear::{check_shapes, workgroup_size, AttnDims};
-use super::softmax::{check_out, row_bytes, OutSlot};
 use super::FeatureMap;
-use crate::cast::record_pack_f16;
+use crate::bind::{scratch, upload_f32, Bind};
+use crate::driver::{self, Input, OutSlot, Pass, Plan, RowOp};
 use crate::pipeline::Storage;
-use crate::schedule::{rows_per_pass, scratch, Bind, Schedule};
-use crate::{Context, Element, Error, Result, Tensor};
+use crate::schedule::Schedule;
+use crate::sizes::{resolve_block, workgroup_size};
+pub use crate::types::attention::{alibi_slopes, LightningOptions};
+use crate::types::attention::{check_shapes, heads_of, resolve_slopes, AttnDims};
+use crate::{Context, Element, Result, Tensor};
 
-/// Options for [`lightning_attention`] and the CPU reference
-/// [`crate::reference::attention::lightning_attention`].
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct LightningOptions {
-    /// Rows per block; `None` picks the largest of 64, 32, 16, 8 whose B×B score tile fits the
-    /// device's workgroup memory. Any B ≥ 1 that fits is valid; the result does not depend on it.
-    pub block: Option<u32>,
-    /// φ applied to q and k inside the kernel. The papers apply their activation outside, so the
-    /// default is [`FeatureMap::Identity`].
-    pub feature_map: FeatureMap,
-}
-
-impl Default for LightningOptions {
-    fn default() -> Self {
-        Self {
-            block: None,
-            feature_map: FeatureMap::Identity,
-        }
+crate::uniform! {
+    /// The `Params` uniform of shaders/lightning_attention.wgsl.
+    pub(crate) struct Params {
+        rows: u32,
+        len: u32,
+        dk: u32,
+        dv: u32,
+        n_blocks: u32,
+        flags: u32,
+        heads: u32,
+        row0: u32,
+        q_off: u32,
+        k_off: u32,
+        v_off: u32,
+        o_off: u32,
+        total: u32,
+        _pad: [u32; 3],
     }
-}
-
-/// ALiBi slopes (Press et al. 2022), TransNormerLLM's default decay rates: `s_h = 2^(−8(h+1)/H)`
-/// for H a power of two; otherwise the slopes of the nearest power of two below H followed by
-/// every other slope of twice that many, as in the ALiBi reference code.
-pub fn alibi_slopes(heads: usize) -> Vec<f32> {
-    fn pow2(n: usize) -> Vec<f64> {
-        (1..=n)
-            .map(|h| 2f64.powf(-8.0 * h as f64 / n as f64))
-            .collect()
-    }
-    if heads == 0 {
-        return vec![];
-    }
-    let p = 1usize << (usize::BITS - 1 - heads.leading_zeros());
-    let mut s = pow2(p);
-    if p < heads {
-        s.extend(pow2(2 * p).into_iter().step_by(2).take(heads - p));
-    }
-    s.into_iter().map(|x| x as f32).collect()
-}
-
-/// Heads of a `[H, L, D]` or `[B, H, L, D]` shape.
-pub(crate) fn heads_of(shape: &[usize]) -> usize {
-    shape[shape.len() - 3]
-}
-
-pub(crate) fn max_block(ctx: &Context) -> u32 {
-    let mem = ctx.limits().max_compute_workgroup_storage_size as u64;
-    let mut b = 1u64;
-    while ((b + 1) * (b + 1) + b + 2) * 4 <= mem && b < 256 {
-        b += 1;
-    }
-    b as u32
-}
-
-/// The block size to use, or [`Error::InvalidArgument`].
-pub(crate) fn resolve_block(ctx: &Context, op: &'static str, block: Option<u32>) -> Result<u32> {
-    let max = max_block(ctx);
-    match block {
-        None => Ok([64, 32, 16, 8]
-            .into_iter()
-            .find(|&b| b <= max)
-            .unwrap_or(max)),
-        Some(b) if b >= 1 && b <= max => Ok(b),
-        Some(b) => Err(Error::InvalidArgument {
-            op,
-            name: "block",
-            reason: format!("{b} is not in 1..={max} (the B×B tile must fit workgroup memory)"),
-        }),
-    }
-}
-
-/// Checks `slopes: [H]`, each finite and ≥ 0, or builds the ALiBi ones.
-pub(crate) fn resolve_slopes(
-    op: &'static str,
-    heads: usize,
-    slopes: Option<&[f32]>,
-) -> Result<Vec<f32>> {
-    let Some(s) = slopes else {
-        return Ok(alibi_slopes(heads));
-    };
-    if s.len() != heads {
-        return Err(Error::Shape {
-            op,
-            name: "slopes",
-            expected: format!("[{heads}] (one per head)"),
-            got: vec![s.len()],
-        });
-    }
-    if let Some(x) = s.iter().find(|x| !(x.is_finite() && **x >= 0.0)) {
-        return Err(Error::InvalidArgument {
-            op,
-            name: "slopes",
-            reason: format!("{x} is not a finite decay rate >= 0"),
-        });
-    }
-    Ok(s.to_vec())
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    rows: u32,
-    len: u32,
-    dk: u32,
-    dv: u32,
-    n_blocks: u32,
-    flags: u32,
-    heads: u32,
-    row0: u32,
-    q_off: u32,
-    k_off: u32,
-    v_off: u32,
-    o_off: u32,
-    total: u32,
-    _pad: [u32; 3],
 }
 
 /// One pass of the decayed kernel (shared with NormAttention, which uses s = 0).
@@ -155,7 +56,7 @@ pub(crate) fn record_decayed_rows<T: Element>(
     (r0, nr): (u64, u64),
     cfg: &Decayed<'_>,
     storage: Storage,
-    out: OutSlot<'_>,
+    out: &OutSlot<'_>,
 ) -> Result<()> {
     let ctx = s.context();
     let wg = workgroup_size(ctx);
@@ -188,7 +89,7 @@ pub(crate) fn record_decayed_rows<T: Element>(
         offset: 0,
         size: state.size(),
     };
-    let (bo, o_off) = Bind::elems(ctx, 6, out.buffer, out.elem_bytes, out.first, nr * len * dv);
+    let (bo, o_off) = out.bind(ctx, 6, nr * len * dv);
     let mut prm = Params {
         rows: nr as u32,
         len: len as u32,
@@ -217,32 +118,10 @@ pub(crate) fn record_decayed_rows<T: Element>(
     s.dispatch(&p_apply, &prm, &[bq, bk, bv, bsl, bs, bo], nr * n_blocks)
 }
 
-/// Rows per pass for the decayed kernel: inputs, output and the per-block state must fit.
-pub(crate) fn decayed_rows_per_pass(
-    ctx: &Context,
-    op: &'static str,
-    d: &AttnDims,
-    block: u32,
-    in_bytes: u64,
-    out_bytes: u64,
-) -> Result<u64> {
-    let mut rb = row_bytes(d, in_bytes, out_bytes);
+/// The plan of the decayed kernel: q/k/v rows plus the per-block state.
+pub(crate) fn decayed_plan<T: Element>(d: &AttnDims, block: u32) -> Plan {
     let n_blocks = (d.len as u64).div_ceil(block as u64);
-    rb.push(("state", n_blocks * (d.dk * d.dv) as u64 * 4));
-    Ok(rows_per_pass(ctx, op, &rb, d.rows)? as u64)
-}
-
-pub(crate) fn upload_f32(ctx: &Context, x: &[f32]) -> wgpu::Buffer {
-    let mut x = x.to_vec();
-    if x.is_empty() {
-        x.push(0.0);
-    }
-    ctx.device
-        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("longseq f32 parameters"),
-            contents: bytemuck::cast_slice(&x),
-            usage: wgpu::BufferUsages::STORAGE,
-        })
+    super::qkv_plan::<T>(d).bytes("state", n_blocks * (d.dk * d.dv) as u64 * 4)
 }
 
 const OP: &str = "lightning_attention";
@@ -262,10 +141,16 @@ pub fn lightning_attention<T: Element>(
     slopes: Option<&[f32]>,
     opts: &LightningOptions,
 ) -> Result<Tensor<T>> {
-    let dims = check_shapes(OP, q.shape(), k.shape(), v.shape())?;
-    let out = Tensor::empty(ctx, &dims.out_shape)?;
-    lightning_attention_into(ctx, q, k, v, slopes, &out, opts)?;
-    Ok(out)
+    driver::run(
+        ctx,
+        &Lightning {
+            q,
+            k,
+            v,
+            slopes,
+            opts,
+        },
+    )
 }
 
 /// [`lightning_attention`] writing into an existing `out: [.., L, Dv]`, one submission.
@@ -278,12 +163,17 @@ pub fn lightning_attention_into<T: Element>(
     out: &Tensor<T>,
     opts: &LightningOptions,
 ) -> Result<()> {
-    crate::error_scope(ctx, || {
-        let mut s = Schedule::new(ctx);
-        record_lightning_attention(&mut s, q, k, v, slopes, out, opts)?;
-        s.submit();
-        Ok(())
-    })
+    driver::run_into(
+        ctx,
+        &Lightning {
+            q,
+            k,
+            v,
+            slopes,
+            opts,
+        },
+        out,
+    )
 }
 
 /// Records Lightning attention into a [`Schedule`].
@@ -296,46 +186,56 @@ pub fn record_lightning_attention<T: Element>(
     out: &Tensor<T>,
     opts: &LightningOptions,
 ) -> Result<()> {
-    let ctx = s.context();
-    let d = check_shapes(OP, q.shape(), k.shape(), v.shape())?;
-    check_out(OP, &d, &[("q", q), ("k", k), ("v", v)], out)?;
-    let heads = heads_of(q.shape());
-    let sl = resolve_slopes(OP, heads, slopes)?;
-    let block = resolve_block(ctx, OP, opts.block)?;
-    let storage = Storage::for_dtype(ctx, T::DTYPE);
-    let es = size_of::<T>() as u64;
-    let per = decayed_rows_per_pass(ctx, OP, &d, block, es, storage.out_elem_bytes())?;
-    let slopes_buf = upload_f32(ctx, &sl);
-    let cfg = Decayed {
-        feature_map: opts.feature_map,
-        causal: true,
-        block,
-        slopes: &slopes_buf,
-        heads: heads as u32,
-    };
-    let (len, dv) = (d.len as u64, d.dv as u64);
-    let packed = (storage == Storage::F16Packed)
-        .then(|| scratch(ctx, per.min(d.rows as u64) * len * dv * 4));
-    let mut r0 = 0u64;
-    while r0 < d.rows as u64 {
-        let nr = per.min(d.rows as u64 - r0);
-        let slot = match &packed {
-            Some(buf) => OutSlot {
-                buffer: buf,
-                elem_bytes: 4,
-                first: 0,
-            },
-            None => OutSlot {
-                buffer: out.buffer(),
-                elem_bytes: es,
-                first: r0 * len * dv,
-            },
-        };
-        record_decayed_rows(s, (q, k, v), &d, (r0, nr), &cfg, storage, slot)?;
-        if let Some(buf) = &packed {
-            record_pack_f16(s, buf, out.buffer(), r0 * len * dv, nr * len * dv)?;
-        }
-        r0 += nr;
+    driver::record(
+        s,
+        &Lightning {
+            q,
+            k,
+            v,
+            slopes,
+            opts,
+        },
+        out,
+    )
+}
+
+struct Lightning<'a, T: Element> {
+    q: &'a Tensor<T>,
+    k: &'a Tensor<T>,
+    v: &'a Tensor<T>,
+    slopes: Option<&'a [f32]>,
+    opts: &'a LightningOptions,
+}
+
+impl<T: Element> RowOp for Lightning<'_, T> {
+    type T = T;
+    /// Sizes, block, slopes on the device, heads.
+    type Dims = (AttnDims, u32, wgpu::Buffer, u32);
+    const NAME: &'static str = OP;
+
+    fn plan(&self, ctx: &Context) -> Result<(Self::Dims, Plan)> {
+        let d = check_shapes(OP, self.q.shape(), self.k.shape(), self.v.shape())?;
+        let heads = heads_of(self.q.shape());
+        let sl = resolve_slopes(OP, heads, self.slopes)?;
+        let block = resolve_block(ctx, OP, self.opts.block)?;
+        let plan = decayed_plan::<T>(&d, block);
+        Ok(((d, block, upload_f32(ctx, &sl), heads as u32), plan))
     }
-    Ok(())
+
+    fn inputs(&self) -> Vec<Input<'_>> {
+        super::qkv_inputs(self.q, self.k, self.v)
+    }
+
+    fn record_rows(&self, s: &mut Schedule<'_>, dims: &Self::Dims, p: &Pass<'_>) -> Result<()> {
+        let (d, block, slopes, heads) = dims;
+        let cfg = Decayed {
+            feature_map: self.opts.feature_map,
+            causal: true,
+            block: *block,
+            slopes,
+            heads: *heads,
+        };
+        let qkv = (self.q, self.k, self.v);
+        record_decayed_rows(s, qkv, d, (p.r0, p.nr), &cfg, p.storage, &p.out)
+    }
 }

@@ -8,143 +8,34 @@
 //! The same chunk kernels serve precomputed features (Performer, [`super::favor`]) and the
 //! prefill of recurrent decoding ([`super::recurrent`]).
 
-use bytemuck::{Pod, Zeroable};
-
-use super::FeatureMap;
-use crate::cast::record_pack_f16;
+use crate::bind::{scratch, Bind};
+use crate::driver::{self, Input, Pass, Plan, RowOp};
 use crate::pipeline::Storage;
-use crate::schedule::{rows_per_pass, scratch, Bind, Schedule};
-use crate::{Context, Element, Error, Result, Tensor};
+use crate::schedule::Schedule;
+use crate::sizes::{chunk_len, workgroup_size};
+use crate::types::attention::check_options;
+pub use crate::types::attention::{check_shapes, AttnDims, LinearAttentionOptions};
+use crate::{Context, Element, Result, Tensor};
 
-/// Options for [`linear_attention`] and the CPU reference
-/// [`crate::reference::attention::linear_attention`].
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct LinearAttentionOptions {
-    /// φ, applied to Q and K.
-    pub feature_map: FeatureMap,
-    /// Sum over `j ≤ i` only.
-    pub causal: bool,
-    /// Added to the denominator (default 1e-6). Denominator guard: a row whose denominator is
-    /// exactly 0 (ε = 0 and every weight `φ(q_i)·φ(k_j)` 0, e.g. relu of a query ≤ 0, or
-    /// features that underflow) outputs 0, never 0/0 = NaN; the CPU reference does the same.
-    pub eps: f32,
-    /// Divide by `φ(Q_i)ᵀ z + ε` (default true). Off, the output is the numerator alone.
-    pub denominator: bool,
-}
-
-impl Default for LinearAttentionOptions {
-    fn default() -> Self {
-        Self {
-            feature_map: FeatureMap::Elu1,
-            causal: false,
-            eps: 1e-6,
-            denominator: true,
-        }
+crate::uniform! {
+    /// The `Params` uniform of shaders/linear_attention.wgsl.
+    pub(crate) struct Params {
+        rows: u32,
+        len: u32,
+        dk: u32,
+        dv: u32,
+        n_chunks: u32,
+        flags: u32,
+        eps: f32,
+        q_off: u32,
+        k_off: u32,
+        v_off: u32,
+        o_off: u32,
+        total: u32,
+        s_off: u32,
+        z_off: u32,
+        _pad: [u32; 2],
     }
-}
-
-/// Sizes of one attention call: `rows` = product of the leading dims (B·H).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AttnDims {
-    pub rows: usize,
-    pub len: usize,
-    pub dk: usize,
-    pub dv: usize,
-    /// Shape of the output: q's leading dims, then [L, Dv].
-    pub out_shape: Vec<usize>,
-}
-
-/// Checks `q, k: [.., L, Dk]`, `v: [.., L, Dv]` (rank 3 `[H, L, D]` or 4 `[B, H, L, D]`) and
-/// returns the sizes. Every dim must be at least 1.
-pub fn check_shapes(op: &'static str, q: &[usize], k: &[usize], v: &[usize]) -> Result<AttnDims> {
-    if !(q.len() == 3 || q.len() == 4) {
-        return Err(Error::Shape {
-            op,
-            name: "q",
-            expected: "[H, L, Dk] or [B, H, L, Dk]".into(),
-            got: q.to_vec(),
-        });
-    }
-    if q.contains(&0) {
-        return Err(Error::Shape {
-            op,
-            name: "q",
-            expected: "every dim >= 1".into(),
-            got: q.to_vec(),
-        });
-    }
-    if k != q {
-        return Err(Error::Shape {
-            op,
-            name: "k",
-            expected: format!("{q:?} (the shape of q)"),
-            got: k.to_vec(),
-        });
-    }
-    let r = q.len();
-    if v.len() != r || v[..r - 1] != q[..r - 1] || v[r - 1] == 0 {
-        return Err(Error::Shape {
-            op,
-            name: "v",
-            expected: format!("{:?} + [Dv >= 1] (q's leading dims and L)", &q[..r - 1]),
-            got: v.to_vec(),
-        });
-    }
-    let mut out_shape = q.to_vec();
-    out_shape[r - 1] = v[r - 1];
-    Ok(AttnDims {
-        rows: q[..r - 2].iter().product(),
-        len: q[r - 2],
-        dk: q[r - 1],
-        dv: v[r - 1],
-        out_shape,
-    })
-}
-
-pub(crate) fn check_options(op: &'static str, opts: &LinearAttentionOptions) -> Result<()> {
-    if !(opts.eps.is_finite() && opts.eps >= 0.0) {
-        return Err(Error::InvalidArgument {
-            op,
-            name: "eps",
-            reason: format!("{} is not a finite number >= 0", opts.eps),
-        });
-    }
-    Ok(())
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    rows: u32,
-    len: u32,
-    dk: u32,
-    dv: u32,
-    n_chunks: u32,
-    flags: u32,
-    eps: f32,
-    q_off: u32,
-    k_off: u32,
-    v_off: u32,
-    o_off: u32,
-    total: u32,
-    s_off: u32,
-    z_off: u32,
-    _pad: [u32; 2],
-}
-
-/// Rows per chunk: the largest of 64, 32, 16, 8 whose score tile (C² f32) and denominators fit
-/// the device's workgroup memory.
-pub(crate) fn chunk_len(ctx: &Context) -> u32 {
-    let mem = ctx.limits().max_compute_workgroup_storage_size as u64;
-    [64u64, 32, 16, 8]
-        .into_iter()
-        .find(|c| (c * c + c) * 4 <= mem)
-        .unwrap_or(4) as u32
-}
-
-pub(crate) fn workgroup_size(ctx: &Context) -> u32 {
-    256.min(ctx.limits().max_compute_invocations_per_workgroup)
-        .min(ctx.limits().max_compute_workgroup_size_x)
 }
 
 const OP: &str = "linear_attention";
@@ -162,10 +53,7 @@ pub fn linear_attention<T: Element>(
     v: &Tensor<T>,
     opts: &LinearAttentionOptions,
 ) -> Result<Tensor<T>> {
-    let dims = check_shapes(OP, q.shape(), k.shape(), v.shape())?;
-    let out = Tensor::empty(ctx, &dims.out_shape)?;
-    linear_attention_into(ctx, q, k, v, &out, opts)?;
-    Ok(out)
+    driver::run(ctx, &Linear::new(q, k, v, opts))
 }
 
 /// [`linear_attention`] writing into an existing `out: [.., L, Dv]`, one submission.
@@ -177,12 +65,7 @@ pub fn linear_attention_into<T: Element>(
     out: &Tensor<T>,
     opts: &LinearAttentionOptions,
 ) -> Result<()> {
-    crate::error_scope(ctx, || {
-        let mut s = Schedule::new(ctx);
-        record_linear_attention(&mut s, q, k, v, out, opts)?;
-        s.submit();
-        Ok(())
-    })
+    driver::run_into(ctx, &Linear::new(q, k, v, opts), out)
 }
 
 /// Records linear attention into a [`Schedule`] (for chaining ops in one submission).
@@ -194,99 +77,83 @@ pub fn record_linear_attention<T: Element>(
     out: &Tensor<T>,
     opts: &LinearAttentionOptions,
 ) -> Result<()> {
-    record_linear(s, q, k, v, out, opts, None)
+    driver::record(s, &Linear::new(q, k, v, opts), out)
 }
 
-/// The linear-attention passes; with `state` = (S `[R, Dk, Dv]`, z `[R, Dk]`) f32 buffers, also
+/// The linear-attention op; with `state` = (S `[R, Dk, Dv]`, z `[R, Dk]`) f32 buffers, also
 /// each row's sums over all L (the decoding state after a causal prefill).
-pub(crate) fn record_linear<T: Element>(
-    s: &mut Schedule<'_>,
-    q: &Tensor<T>,
-    k: &Tensor<T>,
-    v: &Tensor<T>,
-    out: &Tensor<T>,
-    opts: &LinearAttentionOptions,
-    state: Option<(&wgpu::Buffer, &wgpu::Buffer)>,
-) -> Result<()> {
-    let ctx = s.context();
-    let d = check_shapes(OP, q.shape(), k.shape(), v.shape())?;
-    check_options(OP, opts)?;
-    super::softmax::check_out(OP, &d, &[("q", q), ("k", k), ("v", v)], out)?;
-    let storage = Storage::for_dtype(ctx, T::DTYPE);
-    let (len, dk, dv) = (d.len as u64, d.dk as u64, d.dv as u64);
-    let es = size_of::<T>() as u64;
-    let ob = storage.out_elem_bytes();
-    let per = rows_per_pass(
-        ctx,
-        OP,
-        &[
-            ("q", len * dk * es),
-            ("v", len * dv * es),
-            ("o", len * dv * ob),
-            ("state", core_state_bytes(ctx, len, dk, dv)),
-            ("S", dk * dv * 4),
-        ],
-        d.rows,
-    )?;
-    let rows_max = per.min(d.rows) as u64;
-    let chunks = scratch(ctx, rows_max * core_state_bytes(ctx, len, dk, dv));
-    let packed_out = (storage == Storage::F16Packed).then(|| scratch(ctx, rows_max * len * dv * 4));
-    let core = Core {
-        len,
-        dk,
-        dv,
-        causal: opts.causal,
-        denominator: opts.denominator,
-        eps: opts.eps,
-    };
-    let mut r0 = 0u64;
-    while r0 < d.rows as u64 {
-        let nr = (per as u64).min(d.rows as u64 - r0);
-        let o = match &packed_out {
-            Some(buf) => whole(5, buf, nr * len * dv * 4),
-            None => Bind::elems(ctx, 5, out.buffer(), es, r0 * len * dv, nr * len * dv),
+pub(crate) struct Linear<'a, T: Element> {
+    pub q: &'a Tensor<T>,
+    pub k: &'a Tensor<T>,
+    pub v: &'a Tensor<T>,
+    pub opts: LinearAttentionOptions,
+    pub state: Option<(&'a wgpu::Buffer, &'a wgpu::Buffer)>,
+}
+
+impl<'a, T: Element> Linear<'a, T> {
+    pub fn new(
+        q: &'a Tensor<T>,
+        k: &'a Tensor<T>,
+        v: &'a Tensor<T>,
+        opts: &LinearAttentionOptions,
+    ) -> Self {
+        Self {
+            q,
+            k,
+            v,
+            opts: *opts,
+            state: None,
+        }
+    }
+}
+
+impl<T: Element> RowOp for Linear<'_, T> {
+    type T = T;
+    type Dims = AttnDims;
+    const NAME: &'static str = OP;
+
+    fn plan(&self, ctx: &Context) -> Result<(AttnDims, Plan)> {
+        let d = check_shapes(OP, self.q.shape(), self.k.shape(), self.v.shape())?;
+        check_options(OP, &self.opts)?;
+        let (len, dk, dv) = (d.len as u64, d.dk as u64, d.dv as u64);
+        let plan = super::qkv_plan::<T>(&d)
+            .bytes("state", core_state_bytes(ctx, len, dk, dv))
+            .bytes("S", dk * dv * 4);
+        Ok((d, plan))
+    }
+
+    fn inputs(&self) -> Vec<Input<'_>> {
+        super::qkv_inputs(self.q, self.k, self.v)
+    }
+
+    fn record_rows(&self, s: &mut Schedule<'_>, d: &AttnDims, p: &Pass<'_>) -> Result<()> {
+        let ctx = s.context();
+        let (len, dk, dv) = (d.len as u64, d.dk as u64, d.dv as u64);
+        let (r0, nr, es) = (p.r0, p.nr, size_of::<T>() as u64);
+        let chunks = scratch(ctx, nr * core_state_bytes(ctx, len, dk, dv));
+        let core = Core {
+            len,
+            dk,
+            dv,
+            causal: self.opts.causal,
+            denominator: self.opts.denominator,
+            eps: self.opts.eps,
         };
         let binds = CoreBinds {
-            q: Bind::elems(ctx, 1, q.buffer(), es, r0 * len * dk, nr * len * dk),
-            k: Bind::elems(ctx, 2, k.buffer(), es, r0 * len * dk, nr * len * dk),
-            v: Bind::elems(ctx, 3, v.buffer(), es, r0 * len * dv, nr * len * dv),
-            o,
-            total: state.map(|(bs, bz)| {
+            q: Bind::elems(ctx, 1, self.q.buffer(), es, r0 * len * dk, nr * len * dk),
+            k: Bind::elems(ctx, 2, self.k.buffer(), es, r0 * len * dk, nr * len * dk),
+            v: Bind::elems(ctx, 3, self.v.buffer(), es, r0 * len * dv, nr * len * dv),
+            o: p.out.bind(ctx, 5, nr * len * dv),
+            total: self.state.map(|(bs, bz)| {
                 (
                     Bind::elems(ctx, 6, bs, 4, r0 * dk * dv, nr * dk * dv),
                     Bind::elems(ctx, 7, bz, 4, r0 * dk, nr * dk),
                 )
             }),
         };
-        record_core(
-            s,
-            storage,
-            opts.feature_map.shader_id(),
-            &core,
-            nr,
-            &binds,
-            &chunks,
-        )?;
-        if let Some(buf) = &packed_out {
-            record_pack_f16(s, buf, out.buffer(), r0 * len * dv, nr * len * dv)?;
-        }
-        r0 += nr;
+        let fmap = self.opts.feature_map.shader_id();
+        record_core(s, p.storage, fmap, &core, nr, &binds, &chunks)
     }
-    Ok(())
-}
-
-/// A binding of the first `bytes` of a whole internal buffer, at element offset 0.
-pub(crate) fn whole(slot: u32, buffer: &wgpu::Buffer, bytes: u64) -> (Bind<'_>, u32) {
-    let size = bytes.div_ceil(4).max(1) * 4;
-    (
-        Bind {
-            slot,
-            buffer,
-            offset: 0,
-            size,
-        },
-        0,
-    )
 }
 
 /// Sizes and flags of one run of the chunked kernels (per pass of rows).

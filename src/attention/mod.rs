@@ -3,7 +3,7 @@
 //! and DiagAttention.
 
 pub mod favor;
-pub mod feature_map;
+pub use crate::types::feature_map;
 pub mod lightning;
 pub mod linear;
 pub mod positional;
@@ -11,11 +11,11 @@ pub mod recurrent;
 pub mod softmax;
 pub mod transnormer;
 
+pub use crate::types::FeatureMap;
 pub use favor::{
     draw_omega, favor_attention, favor_attention_into, record_favor_attention, FavorKind,
     FavorOptions, OmegaDraw,
 };
-pub use feature_map::FeatureMap;
 pub use lightning::{
     alibi_slopes, lightning_attention, lightning_attention_into, record_lightning_attention,
     LightningOptions,
@@ -27,7 +27,9 @@ pub use positional::{
     record_softmax_attention_positional, softmax_attention_positional,
     softmax_attention_positional_into, Alibi, PositionalOptions, ReRope,
 };
-pub use recurrent::{prefill, step, Features, RecurrentState};
+pub use recurrent::{
+    prefill, prefill_into, record_prefill, record_step, step, step_into, Features, RecurrentState,
+};
 pub use softmax::{
     record_softmax_attention, softmax_attention, softmax_attention_into, SoftmaxAttentionOptions,
 };
@@ -36,3 +38,25 @@ pub use transnormer::{
     record_diag_attention, record_norm_attention, Affine, DiagAttentionOptions, DiagWeights, Norm,
     NormAttentionOptions,
 };
+
+use crate::driver::{Input, Plan};
+use crate::types::attention::AttnDims;
+use crate::{Element, Tensor};
+
+/// The plan of an op over `q, k: [.., L, Dk]`, `v: [.., L, Dv]` -> `o: [.., L, Dv]`, one
+/// (batch, head) pair per row.
+pub(crate) fn qkv_plan<T: Element>(d: &AttnDims) -> Plan {
+    let (l, dk, dv) = (d.len as u64, d.dk as u64, d.dv as u64);
+    let es = size_of::<T>() as u64;
+    Plan::new(d.out_shape.clone(), d.rows as u64, l * dv)
+        .bytes("q", l * dk * es)
+        .bytes("v", l * dv * es)
+}
+
+pub(crate) fn qkv_inputs<'a, T: Element>(
+    q: &'a Tensor<T>,
+    k: &'a Tensor<T>,
+    v: &'a Tensor<T>,
+) -> Vec<Input<'a>> {
+    vec![Input::of("q", q), Input::of("k", k), Input::of("v", v)]
+}

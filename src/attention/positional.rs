@@ -11,121 +11,19 @@
 //!
 //! The logit is `scale · κ_i · dot(i, j) − m_h·|i − j|`.
 
-use wgpu::util::DeviceExt;
-
-use super::linear::check_shapes;
-use super::softmax::{check_out, check_scale, record_attend_pos, Attend, PosBias};
+use super::softmax::{record_attend_rows, Attend, PosBias};
 use super::SoftmaxAttentionOptions;
-use crate::positions::RopeLayout;
+use crate::bind::upload_f32;
+use crate::driver::{self, Input, Pass, Plan, RowOp};
 use crate::schedule::Schedule;
+pub use crate::types::attention::{
+    check_positional, heads_of, slopes_for, Alibi, PositionalOptions, ReRope,
+};
+use crate::types::attention::{check_scale, check_shapes, rerope_table, AttnDims};
+use crate::types::RopeLayout;
 use crate::{Context, Element, Error, Result, Tensor};
 
 const OP: &str = "softmax_attention";
-
-/// ALiBi slopes.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Alibi<'a> {
-    /// `2^(−8h/H)` for H a power of two, the reference code's interleaving otherwise
-    /// ([`super::alibi_slopes`]).
-    Standard,
-    /// One slope per head, `[H]`.
-    Slopes(&'a [f32]),
-}
-
-/// ReRoPE: rotary inside the kernel with relative positions clipped at `window`.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct ReRope {
-    pub window: usize,
-    /// Rotary base (10 000 in RoFormer).
-    pub base: f64,
-    pub layout: RopeLayout,
-}
-
-/// Position terms for [`softmax_attention_positional`]; the default adds none.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct PositionalOptions<'a> {
-    pub alibi: Option<Alibi<'a>>,
-    /// `L_train` for the log-n logit scale (>= 2).
-    pub log_n_train: Option<usize>,
-    /// Sliding window `w` (>= 1): keys `j ∈ (i − w, i]`, causal whatever `causal` says.
-    pub window: Option<usize>,
-    pub rerope: Option<ReRope>,
-}
-
-/// The number of heads H of `q: [H, L, D]` or `[B, H, L, D]`.
-pub fn heads_of(shape: &[usize]) -> usize {
-    shape[shape.len() - 3]
-}
-
-/// The slopes for `heads` heads, checked.
-pub fn slopes_for(alibi: &Alibi<'_>, heads: usize) -> Result<Vec<f32>> {
-    match alibi {
-        Alibi::Standard => Ok(super::alibi_slopes(heads)),
-        Alibi::Slopes(s) => {
-            if s.len() != heads {
-                return Err(Error::Shape {
-                    op: OP,
-                    name: "alibi slopes",
-                    expected: format!("[{heads}] (H of q)"),
-                    got: vec![s.len()],
-                });
-            }
-            if let Some(x) = s.iter().find(|x| !x.is_finite()) {
-                return Err(Error::InvalidArgument {
-                    op: OP,
-                    name: "alibi slopes",
-                    reason: format!("{x} is not finite"),
-                });
-            }
-            Ok(s.to_vec())
-        }
-    }
-}
-
-/// Checks the position options against head dim `dk`.
-pub fn check_positional(pos: &PositionalOptions<'_>, dk: usize) -> Result<()> {
-    let bad = |name, reason: String| Error::InvalidArgument {
-        op: OP,
-        name,
-        reason,
-    };
-    if pos.window == Some(0) {
-        return Err(bad("window", "must be >= 1".into()));
-    }
-    if let Some(n) = pos.log_n_train {
-        if n < 2 {
-            return Err(bad("log_n_train", format!("{n}: ln L_train must be > 0")));
-        }
-    }
-    if let Some(r) = pos.rerope {
-        if r.window == 0 {
-            return Err(bad("rerope window", "must be >= 1".into()));
-        }
-        if !(r.base.is_finite() && r.base > 0.0) {
-            return Err(bad("rerope base", format!("{} is not > 0", r.base)));
-        }
-        if !dk.is_multiple_of(2) {
-            return Err(bad(
-                "rerope",
-                format!("Dk = {dk} is odd; rotary needs pairs"),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// cos and sin of `Δ·θ_p` for Δ in [−w, w] and pair p: `[2w + 1, D/2, 2]`, f64 -> f32.
-fn rerope_table(w: usize, d: usize, base: f64) -> Vec<f32> {
-    let mut t = Vec::with_capacity((2 * w + 1) * d);
-    for delta in -(w as i64)..=w as i64 {
-        for p in 0..d / 2 {
-            let phi = delta as f64 * base.powf(-2.0 * p as f64 / d as f64);
-            t.push(phi.cos() as f32);
-            t.push(phi.sin() as f32);
-        }
-    }
-    t
-}
 
 /// Exact softmax attention with position terms: `q, k: [B, H, L, Dk]` (or `[H, L, Dk]`),
 /// `v: [.., L, Dv]` -> `o: [.., L, Dv]`. With ReRoPE, q and k are the raw (unrotated) projections.
@@ -141,10 +39,7 @@ pub fn softmax_attention_positional<T: Element>(
     opts: &SoftmaxAttentionOptions,
     pos: &PositionalOptions<'_>,
 ) -> Result<Tensor<T>> {
-    let dims = check_shapes(OP, q.shape(), k.shape(), v.shape())?;
-    let out = Tensor::empty(ctx, &dims.out_shape)?;
-    softmax_attention_positional_into(ctx, q, k, v, &out, opts, pos)?;
-    Ok(out)
+    driver::run(ctx, &Positional { q, k, v, opts, pos })
 }
 
 /// [`softmax_attention_positional`] writing into an existing `out`, one submission.
@@ -157,12 +52,7 @@ pub fn softmax_attention_positional_into<T: Element>(
     opts: &SoftmaxAttentionOptions,
     pos: &PositionalOptions<'_>,
 ) -> Result<()> {
-    crate::error_scope(ctx, || {
-        let mut s = Schedule::new(ctx);
-        record_softmax_attention_positional(&mut s, q, k, v, out, opts, pos)?;
-        s.submit();
-        Ok(())
-    })
+    driver::run_into(ctx, &Positional { q, k, v, opts, pos }, out)
 }
 
 /// Records [`softmax_attention_positional`] into a [`Schedule`].
@@ -175,62 +65,107 @@ pub fn record_softmax_attention_positional<T: Element>(
     opts: &SoftmaxAttentionOptions,
     pos: &PositionalOptions<'_>,
 ) -> Result<()> {
-    let ctx = s.context();
-    let d = check_shapes(OP, q.shape(), k.shape(), v.shape())?;
-    check_scale(OP, opts.scale)?;
-    check_out(OP, &d, &[("q", q), ("k", k), ("v", v)], out)?;
-    check_positional(pos, d.dk)?;
-    let heads = heads_of(q.shape());
-    let init = |label, data: &[f32]| {
-        ctx.device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: bytemuck::cast_slice(data),
-                usage: wgpu::BufferUsages::STORAGE,
-            })
-    };
-    let slopes = match &pos.alibi {
-        Some(a) => Some(init("longseq alibi slopes", &slopes_for(a, heads)?)),
-        None => None,
-    };
-    // Relative positions never exceed L − 1, so the table needs no more rows than that.
-    let rerope = pos
-        .rerope
-        .map(|r| (r.window.min(d.len.max(1) - 1).max(1), r));
-    let table = match rerope {
-        Some((w, r)) => {
-            let t = rerope_table(w, d.dk, r.base);
-            let bytes = t.len() as u64 * 4;
-            let limit = ctx.limits().max_storage_buffer_binding_size;
-            if bytes > limit {
-                return Err(Error::TooLarge {
-                    op: OP,
-                    what: "the ReRoPE cos/sin table".into(),
-                    needed: bytes,
-                    limit,
-                });
+    driver::record(s, &Positional { q, k, v, opts, pos }, out)
+}
+
+struct Positional<'a, T: Element> {
+    q: &'a Tensor<T>,
+    k: &'a Tensor<T>,
+    v: &'a Tensor<T>,
+    opts: &'a SoftmaxAttentionOptions,
+    pos: &'a PositionalOptions<'a>,
+}
+
+/// The checked sizes and the position terms' device tables.
+struct PosDims {
+    d: AttnDims,
+    cfg: Attend,
+    heads: u32,
+    window: u32,
+    logn_inv: f32,
+    slopes: Option<wgpu::Buffer>,
+    /// ReRoPE (window, half-split, cos/sin table).
+    rerope: Option<(u32, bool, wgpu::Buffer)>,
+}
+
+impl<T: Element> RowOp for Positional<'_, T> {
+    type T = T;
+    type Dims = PosDims;
+    const NAME: &'static str = OP;
+
+    fn plan(&self, ctx: &Context) -> Result<(PosDims, Plan)> {
+        let (q, pos) = (self.q, self.pos);
+        let d = check_shapes(OP, q.shape(), self.k.shape(), self.v.shape())?;
+        check_scale(OP, self.opts.scale)?;
+        check_positional(pos, d.dk)?;
+        let heads = heads_of(q.shape());
+        let slopes = match &pos.alibi {
+            Some(a) => Some(upload_f32(ctx, &slopes_for(a, heads)?)),
+            None => None,
+        };
+        // Relative positions never exceed L − 1, so the table needs no more rows than that.
+        let rerope = match pos.rerope {
+            Some(r) => {
+                let w = r.window.min(d.len.max(1) - 1).max(1);
+                let t = rerope_table(w, d.dk, r.base);
+                let bytes = t.len() as u64 * 4;
+                let limit = ctx.limits().max_storage_buffer_binding_size;
+                if bytes > limit {
+                    return Err(Error::TooLarge {
+                        op: OP,
+                        what: "the ReRoPE cos/sin table".into(),
+                        needed: bytes,
+                        limit,
+                    });
+                }
+                let half = r.layout == RopeLayout::HalfSplit;
+                Some((w as u32, half, upload_f32(ctx, &t)))
             }
-            Some(init("longseq rerope table", &t))
-        }
-        None => None,
-    };
-    let bias = PosBias {
-        heads: heads as u32,
-        window: pos.window.map_or(0, |w| w.min(u32::MAX as usize) as u32),
-        slopes: slopes.as_ref(),
-        logn_inv: pos
-            .log_n_train
-            .map_or(0.0, |n| (1.0 / (n as f64).ln()) as f32),
-        rerope: match (rerope, &table) {
-            (Some((w, r)), Some(t)) => Some((w as u32, r.layout == RopeLayout::HalfSplit, t)),
-            _ => None,
-        },
-    };
-    let cfg = Attend {
-        causal: opts.causal || pos.window.is_some(),
-        scale: opts.scale_for(d.dk),
-        block: 0,
-        relu: false,
-    };
-    record_attend_pos(s, OP, (q, k, v), &d, &cfg, &bias, out)
+            None => None,
+        };
+        let cfg = Attend {
+            causal: self.opts.causal || pos.window.is_some(),
+            scale: self.opts.scale_for(d.dk),
+            block: 0,
+            relu: false,
+        };
+        let plan = super::qkv_plan::<T>(&d);
+        let dims = PosDims {
+            d,
+            cfg,
+            heads: heads as u32,
+            window: pos.window.map_or(0, |w| w.min(u32::MAX as usize) as u32),
+            logn_inv: pos
+                .log_n_train
+                .map_or(0.0, |n| (1.0 / (n as f64).ln()) as f32),
+            slopes,
+            rerope,
+        };
+        Ok((dims, plan))
+    }
+
+    fn inputs(&self) -> Vec<Input<'_>> {
+        super::qkv_inputs(self.q, self.k, self.v)
+    }
+
+    fn record_rows(&self, s: &mut Schedule<'_>, pd: &PosDims, p: &Pass<'_>) -> Result<()> {
+        let bias = PosBias {
+            heads: pd.heads,
+            window: pd.window,
+            slopes: pd.slopes.as_ref(),
+            logn_inv: pd.logn_inv,
+            rerope: pd.rerope.as_ref().map(|(w, h, t)| (*w, *h, t)),
+        };
+        let qkv = (self.q, self.k, self.v);
+        record_attend_rows(
+            s,
+            qkv,
+            &pd.d,
+            (p.r0, p.nr),
+            &pd.cfg,
+            &bias,
+            p.storage,
+            &p.out,
+        )
+    }
 }

@@ -12,14 +12,13 @@
 //! and z are rescaled by `e^(c−c')` (as the running maximum of an online softmax), so a step never
 //! overflows and the ratio is unchanged.
 
-use bytemuck::{Pod, Zeroable};
-
-use super::favor::{check_omega, record_favor, record_features, record_map_features, StateOut};
-use super::linear::{check_options, check_shapes, record_linear, whole};
-use super::{FavorKind, LinearAttentionOptions};
-use crate::cast::record_pack_f16;
-use crate::pipeline::Storage;
-use crate::schedule::{rows_per_pass, scratch, Bind, Schedule};
+use super::favor::{check_omega, record_features, record_map_features, Favor, StateOut};
+use super::linear::Linear;
+use super::{FavorKind, FavorOptions, LinearAttentionOptions};
+use crate::bind::{scratch, Bind};
+use crate::driver::{self, Input, Pass, Plan, RowOp};
+use crate::schedule::Schedule;
+use crate::types::attention::{check_options, check_shapes};
 use crate::{Context, Element, Error, Result, Tensor};
 
 /// The feature map of a recurrent state.
@@ -124,50 +123,92 @@ pub fn prefill<T: Element>(
     v: &Tensor<T>,
     features: &Features,
 ) -> Result<(Tensor<T>, RecurrentState)> {
-    const OP: &str = "prefill";
-    let d = check_shapes(OP, q.shape(), k.shape(), v.shape())?;
-    let f = features.num_features(OP, d.dk)?;
+    let d = check_shapes(PREFILL, q.shape(), k.shape(), v.shape())?;
+    let f = features.num_features(PREFILL, d.dk)?;
     let lead = &q.shape()[..q.shape().len() - 2];
     let state = RecurrentState::alloc(ctx, features, lead, d.dk, d.dv, f, 0.0)?;
     let out = Tensor::empty(ctx, &d.out_shape)?;
-    crate::error_scope(ctx, || {
-        let mut s = Schedule::new(ctx);
-        match features {
-            Features::Linear(o) => {
-                let o = LinearAttentionOptions { causal: true, ..*o };
-                let st = Some((state.s.buffer(), state.z.buffer()));
-                record_linear(&mut s, q, k, v, &out, &o, st)?;
-            }
-            Features::Favor { omega, kind } => {
-                let st = StateOut {
-                    s: state.s.buffer(),
-                    z: state.z.buffer(),
-                    c: state.log_scale.buffer(),
-                };
-                record_favor(&mut s, q, k, v, omega, &out, *kind, true, Some(st))?;
-            }
-        }
-        s.submit();
-        Ok(())
-    })?;
+    prefill_into(ctx, q, k, v, &out, &state)?;
     Ok((out, state))
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    rows: u32,
-    f: u32,
-    dv: u32,
-    flags: u32,
-    eps: f32,
-    v_off: u32,
-    o_off: u32,
-    s_off: u32,
-    z_off: u32,
-    c_off: u32,
-    total: u32,
-    _pad: u32,
+/// [`prefill`] writing `out: [.., L, Dv]` and overwriting `state` (made for these leading dims
+/// and head dims, e.g. by [`RecurrentState::empty`]), one submission.
+pub fn prefill_into<T: Element>(
+    ctx: &Context,
+    q: &Tensor<T>,
+    k: &Tensor<T>,
+    v: &Tensor<T>,
+    out: &Tensor<T>,
+    state: &RecurrentState,
+) -> Result<()> {
+    driver::submit(ctx, |s| record_prefill(s, q, k, v, out, state))
+}
+
+/// Records [`prefill_into`] into a [`Schedule`].
+pub fn record_prefill<T: Element>(
+    s: &mut Schedule<'_>,
+    q: &Tensor<T>,
+    k: &Tensor<T>,
+    v: &Tensor<T>,
+    out: &Tensor<T>,
+    state: &RecurrentState,
+) -> Result<()> {
+    let d = check_shapes(PREFILL, q.shape(), k.shape(), v.shape())?;
+    let lead = &q.shape()[..q.shape().len() - 2];
+    if state.lead() != lead || state.dk != d.dk || state.dv != d.dv {
+        return Err(Error::Shape {
+            op: PREFILL,
+            name: "state",
+            expected: format!(
+                "a state of leading dims {lead:?}, Dk = {}, Dv = {}",
+                d.dk, d.dv
+            ),
+            got: [state.lead(), &[state.dk, state.dv]].concat(),
+        });
+    }
+    match &state.features {
+        Features::Linear(o) => {
+            // Elementwise features carry no log-scale: the state is S, z themselves.
+            s.clear(state.log_scale.buffer());
+            let mut op = Linear::new(q, k, v, &LinearAttentionOptions { causal: true, ..*o });
+            op.state = Some((state.s.buffer(), state.z.buffer()));
+            driver::record(s, &op, out)
+        }
+        Features::Favor { omega, kind } => {
+            let opts = FavorOptions {
+                kind: *kind,
+                causal: true,
+            };
+            let mut op = Favor::new(q, k, v, omega, &opts);
+            op.state = Some(StateOut {
+                s: state.s.buffer(),
+                z: state.z.buffer(),
+                c: state.log_scale.buffer(),
+            });
+            driver::record(s, &op, out)
+        }
+    }
+}
+
+const PREFILL: &str = "prefill";
+
+crate::uniform! {
+    /// The `Params` uniform of shaders/recurrent.wgsl.
+    pub(crate) struct Params {
+        rows: u32,
+        f: u32,
+        dv: u32,
+        flags: u32,
+        eps: f32,
+        v_off: u32,
+        o_off: u32,
+        s_off: u32,
+        z_off: u32,
+        c_off: u32,
+        total: u32,
+        _pad: u32,
+    }
 }
 
 const WG: u32 = 64;
@@ -183,105 +224,170 @@ pub fn step<T: Element>(
     k_t: &Tensor<T>,
     v_t: &Tensor<T>,
 ) -> Result<Tensor<T>> {
-    const OP: &str = "step";
-    let lead = state.lead().to_vec();
-    let (dk, dv) = (state.dk as u64, state.dv as u64);
-    for (name, t, n) in [("q_t", q_t, dk), ("k_t", k_t, dk), ("v_t", v_t, dv)] {
-        let want = [lead.as_slice(), &[n as usize]].concat();
-        if t.shape() != want.as_slice() {
-            return Err(Error::Shape {
-                op: OP,
-                name,
-                expected: format!("{want:?} (the state's leading dims, then D)"),
-                got: t.shape().to_vec(),
-            });
-        }
-    }
-    let out = Tensor::<T>::empty(ctx, &[lead.as_slice(), &[dv as usize]].concat())?;
-    let rows = lead.iter().product::<usize>() as u64;
-    let f = state.features.num_features(OP, dk as usize)? as u64;
-    let storage = Storage::for_dtype(ctx, T::DTYPE);
-    let es = size_of::<T>() as u64;
-    let per = rows_per_pass(
+    driver::run(
         ctx,
-        OP,
-        &[("S", f * dv * 4), ("features", f * 4)],
-        rows as usize,
-    )? as u64;
-    let rows_max = per.min(rows);
-    let fq = scratch(ctx, rows_max * f * 4);
-    let fk = scratch(ctx, rows_max * f * 4);
-    let lq = scratch(ctx, rows_max * 4);
-    let ck = scratch(ctx, rows_max * 4); // stays 0 for elementwise maps
-    let of = (storage == Storage::F16Packed).then(|| scratch(ctx, rows_max * dv * 4));
-    let (eps, den) = state.features.eps_den();
-    crate::error_scope(ctx, || {
-        let mut s = Schedule::new(ctx);
-        let mut r0 = 0;
-        while r0 < rows {
-            let nr = per.min(rows - r0);
-            let xq = Bind::elems(ctx, 1, q_t.buffer(), es, r0 * dk, nr * dk);
-            let xk = Bind::elems(ctx, 1, k_t.buffer(), es, r0 * dk, nr * dk);
-            match &state.features {
-                Features::Linear(o) => {
-                    let id = o.feature_map.shader_id();
-                    record_map_features(&mut s, storage, id, xq, &fq, nr * dk)?;
-                    record_map_features(&mut s, storage, id, xk, &fk, nr * dk)?;
-                }
-                Features::Favor { omega, kind } => {
-                    let sizes = (nr, 1, dk, omega.shape()[0] as u64);
-                    let w = omega.buffer();
-                    record_features(&mut s, storage, *kind, xq, w, sizes, &fq, &lq, None)?;
-                    record_features(&mut s, storage, *kind, xk, w, sizes, &fk, &ck, None)?;
-                }
+        &Step {
+            state,
+            q_t,
+            k_t,
+            v_t,
+        },
+    )
+}
+
+/// [`step`] writing into an existing `out: [.., Dv]`, one submission.
+pub fn step_into<T: Element>(
+    ctx: &Context,
+    state: &mut RecurrentState,
+    q_t: &Tensor<T>,
+    k_t: &Tensor<T>,
+    v_t: &Tensor<T>,
+    out: &Tensor<T>,
+) -> Result<()> {
+    driver::run_into(
+        ctx,
+        &Step {
+            state,
+            q_t,
+            k_t,
+            v_t,
+        },
+        out,
+    )
+}
+
+/// Records [`step`] into a [`Schedule`].
+pub fn record_step<T: Element>(
+    s: &mut Schedule<'_>,
+    state: &mut RecurrentState,
+    q_t: &Tensor<T>,
+    k_t: &Tensor<T>,
+    v_t: &Tensor<T>,
+    out: &Tensor<T>,
+) -> Result<()> {
+    driver::record(
+        s,
+        &Step {
+            state,
+            q_t,
+            k_t,
+            v_t,
+        },
+        out,
+    )
+}
+
+const STEP: &str = "step";
+
+struct Step<'a, T: Element> {
+    state: &'a RecurrentState,
+    q_t: &'a Tensor<T>,
+    k_t: &'a Tensor<T>,
+    v_t: &'a Tensor<T>,
+}
+
+impl<T: Element> RowOp for Step<'_, T> {
+    type T = T;
+    /// F.
+    type Dims = u64;
+    const NAME: &'static str = STEP;
+
+    fn plan(&self, _: &Context) -> Result<(u64, Plan)> {
+        let st = self.state;
+        let lead = st.lead();
+        for (name, t, n) in [
+            ("q_t", self.q_t, st.dk),
+            ("k_t", self.k_t, st.dk),
+            ("v_t", self.v_t, st.dv),
+        ] {
+            let want = [lead, &[n]].concat();
+            if t.shape() != want.as_slice() {
+                return Err(Error::Shape {
+                    op: STEP,
+                    name,
+                    expected: format!("{want:?} (the state's leading dims, then D)"),
+                    got: t.shape().to_vec(),
+                });
             }
-            let (bv, v_off) = Bind::elems(ctx, 4, v_t.buffer(), es, r0 * dv, nr * dv);
-            let (bs, s_off) = Bind::elems(ctx, 5, state.s.buffer(), 4, r0 * f * dv, nr * f * dv);
-            let (bz, z_off) = Bind::elems(ctx, 6, state.z.buffer(), 4, r0 * f, nr * f);
-            let (bc, c_off) = Bind::elems(ctx, 7, state.log_scale.buffer(), 4, r0, nr);
-            let (bo, o_off) = match &of {
-                Some(buf) => whole(8, buf, nr * dv * 4),
-                None => Bind::elems(ctx, 8, out.buffer(), es, r0 * dv, nr * dv),
-            };
-            let mut prm = Params {
-                rows: nr as u32,
-                f: f as u32,
-                dv: dv as u32,
-                flags: den as u32,
-                eps,
-                v_off,
-                o_off,
-                s_off,
-                z_off,
-                c_off,
-                total: (nr * (f * dv + f)) as u32,
-                _pad: 0,
-            };
-            let pl = |e| {
-                ctx.pipelines
-                    .get(ctx, "recurrent", e, storage, &[("WG", WG)])
-            };
-            let (bfq, bfk, bck) = (
-                whole(1, &fq, nr * f * 4).0,
-                whole(2, &fk, nr * f * 4).0,
-                whole(3, &ck, nr * 4).0,
-            );
-            let groups = (nr * (f * dv + f)).div_ceil(WG as u64);
-            s.dispatch(
-                &*pl("step_update")?,
-                &prm,
-                &[bfk, bck, bv, bs, bz, bc],
-                groups,
-            )?;
-            prm.total = nr as u32;
-            s.dispatch(&*pl("step_output")?, &prm, &[bfq, bck, bs, bz, bc, bo], nr)?;
-            if let Some(buf) = &of {
-                record_pack_f16(&mut s, buf, out.buffer(), r0 * dv, nr * dv)?;
-            }
-            r0 += nr;
         }
-        s.submit();
-        Ok(())
-    })?;
-    Ok(out)
+        let f = st.features.num_features(STEP, st.dk)? as u64;
+        let dv = st.dv as u64;
+        let rows = lead.iter().product::<usize>() as u64;
+        let plan = Plan::new([lead, &[st.dv]].concat(), rows, dv)
+            .bytes("S", f * dv * 4)
+            .bytes("features", f * 4);
+        Ok((f, plan))
+    }
+
+    fn inputs(&self) -> Vec<Input<'_>> {
+        let st = self.state;
+        vec![
+            Input::of("q_t", self.q_t),
+            Input::of("k_t", self.k_t),
+            Input::of("v_t", self.v_t),
+            Input::of("state.s", &st.s),
+            Input::of("state.z", &st.z),
+            Input::of("state.log_scale", &st.log_scale),
+        ]
+    }
+
+    fn record_rows(&self, s: &mut Schedule<'_>, f: &u64, p: &Pass<'_>) -> Result<()> {
+        let ctx = s.context();
+        let (st, f, storage) = (self.state, *f, p.storage);
+        let (dk, dv) = (st.dk as u64, st.dv as u64);
+        let (r0, nr, es) = (p.r0, p.nr, size_of::<T>() as u64);
+        let fq = scratch(ctx, nr * f * 4);
+        let fk = scratch(ctx, nr * f * 4);
+        let lq = scratch(ctx, nr * 4);
+        let ck = scratch(ctx, nr * 4); // stays 0 for elementwise maps
+        let xq = Bind::elems(ctx, 1, self.q_t.buffer(), es, r0 * dk, nr * dk);
+        let xk = Bind::elems(ctx, 1, self.k_t.buffer(), es, r0 * dk, nr * dk);
+        match &st.features {
+            Features::Linear(o) => {
+                let id = o.feature_map.shader_id();
+                record_map_features(s, storage, id, xq, &fq, nr * dk)?;
+                record_map_features(s, storage, id, xk, &fk, nr * dk)?;
+            }
+            Features::Favor { omega, kind } => {
+                let sizes = (nr, 1, dk, omega.shape()[0] as u64);
+                let w = omega.buffer();
+                record_features(s, storage, *kind, xq, w, sizes, &fq, &lq, None)?;
+                record_features(s, storage, *kind, xk, w, sizes, &fk, &ck, None)?;
+            }
+        }
+        let (eps, den) = st.features.eps_den();
+        let (bv, v_off) = Bind::elems(ctx, 4, self.v_t.buffer(), es, r0 * dv, nr * dv);
+        let (bs, s_off) = Bind::elems(ctx, 5, st.s.buffer(), 4, r0 * f * dv, nr * f * dv);
+        let (bz, z_off) = Bind::elems(ctx, 6, st.z.buffer(), 4, r0 * f, nr * f);
+        let (bc, c_off) = Bind::elems(ctx, 7, st.log_scale.buffer(), 4, r0, nr);
+        let (bo, o_off) = p.out.bind(ctx, 8, nr * dv);
+        let mut prm = Params {
+            rows: nr as u32,
+            f: f as u32,
+            dv: dv as u32,
+            flags: den as u32,
+            eps,
+            v_off,
+            o_off,
+            s_off,
+            z_off,
+            c_off,
+            total: (nr * (f * dv + f)) as u32,
+            _pad: 0,
+        };
+        let pl = |e| {
+            ctx.pipelines
+                .get(ctx, "recurrent", e, storage, &[("WG", WG)])
+        };
+        let (bfq, bfk, bck) = (
+            Bind::prefix(1, &fq, nr * f * 4),
+            Bind::prefix(2, &fk, nr * f * 4),
+            Bind::prefix(3, &ck, nr * 4),
+        );
+        let groups = (nr * (f * dv + f)).div_ceil(WG as u64);
+        let update = [bfk, bck, bv, bs, bz, bc];
+        s.dispatch(&*pl("step_update")?, &prm, &update, groups)?;
+        prm.total = nr as u32;
+        s.dispatch(&*pl("step_output")?, &prm, &[bfq, bck, bs, bz, bc, bo], nr)
+    }
 }

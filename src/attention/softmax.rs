@@ -7,96 +7,41 @@
 //! output by `exp(m_old − m_new)` whenever the maximum grows. No `L × L` buffer exists, so memory is
 //! O(L); logits of any size stay finite because every exponent is `≤ 0`.
 
-use bytemuck::{Pod, Zeroable};
-
-use super::linear::{check_shapes, workgroup_size, AttnDims};
-use crate::cast::record_pack_f16;
+use crate::bind::{scratch, Bind};
+use crate::driver::{self, Input, OutSlot, Pass, Plan, RowOp};
 use crate::pipeline::Storage;
-use crate::schedule::{rows_per_pass, scratch, Bind, Schedule};
+use crate::schedule::Schedule;
+use crate::sizes::{softmax_tiles, NA};
+pub use crate::types::attention::SoftmaxAttentionOptions;
+use crate::types::attention::{check_scale, check_shapes, AttnDims};
 use crate::{Context, Element, Error, Result, Tensor};
 
-/// Options for [`softmax_attention`] and the CPU reference
-/// [`crate::reference::attention::softmax_attention`].
-#[derive(Clone, Copy, Debug, PartialEq, Default)]
-pub struct SoftmaxAttentionOptions {
-    /// Query `i` attends to keys `j ≤ i` only.
-    pub causal: bool,
-    /// Multiplies `Q Kᵀ`; `None` means `1/√Dk` (Vaswani et al. 2017).
-    pub scale: Option<f32>,
-}
-
-impl SoftmaxAttentionOptions {
-    /// The scale actually applied for head dim `dk`: `scale`, or `1/√dk` rounded to f32. The GPU
-    /// and the CPU reference both use this f32 value.
-    pub fn scale_for(&self, dk: usize) -> f32 {
-        self.scale
-            .unwrap_or_else(|| (1.0 / (dk as f64).sqrt()) as f32)
+crate::uniform! {
+    /// The `Params` uniform of shaders/softmax_attention.wgsl.
+    pub(crate) struct Params {
+        rows: u32,
+        len: u32,
+        dk: u32,
+        dv: u32,
+        n_qt: u32,
+        n_cb: u32,
+        flags: u32,
+        block: u32,
+        scale: f32,
+        q_off: u32,
+        k_off: u32,
+        v_off: u32,
+        o_off: u32,
+        total: u32,
+        _pad: [u32; 2],
+        heads: u32,
+        r0: u32,
+        window: u32,
+        pflags: u32,
+        logn_inv: f32,
+        rw: u32,
+        _pad2: [u32; 2],
     }
-}
-
-pub(crate) fn check_scale(op: &'static str, scale: Option<f32>) -> Result<()> {
-    match scale {
-        Some(s) if !s.is_finite() => Err(Error::InvalidArgument {
-            op,
-            name: "scale",
-            reason: format!("{s} is not finite"),
-        }),
-        _ => Ok(()),
-    }
-}
-
-/// Checks that `out` has the output shape and is none of the inputs.
-pub(crate) fn check_out<T: Element>(
-    op: &'static str,
-    d: &AttnDims,
-    inputs: &[(&str, &Tensor<T>)],
-    out: &Tensor<T>,
-) -> Result<()> {
-    if out.shape() != d.out_shape.as_slice() {
-        return Err(Error::Shape {
-            op,
-            name: "out",
-            expected: format!("{:?}", d.out_shape),
-            got: out.shape().to_vec(),
-        });
-    }
-    for (name, t) in inputs {
-        if t.buffer() == out.buffer() {
-            return Err(Error::InvalidArgument {
-                op,
-                name: "out",
-                reason: format!("aliases input `{name}`"),
-            });
-        }
-    }
-    Ok(())
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    rows: u32,
-    len: u32,
-    dk: u32,
-    dv: u32,
-    n_qt: u32,
-    n_cb: u32,
-    flags: u32,
-    block: u32,
-    scale: f32,
-    q_off: u32,
-    k_off: u32,
-    v_off: u32,
-    o_off: u32,
-    total: u32,
-    _pad: [u32; 2],
-    heads: u32,
-    r0: u32,
-    window: u32,
-    pflags: u32,
-    logn_inv: f32,
-    rw: u32,
-    _pad2: [u32; 2],
 }
 
 /// Position terms inside the attend kernel (see [`crate::attention::positional`]); the default
@@ -126,60 +71,10 @@ pub(crate) struct Attend {
     pub relu: bool,
 }
 
-/// Output columns per invocation (`NA` in the shader).
-const NA: u32 = 8;
-
-/// (workgroup size, queries per tile, keys per tile, Dk chunk). Eight invocations share a query:
-/// together they hold its 32 logits of a key tile and 64 output columns. Workgroup memory holds
-/// the Q chunk, the K chunk and the weight tile; the Dk chunk is the largest that fits.
-fn tiles(ctx: &Context) -> (u32, u32, u32, u32) {
-    let wg = workgroup_size(ctx);
-    let tpq = 8.min(wg);
-    let bq = (wg / tpq).max(1);
-    let bk = tpq * 8;
-    let mem = ctx.limits().max_compute_workgroup_storage_size;
-    let mut dkc = 64u32;
-    while dkc > 1 && (bq * dkc + dkc * bk + bq * bk + 3 * bq) * 4 > mem {
-        dkc /= 2;
-    }
-    (bq * tpq, bq, bk, dkc)
-}
-
-/// Where a pass writes: `elem_bytes`-sized elements of `buffer` from element `first` on.
-pub(crate) struct OutSlot<'b> {
-    pub buffer: &'b wgpu::Buffer,
-    pub elem_bytes: u64,
-    pub first: u64,
-}
-
-/// Bytes per (batch, head) row that one pass binds, for [`rows_per_pass`].
-pub(crate) fn row_bytes(d: &AttnDims, in_bytes: u64, out_bytes: u64) -> Vec<(&'static str, u64)> {
-    let (l, dk, dv) = (d.len as u64, d.dk as u64, d.dv as u64);
-    vec![
-        ("q", l * dk * in_bytes),
-        ("v", l * dv * in_bytes),
-        ("o", l * dv * out_bytes),
-    ]
-}
-
-/// Records the attend kernel over rows `[r0, r0 + nr)` with inputs read as `storage`.
+/// Records the attend kernel over rows `[r0, r0 + nr)` with inputs read as `storage`, position
+/// terms from `pos`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn record_attend_rows<T: Element>(
-    s: &mut Schedule<'_>,
-    qkv: (&Tensor<T>, &Tensor<T>, &Tensor<T>),
-    d: &AttnDims,
-    rows: (u64, u64),
-    cfg: &Attend,
-    storage: Storage,
-    out: OutSlot<'_>,
-) -> Result<()> {
-    let pos = PosBias::default();
-    record_attend_rows_pos(s, qkv, d, rows, cfg, &pos, storage, out)
-}
-
-/// [`record_attend_rows`] with position terms.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn record_attend_rows_pos<T: Element>(
     s: &mut Schedule<'_>,
     (q, k, v): (&Tensor<T>, &Tensor<T>, &Tensor<T>),
     d: &AttnDims,
@@ -187,10 +82,10 @@ pub(crate) fn record_attend_rows_pos<T: Element>(
     cfg: &Attend,
     pos: &PosBias<'_>,
     storage: Storage,
-    out: OutSlot<'_>,
+    out: &OutSlot<'_>,
 ) -> Result<()> {
     let ctx = s.context();
-    let (wg, bq, bk, dkc) = tiles(ctx);
+    let (wg, bq, bk, dkc) = softmax_tiles(ctx);
     let consts = [
         ("WG", wg),
         ("BQ", bq),
@@ -208,7 +103,7 @@ pub(crate) fn record_attend_rows_pos<T: Element>(
     let (bq_, q_off) = Bind::elems(ctx, 1, q.buffer(), es, r0 * len * dk, nr * len * dk);
     let (bk_, k_off) = Bind::elems(ctx, 2, k.buffer(), es, r0 * len * dk, nr * len * dk);
     let (bv, v_off) = Bind::elems(ctx, 3, v.buffer(), es, r0 * len * dv, nr * len * dv);
-    let (bo, o_off) = Bind::elems(ctx, 4, out.buffer, out.elem_bytes, out.first, nr * len * dv);
+    let (bo, o_off) = out.bind(ctx, 4, nr * len * dv);
     let total = nr * n_qt * n_cb;
     if total > u32::MAX as u64 {
         return Err(Error::TooLarge {
@@ -265,60 +160,6 @@ pub(crate) fn record_attend_rows_pos<T: Element>(
     s.dispatch(&pl, &prm, &[bq_, bk_, bv, bo, bs, br], total)
 }
 
-/// Records the attend kernel over all rows into `out` (any storage; packed f16 goes through an f32
-/// scratch and the pack kernel).
-pub(crate) fn record_attend<T: Element>(
-    s: &mut Schedule<'_>,
-    op: &'static str,
-    qkv: (&Tensor<T>, &Tensor<T>, &Tensor<T>),
-    d: &AttnDims,
-    cfg: &Attend,
-    out: &Tensor<T>,
-) -> Result<()> {
-    record_attend_pos(s, op, qkv, d, cfg, &PosBias::default(), out)
-}
-
-/// [`record_attend`] with position terms.
-pub(crate) fn record_attend_pos<T: Element>(
-    s: &mut Schedule<'_>,
-    op: &'static str,
-    qkv: (&Tensor<T>, &Tensor<T>, &Tensor<T>),
-    d: &AttnDims,
-    cfg: &Attend,
-    pos: &PosBias<'_>,
-    out: &Tensor<T>,
-) -> Result<()> {
-    let ctx = s.context();
-    let storage = Storage::for_dtype(ctx, T::DTYPE);
-    let es = size_of::<T>() as u64;
-    let per = rows_per_pass(ctx, op, &row_bytes(d, es, storage.out_elem_bytes()), d.rows)? as u64;
-    let (len, dv) = (d.len as u64, d.dv as u64);
-    let packed = (storage == Storage::F16Packed)
-        .then(|| scratch(ctx, per.min(d.rows as u64) * len * dv * 4));
-    let mut r0 = 0u64;
-    while r0 < d.rows as u64 {
-        let nr = per.min(d.rows as u64 - r0);
-        let slot = match &packed {
-            Some(buf) => OutSlot {
-                buffer: buf,
-                elem_bytes: 4,
-                first: 0,
-            },
-            None => OutSlot {
-                buffer: out.buffer(),
-                elem_bytes: es,
-                first: r0 * len * dv,
-            },
-        };
-        record_attend_rows_pos(s, qkv, d, (r0, nr), cfg, pos, storage, slot)?;
-        if let Some(buf) = &packed {
-            record_pack_f16(s, buf, out.buffer(), r0 * len * dv, nr * len * dv)?;
-        }
-        r0 += nr;
-    }
-    Ok(())
-}
-
 const OP: &str = "softmax_attention";
 
 /// Exact softmax attention: `q, k: [B, H, L, Dk]` (or `[H, L, Dk]`), `v: [.., L, Dv]` ->
@@ -336,11 +177,7 @@ pub fn softmax_attention<T: Element>(
     v: &Tensor<T>,
     opts: &SoftmaxAttentionOptions,
 ) -> Result<Tensor<T>> {
-    let dims = check_shapes(OP, q.shape(), k.shape(), v.shape())?;
-    check_scale(OP, opts.scale)?;
-    let out = Tensor::empty(ctx, &dims.out_shape)?;
-    softmax_attention_into(ctx, q, k, v, &out, opts)?;
-    Ok(out)
+    driver::run(ctx, &Softmax { q, k, v, opts })
 }
 
 /// [`softmax_attention`] writing into an existing `out: [.., L, Dv]`, one submission.
@@ -352,12 +189,7 @@ pub fn softmax_attention_into<T: Element>(
     out: &Tensor<T>,
     opts: &SoftmaxAttentionOptions,
 ) -> Result<()> {
-    crate::error_scope(ctx, || {
-        let mut s = Schedule::new(ctx);
-        record_softmax_attention(&mut s, q, k, v, out, opts)?;
-        s.submit();
-        Ok(())
-    })
+    driver::run_into(ctx, &Softmax { q, k, v, opts }, out)
 }
 
 /// Records softmax attention into a [`Schedule`] (for chaining ops in one submission).
@@ -369,14 +201,41 @@ pub fn record_softmax_attention<T: Element>(
     out: &Tensor<T>,
     opts: &SoftmaxAttentionOptions,
 ) -> Result<()> {
-    let d = check_shapes(OP, q.shape(), k.shape(), v.shape())?;
-    check_scale(OP, opts.scale)?;
-    check_out(OP, &d, &[("q", q), ("k", k), ("v", v)], out)?;
-    let cfg = Attend {
-        causal: opts.causal,
-        scale: opts.scale_for(d.dk),
-        block: 0,
-        relu: false,
-    };
-    record_attend(s, OP, (q, k, v), &d, &cfg, out)
+    driver::record(s, &Softmax { q, k, v, opts }, out)
+}
+
+struct Softmax<'a, T: Element> {
+    q: &'a Tensor<T>,
+    k: &'a Tensor<T>,
+    v: &'a Tensor<T>,
+    opts: &'a SoftmaxAttentionOptions,
+}
+
+impl<T: Element> RowOp for Softmax<'_, T> {
+    type T = T;
+    type Dims = (AttnDims, Attend);
+    const NAME: &'static str = OP;
+
+    fn plan(&self, _: &Context) -> Result<(Self::Dims, Plan)> {
+        let d = check_shapes(OP, self.q.shape(), self.k.shape(), self.v.shape())?;
+        check_scale(OP, self.opts.scale)?;
+        let cfg = Attend {
+            causal: self.opts.causal,
+            scale: self.opts.scale_for(d.dk),
+            block: 0,
+            relu: false,
+        };
+        let plan = super::qkv_plan::<T>(&d);
+        Ok(((d, cfg), plan))
+    }
+
+    fn inputs(&self) -> Vec<Input<'_>> {
+        super::qkv_inputs(self.q, self.k, self.v)
+    }
+
+    fn record_rows(&self, s: &mut Schedule<'_>, (d, cfg): &Self::Dims, p: &Pass<'_>) -> Result<()> {
+        let qkv = (self.q, self.k, self.v);
+        let pos = PosBias::default();
+        record_attend_rows(s, qkv, d, (p.r0, p.nr), cfg, &pos, p.storage, &p.out)
+    }
 }

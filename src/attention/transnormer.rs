@@ -9,227 +9,27 @@
 //! Norm acts per (batch, head, position) over Dv. (TransNormer's code normalises the concatenation
 //! of all heads; with one head that is the same.)
 
-use std::str::FromStr;
-
-use bytemuck::{Pod, Zeroable};
-
-use super::lightning::{
-    decayed_rows_per_pass, record_decayed_rows, resolve_block, upload_f32, Decayed,
-};
-use super::linear::{check_shapes, workgroup_size, AttnDims};
-use super::softmax::{
-    check_out, check_scale, record_attend, record_attend_rows, row_bytes, Attend, OutSlot,
-};
-use super::FeatureMap;
-use crate::cast::record_pack_f16;
+use super::lightning::{decayed_plan, record_decayed_rows, Decayed};
+use super::softmax::{record_attend_rows, Attend, PosBias};
+use crate::bind::{scratch, upload_f32, Bind};
+use crate::driver::{self, Input, OutSlot, Pass, Plan, RowOp};
 use crate::pipeline::Storage;
-use crate::schedule::{rows_per_pass, scratch, Bind, Schedule};
+use crate::schedule::Schedule;
+use crate::sizes::{resolve_block, workgroup_size};
+use crate::types::attention::{check_diag, check_norm, check_shapes, AttnDims};
+pub use crate::types::attention::{
+    Affine, DiagAttentionOptions, DiagWeights, Norm, NormAttentionOptions,
+};
 use crate::{Context, DType, Element, Error, Result, Tensor};
 
-/// The output norm over Dv (`x` one output row, `d = Dv`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
-pub enum Norm {
-    /// `x / (‖x‖₂ · d^(−1/2) + ε)`, TransNormer's default.
-    #[default]
-    SimpleRmsNorm,
-    /// `g ⊙ x / (‖x‖₂ · d^(−1/2) + ε) + b` (TransNormer's RMSNorm: ε outside the root).
-    RmsNorm,
-    /// `g ⊙ (x − mean) / √(var + ε) + b`, biased variance (as torch.nn.LayerNorm).
-    LayerNorm,
-}
-
-impl Norm {
-    pub fn name(self) -> &'static str {
-        match self {
-            Norm::SimpleRmsNorm => "simple-rmsnorm",
-            Norm::RmsNorm => "rmsnorm",
-            Norm::LayerNorm => "layernorm",
-        }
+crate::uniform! {
+    /// The `Params` uniform of shaders/transnormer.wgsl.
+    pub(crate) struct NormParams {
+        n: u32,
+        dv: u32,
+        eps: f32,
+        o_off: u32,
     }
-
-    /// Applies the norm to one row in place (the CPU reference's definition, f64).
-    pub fn apply(self, x: &mut [f64], eps: f64, gain: Option<&[f32]>, bias: Option<&[f32]>) {
-        let n = x.len() as f64;
-        let g = |d: usize| gain.map_or(1.0, |g| g[d] as f64);
-        let b = |d: usize| bias.map_or(0.0, |b| b[d] as f64);
-        match self {
-            Norm::SimpleRmsNorm | Norm::RmsNorm => {
-                let rms = x.iter().map(|v| v * v).sum::<f64>().sqrt() / n.sqrt();
-                for (d, v) in x.iter_mut().enumerate() {
-                    *v = g(d) * (*v / (rms + eps)) + b(d);
-                }
-            }
-            Norm::LayerNorm => {
-                let mean = x.iter().sum::<f64>() / n;
-                let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
-                let inv = 1.0 / (var + eps).sqrt();
-                for (d, v) in x.iter_mut().enumerate() {
-                    *v = g(d) * (*v - mean) * inv + b(d);
-                }
-            }
-        }
-    }
-
-    fn shader_id(self) -> u32 {
-        match self {
-            Norm::SimpleRmsNorm => 0,
-            Norm::RmsNorm => 1,
-            Norm::LayerNorm => 2,
-        }
-    }
-}
-
-impl FromStr for Norm {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "simple-rmsnorm" => Ok(Norm::SimpleRmsNorm),
-            "rmsnorm" => Ok(Norm::RmsNorm),
-            "layernorm" => Ok(Norm::LayerNorm),
-            _ => Err(format!(
-                "unknown norm `{s}` (expected simple-rmsnorm, rmsnorm or layernorm)"
-            )),
-        }
-    }
-}
-
-/// The norm's learned parameters, host values of length Dv: gain `g` (default ones) and bias
-/// `b` (default zeros). SimpleRMSNorm takes neither.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Affine<'a> {
-    pub gain: Option<&'a [f32]>,
-    pub bias: Option<&'a [f32]>,
-}
-
-/// Options for [`norm_attention`] and [`crate::reference::attention::norm_attention`].
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct NormAttentionOptions {
-    /// φ for Q and K; the paper's code uses [`FeatureMap::Elu`] (the default here).
-    pub feature_map: FeatureMap,
-    pub causal: bool,
-    pub norm: Norm,
-    /// ε of the norm (default 1e-6).
-    pub eps: f32,
-}
-
-impl Default for NormAttentionOptions {
-    fn default() -> Self {
-        Self {
-            feature_map: FeatureMap::Elu,
-            causal: false,
-            norm: Norm::SimpleRmsNorm,
-            eps: 1e-6,
-        }
-    }
-}
-
-/// How DiagAttention weighs the keys of a block.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum DiagWeights {
-    /// `softmax_j(scale · q_i·k_j)` over the block.
-    #[default]
-    Softmax,
-    /// `relu(scale · q_i·k_j)`, the weighted sum then normalised by the options' norm.
-    Relu,
-}
-
-/// Options for [`diag_attention`] and [`crate::reference::attention::diag_attention`].
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct DiagAttentionOptions {
-    /// Block length w ≥ 1 (default 64); the last block is ragged.
-    pub block: u32,
-    pub causal: bool,
-    /// Logit scale; `None` means `1/√Dk`.
-    pub scale: Option<f32>,
-    pub weights: DiagWeights,
-    /// The norm after relu weights (ignored for softmax).
-    pub norm: Norm,
-    /// ε of the norm (default 1e-6).
-    pub eps: f32,
-}
-
-impl Default for DiagAttentionOptions {
-    fn default() -> Self {
-        Self {
-            block: 64,
-            causal: false,
-            scale: None,
-            weights: DiagWeights::Softmax,
-            norm: Norm::SimpleRmsNorm,
-            eps: 1e-6,
-        }
-    }
-}
-
-impl DiagAttentionOptions {
-    pub fn scale_for(&self, dk: usize) -> f32 {
-        self.scale
-            .unwrap_or_else(|| (1.0 / (dk as f64).sqrt()) as f32)
-    }
-}
-
-pub(crate) fn check_norm(
-    op: &'static str,
-    norm: Norm,
-    eps: f32,
-    affine: &Affine<'_>,
-    dv: usize,
-) -> Result<()> {
-    if !(eps.is_finite() && eps >= 0.0) {
-        return Err(Error::InvalidArgument {
-            op,
-            name: "eps",
-            reason: format!("{eps} is not a finite number >= 0"),
-        });
-    }
-    for (name, x) in [("gain", affine.gain), ("bias", affine.bias)] {
-        let Some(x) = x else { continue };
-        if norm == Norm::SimpleRmsNorm {
-            return Err(Error::InvalidArgument {
-                op,
-                name: if name == "gain" { "gain" } else { "bias" },
-                reason: "simple-rmsnorm has no learned parameters".into(),
-            });
-        }
-        if x.len() != dv {
-            return Err(Error::Shape {
-                op,
-                name: if name == "gain" { "gain" } else { "bias" },
-                expected: format!("[{dv}] (Dv)"),
-                got: vec![x.len()],
-            });
-        }
-    }
-    Ok(())
-}
-
-pub(crate) fn check_diag(op: &'static str, o: &DiagAttentionOptions) -> Result<()> {
-    if o.block == 0 {
-        return Err(Error::InvalidArgument {
-            op,
-            name: "block",
-            reason: "the block length must be >= 1".into(),
-        });
-    }
-    check_scale(op, o.scale)
-}
-
-fn whole(slot: u32, buffer: &wgpu::Buffer) -> Bind<'_> {
-    Bind {
-        slot,
-        buffer,
-        offset: 0,
-        size: buffer.size(),
-    }
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct NormParams {
-    n: u32,
-    dv: u32,
-    eps: f32,
-    o_off: u32,
 }
 
 /// Storage that reads `T` inputs and writes f32: f16 always goes through packed words here, so
@@ -251,7 +51,7 @@ fn record_norm_rows(
     eps: f32,
     (gain, bias): (&wgpu::Buffer, &wgpu::Buffer),
     storage: Storage,
-    out: OutSlot<'_>,
+    out: &OutSlot<'_>,
 ) -> Result<()> {
     let ctx = s.context();
     let wg = workgroup_size(ctx);
@@ -268,73 +68,61 @@ fn record_norm_rows(
         offset: 0,
         size: n * dv * 4,
     };
-    let (bo, o_off) = Bind::elems(ctx, 4, out.buffer, out.elem_bytes, out.first, n * dv);
+    let (bo, o_off) = out.bind(ctx, 4, n * dv);
     let prm = NormParams {
         n: n as u32,
         dv: dv as u32,
         eps,
         o_off,
     };
-    let binds = [bx, whole(2, gain), whole(3, bias), bo];
+    let binds = [bx, Bind::all(2, gain), Bind::all(3, bias), bo];
     s.dispatch(&pl, &prm, &binds, n.div_ceil(wg as u64))
 }
 
-/// Runs `numerator` (which writes f32 rows `[nr, L, Dv]` into the given scratch) then the norm
-/// into `out`, pass by pass.
-fn record_normalised<T: Element>(
-    s: &mut Schedule<'_>,
-    d: &AttnDims,
-    per: u64,
-    (norm, eps, affine): (Norm, f32, &Affine<'_>),
-    out: &Tensor<T>,
-    mut numerator: impl FnMut(&mut Schedule<'_>, (u64, u64), OutSlot<'_>) -> Result<()>,
-) -> Result<()> {
-    let ctx = s.context();
-    let (len, dv) = (d.len as u64, d.dv as u64);
-    let gain = upload_f32(ctx, &affine.gain.map_or(vec![1.0; d.dv], <[f32]>::to_vec));
-    let bias = upload_f32(ctx, &affine.bias.map_or(vec![0.0; d.dv], <[f32]>::to_vec));
-    let storage = Storage::for_dtype(ctx, T::DTYPE);
-    let es = size_of::<T>() as u64;
-    let rows_max = per.min(d.rows as u64);
-    let sums = scratch(ctx, rows_max * len * dv * 4);
-    let packed = (storage == Storage::F16Packed).then(|| scratch(ctx, rows_max * len * dv * 4));
-    let mut r0 = 0u64;
-    while r0 < d.rows as u64 {
-        let nr = per.min(d.rows as u64 - r0);
+/// A norm's device parameters: gain and bias of length Dv (ones and zeros when not given).
+struct NormCfg {
+    norm: Norm,
+    eps: f32,
+    gain: wgpu::Buffer,
+    bias: wgpu::Buffer,
+}
+
+impl NormCfg {
+    fn new(ctx: &Context, norm: Norm, eps: f32, affine: &Affine<'_>, dv: usize) -> Self {
+        Self {
+            norm,
+            eps,
+            gain: upload_f32(ctx, &affine.gain.map_or(vec![1.0; dv], <[f32]>::to_vec)),
+            bias: upload_f32(ctx, &affine.bias.map_or(vec![0.0; dv], <[f32]>::to_vec)),
+        }
+    }
+
+    /// Runs `numerator` (which writes f32 rows `[nr, L, Dv]` into the slot it is given), then
+    /// the norm into the pass's output.
+    fn record<T: Element>(
+        &self,
+        s: &mut Schedule<'_>,
+        d: &AttnDims,
+        p: &Pass<'_>,
+        numerator: impl FnOnce(&mut Schedule<'_>, Storage, &OutSlot<'_>) -> Result<()>,
+    ) -> Result<()> {
+        let (len, dv) = (d.len as u64, d.dv as u64);
+        let sums = scratch(s.context(), p.nr * len * dv * 4);
         let slot = OutSlot {
             buffer: &sums,
             elem_bytes: 4,
             first: 0,
         };
-        numerator(s, (r0, nr), slot)?;
-        let dst = match &packed {
-            Some(buf) => OutSlot {
-                buffer: buf,
-                elem_bytes: 4,
-                first: 0,
-            },
-            None => OutSlot {
-                buffer: out.buffer(),
-                elem_bytes: es,
-                first: r0 * len * dv,
-            },
-        };
-        record_norm_rows(
-            s,
-            &sums,
-            (nr * len, dv),
-            norm,
-            eps,
-            (&gain, &bias),
-            storage,
-            dst,
-        )?;
-        if let Some(buf) = &packed {
-            record_pack_f16(s, buf, out.buffer(), r0 * len * dv, nr * len * dv)?;
-        }
-        r0 += nr;
+        numerator(s, f32_out_storage(T::DTYPE), &slot)?;
+        let affine = (&self.gain, &self.bias);
+        let (n, norm, eps) = ((p.nr * len, dv), self.norm, self.eps);
+        record_norm_rows(s, &sums, n, norm, eps, affine, p.storage, &p.out)
     }
-    Ok(())
+}
+
+/// Bytes per row of the f32 sums before the norm.
+fn sums_bytes(d: &AttnDims) -> u64 {
+    (d.len * d.dv) as u64 * 4
 }
 
 const NORM_OP: &str = "norm_attention";
@@ -353,11 +141,16 @@ pub fn norm_attention<T: Element>(
     affine: &Affine<'_>,
     opts: &NormAttentionOptions,
 ) -> Result<Tensor<T>> {
-    let dims = check_shapes(NORM_OP, q.shape(), k.shape(), v.shape())?;
-    check_norm(NORM_OP, opts.norm, opts.eps, affine, dims.dv)?;
-    let out = Tensor::empty(ctx, &dims.out_shape)?;
-    norm_attention_into(ctx, q, k, v, affine, &out, opts)?;
-    Ok(out)
+    driver::run(
+        ctx,
+        &NormOp {
+            q,
+            k,
+            v,
+            affine,
+            opts,
+        },
+    )
 }
 
 /// [`norm_attention`] writing into an existing `out: [.., L, Dv]`, one submission.
@@ -370,12 +163,17 @@ pub fn norm_attention_into<T: Element>(
     out: &Tensor<T>,
     opts: &NormAttentionOptions,
 ) -> Result<()> {
-    crate::error_scope(ctx, || {
-        let mut s = Schedule::new(ctx);
-        record_norm_attention(&mut s, q, k, v, affine, out, opts)?;
-        s.submit();
-        Ok(())
-    })
+    driver::run_into(
+        ctx,
+        &NormOp {
+            q,
+            k,
+            v,
+            affine,
+            opts,
+        },
+        out,
+    )
 }
 
 /// Records NormAttention into a [`Schedule`].
@@ -388,26 +186,61 @@ pub fn record_norm_attention<T: Element>(
     out: &Tensor<T>,
     opts: &NormAttentionOptions,
 ) -> Result<()> {
-    let ctx = s.context();
-    let d = check_shapes(NORM_OP, q.shape(), k.shape(), v.shape())?;
-    check_norm(NORM_OP, opts.norm, opts.eps, affine, d.dv)?;
-    check_out(NORM_OP, &d, &[("q", q), ("k", k), ("v", v)], out)?;
-    let block = resolve_block(ctx, NORM_OP, None)?;
-    let es = size_of::<T>() as u64;
-    let per = decayed_rows_per_pass(ctx, NORM_OP, &d, block, es, 4)?;
-    let zero = upload_f32(ctx, &[0.0]);
-    let cfg = Decayed {
-        feature_map: opts.feature_map,
-        causal: opts.causal,
-        block,
-        slopes: &zero,
-        heads: 1,
-    };
-    let storage = f32_out_storage(T::DTYPE);
-    let norm = (opts.norm, opts.eps, affine);
-    record_normalised(s, &d, per, norm, out, |s, rows, slot| {
-        record_decayed_rows(s, (q, k, v), &d, rows, &cfg, storage, slot)
-    })
+    driver::record(
+        s,
+        &NormOp {
+            q,
+            k,
+            v,
+            affine,
+            opts,
+        },
+        out,
+    )
+}
+
+struct NormOp<'a, T: Element> {
+    q: &'a Tensor<T>,
+    k: &'a Tensor<T>,
+    v: &'a Tensor<T>,
+    affine: &'a Affine<'a>,
+    opts: &'a NormAttentionOptions,
+}
+
+impl<T: Element> RowOp for NormOp<'_, T> {
+    type T = T;
+    /// Sizes, block, the zero decay rate, the norm.
+    type Dims = (AttnDims, u32, wgpu::Buffer, NormCfg);
+    const NAME: &'static str = NORM_OP;
+
+    fn plan(&self, ctx: &Context) -> Result<(Self::Dims, Plan)> {
+        let o = self.opts;
+        let d = check_shapes(NORM_OP, self.q.shape(), self.k.shape(), self.v.shape())?;
+        check_norm(NORM_OP, o.norm, o.eps, self.affine, d.dv)?;
+        let block = resolve_block(ctx, NORM_OP, None)?;
+        let plan = decayed_plan::<T>(&d, block).bytes("sums", sums_bytes(&d));
+        let norm = NormCfg::new(ctx, o.norm, o.eps, self.affine, d.dv);
+        Ok(((d, block, upload_f32(ctx, &[0.0]), norm), plan))
+    }
+
+    fn inputs(&self) -> Vec<Input<'_>> {
+        super::qkv_inputs(self.q, self.k, self.v)
+    }
+
+    fn record_rows(&self, s: &mut Schedule<'_>, dims: &Self::Dims, p: &Pass<'_>) -> Result<()> {
+        let (d, block, zero, norm) = dims;
+        let cfg = Decayed {
+            feature_map: self.opts.feature_map,
+            causal: self.opts.causal,
+            block: *block,
+            slopes: zero,
+            heads: 1,
+        };
+        let qkv = (self.q, self.k, self.v);
+        norm.record::<T>(s, d, p, |s, storage, slot| {
+            record_decayed_rows(s, qkv, d, (p.r0, p.nr), &cfg, storage, slot)
+        })
+    }
 }
 
 const DIAG_OP: &str = "diag_attention";
@@ -426,11 +259,16 @@ pub fn diag_attention<T: Element>(
     affine: &Affine<'_>,
     opts: &DiagAttentionOptions,
 ) -> Result<Tensor<T>> {
-    let dims = check_shapes(DIAG_OP, q.shape(), k.shape(), v.shape())?;
-    check_diag(DIAG_OP, opts)?;
-    let out = Tensor::empty(ctx, &dims.out_shape)?;
-    diag_attention_into(ctx, q, k, v, affine, &out, opts)?;
-    Ok(out)
+    driver::run(
+        ctx,
+        &DiagOp {
+            q,
+            k,
+            v,
+            affine,
+            opts,
+        },
+    )
 }
 
 /// [`diag_attention`] writing into an existing `out: [.., L, Dv]`, one submission.
@@ -443,12 +281,17 @@ pub fn diag_attention_into<T: Element>(
     out: &Tensor<T>,
     opts: &DiagAttentionOptions,
 ) -> Result<()> {
-    crate::error_scope(ctx, || {
-        let mut s = Schedule::new(ctx);
-        record_diag_attention(&mut s, q, k, v, affine, out, opts)?;
-        s.submit();
-        Ok(())
-    })
+    driver::run_into(
+        ctx,
+        &DiagOp {
+            q,
+            k,
+            v,
+            affine,
+            opts,
+        },
+        out,
+    )
 }
 
 /// Records DiagAttention into a [`Schedule`].
@@ -461,34 +304,74 @@ pub fn record_diag_attention<T: Element>(
     out: &Tensor<T>,
     opts: &DiagAttentionOptions,
 ) -> Result<()> {
-    let ctx = s.context();
-    let d = check_shapes(DIAG_OP, q.shape(), k.shape(), v.shape())?;
-    check_diag(DIAG_OP, opts)?;
-    check_out(DIAG_OP, &d, &[("q", q), ("k", k), ("v", v)], out)?;
-    let relu = opts.weights == DiagWeights::Relu;
-    if relu {
-        check_norm(DIAG_OP, opts.norm, opts.eps, affine, d.dv)?;
-    } else if affine.gain.is_some() || affine.bias.is_some() {
-        return Err(Error::InvalidArgument {
-            op: DIAG_OP,
-            name: "gain",
-            reason: "softmax weights take no norm parameters".into(),
-        });
+    driver::record(
+        s,
+        &DiagOp {
+            q,
+            k,
+            v,
+            affine,
+            opts,
+        },
+        out,
+    )
+}
+
+struct DiagOp<'a, T: Element> {
+    q: &'a Tensor<T>,
+    k: &'a Tensor<T>,
+    v: &'a Tensor<T>,
+    affine: &'a Affine<'a>,
+    opts: &'a DiagAttentionOptions,
+}
+
+impl<T: Element> RowOp for DiagOp<'_, T> {
+    type T = T;
+    /// Sizes, the attend pass, the norm after relu weights.
+    type Dims = (AttnDims, Attend, Option<NormCfg>);
+    const NAME: &'static str = DIAG_OP;
+
+    fn plan(&self, ctx: &Context) -> Result<(Self::Dims, Plan)> {
+        let (o, affine) = (self.opts, self.affine);
+        let d = check_shapes(DIAG_OP, self.q.shape(), self.k.shape(), self.v.shape())?;
+        check_diag(DIAG_OP, o)?;
+        let relu = o.weights == DiagWeights::Relu;
+        if relu {
+            check_norm(DIAG_OP, o.norm, o.eps, affine, d.dv)?;
+        } else if affine.gain.is_some() || affine.bias.is_some() {
+            return Err(Error::InvalidArgument {
+                op: DIAG_OP,
+                name: "gain",
+                reason: "softmax weights take no norm parameters".into(),
+            });
+        }
+        let cfg = Attend {
+            causal: o.causal,
+            scale: o.scale_for(d.dk),
+            block: o.block.min(d.len as u32),
+            relu,
+        };
+        let mut plan = super::qkv_plan::<T>(&d);
+        let mut norm = None;
+        if relu {
+            plan = plan.bytes("sums", sums_bytes(&d));
+            norm = Some(NormCfg::new(ctx, o.norm, o.eps, affine, d.dv));
+        }
+        Ok(((d, cfg, norm), plan))
     }
-    let cfg = Attend {
-        causal: opts.causal,
-        scale: opts.scale_for(d.dk),
-        block: opts.block.min(d.len as u32),
-        relu,
-    };
-    if !relu {
-        return record_attend(s, DIAG_OP, (q, k, v), &d, &cfg, out);
+
+    fn inputs(&self) -> Vec<Input<'_>> {
+        super::qkv_inputs(self.q, self.k, self.v)
     }
-    let es = size_of::<T>() as u64;
-    let per = rows_per_pass(ctx, DIAG_OP, &row_bytes(&d, es, 4), d.rows)? as u64;
-    let storage = f32_out_storage(T::DTYPE);
-    let norm = (opts.norm, opts.eps, affine);
-    record_normalised(s, &d, per, norm, out, |s, rows, slot| {
-        record_attend_rows(s, (q, k, v), &d, rows, &cfg, storage, slot)
-    })
+
+    fn record_rows(&self, s: &mut Schedule<'_>, dims: &Self::Dims, p: &Pass<'_>) -> Result<()> {
+        let (d, cfg, norm) = dims;
+        let (qkv, rows, none) = ((self.q, self.k, self.v), (p.r0, p.nr), PosBias::default());
+        match norm {
+            None => record_attend_rows(s, qkv, d, rows, cfg, &none, p.storage, &p.out),
+            Some(norm) => norm.record::<T>(s, d, p, |s, storage, slot| {
+                record_attend_rows(s, qkv, d, rows, cfg, &none, storage, slot)
+            }),
+        }
+    }
 }

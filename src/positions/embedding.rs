@@ -1,76 +1,26 @@
 //! Token embedding lookup on the GPU: `x = one_hot(ids) · W = W[ids]`.
 
-use bytemuck::{Pod, Zeroable};
-use wgpu::util::DeviceExt;
-
-use crate::attention::linear::workgroup_size;
-use crate::cast::record_pack_f16;
-use crate::pipeline::Storage;
-use crate::schedule::{rows_per_pass, scratch, Bind, Schedule};
-use crate::{Context, Element, Error, Result, Tensor};
+use crate::bind::{upload_u32, Bind};
+use crate::driver::{self, Input, Pass, Plan, RowOp};
+use crate::schedule::{rows_per_pass, Schedule};
+use crate::sizes::workgroup_size;
+pub use crate::types::positions::check_embedding;
+use crate::{Context, Element, Result, Tensor};
 
 const OP: &str = "embedding";
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    d: u32,
-    v0: u32,
-    nv: u32,
-    t_off: u32,
-    x_off: u32,
-    i_off: u32,
-    total: u32,
-    _pad: u32,
-}
-
-/// Checks `table: [V, D]` and `ids` (shape `ids_shape`, `[L]` or `[B, L]`, every id < V) and
-/// returns the output shape `ids_shape + [D]`. The first id out of range is an
-/// [`Error::IndexOutOfRange`] naming its position.
-pub fn check_embedding(table: &[usize], ids: &[u32], ids_shape: &[usize]) -> Result<Vec<usize>> {
-    if table.len() != 2 || table.contains(&0) {
-        return Err(Error::Shape {
-            op: OP,
-            name: "table",
-            expected: "[V, D] with V, D >= 1".into(),
-            got: table.to_vec(),
-        });
+crate::uniform! {
+    /// The `Params` uniform of shaders/embedding.wgsl.
+    pub(crate) struct Params {
+        d: u32,
+        v0: u32,
+        nv: u32,
+        t_off: u32,
+        x_off: u32,
+        i_off: u32,
+        total: u32,
+        _pad: u32,
     }
-    if !(ids_shape.len() == 1 || ids_shape.len() == 2) || ids_shape.contains(&0) {
-        return Err(Error::Shape {
-            op: OP,
-            name: "ids",
-            expected: "[L] or [B, L] with every dim >= 1".into(),
-            got: ids_shape.to_vec(),
-        });
-    }
-    let n: usize = ids_shape.iter().product();
-    if ids.len() != n {
-        return Err(Error::DataLength {
-            shape: ids_shape.to_vec(),
-            expected: n,
-            got: ids.len(),
-        });
-    }
-    let v = table[0];
-    if let Some(i) = ids.iter().position(|&id| id as u64 >= v as u64) {
-        let l = *ids_shape.last().unwrap();
-        let position = if ids_shape.len() == 2 {
-            vec![i / l, i % l]
-        } else {
-            vec![i]
-        };
-        return Err(Error::IndexOutOfRange {
-            op: OP,
-            name: "ids",
-            position,
-            index: ids[i] as u64,
-            bound: v as u64,
-        });
-    }
-    let mut out = ids_shape.to_vec();
-    out.push(table[1]);
-    Ok(out)
 }
 
 /// Embedding lookup: `table: [V, D]` (f32 or f16), `ids: [L]` or `[B, L]` (u32, row-major,
@@ -86,10 +36,14 @@ pub fn embedding<T: Element>(
     ids: &[u32],
     ids_shape: &[usize],
 ) -> Result<Tensor<T>> {
-    let shape = check_embedding(table.shape(), ids, ids_shape)?;
-    let out = Tensor::empty(ctx, &shape)?;
-    embedding_into(ctx, table, ids, ids_shape, &out)?;
-    Ok(out)
+    driver::run(
+        ctx,
+        &Embedding {
+            table,
+            ids,
+            ids_shape,
+        },
+    )
 }
 
 /// [`embedding`] writing into an existing `out: [.., L, D]`, one submission.
@@ -100,12 +54,15 @@ pub fn embedding_into<T: Element>(
     ids_shape: &[usize],
     out: &Tensor<T>,
 ) -> Result<()> {
-    crate::error_scope(ctx, || {
-        let mut s = Schedule::new(ctx);
-        record_embedding(&mut s, table, ids, ids_shape, out)?;
-        s.submit();
-        Ok(())
-    })
+    driver::run_into(
+        ctx,
+        &Embedding {
+            table,
+            ids,
+            ids_shape,
+        },
+        out,
+    )
 }
 
 /// Records the embedding lookup into a [`Schedule`]. Work is split over output rows and, when
@@ -118,63 +75,57 @@ pub fn record_embedding<T: Element>(
     ids_shape: &[usize],
     out: &Tensor<T>,
 ) -> Result<()> {
-    let ctx = s.context();
-    let shape = check_embedding(table.shape(), ids, ids_shape)?;
-    if out.shape() != shape.as_slice() {
-        return Err(Error::Shape {
-            op: OP,
-            name: "out",
-            expected: format!("{shape:?}"),
-            got: out.shape().to_vec(),
-        });
+    driver::record(
+        s,
+        &Embedding {
+            table,
+            ids,
+            ids_shape,
+        },
+        out,
+    )
+}
+
+struct Embedding<'a, T: Element> {
+    table: &'a Tensor<T>,
+    ids: &'a [u32],
+    ids_shape: &'a [usize],
+}
+
+impl<T: Element> RowOp for Embedding<'_, T> {
+    type T = T;
+    /// Table rows per slice, ids on the device.
+    type Dims = (u64, wgpu::Buffer);
+    const NAME: &'static str = OP;
+
+    fn plan(&self, ctx: &Context) -> Result<(Self::Dims, Plan)> {
+        let shape = check_embedding(self.table.shape(), self.ids, self.ids_shape)?;
+        let (v, d) = (self.table.shape()[0], self.table.shape()[1] as u64);
+        let es = size_of::<T>() as u64;
+        let t_per = rows_per_pass(ctx, OP, &[("table", d * es)], v)? as u64;
+        let plan = Plan::new(shape, self.ids.len() as u64, d).bytes("ids", 4);
+        Ok(((t_per, upload_u32(ctx, self.ids)), plan))
     }
-    if out.buffer() == table.buffer() {
-        return Err(Error::InvalidArgument {
-            op: OP,
-            name: "out",
-            reason: "aliases input `table`".into(),
-        });
+
+    fn inputs(&self) -> Vec<Input<'_>> {
+        vec![Input::of("table", self.table)]
     }
-    let storage = Storage::for_dtype(ctx, T::DTYPE);
-    let wg = workgroup_size(ctx);
-    let pipeline = ctx
-        .pipelines
-        .get(ctx, "embedding", "lookup", storage, &[("WG", wg)])?;
-    let (v, d) = (table.shape()[0] as u64, table.shape()[1] as u64);
-    let n = ids.len() as u64;
-    let es = size_of::<T>() as u64;
-    let ob = storage.out_elem_bytes();
-    let t_per = rows_per_pass(ctx, OP, &[("table", d * es)], v as usize)? as u64;
-    let n_per = rows_per_pass(ctx, OP, &[("x", d * ob), ("ids", 4)], n as usize)? as u64;
-    let id_buf = ctx
-        .device
-        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("longseq ids"),
-            contents: bytemuck::cast_slice(ids),
-            usage: wgpu::BufferUsages::STORAGE,
-        });
-    let n_max = n_per.min(n);
-    let packed_out = (storage == Storage::F16Packed).then(|| scratch(ctx, n_max * d * 4));
-    let mut n0 = 0u64;
-    while n0 < n {
-        let nn = n_per.min(n - n0);
-        let (bi, i_off) = Bind::elems(ctx, 2, &id_buf, 4, n0, nn);
-        let (bx, x_off) = match &packed_out {
-            Some(buf) => (
-                Bind {
-                    slot: 3,
-                    buffer: buf,
-                    offset: 0,
-                    size: nn * d * 4,
-                },
-                0,
-            ),
-            None => Bind::elems(ctx, 3, out.buffer(), es, n0 * d, nn * d),
-        };
+
+    fn record_rows(&self, s: &mut Schedule<'_>, dims: &Self::Dims, p: &Pass<'_>) -> Result<()> {
+        let ctx = s.context();
+        let (t_per, id_buf) = dims;
+        let wg = workgroup_size(ctx);
+        let pipeline = ctx
+            .pipelines
+            .get(ctx, "embedding", "lookup", p.storage, &[("WG", wg)])?;
+        let (v, d) = (self.table.shape()[0] as u64, self.table.shape()[1] as u64);
+        let (nn, es) = (p.nr, size_of::<T>() as u64);
+        let (bi, i_off) = Bind::elems(ctx, 2, id_buf, 4, p.r0, nn);
+        let (bx, x_off) = p.out.bind(ctx, 3, nn * d);
         let mut v0 = 0u64;
         while v0 < v {
-            let nv = t_per.min(v - v0);
-            let (bt, t_off) = Bind::elems(ctx, 1, table.buffer(), es, v0 * d, nv * d);
+            let nv = (*t_per).min(v - v0);
+            let (bt, t_off) = Bind::elems(ctx, 1, self.table.buffer(), es, v0 * d, nv * d);
             let prm = Params {
                 d: d as u32,
                 v0: v0 as u32,
@@ -188,10 +139,6 @@ pub fn record_embedding<T: Element>(
             s.dispatch(&pipeline, &prm, &[bt, bi, bx], (nn * d).div_ceil(wg as u64))?;
             v0 += nv;
         }
-        if let Some(buf) = &packed_out {
-            record_pack_f16(s, buf, out.buffer(), n0 * d, nn * d)?;
-        }
-        n0 += nn;
+        Ok(())
     }
-    Ok(())
 }

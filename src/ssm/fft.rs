@@ -2,13 +2,13 @@
 //! and the causal FFT convolution `y = K ∗ u + D·u` of S4 (Gu et al. 2022, arXiv 2111.00396,
 //! §3.3), padded internally to a power of two `n >= 2L` so nothing wraps around.
 
-use bytemuck::{Pod, Zeroable};
 use wgpu::util::DeviceExt;
 
-use super::{bind_buffer, workgroup_size};
-use crate::cast::record_pack_f16;
+use crate::bind::{bind_buffer, scratch, Bind};
+use crate::driver::{self, Input, Pass, Plan, RowOp};
 use crate::pipeline::Storage;
-use crate::schedule::{rows_per_pass, scratch, Bind, Schedule};
+use crate::schedule::Schedule;
+use crate::sizes::workgroup_size;
 use crate::{Context, Element, Error, Result, Tensor};
 
 /// Direction of [`fft`]: forward `X_k = Σ_j x_j e^{−2πijk/n}`, inverse with `e^{+2πijk/n}` and
@@ -19,21 +19,22 @@ pub enum FftDirection {
     Inverse,
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    rows: u32,
-    len: u32,
-    n: u32,
-    total: u32,
-    ns: u32,
-    sign: f32,
-    scale: f32,
-    x_off: u32,
-    y_off: u32,
-    row0: u32,
-    h: u32,
-    _p: u32,
+crate::uniform! {
+    /// The `Params` uniform of shaders/fft.wgsl.
+    pub(crate) struct Params {
+        rows: u32,
+        len: u32,
+        n: u32,
+        total: u32,
+        ns: u32,
+        sign: f32,
+        scale: f32,
+        x_off: u32,
+        y_off: u32,
+        row0: u32,
+        h: u32,
+        _p: u32,
+    }
 }
 
 impl Params {
@@ -147,84 +148,112 @@ pub fn fft(
     im: Option<&Tensor<f32>>,
     dir: FftDirection,
 ) -> Result<(Tensor<f32>, Tensor<f32>)> {
-    const OP: &str = "fft";
-    let shape = re.shape();
-    let n = shape.last().copied().unwrap_or(0);
-    if shape.is_empty() || shape.contains(&0) || !n.is_power_of_two() {
-        return Err(Error::Shape {
-            op: OP,
-            name: "re",
-            expected: "[.., n] with n a power of two and every dim >= 1".into(),
-            got: shape.to_vec(),
-        });
-    }
-    if let Some(t) = im {
-        if t.shape() != shape {
+    let mut outs = driver::run_multi(ctx, &Fft { re, im, dir })?;
+    let out_im = outs.pop().expect("two outputs");
+    Ok((outs.pop().expect("two outputs"), out_im))
+}
+
+/// [`fft`] into existing `out_re, out_im` of re's shape, one submission.
+pub fn fft_into(
+    ctx: &Context,
+    re: &Tensor<f32>,
+    im: Option<&Tensor<f32>>,
+    dir: FftDirection,
+    (out_re, out_im): (&Tensor<f32>, &Tensor<f32>),
+) -> Result<()> {
+    driver::run_into_multi(ctx, &Fft { re, im, dir }, &[out_re, out_im])
+}
+
+/// Records [`fft`] into a [`Schedule`].
+pub fn record_fft(
+    s: &mut Schedule<'_>,
+    re: &Tensor<f32>,
+    im: Option<&Tensor<f32>>,
+    dir: FftDirection,
+    (out_re, out_im): (&Tensor<f32>, &Tensor<f32>),
+) -> Result<()> {
+    driver::record_multi(s, &Fft { re, im, dir }, &[out_re, out_im])
+}
+
+const FFT: &str = "fft";
+
+struct Fft<'a> {
+    re: &'a Tensor<f32>,
+    im: Option<&'a Tensor<f32>>,
+    dir: FftDirection,
+}
+
+impl RowOp for Fft<'_> {
+    type T = f32;
+    /// n and the twiddle table.
+    type Dims = (u64, wgpu::Buffer);
+    const NAME: &'static str = FFT;
+
+    fn plan(&self, ctx: &Context) -> Result<(Self::Dims, Plan)> {
+        let shape = self.re.shape();
+        let n = shape.last().copied().unwrap_or(0);
+        if shape.is_empty() || shape.contains(&0) || !n.is_power_of_two() {
             return Err(Error::Shape {
-                op: OP,
-                name: "im",
-                expected: format!("{shape:?} (the shape of re)"),
-                got: t.shape().to_vec(),
+                op: FFT,
+                name: "re",
+                expected: "[.., n] with n a power of two and every dim >= 1".into(),
+                got: shape.to_vec(),
             });
         }
+        if let Some(t) = self.im {
+            if t.shape() != shape {
+                return Err(Error::Shape {
+                    op: FFT,
+                    name: "im",
+                    expected: format!("{shape:?} (the shape of re)"),
+                    got: t.shape().to_vec(),
+                });
+            }
+        }
+        let n = n as u64;
+        let rows = self.re.len() as u64 / n;
+        let mut plan = Plan::new(shape.to_vec(), rows, n).bytes("spectrum", n * 8);
+        plan.n_outs = 2;
+        Ok(((n, twiddles(ctx, n)), plan))
     }
-    let out_re = Tensor::<f32>::empty(ctx, shape)?;
-    let out_im = Tensor::<f32>::empty(ctx, shape)?;
-    let rows = (re.len() / n) as u64;
-    let n = n as u64;
-    crate::error_scope(ctx, || {
-        let mut s = Schedule::new(ctx);
+
+    fn inputs(&self) -> Vec<Input<'_>> {
+        let mut i = vec![Input::of("re", self.re)];
+        i.extend(self.im.map(|t| Input::of("im", t)));
+        i
+    }
+
+    fn record_rows(&self, s: &mut Schedule<'_>, (n, tw): &Self::Dims, p: &Pass<'_>) -> Result<()> {
+        let ctx = s.context();
+        let (n, r0, nr) = (*n, p.r0, p.nr);
         let wg = workgroup_size(ctx) as u64;
-        let per = rows_per_pass(ctx, OP, &[("spectrum", n * 8)], rows as usize)? as u64;
-        let nr_max = per.min(rows);
-        let (a, b) = (scratch(ctx, nr_max * n * 8), scratch(ctx, nr_max * n * 8));
-        let tw = twiddles(ctx, n);
+        let (a, b) = (scratch(ctx, nr * n * 8), scratch(ctx, nr * n * 8));
         let st = Storage::F32;
         let pl = |e| ctx.pipelines.get(ctx, "fft", e, st, &[("WG", wg as u32)]);
-        let mut r0 = 0;
-        while r0 < rows {
-            let nr = per.min(rows - r0);
-            let mut prm = Params::new(nr, n, n);
-            prm.total = (nr * n) as u32;
-            let (bx, x_off) = Bind::elems(ctx, 1, re.buffer(), 4, r0 * n, nr * n);
-            prm.x_off = x_off;
-            match im {
-                None => s.dispatch(
-                    &*pl("load_real")?,
-                    &prm,
-                    &[bx, spec(3, &a, nr, n)],
-                    (nr * n).div_ceil(wg),
-                )?,
-                Some(t) => {
-                    let (bxi, _) = Bind::elems(ctx, 7, t.buffer(), 4, r0 * n, nr * n);
-                    s.dispatch(
-                        &*pl("load_complex")?,
-                        &prm,
-                        &[bx, bxi, spec(3, &a, nr, n)],
-                        (nr * n).div_ceil(wg),
-                    )?
-                }
+        let mut prm = Params::new(nr, n, n);
+        prm.total = (nr * n) as u32;
+        let (bx, x_off) = Bind::elems(ctx, 1, self.re.buffer(), 4, r0 * n, nr * n);
+        prm.x_off = x_off;
+        let groups = (nr * n).div_ceil(wg);
+        match self.im {
+            None => s.dispatch(&*pl("load_real")?, &prm, &[bx, spec(3, &a, nr, n)], groups)?,
+            Some(t) => {
+                let (bxi, _) = Bind::elems(ctx, 7, t.buffer(), 4, r0 * n, nr * n);
+                let binds = [bx, bxi, spec(3, &a, nr, n)];
+                s.dispatch(&*pl("load_complex")?, &prm, &binds, groups)?
             }
-            let in_b = record_passes(&mut s, st, &tw, (&a, &b), nr, n, dir)?;
-            let res = if in_b { &b } else { &a };
-            if dir == FftDirection::Inverse {
-                prm.scale = 1.0 / n as f32;
-            }
-            let (by, y_off) = Bind::elems(ctx, 6, out_re.buffer(), 4, r0 * n, nr * n);
-            let (byi, _) = Bind::elems(ctx, 8, out_im.buffer(), 4, r0 * n, nr * n);
-            prm.y_off = y_off;
-            s.dispatch(
-                &*pl("store_complex")?,
-                &prm,
-                &[spec(2, res, nr, n), by, byi],
-                (nr * n).div_ceil(wg),
-            )?;
-            r0 += nr;
         }
-        s.submit();
-        Ok(())
-    })?;
-    Ok((out_re, out_im))
+        let in_b = record_passes(s, st, tw, (&a, &b), nr, n, self.dir)?;
+        let res = if in_b { &b } else { &a };
+        if self.dir == FftDirection::Inverse {
+            prm.scale = 1.0 / n as f32;
+        }
+        let (by, y_off) = p.outs[0].bind(ctx, 6, nr * n);
+        let (byi, _) = p.outs[1].bind(ctx, 8, nr * n);
+        prm.y_off = y_off;
+        let binds = [spec(2, res, nr, n), by, byi];
+        s.dispatch(&*pl("store_complex")?, &prm, &binds, groups)
+    }
 }
 
 const CONV: &str = "causal_conv";
@@ -270,10 +299,7 @@ pub fn causal_conv<T: Element>(
     k: &Tensor<T>,
     d: &Tensor<T>,
 ) -> Result<Tensor<T>> {
-    conv_dims(u.shape(), k.shape(), d.shape())?;
-    let out = Tensor::empty(ctx, u.shape())?;
-    causal_conv_into(ctx, u, k, d, &out)?;
-    Ok(out)
+    driver::run(ctx, &CausalConv { u, k, d })
 }
 
 /// [`causal_conv`] into an existing `out` shaped like u, one submission.
@@ -284,12 +310,7 @@ pub fn causal_conv_into<T: Element>(
     d: &Tensor<T>,
     out: &Tensor<T>,
 ) -> Result<()> {
-    crate::error_scope(ctx, || {
-        let mut s = Schedule::new(ctx);
-        record_causal_conv(&mut s, u, k, d, out)?;
-        s.submit();
-        Ok(())
-    })
+    driver::run_into(ctx, &CausalConv { u, k, d }, out)
 }
 
 /// Records [`causal_conv`] into a [`Schedule`].
@@ -300,129 +321,123 @@ pub fn record_causal_conv<T: Element>(
     d: &Tensor<T>,
     out: &Tensor<T>,
 ) -> Result<()> {
-    let ctx = s.context();
-    let (rows, h, len) = conv_dims(u.shape(), k.shape(), d.shape())?;
-    if out.shape() != u.shape() {
-        return Err(Error::Shape {
-            op: CONV,
-            name: "out",
-            expected: format!("{:?} (the shape of u)", u.shape()),
-            got: out.shape().to_vec(),
-        });
-    }
-    for (name, t) in [("u", u), ("K", k), ("D", d)] {
-        if t.buffer() == out.buffer() {
-            return Err(Error::InvalidArgument {
+    driver::record(s, &CausalConv { u, k, d }, out)
+}
+
+struct CausalConv<'a, T: Element> {
+    u: &'a Tensor<T>,
+    k: &'a Tensor<T>,
+    d: &'a Tensor<T>,
+}
+
+/// H, L, the FFT size n, twiddles, and the kernel spectra `[H, n]` (recorded in the prologue).
+struct ConvDims {
+    h: u64,
+    len: u64,
+    n: u64,
+    tw: wgpu::Buffer,
+    kf: Option<wgpu::Buffer>,
+}
+
+impl<T: Element> RowOp for CausalConv<'_, T> {
+    type T = T;
+    type Dims = ConvDims;
+    const NAME: &'static str = CONV;
+
+    fn plan(&self, ctx: &Context) -> Result<(ConvDims, Plan)> {
+        let (rows, h, len) = conv_dims(self.u.shape(), self.k.shape(), self.d.shape())?;
+        let (rows, h, len) = (rows as u64, h as u64, len as u64);
+        let n = (2 * len).next_power_of_two();
+        let limit = ctx.limits().max_storage_buffer_binding_size;
+        if h * n * 8 > limit {
+            return Err(Error::TooLarge {
                 op: CONV,
-                name: "out",
-                reason: format!("aliases input `{name}`"),
+                what: "the kernel spectra [H, n]".into(),
+                needed: h * n * 8,
+                limit,
             });
         }
+        let es = size_of::<T>() as u64;
+        let plan = Plan::new(self.u.shape().to_vec(), rows, len)
+            .bytes("spectrum", n * 8)
+            .bytes("u", len * es);
+        let tw = twiddles(ctx, n);
+        Ok((
+            ConvDims {
+                h,
+                len,
+                n,
+                tw,
+                kf: None,
+            },
+            plan,
+        ))
     }
-    let storage = Storage::for_dtype(ctx, T::DTYPE);
-    let wg = workgroup_size(ctx);
-    let wgu = wg as u64;
-    let (rows, h, len) = (rows as u64, h as u64, len as u64);
-    let n = (2 * len).next_power_of_two();
-    let es = size_of::<T>() as u64;
-    let ob = storage.out_elem_bytes();
-    let per = rows_per_pass(
-        ctx,
-        CONV,
-        &[("spectrum", n * 8), ("u", len * es), ("y", len * ob)],
-        rows as usize,
-    )? as u64;
-    let nr_max = per.min(rows);
-    let limit = ctx.limits().max_storage_buffer_binding_size;
-    if h * n * 8 > limit {
-        return Err(Error::TooLarge {
-            op: CONV,
-            what: "the kernel spectra [H, n]".into(),
-            needed: h * n * 8,
-            limit,
-        });
+
+    fn inputs(&self) -> Vec<Input<'_>> {
+        vec![
+            Input::of("u", self.u),
+            Input::of("K", self.k),
+            Input::of("D", self.d),
+        ]
     }
-    let s1 = scratch(ctx, h * n * 8);
-    let s2 = scratch(ctx, h.max(nr_max) * n * 8);
-    let s3 = scratch(ctx, nr_max * n * 8);
-    let tw = twiddles(ctx, n);
-    let pl = |e| ctx.pipelines.get(ctx, "fft", e, storage, &[("WG", wg)]);
 
-    // Kernel spectra, once for all rows.
-    let mut prm = Params::new(h, len, n);
-    prm.h = h as u32;
-    prm.total = (h * n) as u32;
-    let bk = bind_buffer(ctx, CONV, "K", 1, k.buffer())?;
-    s.dispatch(
-        &*pl("load_real")?,
-        &prm,
-        &[bk, spec(3, &s2, h, n)],
-        (h * n).div_ceil(wgu),
-    )?;
-    let k_in_s1 = record_passes(s, storage, &tw, (&s2, &s1), h, n, FftDirection::Forward)?;
-    let (kf, free) = if k_in_s1 { (&s1, &s2) } else { (&s2, &s1) };
-    let free_rows = if k_in_s1 { h.max(nr_max) } else { h };
-    // The free buffer must hold a pass of u rows.
-    let spare;
-    let free = if free_rows >= nr_max {
-        free
-    } else {
-        spare = scratch(ctx, nr_max * n * 8);
-        &spare
-    };
-    let packed = (storage == Storage::F16Packed).then(|| scratch(ctx, nr_max * len * 4));
-    let bd = bind_buffer(ctx, CONV, "D", 5, d.buffer())?;
+    /// Kernel spectra, once for all rows.
+    fn record_prologue(&self, s: &mut Schedule<'_>, c: &mut ConvDims) -> Result<()> {
+        let ctx = s.context();
+        let storage = Storage::for_dtype(ctx, T::DTYPE);
+        let wg = workgroup_size(ctx);
+        let (h, n) = (c.h, c.n);
+        let (s1, s2) = (scratch(ctx, h * n * 8), scratch(ctx, h * n * 8));
+        let pl = ctx
+            .pipelines
+            .get(ctx, "fft", "load_real", storage, &[("WG", wg)])?;
+        let mut prm = Params::new(h, c.len, n);
+        prm.h = h as u32;
+        prm.total = (h * n) as u32;
+        let bk = bind_buffer(ctx, CONV, "K", 1, self.k.buffer())?;
+        s.dispatch(
+            &pl,
+            &prm,
+            &[bk, spec(3, &s2, h, n)],
+            (h * n).div_ceil(wg as u64),
+        )?;
+        let k_in_s1 = record_passes(s, storage, &c.tw, (&s2, &s1), h, n, FftDirection::Forward)?;
+        c.kf = Some(if k_in_s1 { s1 } else { s2 });
+        Ok(())
+    }
 
-    let mut r0 = 0;
-    while r0 < rows {
-        let nr = per.min(rows - r0);
+    fn record_rows(&self, s: &mut Schedule<'_>, c: &ConvDims, p: &Pass<'_>) -> Result<()> {
+        let ctx = s.context();
+        let (storage, wg) = (p.storage, workgroup_size(ctx));
+        let wgu = wg as u64;
+        let (h, len, n, r0, nr) = (c.h, c.len, c.n, p.r0, p.nr);
+        let kf =
+            c.kf.as_ref()
+                .expect("the prologue records the kernel spectra");
+        let (a, b) = (scratch(ctx, nr * n * 8), scratch(ctx, nr * n * 8));
+        let pl = |e| ctx.pipelines.get(ctx, "fft", e, storage, &[("WG", wg)]);
+        let es = size_of::<T>() as u64;
         let mut prm = Params::new(nr, len, n);
         prm.h = h as u32;
         prm.row0 = r0 as u32;
-        let (bu, x_off) = Bind::elems(ctx, 1, u.buffer(), es, r0 * len, nr * len);
+        let (bu, x_off) = Bind::elems(ctx, 1, self.u.buffer(), es, r0 * len, nr * len);
         prm.x_off = x_off;
         prm.total = (nr * n) as u32;
-        s.dispatch(
-            &*pl("load_real")?,
-            &prm,
-            &[bu, spec(3, free, nr, n)],
-            (nr * n).div_ceil(wgu),
-        )?;
-        let in_b = record_passes(s, storage, &tw, (free, &s3), nr, n, FftDirection::Forward)?;
-        let (uf, other) = if in_b { (&s3, free) } else { (free, &s3) };
-        s.dispatch(
-            &*pl("pointwise")?,
-            &prm,
-            &[spec(2, kf, h, n), spec(3, uf, nr, n)],
-            (nr * n).div_ceil(wgu),
-        )?;
-        let in_b = record_passes(s, storage, &tw, (uf, other), nr, n, FftDirection::Inverse)?;
+        let groups = (nr * n).div_ceil(wgu);
+        s.dispatch(&*pl("load_real")?, &prm, &[bu, spec(3, &a, nr, n)], groups)?;
+        let in_b = record_passes(s, storage, &c.tw, (&a, &b), nr, n, FftDirection::Forward)?;
+        let (uf, other) = if in_b { (&b, &a) } else { (&a, &b) };
+        let binds = [spec(2, kf, h, n), spec(3, uf, nr, n)];
+        s.dispatch(&*pl("pointwise")?, &prm, &binds, groups)?;
+        let in_b = record_passes(s, storage, &c.tw, (uf, other), nr, n, FftDirection::Inverse)?;
         let yf = if in_b { other } else { uf };
-        let (by, y_off) = match &packed {
-            Some(buf) => (
-                Bind {
-                    slot: 6,
-                    buffer: buf,
-                    offset: 0,
-                    size: nr * len * 4,
-                },
-                0,
-            ),
-            None => Bind::elems(ctx, 6, out.buffer(), es, r0 * len, nr * len),
-        };
+        let (by, y_off) = p.out.bind(ctx, 6, nr * len);
         prm.y_off = y_off;
         prm.scale = 1.0 / n as f32;
         prm.total = (nr * len) as u32;
-        s.dispatch(
-            &*pl("store_conv")?,
-            &prm,
-            &[bu, spec(2, yf, nr, n), bd, by],
-            (nr * len).div_ceil(wgu),
-        )?;
-        if let Some(buf) = &packed {
-            record_pack_f16(s, buf, out.buffer(), r0 * len, nr * len)?;
-        }
-        r0 += nr;
+        let bd = bind_buffer(ctx, CONV, "D", 5, self.d.buffer())?;
+        let binds = [bu, spec(2, yf, nr, n), bd, by];
+        s.dispatch(&*pl("store_conv")?, &prm, &binds, (nr * len).div_ceil(wgu))
     }
-    Ok(())
 }

@@ -11,15 +11,15 @@
 //! relative at 1.2·10⁴ rad). For bilinear the step `arg Ā` carries one f32 rounding, which l
 //! multiplies: phase error up to about `l·|arg Ā|·2⁻²³` (1.7e-4 relative at 1.2·10⁴ rad).
 
-use bytemuck::{Pod, Zeroable};
 use num_complex::Complex64;
 
-use super::{bind_buffer, bind_whole, workgroup_size};
-use crate::cast::record_pack_f16;
+use crate::bind::{bind_buffer, bind_whole, scratch};
+use crate::driver::{self, Input, Pass, Plan, RowOp};
 use crate::pipeline::Storage;
-use crate::reference;
-pub use crate::reference::ssm::Discretization;
-use crate::schedule::{rows_per_pass, scratch, Bind, Schedule};
+use crate::schedule::Schedule;
+use crate::sizes::workgroup_size;
+use crate::types::ssm as host;
+pub use crate::types::ssm::{s4d_init, Discretization, S4dInit};
 use crate::{Context, Element, Error, Result, Tensor};
 
 const OP: &str = "s4d_kernel";
@@ -42,8 +42,22 @@ pub struct DiagonalSsm<T: Element> {
 }
 
 impl<T: Element> DiagonalSsm<T> {
+    /// Every parameter tensor, for the driver's alias and context checks.
+    pub(crate) fn inputs(&self) -> Vec<Input<'_>> {
+        vec![
+            Input::of("A_re", &self.a_re),
+            Input::of("A_im", &self.a_im),
+            Input::of("B_re", &self.b_re),
+            Input::of("B_im", &self.b_im),
+            Input::of("C_re", &self.c_re),
+            Input::of("C_im", &self.c_im),
+            Input::of("dt", &self.dt),
+            Input::of("D", &self.d),
+        ]
+    }
+
     /// Uploads a host SSM, rounding to `T`.
-    pub fn from_host(ctx: &Context, m: &reference::ssm::DiagonalSsm) -> Result<Self> {
+    pub fn from_host(ctx: &Context, m: &host::DiagonalSsm) -> Result<Self> {
         m.check("DiagonalSsm::from_host")?;
         let hn = [m.h, m.n2];
         let up = |v: Vec<f64>, shape: &[usize]| {
@@ -105,146 +119,36 @@ impl<T: Element> DiagonalSsm<T> {
     }
 }
 
-/// Initialisations of the diagonal A (S4D paper §4), `N = 2·N2` the state size, `n = 0..N2−1`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum S4dInit {
-    /// `A_n = −1/2 + iπn`.
-    Lin,
-    /// `A_n = −1/2 + i(N/π)(N/(2n+1) − 1)`.
-    Inv,
-    /// The eigenvalues of the normal part of HiPPO-LegS, `−1/2 + iσ_n` with `σ_n > 0`, ascending.
-    LegS,
-}
-
-/// The `N2` diagonal entries of A for one head under `init` (the same for every head).
-/// Errors: [`Error::InvalidArgument`] for `n2 = 0`.
-pub fn s4d_init(init: S4dInit, n2: usize) -> Result<Vec<Complex64>> {
-    if n2 == 0 {
-        return Err(Error::InvalidArgument {
-            op: "s4d_init",
-            name: "n2",
-            reason: "N2 must be >= 1".into(),
-        });
-    }
-    let n = (2 * n2) as f64;
-    let pi = std::f64::consts::PI;
-    Ok(match init {
-        S4dInit::Lin => (0..n2)
-            .map(|j| Complex64::new(-0.5, pi * j as f64))
-            .collect(),
-        S4dInit::Inv => (0..n2)
-            .map(|j| Complex64::new(-0.5, n / pi * (n / (2 * j + 1) as f64 - 1.0)))
-            .collect(),
-        S4dInit::LegS => legs_normal_eigenvalues(2 * n2)
-            .into_iter()
-            .map(|s| Complex64::new(-0.5, s))
-            .collect(),
-    })
-}
-
-/// HiPPO-LegS is `A = −1/2 I + S − P Pᵀ` with `P_n = √(n + 1/2)` and S skew-symmetric,
-/// `S_nk = −√(2n+1)√(2k+1)/2` for n > k (S4, arXiv 2111.00396, §3.3). S has eigenvalues ±iσ;
-/// these are the N/2 values σ > 0 in ascending order. The Hermitian iS is diagonalised through
-/// its real symmetric embedding `[[0, Sᵀ], [S, 0]]` (each eigenvalue of iS twice) with cyclic
-/// Jacobi rotations in f64.
-fn legs_normal_eigenvalues(n: usize) -> Vec<f64> {
-    let m = 2 * n;
-    let mut a = vec![0.0f64; m * m];
-    for i in 0..n {
-        for k in 0..i {
-            let s = -0.5 * ((2 * i + 1) as f64).sqrt() * ((2 * k + 1) as f64).sqrt();
-            // S[i][k] = s, S[k][i] = −s; embedding rows n.. hold S, rows ..n hold Sᵀ.
-            a[(n + i) * m + k] = s;
-            a[(n + k) * m + i] = -s;
-            a[k * m + n + i] = s;
-            a[i * m + n + k] = -s;
-        }
-    }
-    jacobi_eigenvalues(&mut a, m);
-    let mut ev: Vec<f64> = (0..m).map(|i| a[i * m + i]).collect();
-    ev.sort_by(|x, y| y.total_cmp(x));
-    // The n largest are the positive σ (each twice), then zeros/negatives.
-    let mut s: Vec<f64> = ev[..n].iter().step_by(2).copied().collect();
-    s.truncate(n / 2);
-    s.sort_by(f64::total_cmp);
-    s
-}
-
-/// Cyclic Jacobi on a symmetric `m × m` matrix, in place; the diagonal ends as the eigenvalues.
-fn jacobi_eigenvalues(a: &mut [f64], m: usize) {
-    for _sweep in 0..100 {
-        let off: f64 = (0..m)
-            .flat_map(|i| (0..m).filter(move |&j| j != i).map(move |j| (i, j)))
-            .map(|(i, j)| a[i * m + j] * a[i * m + j])
-            .sum();
-        let diag: f64 = (0..m).map(|i| a[i * m + i] * a[i * m + i]).sum();
-        if off <= 1e-30 * diag.max(1e-300) {
-            return;
-        }
-        for p in 0..m {
-            for q in p + 1..m {
-                let apq = a[p * m + q];
-                if apq == 0.0 {
-                    continue;
-                }
-                let theta = (a[q * m + q] - a[p * m + p]) / (2.0 * apq);
-                let sgn = if theta >= 0.0 { 1.0 } else { -1.0 };
-                let t = sgn / (theta.abs() + (theta * theta + 1.0).sqrt());
-                let c = 1.0 / (t * t + 1.0).sqrt();
-                let s = t * c;
-                for k in 0..m {
-                    let (akp, akq) = (a[k * m + p], a[k * m + q]);
-                    a[k * m + p] = c * akp - s * akq;
-                    a[k * m + q] = s * akp + c * akq;
-                }
-                for k in 0..m {
-                    let (apk, aqk) = (a[p * m + k], a[q * m + k]);
-                    a[p * m + k] = c * apk - s * aqk;
-                    a[q * m + k] = s * apk + c * aqk;
-                }
-            }
-        }
-    }
-}
-
 /// Positions per invocation in the `vandermonde` entry (`RUN` in shaders/ssm_kernel.wgsl).
 const VANDERMONDE_RUN: u64 = 8;
 
 /// u32 words per mode in the discretised-mode table (see shaders/ssm_kernel.wgsl).
 pub(crate) const MODE_WORDS: u64 = 7;
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    h: u32,
-    n2: u32,
-    len: u32,
-    total: u32,
-    h0: u32,
-    k_off: u32,
-    _p: [u32; 2],
+crate::uniform! {
+    /// The `Params` uniform of shaders/ssm_kernel.wgsl.
+    pub(crate) struct Params {
+        h: u32,
+        n2: u32,
+        len: u32,
+        total: u32,
+        h0: u32,
+        k_off: u32,
+        _p: [u32; 2],
+    }
 }
 
 /// S4D kernel `K: [H, L]` in the parameters' dtype (f32 arithmetic), from `ssm` discretised by
 /// `disc`. Errors: [`Error::Shape`] for inconsistent parameter shapes, [`Error::InvalidArgument`]
-/// for `len = 0`, [`Error::TooLarge`] when one head's row or the parameters exceed a binding.
+/// for `len = 0` or a rule other than ZOH and bilinear, [`Error::TooLarge`] when one head's row
+/// or the parameters exceed a binding.
 pub fn s4d_kernel<T: Element>(
     ctx: &Context,
     ssm: &DiagonalSsm<T>,
     len: usize,
     disc: Discretization,
 ) -> Result<Tensor<T>> {
-    let (h, _) = ssm.dims(OP)?;
-    if len == 0 {
-        return Err(Error::InvalidArgument {
-            op: OP,
-            name: "len",
-            reason: "L must be >= 1".into(),
-        });
-    }
-    let out = Tensor::empty(ctx, &[h, len])?;
-    s4d_kernel_into(ctx, ssm, &out, disc)?;
-    Ok(out)
+    driver::run(ctx, &S4dKernel { ssm, len, disc })
 }
 
 /// [`s4d_kernel`] into an existing `out: [H, L]` (L is taken from it), one submission.
@@ -254,12 +158,8 @@ pub fn s4d_kernel_into<T: Element>(
     out: &Tensor<T>,
     disc: Discretization,
 ) -> Result<()> {
-    crate::error_scope(ctx, || {
-        let mut s = Schedule::new(ctx);
-        record_s4d_kernel(&mut s, ssm, out, disc)?;
-        s.submit();
-        Ok(())
-    })
+    let len = out_len(ssm, out)?;
+    driver::run_into(ctx, &S4dKernel { ssm, len, disc }, out)
 }
 
 /// Records the S4D kernel into a [`Schedule`].
@@ -269,73 +169,100 @@ pub fn record_s4d_kernel<T: Element>(
     out: &Tensor<T>,
     disc: Discretization,
 ) -> Result<()> {
-    let ctx = s.context();
-    let (h, n2) = ssm.dims(OP)?;
-    let os = out.shape();
-    if os.len() != 2 || os[0] != h || os[1] == 0 {
-        return Err(Error::Shape {
+    let len = out_len(ssm, out)?;
+    driver::record(s, &S4dKernel { ssm, len, disc }, out)
+}
+
+/// L of `out: [H, L]`.
+fn out_len<T: Element>(ssm: &DiagonalSsm<T>, out: &Tensor<T>) -> Result<usize> {
+    let (h, _) = ssm.dims(OP)?;
+    match *out.shape() {
+        [oh, l] if oh == h && l > 0 => Ok(l),
+        _ => Err(Error::Shape {
             op: OP,
             name: "out",
             expected: format!("[{h}, L >= 1] ([H, L])"),
-            got: os.to_vec(),
-        });
+            got: out.shape().to_vec(),
+        }),
     }
-    let len = os[1] as u64;
-    let storage = Storage::for_dtype(ctx, T::DTYPE);
-    let wg = workgroup_size(ctx);
-    let p_vand = ctx
-        .pipelines
-        .get(ctx, "ssm_kernel", "vandermonde", storage, &consts(disc, wg))?;
-    let modes = record_modes(s, ssm, disc)?;
-    let bm = bind_buffer(ctx, OP, "modes", 8, &modes)?;
-    let mut prm = Params {
-        h: h as u32,
-        n2: n2 as u32,
-        len: len as u32,
-        total: 0,
-        h0: 0,
-        k_off: 0,
-        _p: [0; 2],
-    };
-    let es = size_of::<T>() as u64;
-    let ob = storage.out_elem_bytes();
-    let per = rows_per_pass(ctx, OP, &[("K", len * ob)], h)? as u64;
-    let packed = (storage == Storage::F16Packed).then(|| scratch(ctx, per.min(h as u64) * len * 4));
-    let tiles = len.div_ceil(wg as u64 * VANDERMONDE_RUN);
-    let mut h0 = 0u64;
-    while h0 < h as u64 {
-        let nh = per.min(h as u64 - h0);
-        let (bk, k_off) = match &packed {
-            Some(buf) => (
-                Bind {
-                    slot: 9,
-                    buffer: buf,
-                    offset: 0,
-                    size: nh * len * 4,
-                },
-                0,
-            ),
-            None => Bind::elems(ctx, 9, out.buffer(), es, h0 * len, nh * len),
-        };
-        prm.h = nh as u32;
-        prm.h0 = h0 as u32;
-        prm.k_off = k_off;
-        prm.total = (nh * tiles) as u32;
-        s.dispatch(&p_vand, &prm, &[bm, bk], nh * tiles)?;
-        if let Some(buf) = &packed {
-            record_pack_f16(s, buf, out.buffer(), h0 * len, nh * len)?;
-        }
-        h0 += nh;
-    }
-    Ok(())
 }
 
-fn consts(disc: Discretization, wg: u32) -> [(&'static str, u32); 2] {
-    let d = match disc {
-        Discretization::Zoh => 0,
-        Discretization::Bilinear => 1,
-    };
-    [("WG", wg), ("DISC", d)]
+struct S4dKernel<'a, T: Element> {
+    ssm: &'a DiagonalSsm<T>,
+    len: usize,
+    disc: Discretization,
+}
+
+impl<T: Element> RowOp for S4dKernel<'_, T> {
+    type T = T;
+    /// N2 and the discretised-mode table (recorded in the prologue).
+    type Dims = (u64, Option<wgpu::Buffer>);
+    const NAME: &'static str = OP;
+
+    fn plan(&self, _: &Context) -> Result<(Self::Dims, Plan)> {
+        let (h, n2) = self.ssm.dims(OP)?;
+        if self.len == 0 {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                name: "len",
+                reason: "L must be >= 1".into(),
+            });
+        }
+        check_disc(OP, self.disc)?;
+        let plan = Plan::new(vec![h, self.len], h as u64, self.len as u64);
+        Ok(((n2 as u64, None), plan))
+    }
+
+    fn inputs(&self) -> Vec<Input<'_>> {
+        self.ssm.inputs()
+    }
+
+    fn record_prologue(&self, s: &mut Schedule<'_>, d: &mut Self::Dims) -> Result<()> {
+        d.1 = Some(record_modes(s, self.ssm, self.disc)?);
+        Ok(())
+    }
+
+    fn record_rows(&self, s: &mut Schedule<'_>, d: &Self::Dims, p: &Pass<'_>) -> Result<()> {
+        let ctx = s.context();
+        let wg = workgroup_size(ctx);
+        let consts = consts(self.disc, wg)?;
+        let p_vand = ctx
+            .pipelines
+            .get(ctx, "ssm_kernel", "vandermonde", p.storage, &consts)?;
+        let modes = d.1.as_ref().expect("the prologue records the modes");
+        let bm = bind_buffer(ctx, OP, "modes", 8, modes)?;
+        let (len, nh) = (self.len as u64, p.nr);
+        let tiles = len.div_ceil(wg as u64 * VANDERMONDE_RUN);
+        let (bk, k_off) = p.out.bind(ctx, 9, nh * len);
+        let prm = Params {
+            h: nh as u32,
+            n2: d.0 as u32,
+            len: len as u32,
+            total: (nh * tiles) as u32,
+            h0: p.r0 as u32,
+            k_off,
+            _p: [0; 2],
+        };
+        s.dispatch(&p_vand, &prm, &[bm, bk], nh * tiles)
+    }
+}
+
+/// The shader forms ZOH and bilinear modes; the other rules are host-only.
+pub(crate) fn check_disc(op: &'static str, disc: Discretization) -> Result<u32> {
+    match disc {
+        Discretization::Zoh => Ok(0),
+        Discretization::Bilinear => Ok(1),
+        other => Err(Error::InvalidArgument {
+            op,
+            name: "disc",
+            reason: format!("{other:?}: the S4D kernels take zoh or bilinear"),
+        }),
+    }
+}
+
+/// The `WG` and `DISC` constants.
+fn consts(disc: Discretization, wg: u32) -> Result<[(&'static str, u32); 2]> {
+    Ok([("WG", wg), ("DISC", check_disc(OP, disc)?)])
 }
 
 /// Records the discretisation of every mode into a new `[H, N2, MODE_WORDS]` table: C·B̄,
@@ -351,7 +278,7 @@ pub(crate) fn record_modes<T: Element>(
     let wg = workgroup_size(ctx);
     let p_disc = ctx
         .pipelines
-        .get(ctx, "ssm_kernel", "discretize", storage, &consts(disc, wg))?;
+        .get(ctx, "ssm_kernel", "discretize", storage, &consts(disc, wg)?)?;
     let n_modes = (h * n2) as u64;
     let modes = scratch(ctx, n_modes * MODE_WORDS * 4);
     let mut binds = Vec::new();

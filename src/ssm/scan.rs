@@ -7,28 +7,28 @@
 //! writes its total; the totals are scanned the same way, level upon level, until one block
 //! remains, then every block is prefixed with the resolved total of the blocks before it.
 
-use bytemuck::{Pod, Zeroable};
-
-use super::kernel::{record_modes, DiagonalSsm, Discretization};
-use super::{bind_buffer, bind_whole, workgroup_size};
-use crate::cast::record_pack_f16;
+use super::kernel::{check_disc, record_modes, DiagonalSsm, Discretization};
+use crate::bind::{bind_buffer, bind_whole, scratch, Bind};
+use crate::driver::{self, Input, Pass, Plan, RowOp};
 use crate::pipeline::Storage;
-use crate::schedule::{rows_per_pass, scratch, Bind, Schedule};
+use crate::schedule::Schedule;
+use crate::sizes::workgroup_size;
 use crate::{Context, Element, Error, Result, Tensor};
 
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct Params {
-    rows: u32,
-    m: u32,
-    total: u32,
-    flags: u32,
-    in_off: u32,
-    out_off: u32,
-    h: u32,
-    n2: u32,
-    bh0: u32,
-    _p: [u32; 3],
+crate::uniform! {
+    /// The `Params` uniform of shaders/scan.wgsl.
+    pub(crate) struct Params {
+        rows: u32,
+        m: u32,
+        total: u32,
+        flags: u32,
+        in_off: u32,
+        out_off: u32,
+        h: u32,
+        n2: u32,
+        bh0: u32,
+        _p: [u32; 3],
+    }
 }
 
 impl Params {
@@ -45,15 +45,6 @@ impl Params {
             bh0: 0,
             _p: [0; 3],
         }
-    }
-}
-
-fn whole(slot: u32, buffer: &wgpu::Buffer, bytes: u64) -> Bind<'_> {
-    Bind {
-        slot,
-        buffer,
-        offset: 0,
-        size: bytes.max(4),
     }
 }
 
@@ -86,8 +77,8 @@ fn record_levels(
         let mut prm = Params::new(rows, m);
         prm.total = (rows * nblk) as u32;
         let binds = [
-            whole(5, buf(k), rows * m * 16),
-            whole(6, buf(k + 1), rows * nblk * 16),
+            Bind::prefix(5, buf(k), rows * m * 16),
+            Bind::prefix(6, buf(k + 1), rows * nblk * 16),
         ];
         s.dispatch(&up, &prm, &binds, rows * nblk)?;
     }
@@ -99,8 +90,8 @@ fn record_levels(
         let nblk = m.div_ceil(w);
         let prm = Params::new(rows, m);
         let binds = [
-            whole(5, buf(k), rows * m * 16),
-            whole(6, buf(k + 1), rows * nblk * 16),
+            Bind::prefix(5, buf(k), rows * m * 16),
+            Bind::prefix(6, buf(k + 1), rows * nblk * 16),
         ];
         s.dispatch(&down, &prm, &binds, (rows * m).div_ceil(w))?;
     }
@@ -162,16 +153,9 @@ pub fn linear_scan<T: Element>(
     ctx: &Context,
     ops: &ScanOperands<'_, T>,
 ) -> Result<(Tensor<T>, Option<Tensor<T>>)> {
-    ops.check()?;
-    let shape = ops.a_re.shape();
-    let h_re = Tensor::empty(ctx, shape)?;
-    let h_im = if ops.complex() {
-        Some(Tensor::empty(ctx, shape)?)
-    } else {
-        None
-    };
-    linear_scan_into(ctx, ops, &h_re, h_im.as_ref())?;
-    Ok((h_re, h_im))
+    let mut h = driver::run_multi(ctx, &LinearScan { ops })?;
+    let h_im = (h.len() == 2).then(|| h.pop().expect("two outputs"));
+    Ok((h.pop().expect("an output"), h_im))
 }
 
 /// [`linear_scan`] into existing outputs (`h_im` required exactly when an operand is complex).
@@ -181,20 +165,28 @@ pub fn linear_scan_into<T: Element>(
     h_re: &Tensor<T>,
     h_im: Option<&Tensor<T>>,
 ) -> Result<()> {
-    let (rows, len) = ops.check()?;
-    let shape = ops.a_re.shape();
-    for (name, t) in [("h_re", Some(h_re)), ("h_im", h_im)] {
-        if let Some(t) = t {
-            if t.shape() != shape {
-                return Err(Error::Shape {
-                    op: OP,
-                    name,
-                    expected: format!("{shape:?} (the shape of a_re)"),
-                    got: t.shape().to_vec(),
-                });
-            }
-        }
-    }
+    let outs = scan_outs(ops, h_re, h_im)?;
+    driver::run_into_multi(ctx, &LinearScan { ops }, &outs)
+}
+
+/// Records [`linear_scan`] into a [`Schedule`].
+pub fn record_linear_scan<T: Element>(
+    s: &mut Schedule<'_>,
+    ops: &ScanOperands<'_, T>,
+    h_re: &Tensor<T>,
+    h_im: Option<&Tensor<T>>,
+) -> Result<()> {
+    let outs = scan_outs(ops, h_re, h_im)?;
+    driver::record_multi(s, &LinearScan { ops }, &outs)
+}
+
+/// The outputs, after checking that `h_im` is given exactly when an operand is complex.
+fn scan_outs<'a, T: Element>(
+    ops: &ScanOperands<'_, T>,
+    h_re: &'a Tensor<T>,
+    h_im: Option<&'a Tensor<T>>,
+) -> Result<Vec<&'a Tensor<T>>> {
+    ops.check()?;
     if ops.complex() != h_im.is_some() {
         return Err(Error::InvalidArgument {
             op: OP,
@@ -202,79 +194,69 @@ pub fn linear_scan_into<T: Element>(
             reason: "required exactly when an operand is complex".into(),
         });
     }
-    crate::error_scope(ctx, || {
-        let mut s = Schedule::new(ctx);
-        let storage = Storage::for_dtype(ctx, T::DTYPE);
-        let wg = workgroup_size(ctx);
-        let w = wg as u64;
-        let pl = |e| ctx.pipelines.get(ctx, "scan", e, storage, &[("WG", wg)]);
+    Ok([Some(h_re), h_im].into_iter().flatten().collect())
+}
+
+struct LinearScan<'a, 'b, T: Element> {
+    ops: &'a ScanOperands<'b, T>,
+}
+
+impl<T: Element> RowOp for LinearScan<'_, '_, T> {
+    type T = T;
+    /// L.
+    type Dims = u64;
+    const NAME: &'static str = OP;
+
+    fn plan(&self, _: &Context) -> Result<(u64, Plan)> {
+        let (rows, len) = self.ops.check()?;
         let (rows, len) = (rows as u64, len as u64);
         let es = size_of::<T>() as u64;
-        let ob = storage.out_elem_bytes();
-        let per = rows_per_pass(
-            ctx,
-            OP,
-            &[("scan state", len * 16), ("a", len * es), ("h", len * ob)],
-            rows as usize,
-        )? as u64;
-        let nr_max = per.min(rows);
-        let x = scratch(ctx, nr_max * len * 16);
-        let packed = (storage == Storage::F16Packed).then(|| {
-            (
-                scratch(ctx, nr_max * len * 4),
-                scratch(ctx, nr_max * len * 4),
-            )
-        });
-        let mut r0 = 0;
-        while r0 < rows {
-            let nr = per.min(rows - r0);
-            let (first, n) = (r0 * len, nr * len);
-            let mut prm = Params::new(nr, len);
-            prm.flags = ops.a_im.is_some() as u32 | (ops.b_im.is_some() as u32) << 1;
-            let (ba, off) = Bind::elems(ctx, 1, ops.a_re.buffer(), es, first, n);
-            let bai = Bind::elems(ctx, 2, ops.a_im.unwrap_or(ops.a_re).buffer(), es, first, n).0;
-            let bb = Bind::elems(ctx, 3, ops.b_re.buffer(), es, first, n).0;
-            let bbi = Bind::elems(ctx, 4, ops.b_im.unwrap_or(ops.b_re).buffer(), es, first, n).0;
-            prm.in_off = off;
-            let bx = whole(5, &x, n * 16);
-            s.dispatch(
-                &*pl("load_ab")?,
-                &prm,
-                &[ba, bai, bb, bbi, bx],
-                n.div_ceil(w),
-            )?;
-            record_levels(&mut s, storage, &x, nr, len)?;
-            let mut binds = vec![bx];
-            let outs: Vec<(&Tensor<T>, u32)> = match h_im {
-                Some(hi) => vec![(h_re, 7), (hi, 8)],
-                None => vec![(h_re, 7)],
-            };
-            for (i, &(t, slot)) in outs.iter().enumerate() {
-                match &packed {
-                    Some((p0, p1)) => binds.push(whole(slot, if i == 0 { p0 } else { p1 }, n * 4)),
-                    None => {
-                        let (b, off) = Bind::elems(ctx, slot, t.buffer(), es, first, n);
-                        prm.out_off = off;
-                        binds.push(b);
-                    }
-                }
-            }
-            let entry = if h_im.is_some() {
-                "store_complex"
-            } else {
-                "store_real"
-            };
-            s.dispatch(&*pl(entry)?, &prm, &binds, n.div_ceil(w))?;
-            if let Some((p0, p1)) = &packed {
-                for (i, &(t, _)) in outs.iter().enumerate() {
-                    record_pack_f16(&mut s, if i == 0 { p0 } else { p1 }, t.buffer(), first, n)?;
-                }
-            }
-            r0 += nr;
+        let mut plan = Plan::new(self.ops.a_re.shape().to_vec(), rows, len)
+            .bytes("scan state", len * 16)
+            .bytes("a", len * es);
+        plan.n_outs = 1 + self.ops.complex() as usize;
+        Ok((len, plan))
+    }
+
+    fn inputs(&self) -> Vec<Input<'_>> {
+        let o = self.ops;
+        let mut i = vec![Input::of("a_re", o.a_re), Input::of("b_re", o.b_re)];
+        i.extend(o.a_im.map(|t| Input::of("a_im", t)));
+        i.extend(o.b_im.map(|t| Input::of("b_im", t)));
+        i
+    }
+
+    fn record_rows(&self, s: &mut Schedule<'_>, len: &u64, p: &Pass<'_>) -> Result<()> {
+        let ctx = s.context();
+        let (ops, storage, len) = (self.ops, p.storage, *len);
+        let wg = workgroup_size(ctx);
+        let pl = |e| ctx.pipelines.get(ctx, "scan", e, storage, &[("WG", wg)]);
+        let es = size_of::<T>() as u64;
+        let (first, n) = (p.r0 * len, p.nr * len);
+        let x = scratch(ctx, n * 16);
+        let mut prm = Params::new(p.nr, len);
+        prm.flags = ops.a_im.is_some() as u32 | (ops.b_im.is_some() as u32) << 1;
+        let (ba, off) = Bind::elems(ctx, 1, ops.a_re.buffer(), es, first, n);
+        let bai = Bind::elems(ctx, 2, ops.a_im.unwrap_or(ops.a_re).buffer(), es, first, n).0;
+        let bb = Bind::elems(ctx, 3, ops.b_re.buffer(), es, first, n).0;
+        let bbi = Bind::elems(ctx, 4, ops.b_im.unwrap_or(ops.b_re).buffer(), es, first, n).0;
+        prm.in_off = off;
+        let bx = Bind::prefix(5, &x, n * 16);
+        let groups = n.div_ceil(wg as u64);
+        s.dispatch(&*pl("load_ab")?, &prm, &[ba, bai, bb, bbi, bx], groups)?;
+        record_levels(s, storage, &x, p.nr, len)?;
+        let mut binds = vec![bx];
+        for (out, slot) in p.outs.iter().zip([7, 8]) {
+            let (b, off) = out.bind(ctx, slot, n);
+            prm.out_off = off;
+            binds.push(b);
         }
-        s.submit();
-        Ok(())
-    })
+        let entry = match p.outs.len() {
+            2 => "store_complex",
+            _ => "store_real",
+        };
+        s.dispatch(&*pl(entry)?, &prm, &binds, groups)
+    }
 }
 
 const SSM: &str = "s4d_scan";
@@ -301,9 +283,7 @@ pub fn s4d_scan<T: Element>(
     u: &Tensor<T>,
     disc: Discretization,
 ) -> Result<Tensor<T>> {
-    let out = Tensor::empty(ctx, u.shape())?;
-    s4d_scan_into(ctx, ssm, u, &out, disc)?;
-    Ok(out)
+    driver::run(ctx, &S4dScan { ssm, u, disc })
 }
 
 /// [`s4d_scan`] into an existing `out: [B, H, L]`.
@@ -314,78 +294,95 @@ pub fn s4d_scan_into<T: Element>(
     out: &Tensor<T>,
     disc: Discretization,
 ) -> Result<()> {
-    let (h, n2) = ssm.dims(SSM)?;
-    u_dims(SSM, u.shape(), h, 3, "[B, H, L]")?;
-    if out.shape() != u.shape() {
-        return Err(Error::Shape {
-            op: SSM,
-            name: "out",
-            expected: format!("{:?} (the shape of u)", u.shape()),
-            got: out.shape().to_vec(),
-        });
+    driver::run_into(ctx, &S4dScan { ssm, u, disc }, out)
+}
+
+/// Records [`s4d_scan`] into a [`Schedule`].
+pub fn record_s4d_scan<T: Element>(
+    s: &mut Schedule<'_>,
+    ssm: &DiagonalSsm<T>,
+    u: &Tensor<T>,
+    out: &Tensor<T>,
+    disc: Discretization,
+) -> Result<()> {
+    driver::record(s, &S4dScan { ssm, u, disc }, out)
+}
+
+struct S4dScan<'a, T: Element> {
+    ssm: &'a DiagonalSsm<T>,
+    u: &'a Tensor<T>,
+    disc: Discretization,
+}
+
+impl<T: Element> RowOp for S4dScan<'_, T> {
+    type T = T;
+    /// H, N2, L and the discretised-mode table (recorded in the prologue).
+    type Dims = (u64, u64, u64, Option<wgpu::Buffer>);
+    const NAME: &'static str = SSM;
+
+    fn plan(&self, _: &Context) -> Result<(Self::Dims, Plan)> {
+        let (h, n2) = self.ssm.dims(SSM)?;
+        let u = self.u.shape();
+        u_dims(SSM, u, h, 3, "[B, H, L]")?;
+        check_disc(SSM, self.disc)?;
+        let (bh, len, n2) = ((u[0] * h) as u64, u[2] as u64, n2 as u64);
+        let es = size_of::<T>() as u64;
+        let plan = Plan::new(u.to_vec(), bh, len)
+            .bytes("states", n2 * len * 16)
+            .bytes("u", len * es);
+        Ok(((h as u64, n2, len, None), plan))
     }
-    crate::error_scope(ctx, || {
-        let mut s = Schedule::new(ctx);
-        let storage = Storage::for_dtype(ctx, T::DTYPE);
+
+    fn inputs(&self) -> Vec<Input<'_>> {
+        let mut i = self.ssm.inputs();
+        i.push(Input::of("u", self.u));
+        i
+    }
+
+    fn record_prologue(&self, s: &mut Schedule<'_>, d: &mut Self::Dims) -> Result<()> {
+        d.3 = Some(record_modes(s, self.ssm, self.disc)?);
+        Ok(())
+    }
+
+    fn record_rows(&self, s: &mut Schedule<'_>, d: &Self::Dims, p: &Pass<'_>) -> Result<()> {
+        let ctx = s.context();
+        let (h, n2, len) = (d.0, d.1, d.2);
+        let modes = d.3.as_ref().expect("the prologue records the modes");
         let wg = workgroup_size(ctx);
         let w = wg as u64;
-        let pl = |e| ctx.pipelines.get(ctx, "scan", e, storage, &[("WG", wg)]);
-        let modes = record_modes(&mut s, ssm, disc)?;
-        let (bh, len, n2) = ((u.shape()[0] * h) as u64, u.shape()[2] as u64, n2 as u64);
-        let es = size_of::<T>() as u64;
-        let per = rows_per_pass(
-            ctx,
-            SSM,
-            &[("states", n2 * len * 16), ("u", len * es), ("y", len * 4)],
-            bh as usize,
-        )? as u64;
-        let nr_max = per.min(bh);
-        let x = scratch(ctx, nr_max * n2 * len * 16);
-        let packed = (storage == Storage::F16Packed).then(|| scratch(ctx, nr_max * len * 4));
-        let bm = bind_buffer(ctx, SSM, "modes", 9, &modes)?;
-        let c_binds = [
+        let pl = |e| ctx.pipelines.get(ctx, "scan", e, p.storage, &[("WG", wg)]);
+        let (r0, nr, es) = (p.r0, p.nr, size_of::<T>() as u64);
+        let rows = nr * n2;
+        let x = scratch(ctx, rows * len * 16);
+        let ssm = self.ssm;
+        let mut prm = Params::new(rows, len);
+        prm.h = h as u32;
+        prm.n2 = n2 as u32;
+        prm.bh0 = r0 as u32;
+        let (bu, off) = Bind::elems(ctx, 10, self.u.buffer(), es, r0 * len, nr * len);
+        prm.in_off = off;
+        let bx = Bind::prefix(5, &x, rows * len * 16);
+        let bm = bind_buffer(ctx, SSM, "modes", 9, modes)?;
+        s.dispatch(
+            &*pl("load_ssm")?,
+            &prm,
+            &[bm, bu, bx],
+            (rows * len).div_ceil(w),
+        )?;
+        record_levels(s, p.storage, &x, rows, len)?;
+        let (by, off) = p.out.bind(ctx, 14, nr * len);
+        prm.out_off = off;
+        prm.total = (nr * len) as u32;
+        let binds = [
+            bx,
+            bu,
+            by,
             bind_whole(ctx, SSM, "C_re", 11, &ssm.c_re)?,
             bind_whole(ctx, SSM, "C_im", 12, &ssm.c_im)?,
             bind_whole(ctx, SSM, "D", 13, &ssm.d)?,
         ];
-        let mut r0 = 0;
-        while r0 < bh {
-            let nr = per.min(bh - r0);
-            let rows = nr * n2;
-            let mut prm = Params::new(rows, len);
-            prm.h = h as u32;
-            prm.n2 = n2 as u32;
-            prm.bh0 = r0 as u32;
-            let (bu, off) = Bind::elems(ctx, 10, u.buffer(), es, r0 * len, nr * len);
-            prm.in_off = off;
-            let bx = whole(5, &x, rows * len * 16);
-            s.dispatch(
-                &*pl("load_ssm")?,
-                &prm,
-                &[bm, bu, bx],
-                (rows * len).div_ceil(w),
-            )?;
-            record_levels(&mut s, storage, &x, rows, len)?;
-            let by = match &packed {
-                Some(buf) => whole(14, buf, nr * len * 4),
-                None => {
-                    let (b, off) = Bind::elems(ctx, 14, out.buffer(), es, r0 * len, nr * len);
-                    prm.out_off = off;
-                    b
-                }
-            };
-            prm.total = (nr * len) as u32;
-            let mut binds = vec![bx, bu, by];
-            binds.extend(c_binds);
-            s.dispatch(&*pl("out_ssm")?, &prm, &binds, (nr * len).div_ceil(w))?;
-            if let Some(buf) = &packed {
-                record_pack_f16(&mut s, buf, out.buffer(), r0 * len, nr * len)?;
-            }
-            r0 += nr;
-        }
-        s.submit();
-        Ok(())
-    })
+        s.dispatch(&*pl("out_ssm")?, &prm, &binds, (nr * len).div_ceil(w))
+    }
 }
 
 /// One step of the S4D recurrent mode: `x ← Ā x + B̄ u`, `y = 2 Re Σ_n C_n x_n + D u`, for
@@ -398,53 +395,138 @@ pub fn s4d_step<T: Element>(
     u: &Tensor<T>,
     disc: Discretization,
 ) -> Result<(Tensor<f32>, Tensor<T>)> {
-    const STEP: &str = "s4d_step";
-    let (h, n2) = ssm.dims(STEP)?;
-    u_dims(STEP, u.shape(), h, 2, "[B, H]")?;
-    let b = u.shape()[0];
-    if state.shape() != [b, h, n2, 2] {
-        return Err(Error::Shape {
-            op: STEP,
-            name: "state",
-            expected: format!("[{b}, {h}, {n2}, 2] ([B, H, N2, (re, im)])"),
-            got: state.shape().to_vec(),
-        });
-    }
     let new_state = Tensor::<f32>::empty(ctx, state.shape())?;
-    let y = Tensor::<T>::empty(ctx, u.shape())?;
-    crate::error_scope(ctx, || {
-        let mut s = Schedule::new(ctx);
-        let storage = Storage::for_dtype(ctx, T::DTYPE);
-        let wg = workgroup_size(ctx);
-        let modes = record_modes(&mut s, ssm, disc)?;
-        let p = ctx
-            .pipelines
-            .get(ctx, "scan", "step", storage, &[("WG", wg)])?;
+    let op = S4dStep {
+        ssm,
+        state,
+        u,
+        disc,
+        new_state: &new_state,
+    };
+    let y = driver::run(ctx, &op)?;
+    Ok((new_state, y))
+}
+
+/// [`s4d_step`] into an existing `new_state` (shaped like `state`, not it) and `y: [B, H]`.
+pub fn s4d_step_into<T: Element>(
+    ctx: &Context,
+    ssm: &DiagonalSsm<T>,
+    state: &Tensor<f32>,
+    u: &Tensor<T>,
+    disc: Discretization,
+    (new_state, y): (&Tensor<f32>, &Tensor<T>),
+) -> Result<()> {
+    let op = S4dStep {
+        ssm,
+        state,
+        u,
+        disc,
+        new_state,
+    };
+    driver::run_into(ctx, &op, y)
+}
+
+/// Records [`s4d_step_into`] into a [`Schedule`].
+pub fn record_s4d_step<T: Element>(
+    s: &mut Schedule<'_>,
+    ssm: &DiagonalSsm<T>,
+    state: &Tensor<f32>,
+    u: &Tensor<T>,
+    disc: Discretization,
+    (new_state, y): (&Tensor<f32>, &Tensor<T>),
+) -> Result<()> {
+    let op = S4dStep {
+        ssm,
+        state,
+        u,
+        disc,
+        new_state,
+    };
+    driver::record(s, &op, y)
+}
+
+const STEP: &str = "s4d_step";
+
+struct S4dStep<'a, T: Element> {
+    ssm: &'a DiagonalSsm<T>,
+    state: &'a Tensor<f32>,
+    u: &'a Tensor<T>,
+    disc: Discretization,
+    new_state: &'a Tensor<f32>,
+}
+
+impl<T: Element> RowOp for S4dStep<'_, T> {
+    type T = T;
+    /// H, N2 and the discretised-mode table (recorded in the prologue).
+    type Dims = (u64, u64, Option<wgpu::Buffer>);
+    const NAME: &'static str = STEP;
+
+    /// One pass: the state is bound whole.
+    fn plan(&self, _: &Context) -> Result<(Self::Dims, Plan)> {
+        let (h, n2) = self.ssm.dims(STEP)?;
+        u_dims(STEP, self.u.shape(), h, 2, "[B, H]")?;
+        check_disc(STEP, self.disc)?;
+        let b = self.u.shape()[0];
+        for (name, t) in [("state", self.state), ("new_state", self.new_state)] {
+            if t.shape() != [b, h, n2, 2] {
+                return Err(Error::Shape {
+                    op: STEP,
+                    name,
+                    expected: format!("[{b}, {h}, {n2}, 2] ([B, H, N2, (re, im)])"),
+                    got: t.shape().to_vec(),
+                });
+            }
+        }
+        if self.new_state.buffer() == self.state.buffer() {
+            return Err(Error::InvalidArgument {
+                op: STEP,
+                name: "new_state",
+                reason: "aliases input `state`".into(),
+            });
+        }
         let n = (b * h) as u64;
-        let packed = (storage == Storage::F16Packed).then(|| scratch(ctx, n * 4));
-        let by = match &packed {
-            Some(buf) => whole(14, buf, n * 4),
-            None => bind_whole(ctx, STEP, "y", 14, &y)?,
-        };
+        let es = size_of::<T>() as u64;
+        let plan = Plan::new(self.u.shape().to_vec(), 1, n)
+            .bytes("state", n * n2 as u64 * 8)
+            .bytes("u", n * es);
+        Ok(((h as u64, n2 as u64, None), plan))
+    }
+
+    fn inputs(&self) -> Vec<Input<'_>> {
+        let mut i = self.ssm.inputs();
+        i.push(Input::of("u", self.u));
+        i.push(Input::of("state", self.state));
+        i.push(Input::of("new_state", self.new_state));
+        i
+    }
+
+    fn record_prologue(&self, s: &mut Schedule<'_>, d: &mut Self::Dims) -> Result<()> {
+        d.2 = Some(record_modes(s, self.ssm, self.disc)?);
+        Ok(())
+    }
+
+    fn record_rows(&self, s: &mut Schedule<'_>, d: &Self::Dims, p: &Pass<'_>) -> Result<()> {
+        let ctx = s.context();
+        let (h, n2, ssm) = (d.0, d.1, self.ssm);
+        let modes = d.2.as_ref().expect("the prologue records the modes");
+        let wg = workgroup_size(ctx);
+        let pl = ctx
+            .pipelines
+            .get(ctx, "scan", "step", p.storage, &[("WG", wg)])?;
+        let n = self.u.len() as u64;
         let binds = [
-            bind_buffer(ctx, STEP, "modes", 9, &modes)?,
-            bind_whole(ctx, STEP, "u", 10, u)?,
+            bind_buffer(ctx, STEP, "modes", 9, modes)?,
+            bind_whole(ctx, STEP, "u", 10, self.u)?,
             bind_whole(ctx, STEP, "C_re", 11, &ssm.c_re)?,
             bind_whole(ctx, STEP, "C_im", 12, &ssm.c_im)?,
             bind_whole(ctx, STEP, "D", 13, &ssm.d)?,
-            by,
-            bind_whole(ctx, STEP, "state", 15, state)?,
-            bind_whole(ctx, STEP, "state", 16, &new_state)?,
+            p.out.bind(ctx, 14, n).0,
+            bind_whole(ctx, STEP, "state", 15, self.state)?,
+            bind_whole(ctx, STEP, "state", 16, self.new_state)?,
         ];
         let mut prm = Params::new(n, 1);
         prm.h = h as u32;
         prm.n2 = n2 as u32;
-        s.dispatch(&p, &prm, &binds, n.div_ceil(wg as u64))?;
-        if let Some(buf) = &packed {
-            record_pack_f16(&mut s, buf, y.buffer(), 0, n)?;
-        }
-        s.submit();
-        Ok(())
-    })?;
-    Ok((new_state, y))
+        s.dispatch(&pl, &prm, &binds, n.div_ceil(wg as u64))
+    }
 }

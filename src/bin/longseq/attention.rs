@@ -13,6 +13,7 @@ use longseq::attention::{Alibi, PositionalOptions, ReRope};
 use longseq::positions::RopeLayout;
 use longseq::{Context, Element, Tensor};
 
+use crate::check::StorageDtype;
 use crate::devices::{self, Devices};
 use crate::io::{self, CliError, Out};
 use crate::methods::Op;
@@ -27,9 +28,16 @@ use crate::rel_frobenius;
 /// it. `--feature-map favor|favor-trig` runs Performer attention with ω drawn from `--seed`
 /// (`--num-features M` rows) or read from tensor `--omega NAME` ([M, Dk], used exactly as given).
 /// Writes tensor `o` ([.., L, Dv], f32, same rank as q): the GPU result, else the CPU path's,
-/// else the reference's. A missing tensor or a shape mismatch exits with code 2.
+/// else the reference's. A missing tensor, a shape mismatch or a bad option exits with code 2;
+/// a result further from the reference than its tolerance (GPU: f32 1e-4, f16 5e-3; CPU path
+/// 1e-4; on max|diff| / max|ref|) exits with code 3 and writes nothing.
 #[derive(clap::Args)]
-#[command(verbatim_doc_comment)]
+#[command(
+    verbatim_doc_comment,
+    allow_negative_numbers = true,
+    after_help = "Example (shipped data, from the repository root):\n  \
+longseq attention --input data/minilm_two_cities_qkv.safetensors --prefix layer0. --method softmax --output o.safetensors"
+)]
 pub struct Args {
     /// safetensors file holding the input tensors.
     #[arg(long)]
@@ -108,12 +116,16 @@ pub struct Args {
     #[arg(long)]
     no_denominator: bool,
     /// Where to run: gpu, cpu (the f32 CPU path), reference (f64), or a comma-separated list
-    /// (default gpu,reference; cpu,reference when there is no GPU adapter).
+    /// (default gpu,reference; cpu,reference when there is no GPU adapter; both = gpu,reference).
     #[arg(long)]
     device: Option<Devices>,
-    /// GPU storage dtype (arithmetic is f32 either way).
-    #[arg(long, value_enum, default_value = "f32")]
-    dtype: Dtype,
+    /// Run the f64 reference even when its estimated time is past the bound.
+    #[arg(long)]
+    force_reference: bool,
+    /// GPU storage dtype (arithmetic is f32 either way); default f16 when q, k and v are stored
+    /// in f16, else f32.
+    #[arg(long, value_enum)]
+    dtype: Option<StorageDtype>,
     /// NaN in the inputs: propagate to the outputs that depend on it, or refuse (exit 2).
     #[arg(long, value_enum, default_value = "propagate")]
     nan: NanPolicy,
@@ -166,6 +178,28 @@ enum Draw {
     Gaussian,
 }
 
+impl Method {
+    fn name(self) -> &'static str {
+        match self {
+            Method::Linear => "linear",
+            Method::Softmax => "softmax",
+            Method::Norm => "norm",
+            Method::Diag => "diag",
+            Method::Lightning => "lightning",
+        }
+    }
+}
+
+impl Draw {
+    fn name(self) -> &'static str {
+        match self {
+            Draw::OrthogonalChi => "orthogonal-chi",
+            Draw::OrthogonalSqrtD => "orthogonal-sqrt-d",
+            Draw::Gaussian => "gaussian",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Weights {
     Softmax,
@@ -178,18 +212,13 @@ enum Slopes {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum Dtype {
-    F32,
-    F16,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum NanPolicy {
     Propagate,
     Error,
 }
 
 pub fn run(a: Args) -> Result<(), CliError> {
+    io::check_output(a.output.as_deref())?;
     let bytes = io::read_file(&a.input)?;
     let st = io::parse(&bytes, &a.input)?;
     let name = |s: &str| format!("{}{s}", a.prefix);
@@ -198,26 +227,43 @@ pub fn run(a: Args) -> Result<(), CliError> {
     let v = io::read(&st, &name("v"), &a.input)?;
     let dims = check_shapes("attention", &q.shape, &k.shape, &v.shape)?;
     let shapes = format!(
-        "q {:?} {:?}, k {:?} {:?}, v {:?} {:?}",
-        q.shape, q.dtype, k.shape, k.dtype, v.shape, v.dtype
+        "q {:?} {}, k {:?} {}, v {:?} {}",
+        q.shape,
+        io::dtype_name(q.dtype),
+        k.shape,
+        io::dtype_name(k.dtype),
+        v.shape,
+        io::dtype_name(v.dtype)
     );
+    let dtype = StorageDtype::resolve(a.dtype, &[q.dtype, k.dtype, v.dtype]);
     let q_shape = q.shape.clone();
-    let (q, k, v) = (q.to_f32(), k.to_f32(), v.to_f32());
+    let mut dev = a.device.unwrap_or_default();
+    let gpu_runs = dev.gpu;
+    let store = |n: &str, t: &io::HostTensor| {
+        if gpu_runs {
+            dtype.storable(&name(n), t.to_f32())
+        } else {
+            Ok(t.to_f32())
+        }
+    };
+    let (q, k, v) = (store("q", &q)?, store("k", &k)?, store("v", &v)?);
     if a.nan == NanPolicy::Error {
         longseq::check_no_nan("attention", "q", &q)?;
         longseq::check_no_nan("attention", "k", &k)?;
         longseq::check_no_nan("attention", "v", &v)?;
     }
     let op = op_from_args(&a, &st, &q_shape)?;
-    let mut dev = a.device.unwrap_or_default();
     let ctx = dev.open()?;
     println!("input: {} {shapes}", a.input);
-    println!("method: {}, GPU storage {:?}", op.describe(), a.dtype);
+    match &ctx {
+        Some(_) => println!("method: {}; GPU storage {}", op.describe(), dtype.name()),
+        None => println!("method: {}", op.describe()),
+    }
 
     let gpu = match &ctx {
-        Some(c) => Some(match a.dtype {
-            Dtype::F32 => run_gpu::<f32>(c, (&q, &k, &v), &dims, &op, |x| x.to_vec())?,
-            Dtype::F16 => run_gpu::<f16>(c, (&q, &k, &v), &dims, &op, |x| {
+        Some(c) => Some(match dtype {
+            StorageDtype::F32 => run_gpu::<f32>(c, (&q, &k, &v), &dims, &op, |x| x.to_vec())?,
+            StorageDtype::F16 => run_gpu::<f16>(c, (&q, &k, &v), &dims, &op, |x| {
                 x.iter().map(|&y| f16::from_f32(y)).collect()
             })?,
         }),
@@ -234,21 +280,21 @@ pub fn run(a: Args) -> Result<(), CliError> {
     } else {
         None
     };
-    let reference = if dev.reference {
-        Some(devices::timed("reference", "f64", || {
-            Ok(op.cpu(&q, &k, &v, &dims)?)
-        })?)
-    } else {
-        None
+    let reference = dev.reference(a.force_reference, op.reference_ops(&dims), "f64", || {
+        op.cpu(&q, &k, &v, &dims)
+    })?;
+    let Some(result) = devices::report(gpu.map(|g| (g, dtype)), cpu, reference)? else {
+        return Ok(());
     };
-    let result = devices::report(gpu, cpu, reference);
-    if let Ok(s) = io::read(&st, &name("softmax_out"), &a.input) {
-        if s.shape == dims.out_shape {
-            println!(
-                "vs {}: relative Frobenius error {:.4}",
-                name("softmax_out"),
-                rel_frobenius(&result, &s.data)
-            );
+    if let Some(what) = op.compares_to_softmax() {
+        if let Ok(s) = io::read(&st, &name("softmax_out"), &a.input) {
+            if s.shape == dims.out_shape {
+                println!(
+                    "vs {} (exact non-causal softmax, {what}): relative Frobenius error {:.3e}",
+                    name("softmax_out"),
+                    rel_frobenius(&result, &s.data)
+                );
+            }
         }
     }
     if let Some(path) = &a.output {
@@ -299,13 +345,18 @@ fn op_from_args(
     let map = || match a.feature_map {
         Phi::Map(fm) => Ok(fm),
         Phi::Favor(_) => Err(CliError::Input(format!(
-            "--feature-map favor/favor-trig goes with --method linear, not {:?}",
-            a.method
+            "--feature-map favor/favor-trig goes with --method linear, not {}",
+            a.method.name()
         ))),
     };
     if !matches!(a.feature_map, Phi::Favor(_)) && (a.num_features.is_some() || a.omega.is_some()) {
         return Err(CliError::Input(
             "--num-features and --omega go with --feature-map favor or favor-trig".into(),
+        ));
+    }
+    if a.block == Some(0) {
+        return Err(CliError::Input(
+            "--block 0: the block length must be >= 1".into(),
         ));
     }
     if a.method != Method::Softmax && positional(a).is_some() {
@@ -332,7 +383,7 @@ fn op_from_args(
                     },
                     source: match &a.omega {
                         Some(n) => format!("tensor `{n}`"),
-                        None => format!("{:?} draw, seed {}", a.omega_draw, a.seed),
+                        None => format!("{} draw, seed {}", a.omega_draw.name(), a.seed),
                     },
                 }
             }

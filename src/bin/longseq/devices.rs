@@ -1,12 +1,18 @@
 //! `--device`: which paths a command runs — `gpu` (wgpu), `cpu` (the f32 CPU path,
 //! `longseq::cpu`), `reference` (the f64 checker), or a comma-separated list — with one
-//! `<device>: <ms> ms` line each and, when the reference ran, each other result's difference to
-//! it. The default is `gpu,reference`; without a GPU adapter it becomes `cpu,reference` with a
-//! one-line notice. `both` is kept as another name for `gpu,reference`.
+//! `<device>: <ms> ms (<note>)` line each and, when the reference ran, each other result's
+//! difference to it against the stated tolerance (exit 3 past it). The default is
+//! `gpu,reference` for every command; without a GPU adapter it becomes `cpu,reference` with a
+//! one-line notice. `both` is another name for `gpu,reference`.
+//!
+//! The reference is skipped (one notice line) when its estimated time is past
+//! [`check::REFERENCE_BOUND_S`] and it was not named: the default list and `both` skip it,
+//! an explicit `reference` always runs, and so does `--force-reference`.
 
 use std::str::FromStr;
 use std::time::Instant;
 
+use crate::check::{self, StorageDtype};
 use crate::io::CliError;
 
 /// The paths to run.
@@ -17,6 +23,8 @@ pub struct Devices {
     pub reference: bool,
     /// Given on the command line (no fallback when the GPU is missing).
     explicit: bool,
+    /// `reference` was named (not implied by the default or `both`): never skipped for cost.
+    reference_named: bool,
 }
 
 impl Default for Devices {
@@ -26,6 +34,7 @@ impl Default for Devices {
             cpu: false,
             reference: true,
             explicit: false,
+            reference_named: false,
         }
     }
 }
@@ -38,12 +47,13 @@ impl FromStr for Devices {
             cpu: false,
             reference: false,
             explicit: true,
+            reference_named: false,
         };
         for name in s.split(',').map(str::trim) {
             match name {
                 "gpu" => d.gpu = true,
                 "cpu" => d.cpu = true,
-                "reference" => d.reference = true,
+                "reference" => (d.reference, d.reference_named) = (true, true),
                 "both" => (d.gpu, d.reference) = (true, true),
                 _ => {
                     return Err(format!(
@@ -57,8 +67,8 @@ impl FromStr for Devices {
 }
 
 impl Devices {
-    /// Opens the GPU context when `gpu` is asked for. Without an adapter, the default falls back
-    /// to the CPU path (one line on stderr); an explicit `gpu` is an error.
+    /// Opens the GPU context when `gpu` is asked for and prints the adapter. Without an adapter,
+    /// the default falls back to the CPU path (one line on stderr); an explicit `gpu` is an error.
     pub fn open(&mut self) -> Result<Option<longseq::Context>, CliError> {
         if !self.gpu {
             return Ok(None);
@@ -75,6 +85,41 @@ impl Devices {
             }
             Err(e) => Err(CliError::Run(e.to_string())),
         }
+    }
+
+    /// Runs the f64 reference when it is in the list, unless it was not named, its estimate
+    /// for `ops` multiply-adds is past the bound and `force` is off: then one notice line and
+    /// None. A spinner shows while it runs; prints `reference: <ms> ms (<what>)`.
+    pub fn reference<T>(
+        &self,
+        force: bool,
+        ops: f64,
+        what: &str,
+        f: impl FnOnce() -> longseq::Result<T>,
+    ) -> Result<Option<T>, CliError> {
+        if !self.reference {
+            return Ok(None);
+        }
+        let est = check::reference_seconds(ops);
+        if !self.reference_named && est > check::REFERENCE_BOUND_S && !force {
+            eprintln!(
+                "notice: skipping the f64 reference ({what}, estimated {}); the results are not \
+                 checked; --force-reference or --device ...,reference runs it",
+                check::human(est)
+            );
+            return Ok(None);
+        }
+        let t = Instant::now();
+        let r = check::with_spinner(
+            est,
+            &format!("{what} reference, est. {}", check::human(est)),
+            f,
+        )?;
+        println!(
+            "reference: {:.3} ms ({what})",
+            t.elapsed().as_secs_f64() * 1e3
+        );
+        Ok(Some(r))
     }
 }
 
@@ -93,25 +138,29 @@ pub fn timed<R>(
     Ok(r)
 }
 
-/// The results of the paths that ran, compared with the reference when it ran; returns the one
-/// to write out (GPU, else CPU path, else reference).
-pub fn report(
-    gpu: Option<Vec<f64>>,
-    cpu: Option<Vec<f64>>,
-    reference: Option<Vec<f64>>,
-) -> Vec<f64> {
-    if let Some(r) = &reference {
-        for (name, x) in [("gpu", &gpu), ("cpu", &cpu)] {
-            if let Some(x) = x {
-                let (abs, rel) = crate::compare(x, r);
-                println!("{name} vs reference: max abs diff {abs:.3e}, relative {rel:.3e}");
-            }
-        }
-    }
-    gpu.or(cpu).or(reference).expect("at least one device ran")
-}
-
 /// `rayon`'s thread count, for the CPU path's timing line.
 pub fn cpu_note() -> String {
     format!("f32 CPU path, {} threads", rayon::current_num_threads())
+}
+
+/// Compares the results that ran with the reference when it ran, one line each
+/// (`gpu vs reference (<dtype> storage, …)`, `cpu vs reference (f32, …)`), and fails with exit
+/// code 3 when any is past its tolerance. Returns the result to write: the GPU's, else the CPU
+/// path's, else the reference's (None when nothing ran).
+pub fn report(
+    gpu: Option<(Vec<f64>, StorageDtype)>,
+    cpu: Option<Vec<f64>>,
+    reference: Option<Vec<f64>>,
+) -> Result<Option<Vec<f64>>, CliError> {
+    if let Some(r) = &reference {
+        let g = gpu.as_ref().map(|(g, dtype)| {
+            check::vs_reference("gpu", &format!("{} storage", dtype.name()), g, r, *dtype)
+        });
+        let c = cpu
+            .as_ref()
+            .map(|c| check::vs_reference("cpu", "f32", c, r, StorageDtype::F32));
+        g.unwrap_or(Ok(()))?;
+        c.unwrap_or(Ok(()))?;
+    }
+    Ok(gpu.map(|g| g.0).or(cpu).or(reference))
 }

@@ -16,7 +16,12 @@ use crate::io::{self, CliError, Out};
 /// zoh (matrix exponential of [[A, B], [0, 0]]·dt; works for singular A). The same as
 /// scipy.signal.cont2discrete's euler, backward_diff, bilinear and zoh.
 #[derive(clap::Args)]
-#[command(verbatim_doc_comment)]
+#[command(
+    verbatim_doc_comment,
+    allow_negative_numbers = true,
+    after_help = "Example (discretises the output of the `longseq hippo` example):\n  \
+longseq hippo --measure legs --n 16 --output hippo.safetensors && longseq discretize --input hippo.safetensors --method bilinear --dt 0.01 --output hippo_d.safetensors"
+)]
 pub struct Args {
     /// safetensors file holding `A` and `B`.
     #[arg(long)]
@@ -33,6 +38,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<(), CliError> {
+    io::check_output(Some(&a.output))?;
     let method = Method::parse(&a.method)?;
     let bytes = io::read_file(&a.input)?;
     let st = io::parse(&bytes, &a.input)?;
@@ -66,8 +72,11 @@ pub fn run(a: Args) -> Result<(), CliError> {
         ],
     )?;
     println!(
-        "wrote Ab [{n}, {n}], Bb {:?} f64 ({method:?}, dt {}) to {}",
-        bm.shape, a.dt, a.output
+        "wrote Ab [{n}, {n}], Bb {:?} f64 ({}, dt {}) to {}",
+        bm.shape,
+        a.method.to_lowercase(),
+        a.dt,
+        a.output
     );
     Ok(())
 }

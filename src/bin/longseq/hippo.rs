@@ -12,7 +12,12 @@ use crate::io::{self, CliError, Out};
 ///   B  [N, 1] f64   the input matrix
 /// LegT and FouT have a window θ (--theta): their A and B are divided by θ.
 #[derive(clap::Args)]
-#[command(verbatim_doc_comment)]
+#[command(
+    verbatim_doc_comment,
+    allow_negative_numbers = true,
+    after_help = "Example (no input file needed):\n  \
+longseq hippo --measure legs --n 16 --output hippo.safetensors"
+)]
 pub struct Args {
     /// Measure: legs (scaled Legendre), legt (translated Legendre), lagt (translated Laguerre),
     /// fout (translated Fourier).
@@ -30,6 +35,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<(), CliError> {
+    io::check_output(Some(&a.output))?;
     let measure = Measure::parse(&a.measure)?;
     let ss = hippo(measure, a.n, a.theta)?;
     io::write(
@@ -40,7 +46,8 @@ pub fn run(a: Args) -> Result<(), CliError> {
         ],
     )?;
     println!(
-        "wrote A [{n}, {n}], B [{n}, 1] f64 ({measure:?}) to {}",
+        "wrote A [{n}, {n}], B [{n}, 1] f64 ({}) to {}",
+        a.measure.to_lowercase(),
         a.output,
         n = ss.n
     );

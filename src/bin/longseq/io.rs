@@ -6,16 +6,31 @@ use std::fmt;
 use half::f16;
 use safetensors::{Dtype, SafeTensors};
 
-/// A CLI failure: `Input` (missing tensor, bad shape, bad file: exit 2) or `Run` (exit 1).
+/// A CLI failure, printed as one line on stderr.
 pub enum CliError {
+    /// Bad input: missing tensor, bad shape, bad file, bad option, output folder missing (exit 2).
     Input(String),
+    /// The run failed: no adapter, device error (exit 1).
     Run(String),
+    /// GPU and reference disagree beyond the stated tolerance (exit 3).
+    Mismatch(String),
+}
+
+impl CliError {
+    /// The process exit code for this failure.
+    pub fn code(&self) -> u8 {
+        match self {
+            CliError::Input(_) => 2,
+            CliError::Run(_) => 1,
+            CliError::Mismatch(_) => 3,
+        }
+    }
 }
 
 impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CliError::Input(m) | CliError::Run(m) => f.write_str(m),
+            CliError::Input(m) | CliError::Run(m) | CliError::Mismatch(m) => f.write_str(m),
         }
     }
 }
@@ -26,7 +41,7 @@ impl From<longseq::Error> for CliError {
             longseq::Error::Shape { .. }
             | longseq::Error::DataLength { .. }
             | longseq::Error::InvalidArgument { .. }
-            | longseq::Error::Dtype { .. }
+            | longseq::Error::ShapeOverflow { .. }
             | longseq::Error::IndexOutOfRange { .. }
             | longseq::Error::NaN { .. } => CliError::Input(e.to_string()),
             _ => CliError::Run(e.to_string()),
@@ -34,8 +49,33 @@ impl From<longseq::Error> for CliError {
     }
 }
 
+/// Checks, before any work runs, that an output file can be created where asked: its folder
+/// exists and `path` is not a folder. An input error (exit 2) otherwise.
+pub fn check_output(path: Option<&str>) -> Result<(), CliError> {
+    let Some(path) = path else { return Ok(()) };
+    let p = std::path::Path::new(path);
+    if p.is_dir() {
+        return Err(CliError::Input(format!(
+            "output {path} is a folder; give a file name"
+        )));
+    }
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() && !d.is_dir() => Err(CliError::Input(format!(
+            "output folder {} does not exist (create it first)",
+            d.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Reads a whole input file; a missing or unreadable file is an input error (exit 2).
 pub fn read_file(path: &str) -> Result<Vec<u8>, CliError> {
     std::fs::read(path).map_err(|e| CliError::Input(format!("cannot read {path}: {e}")))
+}
+
+/// `f32`, `f16`, `i64`, …: a safetensors dtype as the user writes it.
+pub fn dtype_name(d: Dtype) -> String {
+    format!("{d:?}").to_lowercase()
 }
 
 /// A tensor read from a file, converted to f64, with its stored dtype.
@@ -79,7 +119,8 @@ pub fn read(st: &SafeTensors<'_>, name: &str, path: &str) -> Result<HostTensor, 
         Dtype::F64 => bytemuck::pod_collect_to_vec::<u8, f64>(b),
         d => {
             return Err(CliError::Input(format!(
-                "tensor `{name}` in {path} has dtype {d:?}; expected F16, F32 or F64"
+                "tensor `{name}` in {path} has dtype {}; expected f16, f32 or f64",
+                dtype_name(d)
             )))
         }
     };
@@ -161,8 +202,9 @@ pub fn read_u32(
         Dtype::I64 => bytemuck::pod_collect_to_vec::<u8, i64>(b),
         d => {
             return Err(CliError::Input(format!(
-                "tensor `{name}` in {path} has dtype {d:?}; expected an integer type \
-                 (U8, U16, U32, I32 or I64)"
+                "tensor `{name}` in {path} has dtype {}; expected an integer type \
+                 (u8, u16, u32, i32 or i64)",
+                dtype_name(d)
             )))
         }
     };

@@ -1,7 +1,9 @@
 //! `longseq`: run the library's ops on tensors in safetensors files, on the GPU and the CPU
-//! reference, and compare them. `longseq help <command>` documents each command's tensors.
+//! reference, and compare them. `longseq help <command>` documents each command's tensors and
+//! shows one line that runs it on the data shipped in `data/`.
 
 mod attention;
+mod check;
 mod devices;
 mod discretize;
 mod embed;
@@ -22,17 +24,24 @@ use io::CliError;
 #[command(
     name = "longseq",
     version,
-    about = "Sub-quadratic sequence kernels on any GPU (wgpu), checked against a CPU reference"
+    about = "Sub-quadratic sequence kernels on any GPU (wgpu), checked against a CPU reference",
+    allow_negative_numbers = true,
+    after_help = "Exit codes: 0 success, 1 run failure (device), 2 bad input or options, \
+                  3 GPU and reference disagree beyond the stated tolerance."
 )]
 struct Cli {
+    /// Override the per-dtype tolerance of the GPU-vs-reference check (max|diff| / max|ref|;
+    /// default 1e-4 for f32 storage, 5e-3 for f16).
+    #[arg(long, global = true, value_name = "T")]
+    tolerance: Option<f64>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Print the adapter longseq picks (LONGSEQ_ADAPTER=substring chooses by name), its backend,
-    /// device type, f16 support and the limits the ops use.
+    /// List every adapter (name, backend, device type) and describe the one longseq picks:
+    /// LONGSEQ_ADAPTER="llvmpipe vulkan" picks by name and/or backend (every word must match).
     Info,
     Attention(attention::Args),
     Embed(embed::Args),
@@ -44,7 +53,17 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => return usage_error(e),
+    };
+    if let Some(t) = cli.tolerance {
+        if t.is_nan() || t < 0.0 {
+            eprintln!("error: --tolerance {t}: must be a number >= 0");
+            return ExitCode::from(2);
+        }
+        check::set_tolerance(t);
+    }
     let r = match cli.command {
         Command::Info => info(),
         Command::Attention(a) => attention::run(a),
@@ -57,61 +76,65 @@ fn main() -> ExitCode {
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
-        Err(CliError::Input(m)) => {
-            eprintln!("error: {m}");
-            ExitCode::from(2)
-        }
-        Err(CliError::Run(m)) => {
-            eprintln!("error: {m}");
-            ExitCode::from(1)
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.code())
         }
     }
+}
+
+/// Help and version print in full; a usage error is its first line (clap's "error: …") and exit
+/// code 2, not a usage dump.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+            ExitCode::from(2)
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
+    let text = e.render().to_string();
+    let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    eprintln!("{} (see --help)", line.trim_end());
+    ExitCode::from(2)
 }
 
 fn info() -> Result<(), CliError> {
+    let all = longseq::Context::adapters();
+    if all.is_empty() {
+        return Err(CliError::Run(
+            longseq::Error::NoAdapter {
+                detail: String::new(),
+            }
+            .to_string(),
+        ));
+    }
+    println!("adapters ({}):", all.len());
+    for i in &all {
+        println!("  {}", longseq::Context::info_line(i));
+    }
     let ctx = longseq::Context::new()?;
-    println!("{}", ctx.describe());
+    println!("picked:\n{}", ctx.describe());
     Ok(())
 }
 
-/// Opens the GPU context for `--device gpu|both`. With `both` and no adapter, says so in one line
-/// and returns None so the command runs the CPU path alone.
-pub fn open_gpu(device: Device) -> Result<Option<longseq::Context>, CliError> {
-    if device == Device::Cpu {
-        return Ok(None);
-    }
-    match longseq::Context::new() {
-        Ok(c) => Ok(Some(c)),
-        Err(e @ longseq::Error::NoAdapter { .. }) if device == Device::Both => {
-            eprintln!("{e}; running the CPU path only");
-            Ok(None)
-        }
-        Err(e) => Err(CliError::Run(e.to_string())),
-    }
-}
-
-/// Where to run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Device {
-    /// GPU only (an error without an adapter).
-    Gpu,
-    /// CPU reference only (`reference` is another name for it).
-    #[value(alias = "reference")]
-    Cpu,
-    /// Both, compared; CPU only (with a one-line notice) when there is no adapter.
-    Both,
-}
-
 /// Largest absolute and normwise relative difference (max |a−b| / max |b|); NaN where the NaN
-/// patterns differ.
+/// patterns differ or where one side is ±Inf and the other is not the same infinity.
 pub fn compare(a: &[f64], b: &[f64]) -> (f64, f64) {
     let mut diff = 0.0f64;
     let mut scale = 0.0f64;
     for (x, y) in a.iter().zip(b) {
-        if x.is_nan() != y.is_nan() {
+        if x.is_nan() != y.is_nan() || (x.is_infinite() || y.is_infinite()) && x != y {
             return (f64::NAN, f64::NAN);
         }
-        if x.is_nan() {
+        if !x.is_finite() {
             continue;
         }
         diff = diff.max((x - y).abs());

@@ -146,15 +146,34 @@ impl Op {
                 causal(opts.causal)
             ),
             Op::Softmax(o) => format!("softmax, {}, scale {}", causal(o.causal), scale(o.scale)),
-            Op::SoftmaxPositional { opts, pos, .. } => format!(
-                "softmax, {}, scale {}, alibi {}, log-n L_train {:?}, window {:?}, rerope {:?}",
-                causal(opts.causal || pos.window.is_some()),
-                scale(opts.scale),
-                pos.alibi.is_some(),
-                pos.log_n_train,
-                pos.window,
-                pos.rerope.map(|r| (r.window, r.base, r.layout)),
-            ),
+            Op::SoftmaxPositional { opts, pos, .. } => {
+                let mut parts = vec![format!(
+                    "softmax, {}, scale {}",
+                    causal(opts.causal || pos.window.is_some()),
+                    scale(opts.scale)
+                )];
+                if pos.alibi.is_some() {
+                    parts.push("ALiBi".into());
+                }
+                if let Some(n) = pos.log_n_train {
+                    parts.push(format!("log-n scale (L_train {n})"));
+                }
+                if let Some(w) = pos.window {
+                    parts.push(format!("window {w}"));
+                }
+                if let Some(r) = pos.rerope {
+                    parts.push(format!(
+                        "ReRoPE (window {}, base {}, {} pairs)",
+                        r.window,
+                        r.base,
+                        match r.layout {
+                            longseq::positions::RopeLayout::Interleaved => "interleaved",
+                            longseq::positions::RopeLayout::HalfSplit => "half",
+                        }
+                    ));
+                }
+                parts.join(", ")
+            }
             Op::Norm(o) => format!(
                 "norm, feature map {}, {}, norm {}, eps {}",
                 o.feature_map.name(),
@@ -163,9 +182,12 @@ impl Op {
                 o.eps
             ),
             Op::Diag(o) => format!(
-                "diag, block {}, {:?} weights, {}, scale {}{}",
+                "diag, block {}, {} weights, {}, scale {}{}",
                 o.block,
-                o.weights,
+                match o.weights {
+                    longseq::attention::DiagWeights::Relu => "relu",
+                    longseq::attention::DiagWeights::Softmax => "softmax",
+                },
                 causal(o.causal),
                 scale(o.scale),
                 match o.weights {
@@ -176,8 +198,39 @@ impl Op {
             Op::Lightning { opts, slopes, .. } => format!(
                 "lightning (causal), block {}, slopes {}",
                 opts.block.map_or("auto".into(), |b| b.to_string()),
-                slopes.as_ref().map_or("alibi".into(), |s| format!("{s:?}"))
+                slopes.as_ref().map_or("ALiBi".into(), |s| s
+                    .iter()
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "))
             ),
+        }
+    }
+
+    /// Multiply-adds of the f64 reference, for its time estimate.
+    pub fn reference_ops(&self, d: &AttnDims) -> f64 {
+        let (r, l, dk, dv) = (d.rows as f64, d.len as f64, d.dk as f64, d.dv as f64);
+        let keys = |causal: bool| if causal { l / 2.0 } else { l };
+        match self {
+            Op::Linear(_) | Op::Norm(_) | Op::Lightning { .. } => r * l * dk * dv * 2.0,
+            Op::Favor { m, .. } => r * l * *m as f64 * (2.0 * dk + dv),
+            Op::Softmax(o) => r * l * keys(o.causal) * (dk + dv),
+            // The dense masked reference visits every key.
+            Op::SoftmaxPositional { .. } => r * l * l * (dk + dv + 8.0),
+            Op::Diag(o) => r * l * (o.block as f64).min(l) * (dk + dv),
+        }
+    }
+
+    /// Whether the stored exact non-causal softmax output is a like-for-like target, and what the
+    /// comparison then measures: softmax itself (default scale, no position terms) reproduces it;
+    /// non-causal FAVOR+ is an unbiased estimator of it. Other methods compute something else.
+    pub fn compares_to_softmax(&self) -> Option<&'static str> {
+        match self {
+            Op::Softmax(o) if !o.causal && o.scale.is_none() => {
+                Some("should match to f32 rounding")
+            }
+            Op::Favor { opts, .. } if !opts.causal => Some("FAVOR+ estimates it"),
+            _ => None,
         }
     }
 }

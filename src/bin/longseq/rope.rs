@@ -7,15 +7,16 @@ use longseq::positions::rope::check_rope;
 use longseq::positions::{rope, Positions, RopeLayout, RopeOptions, RopeScaling};
 use longseq::{Context, Element, Tensor};
 
-use crate::embed::StorageDtype;
+use crate::check::StorageDtype;
+use crate::devices::{self, Devices};
 use crate::io::{self, CliError, Out};
-use crate::{compare, open_gpu, Device};
 
 /// Rotary position embedding (RoPE) of `x`, on the GPU and/or the CPU reference.
 ///
-/// Reads `x` ([.., L, D], D even; f16, f32 or f64): q or k, e.g. [B, H, L, D]. Row l of every
-/// head is at position offset + l, or at positions[l] when the file holds an integer tensor
-/// `positions` ([L]; then --offset must be 0). Pair i (interleaved: x[2i], x[2i+1]; half:
+/// Reads `{P}{T}` (P = --prefix, T = --tensor, default `x`; [.., L, D], D even; f16, f32 or
+/// f64): q or k, e.g. [B, H, L, D]. Row l of every head is at position offset + l, or at
+/// positions[l] when the file holds an integer tensor `{P}positions` ([L]; then --offset must
+/// be 0). Pair i (interleaved: x[2i], x[2i+1]; half:
 /// x[i], x[i + D/2]) at position m turns by m·θ_i, θ_i = base^(−2i/D):
 ///   (a, b) -> (a cos mθ − b sin mθ, a sin mθ + b cos mθ).
 /// Scalings (s = --factor, L_train = --original-length):
@@ -26,13 +27,25 @@ use crate::{compare, open_gpu, Device};
 ///   yarn         θ_i -> (1 − γ_i)·θ_i/s + γ_i·θ_i, γ_i = clamp((L_train·θ_i/2π − α)/(β − α), 0, 1),
 ///                output × (0.1·ln s + 1)
 /// Writes tensor `x` (same shape, f32): the GPU result, or the CPU one when only the CPU ran.
-/// Bad options (odd D, s < 1, α >= β, ...) exit with code 2.
+/// Bad options (odd D, s < 1, α >= β, ...) exit with code 2; GPU and reference further apart
+/// than the dtype's tolerance exit with code 3.
 #[derive(clap::Args)]
-#[command(verbatim_doc_comment)]
+#[command(
+    verbatim_doc_comment,
+    allow_negative_numbers = true,
+    after_help = "Example (shipped data, from the repository root):\n  \
+longseq rope --input data/minilm_two_cities_qkv.safetensors --prefix layer0. --tensor q --scaling yarn --factor 4 --original-length 128 --output q_rope.safetensors"
+)]
 pub struct Args {
-    /// safetensors file holding `x` (and optionally `positions`).
+    /// safetensors file holding the tensor (and optionally `positions`).
     #[arg(long)]
     input: String,
+    /// Prefix of the tensor names, e.g. `layer0.`.
+    #[arg(long, default_value = "")]
+    prefix: String,
+    /// Name of the tensor to rotate (after the prefix), e.g. `q` or `k`.
+    #[arg(long, default_value = "x")]
+    tensor: String,
     /// Base of the rotation frequencies.
     #[arg(long, default_value_t = 10_000.0)]
     base: f64,
@@ -57,12 +70,16 @@ pub struct Args {
     /// Position of row 0.
     #[arg(long, default_value_t = 0)]
     offset: u32,
-    /// Where to run.
-    #[arg(long, value_enum, default_value = "both")]
-    device: Device,
-    /// GPU storage dtype (arithmetic is f32 either way).
-    #[arg(long, value_enum, default_value = "f32")]
-    dtype: StorageDtype,
+    /// Where to run: gpu, cpu (the f32 CPU path), reference (f64), or a comma-separated list
+    /// (default gpu,reference; cpu,reference when there is no GPU adapter; both = gpu,reference).
+    #[arg(long)]
+    device: Option<Devices>,
+    /// Run the f64 reference even when its estimated time is past the bound.
+    #[arg(long)]
+    force_reference: bool,
+    /// GPU storage dtype (arithmetic is f32 either way); default f16 when the tensor is f16.
+    #[arg(long, value_enum)]
+    dtype: Option<StorageDtype>,
     /// Where to write tensor `x`.
     #[arg(long)]
     output: Option<String>,
@@ -77,6 +94,39 @@ enum Scaling {
     Yarn,
 }
 
+impl Scaling {
+    fn name(self) -> &'static str {
+        match self {
+            Scaling::None => "none",
+            Scaling::Linear => "linear",
+            Scaling::Ntk => "ntk",
+            Scaling::DynamicNtk => "dynamic-ntk",
+            Scaling::Yarn => "yarn",
+        }
+    }
+}
+
+/// The scaling as the report shows it: `yarn (s = 4, L_train 128, α 1, β 32)`.
+fn describe_scaling(s: &RopeScaling) -> String {
+    match *s {
+        RopeScaling::None => "no scaling".into(),
+        RopeScaling::Linear { factor } => format!("linear (s = {factor})"),
+        RopeScaling::Ntk { factor } => format!("ntk (s = {factor})"),
+        RopeScaling::DynamicNtk {
+            factor,
+            original_length,
+        } => format!("dynamic-ntk (s = {factor}, L_train {original_length})"),
+        RopeScaling::Yarn {
+            factor,
+            original_length,
+            alpha,
+            beta,
+        } => format!("yarn (s = {factor}, L_train {original_length}, α {alpha}, β {beta})"),
+        #[allow(unreachable_patterns)]
+        _ => "scaled".into(),
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Layout {
     /// Pairs (x[2i], x[2i+1]) (RoFormer, LLaMA reference code).
@@ -89,8 +139,8 @@ fn options(a: &Args) -> Result<RopeOptions, CliError> {
     let need_len = || {
         a.original_length.ok_or_else(|| {
             CliError::Input(format!(
-                "--scaling {:?} needs --original-length (the trained context length)",
-                a.scaling
+                "--scaling {} needs --original-length (the trained context length)",
+                a.scaling.name()
             ))
         })
     };
@@ -122,22 +172,25 @@ fn options(a: &Args) -> Result<RopeOptions, CliError> {
 }
 
 pub fn run(a: Args) -> Result<(), CliError> {
+    io::check_output(a.output.as_deref())?;
     let bytes = io::read_file(&a.input)?;
     let st = io::parse(&bytes, &a.input)?;
-    let x = io::read(&st, "x", &a.input)?;
+    let x_name = format!("{}{}", a.prefix, a.tensor);
+    let pos_name = format!("{}positions", a.prefix);
+    let x = io::read(&st, &x_name, &a.input)?;
     let opts = options(&a)?;
     let (_, len, _) = check_rope(&x.shape, &opts)?;
-    let explicit = if st.names().contains(&"positions") {
-        let (p, shape) = io::read_u32(&st, "positions", &a.input)?;
+    let explicit = if st.names().contains(&pos_name.as_str()) {
+        let (p, shape) = io::read_u32(&st, &pos_name, &a.input)?;
         if shape != [len] {
             return Err(CliError::Input(format!(
-                "tensor `positions` has shape {shape:?}, expected [{len}] (L of x)"
+                "tensor `{pos_name}` has shape {shape:?}, expected [{len}] (L of {x_name})"
             )));
         }
         if a.offset != 0 {
-            return Err(CliError::Input(
-                "--offset and a `positions` tensor both give the positions; use one".into(),
-            ));
+            return Err(CliError::Input(format!(
+                "--offset and a `{pos_name}` tensor both give the positions; use one"
+            )));
         }
         Some(p)
     } else {
@@ -148,27 +201,36 @@ pub fn run(a: Args) -> Result<(), CliError> {
         None => Positions::Offset(a.offset),
     };
     pos.resolve(len)?;
-    let xs = x.to_f32();
-    let ctx = open_gpu(a.device)?;
-    if let Some(c) = &ctx {
-        println!("adapter: {}", c.adapter_line());
-    }
+    let dtype = StorageDtype::resolve(a.dtype, &[x.dtype]);
+    let mut dev = a.device.unwrap_or_default();
+    let xs = if dev.gpu {
+        dtype.storable(&x_name, x.to_f32())?
+    } else {
+        x.to_f32()
+    };
+    let ctx = dev.open()?;
     println!(
-        "input: {} x {:?} {:?}; positions {}; {:?}, base {}, {:?}; GPU storage {:?}",
+        "input: {} {x_name} {:?} {}; positions {}; {} pairs, base {}, {}{}",
         a.input,
         x.shape,
-        x.dtype,
+        io::dtype_name(x.dtype),
         match &explicit {
-            Some(_) => "from tensor `positions`".to_string(),
+            Some(_) => format!("from tensor `{pos_name}`"),
             None => format!("{} + l", a.offset),
         },
-        opts.layout,
+        match opts.layout {
+            RopeLayout::Interleaved => "interleaved",
+            RopeLayout::HalfSplit => "half",
+        },
         opts.base,
-        opts.scaling,
-        a.dtype
+        describe_scaling(&opts.scaling),
+        match &ctx {
+            Some(_) => format!("; GPU storage {}", dtype.name()),
+            None => String::new(),
+        }
     );
     let gpu = match &ctx {
-        Some(c) => Some(match a.dtype {
+        Some(c) => Some(match dtype {
             StorageDtype::F32 => run_gpu::<f32>(c, &xs, &x.shape, pos, &opts, |v| v.to_vec())?,
             StorageDtype::F16 => run_gpu::<f16>(c, &xs, &x.shape, pos, &opts, |v| {
                 v.iter().map(|&y| f16::from_f32(y)).collect()
@@ -176,22 +238,24 @@ pub fn run(a: Args) -> Result<(), CliError> {
         }),
         None => None,
     };
-    let cpu = if a.device != Device::Gpu {
-        let t = Instant::now();
-        let r = longseq::reference::positions::rope(&xs, &x.shape, pos, &opts)?;
-        println!(
-            "cpu: {:.3} ms (f64 reference)",
-            t.elapsed().as_secs_f64() * 1e3
-        );
-        Some(r)
+    let reference_run = || longseq::reference::positions::rope(&xs, &x.shape, pos, &opts);
+    let cpu = if dev.cpu {
+        let y = devices::timed("cpu", &devices::cpu_note(), || {
+            Ok(longseq::cpu::positions::rope(&xs, &x.shape, pos, &opts)?)
+        })?;
+        Some(y.into_iter().map(f64::from).collect())
     } else {
         None
     };
-    if let (Some(g), Some(c)) = (&gpu, &cpu) {
-        let (abs, rel) = compare(g, c);
-        println!("gpu vs cpu: max abs diff {abs:.3e}, relative {rel:.3e}");
-    }
-    let result = gpu.or(cpu).expect("gpu or cpu ran");
+    let reference = dev.reference(
+        a.force_reference,
+        xs.len() as f64 * 8.0,
+        "f64",
+        reference_run,
+    )?;
+    let Some(result) = devices::report(gpu.map(|g| (g, dtype)), cpu, reference)? else {
+        return Ok(());
+    };
     if let Some(path) = &a.output {
         let o: Vec<f32> = result.iter().map(|&v| v as f32).collect();
         io::write(path, vec![("x", x.shape.clone(), Out::F32(o))])?;

@@ -57,8 +57,8 @@ pub fn favor_attention_into<T: Element>(
     let f = opts.kind.num_features(m);
     let (q, k, v) = (load(q), load(k), load(v));
     out.par_chunks_mut(l * dv).enumerate().for_each(|(row, o)| {
-        let fq = features(&q[row * l * dk..][..l * dk], dk, omega, opts.kind, false);
-        let fk = features(&k[row * l * dk..][..l * dk], dk, omega, opts.kind, true);
+        let (fq, _) = features(&q[row * l * dk..][..l * dk], dk, omega, opts.kind, false);
+        let (fk, _) = features(&k[row * l * dk..][..l * dk], dk, omega, opts.kind, true);
         let mut o32 = vec![0.0f32; l * dv];
         linear_row(
             &fq,
@@ -74,8 +74,15 @@ pub fn favor_attention_into<T: Element>(
     Ok(())
 }
 
-/// Features `[L, F]` of one head's `x: [L, Dk]`, stabilised per position or per head.
-fn features(x: &[f32], dk: usize, omega: &[f32], kind: FavorKind, per_head: bool) -> Vec<f32> {
+/// Features `[L, F]` of one head's `x: [L, Dk]`, stabilised per position or per head, and the
+/// head's stabiliser c (the largest log-feature; the features are `e^−c` times the true ones).
+pub(crate) fn features(
+    x: &[f32],
+    dk: usize,
+    omega: &[f32],
+    kind: FavorKind,
+    per_head: bool,
+) -> (Vec<f32>, f32) {
     let (l, m) = (x.len() / dk, omega.len() / dk);
     let s = (dk as f32).powf(-0.25);
     let xs: Vec<f32> = x.iter().map(|a| a * s).collect();
@@ -105,7 +112,7 @@ fn features(x: &[f32], dk: usize, omega: &[f32], kind: FavorKind, per_head: bool
                 let c = if per_head { head } else { row_max(u) };
                 u.iter_mut().for_each(|y| *y = norm * exp_nonpos(*y - c));
             }
-            dots
+            (dots, head)
         }
         FavorKind::Trig => {
             let head = half_sq.iter().fold(f32::NEG_INFINITY, |a, &y| a.max(y));
@@ -118,7 +125,7 @@ fn features(x: &[f32], dk: usize, omega: &[f32], kind: FavorKind, per_head: bool
                     o[m + a] = g * y.cos();
                 }
             }
-            out
+            (out, head)
         }
     }
 }

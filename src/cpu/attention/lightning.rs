@@ -9,9 +9,10 @@ use rayon::prelude::*;
 
 use super::linear::apply_lower;
 use super::map_features;
-use crate::attention::lightning::{resolve_slopes, LightningOptions};
+use crate::attention::lightning::LightningOptions;
 use crate::attention::linear::AttnDims;
 use crate::cpu::{check_len, load, sgemm, store, Mat, MatMut};
+use crate::types::attention::resolve_slopes;
 use crate::{Element, Error, Result};
 
 const OP: &str = "cpu::lightning_attention";

@@ -11,8 +11,9 @@
 use rayon::prelude::*;
 
 use super::map_features;
-use crate::attention::linear::{check_options, AttnDims, LinearAttentionOptions};
+use crate::attention::linear::{AttnDims, LinearAttentionOptions};
 use crate::cpu::{check_len, load, sgemm, store, Mat, MatMut};
+use crate::types::attention::check_options;
 use crate::{Element, Result};
 
 /// Rows per chunk of the causal form (the GPU's and the chunk-64 form of fla / Lightning).

@@ -8,8 +8,9 @@ use rayon::prelude::*;
 
 use super::linear::apply_lower;
 use crate::attention::linear::AttnDims;
-use crate::attention::softmax::{check_scale, SoftmaxAttentionOptions};
+use crate::attention::softmax::SoftmaxAttentionOptions;
 use crate::cpu::{check_len, exp_nonpos, load, sgemm, store, Mat, MatMut};
+use crate::types::attention::check_scale;
 use crate::{Element, Result};
 
 /// Queries per block.

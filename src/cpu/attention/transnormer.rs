@@ -9,9 +9,10 @@ use super::linear::linear_row;
 use super::map_features;
 use crate::attention::linear::AttnDims;
 use crate::attention::transnormer::{
-    check_diag, check_norm, Affine, DiagAttentionOptions, DiagWeights, Norm, NormAttentionOptions,
+    Affine, DiagAttentionOptions, DiagWeights, Norm, NormAttentionOptions,
 };
 use crate::cpu::{check_len, exp_nonpos, load, sgemm, store, Mat, MatMut};
+use crate::types::attention::{check_diag, check_norm};
 use crate::{Element, Result};
 
 /// The norm of one row in place, f32 (the definitions of [`Norm::apply`]).

@@ -8,8 +8,7 @@
 //! Denominator guard: a row whose denominator is exactly 0 (every weight underflowed to 0)
 //! outputs 0 instead of 0/0.
 
-use crate::attention::favor::{check_omega, FavorKind, FavorOptions};
-use crate::attention::linear::AttnDims;
+use crate::types::attention::{check_omega, AttnDims, FavorKind, FavorOptions};
 use crate::{Element, Error, Result};
 
 /// Log-features of one position `x: [Dk]`: (`[F]` values inside exp or angles, log-scale).

@@ -2,8 +2,7 @@
 //! `S_t = λ S_{t−1} + φ(k_t)ᵀ v_t`, `o_t = φ(q_t) S_t`, `λ = exp(−s_h)`, in f64.
 
 use super::softmax::check_len;
-use crate::attention::lightning::{resolve_slopes, LightningOptions};
-use crate::attention::linear::AttnDims;
+use crate::types::attention::{resolve_slopes, AttnDims, LightningOptions};
 use crate::{Element, Error, Result};
 
 /// `q, k: [R, L, Dk]`, `v: [R, L, Dv]` with R = B·H rows, row r being head `r % heads`;

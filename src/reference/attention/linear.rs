@@ -3,7 +3,7 @@
 //! non-causal uses the full sums (eq. 6). Denominator guard: when `φ(Q_i)ᵀ z_i + ε` is exactly 0
 //! (ε = 0 and every weight 0) the output row is 0 rather than 0/0.
 
-use crate::attention::linear::{AttnDims, LinearAttentionOptions};
+use crate::types::attention::{AttnDims, LinearAttentionOptions};
 use crate::{Element, Error, Result};
 
 /// `q, k: [R, L, Dk]`, `v: [R, L, Dv]` row-major (R = product of leading dims, from
@@ -16,7 +16,7 @@ pub fn linear_attention<T: Element>(
     opts: &LinearAttentionOptions,
 ) -> Result<Vec<f64>> {
     let op = "reference::linear_attention";
-    crate::attention::linear::check_options(op, opts)?;
+    crate::types::attention::check_options(op, opts)?;
     let (l, dk, dv) = (d.len, d.dk, d.dv);
     for (x, n) in [(q, dk), (k, dk), (v, dv)] {
         if x.len() != d.rows * l * n {

@@ -1,10 +1,10 @@
 //! Softmax attention with position terms as a dense masked computation: the full `L × L` logit
 //! matrix per (batch, head), masked, biased and scaled from the equations, in f64.
 
-use crate::attention::linear::AttnDims;
-use crate::attention::positional::{check_positional, slopes_for, PositionalOptions};
-use crate::attention::softmax::SoftmaxAttentionOptions;
-use crate::positions::RopeLayout;
+use crate::types::attention::{
+    check_positional, slopes_for, AttnDims, PositionalOptions, SoftmaxAttentionOptions,
+};
+use crate::types::RopeLayout;
 use crate::{Element, Error, Result};
 
 /// `q, k: [R, L, Dk]`, `v: [R, L, Dv]` with R = B·H (row r is head `r % heads`) -> `o` in f64.

@@ -2,8 +2,7 @@
 //! `p_ij = exp(s_ij − max_j s_ij) / Σ_j exp(s_ij − max_j s_ij)`, `s_ij = scale · q_i·k_j`, over all
 //! `j` (or `j ≤ i` when causal), two passes per query in f64.
 
-use crate::attention::linear::AttnDims;
-use crate::attention::softmax::{check_scale, SoftmaxAttentionOptions};
+use crate::types::attention::{check_scale, AttnDims, SoftmaxAttentionOptions};
 use crate::{Element, Error, Result};
 
 pub(crate) fn check_len<T>(x: &[T], rows: usize, l: usize, n: usize) -> Result<()> {

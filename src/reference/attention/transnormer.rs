@@ -3,9 +3,9 @@
 //! norm) attention run on each block of w positions as if it were its own sequence.
 
 use super::softmax::check_len;
-use crate::attention::linear::AttnDims;
-use crate::attention::transnormer::{
-    check_diag, check_norm, Affine, DiagAttentionOptions, DiagWeights, NormAttentionOptions,
+use crate::types::attention::{
+    check_diag, check_norm, Affine, AttnDims, DiagAttentionOptions, DiagWeights,
+    NormAttentionOptions,
 };
 use crate::{Element, Result};
 

@@ -1,6 +1,6 @@
 //! CPU reference for the embedding lookup, as the matrix product `x = one_hot(ids) · W`.
 
-use crate::positions::embedding::check_embedding;
+use crate::types::positions::check_embedding;
 use crate::{Element, Result};
 
 /// `table: [V, D]`, `ids: [L]` or `[B, L]` -> `x: [.., L, D]` in f64, computed as the dense

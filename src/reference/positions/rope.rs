@@ -3,7 +3,7 @@
 
 use std::f64::consts::PI;
 
-use crate::positions::rope::{check_rope, Positions, RopeLayout, RopeOptions, RopeScaling};
+use crate::types::positions::{check_rope, Positions, RopeLayout, RopeOptions, RopeScaling};
 use crate::{Element, Error, Result};
 
 /// The angle of pair `i` at position `m` in a head of size `d`, for a sequence whose current

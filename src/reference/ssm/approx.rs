@@ -3,11 +3,11 @@
 //! step every `(Ā_k, B̄_k)` is the discretisation of the dense LegS `(A, B)` at Δ = 1/k, with no
 //! use of LegS's structure (the shader's O(N) step relies on it).
 
-use crate::ssm::approx::{
+use crate::math::discretize::discretize;
+use crate::math::hippo::hippo;
+use crate::types::ssm::{
     check_options, check_shape, fixed_step_matrices, HippoApproxOptions, Step,
 };
-use crate::ssm::discretize::discretize;
-use crate::ssm::hippo::hippo;
 use crate::{check_no_nan, Element, Error, Result};
 
 fn step(ab: &[f64], bb: &[f64], prev: &[f64], x: f64, out: &mut [f64]) {

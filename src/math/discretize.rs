@@ -17,32 +17,35 @@ use num_complex::Complex64;
 
 use crate::{Error, Result};
 
-const OP: &str = "discretize";
+/// The discretisation rule under the name this module has always used.
+pub type Method = Discretization;
 
-/// A discretisation rule.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Method {
-    /// Forward Euler.
+/// How the continuous `(A, B)` is discretised with step Δ (REFERENCES.md, "Discretisation"); the
+/// one discretisation rule of the crate ([`Method`] is another name for it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Discretization {
+    /// Forward Euler: `Ā = I + ΔA`, `B̄ = ΔB`.
     Euler,
-    /// Backward Euler (scipy's `backward_diff`).
+    /// Backward Euler (scipy's `backward_diff`): `Ā = (I − ΔA)⁻¹`, `B̄ = (I − ΔA)⁻¹ ΔB`.
     BackwardEuler,
-    /// Bilinear / Tustin (the generalised bilinear transform with α = 1/2).
+    /// Bilinear (Tustin): `Ā = (1 − ΔA/2)⁻¹(1 + ΔA/2)`, `B̄ = (1 − ΔA/2)⁻¹ ΔB`.
     Bilinear,
-    /// Zero-order hold on the input.
+    /// Zero-order hold: `Ā = exp(ΔA)`, `B̄ = (exp(ΔA) − 1)/A · B`.
+    #[default]
     Zoh,
 }
 
-impl Method {
+impl Discretization {
     /// Parses `zoh | bilinear | euler | backward-euler` (also `tustin`, `backward_diff`).
     pub fn parse(s: &str) -> Result<Self> {
         Ok(match s.to_ascii_lowercase().as_str() {
-            "zoh" => Method::Zoh,
-            "bilinear" | "tustin" => Method::Bilinear,
-            "euler" | "forward-euler" => Method::Euler,
-            "backward-euler" | "backward_euler" | "backward_diff" => Method::BackwardEuler,
+            "zoh" => Discretization::Zoh,
+            "bilinear" | "tustin" => Discretization::Bilinear,
+            "euler" | "forward-euler" => Discretization::Euler,
+            "backward-euler" | "backward_euler" | "backward_diff" => Discretization::BackwardEuler,
             _ => {
                 return Err(Error::InvalidArgument {
-                    op: OP,
+                    op: "discretize",
                     name: "method",
                     reason: format!("{s:?} is not one of zoh, bilinear, euler, backward-euler"),
                 })
@@ -54,13 +57,15 @@ impl Method {
     /// (None for ZOH, which is not of that form).
     pub fn gbt_alpha(self) -> Option<f64> {
         match self {
-            Method::Euler => Some(0.0),
-            Method::BackwardEuler => Some(1.0),
-            Method::Bilinear => Some(0.5),
-            Method::Zoh => None,
+            Discretization::Euler => Some(0.0),
+            Discretization::BackwardEuler => Some(1.0),
+            Discretization::Bilinear => Some(0.5),
+            Discretization::Zoh => None,
         }
     }
 }
+
+const OP: &str = "discretize";
 
 pub(crate) fn check_dt(op: &'static str, dt: f64) -> Result<()> {
     if !(dt.is_finite() && dt > 0.0) {
