@@ -2,6 +2,7 @@
 //! recurrent decoding; exact softmax attention; Lightning attention; TransNormer's NormAttention
 //! and DiagAttention.
 
+pub(crate) mod chunk;
 pub mod favor;
 pub use crate::types::feature_map;
 pub mod lightning;
