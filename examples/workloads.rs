@@ -7,7 +7,7 @@
 //! - W3: S4D kernel (ZOH) + causal FFT convolution, H = 256, N = 64 (32 conjugate pairs),
 //!   L = 16384, A_n = −1/2 + iπn, B = 1, C ~ CN(0, 1), Δ log-uniform in [1e-3, 1e-1], D = 1.
 //!
-//! `cargo run --release --example workloads -- [--device gpu,reference] [--runs N] [--l L]
+//! `cargo run --release --example workloads -- [--device gpu,cpu,reference] [--runs N] [--l L]
 //! [--l3 L] [--only W1,W2,W3]`
 
 use std::time::Instant;
@@ -16,7 +16,7 @@ use longseq::attention::linear::check_shapes;
 use longseq::attention::{linear_attention_into, LinearAttentionOptions};
 use longseq::reference::ssm as rs;
 use longseq::ssm::{causal_conv_into, s4d_kernel_into, DiagonalSsm, Discretization};
-use longseq::{reference, Context, Tensor};
+use longseq::{cpu, reference, Context, Tensor};
 use num_complex::Complex64;
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
@@ -31,7 +31,7 @@ struct Args {
 
 fn args() -> Args {
     let mut a = Args {
-        devices: vec!["gpu".into(), "reference".into()],
+        devices: vec!["gpu".into(), "cpu".into(), "reference".into()],
         runs: 5,
         l: 4096,
         l3: 16384,
@@ -59,7 +59,7 @@ fn args() -> Args {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: workloads [--device gpu,reference] [--runs N] [--l L] [--l3 L] [--only W1,W2,W3]"
+        "usage: workloads [--device gpu,cpu,reference] [--runs N] [--l L] [--l3 L] [--only W1,W2,W3]"
     );
     std::process::exit(2)
 }
@@ -107,6 +107,14 @@ fn linear(a: &Args, ctx: Option<&Context>, causal: bool) {
                     ctx.wait().unwrap();
                 });
                 report(w, "gpu", ms, gflop);
+            }
+            ("cpu", _) => {
+                let dims = check_shapes(w, &shape, &shape, &shape).unwrap();
+                let mut out = vec![0.0f32; n];
+                let ms = median_ms(a.runs, || {
+                    cpu::attention::linear_attention_into(q, k, v, &dims, &opts, &mut out).unwrap();
+                });
+                report(w, "cpu", ms, gflop);
             }
             ("reference", _) => {
                 let dims = check_shapes(w, &shape, &shape, &shape).unwrap();
@@ -159,6 +167,15 @@ fn s4d(a: &Args, ctx: Option<&Context>) {
                     ctx.wait().unwrap();
                 });
                 report("W3", "gpu", ms, gflop);
+            }
+            ("cpu", _) => {
+                let (mut k, mut y) = (vec![0.0f32; h * l], vec![0.0f32; h * l]);
+                let ones = vec![1.0f32; h];
+                let ms = median_ms(a.runs, || {
+                    cpu::ssm::s4d_kernel_into(&m, l, disc, &mut k).unwrap();
+                    cpu::ssm::causal_conv_into(&u, &[h, l], &k, &[h, l], &ones, &mut y).unwrap();
+                });
+                report("W3", "cpu", ms, gflop);
             }
             ("reference", _) => {
                 let u64_: Vec<f64> = u.iter().map(|&x| x as f64).collect();

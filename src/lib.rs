@@ -42,6 +42,7 @@ pub mod attention;
 mod bind;
 mod cast;
 pub mod context;
+pub mod cpu;
 mod driver;
 pub mod dtype;
 pub mod error;

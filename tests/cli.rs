@@ -119,7 +119,11 @@ fn both_devices_agree_and_f16_storage_is_within_tolerance() {
         .unwrap();
     assert!(res.status.success(), "{:?}", stderr_lines(&res));
     let stdout = String::from_utf8_lossy(&res.stdout);
-    for needle in ["gpu:", "cpu:", "gpu vs cpu (f16 storage, tolerance 5e-3"] {
+    for needle in [
+        "gpu:",
+        "reference:",
+        "gpu vs reference (f16 storage, tolerance 5e-3",
+    ] {
         assert!(stdout.contains(needle), "missing `{needle}` in:\n{stdout}");
     }
     // Causal linear attention is not an estimate of the stored non-causal softmax output.
@@ -179,27 +183,20 @@ fn shape_mismatch_is_one_line_and_exit_code_2() {
 }
 
 #[test]
-fn cpu_only_run_writes_the_reference() {
-    let out = tmp("o_cpu.safetensors");
-    let res = bin()
-        .args([
-            "attention",
-            "--input",
-            DATA,
-            "--prefix",
-            "layer5.",
-            "--device",
-            "cpu",
-            "--output",
-            &out,
-        ])
-        .output()
-        .unwrap();
-    assert!(res.status.success(), "{:?}", stderr_lines(&res));
-    let (o, _) = read_f64(&out, "o");
-    let (q, _) = read_f64(DATA, "layer5.q");
-    let (k, _) = read_f64(DATA, "layer5.k");
-    let (v, _) = read_f64(DATA, "layer5.v");
-    let want = naive_linear_attention(&q, &k, &v, (12, 403, 32, 32), elu1, false, 1e-6, true);
-    assert_close("cpu path", &o, &want, 1e-6);
+fn reference_only_and_cpu_path_only_runs_write_their_result() {
+    for (device, tol) in [("reference", 1e-6), ("cpu", TOL_F32)] {
+        let out = tmp(&format!("o_{device}.safetensors"));
+        let res = bin()
+            .args(["attention", "--input", DATA, "--prefix", "layer5."])
+            .args(["--device", device, "--output", &out])
+            .output()
+            .unwrap();
+        assert!(res.status.success(), "{:?}", stderr_lines(&res));
+        let (o, _) = read_f64(&out, "o");
+        let (q, _) = read_f64(DATA, "layer5.q");
+        let (k, _) = read_f64(DATA, "layer5.k");
+        let (v, _) = read_f64(DATA, "layer5.v");
+        let want = naive_linear_attention(&q, &k, &v, (12, 403, 32, 32), elu1, false, 1e-6, true);
+        assert_close(device, &o, &want, tol);
+    }
 }

@@ -137,7 +137,7 @@ fn disagreement_past_the_tolerance_exits_3_and_writes_nothing() {
     let o = run(&["attention", "--input", DATA, "--prefix", "layer0."]);
     assert!(o.status.success(), "{:?}", stderr_lines(&o));
     assert!(
-        stdout(&o).contains("gpu vs cpu (f32 storage, tolerance 1e-4"),
+        stdout(&o).contains("gpu vs reference (f32 storage, tolerance 1e-4"),
         "{}",
         stdout(&o)
     );

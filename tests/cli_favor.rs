@@ -141,20 +141,20 @@ fn favor_draw_runs_both_devices_and_reports_the_softmax_error() {
     for needle in [
         "M = 40",
         "seed 3",
-        "gpu vs cpu (",
+        "gpu vs reference (f32 storage, tolerance 1e-4",
         "relative Frobenius error",
     ] {
         assert!(stdout.contains(needle), "missing `{needle}` in:\n{stdout}");
     }
     let rel: f64 = stdout
         .lines()
-        .find(|l| l.starts_with("gpu vs cpu ("))
+        .find(|l| l.starts_with("gpu vs reference ("))
         .and_then(|l| l.rsplit("relative ").next())
         .unwrap()
         .trim()
         .parse()
         .unwrap();
-    assert!(rel <= TOL_F32, "gpu vs cpu {rel}");
+    assert!(rel <= TOL_F32, "gpu vs reference {rel}");
 }
 
 #[test]

@@ -203,7 +203,7 @@ fn hippo_approx_on_mauna_loa_refuses_gaps_then_matches_the_reference() {
         ]));
         let line = stdout
             .lines()
-            .find(|l| l.starts_with("gpu vs cpu"))
+            .find(|l| l.starts_with("gpu vs reference ("))
             .unwrap();
         let rel: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
         assert!(rel <= 1e-4, "{measure}: {line}");

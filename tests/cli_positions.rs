@@ -99,7 +99,7 @@ fn embed_equals_the_gather_of_table_rows() {
             .collect();
         assert_close(&format!("embed {dtype}"), &f64s(&x), &want, tol);
         if device == "both" {
-            assert!(String::from_utf8_lossy(&res.stdout).contains("gpu vs cpu ("));
+            assert!(String::from_utf8_lossy(&res.stdout).contains("gpu vs reference ("));
         }
     }
 }

@@ -259,7 +259,7 @@ impl RowOp for Fft<'_> {
 const CONV: &str = "causal_conv";
 
 /// Checks `u: [B, H, L]` (or `[H, L]`), `k: [H, L]`, `d: [H]`; returns `(rows, H, L)`.
-fn conv_dims(u: &[usize], k: &[usize], d: &[usize]) -> Result<(usize, usize, usize)> {
+pub(crate) fn conv_dims(u: &[usize], k: &[usize], d: &[usize]) -> Result<(usize, usize, usize)> {
     if !(u.len() == 2 || u.len() == 3) || u.contains(&0) {
         return Err(Error::Shape {
             op: CONV,

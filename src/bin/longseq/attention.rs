@@ -13,22 +13,24 @@ use longseq::attention::{Alibi, PositionalOptions, ReRope};
 use longseq::positions::RopeLayout;
 use longseq::{Context, Element, Tensor};
 
-use crate::check::{self, StorageDtype};
+use crate::check::StorageDtype;
+use crate::devices::{self, Devices};
 use crate::io::{self, CliError, Out};
 use crate::methods::Op;
-use crate::{open_gpu, rel_frobenius, Device};
+use crate::rel_frobenius;
 
-/// Attention over tensors in a safetensors file, on the GPU and/or the CPU reference.
+/// Attention over tensors in a safetensors file, on the GPU, the f32 CPU path and/or the f64
+/// reference.
 ///
 /// Reads `{P}q`, `{P}k` ([H, L, Dk] or [B, H, L, Dk]) and `{P}v` ([.., L, Dv]), f16, f32 or f64.
-/// Prints the adapter, the shapes, GPU and CPU wall times, the max-abs and normwise relative
-/// difference GPU vs CPU and, when `{P}softmax_out` exists, the relative Frobenius error against
+/// Prints the adapter, the shapes, each device's wall time, each result's max-abs and normwise
+/// relative difference to the reference when it ran and, when `{P}softmax_out` exists, the relative Frobenius error against
 /// it. `--feature-map favor|favor-trig` runs Performer attention with ω drawn from `--seed`
 /// (`--num-features M` rows) or read from tensor `--omega NAME` ([M, Dk], used exactly as given).
-/// Writes tensor `o` ([.., L, Dv], f32, same rank as q): the GPU result, or the CPU one when
-/// only the CPU ran. A missing tensor, a shape mismatch or a bad option exits with code 2; GPU
-/// and reference further apart than the dtype's tolerance (f32 1e-4, f16 5e-3, on
-/// max|diff| / max|ref|) exit with code 3 and write nothing.
+/// Writes tensor `o` ([.., L, Dv], f32, same rank as q): the GPU result, else the CPU path's,
+/// else the reference's. A missing tensor, a shape mismatch or a bad option exits with code 2;
+/// a result further from the reference than its tolerance (GPU: f32 1e-4, f16 5e-3; CPU path
+/// 1e-4; on max|diff| / max|ref|) exits with code 3 and writes nothing.
 #[derive(clap::Args)]
 #[command(
     verbatim_doc_comment,
@@ -113,9 +115,10 @@ pub struct Args {
     /// Output the numerator alone (no normalisation).
     #[arg(long)]
     no_denominator: bool,
-    /// Where to run.
-    #[arg(long, value_enum, default_value = "both")]
-    device: Device,
+    /// Where to run: gpu, cpu (the f32 CPU path), reference (f64), or a comma-separated list
+    /// (default gpu,reference; cpu,reference when there is no GPU adapter; both = gpu,reference).
+    #[arg(long)]
+    device: Option<Devices>,
     /// Run the f64 reference even when its estimated time is past the bound.
     #[arg(long)]
     force_reference: bool,
@@ -234,7 +237,8 @@ pub fn run(a: Args) -> Result<(), CliError> {
     );
     let dtype = StorageDtype::resolve(a.dtype, &[q.dtype, k.dtype, v.dtype]);
     let q_shape = q.shape.clone();
-    let gpu_runs = a.device != Device::Cpu;
+    let mut dev = a.device.unwrap_or_default();
+    let gpu_runs = dev.gpu;
     let store = |n: &str, t: &io::HostTensor| {
         if gpu_runs {
             dtype.storable(&name(n), t.to_f32())
@@ -249,10 +253,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
         longseq::check_no_nan("attention", "v", &v)?;
     }
     let op = op_from_args(&a, &st, &q_shape)?;
-    let ctx = open_gpu(a.device)?;
-    if let Some(c) = &ctx {
-        println!("adapter: {}", c.adapter_line());
-    }
+    let ctx = dev.open()?;
     println!("input: {} {shapes}", a.input);
     match &ctx {
         Some(_) => println!("method: {}; GPU storage {}", op.describe(), dtype.name()),
@@ -268,17 +269,21 @@ pub fn run(a: Args) -> Result<(), CliError> {
         }),
         None => None,
     };
-    let cpu = check::reference(
-        a.device,
-        a.force_reference,
-        op.reference_ops(&dims),
-        "f64 reference",
-        || op.cpu(&q, &k, &v, &dims),
-    )?;
-    if let (Some(g), Some(c)) = (&gpu, &cpu) {
-        check::gpu_vs_reference(g, c, dtype)?;
-    }
-    let Some(result) = gpu.or(cpu) else {
+    let cpu = if dev.cpu {
+        let note = match op.has_cpu_path() {
+            true => devices::cpu_note(),
+            false => "no f32 CPU path for this method yet: the f64 reference".into(),
+        };
+        Some(devices::timed("cpu", &note, || {
+            Ok(op.fast(&q, &k, &v, &dims)?)
+        })?)
+    } else {
+        None
+    };
+    let reference = dev.reference(a.force_reference, op.reference_ops(&dims), "f64", || {
+        op.cpu(&q, &k, &v, &dims)
+    })?;
+    let Some(result) = devices::report(gpu.map(|g| (g, dtype)), cpu, reference)? else {
         return Ok(());
     };
     if let Some(what) = op.compares_to_softmax() {

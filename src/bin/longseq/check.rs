@@ -3,12 +3,12 @@
 //! past it), and the f64 reference's cost estimate (skipped with a notice past a bound, a spinner
 //! while it runs).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::compare;
 use crate::io::CliError;
-use crate::{compare, Device};
 
 static TOLERANCE: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
 
@@ -81,30 +81,30 @@ impl StorageDtype {
     }
 }
 
-/// Prints the GPU-vs-reference line and fails with exit code 3 past the dtype's tolerance (a
-/// differing NaN/±Inf pattern always fails).
-pub fn gpu_vs_reference(
-    gpu: &[f64],
+/// Prints `<name> vs reference (<what>, tolerance …): …` and fails with exit code 3 past the
+/// dtype's tolerance (a differing NaN/±Inf pattern always fails).
+pub fn vs_reference(
+    name: &str,
+    what: &str,
+    x: &[f64],
     reference: &[f64],
     dtype: StorageDtype,
 ) -> Result<(), CliError> {
-    let (abs, rel) = compare(gpu, reference);
+    let (abs, rel) = compare(x, reference);
     let tol = dtype.tolerance();
     println!(
-        "gpu vs cpu ({} storage, tolerance {tol:.0e} on max|diff|/max|ref|): max abs diff {abs:.3e}, relative {rel:.3e}",
-        dtype.name()
+        "{name} vs reference ({what}, tolerance {tol:.0e} on max|diff|/max|ref|): max abs diff {abs:.3e}, relative {rel:.3e}"
     );
     if rel <= tol {
         Ok(())
     } else {
-        let what = if rel.is_nan() {
+        let why = if rel.is_nan() {
             "their NaN/Inf patterns differ".to_string()
         } else {
             format!("relative difference {rel:.3e} > tolerance {tol:.0e}")
         };
         Err(CliError::Mismatch(format!(
-            "GPU and f64 reference disagree ({} storage): {what}; no output written",
-            dtype.name()
+            "{name} ({what}) and f64 reference disagree: {why}; no output written"
         )))
     }
 }
@@ -113,7 +113,8 @@ pub fn gpu_vs_reference(
 /// kernels, one core of a 2020s x86 CPU, release build; debug builds are ~4× slower).
 const REFERENCE_RATE: f64 = if cfg!(debug_assertions) { 1.0e8 } else { 4.0e8 };
 
-/// Past this estimate `--device both` skips the reference (with a notice) unless forced.
+/// Past this estimate the default devices (and `both`) skip the reference, with a notice,
+/// unless it is named or forced.
 pub const REFERENCE_BOUND_S: f64 = 20.0;
 
 /// Work this long (estimated) shows a spinner with elapsed time on a terminal.
@@ -122,37 +123,6 @@ const SPINNER_AFTER_S: f64 = 2.0;
 /// The estimated seconds of an f64 reference doing `ops` multiply-adds.
 pub fn reference_seconds(ops: f64) -> f64 {
     ops / REFERENCE_RATE
-}
-
-/// Runs the f64 reference unless `device` is gpu, or it is `both`, the estimate is past
-/// [`REFERENCE_BOUND_S`] and `force` is off: then one notice line and None. Prints its time.
-pub fn reference<T>(
-    device: Device,
-    force: bool,
-    ops: f64,
-    what: &str,
-    f: impl FnOnce() -> longseq::Result<T>,
-) -> Result<Option<T>, CliError> {
-    if device == Device::Gpu {
-        return Ok(None);
-    }
-    let est = reference_seconds(ops);
-    if device == Device::Both && est > REFERENCE_BOUND_S && !force {
-        eprintln!(
-            "notice: skipping the f64 reference ({what}, estimated {}); the GPU result is not \
-             checked; --force-reference runs it",
-            human(est)
-        );
-        return Ok(None);
-    }
-    let t = Instant::now();
-    let r = with_spinner(
-        est,
-        &format!("f64 reference ({what}), est. {}", human(est)),
-        f,
-    )?;
-    println!("cpu: {:.3} ms ({what})", t.elapsed().as_secs_f64() * 1e3);
-    Ok(Some(r))
 }
 
 /// Runs `f` with a spinner on stderr (elapsed time, `msg`) when `est_s` is over a couple of

@@ -8,9 +8,9 @@ use longseq::{Context, Element, Tensor};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use rand_distr::StandardNormal;
 
-use crate::check::{self, StorageDtype};
+use crate::check::StorageDtype;
+use crate::devices::{self, Devices};
 use crate::io::{self, CliError, Out};
-use crate::{open_gpu, Device};
 
 /// Embedding lookup over tensors in a safetensors file, on the GPU and/or the CPU reference.
 ///
@@ -54,9 +54,10 @@ pub struct Args {
     /// --init: seed of the draw.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Where to run.
-    #[arg(long, value_enum, default_value = "both")]
-    device: Device,
+    /// Where to run: gpu, cpu (the f32 CPU path), reference (f64), or a comma-separated list
+    /// (default gpu,reference; cpu,reference when there is no GPU adapter; both = gpu,reference).
+    #[arg(long)]
+    device: Option<Devices>,
     /// Run the f64 reference even when its estimated time is past the bound.
     #[arg(long)]
     force_reference: bool,
@@ -119,15 +120,13 @@ pub fn run(a: Args) -> Result<(), CliError> {
         safetensors::Dtype::F32
     };
     let dtype = StorageDtype::resolve(a.dtype, &[file_dtype]);
-    let w = if a.device != Device::Cpu {
+    let mut dev = a.device.unwrap_or_default();
+    let w = if dev.gpu {
         dtype.storable("table", w)?
     } else {
         w
     };
-    let ctx = open_gpu(a.device)?;
-    if let Some(c) = &ctx {
-        println!("adapter: {}", c.adapter_line());
-    }
+    let ctx = dev.open()?;
     println!(
         "input: {} table {table_shape:?} ({stored}), {ids_name} {ids_shape:?}{}",
         a.input,
@@ -147,18 +146,24 @@ pub fn run(a: Args) -> Result<(), CliError> {
         }),
         None => None,
     };
+    let reference_run =
+        || longseq::reference::positions::embedding(&w, &table_shape, &ids, &ids_shape);
+    let cpu = if dev.cpu {
+        let x = devices::timed("cpu", &devices::cpu_note(), || {
+            Ok(longseq::cpu::positions::embedding(
+                &w,
+                &table_shape,
+                &ids,
+                &ids_shape,
+            )?)
+        })?;
+        Some(x.into_iter().map(f64::from).collect())
+    } else {
+        None
+    };
     let ops = (ids.len() * table_shape[0] * table_shape[1]) as f64;
-    let cpu = check::reference(
-        a.device,
-        a.force_reference,
-        ops,
-        "f64 one-hot product",
-        || longseq::reference::positions::embedding(&w, &table_shape, &ids, &ids_shape),
-    )?;
-    if let (Some(g), Some(c)) = (&gpu, &cpu) {
-        check::gpu_vs_reference(g, c, dtype)?;
-    }
-    let Some(result) = gpu.or(cpu) else {
+    let reference = dev.reference(a.force_reference, ops, "f64 one-hot product", reference_run)?;
+    let Some(result) = devices::report(gpu.map(|g| (g, dtype)), cpu, reference)? else {
         return Ok(());
     };
     if let Some(path) = &a.output {

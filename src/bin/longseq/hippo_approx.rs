@@ -8,9 +8,9 @@ use longseq::ssm::{
 };
 use longseq::Tensor;
 
-use crate::check::{self, StorageDtype};
+use crate::check::StorageDtype;
+use crate::devices::{self, Devices};
 use crate::io::{self, CliError, Out};
-use crate::{open_gpu, Device};
 
 /// Stream a CSV column through the HiPPO memory (Gu et al. 2020) and reconstruct it.
 ///
@@ -21,7 +21,8 @@ use crate::{open_gpu, Device};
 /// an error unless --fill linear. Prints the reconstruction error from the last coefficients.
 /// Writes tensors:
 ///   f      [L] f64     the series as used (after filling)
-///   c      [L, N] f32  the coefficients after each sample (GPU; the CPU reference with --device cpu)
+///   c      [L, N] f32  the coefficients after each sample (the GPU's, else the CPU path's,
+///                      else the reference's)
 ///   recon  [L] f64     f reconstructed from c[L−1] at every sample time (0 outside the measure's
 ///                      support, e.g. before the window of legt and fout)
 #[derive(clap::Args)]
@@ -56,10 +57,12 @@ pub struct Args {
     /// Missing values: error or linear (interpolate).
     #[arg(long, default_value = "error")]
     fill: String,
-    /// Where to run (the CPU reference does an N×N solve per step for legs: slow for large N,
-    /// skipped past the time bound unless --force-reference).
-    #[arg(long, value_enum, default_value = "both")]
-    device: Device,
+    /// Where to run: gpu, cpu (the f32 CPU path), reference (f64), or a comma-separated list
+    /// (default gpu,reference; cpu,reference when there is no GPU adapter; both = gpu,reference).
+    /// The reference does an N×N solve per step for legs: slow for large N, skipped past the
+    /// time bound unless named or --force-reference.
+    #[arg(long)]
+    device: Option<Devices>,
     /// Run the f64 reference even when its estimated time is past the bound.
     #[arg(long)]
     force_reference: bool,
@@ -105,16 +108,16 @@ pub fn run(a: Args) -> Result<(), CliError> {
         a.method.to_lowercase()
     );
     let f32s: Vec<f32> = f.iter().map(|&x| x as f32).collect();
-    let ctx = open_gpu(a.device)?;
+    let mut dev = a.device.unwrap_or_default();
+    let ctx = dev.open()?;
     let gpu = match &ctx {
         Some(ctx) => {
             let t = Instant::now();
             let tf = Tensor::from_slice(ctx, &f32s, &[l])?;
             let c = hippo_approx(ctx, &tf, &opts)?.to_vec(ctx)?;
             println!(
-                "gpu: {:.1} ms ({})",
-                t.elapsed().as_secs_f64() * 1e3,
-                ctx.adapter_line()
+                "gpu: {:.1} ms (upload, run, readback)",
+                t.elapsed().as_secs_f64() * 1e3
             );
             Some(c)
         }
@@ -125,12 +128,19 @@ pub fn run(a: Args) -> Result<(), CliError> {
         Step::Scaled => lf * nf * nf * nf / 3.0,
         _ => lf * nf * nf * 2.0,
     };
-    let cpu = check::reference(a.device, a.force_reference, ops, "f64 reference", || {
-        longseq::reference::ssm::hippo_approx(&f32s, &[l], &opts)
-    })?;
+    let reference_run = || longseq::reference::ssm::hippo_approx(&f32s, &[l], &opts);
+    let cpu = if dev.cpu {
+        let c = devices::timed("cpu", &devices::cpu_note(), || {
+            Ok(longseq::cpu::ssm::hippo_approx(&f32s, &[l], &opts)?)
+        })?;
+        Some(c.into_iter().map(f64::from).collect())
+    } else {
+        None
+    };
+    let reference = dev.reference(a.force_reference, ops, "f64", reference_run)?;
     let gpu: Option<Vec<f64>> = gpu.map(|g| g.iter().map(|&x| x as f64).collect());
     // Overflow is the method's, not a GPU fault: say so before comparing.
-    for c in gpu.iter().chain(&cpu) {
+    for c in gpu.iter().chain(&cpu).chain(&reference) {
         if let Some(i) = c.iter().position(|x| !x.is_finite()) {
             return Err(CliError::Run(format!(
                 "the memory left the f32/f64 range at sample {} (forward Euler with the scaled \
@@ -139,18 +149,10 @@ pub fn run(a: Args) -> Result<(), CliError> {
             )));
         }
     }
-    let c: Vec<f64> = match (gpu, cpu) {
-        (Some(g), Some(c)) => {
-            check::gpu_vs_reference(&g, &c, StorageDtype::F32)?;
-            g
-        }
-        (Some(g), None) => g,
-        (None, Some(c)) => c,
-        (None, None) => {
-            return Err(CliError::Run(
-                "nothing ran: no GPU, and the reference was skipped".into(),
-            ))
-        }
+    let Some(c) = devices::report(gpu.map(|g| (g, StorageDtype::F32)), cpu, reference)? else {
+        return Err(CliError::Run(
+            "nothing ran: no GPU, and the reference was skipped".into(),
+        ));
     };
     let (xs, t) = sample_grid(step, l);
     let recon = reconstruct(measure, a.theta, &c[(l - 1) * a.n..], t, &xs)?;

@@ -4,6 +4,7 @@
 
 mod attention;
 mod check;
+mod devices;
 mod discretize;
 mod embed;
 mod hippo;
@@ -125,34 +126,6 @@ fn info() -> Result<(), CliError> {
     let ctx = longseq::Context::new()?;
     println!("picked:\n{}", ctx.describe());
     Ok(())
-}
-
-/// Opens the GPU context for `--device gpu|both`. With `both` and no adapter, says so in one line
-/// and returns None so the command runs the CPU path alone.
-pub fn open_gpu(device: Device) -> Result<Option<longseq::Context>, CliError> {
-    if device == Device::Cpu {
-        return Ok(None);
-    }
-    match longseq::Context::new() {
-        Ok(c) => Ok(Some(c)),
-        Err(e @ longseq::Error::NoAdapter { .. }) if device == Device::Both => {
-            eprintln!("{e}; running the CPU path only");
-            Ok(None)
-        }
-        Err(e) => Err(CliError::Run(e.to_string())),
-    }
-}
-
-/// Where to run. The default is `both` for every command.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Device {
-    /// GPU only (an error without an adapter).
-    Gpu,
-    /// CPU reference only.
-    Cpu,
-    /// Both, compared; CPU only (with a one-line notice) when there is no adapter. The reference
-    /// is skipped, with a notice, when its estimated time is over a bound (--force-reference).
-    Both,
 }
 
 /// Largest absolute and normwise relative difference (max |a−b| / max |b|); NaN where the NaN

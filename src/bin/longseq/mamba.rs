@@ -9,9 +9,9 @@ use longseq::{Context, Element, Tensor};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use rand_distr::StandardNormal;
 
-use crate::check::{self, StorageDtype};
+use crate::check::StorageDtype;
+use crate::devices::{self, Devices};
 use crate::io::{self, CliError, HostTensor, Out};
-use crate::{open_gpu, Device};
 
 /// The Mamba selective scan (S6; Gu & Dao 2023, arXiv 2312.00752, Alg. 2) on the GPU and/or the
 /// f64 reference, with the tensor names and layout of mamba's `selective_scan_ref`.
@@ -69,9 +69,11 @@ pub struct Args {
     /// input tensor is f16.
     #[arg(long, value_enum)]
     dtype: Option<StorageDtype>,
-    /// Where to run.
-    #[arg(long, value_enum, default_value = "both")]
-    device: Device,
+    /// Where to run: gpu, cpu, reference (f64), or a comma-separated list (default
+    /// gpu,reference; cpu,reference when there is no GPU adapter). There is no f32 CPU path for
+    /// the selective scan yet: `cpu` runs the f64 reference, and says so.
+    #[arg(long)]
+    device: Option<Devices>,
     /// Run the f64 reference even when its estimated time is past the bound.
     #[arg(long)]
     force_reference: bool,
@@ -174,10 +176,8 @@ pub fn run(a: Args) -> Result<(), CliError> {
         state,
         len,
     } = x.dims;
-    let ctx = open_gpu(a.device)?;
-    if let Some(c) = &ctx {
-        println!("adapter: {}", c.adapter_line());
-    }
+    let mut dev = a.device.unwrap_or_default();
+    let ctx = dev.open()?;
     println!(
         "input: {source} B = {batch}, D = {dim}, N = {state}, L = {len}{}{}",
         if a.delta_softplus {
@@ -196,7 +196,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
         (None, _) => None,
     };
     let ops = (batch * dim * state * len) as f64 * 6.0;
-    let cpu = check::reference(a.device, a.force_reference, ops, "f64 reference", || {
+    let reference = || {
         let o = |i: usize| x.opt[i].as_ref().map(|t| &t.data[..]);
         let r = SelectiveScanRef {
             u: &x.req[0].data,
@@ -211,13 +211,26 @@ pub fn run(a: Args) -> Result<(), CliError> {
             initial_state: o(3),
         };
         selective_scan_ref(x.dims, &r)
-    })?;
-    if let (Some(g), Some(c)) = (&gpu, &cpu) {
-        let cat = |(o, s): &(Vec<f64>, Vec<f64>)| [&o[..], &s[..]].concat();
-        check::gpu_vs_reference(&cat(g), &cat(c), dtype)?;
-    }
-    let Some((out, last)) = gpu.or(cpu) else {
+    };
+    // `out` and `last_state` are compared (and written) as one vector.
+    let cat = |(o, s): (Vec<f64>, Vec<f64>)| [o, s].concat();
+    let cpu = match dev.cpu {
+        true => Some(cat(devices::timed(
+            "cpu",
+            "no f32 CPU path for the selective scan yet: the f64 reference",
+            || Ok(reference()?),
+        )?)),
+        false => None,
+    };
+    let checked = dev.reference(a.force_reference, ops, "f64", reference)?;
+    let Some(result) = devices::report(gpu.map(|g| (cat(g), dtype)), cpu, checked.map(cat))?
+    else {
         return Ok(());
+    };
+    let (out, last) = {
+        let mut out = result;
+        let last = out.split_off(batch * dim * len);
+        (out, last)
     };
     if let Some(path) = &a.output {
         let f = |v: Vec<f64>| Out::F32(v.into_iter().map(|x| x as f32).collect());

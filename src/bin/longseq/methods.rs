@@ -87,6 +87,43 @@ impl Op {
     }
 
     /// The `method:` line of the report.
+    /// On the f32 CPU path (`longseq::cpu`); methods without one run the reference.
+    pub fn fast(&self, q: &[f32], k: &[f32], v: &[f32], d: &AttnDims) -> Result<Vec<f64>> {
+        use longseq::cpu::attention as fast;
+        let none = Affine::default();
+        let mut out = vec![0.0f32; d.rows * d.len * d.dv];
+        match self {
+            Op::Linear(o) => fast::linear_attention_into(q, k, v, d, o, &mut out)?,
+            Op::Favor { omega, opts, .. } => {
+                fast::favor_attention_into(q, k, v, d, omega, opts, &mut out)?
+            }
+            Op::Softmax(o) => fast::softmax_attention_into(q, k, v, d, o, &mut out)?,
+            Op::SoftmaxPositional { .. } => return self.cpu(q, k, v, d),
+            Op::Norm(o) => fast::norm_attention(q, k, v, d, &none, o, &mut out)?,
+            Op::Diag(o) => fast::diag_attention(q, k, v, d, &none, o, &mut out)?,
+            Op::Lightning {
+                opts,
+                slopes,
+                heads,
+            } => fast::lightning_attention_into(
+                q,
+                k,
+                v,
+                d,
+                *heads,
+                slopes.as_deref(),
+                opts,
+                &mut out,
+            )?,
+        }
+        Ok(out.into_iter().map(f64::from).collect())
+    }
+
+    /// Whether [`Op::fast`] has an f32 CPU path for this method.
+    pub fn has_cpu_path(&self) -> bool {
+        !matches!(self, Op::SoftmaxPositional { .. })
+    }
+
     pub fn describe(&self) -> String {
         let causal = |c: bool| if c { "causal" } else { "non-causal" };
         let scale = |s: Option<f32>| s.map_or("1/sqrt(Dk)".to_string(), |s| s.to_string());

@@ -7,9 +7,9 @@ use longseq::positions::rope::check_rope;
 use longseq::positions::{rope, Positions, RopeLayout, RopeOptions, RopeScaling};
 use longseq::{Context, Element, Tensor};
 
-use crate::check::{self, StorageDtype};
+use crate::check::StorageDtype;
+use crate::devices::{self, Devices};
 use crate::io::{self, CliError, Out};
-use crate::{open_gpu, Device};
 
 /// Rotary position embedding (RoPE) of `x`, on the GPU and/or the CPU reference.
 ///
@@ -70,9 +70,10 @@ pub struct Args {
     /// Position of row 0.
     #[arg(long, default_value_t = 0)]
     offset: u32,
-    /// Where to run.
-    #[arg(long, value_enum, default_value = "both")]
-    device: Device,
+    /// Where to run: gpu, cpu (the f32 CPU path), reference (f64), or a comma-separated list
+    /// (default gpu,reference; cpu,reference when there is no GPU adapter; both = gpu,reference).
+    #[arg(long)]
+    device: Option<Devices>,
     /// Run the f64 reference even when its estimated time is past the bound.
     #[arg(long)]
     force_reference: bool,
@@ -201,15 +202,13 @@ pub fn run(a: Args) -> Result<(), CliError> {
     };
     pos.resolve(len)?;
     let dtype = StorageDtype::resolve(a.dtype, &[x.dtype]);
-    let xs = if a.device != Device::Cpu {
+    let mut dev = a.device.unwrap_or_default();
+    let xs = if dev.gpu {
         dtype.storable(&x_name, x.to_f32())?
     } else {
         x.to_f32()
     };
-    let ctx = open_gpu(a.device)?;
-    if let Some(c) = &ctx {
-        println!("adapter: {}", c.adapter_line());
-    }
+    let ctx = dev.open()?;
     println!(
         "input: {} {x_name} {:?} {}; positions {}; {} pairs, base {}, {}{}",
         a.input,
@@ -239,17 +238,22 @@ pub fn run(a: Args) -> Result<(), CliError> {
         }),
         None => None,
     };
-    let cpu = check::reference(
-        a.device,
+    let reference_run = || longseq::reference::positions::rope(&xs, &x.shape, pos, &opts);
+    let cpu = if dev.cpu {
+        let y = devices::timed("cpu", &devices::cpu_note(), || {
+            Ok(longseq::cpu::positions::rope(&xs, &x.shape, pos, &opts)?)
+        })?;
+        Some(y.into_iter().map(f64::from).collect())
+    } else {
+        None
+    };
+    let reference = dev.reference(
         a.force_reference,
         xs.len() as f64 * 8.0,
-        "f64 reference",
-        || longseq::reference::positions::rope(&xs, &x.shape, pos, &opts),
+        "f64",
+        reference_run,
     )?;
-    if let (Some(g), Some(c)) = (&gpu, &cpu) {
-        check::gpu_vs_reference(g, c, dtype)?;
-    }
-    let Some(result) = gpu.or(cpu) else {
+    let Some(result) = devices::report(gpu.map(|g| (g, dtype)), cpu, reference)? else {
         return Ok(());
     };
     if let Some(path) = &a.output {

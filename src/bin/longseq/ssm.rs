@@ -11,9 +11,9 @@ use num_complex::Complex64;
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use rand_distr::StandardNormal;
 
-use crate::check::{self, StorageDtype};
+use crate::check::StorageDtype;
+use crate::devices::{self, Devices};
 use crate::io::{self, CliError, Out};
-use crate::{open_gpu, Device};
 
 /// A diagonal (S4D) state-space model over tensors in a safetensors file, or initialised by
 /// --init, on the GPU and/or the CPU reference (f64).
@@ -34,8 +34,9 @@ use crate::{open_gpu, Device};
 ///   K  [H, L]     mode kernel: K[h, l] = 2 Re Σ_n C_n B̄_n Ā_n^l
 ///   y  [B, H, L]  mode conv: y = K ∗ u + D·u by FFT; mode scan: the recurrence
 ///                 x_t = Ā x_{t−1} + B̄ u_t, y_t = 2 Re Σ_n C_n x_t + D u_t by parallel scan
-/// With --device both, prints the max-abs and normwise relative difference GPU vs CPU (exit 3
-/// past 1e-4). A missing tensor, a shape mismatch or a bad option exits with code 2.
+/// Prints each device's time and, when the reference ran, each result's max-abs and normwise
+/// relative difference to it (exit 3 past 1e-4). A missing tensor, a shape mismatch or a bad
+/// option exits with code 2.
 #[derive(clap::Args)]
 #[command(
     verbatim_doc_comment,
@@ -72,9 +73,10 @@ pub struct Args {
     /// the drawn u with --init.
     #[arg(long)]
     len: Option<usize>,
-    /// Where to run.
-    #[arg(long, value_enum, default_value = "both")]
-    device: Device,
+    /// Where to run: gpu, cpu (the f32 CPU path), reference (f64), or a comma-separated list
+    /// (default gpu,reference; cpu,reference when there is no GPU adapter; both = gpu,reference).
+    #[arg(long)]
+    device: Option<Devices>,
     /// Run the f64 reference even when its estimated time is past the bound.
     #[arg(long)]
     force_reference: bool,
@@ -285,10 +287,8 @@ pub fn run(a: Args) -> Result<(), CliError> {
         (Mode::Kernel, _) | (_, None) => ("K", vec![h, len]),
         (_, Some(u)) => ("y", u.1.clone()),
     };
-    let ctx = open_gpu(a.device)?;
-    if let Some(c) = &ctx {
-        println!("adapter: {}", c.adapter_line());
-    }
+    let mut dev = a.device.unwrap_or_default();
+    let ctx = dev.open()?;
     println!(
         "input: {} H = {h}, N = {} (N2 = {n2}), L = {len}{}; mode {}, {}",
         match (a.init, &a.input) {
@@ -320,6 +320,25 @@ pub fn run(a: Args) -> Result<(), CliError> {
         Some(c) => Some(run_gpu(c, &m, u.as_ref(), len, a.mode, disc)?),
         None => None,
     };
+    let cpu = if dev.cpu {
+        let u32_ = u
+            .as_ref()
+            .map(|u| (u.0.iter().map(|&x| x as f32).collect::<Vec<f32>>(), &u.1));
+        let y = devices::timed("cpu", &devices::cpu_note(), || {
+            let k = || longseq::cpu::ssm::s4d_kernel::<f32>(&m, len, disc);
+            Ok(match (a.mode, &u32_) {
+                (Mode::Conv, Some((u, shape))) => {
+                    let d: Vec<f32> = m.d.iter().map(|&x| x as f32).collect();
+                    longseq::cpu::ssm::causal_conv(u, shape, &k()?, &[h, len], &d)?
+                }
+                (Mode::Scan, Some((u, shape))) => longseq::cpu::ssm::s4d_scan(&m, u, shape, disc)?,
+                _ => k()?,
+            })
+        })?;
+        Some(y.into_iter().map(f64::from).collect())
+    } else {
+        None
+    };
     let batch = u.as_ref().map_or(1, |u| u.1[0]) as f64;
     let (hf, nf, lf) = (h as f64, n2 as f64, len as f64);
     let ops = match a.mode {
@@ -327,24 +346,16 @@ pub fn run(a: Args) -> Result<(), CliError> {
         Mode::Conv => hf * nf * lf * 4.0 + batch * hf * lf * lf.log2().max(1.0) * 12.0,
         Mode::Scan => batch * hf * nf * lf * 8.0,
     };
-    let cpu = check::reference(
-        a.device,
-        a.force_reference,
-        ops,
-        "f64 reference",
-        || match a.mode {
-            Mode::Kernel => rs::s4d_kernel(&m, len, disc),
-            Mode::Conv => {
-                let k = rs::s4d_kernel(&m, len, disc)?;
-                rs::causal_conv(&u.as_ref().unwrap().0, &k, &m.d, h, len)
-            }
-            Mode::Scan => rs::s4d_recurrence(&m, &u.as_ref().unwrap().0, len, disc),
-        },
-    )?;
-    if let (Some(g), Some(c)) = (&gpu, &cpu) {
-        check::gpu_vs_reference(g, c, StorageDtype::F32)?;
-    }
-    let Some(result) = gpu.or(cpu) else {
+    let reference = dev.reference(a.force_reference, ops, "f64", || match a.mode {
+        Mode::Kernel => rs::s4d_kernel(&m, len, disc),
+        Mode::Conv => {
+            let k = rs::s4d_kernel(&m, len, disc)?;
+            rs::causal_conv(&u.as_ref().unwrap().0, &k, &m.d, h, len)
+        }
+        Mode::Scan => rs::s4d_recurrence(&m, &u.as_ref().unwrap().0, len, disc),
+    })?;
+    let gpu = gpu.map(|g| (g, StorageDtype::F32));
+    let Some(result) = devices::report(gpu, cpu, reference)? else {
         return Ok(());
     };
     if let Some(path) = &a.output {
