@@ -20,6 +20,9 @@ pub struct ContextOptions {
     /// Cap on the storage-binding size, in bytes, below the adapter's. Ops split their work to fit
     /// whatever the device allows; a small cap makes that splitting testable.
     pub max_storage_binding_size: Option<u64>,
+    /// Cap on workgroup memory, in bytes, below the adapter's, so ops take the paths they use
+    /// on smaller devices (e.g. the FFT convolution's multi-pass path); for tests.
+    pub max_workgroup_storage_size: Option<u32>,
 }
 
 impl Default for ContextOptions {
@@ -28,6 +31,7 @@ impl Default for ContextOptions {
             adapter: None,
             shader_f16: true,
             max_storage_binding_size: None,
+            max_workgroup_storage_size: None,
         }
     }
 }
@@ -177,6 +181,10 @@ impl Context {
                 limits.max_storage_buffer_binding_size.min(cap);
         }
         limits.max_compute_workgroup_storage_size = al.max_compute_workgroup_storage_size;
+        if let Some(cap) = opts.max_workgroup_storage_size {
+            limits.max_compute_workgroup_storage_size =
+                limits.max_compute_workgroup_storage_size.min(cap);
+        }
         limits.max_compute_invocations_per_workgroup = al.max_compute_invocations_per_workgroup;
         limits.max_compute_workgroup_size_x = al.max_compute_workgroup_size_x;
         let required_features = if f16 {
