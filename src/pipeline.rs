@@ -66,19 +66,21 @@ macro_rules! kernel {
 /// Every shader the crate runs.
 pub(crate) const KERNELS: &[Kernel] = &[
     kernel!(
-        "linear_attention",
-        ["chunk_state", "chunk_total", "scan_chunks", "chunk_apply"],
-        crate::attention::linear::Params
-    ),
-    kernel!(
         "softmax_attention",
-        ["attend"],
+        ["attend", "attend_reg"],
         crate::attention::softmax::Params
     ),
     kernel!(
-        "lightning_attention",
-        ["block_state", "scan_blocks", "block_apply"],
-        crate::attention::lightning::Params
+        "chunk_attention",
+        [
+            "prep_qk",
+            "prep_v",
+            "chunk_state",
+            "scan",
+            "totals",
+            "chunk_apply"
+        ],
+        crate::attention::chunk::Params
     ),
     kernel!(
         "transnormer",
@@ -263,6 +265,28 @@ pub(crate) fn specialise(src: &str, storage: Storage) -> String {
     out + src
 }
 
+/// Splits `constants` into those `src` declares as `const NAME: u32 = ..;` (compile-time sizes
+/// such as register tiles, which size function-scope arrays where overrides may not), substituted
+/// into the source, and the pipeline overrides.
+fn substitute_consts(
+    src: &str,
+    constants: &[(&'static str, u32)],
+) -> (String, Vec<(&'static str, u32)>) {
+    let mut code = src.to_string();
+    let mut overrides = Vec::new();
+    for &(name, v) in constants {
+        let decl = format!("const {name}: u32 = ");
+        match code.find(&decl) {
+            Some(at) => {
+                let end = at + code[at..].find(';').expect("const declaration ends with ;");
+                code.replace_range(at..end, &format!("{decl}{v}u"));
+            }
+            None => overrides.push((name, v)),
+        }
+    }
+    (code, overrides)
+}
+
 /// Builds one compute pipeline inside a validation error scope.
 fn compile(
     ctx: &Context,
@@ -347,11 +371,12 @@ impl PipelineCache {
             entry: entry.into(),
             message: "no such shader".into(),
         })?;
-        let code = specialise(src, storage);
+        let (code, overrides) = substitute_consts(src, constants);
+        let code = specialise(&code, storage);
         if let Ok(dir) = std::env::var("LONGSEQ_DUMP_WGSL") {
             let _ = std::fs::write(format!("{dir}/{shader}.{storage:?}.wgsl"), &code);
         }
-        let pipeline = compile(ctx, shader, entry, code, constants)?;
+        let pipeline = compile(ctx, shader, entry, code, &overrides)?;
         let p = Arc::new(pipeline);
         self.map.lock().unwrap().insert(key, p.clone());
         Ok(p)
@@ -502,6 +527,17 @@ mod reflection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn const_sizes_are_substituted_and_the_rest_are_overrides() {
+        let src = "const TR: u32 = 16u;\nconst TRX: u32 = 3u;\noverride WG: u32 = 64u;\n";
+        let (code, over) = substitute_consts(src, &[("TR", 4), ("WG", 32)]);
+        assert_eq!(
+            code,
+            "const TR: u32 = 4u;\nconst TRX: u32 = 3u;\noverride WG: u32 = 64u;\n"
+        );
+        assert_eq!(over, vec![("WG", 32)]);
+    }
 
     #[test]
     fn accessors_follow_the_storage_mode() {
