@@ -23,7 +23,20 @@ struct Params {
     y_off: u32,  // same for y / yi
     row0: u32,   // global index of the pass's first row (for the head h = row mod H)
     h: u32,      // H, rows of the kernel spectrum
-    _p: u32,
+    flags: u32,  // load_real: bit 0 loads non-finite x as 0 (its terms are added by store_conv)
+}
+
+// Non-finite inputs of the convolution (issue 11.2). Per row of u, nf holds NF_W words: the
+// count of non-finite samples, L - (first such t) (0 = none), then up to NF_MAX of their times.
+// By the definition y_t = sum_{s<=t} K_s u_{t-s} + D u_t, outputs before the first one stay
+// finite; store_conv adds the non-finite terms K_{t-j} u_j (j <= t) to the finite FFT result,
+// so +-Inf, NaN (0 * Inf, Inf - Inf) come out as the direct sum gives them. A row with more than
+// NF_MAX of them is NaN from its first one on.
+const NF_MAX: u32 = 32u;
+const NF_W: u32 = 34u;
+
+fn finite(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -35,6 +48,7 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> y: array<OT>;
 @group(0) @binding(7) var<storage, read> xi: array<ST>;
 @group(0) @binding(8) var<storage, read_write> yi: array<OT>;
+@group(0) @binding(9) var<storage, read_write> nf: array<atomic<u32>>;
 
 // Zero-padded real rows into complex rows: dst[r, t] = (x[r, t], 0) for t < len, else 0.
 @compute @workgroup_size(WG)
@@ -49,8 +63,28 @@ fn load_real(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
     var v = vec2<f32>(0.0, 0.0);
     if (t < p.len) {
         v.x = ld_x(p.x_off + r * p.len + t);
+        if ((p.flags & 1u) != 0u && !finite(v.x)) {
+            v.x = 0.0;
+        }
     }
     dst[i] = v;
+}
+
+// Records the non-finite samples of x: [rows, len] in nf (see NF_MAX).
+@compute @workgroup_size(WG)
+fn detect_nf(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+    let i = gid(wg, nwg, lid);
+    if (i >= p.total || finite(ld_x(p.x_off + i))) {
+        return;
+    }
+    let r = i / p.len;
+    let t = i % p.len;
+    let slot = atomicAdd(&nf[r * NF_W], 1u);
+    atomicMax(&nf[r * NF_W + 1u], p.len - t);
+    if (slot < NF_MAX) {
+        atomicStore(&nf[r * NF_W + 2u + slot], t);
+    }
 }
 
 // Complex rows from separate real and imaginary parts (len = n here).
@@ -136,7 +170,24 @@ fn store_conv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
     let r = i / p.len;
     let t = i % p.len;
     let hh = (p.row0 + r) % p.h;
-    let v = p.scale * src[r * p.n + t].x + ld_d(hh) * ld_x(p.x_off + i);
+    // D u_t with the raw u_t: a non-finite u_t brings its own D term.
+    var v = p.scale * src[r * p.n + t].x + ld_d(hh) * ld_x(p.x_off + i);
+    if ((p.flags & 1u) != 0u) {
+        let count = atomicLoad(&nf[r * NF_W]);
+        let first = p.len - atomicLoad(&nf[r * NF_W + 1u]);
+        if (count > 0u && t >= first) {
+            if (count > NF_MAX) {
+                v = bitcast<f32>(0x7fc00000u); // NaN (x - x would be folded to 0)
+            } else {
+                for (var c = 0u; c < count; c++) {
+                    let j = atomicLoad(&nf[r * NF_W + 2u + c]);
+                    if (j <= t) {
+                        v += ld_xi(hh * p.len + t - j) * ld_x(p.x_off + r * p.len + j);
+                    }
+                }
+            }
+        }
+    }
     st_y(p.y_off + i, v);
 }
 

@@ -19,9 +19,9 @@ struct Params {
     h: u32,      // SSM: heads
     n2: u32,     // SSM: modes per head
     bh0: u32,    // SSM: first (b, h) row of this pass
-    _p0: u32,
-    _p1: u32,
-    _p2: u32,
+    stride: u32, // row length L of the inputs and outputs (m is this chunk's length)
+    t0: u32,     // first position of this chunk: rows longer than a binding go chunk by chunk
+    _p: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -39,6 +39,8 @@ struct Params {
 @group(0) @binding(12) var<storage, read> c_im: array<ST>;
 @group(0) @binding(13) var<storage, read> d: array<ST>;
 @group(0) @binding(14) var<storage, read_write> y: array<OT>;
+// Per scan row, the last prefix of the previous chunk (flags bit 2: fold it into position 0).
+@group(0) @binding(17) var<storage, read_write> carry: array<vec4<f32>>;
 
 var<workgroup> sh: array<vec4<f32>, WG>;
 
@@ -57,7 +59,9 @@ fn load_ab(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
     if (i >= p.total) {
         return;
     }
-    let j = p.in_off + i;
+    let r = i / p.m;
+    let t = i % p.m;
+    let j = p.in_off + r * p.stride + p.t0 + t;
     var v = vec4<f32>(ld_a_re(j), 0.0, ld_b_re(j), 0.0);
     if ((p.flags & 1u) != 0u) {
         v.y = ld_a_im(j);
@@ -65,22 +69,57 @@ fn load_ab(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
     if ((p.flags & 2u) != 0u) {
         v.w = ld_b_im(j);
     }
-    x[i] = v;
+    x[i] = carry_in(r, t, v);
 }
 
-// One workgroup per (row, block of WG): inclusive scan of the block in place, total to agg.
+// Position 0 of a later chunk starts from the previous chunk's last prefix.
+fn carry_in(r: u32, t: u32, v: vec4<f32>) -> vec4<f32> {
+    if ((p.flags & 4u) != 0u && t == 0u) {
+        return combine(carry[r], v);
+    }
+    return v;
+}
+
+// carry[r] = the last prefix of row r of this chunk.
+@compute @workgroup_size(WG)
+fn save_carry(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let r = wg_index(wg, nwg) * WG + lid;
+    if (r < p.rows) {
+        carry[r] = x[r * p.m + p.m - 1u];
+    }
+}
+
+// Index of chunk element i in the outputs.
+fn out_index(i: u32) -> u32 {
+    return p.out_off + (i / p.m) * p.stride + p.t0 + i % p.m;
+}
+
+// One workgroup per (row, block of WG), or, for rows of at most WG / 2, per WG / m whole rows
+// (a segmented scan: short rows would otherwise idle most of a workgroup each): inclusive scan
+// of the block in place, total to agg.
 @compute @workgroup_size(WG)
 fn scan_up(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
     let wid = wg_index(wg, nwg);
     // Uniform control flow: every invocation reaches every barrier.
     let live = wid < p.total;
+    let packed = 2u * p.m <= WG;
     let nblk = (p.m + WG - 1u) / WG;
-    let r = wid / nblk;
-    let blk = wid % nblk;
-    let t = blk * WG + lid;
+    var r = wid / nblk;
+    var blk = wid % nblk;
+    var t = blk * WG + lid;
+    var seg = lid; // position inside its segment of this workgroup
+    var inside = live && t < p.m;
+    if (packed) {
+        let rpw = WG / p.m;
+        r = wid * rpw + lid / p.m;
+        blk = 0u;
+        t = lid % p.m;
+        seg = t;
+        inside = live && lid < rpw * p.m && r < p.rows;
+    }
     let idx = r * p.m + t;
-    let inside = live && t < p.m;
     var v = vec4<f32>(1.0, 0.0, 0.0, 0.0);
     if (inside) {
         v = x[idx];
@@ -88,7 +127,7 @@ fn scan_up(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
     sh[lid] = v;
     for (var off = 1u; off < WG; off <<= 1u) {
         workgroupBarrier();
-        if (lid >= off) {
+        if (off <= seg) {
             v = combine(sh[lid - off], v);
         }
         workgroupBarrier();
@@ -97,7 +136,7 @@ fn scan_up(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
     if (inside) {
         x[idx] = v;
     }
-    if (live && lid == WG - 1u) {
+    if ((packed && inside && t == p.m - 1u) || (!packed && live && lid == WG - 1u)) {
         agg[r * nblk + blk] = v;
     }
 }
@@ -127,7 +166,7 @@ fn store_real(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
     if (i >= p.total) {
         return;
     }
-    st_h_re(p.out_off + i, x[i].z);
+    st_h_re(out_index(i), x[i].z);
 }
 
 @compute @workgroup_size(WG)
@@ -137,8 +176,8 @@ fn store_complex(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
     if (i >= p.total) {
         return;
     }
-    st_h_re(p.out_off + i, x[i].z);
-    st_h_im(p.out_off + i, x[i].w);
+    st_h_re(out_index(i), x[i].z);
+    st_h_im(out_index(i), x[i].w);
 }
 
 // Abar of mode `mi` from its table entry: exp(log|Abar|) at the exactly reduced phase.
@@ -167,8 +206,8 @@ fn load_ssm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
     let t = i % p.m;
     let bh = r / p.n2;
     let mi = ((p.bh0 + bh) % p.h) * p.n2 + r % p.n2;
-    let uu = ld_u(p.in_off + bh * p.m + t);
-    x[i] = vec4<f32>(abar(mi), bbar(mi) * uu);
+    let uu = ld_u(p.in_off + bh * p.stride + p.t0 + t);
+    x[i] = carry_in(r, t, vec4<f32>(abar(mi), bbar(mi) * uu));
 }
 
 // One invocation per ((b, h) row of the pass, t): y = 2 Re sum_n C x + D u.
@@ -187,7 +226,8 @@ fn out_ssm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
         let c = vec2<f32>(ld_c_re(hh * p.n2 + n), ld_c_im(hh * p.n2 + n));
         acc += cmul(c, x[(bh * p.n2 + n) * p.m + t].zw).x;
     }
-    st_y(p.out_off + i, 2.0 * acc + ld_d(hh) * ld_u(p.in_off + i));
+    let ui = p.in_off + bh * p.stride + p.t0 + t;
+    st_y(out_index(i), 2.0 * acc + ld_d(hh) * ld_u(ui));
 }
 
 @group(0) @binding(15) var<storage, read> state_in: array<vec2<f32>>;

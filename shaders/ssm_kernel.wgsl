@@ -15,9 +15,9 @@ struct Params {
     len: u32,    // L
     total: u32,  // invocations (discretize) or workgroups (vandermonde) in use
     h0: u32,     // first head of this pass
-    k_off: u32,  // element offset of the pass's first row inside the bound k range
-    _p0: u32,
-    _p1: u32,
+    k_off: u32,  // element offset of the pass's first output inside the bound k range
+    l0: u32,     // first position of the pass in head h0 (passes split [H, L] flat, along L too)
+    ne: u32,     // outputs in this pass
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -217,7 +217,9 @@ const RUN: u32 = 8u;
 
 var<workgroup> apow: array<vec2<f32>, WG>;
 
-// One workgroup per (head, tile of WG * RUN positions); one invocation per RUN consecutive l.
+// One workgroup per (head of the pass, tile of WG * RUN positions); one invocation per RUN
+// consecutive l. A pass is a flat range of [H, L] (heads h0.. from position l0, ne outputs), so
+// a row longer than a storage binding is split along L.
 @compute @workgroup_size(WG)
 fn vandermonde(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
@@ -229,7 +231,9 @@ fn vandermonde(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     let tiles = (p.len + span - 1u) / span;
     let hh = wid / tiles;
     let l0 = (wid % tiles) * span + lid * RUN;
-    let live = l0 < p.len;
+    // Flat index of l0 inside the pass, and whether any of the RUN positions lies in it.
+    let rel0 = i32(hh * p.len + l0) - i32(p.l0);
+    let live = l0 < p.len && rel0 + i32(RUN) > 0 && rel0 < i32(p.ne);
     var acc: array<f32, RUN>;
     for (var r = 0u; r < RUN; r++) {
         acc[r] = 0.0;
@@ -257,8 +261,9 @@ fn vandermonde(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     }
     if (live) {
         for (var r = 0u; r < RUN; r++) {
-            if (l0 + r < p.len) {
-                st_k(p.k_off + hh * p.len + l0 + r, 2.0 * acc[r]);
+            let rel = rel0 + i32(r);
+            if (l0 + r < p.len && rel >= 0 && rel < i32(p.ne)) {
+                st_k(p.k_off + u32(rel), 2.0 * acc[r]);
             }
         }
     }

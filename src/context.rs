@@ -21,6 +21,9 @@ pub struct ContextOptions {
     /// Cap on the storage-binding size, in bytes, below the adapter's. Ops split their work to fit
     /// whatever the device allows; a small cap makes that splitting testable.
     pub max_storage_binding_size: Option<u64>,
+    /// Cap on workgroup memory, in bytes, below the adapter's, so ops take the paths they use
+    /// on smaller devices (e.g. the FFT convolution's multi-pass path); for tests.
+    pub max_workgroup_storage_size: Option<u32>,
     /// Tile shapes of the chunked kernels; `None` chooses from the adapter
     /// ([`TileFamily::for_adapter`]), unless `LONGSEQ_TILES` is `cpu` or `gpu`. Forcing either
     /// family is for tests and tuning.
@@ -33,6 +36,7 @@ impl Default for ContextOptions {
             adapter: None,
             shader_f16: true,
             max_storage_binding_size: None,
+            max_workgroup_storage_size: None,
             tiles: None,
         }
     }
@@ -185,6 +189,10 @@ impl Context {
                 limits.max_storage_buffer_binding_size.min(cap);
         }
         limits.max_compute_workgroup_storage_size = al.max_compute_workgroup_storage_size;
+        if let Some(cap) = opts.max_workgroup_storage_size {
+            limits.max_compute_workgroup_storage_size =
+                limits.max_compute_workgroup_storage_size.min(cap);
+        }
         limits.max_compute_invocations_per_workgroup = al.max_compute_invocations_per_workgroup;
         limits.max_compute_workgroup_size_x = al.max_compute_workgroup_size_x;
         let required_features = if f16 {

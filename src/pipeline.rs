@@ -117,9 +117,15 @@ pub(crate) const KERNELS: &[Kernel] = &[
             "stockham",
             "pointwise",
             "store_conv",
-            "store_complex"
+            "store_complex",
+            "detect_nf"
         ],
         crate::ssm::fft::Params
+    ),
+    kernel!(
+        "fft_conv",
+        ["col_fwd", "row_kspec", "row_conv", "col_inv", "detect_nf"],
+        crate::ssm::conv::Params
     ),
     kernel!(
         "scan",
@@ -131,7 +137,8 @@ pub(crate) const KERNELS: &[Kernel] = &[
             "store_complex",
             "load_ssm",
             "out_ssm",
-            "step"
+            "step",
+            "save_carry"
         ],
         crate::ssm::scan::Params
     ),

@@ -235,3 +235,18 @@ fn s4d_kernel_long_sequence() {
         assert!(e <= TOL_F32, "{disc:?}: {e:.3e}");
     }
 }
+
+/// Storage bindings capped at 16 KiB (4096 f32 outputs): one head's row of 10 001 splits along
+/// L into passes that start and end inside rows; f16 through the packed path too.
+#[test]
+fn s4d_kernel_split_along_len() {
+    let c = ctx_small_bindings(16 * 1024);
+    let m = random_ssm(31, 3, 8, S4dInit::Lin);
+    for disc in DISCS {
+        let e = gpu_vs_cpu::<f32>(&c, &m, 10_001, disc);
+        println!("f32 split along L {disc:?}: {e:.2e}");
+        assert!(e <= TOL_F32, "{disc:?}: {e:.3e}");
+    }
+    let e = gpu_vs_cpu::<f16>(&c, &m, 5_000, Discretization::Zoh);
+    assert!(e <= TOL_F16, "f16: {e:.3e}");
+}

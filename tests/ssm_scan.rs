@@ -16,8 +16,13 @@ use rand::Rng;
 /// Scans `[1, 2, 3, L]` operands with |a| in [0.5, 1) (random phase when complex) on the GPU
 /// and in f64; returns the normwise error over re and im.
 fn scan_case<T: Element>(c: &Context, len: usize, complex: bool, seed: u64) -> f64 {
-    let shape = [1, 2, 3, len];
-    let n = 6 * len;
+    scan_shape::<T>(c, &[1, 2, 3, len], complex, seed)
+}
+
+/// [`scan_case`] for any shape `[.., L]`.
+fn scan_shape<T: Element>(c: &Context, shape: &[usize], complex: bool, seed: u64) -> f64 {
+    let len = shape[shape.len() - 1];
+    let n: usize = shape.iter().product();
     let mut g = rng(seed);
     let mag: Vec<f64> = (0..n).map(|_| g.random_range(0.5..1.0)).collect();
     let ph: Vec<f64> = (0..n)
@@ -43,7 +48,7 @@ fn scan_case<T: Element>(c: &Context, len: usize, complex: bool, seed: u64) -> f
         .into_iter()
         .map(|v| q(v as f64))
         .collect();
-    let up = |v: &[T]| Tensor::from_slice(c, v, &shape).unwrap();
+    let up = |v: &[T]| Tensor::from_slice(c, v, shape).unwrap();
     let (tar, tai, tbr, tbi) = (up(&a_re), up(&a_im), up(&b_re), up(&b_im));
     let ops = ScanOperands {
         a_re: &tar,
@@ -51,8 +56,8 @@ fn scan_case<T: Element>(c: &Context, len: usize, complex: bool, seed: u64) -> f
         b_re: &tbr,
         b_im: complex.then_some(&tbi),
     };
-    let h_re = Tensor::<T>::nan(c, &shape).unwrap();
-    let h_im = Tensor::<T>::nan(c, &shape).unwrap();
+    let h_re = Tensor::<T>::nan(c, shape).unwrap();
+    let h_im = Tensor::<T>::nan(c, shape).unwrap();
     linear_scan_into(c, &ops, &h_re, complex.then_some(&h_im)).unwrap();
     let z = |re: &[T], im: &[T], i: usize| {
         Complex64::new(re[i].to_f64(), if complex { im[i].to_f64() } else { 0.0 })
@@ -81,6 +86,21 @@ fn linear_scan_f32_matches_recurrence() {
             println!("scan f32 L={len} complex={complex}: {e:.2e}");
             assert!(e <= TOL_F32, "L={len} complex={complex}: {e:.3e}");
         }
+    }
+}
+
+/// Many short rows ([R, m] with m <= WG / 2 are packed several to a workgroup, a segmented scan)
+/// and rows just past the packing bound; R ragged.
+#[test]
+fn linear_scan_many_short_rows() {
+    for (i, &m) in [1usize, 2, 3, 5, 64, 100, 128, 129, 255].iter().enumerate() {
+        for complex in [false, true] {
+            let e = scan_shape::<f32>(ctx(), &[777, m], complex, 40 + i as u64);
+            println!("scan f32 [777, {m}] complex={complex}: {e:.2e}");
+            assert!(e <= TOL_F32, "m={m} complex={complex}: {e:.3e}");
+        }
+        let e = scan_shape::<half::f16>(ctx_packed(), &[333, m], true, 60 + i as u64);
+        assert!(e <= TOL_F16, "f16 packed m={m}: {e:.3e}");
     }
 }
 
@@ -177,6 +197,36 @@ fn s4d_modes_agree() {
             );
         }
     }
+}
+
+/// Bindings capped at 64 KiB: rows whose scan state exceeds a binding are scanned in chunks
+/// along L with the carried prefix (linear scan: 4 079 positions per chunk; S4D scan with N2 = 8:
+/// 509), against the f64 recurrence; and a NaN in u reaches only later outputs (scan mode).
+#[test]
+fn scans_split_along_len() {
+    let c = ctx_small_bindings(64 * 1024);
+    for complex in [false, true] {
+        let e = scan_shape::<f32>(&c, &[2, 12_001], complex, 70);
+        println!("scan split along L complex={complex}: {e:.2e}");
+        assert!(e <= TOL_F32, "complex={complex}: {e:.3e}");
+    }
+    let e = scan_shape::<half::f16>(&c, &[1, 9_000], true, 71);
+    assert!(e <= TOL_F16, "f16: {e:.3e}");
+    let (b, h, n2, len) = (1, 2, 8, 3000);
+    let m = ssm(8, h, n2, S4dInit::Lin);
+    let dev = DiagonalSsm::<f32>::from_host(&c, &m).unwrap();
+    let mut u: Vec<f32> = randn(&mut rng(72), b * h * len, 1.0);
+    u[len + 2000] = f32::NAN;
+    let tu = Tensor::from_slice(&c, &u, &[b, h, len]).unwrap();
+    let out = Tensor::<f32>::nan(&c, &[b, h, len]).unwrap();
+    s4d_scan_into(&c, &dev, &tu, &out, Discretization::Zoh).unwrap();
+    let got = to_f64(&out.to_vec(&c).unwrap());
+    let want = rs::s4d_recurrence(&m, &to_f64(&u), len, Discretization::Zoh).unwrap();
+    let e = rel_err(&got, &want);
+    println!("s4d scan split along L: {e:.2e}");
+    assert!(e <= 1e-4, "{e:.3e}");
+    assert!(got[len..len + 2000].iter().all(|v| v.is_finite()));
+    assert!(got[len + 2000..].iter().all(|v| v.is_nan()));
 }
 
 /// The GPU single step, iterated, against the f64 recurrence; and it leaves its input alone.

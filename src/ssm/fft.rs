@@ -4,6 +4,7 @@
 
 use wgpu::util::DeviceExt;
 
+use super::conv::{FourStep, NF_W};
 use crate::bind::{bind_buffer, scratch, Bind};
 use crate::driver::{self, Input, Pass, Plan, RowOp};
 use crate::pipeline::Storage;
@@ -33,7 +34,7 @@ crate::uniform! {
         y_off: u32,
         row0: u32,
         h: u32,
-        _p: u32,
+        flags: u32,
     }
 }
 
@@ -51,7 +52,7 @@ impl Params {
             y_off: 0,
             row0: 0,
             h: 1,
-            _p: 0,
+            flags: 0,
         }
     }
 }
@@ -337,6 +338,8 @@ struct ConvDims {
     n: u64,
     tw: wgpu::Buffer,
     kf: Option<wgpu::Buffer>,
+    /// The four-step path when a row pair fits workgroup memory.
+    fast: Option<FourStep>,
 }
 
 impl<T: Element> RowOp for CausalConv<'_, T> {
@@ -349,10 +352,16 @@ impl<T: Element> RowOp for CausalConv<'_, T> {
         let (rows, h, len) = (rows as u64, h as u64, len as u64);
         let n = (2 * len).next_power_of_two();
         let limit = ctx.limits().max_storage_buffer_binding_size;
-        if h * n * 8 > limit {
+        let slack = ctx.limits().min_storage_buffer_offset_alignment as u64 + 4;
+        if h * n * 8 > limit || n * 8 + slack > limit {
+            // One FFT row cannot be split: name the largest L that runs here.
+            let n_max = 1u64 << ((limit - slack) / (8 * h)).max(1).ilog2();
             return Err(Error::TooLarge {
                 op: CONV,
-                what: "the kernel spectra [H, n]".into(),
+                what: format!(
+                    "the kernel spectra [H, n] at n = {n} (largest L on this adapter: {})",
+                    n_max / 2
+                ),
                 needed: h * n * 8,
                 limit,
             });
@@ -362,6 +371,7 @@ impl<T: Element> RowOp for CausalConv<'_, T> {
             .bytes("spectrum", n * 8)
             .bytes("u", len * es);
         let tw = twiddles(ctx, n);
+        let fast = FourStep::new(ctx, n);
         Ok((
             ConvDims {
                 h,
@@ -369,6 +379,7 @@ impl<T: Element> RowOp for CausalConv<'_, T> {
                 n,
                 tw,
                 kf: None,
+                fast,
             },
             plan,
         ))
@@ -388,6 +399,11 @@ impl<T: Element> RowOp for CausalConv<'_, T> {
         let storage = Storage::for_dtype(ctx, T::DTYPE);
         let wg = workgroup_size(ctx);
         let (h, n) = (c.h, c.n);
+        if let Some(fs) = &c.fast {
+            let kf = fs.record_kspec(s, storage, &c.tw, self.k.buffer(), (h, c.len))?;
+            c.kf = Some(kf);
+            return Ok(());
+        }
         let (s1, s2) = (scratch(ctx, h * n * 8), scratch(ctx, h * n * 8));
         let pl = ctx
             .pipelines
@@ -415,14 +431,30 @@ impl<T: Element> RowOp for CausalConv<'_, T> {
         let kf =
             c.kf.as_ref()
                 .expect("the prologue records the kernel spectra");
+        let es = size_of::<T>() as u64;
+        if let Some(fs) = &c.fast {
+            let (k, d) = (self.k.buffer(), self.d.buffer());
+            return fs.record_conv(s, p, &c.tw, kf, (self.u.buffer(), es), (k, d), (h, len));
+        }
         let (a, b) = (scratch(ctx, nr * n * 8), scratch(ctx, nr * n * 8));
         let pl = |e| ctx.pipelines.get(ctx, "fft", e, storage, &[("WG", wg)]);
-        let es = size_of::<T>() as u64;
         let mut prm = Params::new(nr, len, n);
         prm.h = h as u32;
         prm.row0 = r0 as u32;
         let (bu, x_off) = Bind::elems(ctx, 1, self.u.buffer(), es, r0 * len, nr * len);
         prm.x_off = x_off;
+        // Non-finite samples: recorded, loaded as 0, their terms added by store_conv. The fresh
+        // buffer is zeroed.
+        prm.flags = 1;
+        let nf = scratch(ctx, nr * NF_W * 4);
+        let bnf = Bind::all(9, &nf);
+        prm.total = (nr * len) as u32;
+        s.dispatch(
+            &*pl("detect_nf")?,
+            &prm,
+            &[bu, bnf],
+            (nr * len).div_ceil(wgu),
+        )?;
         prm.total = (nr * n) as u32;
         let groups = (nr * n).div_ceil(wgu);
         s.dispatch(&*pl("load_real")?, &prm, &[bu, spec(3, &a, nr, n)], groups)?;
@@ -437,7 +469,8 @@ impl<T: Element> RowOp for CausalConv<'_, T> {
         prm.scale = 1.0 / n as f32;
         prm.total = (nr * len) as u32;
         let bd = bind_buffer(ctx, CONV, "D", 5, self.d.buffer())?;
-        let binds = [bu, spec(2, yf, nr, n), bd, by];
+        let bk = bind_buffer(ctx, CONV, "K", 7, self.k.buffer())?;
+        let binds = [bu, spec(2, yf, nr, n), bd, by, bk, bnf];
         s.dispatch(&*pl("store_conv")?, &prm, &binds, (nr * len).div_ceil(wgu))
     }
 }

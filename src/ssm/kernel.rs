@@ -134,7 +134,8 @@ crate::uniform! {
         total: u32,
         h0: u32,
         k_off: u32,
-        _p: [u32; 2],
+        l0: u32,
+        ne: u32,
     }
 }
 
@@ -209,7 +210,9 @@ impl<T: Element> RowOp for S4dKernel<'_, T> {
             });
         }
         check_disc(OP, self.disc)?;
-        let plan = Plan::new(vec![h, self.len], h as u64, self.len as u64);
+        // Rows of the driver are single outputs: a pass is any flat range of [H, L], so one
+        // head's row past the binding limit splits along L.
+        let plan = Plan::new(vec![h, self.len], (h * self.len) as u64, 1);
         Ok(((n2 as u64, None), plan))
     }
 
@@ -231,17 +234,20 @@ impl<T: Element> RowOp for S4dKernel<'_, T> {
             .get(ctx, "ssm_kernel", "vandermonde", p.storage, &consts)?;
         let modes = d.1.as_ref().expect("the prologue records the modes");
         let bm = bind_buffer(ctx, OP, "modes", 8, modes)?;
-        let (len, nh) = (self.len as u64, p.nr);
+        let len = self.len as u64;
+        let (h0, l0) = (p.r0 / len, p.r0 % len);
+        let nh = (l0 + p.nr).div_ceil(len);
         let tiles = len.div_ceil(wg as u64 * VANDERMONDE_RUN);
-        let (bk, k_off) = p.out.bind(ctx, 9, nh * len);
+        let (bk, k_off) = p.out.bind(ctx, 9, p.nr);
         let prm = Params {
             h: nh as u32,
             n2: d.0 as u32,
             len: len as u32,
             total: (nh * tiles) as u32,
-            h0: p.r0 as u32,
+            h0: h0 as u32,
             k_off,
-            _p: [0; 2],
+            l0: l0 as u32,
+            ne: p.nr as u32,
         };
         s.dispatch(&p_vand, &prm, &[bm, bk], nh * tiles)
     }
@@ -304,7 +310,8 @@ pub(crate) fn record_modes<T: Element>(
         total: n_modes as u32,
         h0: 0,
         k_off: 0,
-        _p: [0; 2],
+        l0: 0,
+        ne: 0,
     };
     s.dispatch(&p_disc, &prm, &binds, n_modes.div_ceil(wg as u64))?;
     Ok(modes)

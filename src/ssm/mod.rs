@@ -4,6 +4,7 @@
 //! shader with a CPU reference in [`crate::reference::ssm`].
 
 pub mod approx;
+pub(crate) mod conv;
 pub use crate::math::{discretize, hippo};
 pub use crate::series;
 pub mod dplr;
@@ -15,6 +16,7 @@ pub mod selective;
 #[cfg(not(target_arch = "wasm32"))]
 pub use approx::{hippo_approx, hippo_approx_into};
 pub use approx::{record_hippo_approx, sample_grid, HippoApproxOptions, NanCheck, Step};
+pub use conv::{s4d_conv, s4d_conv_into};
 pub use discretize::{discretize, discretize_diag, Method};
 pub use dplr::{record_s4_dplr_kernel, s4_dplr_kernel, s4_dplr_kernel_into};
 pub use fft::{

@@ -27,7 +27,9 @@ crate::uniform! {
         h: u32,
         n2: u32,
         bh0: u32,
-        _p: [u32; 3],
+        stride: u32,
+        t0: u32,
+        _p: u32,
     }
 }
 
@@ -43,9 +45,21 @@ impl Params {
             h: 1,
             n2: 1,
             bh0: 0,
-            _p: [0; 3],
+            stride: m as u32,
+            t0: 0,
+            _p: 0,
         }
     }
+}
+
+/// Scan positions per chunk: rows whose scan state (`per_pos` vec4 values per position) exceeds
+/// a storage binding are scanned chunk by chunk along L, each chunk starting from the previous
+/// one's last prefix (`carry`).
+fn chunk_len(ctx: &Context, len: u64, per_pos: u64) -> u64 {
+    let lim = ctx.limits();
+    let slack = lim.min_storage_buffer_offset_alignment as u64 + 4;
+    let max = (lim.max_storage_buffer_binding_size - slack) / (16 * per_pos);
+    len.min(max.max(1))
 }
 
 /// Scans `rows` rows of length `len` held in `x` (vec4 elements, level 0) in place.
@@ -74,13 +88,18 @@ fn record_levels(
     let top = sizes.len() - 1;
     for (k, &m) in sizes[..top].iter().enumerate() {
         let nblk = m.div_ceil(w);
+        // Rows of at most WG / 2 are packed WG / m to a workgroup (scan_up's segmented mode).
+        let groups = match 2 * m <= w {
+            true => rows.div_ceil(w / m),
+            false => rows * nblk,
+        };
         let mut prm = Params::new(rows, m);
-        prm.total = (rows * nblk) as u32;
+        prm.total = groups as u32;
         let binds = [
             Bind::prefix(5, buf(k), rows * m * 16),
             Bind::prefix(6, buf(k + 1), rows * nblk * 16),
         ];
-        s.dispatch(&up, &prm, &binds, rows * nblk)?;
+        s.dispatch(&up, &prm, &binds, groups)?;
     }
     for k in (0..top).rev() {
         let m = sizes[k];
@@ -203,19 +222,20 @@ struct LinearScan<'a, 'b, T: Element> {
 
 impl<T: Element> RowOp for LinearScan<'_, '_, T> {
     type T = T;
-    /// L.
-    type Dims = u64;
+    /// L and the chunk length.
+    type Dims = (u64, u64);
     const NAME: &'static str = OP;
 
-    fn plan(&self, _: &Context) -> Result<(u64, Plan)> {
+    fn plan(&self, ctx: &Context) -> Result<(Self::Dims, Plan)> {
         let (rows, len) = self.ops.check()?;
         let (rows, len) = (rows as u64, len as u64);
         let es = size_of::<T>() as u64;
+        let lc = chunk_len(ctx, len, 1);
         let mut plan = Plan::new(self.ops.a_re.shape().to_vec(), rows, len)
-            .bytes("scan state", len * 16)
+            .bytes("scan state", lc * 16)
             .bytes("a", len * es);
         plan.n_outs = 1 + self.ops.complex() as usize;
-        Ok((len, plan))
+        Ok(((len, lc), plan))
     }
 
     fn inputs(&self) -> Vec<Input<'_>> {
@@ -226,36 +246,52 @@ impl<T: Element> RowOp for LinearScan<'_, '_, T> {
         i
     }
 
-    fn record_rows(&self, s: &mut Schedule<'_>, len: &u64, p: &Pass<'_>) -> Result<()> {
+    fn record_rows(&self, s: &mut Schedule<'_>, d: &Self::Dims, p: &Pass<'_>) -> Result<()> {
         let ctx = s.context();
-        let (ops, storage, len) = (self.ops, p.storage, *len);
+        let (ops, storage, (len, lc)) = (self.ops, p.storage, *d);
         let wg = workgroup_size(ctx);
         let pl = |e| ctx.pipelines.get(ctx, "scan", e, storage, &[("WG", wg)]);
         let es = size_of::<T>() as u64;
         let (first, n) = (p.r0 * len, p.nr * len);
-        let x = scratch(ctx, n * 16);
-        let mut prm = Params::new(p.nr, len);
-        prm.flags = ops.a_im.is_some() as u32 | (ops.b_im.is_some() as u32) << 1;
+        let (x, carry) = (scratch(ctx, p.nr * lc * 16), scratch(ctx, p.nr * 16));
         let (ba, off) = Bind::elems(ctx, 1, ops.a_re.buffer(), es, first, n);
         let bai = Bind::elems(ctx, 2, ops.a_im.unwrap_or(ops.a_re).buffer(), es, first, n).0;
         let bb = Bind::elems(ctx, 3, ops.b_re.buffer(), es, first, n).0;
         let bbi = Bind::elems(ctx, 4, ops.b_im.unwrap_or(ops.b_re).buffer(), es, first, n).0;
-        prm.in_off = off;
-        let bx = Bind::prefix(5, &x, n * 16);
-        let groups = n.div_ceil(wg as u64);
-        s.dispatch(&*pl("load_ab")?, &prm, &[ba, bai, bb, bbi, bx], groups)?;
-        record_levels(s, storage, &x, p.nr, len)?;
-        let mut binds = vec![bx];
+        let bc = Bind::all(17, &carry);
+        let mut outs = Vec::new();
+        let mut out_off = 0;
         for (out, slot) in p.outs.iter().zip([7, 8]) {
             let (b, off) = out.bind(ctx, slot, n);
-            prm.out_off = off;
-            binds.push(b);
+            out_off = off;
+            outs.push(b);
         }
         let entry = match p.outs.len() {
             2 => "store_complex",
             _ => "store_real",
         };
-        s.dispatch(&*pl(entry)?, &prm, &binds, groups)
+        let chunks = len.div_ceil(lc);
+        for c in 0..chunks {
+            let t0 = c * lc;
+            let m = lc.min(len - t0);
+            let mut prm = Params::new(p.nr, m);
+            prm.flags = ops.a_im.is_some() as u32 | (ops.b_im.is_some() as u32) << 1;
+            prm.flags |= ((c > 0) as u32) << 2;
+            (prm.stride, prm.t0, prm.in_off) = (len as u32, t0 as u32, off);
+            let bx = Bind::prefix(5, &x, p.nr * m * 16);
+            let groups = (p.nr * m).div_ceil(wg as u64);
+            s.dispatch(&*pl("load_ab")?, &prm, &[ba, bai, bb, bbi, bx, bc], groups)?;
+            record_levels(s, storage, &x, p.nr, m)?;
+            if c + 1 < chunks {
+                let g = p.nr.div_ceil(wg as u64);
+                s.dispatch(&*pl("save_carry")?, &prm, &[bx, bc], g)?;
+            }
+            prm.out_off = out_off;
+            let mut binds = vec![bx];
+            binds.extend(&outs);
+            s.dispatch(&*pl(entry)?, &prm, &binds, groups)?;
+        }
+        Ok(())
     }
 }
 
@@ -316,21 +352,22 @@ struct S4dScan<'a, T: Element> {
 
 impl<T: Element> RowOp for S4dScan<'_, T> {
     type T = T;
-    /// H, N2, L and the discretised-mode table (recorded in the prologue).
-    type Dims = (u64, u64, u64, Option<wgpu::Buffer>);
+    /// H, N2, L, the chunk length and the discretised-mode table (recorded in the prologue).
+    type Dims = (u64, u64, u64, u64, Option<wgpu::Buffer>);
     const NAME: &'static str = SSM;
 
-    fn plan(&self, _: &Context) -> Result<(Self::Dims, Plan)> {
+    fn plan(&self, ctx: &Context) -> Result<(Self::Dims, Plan)> {
         let (h, n2) = self.ssm.dims(SSM)?;
         let u = self.u.shape();
         u_dims(SSM, u, h, 3, "[B, H, L]")?;
         check_disc(SSM, self.disc)?;
         let (bh, len, n2) = ((u[0] * h) as u64, u[2] as u64, n2 as u64);
         let es = size_of::<T>() as u64;
+        let lc = chunk_len(ctx, len, n2);
         let plan = Plan::new(u.to_vec(), bh, len)
-            .bytes("states", n2 * len * 16)
+            .bytes("states", n2 * lc * 16)
             .bytes("u", len * es);
-        Ok(((h as u64, n2, len, None), plan))
+        Ok(((h as u64, n2, len, lc, None), plan))
     }
 
     fn inputs(&self) -> Vec<Input<'_>> {
@@ -340,48 +377,51 @@ impl<T: Element> RowOp for S4dScan<'_, T> {
     }
 
     fn record_prologue(&self, s: &mut Schedule<'_>, d: &mut Self::Dims) -> Result<()> {
-        d.3 = Some(record_modes(s, self.ssm, self.disc)?);
+        d.4 = Some(record_modes(s, self.ssm, self.disc)?);
         Ok(())
     }
 
     fn record_rows(&self, s: &mut Schedule<'_>, d: &Self::Dims, p: &Pass<'_>) -> Result<()> {
         let ctx = s.context();
-        let (h, n2, len) = (d.0, d.1, d.2);
-        let modes = d.3.as_ref().expect("the prologue records the modes");
+        let (h, n2, len, lc) = (d.0, d.1, d.2, d.3);
+        let modes = d.4.as_ref().expect("the prologue records the modes");
         let wg = workgroup_size(ctx);
         let w = wg as u64;
         let pl = |e| ctx.pipelines.get(ctx, "scan", e, p.storage, &[("WG", wg)]);
         let (r0, nr, es) = (p.r0, p.nr, size_of::<T>() as u64);
         let rows = nr * n2;
-        let x = scratch(ctx, rows * len * 16);
+        let (x, carry) = (scratch(ctx, rows * lc * 16), scratch(ctx, rows * 16));
         let ssm = self.ssm;
-        let mut prm = Params::new(rows, len);
-        prm.h = h as u32;
-        prm.n2 = n2 as u32;
-        prm.bh0 = r0 as u32;
-        let (bu, off) = Bind::elems(ctx, 10, self.u.buffer(), es, r0 * len, nr * len);
-        prm.in_off = off;
-        let bx = Bind::prefix(5, &x, rows * len * 16);
+        let (bu, in_off) = Bind::elems(ctx, 10, self.u.buffer(), es, r0 * len, nr * len);
+        let (by, out_off) = p.out.bind(ctx, 14, nr * len);
         let bm = bind_buffer(ctx, SSM, "modes", 9, modes)?;
-        s.dispatch(
-            &*pl("load_ssm")?,
-            &prm,
-            &[bm, bu, bx],
-            (rows * len).div_ceil(w),
-        )?;
-        record_levels(s, p.storage, &x, rows, len)?;
-        let (by, off) = p.out.bind(ctx, 14, nr * len);
-        prm.out_off = off;
-        prm.total = (nr * len) as u32;
-        let binds = [
-            bx,
-            bu,
-            by,
+        let bc = Bind::all(17, &carry);
+        let cd = [
             bind_whole(ctx, SSM, "C_re", 11, &ssm.c_re)?,
             bind_whole(ctx, SSM, "C_im", 12, &ssm.c_im)?,
             bind_whole(ctx, SSM, "D", 13, &ssm.d)?,
         ];
-        s.dispatch(&*pl("out_ssm")?, &prm, &binds, (nr * len).div_ceil(w))
+        let chunks = len.div_ceil(lc);
+        for c in 0..chunks {
+            let t0 = c * lc;
+            let m = lc.min(len - t0);
+            let mut prm = Params::new(rows, m);
+            (prm.h, prm.n2, prm.bh0) = (h as u32, n2 as u32, r0 as u32);
+            (prm.stride, prm.t0, prm.in_off, prm.out_off) =
+                (len as u32, t0 as u32, in_off, out_off);
+            prm.flags = ((c > 0) as u32) << 2;
+            let bx = Bind::prefix(5, &x, rows * m * 16);
+            let groups = (rows * m).div_ceil(w);
+            s.dispatch(&*pl("load_ssm")?, &prm, &[bm, bu, bx, bc], groups)?;
+            record_levels(s, p.storage, &x, rows, m)?;
+            if c + 1 < chunks {
+                s.dispatch(&*pl("save_carry")?, &prm, &[bx, bc], rows.div_ceil(w))?;
+            }
+            prm.total = (nr * m) as u32;
+            let binds = [bx, bu, by, cd[0], cd[1], cd[2]];
+            s.dispatch(&*pl("out_ssm")?, &prm, &binds, (nr * m).div_ceil(w))?;
+        }
+        Ok(())
     }
 }
 

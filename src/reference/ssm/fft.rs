@@ -44,6 +44,8 @@ pub fn causal_conv_direct(
 }
 
 /// The same by FFT in f64 (rustfft) at `n = 2^⌈log₂ 2L⌉`: `irfft(rfft(u)·rfft(K))[:L] + D u`.
+/// A row of u with a NaN or ±Inf is evaluated by the definition instead, where they reach only
+/// the outputs from their time on (an FFT would spread them over the whole row).
 pub fn causal_conv(u: &[f64], k: &[f64], d: &[f64], h: usize, len: usize) -> Result<Vec<f64>> {
     let rows = check(u, k, d, h, len)?;
     let n = (2 * len).next_power_of_two();
@@ -59,6 +61,12 @@ pub fn causal_conv(u: &[f64], k: &[f64], d: &[f64], h: usize, len: usize) -> Res
     let mut y = vec![0.0; u.len()];
     for r in 0..rows {
         let ur = &u[r * len..][..len];
+        if ur.iter().any(|x| !x.is_finite()) {
+            let (kr, dr) = (&k[(r % h) * len..][..len], &d[r % h..][..1]);
+            let yr = causal_conv_direct(ur, kr, dr, 1, len)?;
+            y[r * len..][..len].copy_from_slice(&yr);
+            continue;
+        }
         let mut v = spectrum(ur);
         for (a, b) in v.iter_mut().zip(&kf[r % h]) {
             *a *= b;
