@@ -67,7 +67,7 @@ macro_rules! kernel {
 pub(crate) const KERNELS: &[Kernel] = &[
     kernel!(
         "softmax_attention",
-        ["attend"],
+        ["attend", "attend_reg"],
         crate::attention::softmax::Params
     ),
     kernel!(
@@ -134,6 +134,18 @@ pub(crate) const KERNELS: &[Kernel] = &[
             "step"
         ],
         crate::ssm::scan::Params
+    ),
+    kernel!(
+        "selective_scan",
+        [
+            "prep",
+            "chunk_state",
+            "carry_up",
+            "carry_down",
+            "chunk_apply",
+            "finish"
+        ],
+        crate::ssm::selective::Params
     ),
     kernel!(
         "ssm_kernel",
