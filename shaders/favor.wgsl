@@ -9,7 +9,7 @@
 // favor_exp_*:  positive: M^(-1/2) exp(feat - c); trig: M^(-1/2) exp(logscale - c) sin|cos(feat),
 //               c = logscale[r, t] (row: queries, or one key in a decoding step) or head[r] (keys).
 // Subtracting c cancels in num/den; it keeps the largest feature of a row (or head) at M^(-1/2).
-// map_features: elementwise phi (FMAP as in linear_attention.wgsl) to f32, for decoding steps.
+// map_features: elementwise phi (FMAP codes of the prelude) to f32, for decoding steps.
 // cast_f32:     xf = f32(x), so f16 values can enter the f32 kernels.
 // max() is written as select(m, y, y > m) so a NaN never becomes the stabiliser.
 

@@ -91,7 +91,8 @@ const OP: &str = "lightning_attention";
 /// [`alibi_slopes`]. f16 tensors are stored as f16; state and arithmetic are f32.
 ///
 /// Errors: [`Error::Shape`] (mismatched q/k/v, slopes not of length H), [`Error::InvalidArgument`]
-/// (a slope negative or not finite, a block outside `1..=max`), [`Error::TooLarge`].
+/// (a slope negative or not finite, a block outside `1..=max`). Any L: a row larger than a storage
+/// binding runs in segments of L that carry the decayed state.
 pub fn lightning_attention<T: Element>(
     ctx: &Context,
     q: &Tensor<T>,

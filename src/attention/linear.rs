@@ -21,8 +21,8 @@ const OP: &str = "linear_attention";
 /// in the inputs' dtype. f16 tensors are stored as f16; all arithmetic and state is f32.
 ///
 /// NaN in an input reaches exactly the outputs that depend on it. Errors: [`Error::Shape`] for
-/// mismatched shapes, [`Error::InvalidArgument`] for a bad ε, [`Error::TooLarge`] when one
-/// (batch, head) row does not fit a storage binding.
+/// mismatched shapes, [`Error::InvalidArgument`] for a bad ε. Any L: a (batch, head) row larger
+/// than a storage binding runs in segments of L that carry the state (shaders/chunk_attention.wgsl).
 pub fn linear_attention<T: Element>(
     ctx: &Context,
     q: &Tensor<T>,

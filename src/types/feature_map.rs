@@ -46,7 +46,7 @@ impl FeatureMap {
         }
     }
 
-    /// The value of the `FMAP` override constant in `shaders/linear_attention.wgsl`.
+    /// The value of the `FMAP` override constant in the shaders (prelude `FMAP_*` codes).
     pub(crate) fn shader_id(self) -> u32 {
         match self {
             FeatureMap::Elu1 => 0,
