@@ -20,6 +20,10 @@ pub struct ContextOptions {
     /// Cap on the storage-binding size, in bytes, below the adapter's. Ops split their work to fit
     /// whatever the device allows; a small cap makes that splitting testable.
     pub max_storage_binding_size: Option<u64>,
+    /// Cap on workgroup memory, in bytes, below the adapter's. Ops size their tiles (chunk
+    /// length, block size, softmax's Dk chunk) from it, so a small cap runs the smaller-tile
+    /// fallbacks that adapters with little workgroup memory take. WebGPU guarantees 16384.
+    pub max_workgroup_storage_size: Option<u32>,
 }
 
 impl Default for ContextOptions {
@@ -28,6 +32,7 @@ impl Default for ContextOptions {
             adapter: None,
             shader_f16: true,
             max_storage_binding_size: None,
+            max_workgroup_storage_size: None,
         }
     }
 }
@@ -177,6 +182,10 @@ impl Context {
                 limits.max_storage_buffer_binding_size.min(cap);
         }
         limits.max_compute_workgroup_storage_size = al.max_compute_workgroup_storage_size;
+        if let Some(cap) = opts.max_workgroup_storage_size {
+            limits.max_compute_workgroup_storage_size =
+                limits.max_compute_workgroup_storage_size.min(cap);
+        }
         limits.max_compute_invocations_per_workgroup = al.max_compute_invocations_per_workgroup;
         limits.max_compute_workgroup_size_x = al.max_compute_workgroup_size_x;
         let required_features = if f16 {
@@ -195,6 +204,7 @@ impl Context {
             .map_err(|e| Error::RequestDevice {
                 adapter: info.name.clone(),
                 message: e.to_string(),
+                source: Box::new(e),
             })?;
         Ok(Self::from_device(device, queue, info))
     }
@@ -220,12 +230,15 @@ impl Context {
         self.id
     }
 
+    /// The wgpu device the ops run on.
     pub fn device(&self) -> &wgpu::Device {
         &self.device
     }
+    /// The queue the ops submit to.
     pub fn queue(&self) -> &wgpu::Queue {
         &self.queue
     }
+    /// The adapter's name, backend, device type and driver.
     pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
         &self.info
     }
@@ -233,6 +246,7 @@ impl Context {
     pub fn shader_f16(&self) -> bool {
         self.f16
     }
+    /// The limits the device was created with (after the caps in [`ContextOptions`]).
     pub fn limits(&self) -> &wgpu::Limits {
         &self.limits
     }
