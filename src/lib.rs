@@ -17,8 +17,10 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 /// Declares a `#[repr(C)]` uniform struct mirrored by a WGSL `Params` struct, with its layout
-/// (size and member offsets) for the reflection test in [`pipeline`].
+/// (size and member offsets) for the reflection test of the kernel registry (`kernels.rs`).
 macro_rules! uniform {
     ($(#[$m:meta])* $vis:vis struct $name:ident { $($(#[$fm:meta])* $f:ident : $t:ty),* $(,)? }) => {
         $(#[$m])*
@@ -45,6 +47,8 @@ pub mod context;
 mod driver;
 pub mod dtype;
 pub mod error;
+#[cfg(test)]
+mod kernels;
 pub mod math;
 mod pipeline;
 pub mod positions;
