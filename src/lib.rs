@@ -2,7 +2,7 @@
 //!
 //! Sub-quadratic sequence kernels as hand-written WGSL compute shaders, dispatched through wgpu on
 //! any adapter (Vulkan, Metal, DX12, WebGPU; lavapipe on the CPU), each checked by a plain-Rust
-//! CPU reference with f64 accumulation in [`reference`].
+//! CPU reference with f64 accumulation in [`reference`](mod@reference).
 //!
 //! ```no_run
 //! use longseq::{attention::{linear_attention, FeatureMap, LinearAttentionOptions}, Context, Tensor};

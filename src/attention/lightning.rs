@@ -131,8 +131,8 @@ const OP: &str = "lightning_attention";
 /// output afterwards). `slopes: [H]` decay rates `s_h ≥ 0` (λ_h = exp(−s_h)); `None` uses
 /// [`alibi_slopes`]. f16 tensors are stored as f16; state and arithmetic are f32.
 ///
-/// Errors: [`Error::Shape`] (mismatched q/k/v, slopes not of length H), [`Error::InvalidArgument`]
-/// (a slope negative or not finite, a block outside `1..=max`), [`Error::TooLarge`].
+/// Errors: [`Error::Shape`](crate::Error::Shape) (mismatched q/k/v, slopes not of length H), [`Error::InvalidArgument`](crate::Error::InvalidArgument)
+/// (a slope negative or not finite, a block outside `1..=max`), [`Error::TooLarge`](crate::Error::TooLarge).
 pub fn lightning_attention<T: Element>(
     ctx: &Context,
     q: &Tensor<T>,

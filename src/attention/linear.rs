@@ -43,8 +43,8 @@ const OP: &str = "linear_attention";
 /// Linear attention: `q, k: [B, H, L, Dk]` (or `[H, L, Dk]`), `v: [.., L, Dv]` -> `o: [.., L, Dv]`
 /// in the inputs' dtype. f16 tensors are stored as f16; all arithmetic and state is f32.
 ///
-/// NaN in an input reaches exactly the outputs that depend on it. Errors: [`Error::Shape`] for
-/// mismatched shapes, [`Error::InvalidArgument`] for a bad ε, [`Error::TooLarge`] when one
+/// NaN in an input reaches exactly the outputs that depend on it. Errors: [`Error::Shape`](crate::Error::Shape) for
+/// mismatched shapes, [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a bad ε, [`Error::TooLarge`](crate::Error::TooLarge) when one
 /// (batch, head) row does not fit a storage binding.
 pub fn linear_attention<T: Element>(
     ctx: &Context,

@@ -14,7 +14,7 @@ use crate::{Error, Result};
 /// The op named in errors from the positional checks.
 const POSITIONAL_OP: &str = "softmax_attention";
 
-/// Options for [`linear_attention`] and the CPU reference
+/// Options for [`linear_attention`](crate::attention::linear_attention) and the CPU reference
 /// [`crate::reference::attention::linear_attention`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LinearAttentionOptions {
@@ -114,7 +114,7 @@ pub(crate) fn check_options(op: &'static str, opts: &LinearAttentionOptions) -> 
     Ok(())
 }
 
-/// Options for [`softmax_attention`] and the CPU reference
+/// Options for [`softmax_attention`](crate::attention::softmax_attention) and the CPU reference
 /// [`crate::reference::attention::softmax_attention`].
 #[derive(Clone, Copy, Debug, PartialEq, Default)]
 pub struct SoftmaxAttentionOptions {
@@ -144,7 +144,7 @@ pub(crate) fn check_scale(op: &'static str, scale: Option<f32>) -> Result<()> {
     }
 }
 
-/// Options for [`lightning_attention`] and the CPU reference
+/// Options for [`lightning_attention`](crate::attention::lightning_attention) and the CPU reference
 /// [`crate::reference::attention::lightning_attention`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LightningOptions {
@@ -233,7 +233,7 @@ pub struct ReRope {
     pub layout: RopeLayout,
 }
 
-/// Position terms for [`softmax_attention_positional`]; the default adds none.
+/// Position terms for [`softmax_attention_positional`](crate::attention::softmax_attention_positional); the default adds none.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct PositionalOptions<'a> {
     /// ALiBi biases, `−slope_h·(i − j)`.
@@ -354,7 +354,7 @@ pub enum OmegaDraw {
     OrthogonalSqrtD,
 }
 
-/// Options for [`favor_attention`] and the CPU reference
+/// Options for [`favor_attention`](crate::attention::favor_attention) and the CPU reference
 /// [`crate::reference::attention::favor_attention`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FavorOptions {
@@ -502,7 +502,7 @@ pub struct Affine<'a> {
     pub bias: Option<&'a [f32]>,
 }
 
-/// Options for [`norm_attention`] and [`crate::reference::attention::norm_attention`].
+/// Options for [`norm_attention`](crate::attention::norm_attention) and [`crate::reference::attention::norm_attention`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct NormAttentionOptions {
     /// φ for Q and K; the paper's code uses [`FeatureMap::Elu`] (the default here).
@@ -536,7 +536,7 @@ pub enum DiagWeights {
     Relu,
 }
 
-/// Options for [`diag_attention`] and [`crate::reference::attention::diag_attention`].
+/// Options for [`diag_attention`](crate::attention::diag_attention) and [`crate::reference::attention::diag_attention`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DiagAttentionOptions {
     /// Block length w ≥ 1 (default 64); the last block is ragged.

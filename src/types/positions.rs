@@ -53,7 +53,7 @@ pub enum RopeScaling {
     },
 }
 
-/// Options for [`rope`] and the CPU reference [`crate::reference::positions::rope`].
+/// Options for [`rope`](fn@crate::positions::rope) and the CPU reference [`crate::reference::positions::rope`](fn@crate::reference::positions::rope).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RopeOptions {
     /// Base of the frequencies (default 10 000).

@@ -133,7 +133,7 @@ pub enum Step {
     Fixed(f64),
 }
 
-/// Options for [`hippo_approx`] and [`crate::reference::ssm::hippo_approx`].
+/// Options for [`hippo_approx`](fn@crate::ssm::hippo_approx) and [`crate::reference::ssm::hippo_approx`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct HippoApproxOptions {
     /// State size N >= 1.
