@@ -1,6 +1,8 @@
 //! Linear attention, GPU vs the CPU reference, at B·H = 16, D = 64, L ∈ {1024, 4096, 16384},
 //! causal and not. The GPU timing covers the submission and the wait for the device; inputs are
-//! uploaded beforehand and pipelines compiled by a warm-up run.
+//! uploaded beforehand and pipelines compiled by a warm-up run. Throughput: criterion's
+//! "elements" are FLOPs (so `Gelem/s` reads GFLOP/s); the bytes per call (q, k, v read, o
+//! written) are printed for GB/s.
 
 use std::time::{Duration, Instant};
 
@@ -38,7 +40,9 @@ fn bench(c: &mut Criterion) {
             let out = Tensor::<f32>::empty(&ctx, &shape).unwrap();
             linear_attention_into(&ctx, &tq, &tk, &tv, &out, &opts).unwrap();
             ctx.wait().unwrap();
-            g.throughput(Throughput::Elements((rows * l) as u64));
+            g.throughput(Throughput::Elements(flops(rows, l, d, d, causal)));
+            let bytes = rows * l * 4 * d * 4;
+            eprintln!("L = {l}: {bytes} bytes per call (GB/s = bytes / time)");
             g.bench_with_input(BenchmarkId::new("gpu", l), &l, |b, _| {
                 b.iter_custom(|iters| {
                     let t = Instant::now();
@@ -55,6 +59,14 @@ fn bench(c: &mut Criterion) {
         }
         g.finish();
     }
+}
+
+/// FLOPs of the chunked form: the state `Σ φ(k) vᵀ` and its product with φ(q) (2·L·Dk·Dv each,
+/// plus the denominator's 2·L·Dk each); causal adds the 64-row score block and its product with V.
+fn flops(rows: usize, l: usize, dk: usize, dv: usize, causal: bool) -> u64 {
+    let base = 4 * l * dk * dv + 4 * l * dk;
+    let intra = if causal { 2 * l * 64 * (dk + dv) } else { 0 };
+    (rows * (base + intra)) as u64
 }
 
 criterion_group!(benches, bench);

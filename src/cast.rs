@@ -15,10 +15,34 @@ crate::uniform! {
     }
 }
 
-/// Records `dst[first .. first + n] = f16(src[0 .. n])`, where `dst` holds f16 pairs in u32 words.
+/// Records `dst[first .. first + n] = f16(src[0 .. n])`, where `dst` holds f16 pairs in u32 words,
+/// in pieces whose `src` range fits a storage binding (a row split along L can be that long).
 pub(crate) fn record_pack_f16(
     s: &mut Schedule<'_>,
     src: &wgpu::Buffer,
+    dst: &wgpu::Buffer,
+    first: u64,
+    n: u64,
+) -> Result<()> {
+    let ctx = s.context();
+    let align = ctx.limits().min_storage_buffer_offset_alignment as u64;
+    let limit = ctx.limits().max_storage_buffer_binding_size;
+    // Piece starts stay aligned in `src`; a word two pieces share is read-modify-written in order.
+    let quantum = (align / 4).max(1);
+    let piece = ((limit - align) / 4 / quantum * quantum).max(quantum);
+    let mut i0 = 0;
+    while i0 < n {
+        let m = piece.min(n - i0);
+        record_pack_piece(s, src, i0 * 4, dst, first + i0, m)?;
+        i0 += m;
+    }
+    Ok(())
+}
+
+fn record_pack_piece(
+    s: &mut Schedule<'_>,
+    src: &wgpu::Buffer,
+    src_offset: u64,
     dst: &wgpu::Buffer,
     first: u64,
     n: u64,
@@ -41,7 +65,7 @@ pub(crate) fn record_pack_f16(
     let bs = Bind {
         slot: 1,
         buffer: src,
-        offset: 0,
+        offset: src_offset,
         size: n * 4,
     };
     s.dispatch(&p, &prm, &[bs, bd], words.div_ceil(wg as u64))

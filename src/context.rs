@@ -3,6 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::pipeline::PipelineCache;
+pub use crate::types::TileFamily;
 use crate::{Error, Result};
 
 /// How to build a [`Context`].
@@ -24,6 +25,10 @@ pub struct ContextOptions {
     /// length, block size, softmax's Dk chunk) from it, so a small cap runs the smaller-tile
     /// fallbacks that adapters with little workgroup memory take. WebGPU guarantees 16384.
     pub max_workgroup_storage_size: Option<u32>,
+    /// Tile shapes of the chunked kernels; `None` chooses from the adapter
+    /// ([`TileFamily::for_adapter`]), unless `LONGSEQ_TILES` is `cpu` or `gpu`. Forcing either
+    /// family is for tests and tuning.
+    pub tiles: Option<TileFamily>,
 }
 
 impl Default for ContextOptions {
@@ -33,6 +38,7 @@ impl Default for ContextOptions {
             shader_f16: true,
             max_storage_binding_size: None,
             max_workgroup_storage_size: None,
+            tiles: None,
         }
     }
 }
@@ -45,7 +51,9 @@ pub struct Context {
     info: wgpu::AdapterInfo,
     f16: bool,
     limits: wgpu::Limits,
+    tiles: TileFamily,
     pub(crate) pipelines: PipelineCache,
+    pub(crate) chunk_scratch: ScratchPool,
     /// Unique per context, so a tensor can tell which context made it.
     id: u64,
 }
@@ -206,7 +214,17 @@ impl Context {
                 message: e.to_string(),
                 source: Box::new(e),
             })?;
-        Ok(Self::from_device(device, queue, info))
+        let mut ctx = Self::from_device(device, queue, info);
+        let env = std::env::var("LONGSEQ_TILES").ok();
+        let forced = match env.as_deref().map(str::to_lowercase).as_deref() {
+            Some("cpu") => Some(TileFamily::Cpu),
+            Some("gpu") => Some(TileFamily::Gpu),
+            _ => None,
+        };
+        if let Some(t) = opts.tiles.or(forced) {
+            ctx.tiles = t;
+        }
+        Ok(ctx)
     }
 
     /// Wraps an application's own device and queue. f16 storage uses native `f16` when the
@@ -214,13 +232,16 @@ impl Context {
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo) -> Self {
         let f16 = device.features().contains(wgpu::Features::SHADER_F16);
         let limits = device.limits();
+        let tiles = TileFamily::for_adapter(&info);
         Self {
             device,
             queue,
             info,
             f16,
             limits,
+            tiles,
             pipelines: PipelineCache::default(),
+            chunk_scratch: ScratchPool::default(),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         }
     }
@@ -249,6 +270,10 @@ impl Context {
     /// The limits the device was created with (after the caps in [`ContextOptions`]).
     pub fn limits(&self) -> &wgpu::Limits {
         &self.limits
+    }
+    /// Tile shapes the chunked kernels use on this context.
+    pub fn tile_family(&self) -> TileFamily {
+        self.tiles
     }
 
     /// Blocks until all submitted work is done (not on wasm32, where the browser drives the
@@ -297,5 +322,42 @@ impl Context {
     pub fn adapter_line(&self) -> String {
         let i = &self.info;
         Self::info_line(i)
+    }
+}
+
+/// Scratch buffers kept between calls: on lavapipe creating (and freeing) tens of MiB of buffers
+/// costs more than the kernels (≈ 0.5 s of W1's 1.1 s before this pool). A buffer is taken for the
+/// recording of one call and returned after it; the queue runs submissions in order, so a later
+/// call that reuses it writes only after earlier work with it is done.
+#[derive(Default)]
+pub(crate) struct ScratchPool(std::sync::Mutex<Vec<wgpu::Buffer>>);
+
+/// Buffers the pool keeps at most (the largest are kept).
+const POOL_KEEP: usize = 12;
+
+impl ScratchPool {
+    pub(crate) fn take(&self, ctx: &Context, bytes: u64) -> wgpu::Buffer {
+        let bytes = bytes.div_ceil(4).max(1) * 4;
+        let mut pool = self.0.lock().unwrap();
+        let best = (0..pool.len())
+            .filter(|&i| pool[i].size() >= bytes && pool[i].size() <= bytes.saturating_mul(2))
+            .min_by_key(|&i| pool[i].size());
+        match best {
+            Some(i) => pool.swap_remove(i),
+            None => ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("longseq pooled scratch"),
+                size: bytes,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            }),
+        }
+    }
+    pub(crate) fn give(&self, bufs: impl IntoIterator<Item = wgpu::Buffer>) {
+        let mut pool = self.0.lock().unwrap();
+        pool.extend(bufs);
+        if pool.len() > POOL_KEEP {
+            pool.sort_by_key(|b| std::cmp::Reverse(b.size()));
+            pool.truncate(POOL_KEEP);
+        }
     }
 }

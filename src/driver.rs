@@ -25,6 +25,9 @@ pub(crate) struct Plan {
     pub f32_out: bool,
     /// Outputs of the op, all of `out_shape` (e.g. the real and imaginary parts).
     pub n_outs: usize,
+    /// The op splits one row along L itself: a row too large for a binding gets a pass of its
+    /// own instead of [`Error::TooLarge`].
+    pub split_len: bool,
 }
 
 impl Plan {
@@ -36,6 +39,7 @@ impl Plan {
             row_bytes: Vec::new(),
             f32_out: false,
             n_outs: 1,
+            split_len: false,
         }
     }
 
@@ -236,7 +240,10 @@ fn drive<O: RowOp>(
     let out_bytes = if staged { 4 } else { size_of::<O::T>() as u64 };
     let mut row_bytes = plan.row_bytes.clone();
     row_bytes.push(("out", plan.out_row * out_bytes));
-    let per = rows_per_pass(ctx, O::NAME, &row_bytes, plan.rows as usize)? as u64;
+    let per = match rows_per_pass(ctx, O::NAME, &row_bytes, plan.rows as usize) {
+        Err(Error::TooLarge { .. }) if plan.split_len => 1,
+        per => per? as u64,
+    };
     let stages: Vec<wgpu::Buffer> = match staged {
         true => (0..outs.len())
             .map(|_| scratch(ctx, per.min(plan.rows) * plan.out_row * 4))

@@ -31,19 +31,21 @@ macro_rules! kernel {
 /// Every shader the crate runs.
 pub(crate) const KERNELS: &[Kernel] = &[
     kernel!(
-        "linear_attention",
-        ["chunk_state", "chunk_total", "scan_chunks", "chunk_apply"],
-        crate::attention::linear::Params
-    ),
-    kernel!(
         "softmax_attention",
         ["attend"],
         crate::attention::softmax::Params
     ),
     kernel!(
-        "lightning_attention",
-        ["block_state", "scan_blocks", "block_apply"],
-        crate::attention::lightning::Params
+        "chunk_attention",
+        [
+            "prep_qk",
+            "prep_v",
+            "chunk_state",
+            "scan",
+            "totals",
+            "chunk_apply"
+        ],
+        crate::attention::chunk::Params
     ),
     kernel!(
         "transnormer",

@@ -60,7 +60,7 @@ pub mod ssm;
 pub mod tensor;
 pub mod types;
 
-pub use context::{Context, ContextOptions};
+pub use context::{Context, ContextOptions, TileFamily};
 
 /// README.md's code blocks run as doctests, so its library snippet compiles as written.
 #[cfg(doctest)]

@@ -49,9 +49,8 @@ pub(crate) trait Uniform: bytemuck::Pod {
 /// their `Params` types) so that this module, which every op imports, imports no op.
 pub(crate) fn source(shader: &str) -> Option<&'static str> {
     Some(match shader {
-        "linear_attention" => include_str!("../shaders/linear_attention.wgsl"),
         "softmax_attention" => include_str!("../shaders/softmax_attention.wgsl"),
-        "lightning_attention" => include_str!("../shaders/lightning_attention.wgsl"),
+        "chunk_attention" => include_str!("../shaders/chunk_attention.wgsl"),
         "transnormer" => include_str!("../shaders/transnormer.wgsl"),
         "favor" => include_str!("../shaders/favor.wgsl"),
         "recurrent" => include_str!("../shaders/recurrent.wgsl"),
@@ -179,6 +178,28 @@ pub(crate) fn specialise(src: &str, storage: Storage) -> String {
     out + src
 }
 
+/// Splits `constants` into those `src` declares as `const NAME: u32 = ..;` (compile-time sizes
+/// such as register tiles, which size function-scope arrays where overrides may not), substituted
+/// into the source, and the pipeline overrides.
+fn substitute_consts(
+    src: &str,
+    constants: &[(&'static str, u32)],
+) -> (String, Vec<(&'static str, u32)>) {
+    let mut code = src.to_string();
+    let mut overrides = Vec::new();
+    for &(name, v) in constants {
+        let decl = format!("const {name}: u32 = ");
+        match code.find(&decl) {
+            Some(at) => {
+                let end = at + code[at..].find(';').expect("const declaration ends with ;");
+                code.replace_range(at..end, &format!("{decl}{v}u"));
+            }
+            None => overrides.push((name, v)),
+        }
+    }
+    (code, overrides)
+}
+
 /// Builds one compute pipeline inside a validation error scope.
 fn compile(
     ctx: &Context,
@@ -265,11 +286,12 @@ impl PipelineCache {
             message: "no such shader".into(),
             source: None,
         })?;
-        let code = specialise(src, storage);
+        let (code, overrides) = substitute_consts(src, constants);
+        let code = specialise(&code, storage);
         if let Ok(dir) = std::env::var("LONGSEQ_DUMP_WGSL") {
             let _ = std::fs::write(format!("{dir}/{shader}.{storage:?}.wgsl"), &code);
         }
-        let pipeline = compile(ctx, shader, entry, code, constants)?;
+        let pipeline = compile(ctx, shader, entry, code, &overrides)?;
         let p = Arc::new(pipeline);
         self.map.lock().unwrap().insert(key, p.clone());
         Ok(p)
@@ -279,6 +301,17 @@ impl PipelineCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn const_sizes_are_substituted_and_the_rest_are_overrides() {
+        let src = "const TR: u32 = 16u;\nconst TRX: u32 = 3u;\noverride WG: u32 = 64u;\n";
+        let (code, over) = substitute_consts(src, &[("TR", 4), ("WG", 32)]);
+        assert_eq!(
+            code,
+            "const TR: u32 = 4u;\nconst TRX: u32 = 3u;\noverride WG: u32 = 64u;\n"
+        );
+        assert_eq!(over, vec![("WG", 32)]);
+    }
 
     #[test]
     fn accessors_follow_the_storage_mode() {

@@ -1,40 +1,49 @@
 //! Device-derived sizes: workgroup size, chunk and block lengths, tiles. Every size an op picks
 //! from the device's limits is computed here, so one place says how limits become shapes.
 
+use crate::types::TileFamily;
 use crate::{Context, Error, Result};
-
-/// Rows per chunk: the largest of 64, 32, 16, 8 whose score tile (C² f32) and denominators fit
-/// the device's workgroup memory.
-pub(crate) fn chunk_len(ctx: &Context) -> u32 {
-    let mem = ctx.limits().max_compute_workgroup_storage_size as u64;
-    [64u64, 32, 16, 8]
-        .into_iter()
-        .find(|c| (c * c + c) * 4 <= mem)
-        .unwrap_or(4) as u32
-}
 
 pub(crate) fn workgroup_size(ctx: &Context) -> u32 {
     256.min(ctx.limits().max_compute_invocations_per_workgroup)
         .min(ctx.limits().max_compute_workgroup_size_x)
 }
 
-pub(crate) fn max_block(ctx: &Context) -> u32 {
-    let mem = ctx.limits().max_compute_workgroup_storage_size as u64;
-    let mut b = 1u64;
-    while ((b + 1) * (b + 1) + b + 2) * 4 <= mem && b < 256 {
-        b += 1;
-    }
-    b as u32
+/// Chunk length and padded slot count the adapter can hold: the `CP × CP` score tile and `CP`
+/// denominators must fit workgroup memory.
+fn fits(ctx: &Context, cp: u64) -> bool {
+    (cp * cp + cp) * 4 <= ctx.limits().max_compute_workgroup_storage_size as u64
 }
 
-/// The block size to use, or [`Error::InvalidArgument`].
-pub(crate) fn resolve_block(ctx: &Context, op: &'static str, block: Option<u32>) -> Result<u32> {
-    let max = max_block(ctx);
+pub(crate) fn pad_slots(family: TileFamily, chunk: u32) -> u32 {
+    let (tr, tc, _, _) = family.tiles();
+    chunk.next_multiple_of(tr.max(tc).max(4))
+}
+
+/// The default chunk length: the largest of 64, 32, 16, 8 whose tiles fit.
+pub(crate) fn default_chunk(ctx: &Context) -> u32 {
+    let f = ctx.tile_family();
+    [64, 32, 16, 8]
+        .into_iter()
+        .find(|&c| fits(ctx, pad_slots(f, c) as u64))
+        .unwrap_or(4)
+}
+
+/// The largest chunk length (≤ 256) whose tiles fit.
+pub(crate) fn max_chunk(ctx: &Context) -> u32 {
+    let f = ctx.tile_family();
+    (1..=256u32)
+        .rev()
+        .find(|&c| fits(ctx, pad_slots(f, c) as u64))
+        .unwrap_or(1)
+}
+
+/// The chunk length to use (`None`: [`default_chunk`]), or [`Error::InvalidArgument`] when it
+/// does not fit workgroup memory.
+pub(crate) fn resolve_chunk(ctx: &Context, op: &'static str, block: Option<u32>) -> Result<u32> {
+    let max = max_chunk(ctx);
     match block {
-        None => Ok([64, 32, 16, 8]
-            .into_iter()
-            .find(|&b| b <= max)
-            .unwrap_or(max)),
+        None => Ok(default_chunk(ctx).min(max)),
         Some(b) if b >= 1 && b <= max => Ok(b),
         Some(b) => Err(Error::InvalidArgument {
             op,

@@ -10,7 +10,7 @@ use longseq::attention::{
     linear_attention, linear_attention_into, FeatureMap, LinearAttentionOptions,
 };
 use longseq::reference;
-use longseq::{Context, Element, Error, Tensor};
+use longseq::{Context, ContextOptions, Element, Error, Tensor, TileFamily};
 
 const MAPS: [FeatureMap; 3] = [FeatureMap::Elu1, FeatureMap::Relu, FeatureMap::Identity];
 
@@ -59,6 +59,10 @@ const CASES: [(usize, usize, usize, usize); 7] = [
 ];
 
 fn sweep(dtype: &str) {
+    sweep_on(dtype, ctx(), ctx_packed());
+}
+
+fn sweep_on(dtype: &str, ctx: &Context, ctx_packed: &Context) {
     let mut seed = 0;
     for &(rows, l, dk, dv) in &CASES {
         for fm in MAPS {
@@ -70,18 +74,17 @@ fn sweep(dtype: &str) {
                 let v = randn(&mut g, rows * l * dv, 1.0);
                 let (sq, sv) = ([rows, l, dk], [rows, l, dv]);
                 let o = opts(fm, causal);
-                let label =
-                    format!("{dtype} {fm:?} causal={causal} rows={rows} L={l} Dk={dk} Dv={dv}");
+                let label = format!(
+                    "{dtype} {fm:?} causal={causal} rows={rows} L={l} Dk={dk} Dv={dv} {:?}",
+                    ctx.tile_family()
+                );
                 let (e, tol) = match dtype {
                     "f32" => (
-                        run(ctx(), &sq, &sv, (&q, &k, &v), &o, |x| x.to_vec()),
+                        run(ctx, &sq, &sv, (&q, &k, &v), &o, |x| x.to_vec()),
                         TOL_F32,
                     ),
-                    "f16" => (run(ctx(), &sq, &sv, (&q, &k, &v), &o, to_f16), TOL_F16),
-                    _ => (
-                        run(ctx_packed(), &sq, &sv, (&q, &k, &v), &o, to_f16),
-                        TOL_F16,
-                    ),
+                    "f16" => (run(ctx, &sq, &sv, (&q, &k, &v), &o, to_f16), TOL_F16),
+                    _ => (run(ctx_packed, &sq, &sv, (&q, &k, &v), &o, to_f16), TOL_F16),
                 };
                 assert!(e <= tol, "{label}: relative error {e:.3e} > {tol:.1e}");
             }
@@ -108,6 +111,17 @@ fn gpu_matches_reference_f16_native() {
 fn gpu_matches_reference_f16_packed_without_shader_f16() {
     assert!(!ctx_packed().shader_f16());
     sweep("f16-packed");
+}
+
+/// The other tile family of the chunk engine (lavapipe's default is the CPU one).
+#[test]
+fn gpu_tile_family_matches_reference() {
+    assert_eq!(ctx().tile_family(), TileFamily::Cpu);
+    let (c, p) = (ctx_gpu_tiles(), ctx_gpu_tiles_packed());
+    assert_eq!(c.tile_family(), TileFamily::Gpu);
+    sweep_on("f32", c, p);
+    sweep_on("f16", c, p);
+    sweep_on("f16-packed", c, p);
 }
 
 #[test]
@@ -190,12 +204,31 @@ fn splits_work_past_the_storage_binding_limit() {
         );
         assert!(e <= TOL_F16, "f16 causal={causal}: {e}");
     }
-    // One row larger than a binding is a typed error, not a panic.
-    let big = vec![0.5f32; 10_000 * 8];
-    let t = Tensor::from_slice(&ctx, &big, &[1, 10_000, 8]).unwrap();
-    match linear_attention(&ctx, &t, &t, &t, &LinearAttentionOptions::default()) {
-        Err(Error::TooLarge { .. }) => {}
-        other => panic!("expected TooLarge, got {:?}", other.err()),
+}
+
+/// One (batch, head) row larger than a storage binding is split along L into segments that carry
+/// the state (issue 11.4: B·H = 1, L = 2^20 must run); here with 64 KiB bindings and L = 10 000.
+#[test]
+fn splits_one_row_along_l_past_the_binding_limit() {
+    for tiles in [TileFamily::Cpu, TileFamily::Gpu] {
+        let ctx = open(ContextOptions {
+            max_storage_binding_size: Some(64 * 1024),
+            tiles: Some(tiles),
+            ..Default::default()
+        });
+        let (l, dk, dv) = (10_000, 8, 5);
+        let mut g = rng(12);
+        let q = randn(&mut g, l * dk, 0.5);
+        let k = randn(&mut g, l * dk, 0.5);
+        let v = randn(&mut g, l * dv, 1.0);
+        for causal in [false, true] {
+            let o = opts(FeatureMap::Elu1, causal);
+            let x = (&q[..], &k[..], &v[..]);
+            let e = run(&ctx, &[1, l, dk], &[1, l, dv], x, &o, |x| x.to_vec());
+            assert!(e <= TOL_F32, "{tiles:?} f32 causal={causal}: {e}");
+            let e = run(&ctx, &[1, l, dk], &[1, l, dv], x, &o, to_f16);
+            assert!(e <= TOL_F16, "{tiles:?} f16 causal={causal}: {e}");
+        }
     }
 }
 

@@ -21,7 +21,7 @@
 
 use bytemuck::Zeroable;
 
-use super::linear::{core_state_bytes, record_core, Core, CoreBinds};
+use super::chunk::{self, Job, PassBinds};
 use crate::bind::{scratch, Bind};
 use crate::driver::{self, Input, Pass, Plan, RowOp};
 use crate::pipeline::Storage;
@@ -253,8 +253,9 @@ impl<T: Element> RowOp for Favor<'_, T> {
             .bytes("q", len * dk * es)
             .bytes("v", len * dv * 4)
             .bytes("features", len * f * 4)
-            .bytes("state", core_state_bytes(ctx, len, f, dv))
             .bytes("S", f * dv * 4);
+        plan.row_bytes
+            .extend(chunk::row_bytes(ctx, &core_job(len, f, dv, false)));
         // The chunk kernels run on f32 features, so they write f32.
         plan.f32_out = true;
         Ok(((d, m), plan))
@@ -276,7 +277,6 @@ impl<T: Element> RowOp for Favor<'_, T> {
         let fk = scratch(ctx, nr * len * f * 4);
         let logs = scratch(ctx, nr * len * 4);
         let head = scratch(ctx, nr * 4);
-        let core_state = scratch(ctx, nr * core_state_bytes(ctx, len, f, dv));
         let sizes = (nr, len, dk, m);
         let w = self.omega.buffer();
         let xq = Bind::elems(ctx, 1, self.q.buffer(), es, r0 * len * dk, nr * len * dk);
@@ -302,21 +302,29 @@ impl<T: Element> RowOp for Favor<'_, T> {
                 Bind::elems(ctx, 7, st.z, 4, r0 * f, nr * f),
             )
         });
-        let binds = CoreBinds {
+        let binds = PassBinds {
             q: Bind::prefix_at(1, &fq, nr * len * f * 4),
             k: Bind::prefix_at(2, &fk, nr * len * f * 4),
             v: vb,
-            o: p.out.bind(ctx, 5, nr * len * dv),
-            total,
+            o: p.out.bind(ctx, 11, nr * len * dv),
+            totals: total,
         };
-        let core = Core {
-            len,
-            dk: f,
-            dv,
-            causal: self.causal,
-            denominator: true,
-            eps: 0.0,
-        };
-        record_core(s, Storage::F32, 2, &core, nr, &binds, &core_state)
+        let job = core_job(len, f, dv, self.causal);
+        chunk::record_rows(s, &job, None, (r0, nr), &binds)
+    }
+}
+
+/// The chunk engine on precomputed f32 features (identity map, denominator, ε = 0).
+fn core_job(len: u64, f: u64, dv: u64, causal: bool) -> Job {
+    Job {
+        storage: Storage::F32,
+        fmap: crate::types::FeatureMap::Identity.shader_id(),
+        causal,
+        denominator: true,
+        eps: 0.0,
+        chunk: None,
+        len,
+        dk: f,
+        dv,
     }
 }

@@ -8,35 +8,12 @@
 //! The same chunk kernels serve precomputed features (Performer, [`super::favor`]) and the
 //! prefill of recurrent decoding ([`super::recurrent`]).
 
-use crate::bind::{scratch, Bind};
+use super::chunk::{self, Io, Job};
 use crate::driver::{self, Input, Pass, Plan, RowOp};
-use crate::pipeline::Storage;
 use crate::schedule::Schedule;
-use crate::sizes::{chunk_len, workgroup_size};
 use crate::types::attention::check_options;
 pub use crate::types::attention::{check_shapes, AttnDims, LinearAttentionOptions};
 use crate::{Context, Element, Result, Tensor};
-
-crate::uniform! {
-    /// The `Params` uniform of shaders/linear_attention.wgsl.
-    pub(crate) struct Params {
-        rows: u32,
-        len: u32,
-        dk: u32,
-        dv: u32,
-        n_chunks: u32,
-        flags: u32,
-        eps: f32,
-        q_off: u32,
-        k_off: u32,
-        v_off: u32,
-        o_off: u32,
-        total: u32,
-        s_off: u32,
-        z_off: u32,
-        _pad: [u32; 2],
-    }
-}
 
 const OP: &str = "linear_attention";
 
@@ -107,6 +84,22 @@ impl<'a, T: Element> Linear<'a, T> {
     }
 }
 
+impl<T: Element> Linear<'_, T> {
+    fn job(&self, storage: crate::pipeline::Storage, d: &AttnDims) -> Job {
+        Job {
+            storage,
+            fmap: self.opts.feature_map.shader_id(),
+            causal: self.opts.causal,
+            denominator: self.opts.denominator,
+            eps: self.opts.eps,
+            chunk: None,
+            len: d.len as u64,
+            dk: d.dk as u64,
+            dv: d.dv as u64,
+        }
+    }
+}
+
 impl<T: Element> RowOp for Linear<'_, T> {
     type T = T;
     type Dims = AttnDims;
@@ -115,10 +108,10 @@ impl<T: Element> RowOp for Linear<'_, T> {
     fn plan(&self, ctx: &Context) -> Result<(AttnDims, Plan)> {
         let d = check_shapes(OP, self.q.shape(), self.k.shape(), self.v.shape())?;
         check_options(OP, &self.opts)?;
-        let (len, dk, dv) = (d.len as u64, d.dk as u64, d.dv as u64);
-        let plan = super::qkv_plan::<T>(&d)
-            .bytes("state", core_state_bytes(ctx, len, dk, dv))
-            .bytes("S", dk * dv * 4);
+        let job = self.job(crate::pipeline::Storage::F32, &d);
+        let mut plan = super::qkv_plan::<T>(&d).bytes("S", (d.dk * d.dv) as u64 * 4);
+        plan.row_bytes.extend(chunk::row_bytes(ctx, &job));
+        plan.split_len = true;
         Ok((d, plan))
     }
 
@@ -127,119 +120,13 @@ impl<T: Element> RowOp for Linear<'_, T> {
     }
 
     fn record_rows(&self, s: &mut Schedule<'_>, d: &AttnDims, p: &Pass<'_>) -> Result<()> {
-        let ctx = s.context();
-        let (len, dk, dv) = (d.len as u64, d.dk as u64, d.dv as u64);
-        let (r0, nr, es) = (p.r0, p.nr, size_of::<T>() as u64);
-        let chunks = scratch(ctx, nr * core_state_bytes(ctx, len, dk, dv));
-        let core = Core {
-            len,
-            dk,
-            dv,
-            causal: self.opts.causal,
-            denominator: self.opts.denominator,
-            eps: self.opts.eps,
+        let io = Io {
+            q: self.q.buffer(),
+            k: self.k.buffer(),
+            v: self.v.buffer(),
+            in_bytes: size_of::<T>() as u64,
+            totals: self.state,
         };
-        let binds = CoreBinds {
-            q: Bind::elems(ctx, 1, self.q.buffer(), es, r0 * len * dk, nr * len * dk),
-            k: Bind::elems(ctx, 2, self.k.buffer(), es, r0 * len * dk, nr * len * dk),
-            v: Bind::elems(ctx, 3, self.v.buffer(), es, r0 * len * dv, nr * len * dv),
-            o: p.out.bind(ctx, 5, nr * len * dv),
-            total: self.state.map(|(bs, bz)| {
-                (
-                    Bind::elems(ctx, 6, bs, 4, r0 * dk * dv, nr * dk * dv),
-                    Bind::elems(ctx, 7, bz, 4, r0 * dk, nr * dk),
-                )
-            }),
-        };
-        let fmap = self.opts.feature_map.shader_id();
-        record_core(s, p.storage, fmap, &core, nr, &binds, &chunks)
+        chunk::record_pass(s, OP, &self.job(p.storage, d), None, &io, p)
     }
-}
-
-/// Sizes and flags of one run of the chunked kernels (per pass of rows).
-pub(crate) struct Core {
-    pub len: u64,
-    /// Feature dim (Dk for elementwise maps, m' for precomputed features).
-    pub dk: u64,
-    pub dv: u64,
-    pub causal: bool,
-    pub denominator: bool,
-    pub eps: f32,
-}
-
-/// Bindings of one pass (binding, element offset inside it): q, k, v, o at slots 1, 2, 3, 5; for
-/// prefill, `total` = (S out, z out) at slots 6, 7, which receive each row's sums over all L.
-pub(crate) struct CoreBinds<'b> {
-    pub q: (Bind<'b>, u32),
-    pub k: (Bind<'b>, u32),
-    pub v: (Bind<'b>, u32),
-    pub o: (Bind<'b>, u32),
-    pub total: Option<((Bind<'b>, u32), (Bind<'b>, u32))>,
-}
-
-/// Bytes of chunk state one row needs (n_chunks · (Dk·Dv + Dk) f32).
-pub(crate) fn core_state_bytes(ctx: &Context, len: u64, dk: u64, dv: u64) -> u64 {
-    len.div_ceil(chunk_len(ctx) as u64) * (dk * dv + dk) * 4
-}
-
-/// Records chunk_state -> [chunk_total] -> scan_chunks -> chunk_apply for `nr` rows. `fmap` is the
-/// `FMAP` constant (2 = identity, for features computed beforehand); `state` holds at least
-/// `nr · core_state_bytes` bytes.
-pub(crate) fn record_core(
-    s: &mut Schedule<'_>,
-    storage: Storage,
-    fmap: u32,
-    c: &Core,
-    nr: u64,
-    b: &CoreBinds<'_>,
-    state: &wgpu::Buffer,
-) -> Result<()> {
-    let ctx = s.context();
-    let chunk = chunk_len(ctx);
-    let wg = workgroup_size(ctx);
-    let n_chunks = c.len.div_ceil(chunk as u64);
-    let width = c.dk * c.dv + c.dk;
-    let consts = [("FMAP", fmap), ("WG", wg), ("CHUNK", chunk)];
-    let pl = |entry| {
-        ctx.pipelines
-            .get(ctx, "linear_attention", entry, storage, &consts)
-    };
-    let bs = Bind {
-        slot: 4,
-        buffer: state,
-        offset: 0,
-        size: nr * n_chunks * width * 4,
-    };
-    let mut prm = Params {
-        rows: nr as u32,
-        len: c.len as u32,
-        dk: c.dk as u32,
-        dv: c.dv as u32,
-        n_chunks: n_chunks as u32,
-        flags: c.causal as u32 | (c.denominator as u32) << 1,
-        eps: c.eps,
-        q_off: b.q.1,
-        k_off: b.k.1,
-        v_off: b.v.1,
-        o_off: b.o.1,
-        total: (nr * n_chunks) as u32,
-        s_off: b.total.map_or(0, |t| t.0 .1),
-        z_off: b.total.map_or(0, |t| t.1 .1),
-        _pad: [0; 2],
-    };
-    s.dispatch(
-        &*pl("chunk_state")?,
-        &prm,
-        &[b.k.0, b.v.0, bs],
-        nr * n_chunks,
-    )?;
-    prm.total = (nr * width) as u32;
-    let groups = (nr * width).div_ceil(wg as u64);
-    if let Some((ts, tz)) = b.total {
-        s.dispatch(&*pl("chunk_total")?, &prm, &[bs, ts.0, tz.0], groups)?;
-    }
-    s.dispatch(&*pl("scan_chunks")?, &prm, &[bs], groups)?;
-    prm.total = (nr * n_chunks) as u32;
-    let binds = [b.q.0, b.k.0, b.v.0, bs, b.o.0];
-    s.dispatch(&*pl("chunk_apply")?, &prm, &binds, nr * n_chunks)
 }

@@ -78,6 +78,7 @@
 //! # Ok(()) }
 //! ```
 
+pub(crate) mod chunk;
 pub mod favor;
 pub use crate::types::feature_map;
 pub mod lightning;

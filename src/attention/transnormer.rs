@@ -9,13 +9,13 @@
 //! Norm acts per (batch, head, position) over Dv. (TransNormer's code normalises the concatenation
 //! of all heads; with one head that is the same.)
 
-use super::lightning::{decayed_plan, record_decayed_rows, Decayed};
+use super::lightning::{decayed_plan, record_decayed_pass, Decayed};
 use super::softmax::{record_attend_rows, Attend, PosBias};
 use crate::bind::{scratch, upload_f32, Bind};
 use crate::driver::{self, Input, OutSlot, Pass, Plan, RowOp};
 use crate::pipeline::Storage;
 use crate::schedule::Schedule;
-use crate::sizes::{resolve_block, workgroup_size};
+use crate::sizes::workgroup_size;
 use crate::types::attention::{check_diag, check_norm, check_shapes, AttnDims};
 pub use crate::types::attention::{
     Affine, DiagAttentionOptions, DiagWeights, Norm, NormAttentionOptions,
@@ -209,18 +209,20 @@ struct NormOp<'a, T: Element> {
 
 impl<T: Element> RowOp for NormOp<'_, T> {
     type T = T;
-    /// Sizes, block, the zero decay rate, the norm.
-    type Dims = (AttnDims, u32, wgpu::Buffer, NormCfg);
+    /// Sizes, block, the norm.
+    type Dims = (AttnDims, u32, NormCfg);
     const NAME: &'static str = NORM_OP;
 
     fn plan(&self, ctx: &Context) -> Result<(Self::Dims, Plan)> {
         let o = self.opts;
         let d = check_shapes(NORM_OP, self.q.shape(), self.k.shape(), self.v.shape())?;
         check_norm(NORM_OP, o.norm, o.eps, self.affine, d.dv)?;
-        let block = resolve_block(ctx, NORM_OP, None)?;
-        let plan = decayed_plan::<T>(&d, block).bytes("sums", sums_bytes(&d));
+        let block = super::chunk::resolve_chunk(ctx, NORM_OP, None)?;
+        let mut plan = decayed_plan::<T>(ctx, &d, block).bytes("sums", sums_bytes(&d));
+        // The norm runs over whole rows of f32 sums: no split along L here.
+        plan.split_len = false;
         let norm = NormCfg::new(ctx, o.norm, o.eps, self.affine, d.dv);
-        Ok(((d, block, upload_f32(ctx, &[0.0]), norm), plan))
+        Ok(((d, block, norm), plan))
     }
 
     fn inputs(&self) -> Vec<Input<'_>> {
@@ -228,17 +230,28 @@ impl<T: Element> RowOp for NormOp<'_, T> {
     }
 
     fn record_rows(&self, s: &mut Schedule<'_>, dims: &Self::Dims, p: &Pass<'_>) -> Result<()> {
-        let (d, block, zero, norm) = dims;
+        let (d, block, norm) = dims;
         let cfg = Decayed {
             feature_map: self.opts.feature_map,
             causal: self.opts.causal,
             block: *block,
-            slopes: zero,
+            slopes: None,
             heads: 1,
         };
         let qkv = (self.q, self.k, self.v);
         norm.record::<T>(s, d, p, |s, storage, slot| {
-            record_decayed_rows(s, qkv, d, (p.r0, p.nr), &cfg, storage, slot)
+            let sub = Pass {
+                r0: p.r0,
+                nr: p.nr,
+                storage,
+                out: OutSlot {
+                    buffer: slot.buffer,
+                    elem_bytes: slot.elem_bytes,
+                    first: slot.first,
+                },
+                outs: Vec::new(),
+            };
+            record_decayed_pass(s, qkv, d, &cfg, &sub)
         })
     }
 }

@@ -6,6 +6,8 @@ pub mod attention;
 pub mod feature_map;
 pub mod positions;
 pub mod ssm;
+pub mod tiles;
 
 pub use feature_map::FeatureMap;
 pub use positions::RopeLayout;
+pub use tiles::TileFamily;

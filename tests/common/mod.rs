@@ -13,7 +13,7 @@ use rand_distr::StandardNormal;
 pub const TOL_F32: f64 = 1e-5;
 pub const TOL_F16: f64 = 2e-3;
 
-fn open(opts: ContextOptions) -> Context {
+pub fn open(opts: ContextOptions) -> Context {
     match Context::with_options(&opts) {
         Ok(c) => c,
         Err(e) => panic!(
@@ -36,6 +36,29 @@ pub fn ctx_packed() -> &'static Context {
     C.get_or_init(|| {
         open(ContextOptions {
             shader_f16: false,
+            ..Default::default()
+        })
+    })
+}
+
+/// The default context with the chunk engine's GPU tile family forced (lavapipe picks CPU tiles).
+pub fn ctx_gpu_tiles() -> &'static Context {
+    static C: OnceLock<Context> = OnceLock::new();
+    C.get_or_init(|| {
+        open(ContextOptions {
+            tiles: Some(longseq::TileFamily::Gpu),
+            ..Default::default()
+        })
+    })
+}
+
+/// [`ctx_gpu_tiles`] without SHADER_F16.
+pub fn ctx_gpu_tiles_packed() -> &'static Context {
+    static C: OnceLock<Context> = OnceLock::new();
+    C.get_or_init(|| {
+        open(ContextOptions {
+            shader_f16: false,
+            tiles: Some(longseq::TileFamily::Gpu),
             ..Default::default()
         })
     })

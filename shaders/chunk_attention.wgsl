@@ -1,0 +1,477 @@
+// The chunk engine: kernelized linear attention in chunks of CHUNK rows (Katharopoulos et al. 2020,
+// eqs. 4-6 and 16-20), with an optional per-head decay (Lightning Attention-2, Qin et al. 2024) and
+// an optional denominator. One algorithm serves linear attention (any feature map, causal or not),
+// Lightning (DECAY), NormAttention (no DEN), FAVOR+'s core (features precomputed, FMAP = identity)
+// and the causal prefill of recurrent decoding (totals).
+//
+//   o_i = [λ^(i+1) φ(q_i) KV_c + Σ_{j≤i in chunk} λ^(i−j) (φ(q_i)·φ(k_j)) v_j] / den_i   (i, j local)
+//   KV_{c+1} = λ^C KV_c + Σ_j λ^(C−1−j) φ(k_j) v_jᵀ;   z likewise with v_j = 1;   λ = exp(−s_h).
+// Non-causal: KV = the sum over every chunk, no intra-chunk term (and λ = 1).
+//
+// Layout (f32 scratch of one pass; R rows = (batch, head) pairs, nc chunks of CP ≥ CHUNK slots,
+// slots past CHUNK and rows past L are zero): qt, kt = φ(Q)ᵀ, φ(K)ᵀ per chunk [R, nc, Dkp, CP];
+// kw = φ(K) rows weighted by λ^(C−1−j) [R, nc, CP, Dkp]; vp = V padded [R, nc, CP, Dvp];
+// state [R, nc, W] with W = Dkp·Dvp (KV) + Dkp (z); carry [R, W] (the state entering this segment
+// of L, then the state after it). Dkp, Dvp are multiples of TR, TC; CP of TR, TC and 4.
+// Pipeline: prep_qk, prep_v -> chunk_state -> scan -> [totals] -> chunk_apply.
+// Contractions are register-tiled: an invocation owns a TR×TC block of its output and loads TR+TC
+// values (as vec4) per TR·TC FMAs; the host picks TR, TC per adapter (large on CPU adapters).
+// No invocation loops more than max(CP, Dkp, nc) times; the host keeps nc ≤ 32 768 per segment.
+
+override FMAP: u32 = 0u;     // feature map (FMAP_* codes; phi from the prelude)
+override WG: u32 = 64u;      // invocations per workgroup
+override CHUNK: u32 = 64u;   // rows per chunk
+override CP: u32 = 64u;      // slots per chunk (CHUNK rounded up to the tiles)
+override CAUSAL: bool = false;
+override DECAY: bool = false;
+override DEN: bool = true;
+
+// Register tile: compile-time sizes (they size function-scope arrays, which overrides cannot), so
+// the pipeline substitutes the host's TR, TC for these lines.
+const TR: u32 = 16u;
+const TC: u32 = 16u;
+const TR4: u32 = TR / 4u;
+const TC4: u32 = TC / 4u;
+
+struct Params {
+    len: u32,       // rows of L in this segment
+    n_chunks: u32,  // chunks in this segment
+    dk: u32,
+    dv: u32,
+    dkp: u32,
+    dvp: u32,
+    total: u32,     // work items of this dispatch
+    first: u32,     // 1: this segment starts the sequence (carry starts at 0)
+    eps: f32,
+    heads: u32,
+    row0: u32,      // head of row 0 is row0 % heads
+    q_off: u32,
+    k_off: u32,
+    v_off: u32,
+    o_off: u32,
+    q_stride: u32,  // elements between rows in q/k (L·Dk); v/o: L·Dv
+    v_stride: u32,
+    s_off: u32,
+    z_off: u32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> q: array<ST>;
+@group(0) @binding(2) var<storage, read> k: array<ST>;
+@group(0) @binding(3) var<storage, read> v: array<ST>;
+@group(0) @binding(4) var<storage, read> slopes: array<f32>;
+@group(0) @binding(5) var<storage, read_write> qt: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> kt: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read_write> kw: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read_write> vp: array<vec4<f32>>;
+@group(0) @binding(9) var<storage, read_write> state: array<vec4<f32>>;
+@group(0) @binding(10) var<storage, read_write> carry: array<vec4<f32>>;
+@group(0) @binding(11) var<storage, read_write> o: array<OT>;
+@group(0) @binding(12) var<storage, read_write> s_out: array<f32>;
+@group(0) @binding(13) var<storage, read_write> z_out: array<f32>;
+
+var<workgroup> at: array<vec4<f32>, CP * CP / 4u>;  // masked, decayed scores, transposed: [j][i]
+var<workgroup> den: array<vec4<f32>, CP / 4u>;
+
+fn slope(r: u32) -> f32 {
+    if (!DECAY) {
+        return 0.0;
+    }
+    return slopes[(p.row0 + r) % p.heads];
+}
+
+fn width4() -> u32 {
+    return (p.dkp * p.dvp + p.dkp) / 4u;
+}
+
+// One invocation per (row, 4 slots, 4 features): φ once per element, into qt, kt and kw.
+@compute @workgroup_size(WG)
+fn prep_qk(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) lid: u32) {
+    let gid = wg_index(wg, nwg) * WG + lid;
+    if (gid >= p.total) {
+        return;
+    }
+    let a4n = p.dkp / 4u;
+    let per_row = p.n_chunks * (CP / 4u) * a4n;
+    let r = gid / per_row;
+    let rest = gid % per_row;
+    let a4 = rest % a4n;
+    let s4 = rest / a4n;           // slot quad over the whole segment
+    let c = s4 / (CP / 4u);
+    let sl0 = (s4 % (CP / 4u)) * 4u;
+    let lam = -slope(r);
+    var qm: array<vec4<f32>, 4>;   // [slot][feature]
+    var km: array<vec4<f32>, 4>;
+    for (var s = 0u; s < 4u; s++) {
+        let sl = sl0 + s;
+        let t = c * CHUNK + sl;
+        var qv = vec4<f32>(0.0);
+        var kv = vec4<f32>(0.0);
+        if (sl < CHUNK && t < p.len) {
+            for (var e = 0u; e < 4u; e++) {
+                let a = a4 * 4u + e;
+                if (a < p.dk) {
+                    qv[e] = phi(ld_q(p.q_off + r * p.q_stride + t * p.dk + a));
+                    kv[e] = phi(ld_k(p.k_off + r * p.q_stride + t * p.dk + a));
+                }
+            }
+        }
+        qm[s] = qv;
+        km[s] = kv;
+        var w = 1.0;
+        if (DECAY) {
+            w = exp(lam * f32(CHUNK - 1u - min(sl, CHUNK - 1u)));
+        }
+        kw[((r * p.n_chunks + c) * CP + sl) * a4n + a4] = kv * w;
+    }
+    let cb = (r * p.n_chunks + c) * p.dkp;
+    for (var e = 0u; e < 4u; e++) {
+        let i = ((cb + a4 * 4u + e) * CP + sl0) / 4u;
+        qt[i] = vec4<f32>(qm[0][e], qm[1][e], qm[2][e], qm[3][e]);
+        kt[i] = vec4<f32>(km[0][e], km[1][e], km[2][e], km[3][e]);
+    }
+}
+
+// One invocation per (row, slot, 4 value dims): V into vp, zero-padded.
+@compute @workgroup_size(WG)
+fn prep_v(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) lid: u32) {
+    let gid = wg_index(wg, nwg) * WG + lid;
+    if (gid >= p.total) {
+        return;
+    }
+    let d4n = p.dvp / 4u;
+    let per_row = p.n_chunks * CP * d4n;
+    let r = gid / per_row;
+    let rest = gid % per_row;
+    let d4 = rest % d4n;
+    let s = rest / d4n;
+    let c = s / CP;
+    let sl = s % CP;
+    let t = c * CHUNK + sl;
+    var x = vec4<f32>(0.0);
+    if (sl < CHUNK && t < p.len) {
+        for (var e = 0u; e < 4u; e++) {
+            let d = d4 * 4u + e;
+            if (d < p.dv) {
+                x[e] = ld_v(p.v_off + r * p.v_stride + t * p.dv + d);
+            }
+        }
+    }
+    vp[gid] = x;
+}
+
+// One invocation per (row, chunk, TR×TC tile of KV): KV_c = Σ_j kw_j v_jᵀ, and z_c = Σ_j kw_j by
+// the first tile column.
+@compute @workgroup_size(WG)
+fn chunk_state(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let gid = wg_index(wg, nwg) * WG + lid;
+    if (gid >= p.total) {
+        return;
+    }
+    let tv = p.dvp / TC;
+    let ntile = (p.dkp / TR) * tv;
+    let rc = gid / ntile;
+    let tile = gid % ntile;
+    let a0 = (tile / tv) * TR;
+    let d0 = (tile % tv) * TC;
+    let a4n = p.dkp / 4u;
+    let d4n = p.dvp / 4u;
+    var acc: array<vec4<f32>, TR * TC4>;
+    var zacc: array<vec4<f32>, TR4>;
+    for (var e = 0u; e < TR * TC4; e++) {
+        acc[e] = vec4<f32>(0.0);
+    }
+    for (var e = 0u; e < TR4; e++) {
+        zacc[e] = vec4<f32>(0.0);
+    }
+    let kb = rc * CP * a4n + a0 / 4u;
+    let vb = rc * CP * d4n + d0 / 4u;
+    for (var j = 0u; j < CHUNK; j++) {
+        var kr: array<vec4<f32>, TR4>;
+        var vr: array<vec4<f32>, TC4>;
+        for (var e = 0u; e < TR4; e++) {
+            kr[e] = kw[kb + j * a4n + e];
+        }
+        for (var e = 0u; e < TC4; e++) {
+            vr[e] = vp[vb + j * d4n + e];
+        }
+        for (var i = 0u; i < TR; i++) {
+            let s = vec4<f32>(kr[i / 4u][i % 4u]);
+            for (var e = 0u; e < TC4; e++) {
+                acc[i * TC4 + e] = fma(s, vr[e], acc[i * TC4 + e]);
+            }
+        }
+        if (d0 == 0u) {
+            for (var e = 0u; e < TR4; e++) {
+                zacc[e] += kr[e];
+            }
+        }
+    }
+    let sb = rc * width4();
+    for (var i = 0u; i < TR; i++) {
+        for (var e = 0u; e < TC4; e++) {
+            state[sb + (a0 + i) * d4n + d0 / 4u + e] = acc[i * TC4 + e];
+        }
+    }
+    if (d0 == 0u) {
+        for (var e = 0u; e < TR4; e++) {
+            state[sb + p.dkp * d4n + a0 / 4u + e] = zacc[e];
+        }
+    }
+}
+
+// One invocation per (row, 4 state entries). Causal: state[c] becomes the (decayed) state entering
+// chunk c; non-causal: only the sum. Either way carry ends as the state after the segment.
+@compute @workgroup_size(WG)
+fn scan(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let gid = wg_index(wg, nwg) * WG + lid;
+    if (gid >= p.total) {
+        return;
+    }
+    let w4 = width4();
+    let r = gid / w4;
+    let e = gid % w4;
+    let full = vec4<f32>(exp(-slope(r) * f32(CHUNK)));
+    var run = vec4<f32>(0.0);
+    if (p.first == 0u) {
+        run = carry[gid];
+    }
+    for (var c = 0u; c < p.n_chunks; c++) {
+        let i = (r * p.n_chunks + c) * w4 + e;
+        let x = state[i];
+        if (CAUSAL) {
+            state[i] = run;
+        }
+        if (DECAY) {
+            run = fma(full, run, x);
+        } else {
+            run += x;
+        }
+    }
+    carry[gid] = run;
+}
+
+// One invocation per (row, entry of S [Dk, Dv] then z [Dk]): the state after all of L.
+@compute @workgroup_size(WG)
+fn totals(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) lid: u32) {
+    let gid = wg_index(wg, nwg) * WG + lid;
+    if (gid >= p.total) {
+        return;
+    }
+    let n = p.dk * p.dv + p.dk;
+    let r = gid / n;
+    let e = gid % n;
+    let cb = r * width4() * 4u;
+    if (e < p.dk * p.dv) {
+        let a = e / p.dv;
+        let d = e % p.dv;
+        let i = cb + a * p.dvp + d;
+        s_out[p.s_off + r * p.dk * p.dv + e] = carry[i / 4u][i % 4u];
+    } else {
+        let a = e - p.dk * p.dv;
+        let i = cb + p.dkp * p.dvp + a;
+        z_out[p.z_off + r * p.dk + a] = carry[i / 4u][i % 4u];
+    }
+}
+
+// Causal only: at[j][i] = λ^(i−j) φ(q_i)·φ(k_j) for j ≤ i, else 0, in TR×TC tiles (rows j, cols i).
+fn scores(rc: u32, r: u32, lid: u32) {
+    let c4 = CP / 4u;
+    let tc = CP / TC;
+    let ntile = (CP / TR) * tc;
+    let lam = -slope(r);
+    for (var tile = lid; tile < ntile; tile += WG) {
+        let j0 = (tile / tc) * TR;
+        let i0 = (tile % tc) * TC;
+        var acc: array<vec4<f32>, TR * TC4>;
+        for (var e = 0u; e < TR * TC4; e++) {
+            acc[e] = vec4<f32>(0.0);
+        }
+        if (j0 < i0 + TC) {
+            for (var a = 0u; a < p.dkp; a++) {
+                let b = (rc * p.dkp + a) * c4;
+                var kr: array<vec4<f32>, TR4>;
+                var qr: array<vec4<f32>, TC4>;
+                for (var e = 0u; e < TR4; e++) {
+                    kr[e] = kt[b + j0 / 4u + e];
+                }
+                for (var e = 0u; e < TC4; e++) {
+                    qr[e] = qt[b + i0 / 4u + e];
+                }
+                for (var jj = 0u; jj < TR; jj++) {
+                    let s = vec4<f32>(kr[jj / 4u][jj % 4u]);
+                    for (var e = 0u; e < TC4; e++) {
+                        acc[jj * TC4 + e] = fma(s, qr[e], acc[jj * TC4 + e]);
+                    }
+                }
+            }
+        }
+        for (var jj = 0u; jj < TR; jj++) {
+            let j = j0 + jj;
+            for (var e = 0u; e < TC4; e++) {
+                let i = vec4<u32>(i0 + e * 4u) + vec4<u32>(0u, 1u, 2u, 3u);
+                var w = acc[jj * TC4 + e];
+                if (DECAY) {
+                    w *= exp(lam * max(vec4<f32>(i) - f32(j), vec4<f32>(0.0)));
+                }
+                at[(j * CP + i0) / 4u + e] = select(vec4<f32>(0.0), w, vec4<u32>(j) <= i);
+            }
+        }
+    }
+}
+
+// den_i = λ^(i+1) φ(q_i)·z + Σ_j at[j][i] + ε, four rows per invocation.
+fn denominators(rc: u32, sb: u32, lam: f32, lid: u32) {
+    let c4 = CP / 4u;
+    let zb = sb + p.dkp * p.dvp / 4u;
+    for (var i4 = lid; i4 < c4; i4 += WG) {
+        var d = vec4<f32>(0.0);
+        for (var a4 = 0u; a4 < p.dkp / 4u; a4++) {
+            let z = state[zb + a4];
+            for (var e = 0u; e < 4u; e++) {
+                d = fma(qt[(rc * p.dkp + a4 * 4u + e) * c4 + i4], vec4<f32>(z[e]), d);
+            }
+        }
+        if (DECAY) {
+            let i = vec4<f32>(vec4<u32>(i4 * 4u) + vec4<u32>(1u, 2u, 3u, 4u));
+            d *= exp(lam * i);
+        }
+        if (CAUSAL) {
+            for (var j = 0u; j < CP; j++) {
+                d += at[j * c4 + i4];
+            }
+        }
+        den[i4] = d + p.eps;
+    }
+}
+
+// One workgroup per (row, chunk): scores (causal), denominators (DEN), then the output in TR×TC
+// tiles (rows i, cols d) = carried state term + masked scores × V, divided by den.
+@compute @workgroup_size(WG)
+fn chunk_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let rc = wg_index(wg, nwg);
+    if (rc >= p.total) {
+        return;
+    }
+    let r = rc / p.n_chunks;
+    let c = rc % p.n_chunks;
+    let lam = -slope(r);
+    let sb = select(r, rc, CAUSAL) * width4();
+    if (CAUSAL) {
+        scores(rc, r, lid);
+    }
+    workgroupBarrier();
+    if (DEN) {
+        denominators(rc, sb, lam, lid);
+    }
+    workgroupBarrier();
+    let c4 = CP / 4u;
+    let d4n = p.dvp / 4u;
+    let tv = p.dvp / TC;
+    let ntile = (CP / TR) * tv;
+    let n = min(CHUNK, p.len - c * CHUNK);
+    for (var tile = lid; tile < ntile; tile += WG) {
+        let i0 = (tile / tv) * TR;
+        let d0 = (tile % tv) * TC;
+        if (i0 >= n) {
+            continue;
+        }
+        var acc: array<vec4<f32>, TR * TC4>;
+        for (var e = 0u; e < TR * TC4; e++) {
+            acc[e] = vec4<f32>(0.0);
+        }
+        for (var a = 0u; a < p.dkp; a++) {
+            var qr: array<vec4<f32>, TR4>;
+            var sr: array<vec4<f32>, TC4>;
+            for (var e = 0u; e < TR4; e++) {
+                qr[e] = qt[(rc * p.dkp + a) * c4 + i0 / 4u + e];
+            }
+            for (var e = 0u; e < TC4; e++) {
+                sr[e] = state[sb + a * d4n + d0 / 4u + e];
+            }
+            for (var ii = 0u; ii < TR; ii++) {
+                let s = vec4<f32>(qr[ii / 4u][ii % 4u]);
+                for (var e = 0u; e < TC4; e++) {
+                    acc[ii * TC4 + e] = fma(s, sr[e], acc[ii * TC4 + e]);
+                }
+            }
+        }
+        if (DECAY) {
+            for (var ii = 0u; ii < TR; ii++) {
+                let g = vec4<f32>(exp(lam * f32(i0 + ii + 1u)));
+                for (var e = 0u; e < TC4; e++) {
+                    acc[ii * TC4 + e] *= g;
+                }
+            }
+        }
+        if (CAUSAL) {
+            let vb = rc * CP * d4n + d0 / 4u;
+            // Keys before the tile's rows: every row sees them.
+            for (var j = 0u; j < i0; j++) {
+                var ar: array<vec4<f32>, TR4>;
+                var vr: array<vec4<f32>, TC4>;
+                for (var e = 0u; e < TR4; e++) {
+                    ar[e] = at[j * c4 + i0 / 4u + e];
+                }
+                for (var e = 0u; e < TC4; e++) {
+                    vr[e] = vp[vb + j * d4n + e];
+                }
+                for (var ii = 0u; ii < TR; ii++) {
+                    let s = vec4<f32>(ar[ii / 4u][ii % 4u]);
+                    for (var e = 0u; e < TC4; e++) {
+                        acc[ii * TC4 + e] = fma(s, vr[e], acc[ii * TC4 + e]);
+                    }
+                }
+            }
+            // The diagonal block: row i takes keys j <= i only, so a NaN or Inf in a later v_j
+            // never meets a masked 0.
+            for (var j = i0; j < i0 + TR; j++) {
+                var ar: array<vec4<f32>, TR4>;
+                var vr: array<vec4<f32>, TC4>;
+                for (var e = 0u; e < TR4; e++) {
+                    ar[e] = at[j * c4 + i0 / 4u + e];
+                }
+                for (var e = 0u; e < TC4; e++) {
+                    vr[e] = vp[vb + j * d4n + e];
+                }
+                for (var ii = 0u; ii < TR; ii++) {
+                    if (j <= i0 + ii) {
+                        let s = vec4<f32>(ar[ii / 4u][ii % 4u]);
+                        for (var e = 0u; e < TC4; e++) {
+                            acc[ii * TC4 + e] = fma(s, vr[e], acc[ii * TC4 + e]);
+                        }
+                    }
+                }
+            }
+        }
+        let ob = p.o_off + r * p.v_stride + c * CHUNK * p.dv;
+        for (var ii = 0u; ii < TR; ii++) {
+            let i = i0 + ii;
+            if (i >= n) {
+                break;
+            }
+            let dn = den[i / 4u][i % 4u];
+            for (var e = 0u; e < TC4; e++) {
+                let x = acc[ii * TC4 + e];
+                for (var f = 0u; f < 4u; f++) {
+                    let d = d0 + e * 4u + f;
+                    if (d < p.dv) {
+                        var y = x[f];
+                        if (DEN) {
+                            // 0/0 (all weights 0) -> 0; a NaN denominator still gives NaN.
+                            y = select(y / dn, 0.0, dn == 0.0);
+                        }
+                        st_o(ob + i * p.dv + d, y);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,458 @@
+//! The chunk engine (shaders/chunk_attention.wgsl): one chunked, register-tiled algorithm for
+//! kernelized linear attention (any feature map, causal or not, with or without the denominator),
+//! Lightning attention (per-head decay), NormAttention's numerator, FAVOR+'s core (features
+//! precomputed) and the causal prefill of recurrent decoding (the state after all of L).
+//!
+//! Passes: φ once per element (`prep_qk`, `prep_v`, into zero-padded f32 tiles), per-chunk states
+//! `Σ_j λ^(C−1−j) φ(k_j) v_jᵀ` (`chunk_state`), the carried state over chunks (`scan`), then per
+//! chunk the masked score block in workgroup memory and the output (`chunk_apply`). Tile sizes
+//! come from the adapter ([`TileFamily`]); a row whose tensors exceed the storage-binding limit is
+//! split along L into segments that carry the state from one to the next.
+
+use crate::bind::{upload_f32, Bind};
+use crate::driver::Pass;
+use crate::pipeline::Storage;
+use crate::schedule::{rows_per_pass, Schedule};
+pub(crate) use crate::sizes::resolve_chunk;
+use crate::sizes::{default_chunk, pad_slots};
+use crate::types::TileFamily;
+use crate::{Context, Result};
+
+/// Sizes of one engine run.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Job {
+    /// Storage of q, k, v and o (features precomputed in f32 use [`Storage::F32`]).
+    pub storage: Storage,
+    /// `FMAP` of the shader (2 = identity).
+    pub fmap: u32,
+    pub causal: bool,
+    pub denominator: bool,
+    pub eps: f32,
+    /// Rows per chunk; `None` = [`default_chunk`].
+    pub chunk: Option<u32>,
+    pub len: u64,
+    /// Feature dim (Dk, or m' for precomputed features).
+    pub dk: u64,
+    pub dv: u64,
+}
+
+/// Decay rates: `[H]` f32 on the device, and H (row r of the whole tensor is head r mod H).
+#[derive(Clone, Copy)]
+pub(crate) struct Decay<'b> {
+    pub slopes: &'b wgpu::Buffer,
+    pub heads: u32,
+}
+
+/// Padded sizes derived from a [`Job`] on a context.
+#[derive(Clone, Copy, Debug)]
+struct Geo {
+    family: TileFamily,
+    chunk: u32,
+    cp: u32,
+    dkp: u64,
+    dvp: u64,
+}
+
+impl Geo {
+    fn new(ctx: &Context, job: &Job) -> Self {
+        let family = ctx.tile_family();
+        let (tr, tc, _, _) = family.tiles();
+        // A sequence shorter than the default chunk is one chunk of its own length.
+        let chunk = job
+            .chunk
+            .unwrap_or_else(|| default_chunk(ctx).min(job.len.max(1) as u32));
+        Self {
+            family,
+            chunk,
+            cp: pad_slots(family, chunk),
+            dkp: job.dk.next_multiple_of(tr as u64),
+            dvp: job.dv.next_multiple_of(tc as u64),
+        }
+    }
+    fn chunks(&self, len: u64) -> u64 {
+        len.div_ceil(self.chunk as u64)
+    }
+    /// State entries per chunk (KV then z), f32.
+    fn width(&self) -> u64 {
+        self.dkp * self.dvp + self.dkp
+    }
+    /// Scratch bytes per row for a segment of `len` rows of L.
+    fn scratch_bytes(&self, len: u64) -> [(&'static str, u64); 4] {
+        let slots = self.chunks(len) * self.cp as u64;
+        [
+            ("features", slots * self.dkp * 4),
+            ("padded v", slots * self.dvp * 4),
+            ("chunk state", self.chunks(len) * self.width() * 4),
+            ("carried state", self.width() * 4),
+        ]
+    }
+}
+
+/// Bytes per row of every scratch binding of the engine for a row of `len`, for callers that plan
+/// their own passes with [`rows_per_pass`].
+pub(crate) fn row_bytes(ctx: &Context, job: &Job) -> Vec<(&'static str, u64)> {
+    Geo::new(ctx, job).scratch_bytes(job.len).to_vec()
+}
+
+/// Longest segment of L that one pass runs: the scan loops once per chunk, and lavapipe stops a
+/// loop silently past ~65 535 iterations.
+const MAX_CHUNKS_PER_SEGMENT: u64 = 32_768;
+
+crate::uniform! {
+    /// The `Params` uniform of shaders/chunk_attention.wgsl.
+    pub(crate) struct Params {
+    len: u32,
+    n_chunks: u32,
+    dk: u32,
+    dv: u32,
+    dkp: u32,
+    dvp: u32,
+    total: u32,
+    first: u32,
+    eps: f32,
+    heads: u32,
+    row0: u32,
+    q_off: u32,
+    k_off: u32,
+    v_off: u32,
+    o_off: u32,
+    q_stride: u32,
+    v_stride: u32,
+    s_off: u32,
+    z_off: u32,
+    _pad: u32,
+    }
+}
+
+/// Bindings of one pass (binding, element offset inside it): q, k, v and o, and for prefill the
+/// state after all of L = (S `[R, Dk, Dv]`, z `[R, Dk]`) f32. Slots are assigned here.
+pub(crate) struct PassBinds<'b> {
+    pub q: (Bind<'b>, u32),
+    pub k: (Bind<'b>, u32),
+    pub v: (Bind<'b>, u32),
+    pub o: (Bind<'b>, u32),
+    pub totals: Option<((Bind<'b>, u32), (Bind<'b>, u32))>,
+}
+
+fn at(slot: u32, b: Bind<'_>) -> Bind<'_> {
+    Bind { slot, ..b }
+}
+
+fn whole(slot: u32, buffer: &wgpu::Buffer) -> Bind<'_> {
+    Bind {
+        slot,
+        buffer,
+        offset: 0,
+        size: buffer.size(),
+    }
+}
+
+/// One segment of one pass: `nr` rows, `len` rows of L starting a sequence (`first`) or not,
+/// whose row stride in the bound q/k and v/o is `stride` rows of L; `row0` = index of the first
+/// row in the whole tensor (for its head's decay).
+#[derive(Clone, Copy)]
+pub(crate) struct Segment {
+    pub nr: u64,
+    pub len: u64,
+    pub stride: u64,
+    pub first: bool,
+    pub row0: u64,
+}
+
+/// What one call of [`record_segment`] does: the chunk states and their scan into `carry`, the
+/// output, or both. A non-causal run split along L sums every segment before applying any.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sweep {
+    Sum,
+    Apply,
+    Both,
+}
+
+/// Records the engine over one segment of `nr` rows. `carry` holds `nr · width` f32 and keeps the
+/// state between segments of the same rows.
+#[allow(clippy::too_many_arguments)]
+fn record_segment(
+    s: &mut Schedule<'_>,
+    job: &Job,
+    geo: &Geo,
+    decay: Option<Decay<'_>>,
+    seg: Segment,
+    b: &PassBinds<'_>,
+    carry: &wgpu::Buffer,
+    sweep: Sweep,
+) -> Result<()> {
+    let ctx = s.context();
+    let nc = geo.chunks(seg.len);
+    let slots = nc * geo.cp as u64;
+    let feat = seg.nr * slots * geo.dkp * 4;
+    let pool = &ctx.chunk_scratch;
+    let (qt, kt, kw) = (
+        pool.take(ctx, feat),
+        pool.take(ctx, feat),
+        pool.take(ctx, feat),
+    );
+    let vp = pool.take(ctx, seg.nr * slots * geo.dvp * 4);
+    let state = pool.take(ctx, seg.nr * nc * geo.width() * 4);
+    let r = record_passes(
+        s,
+        job,
+        geo,
+        decay,
+        seg,
+        b,
+        carry,
+        sweep,
+        [&qt, &kt, &kw, &vp, &state],
+    );
+    pool.give([qt, kt, kw, vp, state]);
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+fn record_passes(
+    s: &mut Schedule<'_>,
+    job: &Job,
+    geo: &Geo,
+    decay: Option<Decay<'_>>,
+    seg: Segment,
+    b: &PassBinds<'_>,
+    carry: &wgpu::Buffer,
+    sweep: Sweep,
+    [qt, kt, kw, vp, state]: [&wgpu::Buffer; 5],
+) -> Result<()> {
+    let ctx = s.context();
+    let (tr, tc, wg_apply, wg) = geo.family.tiles();
+    let nc = geo.chunks(seg.len);
+    let slots = nc * geo.cp as u64;
+    let dummy;
+    let (slopes, heads) = match decay {
+        Some(d) => (d.slopes, d.heads),
+        None => {
+            dummy = upload_f32(ctx, &[0f32]);
+            (&dummy, 1)
+        }
+    };
+    let consts = |w: u32| {
+        [
+            ("FMAP", job.fmap),
+            ("WG", w),
+            ("CHUNK", geo.chunk),
+            ("CP", geo.cp),
+            ("CAUSAL", job.causal as u32),
+            ("DECAY", decay.is_some() as u32),
+            ("DEN", job.denominator as u32),
+            ("TR", tr),
+            ("TC", tc),
+        ]
+    };
+    let pl = |entry, w| {
+        ctx.pipelines
+            .get(ctx, "chunk_attention", entry, job.storage, &consts(w))
+    };
+    let bsl = whole(4, slopes);
+    let w4 = geo.width() / 4;
+    let mut prm = Params {
+        len: seg.len as u32,
+        n_chunks: nc as u32,
+        dk: job.dk as u32,
+        dv: job.dv as u32,
+        dkp: geo.dkp as u32,
+        dvp: geo.dvp as u32,
+        total: 0,
+        first: seg.first as u32,
+        eps: job.eps,
+        heads,
+        row0: (seg.row0 % heads as u64) as u32,
+        q_off: b.q.1,
+        k_off: b.k.1,
+        v_off: b.v.1,
+        o_off: b.o.1,
+        q_stride: (seg.stride * job.dk) as u32,
+        v_stride: (seg.stride * job.dv) as u32,
+        s_off: b.totals.map_or(0, |t| t.0 .1),
+        z_off: b.totals.map_or(0, |t| t.1 .1),
+        _pad: 0,
+    };
+    let groups = |n: u64, w: u32| n.div_ceil(w as u64);
+    let n = seg.nr * slots / 4 * geo.dkp / 4;
+    prm.total = n as u32;
+    let binds = [
+        at(1, b.q.0),
+        at(2, b.k.0),
+        bsl,
+        whole(5, qt),
+        whole(6, kt),
+        whole(7, kw),
+    ];
+    s.dispatch(&*pl("prep_qk", wg)?, &prm, &binds, groups(n, wg))?;
+    let n = seg.nr * slots * geo.dvp / 4;
+    prm.total = n as u32;
+    let binds = [at(3, b.v.0), whole(8, vp)];
+    s.dispatch(&*pl("prep_v", wg)?, &prm, &binds, groups(n, wg))?;
+    if sweep != Sweep::Apply {
+        let n = seg.nr * nc * (geo.dkp / tr as u64) * (geo.dvp / tc as u64);
+        prm.total = n as u32;
+        let binds = [whole(7, kw), whole(8, vp), whole(9, state)];
+        s.dispatch(&*pl("chunk_state", wg)?, &prm, &binds, groups(n, wg))?;
+        let n = seg.nr * w4;
+        prm.total = n as u32;
+        let binds = [bsl, whole(9, state), whole(10, carry)];
+        s.dispatch(&*pl("scan", wg)?, &prm, &binds, groups(n, wg))?;
+    }
+    if sweep == Sweep::Sum {
+        return Ok(());
+    }
+    if let Some((ts, tz)) = b.totals {
+        let n = seg.nr * (job.dk * job.dv + job.dk);
+        prm.total = n as u32;
+        let binds = [whole(10, carry), at(12, ts.0), at(13, tz.0)];
+        s.dispatch(&*pl("totals", wg)?, &prm, &binds, groups(n, wg))?;
+    }
+    prm.total = (seg.nr * nc) as u32;
+    let st = if job.causal {
+        whole(9, state)
+    } else {
+        whole(9, carry)
+    };
+    let binds = [
+        bsl,
+        whole(5, qt),
+        whole(6, kt),
+        whole(8, vp),
+        st,
+        at(11, b.o.0),
+    ];
+    s.dispatch(&*pl("chunk_apply", wg_apply)?, &prm, &binds, seg.nr * nc)
+}
+
+/// Records the engine over rows `[r0, r0 + nr)` (all of L) that the caller has bound, e.g. one
+/// pass of a caller's own row loop (FAVOR+ binds its features). The caller sized `nr` with
+/// [`row_bytes`] in its plan; L must fit one segment ([`MAX_CHUNKS_PER_SEGMENT`] chunks).
+pub(crate) fn record_rows(
+    s: &mut Schedule<'_>,
+    job: &Job,
+    decay: Option<Decay<'_>>,
+    (r0, nr): (u64, u64),
+    b: &PassBinds<'_>,
+) -> Result<()> {
+    let ctx = s.context();
+    let geo = Geo::new(ctx, job);
+    if geo.chunks(job.len) > MAX_CHUNKS_PER_SEGMENT {
+        return Err(crate::Error::TooLarge {
+            op: "chunk_attention",
+            what: format!("L = {} in one pass", job.len),
+            needed: job.len,
+            limit: MAX_CHUNKS_PER_SEGMENT * geo.chunk as u64,
+        });
+    }
+    let carry = ctx.chunk_scratch.take(ctx, nr * geo.width() * 4);
+    let seg = Segment {
+        nr,
+        len: job.len,
+        stride: job.len,
+        first: true,
+        row0: r0,
+    };
+    let r = record_segment(s, job, &geo, decay, seg, b, &carry, Sweep::Both);
+    ctx.chunk_scratch.give([carry]);
+    r
+}
+
+/// Whole input tensors of one engine run (element buffers of the job's storage).
+pub(crate) struct Io<'b> {
+    pub q: &'b wgpu::Buffer,
+    pub k: &'b wgpu::Buffer,
+    pub v: &'b wgpu::Buffer,
+    /// Bytes per stored input element (4 for f32, 2 for f16).
+    pub in_bytes: u64,
+    /// Totals for prefill: S `[rows, Dk, Dv]`, z `[rows, Dk]` f32.
+    pub totals: Option<(&'b wgpu::Buffer, &'b wgpu::Buffer)>,
+}
+
+/// Bytes per row of the bindings of a run over `len` rows of L (inputs, output, scratch).
+fn seg_bytes(geo: &Geo, job: &Job, es: u64, ob: u64, len: u64) -> Vec<(&'static str, u64)> {
+    let mut rb = vec![
+        ("q", len * job.dk * es),
+        ("v", len * job.dv * es),
+        ("o", len * job.dv * ob),
+        ("S", job.dk * job.dv * 4),
+    ];
+    rb.extend(geo.scratch_bytes(len));
+    rb
+}
+
+/// Records one driver pass (rows `[p.r0, p.r0 + p.nr)`, output at `p.out`). Rows that fit a
+/// binding run together over all of L; otherwise (the driver then gives one row per pass when a
+/// row is too large, see [`crate::driver::Plan::split_len`]) each row runs in segments of whole
+/// chunks that fit, carrying the state: causal segments in order, non-causal ones summed first,
+/// then applied.
+pub(crate) fn record_pass(
+    s: &mut Schedule<'_>,
+    op: &'static str,
+    job: &Job,
+    decay: Option<Decay<'_>>,
+    io: &Io<'_>,
+    p: &Pass<'_>,
+) -> Result<()> {
+    let ctx = s.context();
+    let geo = Geo::new(ctx, job);
+    let (dk, dv, es, len) = (job.dk, job.dv, io.in_bytes, job.len);
+    let ob = p.out.elem_bytes;
+    let plan = |l: u64| seg_bytes(&geo, job, es, ob, l);
+    let whole = geo.chunks(len) <= MAX_CHUNKS_PER_SEGMENT
+        && rows_per_pass(ctx, op, &plan(len), p.nr as usize).is_ok_and(|n| n as u64 >= p.nr);
+    let (rows, seg_len) = if whole {
+        (vec![(p.r0, p.nr)], len)
+    } else {
+        let c = geo.chunk as u64;
+        let mut chunks = geo.chunks(len).min(MAX_CHUNKS_PER_SEGMENT);
+        while chunks > 1 && rows_per_pass(ctx, op, &plan(chunks * c), 1).is_err() {
+            chunks = chunks.div_ceil(2);
+        }
+        rows_per_pass(ctx, op, &plan(chunks * c), 1)?;
+        ((p.r0..p.r0 + p.nr).map(|r| (r, 1)).collect(), chunks * c)
+    };
+    let carry = ctx.chunk_scratch.take(ctx, rows[0].1 * geo.width() * 4);
+    let segs: Vec<u64> = (0..len).step_by(seg_len as usize).collect();
+    let sweeps: &[Sweep] = if job.causal || segs.len() == 1 {
+        &[Sweep::Both]
+    } else {
+        &[Sweep::Sum, Sweep::Apply]
+    };
+    let mut res = Ok(());
+    'rows: for &(r0, nr) in &rows {
+        for &sweep in sweeps {
+            for &t0 in &segs {
+                let sl = seg_len.min(len - t0);
+                let o_first = p.out.first + (r0 - p.r0) * len * dv + t0 * dv;
+                let b = PassBinds {
+                    q: Bind::elems(ctx, 1, io.q, es, r0 * len * dk + t0 * dk, nr * sl * dk),
+                    k: Bind::elems(ctx, 2, io.k, es, r0 * len * dk + t0 * dk, nr * sl * dk),
+                    v: Bind::elems(ctx, 3, io.v, es, r0 * len * dv + t0 * dv, nr * sl * dv),
+                    o: Bind::elems(ctx, 11, p.out.buffer, ob, o_first, nr * sl * dv),
+                    totals: io.totals.filter(|_| t0 + sl == len).map(|(bs, bz)| {
+                        (
+                            Bind::elems(ctx, 12, bs, 4, r0 * dk * dv, nr * dk * dv),
+                            Bind::elems(ctx, 13, bz, 4, r0 * dk, nr * dk),
+                        )
+                    }),
+                };
+                // A segment shorter than L has one row, so its rows are contiguous.
+                let seg = Segment {
+                    nr,
+                    len: sl,
+                    stride: if nr == 1 { sl } else { len },
+                    first: t0 == 0,
+                    row0: r0,
+                };
+                let sub = Job { len: sl, ..*job };
+                res = record_segment(s, &sub, &geo, decay, seg, &b, &carry, sweep);
+                if res.is_err() {
+                    break 'rows;
+                }
+            }
+        }
+    }
+    ctx.chunk_scratch.give([carry]);
+    res
+}

@@ -1,0 +1,36 @@
+//! Tile families of the chunked kernels, chosen per adapter.
+
+/// Which tile shapes the chunk engine uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TileFamily {
+    /// Large register tiles (16×16 per invocation), few invocations per workgroup: CPU adapters
+    /// (lavapipe, SwiftShader, WARP), where every load is a scalar loop and arithmetic is wide.
+    Cpu,
+    /// Small register tiles (4×4) and wide workgroups: discrete and integrated GPUs.
+    Gpu,
+}
+
+impl TileFamily {
+    /// The family for an adapter: CPU device types and known software rasterisers get [`Cpu`].
+    ///
+    /// [`Cpu`]: TileFamily::Cpu
+    pub fn for_adapter(info: &wgpu::AdapterInfo) -> Self {
+        let name = info.name.to_lowercase();
+        let software = ["llvmpipe", "swiftshader", "warp", "basic render"]
+            .iter()
+            .any(|s| name.contains(s));
+        if info.device_type == wgpu::DeviceType::Cpu || software {
+            TileFamily::Cpu
+        } else {
+            TileFamily::Gpu
+        }
+    }
+
+    /// (TR, TC) register tile, invocations per apply workgroup, per other workgroup.
+    pub(crate) fn tiles(self) -> (u32, u32, u32, u32) {
+        match self {
+            TileFamily::Cpu => (16, 16, 16, 64),
+            TileFamily::Gpu => (4, 4, 64, 64),
+        }
+    }
+}
