@@ -32,7 +32,7 @@ macro_rules! kernel {
 pub(crate) const KERNELS: &[Kernel] = &[
     kernel!(
         "softmax_attention",
-        ["attend"],
+        ["attend", "attend_reg"],
         crate::attention::softmax::Params
     ),
     kernel!(

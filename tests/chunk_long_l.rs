@@ -69,7 +69,7 @@ fn linear_attention_at_long_l() {
             for c in contexts() {
                 let [q, k, v, out] = tensors(c, l, &x);
                 linear_attention_into(c, &q, &k, &v, &out, &o).unwrap();
-                let got = to_f64(&out.to_vec().unwrap());
+                let got = to_f64(&out.to_vec(c).unwrap());
                 let label = format!("{:?} L={l} causal={causal}", c.tile_family());
                 check(&label, &got, &want, TOL_F32);
             }
@@ -90,7 +90,7 @@ fn lightning_at_long_l() {
         for c in contexts() {
             let [q, k, v, out] = tensors(c, l, &x);
             lightning_attention_into(c, &q, &k, &v, Some(&slopes), &out, &o).unwrap();
-            let got = to_f64(&out.to_vec().unwrap());
+            let got = to_f64(&out.to_vec(c).unwrap());
             check(
                 &format!("{:?} L={l}", c.tile_family()),
                 &got,
@@ -118,7 +118,7 @@ fn norm_attention_at_long_l() {
             for c in contexts() {
                 let [q, k, v, out] = tensors(c, l, &x);
                 norm_attention_into(c, &q, &k, &v, &aff, &out, &o).unwrap();
-                let got = to_f64(&out.to_vec().unwrap());
+                let got = to_f64(&out.to_vec(c).unwrap());
                 let label = format!("{:?} L={l} causal={causal}", c.tile_family());
                 check(&label, &got, &want, TOL_F32);
             }
@@ -148,7 +148,7 @@ fn lightning_splits_one_row_along_l() {
         lightning_attention_into(&c, &q, &k, &v, Some(&slopes), &out, &o).unwrap();
         check(
             &format!("{tiles:?} f32"),
-            &to_f64(&out.to_vec().unwrap()),
+            &to_f64(&out.to_vec(&c).unwrap()),
             &want,
             TOL_F32,
         );
@@ -164,7 +164,7 @@ fn lightning_splits_one_row_along_l() {
                 .unwrap();
         check(
             &format!("{tiles:?} f16"),
-            &to_f64(&out.to_vec().unwrap()),
+            &to_f64(&out.to_vec(&c).unwrap()),
             &want,
             TOL_F16,
         );

@@ -1,12 +1,14 @@
 //! Exact softmax attention: GPU vs the CPU reference, causal × f32/f16/packed f16, at sizes off
 //! the power of two, outputs poisoned with NaN before dispatch; large logits; the real MiniLM data.
 
+mod attend_common;
 mod common;
 
+use attend_common::*;
 use common::*;
-use longseq::attention::linear::check_shapes;
 use longseq::attention::{softmax_attention, softmax_attention_into, SoftmaxAttentionOptions};
 use longseq::reference;
+use longseq::types::attention::check_shapes;
 use longseq::{Context, Element, Error, Tensor};
 
 /// Runs GPU and CPU on the same (dtype-rounded) inputs; returns (gpu, cpu).
@@ -43,40 +45,42 @@ const CASES: [(usize, usize, usize, usize); 6] = [
 ];
 
 fn sweep(dtype: &str) {
-    let mut seed = 100;
     // f16 skips the largest case to keep the file's run time modest on lavapipe.
     let n = if dtype == "f32" {
         CASES.len()
     } else {
         CASES.len() - 1
     };
-    for &(rows, l, dk, dv) in &CASES[..n] {
-        for causal in [false, true] {
-            seed += 1;
-            let mut g = rng(seed);
-            let q = randn(&mut g, rows * l * dk, 1.0);
-            let k = randn(&mut g, rows * l * dk, 1.0);
-            let v = randn(&mut g, rows * l * dv, 1.0);
-            let (sq, sv) = ([rows, l, dk], [rows, l, dv]);
-            let o = SoftmaxAttentionOptions {
-                causal,
-                scale: None,
-            };
-            let label = format!("{dtype} causal={causal} rows={rows} L={l} Dk={dk} Dv={dv}");
-            let ((got, want), tol) = match dtype {
-                "f32" => (
-                    run(ctx(), &sq, &sv, (&q, &k, &v), &o, |x| x.to_vec()),
-                    TOL_F32,
-                ),
-                "f16" => (run(ctx(), &sq, &sv, (&q, &k, &v), &o, to_f16), TOL_F16),
-                _ => (
-                    run(ctx_packed(), &sq, &sv, (&q, &k, &v), &o, to_f16),
-                    TOL_F16,
-                ),
-            };
-            let e = rel_err(&got, &want);
-            eprintln!("{label}: {e:.2e}");
-            assert!(e <= tol, "{label}: relative error {e:.3e} > {tol:.1e}");
+    for fam in FAMILIES {
+        let mut seed = 100;
+        for &(rows, l, dk, dv) in &CASES[..n] {
+            for causal in [false, true] {
+                seed += 1;
+                let mut g = rng(seed);
+                let q = randn(&mut g, rows * l * dk, 1.0);
+                let k = randn(&mut g, rows * l * dk, 1.0);
+                let v = randn(&mut g, rows * l * dv, 1.0);
+                let (sq, sv) = ([rows, l, dk], [rows, l, dv]);
+                let o = SoftmaxAttentionOptions {
+                    causal,
+                    scale: None,
+                };
+                let label =
+                    format!("{fam:?} {dtype} causal={causal} rows={rows} L={l} Dk={dk} Dv={dv}");
+                let x = (&q[..], &k[..], &v[..]);
+                let ((got, want), tol) = match dtype {
+                    "f32" => (
+                        run(fctx(fam, true), &sq, &sv, x, &o, |x| x.to_vec()),
+                        TOL_F32,
+                    ),
+                    "f16" => (run(fctx(fam, true), &sq, &sv, x, &o, to_f16), TOL_F16),
+                    _ => (run(fctx(fam, false), &sq, &sv, x, &o, to_f16), TOL_F16),
+                };
+                let e = rel_err(&got, &want);
+                eprintln!("{label}: {e:.2e}");
+                assert!(e <= tol, "{label}: relative error {e:.3e} > {tol:.1e}");
+                assert_close_elementwise(&label, &got, &want, 10.0 * tol);
+            }
         }
     }
 }
@@ -121,12 +125,19 @@ fn large_logits_stay_finite_and_exact() {
             causal,
             scale: None,
         };
-        let (got, want) = run(ctx(), &s, &s, (&q, &k, &v), &o, |x| x.to_vec());
-        assert!(got.iter().all(|x| x.is_finite()), "non-finite output");
-        assert_close(&format!("causal={causal}"), &got, &want, TOL_F32);
-        let (got, want) = run(ctx_packed(), &s, &s, (&q, &k, &v), &o, to_f16);
-        assert!(got.iter().all(|x| x.is_finite()), "non-finite f16 output");
-        assert_close(&format!("f16 causal={causal}"), &got, &want, TOL_F16);
+        for fam in FAMILIES {
+            let (got, want) = run(fctx(fam, true), &s, &s, (&q, &k, &v), &o, |x| x.to_vec());
+            assert!(got.iter().all(|x| x.is_finite()), "non-finite output");
+            assert_close(&format!("{fam:?} causal={causal}"), &got, &want, TOL_F32);
+            let (got, want) = run(fctx(fam, false), &s, &s, (&q, &k, &v), &o, to_f16);
+            assert!(got.iter().all(|x| x.is_finite()), "non-finite f16 output");
+            assert_close(
+                &format!("{fam:?} f16 causal={causal}"),
+                &got,
+                &want,
+                TOL_F16,
+            );
+        }
     }
     let _ = dims;
 }
@@ -166,7 +177,12 @@ fn grid_folds_past_65535_workgroups() {
 /// With storage bindings capped at 64 KiB the op runs in many passes with unaligned offsets.
 #[test]
 fn splits_work_past_the_storage_binding_limit() {
-    let ctx = ctx_small_bindings(64 * 1024);
+    for fam in FAMILIES {
+        splits_past_the_binding_limit(&fctx_small(fam, 64 * 1024, true));
+    }
+}
+
+fn splits_past_the_binding_limit(ctx: &Context) {
     let (rows, l, dk, dv) = (13, 101, 33, 33);
     let mut g = rng(11);
     let q = randn(&mut g, rows * l * dk, 1.0);
@@ -178,15 +194,31 @@ fn splits_work_past_the_storage_binding_limit() {
             causal,
             scale: None,
         };
-        let (got, want) = run(&ctx, &sq, &sv, (&q, &k, &v), &o, |x| x.to_vec());
+        let (got, want) = run(ctx, &sq, &sv, (&q, &k, &v), &o, |x| x.to_vec());
         assert_close(&format!("f32 causal={causal}"), &got, &want, TOL_F32);
-        let (got, want) = run(&ctx, &sq, &sv, (&q, &k, &v), &o, to_f16);
+        let (got, want) = run(ctx, &sq, &sv, (&q, &k, &v), &o, to_f16);
         assert_close(&format!("f16 causal={causal}"), &got, &want, TOL_F16);
     }
-    let big = vec![0.5f32; 10_000 * 8];
-    let t = Tensor::from_slice(&ctx, &big, &[1, 10_000, 8]).unwrap();
-    match softmax_attention(&ctx, &t, &t, &t, &SoftmaxAttentionOptions::default()) {
-        Err(Error::TooLarge { .. }) => {}
+}
+
+/// A head dim so large that one key tile alone would pass the adapter's loop limit is a typed
+/// error naming the largest Dk that runs (a row past the binding limit splits along L instead:
+/// tests/softmax_long.rs).
+#[test]
+fn head_dim_past_the_loop_limit_is_too_large() {
+    for fam in FAMILIES {
+        head_dim_too_large(fctx(fam, true));
+    }
+}
+
+fn head_dim_too_large(c: &Context) {
+    let big = vec![0.5f32; 2 * 8192];
+    let t = Tensor::from_slice(c, &big, &[1, 2, 8192]).unwrap();
+    match softmax_attention(c, &t, &t, &t, &SoftmaxAttentionOptions::default()) {
+        Err(Error::TooLarge { what, limit, .. }) => {
+            assert!(what.contains("Dk = 8192"), "{what}");
+            assert!(limit >= 1024, "largest Dk {limit}");
+        }
         other => panic!("expected TooLarge, got {:?}", other.err()),
     }
 }
@@ -208,15 +240,20 @@ fn nan_reaches_exactly_the_outputs_the_reference_makes_nan() {
         };
         let s = [rows, l, dk];
         let sv = [rows, l, dv];
-        let (got, want) = run(ctx(), &s, &sv, (&q, &k, &v), &o, |x| x.to_vec());
-        assert!(want.iter().any(|x| x.is_nan()) && want.iter().any(|x| !x.is_nan()));
-        let mism = got
-            .iter()
-            .zip(&want)
-            .filter(|(g, w)| g.is_nan() != w.is_nan())
-            .count();
-        assert_eq!(mism, 0, "causal={causal}: NaN pattern differs at {mism}");
-        assert_close("non-NaN outputs", &got, &want, TOL_F32);
+        for fam in FAMILIES {
+            let (got, want) = run(fctx(fam, true), &s, &sv, (&q, &k, &v), &o, |x| x.to_vec());
+            assert!(want.iter().any(|x| x.is_nan()) && want.iter().any(|x| !x.is_nan()));
+            let mism = got
+                .iter()
+                .zip(&want)
+                .filter(|(g, w)| g.is_nan() != w.is_nan())
+                .count();
+            assert_eq!(
+                mism, 0,
+                "{fam:?} causal={causal}: NaN pattern differs at {mism}"
+            );
+            assert_close_elementwise(&format!("{fam:?} NaN"), &got, &want, 10.0 * TOL_F32);
+        }
     }
 }
 

@@ -86,6 +86,7 @@ pub mod linear;
 pub mod positional;
 pub mod recurrent;
 pub mod softmax;
+mod softmax_plan;
 pub mod transnormer;
 
 pub use crate::types::FeatureMap;
@@ -110,6 +111,7 @@ pub use recurrent::{
 pub use softmax::{
     record_softmax_attention, softmax_attention, softmax_attention_into, SoftmaxAttentionOptions,
 };
+pub use softmax_plan::{force_attention_tiles, AttentionTiles};
 pub use transnormer::{
     diag_attention, diag_attention_into, norm_attention, norm_attention_into,
     record_diag_attention, record_norm_attention, Affine, DiagAttentionOptions, DiagWeights, Norm,

@@ -129,7 +129,7 @@ impl<T: Element> RowOp for Positional<'_, T> {
             block: 0,
             relu: false,
         };
-        let plan = super::qkv_plan::<T>(&d);
+        let plan = super::softmax::attend_plan::<T>(&d);
         let dims = PosDims {
             d,
             cfg,
