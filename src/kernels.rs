@@ -101,6 +101,18 @@ pub(crate) const KERNELS: &[Kernel] = &[
         crate::ssm::scan::Params
     ),
     kernel!(
+        "selective_scan",
+        [
+            "prep",
+            "chunk_state",
+            "carry_up",
+            "carry_down",
+            "chunk_apply",
+            "finish"
+        ],
+        crate::ssm::selective::Params
+    ),
+    kernel!(
         "ssm_kernel",
         ["discretize", "vandermonde"],
         crate::ssm::kernel::Params

@@ -61,6 +61,7 @@ pub(crate) fn source(shader: &str) -> Option<&'static str> {
         "dplr" => include_str!("../shaders/dplr.wgsl"),
         "fft" => include_str!("../shaders/fft.wgsl"),
         "scan" => include_str!("../shaders/scan.wgsl"),
+        "selective_scan" => include_str!("../shaders/selective_scan.wgsl"),
         "ssm_kernel" => include_str!("../shaders/ssm_kernel.wgsl"),
         _ => return None,
     })

@@ -82,6 +82,7 @@ fn every_help_example_runs_on_shipped_data() {
         "discretize",
         "hippo-approx",
         "ssm",
+        "mamba",
     ];
     for cmd in cmds {
         let help = stdout(&run(&["help", cmd]));

@@ -3,5 +3,6 @@
 //! when no adapter is present.
 
 pub mod attention;
+pub mod mamba;
 pub mod positions;
 pub mod ssm;

@@ -73,6 +73,7 @@ pub mod dplr;
 pub mod fft;
 pub mod kernel;
 pub mod scan;
+pub mod selective;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub use approx::{hippo_approx, hippo_approx_into};
@@ -89,4 +90,8 @@ pub use kernel::{
 pub use scan::{
     linear_scan, linear_scan_into, record_linear_scan, record_s4d_scan, record_s4d_step, s4d_scan,
     s4d_scan_into, s4d_step, s4d_step_into, ScanOperands,
+};
+pub use selective::{
+    record_selective_scan, record_selective_state_update, selective_scan, selective_scan_into,
+    selective_state_update, selective_state_update_into, SelectiveScanInputs,
 };

@@ -9,6 +9,7 @@ mod embed;
 mod hippo;
 mod hippo_approx;
 mod io;
+mod mamba;
 mod methods;
 mod rope;
 mod ssm;
@@ -49,6 +50,7 @@ enum Command {
     Discretize(discretize::Args),
     HippoApprox(hippo_approx::Args),
     Ssm(ssm::Args),
+    Mamba(mamba::Args),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +74,7 @@ fn main() -> ExitCode {
         Command::Discretize(a) => discretize::run(a),
         Command::HippoApprox(a) => hippo_approx::run(a),
         Command::Ssm(a) => ssm::run(a),
+        Command::Mamba(a) => mamba::run(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
