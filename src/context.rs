@@ -21,8 +21,9 @@ pub struct ContextOptions {
     /// Cap on the storage-binding size, in bytes, below the adapter's. Ops split their work to fit
     /// whatever the device allows; a small cap makes that splitting testable.
     pub max_storage_binding_size: Option<u64>,
-    /// Cap on workgroup memory, in bytes, below the adapter's, so ops take the paths they use
-    /// on smaller devices (e.g. the FFT convolution's multi-pass path); for tests.
+    /// Cap on workgroup memory, in bytes, below the adapter's. Ops size their tiles (chunk
+    /// length, block size, softmax's Dk chunk) from it, so a small cap runs the smaller-tile
+    /// fallbacks that adapters with little workgroup memory take. WebGPU guarantees 16384.
     pub max_workgroup_storage_size: Option<u32>,
     /// Tile shapes of the chunked kernels; `None` chooses from the adapter
     /// ([`TileFamily::for_adapter`]), unless `LONGSEQ_TILES` is `cpu` or `gpu`. Forcing either
@@ -211,6 +212,7 @@ impl Context {
             .map_err(|e| Error::RequestDevice {
                 adapter: info.name.clone(),
                 message: e.to_string(),
+                source: Box::new(e),
             })?;
         let mut ctx = Self::from_device(device, queue, info);
         let env = std::env::var("LONGSEQ_TILES").ok();
@@ -249,12 +251,15 @@ impl Context {
         self.id
     }
 
+    /// The wgpu device the ops run on.
     pub fn device(&self) -> &wgpu::Device {
         &self.device
     }
+    /// The queue the ops submit to.
     pub fn queue(&self) -> &wgpu::Queue {
         &self.queue
     }
+    /// The adapter's name, backend, device type and driver.
     pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
         &self.info
     }
@@ -262,6 +267,7 @@ impl Context {
     pub fn shader_f16(&self) -> bool {
         self.f16
     }
+    /// The limits the device was created with (after the caps in [`ContextOptions`]).
     pub fn limits(&self) -> &wgpu::Limits {
         &self.limits
     }

@@ -5,7 +5,9 @@ use half::f16;
 /// Storage dtype of a tensor. Arithmetic is f32 on the GPU and f64 in the CPU reference for both.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
+    /// IEEE binary32.
     F32,
+    /// IEEE binary16, stored as `half::f16`.
     F16,
 }
 
@@ -28,8 +30,11 @@ mod sealed {
 pub trait Element:
     bytemuck::Pod + Copy + Send + Sync + std::fmt::Debug + 'static + sealed::Sealed
 {
+    /// The dtype tag of this element type.
     const DTYPE: DType;
+    /// Widens to f64 exactly.
     fn to_f64(self) -> f64;
+    /// Rounds from f64 to the nearest representable value.
     fn from_f64(x: f64) -> Self;
 }
 

@@ -2,7 +2,7 @@
 //!
 //! Sub-quadratic sequence kernels as hand-written WGSL compute shaders, dispatched through wgpu on
 //! any adapter (Vulkan, Metal, DX12, WebGPU; lavapipe on the CPU), each checked by a plain-Rust
-//! CPU reference with f64 accumulation in [`reference`].
+//! CPU reference with f64 accumulation in [`reference`](mod@reference).
 //!
 //! ```no_run
 //! use longseq::{attention::{linear_attention, FeatureMap, LinearAttentionOptions}, Context, Tensor};
@@ -17,8 +17,10 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs)]
+
 /// Declares a `#[repr(C)]` uniform struct mirrored by a WGSL `Params` struct, with its layout
-/// (size and member offsets) for the reflection test in [`pipeline`].
+/// (size and member offsets) for the reflection test of the kernel registry (`kernels.rs`).
 macro_rules! uniform {
     ($(#[$m:meta])* $vis:vis struct $name:ident { $($(#[$fm:meta])* $f:ident : $t:ty),* $(,)? }) => {
         $(#[$m])*
@@ -46,6 +48,8 @@ pub mod cpu;
 mod driver;
 pub mod dtype;
 pub mod error;
+#[cfg(test)]
+mod kernels;
 pub mod math;
 mod pipeline;
 pub mod positions;

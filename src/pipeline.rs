@@ -39,130 +39,33 @@ pub(crate) struct Layout {
 }
 
 /// A `#[repr(C)]` struct bound as a shader's `Params` uniform (declared with `uniform!`).
+#[cfg_attr(not(test), allow(dead_code))] // layout() is read by the reflection tests
 pub(crate) trait Uniform: bytemuck::Pod {
     fn layout() -> Layout;
 }
 
-/// One WGSL shader: its source, its compute entry points and the Rust side of its `Params`.
-#[cfg_attr(not(test), allow(dead_code))] // entries and params are read by the reflection tests
-pub(crate) struct Kernel {
-    pub name: &'static str,
-    pub source: &'static str,
-    pub entries: &'static [&'static str],
-    pub params: fn() -> Layout,
-}
-
-macro_rules! kernel {
-    ($name:literal, [$($e:literal),*], $params:ty) => {
-        Kernel {
-            name: $name,
-            source: include_str!(concat!("../shaders/", $name, ".wgsl")),
-            entries: &[$($e),*],
-            params: <$params as Uniform>::layout,
-        }
-    };
-}
-
-/// Every shader the crate runs.
-pub(crate) const KERNELS: &[Kernel] = &[
-    kernel!(
-        "softmax_attention",
-        ["attend", "attend_reg"],
-        crate::attention::softmax::Params
-    ),
-    kernel!(
-        "chunk_attention",
-        [
-            "prep_qk",
-            "prep_v",
-            "chunk_state",
-            "scan",
-            "totals",
-            "chunk_apply"
-        ],
-        crate::attention::chunk::Params
-    ),
-    kernel!(
-        "transnormer",
-        ["norm_rows"],
-        crate::attention::transnormer::NormParams
-    ),
-    kernel!(
-        "favor",
-        [
-            "favor_logits",
-            "head_max",
-            "favor_exp_row",
-            "favor_exp_head",
-            "map_features",
-            "cast_f32"
-        ],
-        crate::attention::favor::Params
-    ),
-    kernel!(
-        "recurrent",
-        ["step_update", "step_output"],
-        crate::attention::recurrent::Params
-    ),
-    kernel!("cast", ["pack_f16"], crate::cast::PackParams),
-    kernel!("embedding", ["lookup"], crate::positions::embedding::Params),
-    kernel!("rope", ["rotate"], crate::positions::rope::Params),
-    kernel!("hippo", ["legs", "lti"], crate::ssm::approx::Params),
-    kernel!("dplr", ["cauchy", "store_real"], crate::ssm::dplr::Params),
-    kernel!(
-        "fft",
-        [
-            "load_real",
-            "load_complex",
-            "stockham",
-            "pointwise",
-            "store_conv",
-            "store_complex",
-            "detect_nf"
-        ],
-        crate::ssm::fft::Params
-    ),
-    kernel!(
-        "fft_conv",
-        ["col_fwd", "row_kspec", "row_conv", "col_inv", "detect_nf"],
-        crate::ssm::conv::Params
-    ),
-    kernel!(
-        "scan",
-        [
-            "load_ab",
-            "scan_up",
-            "scan_down",
-            "store_real",
-            "store_complex",
-            "load_ssm",
-            "out_ssm",
-            "step",
-            "save_carry"
-        ],
-        crate::ssm::scan::Params
-    ),
-    kernel!(
-        "selective_scan",
-        [
-            "prep",
-            "chunk_state",
-            "carry_up",
-            "carry_down",
-            "chunk_apply",
-            "finish"
-        ],
-        crate::ssm::selective::Params
-    ),
-    kernel!(
-        "ssm_kernel",
-        ["discretize", "vandermonde"],
-        crate::ssm::kernel::Params
-    ),
-];
-
-fn source(shader: &str) -> Option<&'static str> {
-    KERNELS.iter().find(|k| k.name == shader).map(|k| k.source)
+/// The WGSL source of `shader` (its file under `shaders/`). The registry that pairs each shader
+/// with its entry points and `Params` type is `crate::kernels`, which sits above the ops (it names
+/// their `Params` types) so that this module, which every op imports, imports no op.
+pub(crate) fn source(shader: &str) -> Option<&'static str> {
+    Some(match shader {
+        "softmax_attention" => include_str!("../shaders/softmax_attention.wgsl"),
+        "chunk_attention" => include_str!("../shaders/chunk_attention.wgsl"),
+        "transnormer" => include_str!("../shaders/transnormer.wgsl"),
+        "favor" => include_str!("../shaders/favor.wgsl"),
+        "recurrent" => include_str!("../shaders/recurrent.wgsl"),
+        "cast" => include_str!("../shaders/cast.wgsl"),
+        "embedding" => include_str!("../shaders/embedding.wgsl"),
+        "rope" => include_str!("../shaders/rope.wgsl"),
+        "hippo" => include_str!("../shaders/hippo.wgsl"),
+        "dplr" => include_str!("../shaders/dplr.wgsl"),
+        "fft" => include_str!("../shaders/fft.wgsl"),
+        "fft_conv" => include_str!("../shaders/fft_conv.wgsl"),
+        "scan" => include_str!("../shaders/scan.wgsl"),
+        "selective_scan" => include_str!("../shaders/selective_scan.wgsl"),
+        "ssm_kernel" => include_str!("../shaders/ssm_kernel.wgsl"),
+        _ => return None,
+    })
 }
 
 /// Helpers every shader may call, prepended when the shader calls one and does not define it.
@@ -220,7 +123,7 @@ fn phi(x: f32) -> f32 {
 
 /// The prelude for `src`: the feature-map codes, then each helper it calls but does not define.
 fn prelude(src: &str) -> String {
-    use crate::attention::FeatureMap;
+    use crate::types::FeatureMap;
     let mut out = String::new();
     for (name, fm) in [
         ("ELU1", FeatureMap::Elu1),
@@ -338,6 +241,7 @@ fn compile(
             shader: shader.into(),
             entry: entry.into(),
             message: err.to_string(),
+            source: Some(Box::new(err)),
         }),
         None => Ok(pipeline),
     }
@@ -382,6 +286,7 @@ impl PipelineCache {
             shader: shader.into(),
             entry: entry.into(),
             message: "no such shader".into(),
+            source: None,
         })?;
         let (code, overrides) = substitute_consts(src, constants);
         let code = specialise(&code, storage);
@@ -392,147 +297,6 @@ impl PipelineCache {
         let p = Arc::new(pipeline);
         self.map.lock().unwrap().insert(key, p.clone());
         Ok(p)
-    }
-}
-
-#[cfg(test)]
-mod reflection {
-    //! Reflects every shader with naga (wgpu's own front end) and checks the Rust side of its
-    //! `Params` uniform: size and the offset of every named member.
-    use super::*;
-
-    fn is_pad(name: &str) -> bool {
-        name.starts_with('_') || name.starts_with("pad")
-    }
-
-    /// `Err` naming the first difference between a WGSL struct (members, span) and `rust`.
-    fn compare(
-        wgsl: &[(String, u32)],
-        span: u32,
-        rust: &Layout,
-    ) -> std::result::Result<(), String> {
-        let rust_fields: Vec<(&str, u32)> = rust
-            .fields
-            .iter()
-            .map(|&(n, o)| (n, o as u32))
-            .filter(|(n, _)| !is_pad(n))
-            .collect();
-        let wgsl_fields: Vec<(&str, u32)> = wgsl
-            .iter()
-            .map(|(n, o)| (n.as_str(), *o))
-            .filter(|(n, _)| !is_pad(n))
-            .collect();
-        if rust_fields != wgsl_fields {
-            return Err(format!(
-                "members differ:\n  rust {rust_fields:?}\n  wgsl {wgsl_fields:?}"
-            ));
-        }
-        let size = rust.size as u32;
-        if size < span || size > span.next_multiple_of(16) {
-            return Err(format!("rust size {size}, wgsl span {span}"));
-        }
-        Ok(())
-    }
-
-    /// The members and span of `source`'s uniform at group 0, binding 0.
-    fn params_of(name: &str, source: &str) -> (Vec<(String, u32)>, u32, naga::Module) {
-        let code = specialise(source, Storage::F32);
-        let module = naga::front::wgsl::parse_str(&code)
-            .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&code)));
-        let (_, var) = module
-            .global_variables
-            .iter()
-            .find(|(_, v)| {
-                v.space == naga::AddressSpace::Uniform
-                    && v.binding
-                        == Some(naga::ResourceBinding {
-                            group: 0,
-                            binding: 0,
-                        })
-            })
-            .unwrap_or_else(|| panic!("{name}: no uniform at group 0, binding 0"));
-        let naga::TypeInner::Struct { members, span } = &module.types[var.ty].inner else {
-            panic!("{name}: the uniform is not a struct");
-        };
-        let members = members
-            .iter()
-            .map(|m| (m.name.clone().unwrap_or_default(), m.offset))
-            .collect();
-        (members, *span, module)
-    }
-
-    #[test]
-    fn every_shader_is_registered() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/shaders");
-        let mut on_disk: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .filter_map(|e| {
-                let p = e.unwrap().path();
-                (p.extension()? == "wgsl").then(|| p.file_stem().unwrap().to_string_lossy().into())
-            })
-            .collect();
-        on_disk.sort();
-        let mut registered: Vec<String> = KERNELS.iter().map(|k| k.name.to_string()).collect();
-        registered.sort();
-        assert_eq!(on_disk, registered);
-    }
-
-    #[test]
-    fn every_params_struct_matches_its_shader_and_every_entry_exists() {
-        for k in KERNELS {
-            let (members, span, module) = params_of(k.name, k.source);
-            if let Err(e) = compare(&members, span, &(k.params)()) {
-                panic!("{}: Params {e}", k.name);
-            }
-            for e in k.entries {
-                assert!(
-                    module
-                        .entry_points
-                        .iter()
-                        .any(|ep| ep.name == *e && ep.stage == naga::ShaderStage::Compute),
-                    "{}: no compute entry `{e}`",
-                    k.name
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn every_storage_mode_parses() {
-        for k in KERNELS {
-            for storage in [Storage::F32, Storage::F16, Storage::F16Packed] {
-                let code = specialise(k.source, storage);
-                if let Err(e) = naga::front::wgsl::parse_str(&code) {
-                    panic!("{} ({storage:?}): {}", k.name, e.emit_to_string(&code));
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn a_reordered_field_on_either_side_fails() {
-        let k = &KERNELS[0];
-        let (members, span, _) = params_of(k.name, k.source);
-        let rust = (k.params)();
-        assert!(compare(&members, span, &rust).is_ok());
-        // Rust side: swap the offsets of the first two fields.
-        let mut swapped = (k.params)();
-        let (a, b) = (swapped.fields[0].1, swapped.fields[1].1);
-        (swapped.fields[0].1, swapped.fields[1].1) = (b, a);
-        assert!(compare(&members, span, &swapped).is_err());
-        // WGSL side: the same two members in the other order.
-        let src = k.source.replacen(
-            "    rows: u32,\n    len: u32,",
-            "    len: u32,\n    rows: u32,",
-            1,
-        );
-        assert_ne!(
-            src, k.source,
-            "the test needs `rows, len` at the start of {}",
-            k.name
-        );
-        let (members, span, _) = params_of(k.name, &src);
-        assert!(compare(&members, span, &rust).is_err());
     }
 }
 
@@ -576,7 +340,9 @@ mod tests {
                 shader,
                 entry,
                 message,
+                source,
             }) => {
+                assert!(source.is_some(), "wgpu's error is kept as the source");
                 assert_eq!((shader.as_str(), entry.as_str()), ("broken_shader", "main"));
                 assert!(!message.is_empty());
             }

@@ -67,6 +67,7 @@ pub struct Schedule<'a> {
 }
 
 impl<'a> Schedule<'a> {
+    /// An empty schedule on a new command encoder of `ctx`'s device.
     pub fn new(ctx: &'a Context) -> Self {
         let encoder = ctx
             .device
@@ -88,6 +89,7 @@ impl<'a> Schedule<'a> {
         self.encoder
     }
 
+    /// The context the schedule records for.
     pub fn context(&self) -> &'a Context {
         self.ctx
     }

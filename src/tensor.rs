@@ -97,18 +97,23 @@ impl<T: Element> Tensor<T> {
         })
     }
 
+    /// The shape, outermost dim first (row-major).
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
+    /// The number of elements.
     pub fn len(&self) -> usize {
         self.shape.iter().product()
     }
+    /// Whether the tensor holds no element.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// The storage dtype.
     pub fn dtype(&self) -> DType {
         T::DTYPE
     }
+    /// The wgpu buffer that holds the elements.
     pub fn buffer(&self) -> &wgpu::Buffer {
         &self.buffer
     }

@@ -180,39 +180,50 @@ fn decoding_splits_rows_past_the_storage_binding_limit() {
     }
 }
 
-/// The decoded output also equals the f64 references (not only the GPU's parallel form).
-#[test]
-fn decoding_matches_the_references() {
-    let c = ctx();
+/// The decoded output (prefill of 17, then steps) against the f64 references on the same
+/// dtype-rounded inputs, normwise and elementwise.
+fn check_references<T: Element>(
+    c: &Context,
+    label: &str,
+    conv: impl Fn(&[f32]) -> Vec<T>,
+    tol: f64,
+) {
     let (rows, l, dk, dv, m) = (2, 40, 4, 6, 9);
     let mut g = rng(41);
     let q = randn(&mut g, rows * l * dk, 0.6);
     let k = randn(&mut g, rows * l * dk, 0.6);
     let v = randn(&mut g, rows * l * dv, 1.0);
+    let (qt, kt, vt) = (conv(&q), conv(&k), conv(&v));
     let d = check_shapes("t", &[rows, l, dk], &[rows, l, dk], &[rows, l, dv]).unwrap();
     for (name, f) in all_features(c, dk, m) {
         let want = match &f {
-            Features::Linear(o) => reference::attention::linear_attention(&q, &k, &v, &d, o),
+            Features::Linear(o) => reference::attention::linear_attention(&qt, &kt, &vt, &d, o),
             Features::Favor { omega, kind } => {
                 let w = omega.to_vec(c).unwrap();
                 let o = FavorOptions {
                     kind: *kind,
                     causal: true,
                 };
-                reference::attention::favor_attention(&q, &k, &v, &d, &w, &o)
+                reference::attention::favor_attention(&qt, &kt, &vt, &d, &w, &o)
             }
         }
         .unwrap();
-        let got = decode(
-            c,
-            &f,
-            (rows, l, dk, dv),
-            (&q, &k, &v),
-            17,
-            &|x: &[f32]| x.to_vec(),
-        );
-        assert_close(name, &got, &want, TOL_F32);
+        let got = decode(c, &f, (rows, l, dk, dv), (&q, &k, &v), 17, &conv);
+        assert_close_both(&format!("{label} {name}"), &got, &want, tol);
     }
+}
+
+/// The decoded output also equals the f64 references (not only the GPU's parallel form).
+#[test]
+fn decoding_matches_the_references() {
+    check_references(ctx(), "f32", |x| x.to_vec(), TOL_F32);
+}
+
+/// f16 decoding (f16 storage, f32 state) against the f64 reference, native and packed f16.
+#[test]
+fn f16_decoding_matches_the_references() {
+    check_references(ctx(), "f16", to_f16, TOL_F16);
+    check_references(ctx_packed(), "f16 packed", to_f16, TOL_F16);
 }
 
 /// A FAVOR key aligned with ω_0 raises the largest key log-feature (‖ω_0‖²/2) above all before

@@ -5,6 +5,8 @@ mod attend_common;
 mod common;
 
 use attend_common::*;
+// attend_common's normwise-scaled variant, not common's (atol, rtol) one.
+use attend_common::assert_close_elementwise;
 use common::*;
 use longseq::attention::{softmax_attention, softmax_attention_into, SoftmaxAttentionOptions};
 use longseq::reference;

@@ -160,8 +160,8 @@ fn record_elementwise(
 /// `omega: [M, Dk]` f32 -> `o: [.., L, Dv]` in the inputs' dtype (f16 storage keeps f32 features,
 /// state and accumulation). ω is used exactly as given; draw one with [`draw_omega`].
 ///
-/// Errors: [`Error::Shape`] for mismatched shapes or ω not `[M, Dk]`, [`Error::InvalidArgument`]
-/// for M = 0, [`Error::TooLarge`] when one (batch, head) row does not fit a storage binding.
+/// Errors: [`Error::Shape`](crate::Error::Shape) for mismatched shapes or ω not `[M, Dk]`, [`Error::InvalidArgument`](crate::Error::InvalidArgument)
+/// for M = 0, [`Error::TooLarge`](crate::Error::TooLarge) when one (batch, head) row does not fit a storage binding.
 pub fn favor_attention<T: Element>(
     ctx: &Context,
     q: &Tensor<T>,

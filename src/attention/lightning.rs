@@ -90,7 +90,7 @@ const OP: &str = "lightning_attention";
 /// output afterwards). `slopes: [H]` decay rates `s_h ≥ 0` (λ_h = exp(−s_h)); `None` uses
 /// [`alibi_slopes`]. f16 tensors are stored as f16; state and arithmetic are f32.
 ///
-/// Errors: [`Error::Shape`] (mismatched q/k/v, slopes not of length H), [`Error::InvalidArgument`]
+/// Errors: [`Error::Shape`](crate::Error::Shape) (mismatched q/k/v, slopes not of length H), [`Error::InvalidArgument`](crate::Error::InvalidArgument)
 /// (a slope negative or not finite, a block outside `1..=max`). Any L: a row larger than a storage
 /// binding runs in segments of L that carry the decayed state.
 pub fn lightning_attention<T: Element>(

@@ -20,8 +20,8 @@ const OP: &str = "linear_attention";
 /// Linear attention: `q, k: [B, H, L, Dk]` (or `[H, L, Dk]`), `v: [.., L, Dv]` -> `o: [.., L, Dv]`
 /// in the inputs' dtype. f16 tensors are stored as f16; all arithmetic and state is f32.
 ///
-/// NaN in an input reaches exactly the outputs that depend on it. Errors: [`Error::Shape`] for
-/// mismatched shapes, [`Error::InvalidArgument`] for a bad ε. Any L: a (batch, head) row larger
+/// NaN in an input reaches exactly the outputs that depend on it. Errors: [`Error::Shape`](crate::Error::Shape) for
+/// mismatched shapes, [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a bad ε. Any L: a (batch, head) row larger
 /// than a storage binding runs in segments of L that carry the state (shaders/chunk_attention.wgsl).
 pub fn linear_attention<T: Element>(
     ctx: &Context,

@@ -28,7 +28,12 @@ pub enum Features {
     /// decoding is causal).
     Linear(LinearAttentionOptions),
     /// FAVOR features with `omega: [M, Dk]` f32 (see [`super::favor`]); no ε, denominator guard.
-    Favor { omega: Tensor<f32>, kind: FavorKind },
+    Favor {
+        /// ω: `[M, Dk]` f32.
+        omega: Tensor<f32>,
+        /// Positive (FAVOR+) or trigonometric features.
+        kind: FavorKind,
+    },
 }
 
 impl Features {
@@ -57,8 +62,11 @@ pub struct RecurrentState {
     features: Features,
     dk: usize,
     dv: usize,
+    /// Σ φ(k) vᵀ so far, scaled by `exp(−log_scale)`: `[.., F, Dv]`.
     pub s: Tensor<f32>,
+    /// Σ φ(k) so far, same scale: `[.., F]`.
     pub z: Tensor<f32>,
+    /// The log of the common scale of `s` and `z` per head (FAVOR's running key maximum): `[..]`.
     pub log_scale: Tensor<f32>,
 }
 
@@ -104,6 +112,7 @@ impl RecurrentState {
         })
     }
 
+    /// Which features this state was built for.
     pub fn features(&self) -> &Features {
         &self.features
     }

@@ -10,19 +10,28 @@ use crate::{Error, Result};
 /// `dt: [H]`. `A_h = diag(Λ_h) − P_h Q_hᴴ`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DplrSsm {
+    /// Heads H.
     pub h: usize,
+    /// State size N.
     pub n: usize,
+    /// Λ, the diagonal part: `[H, N]`.
     pub lambda: Vec<Complex64>,
+    /// P of the low-rank term: `[H, N]`.
     pub p: Vec<Complex64>,
+    /// Q of the low-rank term: `[H, N]`.
     pub q: Vec<Complex64>,
+    /// B: `[H, N]`.
     pub b: Vec<Complex64>,
+    /// C: `[H, N]`.
     pub c: Vec<Complex64>,
+    /// Step Δ per head, > 0: `[H]`.
     pub dt: Vec<f64>,
 }
 
 type Mat = Vec<Complex64>;
 
 impl DplrSsm {
+    /// Checks the lengths against `h`, `n`, and that Δ is finite and > 0; `op` names the caller in errors.
     pub fn check(&self, op: &'static str) -> Result<()> {
         let (h, n) = (self.h, self.n);
         if h == 0 || n == 0 {

@@ -66,10 +66,13 @@ impl Measure {
 /// A continuous state space `ċ = A c + B f`: `a: [N, N]` and `b: [N, M]`, row-major f64.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StateSpace {
+    /// State size N.
     pub n: usize,
     /// Number of inputs (columns of `b`).
     pub m: usize,
+    /// A: `[N, N]`, row-major.
     pub a: Vec<f64>,
+    /// B: `[N, M]`, row-major.
     pub b: Vec<f64>,
 }
 

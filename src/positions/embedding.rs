@@ -26,10 +26,10 @@ crate::uniform! {
 /// Embedding lookup: `table: [V, D]` (f32 or f16), `ids: [L]` or `[B, L]` (u32, row-major,
 /// shape `ids_shape`) -> `x: [.., L, D]` in the table's dtype, `x[b, l, :] = table[ids[b, l], :]`.
 ///
-/// The ids are checked on the host before anything is dispatched. Errors: [`Error::Shape`] for
-/// a bad table or ids shape, [`Error::DataLength`] when `ids` does not match `ids_shape`,
-/// [`Error::IndexOutOfRange`] at the first id `>= V` (its `[b, l]` position),
-/// [`Error::TooLarge`] when one table row or output row does not fit a storage binding.
+/// The ids are checked on the host before anything is dispatched. Errors: [`Error::Shape`](crate::Error::Shape) for
+/// a bad table or ids shape, [`Error::DataLength`](crate::Error::DataLength) when `ids` does not match `ids_shape`,
+/// [`Error::IndexOutOfRange`](crate::Error::IndexOutOfRange) at the first id `>= V` (its `[b, l]` position),
+/// [`Error::TooLarge`](crate::Error::TooLarge) when one table row or output row does not fit a storage binding.
 pub fn embedding<T: Element>(
     ctx: &Context,
     table: &Tensor<T>,

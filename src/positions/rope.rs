@@ -49,9 +49,9 @@ crate::uniform! {
 /// RoPE: `x: [B, H, L, D]` (any rank >= 2: `[.., L, D]`, D even; f32 or f16) -> the rotated
 /// `[.., L, D]` in x's dtype. Apply it to q and to k. Angles never pass through f16.
 ///
-/// Errors: [`Error::Shape`] for odd D or an empty dim, or `positions` not of length L;
-/// [`Error::InvalidArgument`] for a base <= 0, a factor < 1 or not finite, α >= β, NTK with
-/// D = 2, an offset running past u32; [`Error::TooLarge`] when one row does not fit a binding.
+/// Errors: [`Error::Shape`](crate::Error::Shape) for odd D or an empty dim, or `positions` not of length L;
+/// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a base <= 0, a factor < 1 or not finite, α >= β, NTK with
+/// D = 2, an offset running past u32; [`Error::TooLarge`](crate::Error::TooLarge) when one row does not fit a binding.
 pub fn rope<T: Element>(
     ctx: &Context,
     x: &Tensor<T>,

@@ -19,9 +19,13 @@ const OP: &str = "selective_scan_ref";
 /// The sizes of a selective scan: batch B, channels D, state size N, length L.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ScanDims {
+    /// Batch B.
     pub batch: usize,
+    /// Channels D.
     pub dim: usize,
+    /// State size N.
     pub state: usize,
+    /// Length L.
     pub len: usize,
 }
 
@@ -44,6 +48,7 @@ pub struct SelectiveScanRef<'a> {
     pub z: Option<&'a [f64]>,
     /// `delta_bias: [D]`.
     pub delta_bias: Option<&'a [f64]>,
+    /// Apply softplus to Δ + bias (Mamba's default).
     pub delta_softplus: bool,
     /// `initial_state: [B, D, N]`.
     pub initial_state: Option<&'a [f64]>,

@@ -16,7 +16,9 @@ use crate::{Context, Element, Error, Result, Tensor};
 /// the factor `1/n` (numpy's convention).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FftDirection {
+    /// `e^{−2πijk/n}`, no scaling.
     Forward,
+    /// `e^{+2πijk/n}`, scaled by `1/n`.
     Inverse,
 }
 

@@ -31,13 +31,21 @@ const OP: &str = "s4d_kernel";
 /// Tensors are handles; cloning shares the buffers.
 #[derive(Clone)]
 pub struct DiagonalSsm<T: Element> {
+    /// Re A, continuous-time (Re A < 0 for a stable mode): `[H, N2]`.
     pub a_re: Tensor<T>,
+    /// Im A: `[H, N2]`.
     pub a_im: Tensor<T>,
+    /// Re B: `[H, N2]`.
     pub b_re: Tensor<T>,
+    /// Im B: `[H, N2]`.
     pub b_im: Tensor<T>,
+    /// Re C: `[H, N2]`.
     pub c_re: Tensor<T>,
+    /// Im C: `[H, N2]`.
     pub c_im: Tensor<T>,
+    /// Step Δ per head, > 0: `[H]`.
     pub dt: Tensor<T>,
+    /// Skip term D per head: `[H]`.
     pub d: Tensor<T>,
 }
 

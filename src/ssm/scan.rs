@@ -121,9 +121,13 @@ fn record_levels(
 /// of the same shape (a missing imaginary part is zero).
 #[derive(Clone, Copy)]
 pub struct ScanOperands<'a, T: Element> {
+    /// Re a: `[.., L]`.
     pub a_re: &'a Tensor<T>,
+    /// Im a, same shape; `None` is zero.
     pub a_im: Option<&'a Tensor<T>>,
+    /// Re b: `[.., L]`.
     pub b_re: &'a Tensor<T>,
+    /// Im b, same shape; `None` is zero.
     pub b_im: Option<&'a Tensor<T>>,
 }
 

@@ -14,7 +14,7 @@ use crate::{Error, Result};
 /// The op named in errors from the positional checks.
 const POSITIONAL_OP: &str = "softmax_attention";
 
-/// Options for [`linear_attention`] and the CPU reference
+/// Options for [`linear_attention`](crate::attention::linear_attention) and the CPU reference
 /// [`crate::reference::attention::linear_attention`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LinearAttentionOptions {
@@ -44,9 +44,13 @@ impl Default for LinearAttentionOptions {
 /// Sizes of one attention call: `rows` = product of the leading dims (B·H).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AttnDims {
+    /// Rows R = product of the leading dims (B·H).
     pub rows: usize,
+    /// Sequence length L.
     pub len: usize,
+    /// Head dim of q and k.
     pub dk: usize,
+    /// Head dim of v.
     pub dv: usize,
     /// Shape of the output: q's leading dims, then [L, Dv].
     pub out_shape: Vec<usize>,
@@ -110,7 +114,7 @@ pub(crate) fn check_options(op: &'static str, opts: &LinearAttentionOptions) -> 
     Ok(())
 }
 
-/// Options for [`softmax_attention`] and the CPU reference
+/// Options for [`softmax_attention`](crate::attention::softmax_attention) and the CPU reference
 /// [`crate::reference::attention::softmax_attention`].
 #[derive(Clone, Copy, Debug, PartialEq, Default)]
 pub struct SoftmaxAttentionOptions {
@@ -140,7 +144,7 @@ pub(crate) fn check_scale(op: &'static str, scale: Option<f32>) -> Result<()> {
     }
 }
 
-/// Options for [`lightning_attention`] and the CPU reference
+/// Options for [`lightning_attention`](crate::attention::lightning_attention) and the CPU reference
 /// [`crate::reference::attention::lightning_attention`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LightningOptions {
@@ -221,20 +225,24 @@ pub enum Alibi<'a> {
 /// ReRoPE: rotary inside the kernel with relative positions clipped at `window`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ReRope {
+    /// Relative positions are clipped at this distance (>= 1).
     pub window: usize,
     /// Rotary base (10 000 in RoFormer).
     pub base: f64,
+    /// Pair layout of the rotation.
     pub layout: RopeLayout,
 }
 
-/// Position terms for [`softmax_attention_positional`]; the default adds none.
+/// Position terms for [`softmax_attention_positional`](crate::attention::softmax_attention_positional); the default adds none.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct PositionalOptions<'a> {
+    /// ALiBi biases, `−slope_h·(i − j)`.
     pub alibi: Option<Alibi<'a>>,
     /// `L_train` for the log-n logit scale (>= 2).
     pub log_n_train: Option<usize>,
     /// Sliding window `w` (>= 1): keys `j ∈ (i − w, i]`, causal whatever `causal` says.
     pub window: Option<usize>,
+    /// ReRoPE: rotary with relative positions clipped at a window.
     pub rerope: Option<ReRope>,
 }
 
@@ -346,10 +354,11 @@ pub enum OmegaDraw {
     OrthogonalSqrtD,
 }
 
-/// Options for [`favor_attention`] and the CPU reference
+/// Options for [`favor_attention`](crate::attention::favor_attention) and the CPU reference
 /// [`crate::reference::attention::favor_attention`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FavorOptions {
+    /// Positive (FAVOR+) or trigonometric features.
     pub kind: FavorKind,
     /// Sum over `j ≤ i` only.
     pub causal: bool,
@@ -428,6 +437,7 @@ pub enum Norm {
 }
 
 impl Norm {
+    /// The name the CLI takes and prints, e.g. `simple-rmsnorm`.
     pub fn name(self) -> &'static str {
         match self {
             Norm::SimpleRmsNorm => "simple-rmsnorm",
@@ -486,16 +496,20 @@ impl FromStr for Norm {
 /// `b` (default zeros). SimpleRMSNorm takes neither.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Affine<'a> {
+    /// Gain `g`, length Dv; `None` is ones.
     pub gain: Option<&'a [f32]>,
+    /// Bias `b`, length Dv; `None` is zeros.
     pub bias: Option<&'a [f32]>,
 }
 
-/// Options for [`norm_attention`] and [`crate::reference::attention::norm_attention`].
+/// Options for [`norm_attention`](crate::attention::norm_attention) and [`crate::reference::attention::norm_attention`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct NormAttentionOptions {
     /// φ for Q and K; the paper's code uses [`FeatureMap::Elu`] (the default here).
     pub feature_map: FeatureMap,
+    /// Sum over `j ≤ i` only.
     pub causal: bool,
+    /// The norm applied to the unnormalised output.
     pub norm: Norm,
     /// ε of the norm (default 1e-6).
     pub eps: f32,
@@ -522,14 +536,16 @@ pub enum DiagWeights {
     Relu,
 }
 
-/// Options for [`diag_attention`] and [`crate::reference::attention::diag_attention`].
+/// Options for [`diag_attention`](crate::attention::diag_attention) and [`crate::reference::attention::diag_attention`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DiagAttentionOptions {
     /// Block length w ≥ 1 (default 64); the last block is ragged.
     pub block: u32,
+    /// Causal within and across blocks.
     pub causal: bool,
     /// Logit scale; `None` means `1/√Dk`.
     pub scale: Option<f32>,
+    /// Softmax or relu weights inside a block.
     pub weights: DiagWeights,
     /// The norm after relu weights (ignored for softmax).
     pub norm: Norm,
@@ -551,6 +567,7 @@ impl Default for DiagAttentionOptions {
 }
 
 impl DiagAttentionOptions {
+    /// The logit scale: `scale`, or `1/√Dk` when it is `None`.
     pub fn scale_for(&self, dk: usize) -> f32 {
         self.scale
             .unwrap_or_else(|| (1.0 / (dk as f64).sqrt()) as f32)

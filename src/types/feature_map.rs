@@ -56,6 +56,7 @@ impl FeatureMap {
         }
     }
 
+    /// The name the CLI takes and prints, e.g. `elu1`.
     pub fn name(self) -> &'static str {
         match self {
             FeatureMap::Elu1 => "elu1",

@@ -20,30 +20,47 @@ pub enum RopeScaling {
     #[default]
     None,
     /// Position interpolation: position `m` becomes `m / factor`.
-    Linear { factor: f64 },
+    Linear {
+        /// The interpolation factor s >= 1.
+        factor: f64,
+    },
     /// NTK-aware: `base' = base · factor^(D/(D−2))` (needs D > 2).
-    Ntk { factor: f64 },
+    Ntk {
+        /// The context-extension factor s >= 1.
+        factor: f64,
+    },
     /// NTK-aware with the factor taken from the current length `n` (largest position + 1):
     /// `s = max(1, factor·n/original_length − (factor − 1))`; `factor = 1` gives `n / L_train`.
-    DynamicNtk { factor: f64, original_length: usize },
+    DynamicNtk {
+        /// The context-extension factor >= 1.
+        factor: f64,
+        /// The trained context length.
+        original_length: usize,
+    },
     /// YaRN: with `r_i = original_length / λ_i` (`λ_i = 2π/θ_i`, the wavelength) and the ramp
     /// `γ_i = clamp((r_i − α)/(β − α), 0, 1)`, `θ'_i = (1 − γ_i)·θ_i/factor + γ_i·θ_i`; the
     /// output is multiplied by `0.1·ln(factor) + 1` (√(1/t), applied to q and to k). The paper
     /// uses α = 1, β = 32 for LLaMA.
     Yarn {
+        /// Context-extension factor s > 1.
         factor: f64,
+        /// The trained context length.
         original_length: usize,
+        /// Ramp start α (in rotations over the trained length).
         alpha: f64,
+        /// Ramp end β > α.
         beta: f64,
     },
 }
 
-/// Options for [`rope`] and the CPU reference [`crate::reference::positions::rope`].
+/// Options for [`rope`](fn@crate::positions::rope) and the CPU reference [`crate::reference::positions::rope`](fn@crate::reference::positions::rope).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RopeOptions {
     /// Base of the frequencies (default 10 000).
     pub base: f64,
+    /// Pair layout of the rotation.
     pub layout: RopeLayout,
+    /// Context-extension scaling of the frequencies.
     pub scaling: RopeScaling,
 }
 

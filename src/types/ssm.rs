@@ -16,12 +16,19 @@ pub use crate::math::dplr::DplrSsm;
 /// A real mode (odd N) is not representable as a pair; pass it as a pair with C halved.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DiagonalSsm {
+    /// Heads H.
     pub h: usize,
+    /// Stored modes per head N2 (state size N = 2·N2).
     pub n2: usize,
+    /// A, continuous-time: `[H, N2]`.
     pub a: Vec<Complex64>,
+    /// B: `[H, N2]`.
     pub b: Vec<Complex64>,
+    /// C: `[H, N2]`.
     pub c: Vec<Complex64>,
+    /// Step Δ per head, > 0: `[H]`.
     pub dt: Vec<f64>,
+    /// Skip term D per head: `[H]`.
     pub d: Vec<f64>,
 }
 
@@ -126,14 +133,16 @@ pub enum Step {
     Fixed(f64),
 }
 
-/// Options for [`hippo_approx`] and [`crate::reference::ssm::hippo_approx`].
+/// Options for [`hippo_approx`](fn@crate::ssm::hippo_approx) and [`crate::reference::ssm::hippo_approx`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct HippoApproxOptions {
     /// State size N >= 1.
     pub n: usize,
+    /// The HiPPO measure.
     pub measure: Measure,
     /// Window θ of LegT and FouT, in the same time unit as the step.
     pub theta: f64,
+    /// Step rule: scaled (LegS) or a fixed Δ.
     pub step: Step,
     /// Discretisation rule (default bilinear). [`Step::Scaled`] takes Euler, backward Euler or
     /// bilinear; [`Step::Fixed`] also ZOH.

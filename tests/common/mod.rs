@@ -72,6 +72,15 @@ pub fn ctx_small_bindings(bytes: u64) -> Context {
     })
 }
 
+/// A context whose workgroup memory is capped at `bytes`, so ops take their smaller-tile
+/// fallbacks (shorter chunks, smaller blocks, a narrower softmax Dk chunk).
+pub fn ctx_small_workgroup_memory(bytes: u32) -> Context {
+    open(ContextOptions {
+        max_workgroup_storage_size: Some(bytes),
+        ..Default::default()
+    })
+}
+
 pub fn rng(seed: u64) -> StdRng {
     StdRng::seed_from_u64(seed)
 }
@@ -122,6 +131,53 @@ pub fn rel_err(got: &[f64], want: &[f64]) -> f64 {
 pub fn assert_close(label: &str, got: &[f64], want: &[f64], tol: f64) {
     let e = rel_err(got, want);
     assert!(e <= tol, "{label}: relative error {e:.3e} > {tol:.1e}");
+}
+
+/// Elementwise error: the worst `|got − want| / (atol + rtol·|want|)` (≤ 1 passes) and its
+/// index; +∞ at the first element whose NaN or ±Inf pattern differs from the reference. Small
+/// outputs that a normwise check hides under the largest one (an S4D kernel's tail) count here.
+pub fn elem_err(got: &[f64], want: &[f64], atol: f64, rtol: f64) -> (f64, usize) {
+    assert_eq!(got.len(), want.len(), "length mismatch");
+    let mut worst = (0.0f64, 0usize);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        if g.is_nan() || w.is_nan() || !g.is_finite() || !w.is_finite() {
+            let same = (g.is_nan() && w.is_nan()) || g == w;
+            if !same {
+                return (f64::INFINITY, i);
+            }
+            continue;
+        }
+        let r = (g - w).abs() / (atol + rtol * w.abs());
+        if r > worst.0 {
+            worst = (r, i);
+        }
+    }
+    worst
+}
+
+/// Asserts `|gpu − ref| ≤ atol + rtol·|ref|` for every element, NaN/±Inf following the
+/// reference; the message names the worst element.
+pub fn assert_close_elementwise(label: &str, got: &[f64], want: &[f64], atol: f64, rtol: f64) {
+    let (r, i) = elem_err(got, want, atol, rtol);
+    assert!(
+        r <= 1.0,
+        "{label}: element {i}: gpu {} vs ref {} exceeds atol {atol:.1e} + rtol {rtol:.1e}·|ref| \
+         ({r:.2}×)",
+        got[i],
+        want[i]
+    );
+}
+
+/// Both checks at the brief's per-dtype tolerance `tol`: normwise `tol`, and elementwise with
+/// `rtol = 10·tol` and `atol = tol·max|ref|` (so outputs near zero are judged on the output's
+/// scale, the rest on their own).
+pub fn assert_close_both(label: &str, got: &[f64], want: &[f64], tol: f64) {
+    assert_close(label, got, want, tol);
+    let scale = want
+        .iter()
+        .filter(|w| w.is_finite())
+        .fold(0.0f64, |m, w| m.max(w.abs()));
+    assert_close_elementwise(label, got, want, tol * scale, 10.0 * tol);
 }
 
 /// Linear attention straight from the quadratic form of eq. 4 (no S, no z): an independent check

@@ -223,8 +223,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
         false => None,
     };
     let checked = dev.reference(a.force_reference, ops, "f64", reference)?;
-    let Some(result) = devices::report(gpu.map(|g| (cat(g), dtype)), cpu, checked.map(cat))?
-    else {
+    let Some(result) = devices::report(gpu.map(|g| (cat(g), dtype)), cpu, checked.map(cat))? else {
         return Ok(());
     };
     let (out, last) = {

@@ -28,7 +28,12 @@ pub enum Features {
     /// Elementwise φ with linear attention's ε and denominator switch (`causal` is ignored).
     Linear(LinearAttentionOptions),
     /// FAVOR features with `omega: [M, Dk]` row-major f32; no ε, denominator guard.
-    Favor { omega: Vec<f32>, kind: FavorKind },
+    Favor {
+        /// ω: [M, Dk], row-major.
+        omega: Vec<f32>,
+        /// Positive (FAVOR+) or trigonometric features.
+        kind: FavorKind,
+    },
 }
 
 impl Features {
@@ -101,6 +106,8 @@ impl RecurrentState {
             log_scale: vec![f32::MIN; r],
         })
     }
+
+    /// The feature map this state was made with.
     pub fn features(&self) -> &Features {
         &self.features
     }

@@ -69,9 +69,13 @@ pub fn s4d_scan<T: Element>(
 /// [`crate::ssm::ScanOperands`].
 #[derive(Clone, Copy)]
 pub struct ScanOperands<'a, T: Element> {
+    /// Real part of the multiplier a.
     pub a_re: &'a [T],
+    /// Imaginary part of a (None: real).
     pub a_im: Option<&'a [T]>,
+    /// Real part of the input b.
     pub b_re: &'a [T],
+    /// Imaginary part of b (None: real).
     pub b_im: Option<&'a [T]>,
 }
 

@@ -5,7 +5,7 @@ use crate::{Element, Result};
 
 /// `table: [V, D]`, `ids: [L]` or `[B, L]` -> `x: [.., L, D]` in f64, computed as the dense
 /// product of the one-hot matrix `[N, V]` with `W` (O(N·V·D); the equation, not a gather).
-/// Same errors as [`crate::positions::embedding`].
+/// Same errors as [`crate::positions::embedding`](fn@crate::positions::embedding).
 pub fn embedding<T: Element>(
     table: &[T],
     table_shape: &[usize],

@@ -1,5 +1,5 @@
 //! HiPPO online approximation as the plain recurrence `c_k = Ā_k c_{k−1} + B̄_k f_k` with dense
-//! f64 matrices (Gu et al. 2020, §3; discretised as in [`crate::ssm::discretize`]): for the scaled
+//! f64 matrices (Gu et al. 2020, §3; discretised as in [`crate::ssm::discretize`](fn@crate::ssm::discretize)): for the scaled
 //! step every `(Ā_k, B̄_k)` is the discretisation of the dense LegS `(A, B)` at Δ = 1/k, with no
 //! use of LegS's structure (the shader's O(N) step relies on it).
 
