@@ -64,7 +64,8 @@ pub fn fft(
 /// Causal convolution `y[b, h, t] = Σ_{s≤t} K[h, s] u[b, h, t−s] + D[h] u[b, h, t]` for
 /// `u: u_shape = [B, H, L]` (or `[H, L]`), `k: [H, L]`, `d: [H]`, any L, by real FFTs:
 /// `y = irfft(rfft(u, n)·rfft(K, n))[:L] + D u`. Output shaped like u, in its dtype, f32
-/// arithmetic. Errors: [`Error::Shape`] as the GPU op, [`Error::DataLength`].
+/// arithmetic; a row holding NaN or ±Inf takes the direct sum, so its non-finite outputs start
+/// where the definition says. Errors: [`Error::Shape`] as the GPU op, [`Error::DataLength`].
 pub fn causal_conv<T: Element>(
     u: &[T],
     u_shape: &[usize],
@@ -105,6 +106,20 @@ pub fn causal_conv_into<T: Element>(
     });
     out.par_chunks_mut(l).enumerate().for_each(|(r, y)| {
         let ur = &u[r * l..][..l];
+        let dh = d[r % h];
+        if !ur.iter().all(|v| v.is_finite()) {
+            // The FFT would spread a non-finite sample over the whole row; the definition puts it
+            // only in the outputs from its time on, so such rows take the direct O(L²) sum.
+            let kr = &k[(r % h) * l..][..l];
+            let x: Vec<f32> = (0..l)
+                .map(|t| {
+                    let acc: f64 = (0..=t).map(|j| kr[t - j] as f64 * ur[j] as f64).sum();
+                    (acc + dh as f64 * ur[t] as f64) as f32
+                })
+                .collect();
+            store(&x, y);
+            return;
+        }
         let mut x = vec![0.0f32; n];
         x[..l].copy_from_slice(ur);
         let mut spec = fwd.make_output_vec();
@@ -116,7 +131,6 @@ pub fn causal_conv_into<T: Element>(
         spec[0].im = 0.0;
         spec[nf - 1].im = 0.0;
         inv.process(&mut spec, &mut x).expect("irfft sizes");
-        let dh = d[r % h];
         for (t, xt) in x[..l].iter_mut().enumerate() {
             *xt += dh * ur[t];
         }
