@@ -3,11 +3,13 @@
 //! an op module or the reference.
 
 pub mod attention;
+pub mod batch;
 pub mod feature_map;
 pub mod positions;
 pub mod ssm;
 pub mod tiles;
 
+pub use batch::{CuSeqlens, GqaDims, Layout, Strides};
 pub use feature_map::FeatureMap;
 pub use positions::RopeLayout;
 pub use tiles::TileFamily;
