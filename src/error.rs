@@ -140,5 +140,17 @@ impl Error {
     }
 }
 
+/// wgpu's error as an [`Error`] source. On wasm32 wgpu's errors are neither `Send` nor `Sync`,
+/// so there only the message (kept by the caller) survives.
+pub(crate) fn wgpu_source(e: wgpu::Error) -> Option<Box<dyn std::error::Error + Send + Sync>> {
+    #[cfg(not(target_arch = "wasm32"))]
+    return Some(Box::new(e));
+    #[cfg(target_arch = "wasm32")]
+    {
+        drop(e);
+        None
+    }
+}
+
 /// `Result` with [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;

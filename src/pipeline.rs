@@ -241,7 +241,7 @@ fn compile(
             shader: shader.into(),
             entry: entry.into(),
             message: err.to_string(),
-            source: Some(Box::new(err)),
+            source: crate::error::wgpu_source(err),
         }),
         None => Ok(pipeline),
     }
