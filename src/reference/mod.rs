@@ -5,4 +5,5 @@
 pub mod attention;
 pub mod mamba;
 pub mod positions;
+pub mod ssd;
 pub mod ssm;
