@@ -120,6 +120,11 @@ pub(crate) const KERNELS: &[Kernel] = &[
         crate::ssm::selective::Params
     ),
     kernel!(
+        "gla",
+        ["seg_sums", "chunk_state", "chunk_out", "final_state"],
+        crate::attention::gla::Params
+    ),
+    kernel!(
         "ssd",
         ["seg_sums", "chunk_state", "chunk_out", "final_state"],
         crate::ssm::ssd::Params
