@@ -11,6 +11,7 @@
 //   chunk_state: per (row, d, block of VB columns, chunk): the chunk's state from zero,
 //     sum_s exp(g_{s+1} + .. + g_end)[d] k_s[d] v_s, paired with the chunk's total decay of d.
 //   (the carry scan of selective_scan.wgsl scans those pairs along the chunks)
+//   chunk_in: the state entering every chunk, [row, chunk, Dk, Dv] (Dv contiguous).
 //   chunk_out: per (row, t, block of VB columns): the intra-chunk coefficients
 //     a_ts = sum_d q_t[d] exp(g_{s+1} + .. + g_t)[d] k_s[d], the exponents summed from t
 //     backwards in registers (DKB channels at a time), then sum_s a_ts v_s, plus
@@ -51,6 +52,7 @@ struct Params {
 @group(0) @binding(7) var<storage, read_write> carry: array<vec2<f32>>;
 @group(0) @binding(8) var<storage, read_write> out: array<OT>;
 @group(0) @binding(9) var<storage, read_write> h_last: array<f32>;
+@group(0) @binding(10) var<storage, read_write> hin: array<f32>;
 
 fn h0(row: u32, e: u32) -> f32 {
     if ((prm.flags & 1u) != 0u) {
@@ -133,6 +135,19 @@ fn h_in(row: u32, e: u32, c: u32) -> f32 {
     return cv.x * h + cv.y;
 }
 
+// One invocation per (row, chunk, state element).
+@compute @workgroup_size(WG)
+fn chunk_in(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+    let i = gid(wg, nwg, lid);
+    if (i >= prm.total) {
+        return;
+    }
+    let n = prm.dk * prm.dv;
+    let rc = i / n;
+    hin[i] = h_in(rc / prm.nchunks, i % n, rc % prm.nchunks);
+}
+
 // One invocation per (row, t, column block).
 @compute @workgroup_size(WG)
 fn chunk_out(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -187,10 +202,11 @@ fn chunk_out(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
     }
     // Inter-chunk: the carried-in state, each channel decayed from the chunk's start to t.
     if (c > 0u || (prm.flags & 1u) != 0u) {
+        let hrow = (row * prm.nchunks + c) * prm.dk * prm.dv + v0;
         for (var d = 0u; d < prm.dk; d++) {
             let qw = ld_q(qrow + d) * exp(seg[(base + t) * prm.dk + d].x);
             for (var j = 0u; j < nv; j++) {
-                acc[j] += qw * h_in(row, d * prm.dv + v0 + j, c);
+                acc[j] += qw * hin[hrow + d * prm.dv + j];
             }
         }
     }

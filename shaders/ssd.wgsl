@@ -10,6 +10,7 @@
 //   chunk_state: per (lane, chunk, state row i, block of PB columns), the chunk's state from
 //     zero, sum_s exp(decay s..end) B_s[i] x_s, paired with the chunk's total decay.
 //   (the carry scan of selective_scan.wgsl then scans those pairs along the chunks)
+//   chunk_in: the state entering every chunk, [lane, chunk, n, p] (p contiguous for chunk_out).
 //   chunk_out: per (lane, t, block of PB columns): the intra-chunk term
 //     sum_{s<=t} exp(A_{s+1} + .. + A_t) (C_t . B_s) x_s (the decay-masked C B^T times X), with
 //     the weight's exponent summed from t backwards, plus exp(decay start..t) C_t H_in.
@@ -47,6 +48,7 @@ struct Params {
 @group(0) @binding(7) var<storage, read_write> carry: array<vec2<f32>>;
 @group(0) @binding(8) var<storage, read_write> out: array<OT>;
 @group(0) @binding(9) var<storage, read_write> h_last: array<f32>;
+@group(0) @binding(10) var<storage, read_write> hin: array<f32>;
 
 // The local token index (batch, t, head) of lane `lane` at step t.
 fn tok(lane: u32, t: u32) -> u32 {
@@ -132,6 +134,19 @@ fn h_in(lane: u32, e: u32, c: u32) -> f32 {
     return cv.x * h + cv.y;
 }
 
+// One invocation per (lane, chunk, state element).
+@compute @workgroup_size(WG)
+fn chunk_in(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+    let i = gid(wg, nwg, lid);
+    if (i >= prm.total) {
+        return;
+    }
+    let np = prm.n * prm.p;
+    let lc = i / np;
+    hin[i] = h_in(lc / prm.nchunks, i % np, lc % prm.nchunks);
+}
+
 // One invocation per (lane, t, column block).
 @compute @workgroup_size(WG)
 fn chunk_out(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -172,10 +187,11 @@ fn chunk_out(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
     // Inter-chunk: the carried-in state, decayed from the chunk's start to t.
     if (c > 0u || (prm.flags & 1u) != 0u) {
         let ew = exp(seg[lane * prm.len + t].x);
+        let hrow = (lane * prm.nchunks + c) * prm.n * prm.p + p0;
         for (var ni = 0u; ni < prm.n; ni++) {
             let cw = ew * ld_c_mat(crow + ni);
             for (var j = 0u; j < w; j++) {
-                acc[j] += cw * h_in(lane, ni * prm.p + p0 + j, c);
+                acc[j] += cw * hin[hrow + ni * prm.p + j];
             }
         }
     }

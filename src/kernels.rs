@@ -121,12 +121,24 @@ pub(crate) const KERNELS: &[Kernel] = &[
     ),
     kernel!(
         "gla",
-        ["seg_sums", "chunk_state", "chunk_out", "final_state"],
+        [
+            "seg_sums",
+            "chunk_state",
+            "chunk_in",
+            "chunk_out",
+            "final_state"
+        ],
         crate::attention::gla::Params
     ),
     kernel!(
         "ssd",
-        ["seg_sums", "chunk_state", "chunk_out", "final_state"],
+        [
+            "seg_sums",
+            "chunk_state",
+            "chunk_in",
+            "chunk_out",
+            "final_state"
+        ],
         crate::ssm::ssd::Params
     ),
     kernel!(

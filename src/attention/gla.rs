@@ -259,6 +259,7 @@ impl<T: Element> RowOp for Gla<'_, '_, T> {
         .bytes("v", len * dv * es)
         .bytes("segment sums", len * dk * 8)
         .bytes("chunk carries", dk * dv * nchunks * 8)
+        .bytes("chunk states", dk * dv * nchunks * 4)
         .bytes("states", dk * dv * 4);
         Ok((d, plan))
     }
@@ -317,6 +318,7 @@ impl<T: Element> RowOp for Gla<'_, '_, T> {
         let bufs = [
             pool.take(ctx, nr * nq * 8),
             pool.take(ctx, nr * sn * nchunks * 8),
+            pool.take(ctx, nr * sn * nchunks * 4),
         ];
         let binds = [bq, bk, bv, bg, bh0, bout, blast];
         let r = record_passes(s, p.storage, &mut prm, &bufs, binds);
@@ -325,13 +327,13 @@ impl<T: Element> RowOp for Gla<'_, '_, T> {
     }
 }
 
-/// seg_sums, chunk_state, the carry scan, chunk_out, final_state; `bufs` are the segment-sum and
-/// carry scratch.
+/// seg_sums, chunk_state, the carry scan, chunk_in, chunk_out, final_state; `bufs` are the
+/// segment-sum, carry and chunk-state scratch.
 fn record_passes(
     s: &mut Schedule<'_>,
     storage: Storage,
     prm: &mut Params,
-    [seg, carry]: &[wgpu::Buffer; 2],
+    [seg, carry, hin]: &[wgpu::Buffer; 3],
     [bq, bk, bv, bg, bh0, bout, blast]: [Bind<'_>; 7],
 ) -> Result<()> {
     let ctx = s.context();
@@ -341,7 +343,7 @@ fn record_passes(
     let rows = prm.rows as u64;
     let (len, dk, dv) = (prm.len as u64, prm.dk as u64, prm.dv as u64);
     let (nchunks, nvb) = (prm.nchunks as u64, prm.nvb as u64);
-    let (bseg, bcarry) = (Bind::all(6, seg), Bind::all(7, carry));
+    let (bseg, bcarry, bhin) = (Bind::all(6, seg), Bind::all(7, carry), Bind::all(10, hin));
     let mut go = |s: &mut Schedule<'_>, entry, binds: &[Bind<'_>], total: u64| -> Result<()> {
         prm.total = total as u32;
         s.dispatch(&*pl(entry)?, &*prm, binds, groups(total))
@@ -350,7 +352,13 @@ fn record_passes(
     let binds = [bk, bv, bseg, bcarry];
     go(s, "chunk_state", &binds, rows * dk * nvb * nchunks)?;
     record_carry_scan(s, storage, carry, rows * dk * dv, nchunks)?;
-    let binds = [bq, bk, bv, bg, bh0, bseg, bcarry, bout];
+    go(
+        s,
+        "chunk_in",
+        &[bh0, bcarry, bhin],
+        rows * nchunks * dk * dv,
+    )?;
+    let binds = [bq, bk, bv, bg, bseg, bhin, bout];
     go(s, "chunk_out", &binds, rows * len * nvb)?;
     go(s, "final_state", &[bh0, bcarry, blast], rows * dk * dv)
 }

@@ -216,6 +216,7 @@ impl<T: Element> RowOp for Ssd<'_, '_, T> {
             .bytes("B", tokens * d.n * es)
             .bytes("segment sums", tokens * 8)
             .bytes("chunk carries", d.heads * d.n * d.p * nchunks * 8)
+            .bytes("chunk states", d.heads * d.n * d.p * nchunks * 4)
             .bytes("states", d.heads * d.n * d.p * 4);
         Ok((d, plan))
     }
@@ -296,6 +297,7 @@ impl<T: Element> RowOp for Ssd<'_, '_, T> {
         let bufs = [
             pool.take(ctx, nr * tokens * 8),
             pool.take(ctx, nr * sn * nchunks * 8),
+            pool.take(ctx, nr * sn * nchunks * 4),
         ];
         let r = record_passes(
             s,
@@ -309,13 +311,13 @@ impl<T: Element> RowOp for Ssd<'_, '_, T> {
     }
 }
 
-/// seg_sums, chunk_state, the carry scan, chunk_out, final_state; `bufs` are the segment-sum and
-/// carry scratch.
+/// seg_sums, chunk_state, the carry scan, chunk_in, chunk_out, final_state; `bufs` are the
+/// segment-sum, carry and chunk-state scratch.
 fn record_passes(
     s: &mut Schedule<'_>,
     storage: Storage,
     prm: &mut Params,
-    [seg, carry]: &[wgpu::Buffer; 2],
+    [seg, carry, hin]: &[wgpu::Buffer; 3],
     [bx, ba, bb, bc, bh0, bout, blast]: [Bind<'_>; 7],
 ) -> Result<()> {
     let ctx = s.context();
@@ -325,7 +327,7 @@ fn record_passes(
     let lanes = prm.rows as u64 * prm.heads as u64;
     let (len, n, p) = (prm.len as u64, prm.n as u64, prm.p as u64);
     let (nchunks, npb) = (prm.nchunks as u64, prm.npb as u64);
-    let (bseg, bcarry) = (Bind::all(6, seg), Bind::all(7, carry));
+    let (bseg, bcarry, bhin) = (Bind::all(6, seg), Bind::all(7, carry), Bind::all(10, hin));
     let mut go = |s: &mut Schedule<'_>, entry, binds: &[Bind<'_>], total: u64| -> Result<()> {
         prm.total = total as u32;
         s.dispatch(&*pl(entry)?, &*prm, binds, groups(total))
@@ -338,7 +340,8 @@ fn record_passes(
         lanes * n * npb * nchunks,
     )?;
     record_carry_scan(s, storage, carry, lanes * n * p, nchunks)?;
-    let binds = [bx, ba, bb, bc, bh0, bseg, bcarry, bout];
+    go(s, "chunk_in", &[bh0, bcarry, bhin], lanes * nchunks * n * p)?;
+    let binds = [bx, ba, bb, bc, bseg, bhin, bout];
     go(s, "chunk_out", &binds, lanes * len * npb)?;
     go(s, "final_state", &[bh0, bcarry, blast], lanes * n * p)
 }
