@@ -6,9 +6,14 @@
 //! - W2: W1 causal (chunked).
 //! - W3: S4D kernel (ZOH) + causal FFT convolution, H = 256, N = 64 (32 conjugate pairs),
 //!   L = 16384, A_n = −1/2 + iπn, B = 1, C ~ CN(0, 1), Δ log-uniform in [1e-3, 1e-1], D = 1.
+//! - W4: Mamba-2 SSD, b = 1, l = 4096, h = 24, p = 64, n = 64, A in [−1, −0.001], f32.
+//! - W5: gated linear attention, B = 1, H = 8, L = 4096, Dk = Dv = 64, g in [−0.1, −0.001], f32.
+//!
+//! W4 and W5 count the FLOPs of their recurrences (5 per state element and step) and have no
+//! f32 CPU path (`cpu` skips them).
 //!
 //! `cargo run --release --example workloads -- [--device gpu,cpu,reference] [--runs N] [--l L]
-//! [--l3 L] [--only W1,W2,W3]`
+//! [--l3 L] [--only W1,W2,W3,W4,W5]`
 
 use std::time::Instant;
 
@@ -59,7 +64,7 @@ fn args() -> Args {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: workloads [--device gpu,cpu,reference] [--runs N] [--l L] [--l3 L] [--only W1,W2,W3]"
+        "usage: workloads [--device gpu,cpu,reference] [--runs N] [--l L] [--l3 L] [--only W1,..,W5]"
     );
     std::process::exit(2)
 }
@@ -189,6 +194,115 @@ fn s4d(a: &Args, ctx: Option<&Context>) {
     }
 }
 
+/// `n` uniform draws in [lo, hi), f32.
+fn uniform(rng: &mut rand::rngs::StdRng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(lo..hi)).collect()
+}
+
+fn ssd_workload(a: &Args, ctx: Option<&Context>) {
+    use longseq::reference::ssd::{ssd_ref, SsdDims, SsdRef};
+    use longseq::ssm::{ssd_into, SsdInputs};
+    let (b, l, h, p, n) = (1usize, a.l, 24usize, 64usize, 64usize);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let tok = b * l * h;
+    let x = uniform(&mut rng, tok * p, -1.0, 1.0);
+    let am = uniform(&mut rng, tok, -1.0, -0.001);
+    let bm = uniform(&mut rng, tok * n, -1.0, 1.0);
+    let cm = uniform(&mut rng, tok * n, -1.0, 1.0);
+    let gflop = 5.0 * (tok * n * p) as f64 / 1e9;
+    for dev in &a.devices {
+        match (dev.as_str(), ctx) {
+            ("gpu", Some(ctx)) => {
+                let t = |v: &[f32], s: &[usize]| Tensor::from_slice(ctx, v, s).unwrap();
+                let (tx, ta) = (t(&x, &[b, l, h, p]), t(&am, &[b, l, h]));
+                let (tb, tc) = (t(&bm, &[b, l, h, n]), t(&cm, &[b, l, h, n]));
+                let inp = SsdInputs::new(&tx, &ta, &tb, &tc);
+                let y = Tensor::<f32>::empty(ctx, &[b, l, h, p]).unwrap();
+                let last = Tensor::<f32>::empty(ctx, &[b, h, n, p]).unwrap();
+                let ms = median_ms(a.runs, || {
+                    ssd_into(ctx, &inp, &y, &last).unwrap();
+                    ctx.wait().unwrap();
+                });
+                report("W4", "gpu", ms, gflop);
+            }
+            ("reference", _) => {
+                let f = |v: &[f32]| -> Vec<f64> { v.iter().map(|&x| x as f64).collect() };
+                let (x, am, bm, cm) = (f(&x), f(&am), f(&bm), f(&cm));
+                let dims = SsdDims {
+                    batch: b,
+                    len: l,
+                    heads: h,
+                    head_dim: p,
+                    state: n,
+                };
+                let r = SsdRef {
+                    x: &x,
+                    a: &am,
+                    b: &bm,
+                    c: &cm,
+                    initial_state: None,
+                };
+                let ms = median_ms(a.runs.min(3), || {
+                    ssd_ref(dims, &r).unwrap();
+                });
+                report("W4", "reference", ms, gflop);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn gla_workload(a: &Args, ctx: Option<&Context>) {
+    use longseq::attention::{gla_into, GlaInputs};
+    use longseq::reference::gla::{gla_ref, GlaDims, GlaRef};
+    let (bh, l, dk, dv) = (8usize, a.l, 64usize, 64usize);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let q = uniform(&mut rng, bh * l * dk, -1.0, 1.0);
+    let k = uniform(&mut rng, bh * l * dk, -1.0, 1.0);
+    let v = uniform(&mut rng, bh * l * dv, -1.0, 1.0);
+    let g = uniform(&mut rng, bh * l * dk, -0.1, -0.001);
+    let gflop = 5.0 * (bh * l * dk * dv) as f64 / 1e9;
+    for dev in &a.devices {
+        match (dev.as_str(), ctx) {
+            ("gpu", Some(ctx)) => {
+                let t = |x: &[f32], d: usize| Tensor::from_slice(ctx, x, &[1, bh, l, d]).unwrap();
+                let (tq, tk, tv, tg) = (t(&q, dk), t(&k, dk), t(&v, dv), t(&g, dk));
+                let inp = GlaInputs::new(&tq, &tk, &tv, &tg);
+                let o = Tensor::<f32>::empty(ctx, &[1, bh, l, dv]).unwrap();
+                let last = Tensor::<f32>::empty(ctx, &[1, bh, dk, dv]).unwrap();
+                let ms = median_ms(a.runs, || {
+                    gla_into(ctx, &inp, &o, &last).unwrap();
+                    ctx.wait().unwrap();
+                });
+                report("W5", "gpu", ms, gflop);
+            }
+            ("reference", _) => {
+                let f = |x: &[f32]| -> Vec<f64> { x.iter().map(|&y| y as f64).collect() };
+                let (q, k, v, g) = (f(&q), f(&k), f(&v), f(&g));
+                let dims = GlaDims {
+                    rows: bh,
+                    len: l,
+                    dk,
+                    dv,
+                };
+                let r = GlaRef {
+                    q: &q,
+                    k: &k,
+                    v: &v,
+                    g: &g,
+                    initial_state: None,
+                    scale: None,
+                };
+                let ms = median_ms(a.runs.min(3), || {
+                    gla_ref(dims, &r).unwrap();
+                });
+                report("W5", "reference", ms, gflop);
+            }
+            _ => {}
+        }
+    }
+}
+
 fn main() {
     let a = args();
     let ctx = if a.devices.iter().any(|d| d == "gpu") {
@@ -210,6 +324,8 @@ fn main() {
             "W1" => linear(&a, ctx.as_ref(), false),
             "W2" => linear(&a, ctx.as_ref(), true),
             "W3" => s4d(&a, ctx.as_ref()),
+            "W4" => ssd_workload(&a, ctx.as_ref()),
+            "W5" => gla_workload(&a, ctx.as_ref()),
             _ => usage(),
         }
     }

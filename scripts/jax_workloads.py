@@ -7,8 +7,14 @@ W2: W1 causal, chunked form with chunk 64 (the form fla and Lightning use).
 W3: S4D kernel (ZOH, Vandermonde) + causal FFT convolution (rfft with 2L padding), H = 256,
     N = 64 (32 conjugate pairs), L = 16384, A_n = -1/2 + i*pi*n, B = 1, C ~ CN(0, 1),
     dt log-uniform in [1e-3, 1e-1], D = 1.
+W4: Mamba-2 SSD, b = 1, l = 4096, h = 24, p = 64, n = 64, A in [-1, -0.001]: the chunked (block)
+    form with chunks of 64 (intra-chunk decay-masked C B^T X, chunk states, a scan of the states
+    over chunks, inter-chunk output).
+W5: gated linear attention, B*H = 8, L = 4096, Dk = Dv = 64, g in [-0.1, -0.001]: the chunked form
+    with chunks of 64 (q exp(G), k exp(-G) inside a chunk: safe for these gates only).
+--check compares W4 and W5 with their step-by-step recurrences (numpy, float64) at a small size.
 Prints one line per workload: `W1 jax <median ms> ms (min .., max .., n runs)`.
-Usage: jax_workloads.py [--l L] [--runs N] [--only W1,W2,W3]
+Usage: jax_workloads.py [--l L] [--runs N] [--only W1,W2,W3,W4,W5] [--check]
 """
 import argparse
 import os
@@ -74,6 +80,96 @@ def w3(a_re, a_im, c_re, c_im, log_dt, u):
     return y + u  # D = 1
 
 
+def make_w4(chunk):
+    @jax.jit
+    def w4(x, a, b, c):
+        bs, l, h, p = x.shape
+        n, nc = b.shape[-1], l // chunk
+        x = x.reshape(bs, nc, chunk, h, p)
+        b = b.reshape(bs, nc, chunk, h, n)
+        c = c.reshape(bs, nc, chunk, h, n)
+        a = jnp.moveaxis(a.reshape(bs, nc, chunk, h), 3, 1)  # [b, h, c, t]
+        cum = jnp.cumsum(a, axis=-1)
+        # decay from s to t (s <= t) inside a chunk, zero above the diagonal
+        diff = cum[..., :, None] - cum[..., None, :]
+        causal = jnp.tril(jnp.ones((chunk, chunk), bool))
+        decay = jnp.where(causal, jnp.exp(jnp.where(causal, diff, 0.0)), 0.0)
+        scores = jnp.einsum("bcthn,bcshn->bhcts", c, b) * decay
+        y_intra = jnp.einsum("bhcts,bcshp->bcthp", scores, x)
+        to_end = jnp.exp(cum[..., -1:] - cum)  # [b, h, c, t]
+        states = jnp.einsum("bcthn,bhct,bcthp->bchnp", b, to_end, x)
+        chunk_decay = jnp.exp(cum[..., -1])  # [b, h, c]
+
+        def step(carry, inp):
+            st, dec = inp
+            return dec[..., None, None] * carry + st, carry
+
+        _, h_in = jax.lax.scan(step, jnp.zeros_like(states[:, 0]),
+                               (jnp.moveaxis(states, 1, 0), jnp.moveaxis(chunk_decay, 2, 0)))
+        h_in = jnp.moveaxis(h_in, 0, 1)  # [b, c, h, n, p], the state entering each chunk
+        y_inter = jnp.einsum("bcthn,bchnp,bhct->bcthp", c, h_in, jnp.exp(cum))
+        return (y_intra + y_inter).reshape(bs, l, h, p)
+
+    return w4
+
+
+def make_w5(chunk):
+    @jax.jit
+    def w5(q, k, v, g):
+        r, l, dk = q.shape
+        dv, nc = v.shape[-1], l // chunk
+        q, k, g = (t.reshape(r, nc, chunk, dk) for t in (q, k, g))
+        v = v.reshape(r, nc, chunk, dv)
+        cum = jnp.cumsum(g, axis=2)
+        qg, kg = q * jnp.exp(cum), k * jnp.exp(-cum)
+        causal = jnp.tril(jnp.ones((chunk, chunk), q.dtype))
+        o_intra = jnp.einsum("rcts,rcse->rcte", jnp.einsum("rctd,rcsd->rcts", qg, kg) * causal, v)
+        kd = k * jnp.exp(cum[:, :, -1:] - cum)
+        states = jnp.einsum("rcsd,rcse->rcde", kd, v)
+        chunk_decay = jnp.exp(cum[:, :, -1])  # [r, c, dk]
+
+        def step(carry, inp):
+            st, dec = inp
+            return dec[..., None] * carry + st, carry
+
+        _, s_in = jax.lax.scan(step, jnp.zeros_like(states[:, 0]),
+                               (jnp.moveaxis(states, 1, 0), jnp.moveaxis(chunk_decay, 1, 0)))
+        o_inter = jnp.einsum("rctd,crde->rcte", qg, s_in)
+        return ((o_intra + o_inter) / jnp.sqrt(dk)).reshape(r, l, dv)
+
+    return w5
+
+
+def w4_inputs(rng, l, h=24, p=64, n=64):
+    x = rng.uniform(-1, 1, (1, l, h, p))
+    a = rng.uniform(-1, -0.001, (1, l, h))
+    b, c = (rng.uniform(-1, 1, (1, l, h, n)) for _ in range(2))
+    return x, a, b, c
+
+
+def w5_inputs(rng, l, r=8, dk=64, dv=64):
+    q, k = (rng.uniform(-1, 1, (r, l, dk)) for _ in range(2))
+    return q, k, rng.uniform(-1, 1, (r, l, dv)), rng.uniform(-0.1, -0.001, (r, l, dk))
+
+
+def check(rng):
+    x, a, b, c = w4_inputs(rng, 256, h=3, p=5, n=4)
+    st, ys = np.zeros((3, 4, 5)), []
+    for t in range(256):
+        st = np.exp(a[0, t])[:, None, None] * st + b[0, t][:, :, None] * x[0, t][:, None, :]
+        ys.append(np.einsum("hn,hnp->hp", c[0, t], st))
+    got = np.asarray(make_w4(64)(*(jnp.asarray(z, jnp.float32) for z in (x, a, b, c))))
+    print(f"W4 check: max rel err {np.abs(got[0] - np.stack(ys)).max() / np.abs(ys).max():.2e}")
+    q, k, v, g = w5_inputs(rng, 256, r=2, dk=6, dv=5)
+    st, os_ = np.zeros((2, 6, 5)), []
+    for t in range(256):
+        st = np.exp(g[:, t])[:, :, None] * st + k[:, t][:, :, None] * v[:, t][:, None, :]
+        os_.append(np.einsum("rd,rde->re", q[:, t], st) / np.sqrt(6))
+    want = np.stack(os_, axis=1)
+    got = np.asarray(make_w5(64)(*(jnp.asarray(z, jnp.float32) for z in (q, k, v, g))))
+    print(f"W5 check: max rel err {np.abs(got - want).max() / np.abs(want).max():.2e}")
+
+
 def timeit(f, args, runs):
     jax.block_until_ready(f(*args))  # compile + warm
     ts = []
@@ -89,9 +185,12 @@ def main():
     p.add_argument("--l", type=int, default=4096, help="L for W1 and W2")
     p.add_argument("--l3", type=int, default=16384, help="L for W3")
     p.add_argument("--runs", type=int, default=7)
-    p.add_argument("--only", default="W1,W2,W3")
+    p.add_argument("--only", default="W1,W2,W3,W4,W5")
+    p.add_argument("--check", action="store_true")
     a = p.parse_args()
     rng = np.random.default_rng(0)
+    if a.check:
+        check(rng)
     only = a.only.split(",")
     h, d = 16, 64
     q, k, v = (jnp.asarray(rng.uniform(-1, 1, (h, a.l, d)), jnp.float32) for _ in range(3))
@@ -109,6 +208,12 @@ def main():
         u = rng.standard_normal((hh, a.l3))
         args = [jnp.asarray(x, jnp.float32) for x in (c[..., 0], c[..., 1], log_dt, u)]
         rows.append(("W3", timeit(w3, (a_re, a_im, *args), max(3, a.runs // 2))))
+    if "W4" in only:
+        args = [jnp.asarray(z, jnp.float32) for z in w4_inputs(rng, a.l)]
+        rows.append(("W4", timeit(make_w4(64), args, a.runs)))
+    if "W5" in only:
+        args = [jnp.asarray(z, jnp.float32) for z in w5_inputs(rng, a.l)]
+        rows.append(("W5", timeit(make_w5(64), args, a.runs)))
     for name, ts in rows:
         print(f"{name} jax {statistics.median(ts):.1f} ms (min {min(ts):.1f}, max {max(ts):.1f}, "
               f"{len(ts)} runs)")

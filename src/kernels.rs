@@ -120,6 +120,28 @@ pub(crate) const KERNELS: &[Kernel] = &[
         crate::ssm::selective::Params
     ),
     kernel!(
+        "gla",
+        [
+            "seg_sums",
+            "chunk_state",
+            "chunk_in",
+            "chunk_out",
+            "final_state"
+        ],
+        crate::attention::gla::Params
+    ),
+    kernel!(
+        "ssd",
+        [
+            "seg_sums",
+            "chunk_state",
+            "chunk_in",
+            "chunk_out",
+            "final_state"
+        ],
+        crate::ssm::ssd::Params
+    ),
+    kernel!(
         "ssm_kernel",
         ["discretize", "vandermonde"],
         crate::ssm::kernel::Params

@@ -80,6 +80,7 @@
 
 pub(crate) mod chunk;
 pub mod favor;
+pub mod gla;
 pub use crate::types::feature_map;
 pub mod lightning;
 pub mod linear;
@@ -94,6 +95,7 @@ pub use favor::{
     draw_omega, favor_attention, favor_attention_into, record_favor_attention, FavorKind,
     FavorOptions, OmegaDraw,
 };
+pub use gla::{gla, gla_into, gla_step, gla_step_into, record_gla, GlaInputs};
 pub use lightning::{
     alibi_slopes, lightning_attention, lightning_attention_into, record_lightning_attention,
     LightningOptions,

@@ -3,6 +3,8 @@
 //! when no adapter is present.
 
 pub mod attention;
+pub mod gla;
 pub mod mamba;
 pub mod positions;
+pub mod ssd;
 pub mod ssm;

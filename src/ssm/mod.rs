@@ -75,6 +75,7 @@ pub mod fft;
 pub mod kernel;
 pub mod scan;
 pub mod selective;
+pub mod ssd;
 
 #[cfg(not(target_arch = "wasm32"))]
 pub use approx::{hippo_approx, hippo_approx_into};
@@ -97,3 +98,4 @@ pub use selective::{
     record_selective_scan, record_selective_state_update, selective_scan, selective_scan_into,
     selective_state_update, selective_state_update_into, SelectiveScanInputs,
 };
+pub use ssd::{record_ssd, ssd, ssd_into, SsdInputs};

@@ -458,7 +458,7 @@ impl<T: Element> Selective<'_, '_, T> {
 /// each invocation scans a block of [`CARRY_BLOCK`] sequentially and writes its total; the totals
 /// are scanned the same way until one block remains, then every block is prefixed with the
 /// resolved total of the blocks before it.
-fn record_carry_scan(
+pub(crate) fn record_carry_scan(
     s: &mut Schedule<'_>,
     storage: Storage,
     carry: &wgpu::Buffer,

@@ -89,7 +89,7 @@ pub struct Args {
     /// Lightning's decay rates from tensor NAME ([H], s_h >= 0) of the input file (no prefix).
     #[arg(long, value_name = "NAME")]
     decay: Option<String>,
-    /// Logit scale for softmax and diag (default 1/sqrt(Dk)).
+    /// Logit scale for softmax and diag, output scale for gla (default 1/sqrt(Dk)).
     #[arg(long)]
     scale: Option<f32>,
     /// Softmax: ALiBi bias −m_h·|i − j| on the logits, m_h = 2^(−8h/H), h = 1..H, for H a power
@@ -146,6 +146,9 @@ enum Method {
     Diag,
     /// Lightning attention: causal linear attention with per-head decay, block-wise.
     Lightning,
+    /// Gated linear attention (Yang et al. 2024): causal, reads the log forget gates `{P}g`
+    /// ([.., L, Dk] like q, ≤ 0); S_t = diag(exp g_t) S_{t−1} + k_tᵀ v_t, o_t = scale q_t S_t.
+    Gla,
 }
 
 /// `--feature-map`: an elementwise φ or Performer random features.
@@ -186,6 +189,7 @@ impl Method {
             Method::Norm => "norm",
             Method::Diag => "diag",
             Method::Lightning => "lightning",
+            Method::Gla => "gla",
         }
     }
 }
@@ -252,7 +256,18 @@ pub fn run(a: Args) -> Result<(), CliError> {
         longseq::check_no_nan("attention", "k", &k)?;
         longseq::check_no_nan("attention", "v", &v)?;
     }
-    let op = op_from_args(&a, &st, &q_shape)?;
+    let mut op = op_from_args(&a, &st, &q_shape)?;
+    if let Op::Gla { g, .. } = &mut op {
+        let t = io::read(&st, &name("g"), &a.input)?;
+        if t.shape != q_shape {
+            return Err(CliError::Input(format!(
+                "tensor `{}` has shape {:?}, expected {q_shape:?} (like q)",
+                name("g"),
+                t.shape
+            )));
+        }
+        *g = store("g", &t)?;
+    }
     let ctx = dev.open()?;
     println!("input: {} {shapes}", a.input);
     match &ctx {
@@ -440,6 +455,11 @@ fn op_from_args(
                 heads: q_shape[q_shape.len() - 3],
             }
         }
+        // The gates are read (and rounded to the storage dtype) by `run`.
+        Method::Gla => Op::Gla {
+            g: Vec::new(),
+            scale: a.scale,
+        },
     })
 }
 

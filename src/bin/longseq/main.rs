@@ -13,6 +13,7 @@ mod io;
 mod mamba;
 mod methods;
 mod rope;
+mod ssd;
 mod ssm;
 
 use std::process::ExitCode;
@@ -52,6 +53,7 @@ enum Command {
     HippoApprox(hippo_approx::Args),
     Ssm(ssm::Args),
     Mamba(mamba::Args),
+    Ssd(ssd::Args),
 }
 
 fn main() -> ExitCode {
@@ -76,6 +78,7 @@ fn main() -> ExitCode {
         Command::HippoApprox(a) => hippo_approx::run(a),
         Command::Ssm(a) => ssm::run(a),
         Command::Mamba(a) => mamba::run(a),
+        Command::Ssd(a) => ssd::run(a),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,7 +8,9 @@ use longseq::attention::{
     FavorOptions, LightningOptions, LinearAttentionOptions, NormAttentionOptions,
     PositionalOptions, SoftmaxAttentionOptions,
 };
+use longseq::attention::{gla, GlaInputs};
 use longseq::reference::attention as cpu;
+use longseq::reference::gla::{gla_ref, GlaDims, GlaRef};
 use longseq::{Context, Element, Result, Tensor};
 
 /// A method with its resolved options.
@@ -37,6 +39,11 @@ pub enum Op {
         slopes: Option<Vec<f32>>,
         heads: usize,
     },
+    /// Gated linear attention: `g` like q (`[.., L, Dk]`, row-major, as stored).
+    Gla {
+        g: Vec<f32>,
+        scale: Option<f32>,
+    },
 }
 
 impl Op {
@@ -64,6 +71,32 @@ impl Op {
             Op::Lightning { opts, slopes, .. } => {
                 lightning_attention(ctx, q, k, v, slopes.as_deref(), opts)
             }
+            Op::Gla { g, scale } => {
+                let gt: Vec<T> = g.iter().map(|&x| T::from_f64(x as f64)).collect();
+                let g = Tensor::from_slice(ctx, &gt, q.shape())?;
+                if q.shape().len() == 4 {
+                    let x = GlaInputs {
+                        scale: *scale,
+                        ..GlaInputs::new(q, k, v, &g)
+                    };
+                    return Ok(gla(ctx, &x)?.0);
+                }
+                // Other leading dims: the rows are contiguous, so [1, rows, L, D] is the same
+                // data (copied here: tensors have no reshape).
+                let flat = |t: &Tensor<T>| -> Result<Tensor<T>> {
+                    let s = t.shape();
+                    let rows = s[..s.len() - 2].iter().product();
+                    let shape = [1, rows, s[s.len() - 2], s[s.len() - 1]];
+                    Tensor::from_slice(ctx, &t.to_vec(ctx)?, &shape)
+                };
+                let (q4, k4, v4, g4) = (flat(q)?, flat(k)?, flat(v)?, flat(&g)?);
+                let x = GlaInputs {
+                    scale: *scale,
+                    ..GlaInputs::new(&q4, &k4, &v4, &g4)
+                };
+                let o = gla(ctx, &x)?.0;
+                Tensor::from_slice(ctx, &o.to_vec(ctx)?, v.shape())
+            }
         }
     }
 
@@ -83,6 +116,25 @@ impl Op {
                 slopes,
                 heads,
             } => cpu::lightning_attention(q, k, v, d, *heads, slopes.as_deref(), opts),
+            Op::Gla { g, scale } => {
+                let f = |x: &[f32]| -> Vec<f64> { x.iter().map(|&v| v as f64).collect() };
+                let (q, k, v, g) = (f(q), f(k), f(v), f(g));
+                let dims = GlaDims {
+                    rows: d.rows,
+                    len: d.len,
+                    dk: d.dk,
+                    dv: d.dv,
+                };
+                let r = GlaRef {
+                    q: &q,
+                    k: &k,
+                    v: &v,
+                    g: &g,
+                    initial_state: None,
+                    scale: scale.map(f64::from),
+                };
+                Ok(gla_ref(dims, &r)?.0)
+            }
         }
     }
 
@@ -98,7 +150,7 @@ impl Op {
                 fast::favor_attention_into(q, k, v, d, omega, opts, &mut out)?
             }
             Op::Softmax(o) => fast::softmax_attention_into(q, k, v, d, o, &mut out)?,
-            Op::SoftmaxPositional { .. } => return self.cpu(q, k, v, d),
+            Op::SoftmaxPositional { .. } | Op::Gla { .. } => return self.cpu(q, k, v, d),
             Op::Norm(o) => fast::norm_attention(q, k, v, d, &none, o, &mut out)?,
             Op::Diag(o) => fast::diag_attention(q, k, v, d, &none, o, &mut out)?,
             Op::Lightning {
@@ -121,7 +173,7 @@ impl Op {
 
     /// Whether [`Op::fast`] has an f32 CPU path for this method.
     pub fn has_cpu_path(&self) -> bool {
-        !matches!(self, Op::SoftmaxPositional { .. })
+        !matches!(self, Op::SoftmaxPositional { .. } | Op::Gla { .. })
     }
 
     pub fn describe(&self) -> String {
@@ -204,6 +256,7 @@ impl Op {
                     .collect::<Vec<_>>()
                     .join(", "))
             ),
+            Op::Gla { scale: s, .. } => format!("gla (causal, gates g), scale {}", scale(*s)),
         }
     }
 
@@ -212,7 +265,9 @@ impl Op {
         let (r, l, dk, dv) = (d.rows as f64, d.len as f64, d.dk as f64, d.dv as f64);
         let keys = |causal: bool| if causal { l / 2.0 } else { l };
         match self {
-            Op::Linear(_) | Op::Norm(_) | Op::Lightning { .. } => r * l * dk * dv * 2.0,
+            Op::Linear(_) | Op::Norm(_) | Op::Lightning { .. } | Op::Gla { .. } => {
+                r * l * dk * dv * 2.0
+            }
             Op::Favor { m, .. } => r * l * *m as f64 * (2.0 * dk + dv),
             Op::Softmax(o) => r * l * keys(o.causal) * (dk + dv),
             // The dense masked reference visits every key.

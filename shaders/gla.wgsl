@@ -1,0 +1,229 @@
+// Gated linear attention (GLA; Yang et al. 2024, arXiv 2312.06635), chunked:
+//   S_t = diag(exp g_t) S_{t-1} + k_t^T v_t (S: [Dk, Dv] per row), o_t = scale q_t S_t.
+// Layout: q, k, g [rows, L, Dk]; v, o [rows, L, Dv] (rows = (batch, head)); states
+// [rows, Dk, Dv] f32. A pass holds rows [r0, r0 + rows); chunks of CH steps along L.
+//   seg_sums: per (row, chunk, channel d), running sums of g inside the chunk: forward
+//     inclusive (decay from the chunk's start to t) and backward exclusive (t to the chunk's
+//     end). Running sums, never differences of a cumsum, and no exp(-sum g) anywhere: every
+//     exponent is <= 0, so nothing overflows with g down to -30 per step, and a weight near 1
+//     keeps its precision however strong the decays before it were (the log-space form of
+//     the paper's secondary chunking, taken down to single steps).
+//   chunk_state: per (row, d, block of VB columns, chunk): the chunk's state from zero,
+//     sum_s exp(g_{s+1} + .. + g_end)[d] k_s[d] v_s, paired with the chunk's total decay of d.
+//   (the carry scan of selective_scan.wgsl scans those pairs along the chunks)
+//   chunk_in: the state entering every chunk, [row, chunk, Dk, Dv] (Dv contiguous).
+//   chunk_out: per (row, t, block of VB columns): the intra-chunk coefficients
+//     a_ts = sum_d q_t[d] exp(g_{s+1} + .. + g_t)[d] k_s[d], the exponents summed from t
+//     backwards in registers (DKB channels at a time), then sum_s a_ts v_s, plus
+//     q_t exp(decay start..t) S_in; times scale.
+//   final_state: the last chunk's carry applied to the initial state.
+
+override WG: u32 = 64u;
+const CH: u32 = 64u;
+const DKB: u32 = 32u;
+const VB: u32 = 64u;
+
+struct Params {
+    rows: u32,    // rows in this pass
+    len: u32,     // L
+    dk: u32,
+    dv: u32,
+    nchunks: u32, // chunks per row
+    flags: u32,   // 1: initial state
+    scale: f32,
+    nvb: u32,     // column blocks, ceil(dv / VB)
+    q_off: u32,   // element offset of the pass's first row in q, k, g
+    v_off: u32,   // .. in v
+    out_off: u32, // .. in o
+    st_off: u32,  // .. in the states
+    total: u32,   // invocations in use
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> prm: Params;
+@group(0) @binding(1) var<storage, read> q: array<ST>;
+@group(0) @binding(2) var<storage, read> k: array<ST>;
+@group(0) @binding(3) var<storage, read> v: array<ST>;
+@group(0) @binding(4) var<storage, read> g: array<ST>;
+@group(0) @binding(5) var<storage, read> h_init: array<f32>;
+@group(0) @binding(6) var<storage, read_write> seg: array<vec2<f32>>;
+@group(0) @binding(7) var<storage, read_write> carry: array<vec2<f32>>;
+@group(0) @binding(8) var<storage, read_write> out: array<OT>;
+@group(0) @binding(9) var<storage, read_write> h_last: array<f32>;
+@group(0) @binding(10) var<storage, read_write> hin: array<f32>;
+
+fn h0(row: u32, e: u32) -> f32 {
+    if ((prm.flags & 1u) != 0u) {
+        return h_init[prm.st_off + row * prm.dk * prm.dv + e];
+    }
+    return 0.0;
+}
+
+// One invocation per (row, chunk, channel), the channel fastest.
+@compute @workgroup_size(WG)
+fn seg_sums(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+    let i = gid(wg, nwg, lid);
+    if (i >= prm.total) {
+        return;
+    }
+    let d = i % prm.dk;
+    let rc = i / prm.dk;
+    let c = rc % prm.nchunks;
+    let row = rc / prm.nchunks;
+    let t0 = c * CH;
+    let t1 = min(t0 + CH, prm.len);
+    let base = row * prm.len;
+    var f = 0.0;
+    for (var t = t0; t < t1; t++) {
+        f += ld_g(prm.q_off + (base + t) * prm.dk + d);
+        seg[(base + t) * prm.dk + d].x = f;
+    }
+    var r = 0.0;
+    for (var t = t1; t > t0; t--) {
+        let e = (base + t - 1u) * prm.dk + d;
+        seg[e].y = r;
+        r += ld_g(prm.q_off + e);
+    }
+}
+
+// One invocation per (row, channel, column block, chunk), the chunk fastest (the carry layout).
+@compute @workgroup_size(WG)
+fn chunk_state(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let i = gid(wg, nwg, lid);
+    if (i >= prm.total) {
+        return;
+    }
+    let c = i % prm.nchunks;
+    let rest = i / prm.nchunks;
+    let v0 = (rest % prm.nvb) * VB;
+    let d = (rest / prm.nvb) % prm.dk;
+    let row = rest / (prm.nvb * prm.dk);
+    let nv = min(VB, prm.dv - v0);
+    var acc: array<f32, VB>;
+    for (var j = 0u; j < VB; j++) {
+        acc[j] = 0.0;
+    }
+    let t0 = c * CH;
+    let t1 = min(t0 + CH, prm.len);
+    let base = row * prm.len;
+    for (var t = t0; t < t1; t++) {
+        let e = (base + t) * prm.dk + d;
+        let kw = exp(seg[e].y) * ld_k(prm.q_off + e);
+        let vr = prm.v_off + (base + t) * prm.dv + v0;
+        for (var j = 0u; j < nv; j++) {
+            acc[j] += kw * ld_v(vr + j);
+        }
+    }
+    let decay = exp(seg[(base + t1 - 1u) * prm.dk + d].x);
+    let e0 = (row * prm.dk + d) * prm.dv + v0;
+    for (var j = 0u; j < nv; j++) {
+        carry[(e0 + j) * prm.nchunks + c] = vec2<f32>(decay, acc[j]);
+    }
+}
+
+// The state entering chunk c at element e of row `row`'s [Dk, Dv] state.
+fn h_in(row: u32, e: u32, c: u32) -> f32 {
+    let h = h0(row, e);
+    if (c == 0u) {
+        return h;
+    }
+    let cv = carry[(row * prm.dk * prm.dv + e) * prm.nchunks + c - 1u];
+    return cv.x * h + cv.y;
+}
+
+// One invocation per (row, chunk, state element).
+@compute @workgroup_size(WG)
+fn chunk_in(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+    let i = gid(wg, nwg, lid);
+    if (i >= prm.total) {
+        return;
+    }
+    let n = prm.dk * prm.dv;
+    let rc = i / n;
+    hin[i] = h_in(rc / prm.nchunks, i % n, rc % prm.nchunks);
+}
+
+// One invocation per (row, t, column block).
+@compute @workgroup_size(WG)
+fn chunk_out(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+    let i = gid(wg, nwg, lid);
+    if (i >= prm.total) {
+        return;
+    }
+    let v0 = (i % prm.nvb) * VB;
+    let rest = i / prm.nvb;
+    let t = rest % prm.len;
+    let row = rest / prm.len;
+    let nv = min(VB, prm.dv - v0);
+    let c = t / CH;
+    let c0 = c * CH;
+    let nt = t - c0 + 1u;
+    let base = row * prm.len;
+    let qrow = prm.q_off + (base + t) * prm.dk;
+    var coef: array<f32, CH>;
+    for (var s = 0u; s < CH; s++) {
+        coef[s] = 0.0;
+    }
+    // a_ts over DKB channels at a time, s from t back to the chunk's start.
+    for (var d0 = 0u; d0 < prm.dk; d0 += DKB) {
+        let nd = min(DKB, prm.dk - d0);
+        var lg: array<f32, DKB>;
+        var qd: array<f32, DKB>;
+        for (var j = 0u; j < nd; j++) {
+            lg[j] = 0.0;
+            qd[j] = ld_q(qrow + d0 + j);
+        }
+        for (var s = nt; s > 0u; s--) {
+            let kr = prm.q_off + (base + c0 + s - 1u) * prm.dk + d0;
+            var sum = 0.0;
+            for (var j = 0u; j < nd; j++) {
+                sum += qd[j] * exp(lg[j]) * ld_k(kr + j);
+                lg[j] += ld_g(kr + j);
+            }
+            coef[s - 1u] += sum;
+        }
+    }
+    var acc: array<f32, VB>;
+    for (var j = 0u; j < VB; j++) {
+        acc[j] = 0.0;
+    }
+    for (var s = 0u; s < nt; s++) {
+        let cf = coef[s];
+        let vr = prm.v_off + (base + c0 + s) * prm.dv + v0;
+        for (var j = 0u; j < nv; j++) {
+            acc[j] += cf * ld_v(vr + j);
+        }
+    }
+    // Inter-chunk: the carried-in state, each channel decayed from the chunk's start to t.
+    if (c > 0u || (prm.flags & 1u) != 0u) {
+        let hrow = (row * prm.nchunks + c) * prm.dk * prm.dv + v0;
+        for (var d = 0u; d < prm.dk; d++) {
+            let qw = ld_q(qrow + d) * exp(seg[(base + t) * prm.dk + d].x);
+            for (var j = 0u; j < nv; j++) {
+                acc[j] += qw * hin[hrow + d * prm.dv + j];
+            }
+        }
+    }
+    let orow = prm.out_off + (base + t) * prm.dv + v0;
+    for (var j = 0u; j < nv; j++) {
+        st_out(orow + j, prm.scale * acc[j]);
+    }
+}
+
+// One invocation per state element (row, d, j).
+@compute @workgroup_size(WG)
+fn final_state(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let i = gid(wg, nwg, lid);
+    if (i >= prm.total) {
+        return;
+    }
+    let n = prm.dk * prm.dv;
+    h_last[prm.st_off + i] = h_in(i / n, i % n, prm.nchunks);
+}

@@ -1,0 +1,364 @@
+//! Gated linear attention (GLA; Yang et al. 2024, *Gated Linear Attention Transformers with
+//! Hardware-Efficient Training*, arXiv 2312.06635, §4), chunked, with its decode step:
+//!
+//! ```text
+//! S_t = diag(exp g_t) S_{t−1} + k_tᵀ v_t      (S: [Dk, Dv] per (batch, head); g_t ≤ 0 in log space)
+//! o_t = scale · q_t S_t                      (scale defaults to Dk^−1/2)
+//! ```
+//!
+//! Chunks of [`CHUNK`] steps: inside a chunk the attention-like coefficients
+//! `Σ_d q_t[d] exp(g_{s+1} + … + g_t)[d] k_s[d]` are formed with the exponents summed in log
+//! space from t backwards (never `exp(−Σg)`: every exponent is ≤ 0, so g down to −30 per step
+//! neither overflows nor loses the weights near 1); each chunk's state from zero and the chunk's
+//! decay are scanned across chunks (the associative scan of [`crate::ssm::selective_scan`]);
+//! each output adds `q_t exp(decay to t) S_in`. No loop in the shader grows with L. Arithmetic
+//! and states f32; storage f32 or f16. Reference: [`crate::reference::gla`].
+
+use crate::bind::{scratch, Bind};
+use crate::driver::{self, Input, Pass, Plan, RowOp};
+use crate::pipeline::Storage;
+use crate::schedule::Schedule;
+use crate::sizes::workgroup_size;
+use crate::ssm::selective::record_carry_scan;
+use crate::{Context, Element, Error, Result, Tensor};
+
+crate::uniform! {
+    /// The `Params` uniform of shaders/gla.wgsl.
+    pub(crate) struct Params {
+        rows: u32,
+        len: u32,
+        dk: u32,
+        dv: u32,
+        nchunks: u32,
+        flags: u32,
+        scale: f32,
+        nvb: u32,
+        q_off: u32,
+        v_off: u32,
+        out_off: u32,
+        st_off: u32,
+        total: u32,
+        _pad0: u32,
+        _pad1: u32,
+        _pad2: u32,
+    }
+}
+
+/// Steps per chunk (`CH` in the shader).
+pub const CHUNK: usize = 64;
+/// Value columns per invocation (`VB` in the shader): the register tile.
+const VB: u64 = 64;
+
+const OP: &str = "gla";
+const STEP: &str = "gla_step";
+
+/// Inputs of [`gla`]. For [`gla_step`] drop the L axis: `q, k, g: [B, H, Dk]`, `v: [B, H, Dv]`.
+#[derive(Clone, Copy)]
+pub struct GlaInputs<'a, T: Element> {
+    /// `q: [B, H, L, Dk]`.
+    pub q: &'a Tensor<T>,
+    /// `k: [B, H, L, Dk]`.
+    pub k: &'a Tensor<T>,
+    /// `v: [B, H, L, Dv]`.
+    pub v: &'a Tensor<T>,
+    /// `g: [B, H, L, Dk]`, log forget gates. They should be ≤ 0 (GLA's `log σ(·)/τ`): a positive
+    /// g grows the state as `exp(Σg)` and can overflow f32.
+    pub g: &'a Tensor<T>,
+    /// `initial_state: [B, H, Dk, Dv]` f32 (zero when absent).
+    pub initial_state: Option<&'a Tensor<f32>>,
+    /// The output scale; `None`: Dk^−1/2.
+    pub scale: Option<f32>,
+}
+
+impl<'a, T: Element> GlaInputs<'a, T> {
+    /// q, k, v, g without an initial state, scale Dk^−1/2.
+    pub fn new(q: &'a Tensor<T>, k: &'a Tensor<T>, v: &'a Tensor<T>, g: &'a Tensor<T>) -> Self {
+        Self {
+            q,
+            k,
+            v,
+            g,
+            initial_state: None,
+            scale: None,
+        }
+    }
+}
+
+/// `q, k, g: [B, H, L, Dk]`, `v: [B, H, L, Dv]` → `o: [B, H, L, Dv]` (dtype T) and
+/// `final_state: [B, H, Dk, Dv]` (f32), any sizes ≥ 1. Errors: [`Error::Shape`] for shapes that
+/// do not fit these, [`Error::InvalidArgument`] for a non-finite scale, [`Error::WrongContext`],
+/// [`Error::TooLarge`] when one (batch, head) row's inputs and scratch exceed a storage binding.
+pub fn gla<T: Element>(ctx: &Context, x: &GlaInputs<'_, T>) -> Result<(Tensor<T>, Tensor<f32>)> {
+    run(ctx, x, false)
+}
+
+/// [`gla`] into existing `o: [B, H, L, Dv]` and `final_state: [B, H, Dk, Dv]` (which must not be
+/// `initial_state`).
+pub fn gla_into<T: Element>(
+    ctx: &Context,
+    x: &GlaInputs<'_, T>,
+    o: &Tensor<T>,
+    final_state: &Tensor<f32>,
+) -> Result<()> {
+    driver::run_into(ctx, &Gla::new(x, final_state, false), o)
+}
+
+/// Records [`gla_into`] into a [`Schedule`].
+pub fn record_gla<T: Element>(
+    s: &mut Schedule<'_>,
+    x: &GlaInputs<'_, T>,
+    o: &Tensor<T>,
+    final_state: &Tensor<f32>,
+) -> Result<()> {
+    driver::record(s, &Gla::new(x, final_state, false), o)
+}
+
+/// One decode step: `q, k, g: [B, H, Dk]`, `v: [B, H, Dv]`, the state `[B, H, Dk, Dv]` in
+/// (`initial_state`, zero when absent) → `(o: [B, H, Dv], new_state)`; equal to [`gla`] with
+/// L = 1. Errors as [`gla`].
+pub fn gla_step<T: Element>(
+    ctx: &Context,
+    x: &GlaInputs<'_, T>,
+) -> Result<(Tensor<T>, Tensor<f32>)> {
+    run(ctx, x, true)
+}
+
+/// [`gla_step`] into existing `o: [B, H, Dv]` and `new_state: [B, H, Dk, Dv]`.
+pub fn gla_step_into<T: Element>(
+    ctx: &Context,
+    x: &GlaInputs<'_, T>,
+    o: &Tensor<T>,
+    new_state: &Tensor<f32>,
+) -> Result<()> {
+    driver::run_into(ctx, &Gla::new(x, new_state, true), o)
+}
+
+fn run<T: Element>(
+    ctx: &Context,
+    x: &GlaInputs<'_, T>,
+    step: bool,
+) -> Result<(Tensor<T>, Tensor<f32>)> {
+    let d = check(x, step)?;
+    let st = [d.batch, d.heads, d.dk, d.dv];
+    let last = Tensor::<f32>::empty(ctx, &st)?;
+    let o = driver::run(ctx, &Gla::new(x, &last, step))?;
+    Ok((o, last))
+}
+
+/// B, H, L, Dk, Dv of a checked call.
+#[derive(Clone, Copy)]
+struct Dims {
+    batch: usize,
+    heads: usize,
+    len: usize,
+    dk: usize,
+    dv: usize,
+}
+
+fn shape_is(op: &'static str, name: &'static str, got: &[usize], want: &[usize]) -> Result<()> {
+    if got == want {
+        return Ok(());
+    }
+    Err(Error::Shape {
+        op,
+        name,
+        expected: format!("{want:?}"),
+        got: got.to_vec(),
+    })
+}
+
+/// Every input shape against q's B, H, L, Dk and v's Dv; the scale.
+fn check<T: Element>(x: &GlaInputs<'_, T>, step: bool) -> Result<Dims> {
+    let op = if step { STEP } else { OP };
+    let rank = if step { 3 } else { 4 };
+    let qs = x.q.shape();
+    if qs.len() != rank || qs.contains(&0) {
+        return Err(Error::Shape {
+            op,
+            name: "q",
+            expected: format!(
+                "{} with every dim >= 1",
+                if step { "[B, H, Dk]" } else { "[B, H, L, Dk]" }
+            ),
+            got: qs.to_vec(),
+        });
+    }
+    shape_is(op, "k", x.k.shape(), qs)?;
+    shape_is(op, "g", x.g.shape(), qs)?;
+    let vs = x.v.shape();
+    let lead = &qs[..rank - 1];
+    if vs.len() != rank || vs[..rank - 1] != *lead || vs[rank - 1] == 0 {
+        let mut want: Vec<String> = lead.iter().map(|v| v.to_string()).collect();
+        want.push("Dv".into());
+        return Err(Error::Shape {
+            op,
+            name: "v",
+            expected: format!("[{}] (Dv >= 1)", want.join(", ")),
+            got: vs.to_vec(),
+        });
+    }
+    let (dk, dv) = (qs[rank - 1], vs[rank - 1]);
+    let len = if step { 1 } else { qs[2] };
+    if let Some(h0) = x.initial_state {
+        shape_is(op, "initial_state", h0.shape(), &[qs[0], qs[1], dk, dv])?;
+    }
+    if x.scale.is_some_and(|s| !s.is_finite()) {
+        return Err(Error::InvalidArgument {
+            op,
+            name: "scale",
+            reason: format!("must be finite, got {:?}", x.scale),
+        });
+    }
+    Ok(Dims {
+        batch: qs[0],
+        heads: qs[1],
+        len,
+        dk,
+        dv,
+    })
+}
+
+struct Gla<'a, 'b, T: Element> {
+    x: &'a GlaInputs<'b, T>,
+    last: &'a Tensor<f32>,
+    step: bool,
+}
+
+impl<'a, 'b, T: Element> Gla<'a, 'b, T> {
+    fn new(x: &'a GlaInputs<'b, T>, last: &'a Tensor<f32>, step: bool) -> Self {
+        Self { x, last, step }
+    }
+}
+
+impl<T: Element> RowOp for Gla<'_, '_, T> {
+    type T = T;
+    type Dims = Dims;
+    const NAME: &'static str = OP;
+
+    fn plan(&self, _: &Context) -> Result<(Dims, Plan)> {
+        let op = if self.step { STEP } else { OP };
+        let d = check(self.x, self.step)?;
+        let st = [d.batch, d.heads, d.dk, d.dv];
+        shape_is(op, "final_state", self.last.shape(), &st)?;
+        if self.x.initial_state.map(|t| t.buffer()) == Some(self.last.buffer()) {
+            return Err(Error::InvalidArgument {
+                op,
+                name: "final_state",
+                reason: "aliases input `initial_state`".into(),
+            });
+        }
+        let es = size_of::<T>() as u64;
+        let (len, dk, dv) = (d.len as u64, d.dk as u64, d.dv as u64);
+        let nchunks = len.div_ceil(CHUNK as u64);
+        let plan = Plan::new(
+            self.x.v.shape().to_vec(),
+            (d.batch * d.heads) as u64,
+            len * dv,
+        )
+        .bytes("q", len * dk * es)
+        .bytes("v", len * dv * es)
+        .bytes("segment sums", len * dk * 8)
+        .bytes("chunk carries", dk * dv * nchunks * 8)
+        .bytes("chunk states", dk * dv * nchunks * 4)
+        .bytes("states", dk * dv * 4);
+        Ok((d, plan))
+    }
+
+    fn inputs(&self) -> Vec<Input<'_>> {
+        let x = self.x;
+        let mut i = vec![
+            Input::of("q", x.q),
+            Input::of("k", x.k),
+            Input::of("v", x.v),
+            Input::of("g", x.g),
+        ];
+        i.extend(x.initial_state.map(|t| Input::of("initial_state", t)));
+        i.push(Input::of("final_state", self.last));
+        i
+    }
+
+    fn record_rows(&self, s: &mut Schedule<'_>, d: &Dims, p: &Pass<'_>) -> Result<()> {
+        let ctx = s.context();
+        let x = self.x;
+        let es = size_of::<T>() as u64;
+        let (r0, nr) = (p.r0, p.nr);
+        let (len, dk, dv) = (d.len as u64, d.dk as u64, d.dv as u64);
+        let (nq, nv, sn) = (len * dk, len * dv, dk * dv);
+        let (bq, q_off) = Bind::elems(ctx, 1, x.q.buffer(), es, r0 * nq, nr * nq);
+        let bk = Bind::elems(ctx, 2, x.k.buffer(), es, r0 * nq, nr * nq).0;
+        let (bv, v_off) = Bind::elems(ctx, 3, x.v.buffer(), es, r0 * nv, nr * nv);
+        let bg = Bind::elems(ctx, 4, x.g.buffer(), es, r0 * nq, nr * nq).0;
+        let (blast, st_off) = Bind::elems(ctx, 9, self.last.buffer(), 4, r0 * sn, nr * sn);
+        let dummy = scratch(ctx, 4);
+        let bh0 = match x.initial_state {
+            Some(h) => Bind::elems(ctx, 5, h.buffer(), 4, r0 * sn, nr * sn).0,
+            None => Bind::all(5, &dummy),
+        };
+        let (bout, out_off) = p.out.bind(ctx, 8, nr * nv);
+        let nchunks = len.div_ceil(CHUNK as u64);
+        let mut prm = Params {
+            rows: nr as u32,
+            len: len as u32,
+            dk: dk as u32,
+            dv: dv as u32,
+            nchunks: nchunks as u32,
+            flags: x.initial_state.is_some() as u32,
+            scale: x.scale.unwrap_or(1.0 / (dk as f32).sqrt()),
+            nvb: dv.div_ceil(VB) as u32,
+            q_off,
+            v_off,
+            out_off,
+            st_off,
+            total: 0,
+            _pad0: 0,
+            _pad1: 0,
+            _pad2: 0,
+        };
+        let pool = &ctx.chunk_scratch;
+        let bufs = [
+            pool.take(ctx, nr * nq * 8),
+            pool.take(ctx, nr * sn * nchunks * 8),
+            pool.take(ctx, nr * sn * nchunks * 4),
+        ];
+        let binds = [bq, bk, bv, bg, bh0, bout, blast];
+        let r = record_passes(s, p.storage, &mut prm, &bufs, binds);
+        pool.give(bufs);
+        r
+    }
+}
+
+/// seg_sums, chunk_state, the carry scan, chunk_in, chunk_out, final_state; `bufs` are the
+/// segment-sum, carry and chunk-state scratch.
+fn record_passes(
+    s: &mut Schedule<'_>,
+    storage: Storage,
+    prm: &mut Params,
+    [seg, carry, hin]: &[wgpu::Buffer; 3],
+    [bq, bk, bv, bg, bh0, bout, blast]: [Bind<'_>; 7],
+) -> Result<()> {
+    let ctx = s.context();
+    let wg = workgroup_size(ctx);
+    let pl = |e| ctx.pipelines.get(ctx, "gla", e, storage, &[("WG", wg)]);
+    let groups = |t: u64| t.div_ceil(wg as u64);
+    let rows = prm.rows as u64;
+    let (len, dk, dv) = (prm.len as u64, prm.dk as u64, prm.dv as u64);
+    let (nchunks, nvb) = (prm.nchunks as u64, prm.nvb as u64);
+    let (bseg, bcarry, bhin) = (Bind::all(6, seg), Bind::all(7, carry), Bind::all(10, hin));
+    let mut go = |s: &mut Schedule<'_>, entry, binds: &[Bind<'_>], total: u64| -> Result<()> {
+        prm.total = total as u32;
+        s.dispatch(&*pl(entry)?, &*prm, binds, groups(total))
+    };
+    go(s, "seg_sums", &[bg, bseg], rows * nchunks * dk)?;
+    let binds = [bk, bv, bseg, bcarry];
+    go(s, "chunk_state", &binds, rows * dk * nvb * nchunks)?;
+    record_carry_scan(s, storage, carry, rows * dk * dv, nchunks)?;
+    go(
+        s,
+        "chunk_in",
+        &[bh0, bcarry, bhin],
+        rows * nchunks * dk * dv,
+    )?;
+    let binds = [bq, bk, bv, bg, bseg, bhin, bout];
+    go(s, "chunk_out", &binds, rows * len * nvb)?;
+    go(s, "final_state", &[bh0, bcarry, blast], rows * dk * dv)
+}

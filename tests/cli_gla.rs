@@ -1,0 +1,150 @@
+//! `longseq attention --method gla` on generated files ([B, H, L, D] and [H, L, D]): the written
+//! `o` against the f64 recurrence on the same f32 values, and a missing or misshapen `g` giving
+//! one line and exit code 2.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Command;
+
+use common::*;
+use longseq::reference::gla::{gla_ref, GlaDims, GlaRef};
+use rand::Rng;
+use safetensors::{tensor::TensorView, Dtype, SafeTensors};
+
+const L: usize = 150;
+const DK: usize = 6;
+const DV: usize = 5;
+
+fn tmp(name: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("longseq-cli-gla-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name).to_string_lossy().into_owned()
+}
+
+fn write(path: &str, tensors: &[(&str, Vec<usize>, Vec<f64>)]) {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, v)| {
+            let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+            bytemuck::cast_slice(&v).to_vec()
+        })
+        .collect();
+    let views: Vec<(String, TensorView<'_>)> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((n, s, _), b)| {
+            (
+                n.to_string(),
+                TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    let meta: Option<HashMap<String, String>> = None;
+    safetensors::serialize_to_file(views, meta, std::path::Path::new(path)).unwrap();
+}
+
+/// Uniform draws, already rounded to f32 (the file stores f32).
+fn draw(n: usize, lo: f64, hi: f64, seed: u64) -> Vec<f64> {
+    let mut g = rng(seed);
+    (0..n)
+        .map(|_| g.random_range(lo..hi) as f32 as f64)
+        .collect()
+}
+
+fn longseq(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_longseq"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// q, k, v, g with leading dims `lead` (rows = their product).
+fn tensors(lead: &[usize]) -> Vec<(&'static str, Vec<usize>, Vec<f64>)> {
+    let rows: usize = lead.iter().product();
+    let sh = |d: usize| [lead, &[L, d]].concat();
+    vec![
+        ("q", sh(DK), draw(rows * L * DK, -1.0, 1.0, 1)),
+        ("k", sh(DK), draw(rows * L * DK, -1.0, 1.0, 2)),
+        ("v", sh(DV), draw(rows * L * DV, -1.0, 1.0, 3)),
+        ("g", sh(DK), draw(rows * L * DK, -3.0, 0.0, 4)),
+    ]
+}
+
+#[test]
+fn gla_method_writes_the_reference_result() {
+    for (i, lead) in [vec![2, 3], vec![3]].into_iter().enumerate() {
+        let t = tensors(&lead);
+        let (input, output) = (
+            tmp(&format!("in{i}.safetensors")),
+            tmp(&format!("o{i}.safetensors")),
+        );
+        write(&input, &t);
+        let o = longseq(&[
+            "attention",
+            "--input",
+            &input,
+            "--method",
+            "gla",
+            "--scale",
+            "0.5",
+            "--output",
+            &output,
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let dims = GlaDims {
+            rows: lead.iter().product(),
+            len: L,
+            dk: DK,
+            dv: DV,
+        };
+        let r = GlaRef {
+            q: &t[0].2,
+            k: &t[1].2,
+            v: &t[2].2,
+            g: &t[3].2,
+            initial_state: None,
+            scale: Some(0.5),
+        };
+        let want = gla_ref(dims, &r).unwrap().0;
+        let bytes = std::fs::read(&output).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let got = st.tensor("o").unwrap();
+        assert_eq!(got.shape(), [&lead[..], &[L, DV]].concat());
+        let got: Vec<f32> = bytemuck::pod_collect_to_vec(got.data());
+        let got: Vec<f64> = got.into_iter().map(f64::from).collect();
+        assert_close_both(&format!("cli gla {lead:?}"), &got, &want, TOL_F32);
+    }
+}
+
+#[test]
+fn missing_or_misshapen_gates_exit_2_with_one_line() {
+    let mut t = tensors(&[2, 3]);
+    t[3].1 = vec![2, 3, L, DK - 1];
+    t[3].2.truncate(2 * 3 * L * (DK - 1));
+    for (name, cut) in [("mismatch", false), ("missing", true)] {
+        if cut {
+            t.pop();
+        }
+        let input = tmp(&format!("{name}.safetensors"));
+        write(&input, &t);
+        let o = longseq(&[
+            "attention",
+            "--input",
+            &input,
+            "--method",
+            "gla",
+            "--device",
+            "cpu",
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{name}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(err.trim_end().lines().count(), 1, "{name}: {err}");
+        let want = if cut {
+            "`g` not found"
+        } else {
+            "`g` has shape"
+        };
+        assert!(err.contains(want), "{name}: {err}");
+    }
+}

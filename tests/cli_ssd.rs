@@ -1,0 +1,164 @@
+//! `longseq ssd` on a generated file: the written `Y` and `final_state` against the f64
+//! reference (computed here on the same f32 values), `--init` checked GPU against reference,
+//! and bad input (a missing tensor, an n mismatch) giving one line and exit code 2.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Command;
+
+use common::*;
+use longseq::reference::ssd::{ssd_ref, SsdDims, SsdRef};
+use rand::Rng;
+use safetensors::{tensor::TensorView, Dtype, SafeTensors};
+
+const B: usize = 2;
+const L: usize = 300;
+const H: usize = 3;
+const P: usize = 5;
+const N: usize = 4;
+
+fn tmp(name: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("longseq-cli-ssd-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name).to_string_lossy().into_owned()
+}
+
+fn write(path: &str, tensors: &[(&str, Vec<usize>, Vec<f64>)]) {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, v)| {
+            let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+            bytemuck::cast_slice(&v).to_vec()
+        })
+        .collect();
+    let views: Vec<(String, TensorView<'_>)> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((n, s, _), b)| {
+            (
+                n.to_string(),
+                TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    let meta: Option<HashMap<String, String>> = None;
+    safetensors::serialize_to_file(views, meta, std::path::Path::new(path)).unwrap();
+}
+
+/// Uniform draws, already rounded to f32 (the file stores f32).
+fn draw(n: usize, lo: f64, hi: f64, seed: u64) -> Vec<f64> {
+    let mut g = rng(seed);
+    (0..n)
+        .map(|_| g.random_range(lo..hi) as f32 as f64)
+        .collect()
+}
+
+fn read(path: &str, name: &str) -> (Vec<f64>, Vec<usize>) {
+    let bytes = std::fs::read(path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor(name).unwrap();
+    let v: Vec<f32> = bytemuck::pod_collect_to_vec(t.data());
+    (v.into_iter().map(f64::from).collect(), t.shape().to_vec())
+}
+
+fn longseq(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_longseq"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn ssd_command_writes_the_reference_result() {
+    let tok = B * L * H;
+    let t = vec![
+        ("X", vec![B, L, H, P], draw(tok * P, -1.0, 1.0, 1)),
+        ("A", vec![B, L, H], draw(tok, -2.0, 0.0, 2)),
+        ("B", vec![B, L, H, N], draw(tok * N, -1.0, 1.0, 3)),
+        ("C", vec![B, L, H, N], draw(tok * N, -1.0, 1.0, 4)),
+        (
+            "initial_state",
+            vec![B, H, N, P],
+            draw(B * H * N * P, -1.0, 1.0, 5),
+        ),
+    ];
+    let (input, output) = (tmp("in.safetensors"), tmp("out.safetensors"));
+    write(&input, &t);
+    let o = longseq(&["ssd", "--input", &input, "--output", &output]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = SsdRef {
+        x: &t[0].2,
+        a: &t[1].2,
+        b: &t[2].2,
+        c: &t[3].2,
+        initial_state: Some(&t[4].2),
+    };
+    let dims = SsdDims {
+        batch: B,
+        len: L,
+        heads: H,
+        head_dim: P,
+        state: N,
+    };
+    let (want, want_last) = ssd_ref(dims, &r).unwrap();
+    let (y, shape) = read(&output, "Y");
+    assert_eq!(shape, [B, L, H, P]);
+    assert_close_both("cli Y", &y, &want, TOL_F32);
+    let (last, shape) = read(&output, "final_state");
+    assert_eq!(shape, [B, H, N, P]);
+    assert_close_both("cli final_state", &last, &want_last, TOL_F32);
+}
+
+#[test]
+fn init_runs_without_a_file_and_agrees_with_the_reference() {
+    let o = longseq(&[
+        "ssd",
+        "--init",
+        "--heads",
+        "2",
+        "--head-dim",
+        "40",
+        "--state",
+        "8",
+        "--len",
+        "200",
+        "--device",
+        "gpu,reference",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn bad_input_exits_2_with_one_line() {
+    let tok = B * L * H;
+    let mut t = vec![
+        ("X", vec![B, L, H, P], draw(tok * P, -1.0, 1.0, 1)),
+        ("A", vec![B, L, H], draw(tok, -2.0, 0.0, 2)),
+        ("B", vec![B, L, H, N], draw(tok * N, -1.0, 1.0, 3)),
+        // n + 1 columns in C: an n mismatch with B.
+        ("C", vec![B, L, H, N + 1], draw(tok * (N + 1), -1.0, 1.0, 4)),
+    ];
+    for (name, cut) in [("mismatch", false), ("missing", true)] {
+        if cut {
+            t.retain(|(n, _, _)| *n != "C");
+        }
+        let input = tmp(&format!("{name}.safetensors"));
+        write(&input, &t);
+        let o = longseq(&["ssd", "--input", &input, "--device", "cpu"]);
+        assert_eq!(o.status.code(), Some(2), "{name}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(err.trim_end().lines().count(), 1, "{name}: {err}");
+        let want = if cut {
+            "`C` not found"
+        } else {
+            "`C` has shape"
+        };
+        assert!(err.contains(want), "{name}: {err}");
+    }
+}
