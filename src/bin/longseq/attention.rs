@@ -270,11 +270,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
         None => None,
     };
     let cpu = if dev.cpu {
-        let note = match op.has_cpu_path() {
-            true => devices::cpu_note(),
-            false => "no f32 CPU path for this method yet: the f64 reference".into(),
-        };
-        Some(devices::timed("cpu", &note, || {
+        Some(devices::timed("cpu", &devices::cpu_note(), || {
             Ok(op.fast(&q, &k, &v, &dims)?)
         })?)
     } else {

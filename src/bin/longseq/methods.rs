@@ -86,8 +86,7 @@ impl Op {
         }
     }
 
-    /// The `method:` line of the report.
-    /// On the f32 CPU path (`longseq::cpu`); methods without one run the reference.
+    /// On the f32 CPU path (`longseq::cpu`).
     pub fn fast(&self, q: &[f32], k: &[f32], v: &[f32], d: &AttnDims) -> Result<Vec<f64>> {
         use longseq::cpu::attention as fast;
         let none = Affine::default();
@@ -98,7 +97,9 @@ impl Op {
                 fast::favor_attention_into(q, k, v, d, omega, opts, &mut out)?
             }
             Op::Softmax(o) => fast::softmax_attention_into(q, k, v, d, o, &mut out)?,
-            Op::SoftmaxPositional { .. } => return self.cpu(q, k, v, d),
+            Op::SoftmaxPositional { opts, pos, heads } => {
+                fast::softmax_attention_positional_into(q, k, v, d, *heads, opts, pos, &mut out)?
+            }
             Op::Norm(o) => fast::norm_attention(q, k, v, d, &none, o, &mut out)?,
             Op::Diag(o) => fast::diag_attention(q, k, v, d, &none, o, &mut out)?,
             Op::Lightning {
@@ -119,11 +120,7 @@ impl Op {
         Ok(out.into_iter().map(f64::from).collect())
     }
 
-    /// Whether [`Op::fast`] has an f32 CPU path for this method.
-    pub fn has_cpu_path(&self) -> bool {
-        !matches!(self, Op::SoftmaxPositional { .. })
-    }
-
+    /// The `method:` line of the report.
     pub fn describe(&self) -> String {
         let causal = |c: bool| if c { "causal" } else { "non-causal" };
         let scale = |s: Option<f32>| s.map_or("1/sqrt(Dk)".to_string(), |s| s.to_string());

@@ -3,6 +3,7 @@
 pub mod favor;
 pub mod lightning;
 pub mod linear;
+pub mod positional;
 pub mod recurrent;
 pub mod softmax;
 pub mod transnormer;
@@ -10,6 +11,7 @@ pub mod transnormer;
 pub use favor::{favor_attention, favor_attention_into};
 pub use lightning::{lightning_attention, lightning_attention_into};
 pub use linear::{linear_attention, linear_attention_into};
+pub use positional::{softmax_attention_positional, softmax_attention_positional_into};
 pub use recurrent::{prefill, step, Features, RecurrentState};
 pub use softmax::{softmax_attention, softmax_attention_into};
 pub use transnormer::{diag_attention, norm_attention};
