@@ -1,7 +1,7 @@
 //! Kernelized linear attention on the CPU path (Katharopoulos et al. 2020, eqs. 4-6, 16-20).
 //!
-//! With at least as many (batch, head) rows as threads, each row is one task ([`full_row`],
-//! [`causal_row`]): φ is mapped per block into the thread's scratch, `S = φ(K)ᵀ V` and
+//! With at least as many (batch, head) rows as threads, each row is one task (`full_row`,
+//! `causal_row`): φ is mapped per block into the thread's scratch, `S = φ(K)ᵀ V` and
 //! `z = Σ φ(k_j)` build up block by block (non-causal; then `o = φ(Q) S / (φ(Q) z + ε)`), or
 //! the chunks below go in order with a running state (causal). Fewer rows than threads take the
 //! form below, parallel inside the row (also the row kernel of FAVOR+, NormAttention, prefill).
