@@ -196,6 +196,17 @@ fn every_command_takes_the_device_list_and_prints_one_line_per_device() {
             "ssm", "--mode", "conv", "--init", "s4d-lin", "--heads", "2", "--state", "8", "--len",
             "200",
         ],
+        vec![
+            "mamba",
+            "--init",
+            "--dim",
+            "8",
+            "--state",
+            "4",
+            "--len",
+            "300",
+            "--delta-softplus",
+        ],
     ];
     let dir = std::env::temp_dir().join(format!("longseq-cli-every-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -159,7 +159,11 @@ fn softmax_position_flags_equal_the_dense_masked_equation() {
             },
         ),
     ];
-    for (i, (flags, t)) in cases.into_iter().enumerate() {
+    for (i, (device, (flags, t))) in ["gpu", "cpu"]
+        .into_iter()
+        .flat_map(|d| cases.into_iter().map(move |c| (d, c)))
+        .enumerate()
+    {
         let out = tmp(&format!("o{i}.safetensors"));
         let res = Command::new(env!("CARGO_BIN_EXE_longseq"))
             .args([
@@ -171,20 +175,20 @@ fn softmax_position_flags_equal_the_dense_masked_equation() {
                 "--method",
                 "softmax",
             ])
-            .args(["--device", "gpu", "--output", &out])
+            .args(["--device", device, "--output", &out])
             .args(flags.split(' '))
             .output()
             .unwrap();
         assert!(
             res.status.success(),
-            "{flags}: {}",
+            "{device} {flags}: {}",
             String::from_utf8_lossy(&res.stderr)
         );
         let (o, _) = read_f64(&out, "o");
         let want = dense(&q, &k, &v, dims, t);
         let e = rel_err(&o, &want);
-        eprintln!("{flags}: relative error {e:.2e}");
-        assert!(e <= TOL_F32, "{flags}: relative error {e:.3e}");
+        eprintln!("{device} {flags}: relative error {e:.2e}");
+        assert!(e <= TOL_F32, "{device} {flags}: relative error {e:.3e}");
     }
 }
 

@@ -13,6 +13,7 @@ pub mod positions;
 pub mod ssm;
 
 use std::borrow::Cow;
+use std::cell::Cell;
 
 use crate::{DType, Element, Error, Result};
 
@@ -29,6 +30,43 @@ pub(crate) fn load<T: Element>(x: &[T]) -> Cow<'_, [f32]> {
                 .collect(),
         ),
     }
+}
+
+thread_local! {
+    /// Per-thread f32 work space of [`with_scratch`].
+    static SCRATCH: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
+
+/// Scratch kept past a call only up to this many f32 (16 MiB per thread).
+const SCRATCH_KEEP: usize = 1 << 22;
+
+/// Runs `f` with this thread's reusable f32 buffer (contents unspecified; grow it with
+/// [`carve`]). Reusing it saves the allocation and page faults of fresh blocks on every call;
+/// a nested call (rayon may run another task on this thread) gets its own empty buffer.
+pub(crate) fn with_scratch<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
+    let mut buf = SCRATCH.with(Cell::take);
+    let r = f(&mut buf);
+    if buf.capacity() <= SCRATCH_KEEP {
+        SCRATCH.with(|s| s.set(buf));
+    }
+    r
+}
+
+/// Splits `buf`, grown as needed, into consecutive slices of lengths `lens` (contents
+/// unspecified: callers write before they read).
+pub(crate) fn carve<const N: usize>(buf: &mut Vec<f32>, lens: [usize; N]) -> [&mut [f32]; N] {
+    let total: usize = lens.iter().sum();
+    if buf.len() < total {
+        buf.resize(total, 0.0);
+    }
+    let mut rest = &mut buf[..total];
+    let mut out: [&mut [f32]; N] = std::array::from_fn(|_| <&mut [f32]>::default());
+    for (o, &n) in out.iter_mut().zip(&lens) {
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut(n);
+        *o = head;
+        rest = tail;
+    }
+    out
 }
 
 /// Writes `src` into `dst`, rounding to `T`.

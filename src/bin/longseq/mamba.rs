@@ -3,6 +3,7 @@
 use std::time::Instant;
 
 use half::f16;
+use longseq::cpu::ssm::SelectiveScanHost;
 use longseq::reference::mamba::{selective_scan_ref, ScanDims, SelectiveScanRef};
 use longseq::ssm::{selective_scan, SelectiveScanInputs};
 use longseq::{Context, Element, Tensor};
@@ -70,8 +71,7 @@ pub struct Args {
     #[arg(long, value_enum)]
     dtype: Option<StorageDtype>,
     /// Where to run: gpu, cpu, reference (f64), or a comma-separated list (default
-    /// gpu,reference; cpu,reference when there is no GPU adapter). There is no f32 CPU path for
-    /// the selective scan yet: `cpu` runs the f64 reference, and says so.
+    /// gpu,reference; cpu,reference when there is no GPU adapter).
     #[arg(long)]
     device: Option<Devices>,
     /// Run the f64 reference even when its estimated time is past the bound.
@@ -214,12 +214,35 @@ pub fn run(a: Args) -> Result<(), CliError> {
     };
     // `out` and `last_state` are compared (and written) as one vector.
     let cat = |(o, s): (Vec<f64>, Vec<f64>)| [o, s].concat();
+    let fast = || -> longseq::Result<(Vec<f64>, Vec<f64>)> {
+        let f = |v: &[f64]| v.iter().map(|&y| y as f32).collect::<Vec<f32>>();
+        let req: Vec<Vec<f32>> = x.req.iter().map(|t| f(&t.data)).collect();
+        let opt: Vec<Option<Vec<f32>>> = x
+            .opt
+            .iter()
+            .map(|t| t.as_ref().map(|t| f(&t.data)))
+            .collect();
+        let o = |i: usize| opt[i].as_deref();
+        let h = SelectiveScanHost {
+            u: &req[0],
+            delta: &req[1],
+            a: &req[2],
+            b: &req[3],
+            c: &req[4],
+            d: o(0),
+            z: o(1),
+            delta_bias: o(2),
+            delta_softplus: a.delta_softplus,
+            initial_state: o(3),
+        };
+        let (out, last) = longseq::cpu::ssm::selective_scan(x.dims, &h)?;
+        let w = |v: Vec<f32>| v.into_iter().map(f64::from).collect();
+        Ok((w(out), w(last)))
+    };
     let cpu = match dev.cpu {
-        true => Some(cat(devices::timed(
-            "cpu",
-            "no f32 CPU path for the selective scan yet: the f64 reference",
-            || Ok(reference()?),
-        )?)),
+        true => Some(cat(devices::timed("cpu", &devices::cpu_note(), || {
+            Ok(fast()?)
+        })?)),
         false => None,
     };
     let checked = dev.reference(a.force_reference, ops, "f64", reference)?;

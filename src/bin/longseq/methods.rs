@@ -138,8 +138,7 @@ impl Op {
         }
     }
 
-    /// The `method:` line of the report.
-    /// On the f32 CPU path (`longseq::cpu`); methods without one run the reference.
+    /// On the f32 CPU path (`longseq::cpu`).
     pub fn fast(&self, q: &[f32], k: &[f32], v: &[f32], d: &AttnDims) -> Result<Vec<f64>> {
         use longseq::cpu::attention as fast;
         let none = Affine::default();
@@ -150,7 +149,10 @@ impl Op {
                 fast::favor_attention_into(q, k, v, d, omega, opts, &mut out)?
             }
             Op::Softmax(o) => fast::softmax_attention_into(q, k, v, d, o, &mut out)?,
-            Op::SoftmaxPositional { .. } | Op::Gla { .. } => return self.cpu(q, k, v, d),
+            Op::SoftmaxPositional { opts, pos, heads } => {
+                fast::softmax_attention_positional_into(q, k, v, d, *heads, opts, pos, &mut out)?
+            }
+            Op::Gla { .. } => return self.cpu(q, k, v, d),
             Op::Norm(o) => fast::norm_attention(q, k, v, d, &none, o, &mut out)?,
             Op::Diag(o) => fast::diag_attention(q, k, v, d, &none, o, &mut out)?,
             Op::Lightning {
@@ -173,9 +175,10 @@ impl Op {
 
     /// Whether [`Op::fast`] has an f32 CPU path for this method.
     pub fn has_cpu_path(&self) -> bool {
-        !matches!(self, Op::SoftmaxPositional { .. } | Op::Gla { .. })
+        !matches!(self, Op::Gla { .. })
     }
 
+    /// The `method:` line of the report.
     pub fn describe(&self) -> String {
         let causal = |c: bool| if c { "causal" } else { "non-causal" };
         let scale = |s: Option<f32>| s.map_or("1/sqrt(Dk)".to_string(), |s| s.to_string());

@@ -89,8 +89,10 @@ pub fn softmax_attention_positional<T: Element>(
                 *x = (*x - m).exp();
                 z += *x;
             }
+            // Over the seen keys only: a masked key's value (NaN included) is not in the sum.
             for e in 0..dv {
                 out[(r * l + i) * dv + e] = (0..l)
+                    .filter(|&j| seen(i, j))
                     .map(|j| row[j] / z * v[(r * l + j) * dv + e].to_f64())
                     .sum();
             }
