@@ -392,6 +392,7 @@ fn op_from_args(
             let opts = SoftmaxAttentionOptions {
                 causal: a.causal,
                 scale: a.scale,
+                ..Default::default()
             };
             match positional(a) {
                 Some(pos) => Op::SoftmaxPositional {
@@ -415,6 +416,7 @@ fn op_from_args(
             weights,
             norm: a.norm,
             eps: a.eps,
+            ..Default::default()
         }),
         Method::Lightning => {
             let Slopes::Alibi = a.slopes;

@@ -168,6 +168,7 @@ fn options(a: &Args) -> Result<RopeOptions, CliError> {
         base: a.base,
         layout,
         scaling,
+        ..Default::default()
     })
 }
 
