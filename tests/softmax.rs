@@ -273,8 +273,9 @@ fn bad_input_is_a_typed_error() {
         Err(Error::Shape { name, .. }) => assert_eq!(name, which),
         other => panic!("expected a shape error on {which}, got {:?}", other.err()),
     };
+    // Lq ≠ Lk is cross-attention (issue 14); a k whose Dk differs from q's is not.
     shape_err(
-        softmax_attention(c, &t(&[2, 5, 4]), &t(&[2, 6, 4]), &t(&[2, 5, 4]), &o),
+        softmax_attention(c, &t(&[2, 5, 4]), &t(&[2, 5, 3]), &t(&[2, 5, 4]), &o),
         "k",
     );
     shape_err(
@@ -289,7 +290,7 @@ fn bad_input_is_a_typed_error() {
     for bad in [f32::NAN, f32::INFINITY] {
         let o = SoftmaxAttentionOptions {
             scale: Some(bad),
-            ..o
+            ..o.clone()
         };
         assert!(matches!(
             softmax_attention(c, &x, &x, &x, &o),
