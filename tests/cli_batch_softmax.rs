@@ -212,3 +212,38 @@ fn bad_batches_exit_2() {
         );
     }
 }
+
+/// The README's varlen and GQA lines on the shipped file (q [1, 40, 4, 8], k/v [1, 40, 2, 8] in
+/// blhd, i32 cu_seqlens [0, 9, 25, 37]) run and agree with the reference.
+#[test]
+fn readme_lines_run() {
+    let data = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/gqa_varlen_blhd.safetensors"
+    );
+    let lines: [&[&str]; 2] = [
+        &[
+            "--method",
+            "softmax",
+            "--layout",
+            "blhd",
+            "--cu-seqlens",
+            "cu_seqlens",
+            "--causal",
+        ],
+        &["--method", "softmax", "--layout", "blhd", "--alibi"],
+    ];
+    for args in lines {
+        let o = bin()
+            .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+            .args(["attention", "--input", data])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}
