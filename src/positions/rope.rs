@@ -147,6 +147,9 @@ fn rope_geom(shape: &[usize], opts: &RopeOptions) -> Result<(usize, usize, usize
     Ok((rows, len, hin, d))
 }
 
+/// Positions, frequency rows, magnitude scale, sequence of each position.
+type Packed = (Vec<u32>, Vec<u32>, f64, Vec<u32>);
+
 /// Positions, frequency rows (turn words), the magnitude scale and each position's sequence
 /// (u32::MAX past the last offset) for packed sequences; each sequence is its own call.
 fn packed(
@@ -155,7 +158,7 @@ fn packed(
     len: usize,
     d: usize,
     opts: &RopeOptions,
-) -> Result<(Vec<u32>, Vec<u32>, f64, Vec<u32>)> {
+) -> Result<Packed> {
     let all = positions.resolve(len)?;
     let mut pos = all.clone();
     let mut seq = vec![u32::MAX; len];

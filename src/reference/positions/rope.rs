@@ -128,7 +128,7 @@ pub fn rope_batch<T: Element>(
     let st = opts.seq_layout.strides(h, l, d);
     let seqs: Vec<std::ops::Range<usize>> = match &opts.cu_seqlens {
         Some(c) => (0..c.count()).map(|i| c.range(i)).collect(),
-        None => vec![0..l],
+        None => std::iter::once(0..l).collect(),
     };
     let mut out = vec![f64::NAN; x.len()];
     for r in seqs.into_iter().filter(|r| !r.is_empty()) {
