@@ -28,6 +28,7 @@ fn bench(c: &mut Criterion) {
     let opts = SoftmaxAttentionOptions {
         causal: true,
         scale: None,
+        ..Default::default()
     };
     let rope_opts = RopeOptions::default();
     for l in [2048usize, 8192, 32768] {

@@ -34,6 +34,7 @@ fn bench(c: &mut Criterion) {
             let opts = SoftmaxAttentionOptions {
                 causal,
                 scale: None,
+                ..Default::default()
             };
             let pairs = if causal { l * (l + 1) / 2 } else { l * l };
             g.throughput(Throughput::Elements((4 * bh * d * pairs) as u64));

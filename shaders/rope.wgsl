@@ -1,7 +1,8 @@
 // Rotary position embedding (Su et al. 2021, RoFormer, eq. 34): each pair (a, b) of a row of x at
 // position m turns by the angle m·θ_i: (a cos − b sin, a sin + b cos), times mscale (YaRN's
 // attention temperature; 1 otherwise).
-// x, o: [R, L, D] row-major, R = rows (batch x heads) in this pass; pairs (2i, 2i+1) when
+// x, o: [R, L, D] row-major, R = rows (batch x heads) in this pass, or [R, L, H, D] (R = batch
+// entries) with hin = H; pairs (2i, 2i+1) when
 // LAYOUT = 0 (interleaved), (i, i + D/2) when LAYOUT = 1 (GPT-NeoX half split).
 // pos: [L] u32 integer positions. freq: [D/2] pairs of u32 (hi, lo): θ_i / 2π in turns, as a
 // 64-bit fixed-point fraction (integer turns dropped, they do not change the angle).
@@ -19,7 +20,11 @@ struct Params {
     o_off: u32,
     total: u32,   // rows * len * half
     mscale: f32,
-    _pad: u32,
+    hin: u32,     // heads between a token's positions: 1 for [.., L, D], H for [B, L, H, D]
+    seqs: u32,    // 1: packed sequences; seq[l] picks the frequency row, u32::MAX = no sequence
+    _pad1: u32,
+    _pad2: u32,
+    _pad3: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -27,6 +32,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> pos: array<u32>;
 @group(0) @binding(3) var<storage, read> freq: array<u32>;
 @group(0) @binding(4) var<storage, read_write> o: array<OT>;
+@group(0) @binding(5) var<storage, read> seq: array<u32>;   // [L] sequence of each position
 
 // The full 64-bit product a·b as (lo, hi), from 16-bit limbs.
 fn mul_wide(a: u32, b: u32) -> vec2<u32> {
@@ -45,9 +51,9 @@ fn mul_wide(a: u32, b: u32) -> vec2<u32> {
 }
 
 // m · θ_i in radians, reduced to [−π, π).
-fn angle(m: u32, i: u32) -> f32 {
-    let fh = freq[2u * i];
-    let fl = freq[2u * i + 1u];
+fn angle(m: u32, i: u32, f0: u32) -> f32 {
+    let fh = freq[f0 + 2u * i];
+    let fl = freq[f0 + 2u * i + 1u];
     let w = mul_wide(m, fl);
     let hi = m * fh + w.y;    // mod 2^32: whole turns fall off
     // Signed reading of the top word centres the fraction on 0.
@@ -64,8 +70,16 @@ fn rotate(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
     }
     let i = g % p.half;
     let t = g / p.half;
-    let l = t % p.len;
+    let l = (t / p.hin) % p.len;
     let d = 2u * p.half;
+    var f0 = 0u;   // this position's frequency row (one per packed sequence)
+    if (p.seqs != 0u) {
+        let sq = seq[l];
+        if (sq == 0xffffffffu) {
+            return;   // past the last packed offset: output untouched
+        }
+        f0 = sq * d;
+    }
     let row = t * d;   // (r * len + l) * D
     var ia = 2u * i;
     var ib = 2u * i + 1u;
@@ -73,7 +87,7 @@ fn rotate(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
         ia = i;
         ib = i + p.half;
     }
-    let th = angle(pos[l], i);
+    let th = angle(pos[l], i, f0);
     let c = cos(th);
     let s = sin(th);
     let a = ld_x(p.x_off + row + ia);

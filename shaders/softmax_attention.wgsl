@@ -54,7 +54,22 @@ struct Params {
     ml_off: u32,     // where (m, l) pairs start in st
     neg_inf: f32,    // -inf from the host (WGSL constants must be finite)
     qt0: u32,        // first query tile of this dispatch (tiles that see no key of it are skipped)
+    group: u32,      // query heads per key/value head (GQA; 1 = plain multi-head)
+    q_bs: u32,       // element strides of q: batch, head, token (layout bhld or blhd)
+    q_hs: u32,
+    q_ts: u32,
+    k_bs: u32,       // of k (over the Hkv = heads / group key/value heads)
+    k_hs: u32,
+    k_ts: u32,
+    v_bs: u32,
+    v_hs: u32,
+    v_ts: u32,
+    o_bs: u32,
+    o_hs: u32,
+    o_ts: u32,
+    seqs: u32,       // 1: packed sequences, token i sees only keys of bounds[2i]..bounds[2i + 1]
     _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -65,6 +80,22 @@ struct Params {
 @group(0) @binding(5) var<storage, read> slopes: array<f32>;
 @group(0) @binding(6) var<storage, read> rot: array<f32>;
 @group(0) @binding(7) var<storage, read_write> st: array<f32>;
+@group(0) @binding(8) var<storage, read> bounds: array<u32>;   // [Lq][2] sequence of each token
+
+// Row r of the pass is (batch b, query head h) = divmod(r0 + r, heads); the element offsets below
+// are relative to row 0 of the pass (u32 arithmetic wraps, so the difference is exact).
+fn q_row(r: u32, bs: u32, hs: u32) -> u32 {
+    let rr = p.r0 + r;
+    return (rr / p.heads - p.r0 / p.heads) * bs + (rr % p.heads) * hs - (p.r0 % p.heads) * hs;
+}
+
+// The same for the key/value head h / group of row r.
+fn kv_row(r: u32, bs: u32, hs: u32) -> u32 {
+    let rr = p.r0 + r;
+    let h = (rr % p.heads) / p.group;
+    let h0 = (p.r0 % p.heads) / p.group;
+    return (rr / p.heads - p.r0 / p.heads) * bs + h * hs - h0 * hs;
+}
 
 var<workgroup> q_s: array<f32, BQ * DKC>;   // [BQ][DKC]
 var<workgroup> k_s: array<f32, DKC * BK>;   // [DKC][BK], transposed
@@ -78,20 +109,27 @@ fn key_range(i: u32) -> vec2<u32> {
     if (i >= p.q0 + p.nq) {
         return vec2<u32>(0u, 0u);
     }
-    var lo = 0u;
-    var hi = p.len;
+    var s0 = 0u;   // the query's sequence [s0, s1)
+    var s1 = p.len;
+    if (p.seqs != 0u) {
+        s0 = bounds[2u * i];
+        s1 = bounds[2u * i + 1u];
+    }
+    var lo = s0;
+    var hi = s1;
     if ((p.flags & 1u) != 0u) {
-        hi = i + 1u;
+        hi = min(hi, i + 1u);
     }
     if (p.block > 0u) {
-        lo = i / p.block * p.block;
+        lo = s0 + (i - min(i, s0)) / p.block * p.block;
         hi = min(hi, lo + p.block);
     }
     if (p.window > 0u) {
         hi = min(hi, i + 1u);
         lo = max(lo, select(0u, i + 1u - p.window, i + 1u > p.window));
     }
-    return vec2<u32>(lo, hi);
+    // Past the last offset: an empty range at the end (ranges stay monotone in i).
+    return vec2<u32>(min(lo, hi), hi);
 }
 
 var<private> head: u32;
@@ -133,10 +171,10 @@ fn attend(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
     let rerope = (p.pflags & 2u) != 0u;
     let i0 = p.q0 + qt * BQ;
     let i_last = min(i0 + BQ, p.q0 + p.nq) - 1u;
-    let qb = p.q_off + r * p.nq * p.dk;
-    let kb = p.k_off + r * p.len * p.dk;
-    let vb = p.v_off + r * p.len * p.dv;
-    let ob = p.o_off + r * p.nq * p.dv;
+    let qb = p.q_off + q_row(r, p.q_bs, p.q_hs);
+    let kb = p.k_off + kv_row(r, p.k_bs, p.k_hs);
+    let vb = p.v_off + kv_row(r, p.v_bs, p.v_hs);
+    let ob = p.o_off + q_row(r, p.o_bs, p.o_hs);
     let sb = r * p.nq;   // this row's first query in st
     // Keys any query of the tile sees (the ranges are monotone in i), cut to this segment.
     let j_lo = key_range(i0).x;
@@ -190,7 +228,7 @@ fn attend(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
                 let a = e % DKC;
                 var x = 0.0;
                 if (i < p.q0 + p.nq && a < na) {
-                    x = ld_q(qb + (i - p.q0) * p.dk + pair_col(a0 + a));
+                    x = ld_q(qb + (i - p.q0) * p.q_ts + pair_col(a0 + a));
                 }
                 q_s[e] = x;
             }
@@ -199,7 +237,7 @@ fn attend(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
                 let a = e % DKC;
                 var x = 0.0;
                 if (j < j_end && a < na) {
-                    x = ld_k(kb + (j - p.klo) * p.dk + pair_col(a0 + a));
+                    x = ld_k(kb + (j - p.klo) * p.k_ts + pair_col(a0 + a));
                 }
                 k_s[a * BK + e / DKC] = x;
             }
@@ -279,14 +317,15 @@ fn attend(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
             if (d < p.dv) {
                 var x = acc[c] * alpha;
                 for (var j = a; j < b; j++) {
-                    x += w_tile[tq * BK + j - j0] * ld_v(vb + (j - p.klo) * p.dv + d);
+                    x += w_tile[tq * BK + j - j0] * ld_v(vb + (j - p.klo) * p.v_ts + d);
                 }
                 acc[c] = x;
             }
         }
     }
     workgroupBarrier();
-    if (!live) {
+    // A query past the last packed offset sees no key and keeps its output.
+    if (!live || own.x >= own.y) {
         return;
     }
     if (!last) {
@@ -310,7 +349,7 @@ fn attend(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
             if (WMODE == 0u) {
                 x = x / row_l[tq];
             }
-            st_o(ob + (iq - p.q0) * p.dv + d, x);
+            st_o(ob + (iq - p.q0) * p.o_ts + d, x);
         }
     }
 }
@@ -343,7 +382,7 @@ fn load_q_chunk(lid: u32, qb: u32, i0: u32, a0: u32, na: u32) {
         let i = i0 + il;
         var x = 0.0;
         if (i < p.q0 + p.nq && a < na) {
-            x = ld_q(qb + (i - p.q0) * p.dk + a0 + a);
+            x = ld_q(qb + (i - p.q0) * p.q_ts + a0 + a);
         }
         rq_s[a * 8u + il / 4u][il % 4u] = x;
     }
@@ -400,10 +439,10 @@ fn attend_reg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
     let q_end = p.q0 + p.nq;
     let i0 = p.q0 + qt * RQ;
     let i_last = min(i0 + RQ, q_end) - 1u;
-    let qb = p.q_off + r * p.nq * p.dk;
-    let kb = p.k_off + r * p.len * p.dk;
-    let vb = p.v_off + r * p.len * p.dv;
-    let ob = p.o_off + r * p.nq * p.dv;
+    let qb = p.q_off + q_row(r, p.q_bs, p.q_hs);
+    let kb = p.k_off + kv_row(r, p.k_bs, p.k_hs);
+    let vb = p.v_off + kv_row(r, p.v_bs, p.v_hs);
+    let ob = p.o_off + q_row(r, p.o_bs, p.o_hs);
     let sb = r * p.nq;
     let j_lo = key_range(i0).x;
     let j_hi = key_range(i_last).y;
@@ -475,7 +514,7 @@ fn attend_reg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
                 let j = j0 + jl;
                 var x = 0.0;
                 if (j < j_end && a < na) {
-                    x = ld_k(kb + (j - p.klo) * p.dk + a0 + a);
+                    x = ld_k(kb + (j - p.klo) * p.k_ts + a0 + a);
                 }
                 rk_s[a * 8u + jl / 4u][jl % 4u] = x;
             }
@@ -539,7 +578,7 @@ fn attend_reg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
                     let d = d0 + c;
                     var x = 0.0;
                     if (d < p.dv) {
-                        x = ld_v(vb + (j - p.klo) * p.dv + d);
+                        x = ld_v(vb + (j - p.klo) * p.v_ts + d);
                     }
                     vr[c / 4u][c % 4u] = x;
                 }
@@ -584,6 +623,10 @@ fn attend_reg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
     if (o_own) {
         for (var rr = 0u; rr < RT; rr++) {
             let i = oi0 + rr;
+            let kr = key_range(i);
+            if (kr.x >= kr.y) {
+                continue;   // past the last packed offset (or the pass): output kept
+            }
             var l = 1.0;
             if (WMODE == 0u) {
                 l = rrow_l[og * RT + rr];
@@ -591,7 +634,7 @@ fn attend_reg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
             for (var c = 0u; c < 16u; c++) {
                 let d = d0 + c;
                 if (i < q_end && d < p.dv) {
-                    st_o(ob + (i - p.q0) * p.dv + d, acc[rr * 4u + c / 4u][c % 4u] / l);
+                    st_o(ob + (i - p.q0) * p.o_ts + d, acc[rr * 4u + c / 4u][c % 4u] / l);
                 }
             }
         }

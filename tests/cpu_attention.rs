@@ -62,6 +62,7 @@ fn softmax_case<T: Element>(x: &Inputs<T>, causal: bool, label: &str) {
     let o = SoftmaxAttentionOptions {
         causal,
         scale: None,
+        ..Default::default()
     };
     let mut out = poisoned::<T>(x.d.rows * x.d.len * x.d.dv);
     cpu::attention::softmax_attention_into(&x.q, &x.k, &x.v, &x.d, &o, &mut out).unwrap();
@@ -95,6 +96,7 @@ fn softmax_matches_reference() {
     let bad = SoftmaxAttentionOptions {
         causal: false,
         scale: Some(f32::INFINITY),
+        ..Default::default()
     };
     assert!(matches!(
         cpu::attention::softmax_attention(&x.q, &x.k, &x.v, &x.d, &bad),
@@ -222,6 +224,7 @@ fn norm_and_diag_attention_match_reference() {
                     weights,
                     norm,
                     eps: 1e-5,
+                    ..Default::default()
                 };
                 let mut out = poisoned::<f32>(n);
                 cpu::attention::diag_attention(&x.q, &x.k, &x.v, &x.d, &affine, &o, &mut out)

@@ -83,6 +83,7 @@ fn rope_matches_the_reference_for_every_scaling_layout_and_dtype() {
                     base: 10_000.0,
                     layout,
                     scaling,
+                    ..Default::default()
                 };
                 seed += 1;
                 let n: usize = shape.iter().product();

@@ -166,6 +166,7 @@ fn gpu_matches_the_dense_masked_computation() {
             let o = SoftmaxAttentionOptions {
                 causal: *causal,
                 scale: None,
+                ..Default::default()
             };
             let x = (&q[..], &k[..], &v[..]);
             let errs = [

@@ -81,6 +81,7 @@ fn gpu_matches_the_equations_for_every_scaling_layout_and_dtype() {
                     base: if ci == 2 { 500_000.0 } else { 10_000.0 },
                     layout,
                     scaling,
+                    ..Default::default()
                 };
                 let label = format!("{shape:?} {pos:?} {scaling:?} {layout:?}");
                 let errs = [

@@ -66,6 +66,7 @@ fn sweep(dtype: &str) {
                 let o = SoftmaxAttentionOptions {
                     causal,
                     scale: None,
+                    ..Default::default()
                 };
                 let label =
                     format!("{fam:?} {dtype} causal={causal} rows={rows} L={l} Dk={dk} Dv={dv}");
@@ -126,6 +127,7 @@ fn large_logits_stay_finite_and_exact() {
         let o = SoftmaxAttentionOptions {
             causal,
             scale: None,
+            ..Default::default()
         };
         for fam in FAMILIES {
             let (got, want) = run(fctx(fam, true), &s, &s, (&q, &k, &v), &o, |x| x.to_vec());
@@ -156,6 +158,7 @@ fn explicit_scale_and_four_dim_input() {
         let o = SoftmaxAttentionOptions {
             causal: true,
             scale: Some(scale),
+            ..Default::default()
         };
         let (got, want) = run(ctx(), &s, &s, (&q, &k, &v), &o, |x| x.to_vec());
         assert_close(&format!("scale {scale}"), &got, &want, TOL_F32);
@@ -195,6 +198,7 @@ fn splits_past_the_binding_limit(ctx: &Context) {
         let o = SoftmaxAttentionOptions {
             causal,
             scale: None,
+            ..Default::default()
         };
         let (got, want) = run(ctx, &sq, &sv, (&q, &k, &v), &o, |x| x.to_vec());
         assert_close(&format!("f32 causal={causal}"), &got, &want, TOL_F32);
@@ -239,6 +243,7 @@ fn nan_reaches_exactly_the_outputs_the_reference_makes_nan() {
         let o = SoftmaxAttentionOptions {
             causal,
             scale: None,
+            ..Default::default()
         };
         let s = [rows, l, dk];
         let sv = [rows, l, dv];
@@ -268,8 +273,9 @@ fn bad_input_is_a_typed_error() {
         Err(Error::Shape { name, .. }) => assert_eq!(name, which),
         other => panic!("expected a shape error on {which}, got {:?}", other.err()),
     };
+    // Lq ≠ Lk is cross-attention (issue 14); a k whose Dk differs from q's is not.
     shape_err(
-        softmax_attention(c, &t(&[2, 5, 4]), &t(&[2, 6, 4]), &t(&[2, 5, 4]), &o),
+        softmax_attention(c, &t(&[2, 5, 4]), &t(&[2, 5, 3]), &t(&[2, 5, 4]), &o),
         "k",
     );
     shape_err(
@@ -284,7 +290,7 @@ fn bad_input_is_a_typed_error() {
     for bad in [f32::NAN, f32::INFINITY] {
         let o = SoftmaxAttentionOptions {
             scale: Some(bad),
-            ..o
+            ..o.clone()
         };
         assert!(matches!(
             softmax_attention(c, &x, &x, &x, &o),
@@ -314,6 +320,7 @@ fn reference_matches_the_unshifted_definition() {
         let o = SoftmaxAttentionOptions {
             causal,
             scale: Some(0.3),
+            ..Default::default()
         };
         let got = reference::attention::softmax_attention(&q, &k, &v, &d, &o).unwrap();
         let mut want = vec![0.0; rows * l * dv];

@@ -100,6 +100,7 @@ fn check<T: Element>(
     let o = SoftmaxAttentionOptions {
         causal: c.causal,
         scale: None,
+        ..Default::default()
     };
     let pos = PositionalOptions {
         window: c.window,
@@ -297,6 +298,7 @@ fn huge_logit_scale_gives_the_argmax_not_nan() {
             let o = SoftmaxAttentionOptions {
                 causal,
                 scale: Some(scale),
+                ..Default::default()
             };
             let out = Tensor::<f32>::nan(c, &shape).unwrap();
             softmax_attention_into(c, &t(&q), &t(&k), &t(&v), &out, &o).unwrap();

@@ -170,6 +170,7 @@ fn diag_with_one_block_is_softmax_attention() {
         let so = SoftmaxAttentionOptions {
             causal,
             scale: None,
+            ..Default::default()
         };
         let b = softmax_attention(c, &q, &k, &v, &so).unwrap();
         let (a, b) = (to_f64(&a.to_vec(c).unwrap()), to_f64(&b.to_vec(c).unwrap()));

@@ -11,7 +11,9 @@
 //!
 //! The logit is `scale · κ_i · dot(i, j) − m_h·|i − j|`.
 
-use super::softmax::{record_attend_rows, Attend, PosBias};
+use super::softmax::{attend_plan, attend_rows, check_batch, record_attend_rows, upload_seqs};
+use super::softmax::{Attend, PosBias};
+use super::softmax_plan::Geom;
 use super::SoftmaxAttentionOptions;
 use crate::bind::upload_f32;
 use crate::driver::{self, Input, Pass, Plan, RowOp};
@@ -19,7 +21,7 @@ use crate::schedule::Schedule;
 pub use crate::types::attention::{
     check_positional, heads_of, slopes_for, Alibi, PositionalOptions, ReRope,
 };
-use crate::types::attention::{check_scale, check_shapes, rerope_table, AttnDims};
+use crate::types::attention::{check_scale, rerope_table};
 use crate::types::RopeLayout;
 use crate::{Context, Element, Error, Result, Tensor};
 
@@ -78,14 +80,15 @@ struct Positional<'a, T: Element> {
 
 /// The checked sizes and the position terms' device tables.
 struct PosDims {
-    d: AttnDims,
+    d: Geom,
     cfg: Attend,
-    heads: u32,
     window: u32,
     logn_inv: f32,
     slopes: Option<wgpu::Buffer>,
     /// ReRoPE (window, half-split, cos/sin table).
     rerope: Option<(u32, bool, wgpu::Buffer)>,
+    /// Packed sequences' per-token table.
+    seqs: Option<wgpu::Buffer>,
 }
 
 impl<T: Element> RowOp for Positional<'_, T> {
@@ -94,11 +97,15 @@ impl<T: Element> RowOp for Positional<'_, T> {
     const NAME: &'static str = OP;
 
     fn plan(&self, ctx: &Context) -> Result<(PosDims, Plan)> {
-        let (q, pos) = (self.q, self.pos);
-        let d = check_shapes(OP, q.shape(), self.k.shape(), self.v.shape())?;
-        check_scale(OP, self.opts.scale)?;
+        let (o, pos) = (self.opts, self.pos);
+        let shapes = (self.q.shape(), self.k.shape(), self.v.shape());
+        let causal = o.causal || pos.window.is_some();
+        let cu = o.cu_seqlens.as_ref();
+        let (d, out_shape) = check_batch(OP, shapes, o.layout, causal, cu)?;
+        check_scale(OP, o.scale)?;
+        super::softmax::check_packed_f16::<T>(ctx, OP, cu)?;
         check_positional(pos, d.dk)?;
-        let heads = heads_of(q.shape());
+        let heads = d.hq;
         let slopes = match &pos.alibi {
             Some(a) => Some(upload_f32(ctx, &slopes_for(a, heads)?)),
             None => None,
@@ -106,7 +113,7 @@ impl<T: Element> RowOp for Positional<'_, T> {
         // Relative positions never exceed L − 1, so the table needs no more rows than that.
         let rerope = match pos.rerope {
             Some(r) => {
-                let w = r.window.min(d.len.max(1) - 1).max(1);
+                let w = r.window.min(d.lq.max(d.lk) - 1).max(1);
                 let t = rerope_table(w, d.dk, r.base);
                 let bytes = t.len() as u64 * 4;
                 let limit = ctx.limits().max_storage_buffer_binding_size;
@@ -129,11 +136,11 @@ impl<T: Element> RowOp for Positional<'_, T> {
             block: 0,
             relu: false,
         };
-        let plan = super::softmax::attend_plan::<T>(&d);
+        let plan = attend_plan::<T>(&d, out_shape);
         let dims = PosDims {
+            seqs: upload_seqs(ctx, cu, d.lq),
             d,
             cfg,
-            heads: heads as u32,
             window: pos.window.map_or(0, |w| w.min(u32::MAX as usize) as u32),
             logn_inv: pos
                 .log_n_train
@@ -150,7 +157,7 @@ impl<T: Element> RowOp for Positional<'_, T> {
 
     fn record_rows(&self, s: &mut Schedule<'_>, pd: &PosDims, p: &Pass<'_>) -> Result<()> {
         let bias = PosBias {
-            heads: pd.heads,
+            seqs: pd.seqs.as_ref(),
             window: pd.window,
             slopes: pd.slopes.as_ref(),
             logn_inv: pd.logn_inv,
@@ -161,7 +168,7 @@ impl<T: Element> RowOp for Positional<'_, T> {
             s,
             qkv,
             &pd.d,
-            (p.r0, p.nr),
+            attend_rows(&pd.d, p),
             &pd.cfg,
             &bias,
             p.storage,

@@ -14,14 +14,17 @@
 //! output columns each (GPUs). `softmax_plan.rs` sizes passes and key segments.
 
 use super::softmax_plan::{
-    key_span, plan_attend, query_span, reg_fits, tiles, AttentionTiles, Tiles,
+    key_span, plan_attend, query_span, reg_fits, tiles, AttentionTiles, Geom, Tiles,
 };
+use crate::bind::upload_u32;
 use crate::bind::{scratch, Bind};
 use crate::driver::{self, Input, OutSlot, Pass, Plan, RowOp};
 use crate::pipeline::Storage;
 use crate::schedule::Schedule;
+use crate::types::attention::check_scale;
 pub use crate::types::attention::SoftmaxAttentionOptions;
-use crate::types::attention::{check_scale, check_shapes, AttnDims};
+use crate::types::batch::Strides;
+use crate::types::batch::{CuSeqlens, GqaDims, Layout};
 use crate::{Context, Element, Error, Result, Tensor};
 
 crate::uniform! {
@@ -54,7 +57,22 @@ crate::uniform! {
         ml_off: u32,
         neg_inf: f32,
         qt0: u32,
-        _pad: u32,
+        group: u32,
+        q_bs: u32,
+        q_hs: u32,
+        q_ts: u32,
+        k_bs: u32,
+        k_hs: u32,
+        k_ts: u32,
+        v_bs: u32,
+        v_hs: u32,
+        v_ts: u32,
+        o_bs: u32,
+        o_hs: u32,
+        o_ts: u32,
+        seqs: u32,
+        _pad1: u32,
+        _pad2: u32,
     }
 }
 
@@ -62,8 +80,6 @@ crate::uniform! {
 /// adds none.
 #[derive(Clone, Copy, Default)]
 pub(crate) struct PosBias<'b> {
-    /// H, to find a row's head.
-    pub heads: u32,
     /// Sliding window w (keys j in (i − w, i]); 0 = none.
     pub window: u32,
     /// ALiBi slopes, `[H]` f32.
@@ -72,6 +88,24 @@ pub(crate) struct PosBias<'b> {
     pub logn_inv: f32,
     /// ReRoPE: (window, half-split layout, cos/sin table `[2w + 1, Dk/2, 2]` f32).
     pub rerope: Option<(u32, bool, &'b wgpu::Buffer)>,
+    /// Packed sequences: the `[Lq, 2]` u32 table of each token's sequence `[start, end)`
+    /// ([`seq_bounds`]).
+    pub seqs: Option<&'b wgpu::Buffer>,
+}
+
+/// The per-token table of packed sequences: token `t` of sequence `i` gets
+/// `[offsets[i], offsets[i + 1])`; a token past the last offset gets the empty `[last, last)`.
+pub(crate) fn seq_bounds(cu: &crate::types::batch::CuSeqlens, len: usize) -> Vec<u32> {
+    let off = cu.offsets();
+    let last = *off.last().unwrap_or(&0);
+    let mut t = vec![last; 2 * len];
+    for w in off.windows(2) {
+        for i in w[0]..w[1] {
+            t[2 * i as usize] = w[0];
+            t[2 * i as usize + 1] = w[1];
+        }
+    }
+    t
 }
 
 /// What one pass of the attend kernel computes (shared with DiagAttention).
@@ -85,15 +119,15 @@ pub(crate) struct Attend {
     pub relu: bool,
 }
 
-/// Records the attend kernel over rows `[r0, r0 + nr)` into `out` (which holds `[nr, L, Dv]`
-/// elements from `out.first` on) with inputs read as `storage`, position terms from `pos`. A
+/// Records the attend kernel over rows `[r0, r0 + nr)` into `out` (whose element `out.first`
+/// is row `r0`'s token 0, the rows laid out as `d.o()` says) with inputs read as `storage`, position terms from `pos`. A
 /// row too large for one binding runs in blocks of queries; keys run in segments, one dispatch
 /// each, carrying the online-softmax state between them.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn record_attend_rows<T: Element>(
     s: &mut Schedule<'_>,
     qkv: (&Tensor<T>, &Tensor<T>, &Tensor<T>),
-    d: &AttnDims,
+    d: &Geom,
     (r0, nr): (u64, u64),
     cfg: &Attend,
     pos: &PosBias<'_>,
@@ -107,7 +141,8 @@ pub(crate) fn record_attend_rows<T: Element>(
     }
     let es = size_of::<T>() as u64;
     let plan = plan_attend(ctx, OP, &t, d, nr, (es, out.elem_bytes))?;
-    let (len, dv) = (d.len as u64, d.dv as u64);
+    let len = d.lq as u64;
+    let so = d.o();
     let mut r = r0;
     while r < r0 + nr {
         let n = plan.rows.min(r0 + nr - r);
@@ -117,7 +152,7 @@ pub(crate) fn record_attend_rows<T: Element>(
             let slot = OutSlot {
                 buffer: out.buffer,
                 elem_bytes: out.elem_bytes,
-                first: out.first + ((r - r0) * len + i) * dv,
+                first: out.first + d.q_base(&so, r) - d.q_base(&so, r0) + i * so.token as u64,
             };
             let pass = AttendPass {
                 rows: (r, n),
@@ -140,12 +175,12 @@ struct AttendPass {
     keys: u64,
 }
 
-/// Records one [`AttendPass`]; `out` holds its `[n, m, Dv]` outputs from `out.first` on.
+/// Records one [`AttendPass`]; `out.first` is its first row's query `i`.
 #[allow(clippy::too_many_arguments)]
 fn record_attend_pass<T: Element>(
     s: &mut Schedule<'_>,
     (q, k, v): (&Tensor<T>, &Tensor<T>, &Tensor<T>),
-    d: &AttnDims,
+    d: &Geom,
     t: &Tiles,
     pass: &AttendPass,
     cfg: &Attend,
@@ -173,12 +208,21 @@ fn record_attend_pass<T: Element>(
         .pipelines
         .get(ctx, "softmax_attention", entry, storage, &consts)?;
     let es = size_of::<T>() as u64;
-    let (len, dk, dv) = (d.len as u64, d.dk as u64, d.dv as u64);
+    let (dk, dv) = (d.dk as u64, d.dv as u64);
     let ((r0, nr), (q0, nq)) = (pass.rows, pass.queries);
+    let rl = r0 + nr - 1;
+    let (sq, sk, sv, so) = (d.q(), d.k(), d.v(), d.o());
     let n_cb = t.n_cb as u64;
-    let first_q = r0 * len * dk + q0 * dk;
-    let (bq_, q_off) = Bind::elems(ctx, 1, q.buffer(), es, first_q, nr * nq * dk);
-    let (bo, o_off) = out.bind(ctx, 4, nr * nq * dv);
+    // Each binding spans its first row's first token to its last row's last token.
+    let q_span = |s: &Strides, n: u64, w: u64| {
+        d.q_base(s, rl) - d.q_base(s, r0) + (n - 1) * s.token as u64 + w
+    };
+    let kv_span = |s: &Strides, n: u64, w: u64| {
+        d.kv_base(s, rl) - d.kv_base(s, r0) + (n - 1) * s.token as u64 + w
+    };
+    let first_q = d.q_base(&sq, r0) + q0 * sq.token as u64;
+    let (bq_, q_off) = Bind::elems(ctx, 1, q.buffer(), es, first_q, q_span(&sq, nq, dk));
+    let (bo, o_off) = out.bind(ctx, 4, q_span(&so, nq, dv));
     let n_qt_all = nq.div_ceil(t.bq as u64);
     if nr * n_qt_all * n_cb > u32::MAX as u64 {
         return Err(Error::TooLarge {
@@ -199,6 +243,7 @@ fn record_attend_pass<T: Element>(
     let bs = whole(5, pos.slopes.unwrap_or(&dummy));
     let br = whole(6, pos.rerope.map_or(&dummy, |r| r.2));
     let bst = whole(7, state.as_ref().unwrap_or(&dummy_rw));
+    let bsq = whole(8, pos.seqs.unwrap_or(&dummy));
     for seg in 0..n_seg {
         let klo = kmin + seg * pass.keys;
         let khi = (klo + pass.keys).min(kmax);
@@ -211,12 +256,15 @@ fn record_attend_pass<T: Element>(
         }
         let n_qt = qt1 - qt0;
         let total = nr * n_qt * n_cb;
-        let span = (nr - 1) * len + (khi - klo);
-        let (bk_, k_off) = Bind::elems(ctx, 2, k.buffer(), es, (r0 * len + klo) * dk, span * dk);
-        let (bv, v_off) = Bind::elems(ctx, 3, v.buffer(), es, (r0 * len + klo) * dv, span * dv);
+        let nk = khi - klo;
+        let k0 = d.kv_base(&sk, r0) + klo * sk.token as u64;
+        let v0 = d.kv_base(&sv, r0) + klo * sv.token as u64;
+        let (bk_, k_off) = Bind::elems(ctx, 2, k.buffer(), es, k0, kv_span(&sk, nk, dk));
+        let (bv, v_off) = Bind::elems(ctx, 3, v.buffer(), es, v0, kv_span(&sv, nk, dv));
+        let u = |x: usize| x as u32;
         let prm = Params {
             rows: nr as u32,
-            len: len as u32,
+            len: d.lk as u32,
             dk: dk as u32,
             dv: dv as u32,
             n_qt: n_qt as u32,
@@ -231,7 +279,7 @@ fn record_attend_pass<T: Element>(
             total: total as u32,
             q0: q0 as u32,
             nq: nq as u32,
-            heads: pos.heads.max(1),
+            heads: d.hq as u32,
             r0: r0 as u32,
             window: pos.window,
             pflags: pos.slopes.is_some() as u32
@@ -244,12 +292,27 @@ fn record_attend_pass<T: Element>(
             ml_off: ml_off as u32,
             neg_inf: f32::NEG_INFINITY,
             qt0: qt0 as u32,
-            _pad: 0,
+            group: u(d.hq / d.hkv),
+            q_bs: u(sq.batch),
+            q_hs: u(sq.head),
+            q_ts: u(sq.token),
+            k_bs: u(sk.batch),
+            k_hs: u(sk.head),
+            k_ts: u(sk.token),
+            v_bs: u(sv.batch),
+            v_hs: u(sv.head),
+            v_ts: u(sv.token),
+            o_bs: u(so.batch),
+            o_hs: u(so.head),
+            o_ts: u(so.token),
+            seqs: pos.seqs.is_some() as u32,
+            _pad1: 0,
+            _pad2: 0,
         };
         // `attend_reg` has no ReRoPE, so its layout has no `rot`.
         let binds = match t.family {
-            AttentionTiles::Gpu => vec![bq_, bk_, bv, bo, bs, br, bst],
-            AttentionTiles::Cpu => vec![bq_, bk_, bv, bo, bs, bst],
+            AttentionTiles::Gpu => vec![bq_, bk_, bv, bo, bs, br, bst, bsq],
+            AttentionTiles::Cpu => vec![bq_, bk_, bv, bo, bs, bst, bsq],
         };
         s.dispatch(&pl, &prm, &binds, total)?;
     }
@@ -313,12 +376,104 @@ pub fn record_softmax_attention<T: Element>(
     driver::record(s, &Softmax { q, k, v, opts }, out)
 }
 
-/// The driver's plan for an attend op: a row too large for a binding is split along L by
-/// [`record_attend_rows`] itself.
-pub(crate) fn attend_plan<T: Element>(d: &AttnDims) -> Plan {
-    let mut plan = super::qkv_plan::<T>(d);
+/// The driver's plan for an attend op: rows are (batch, head) pairs in bhld and batch entries in
+/// blhd (where one head's tokens are not contiguous but a batch entry is); a row too large for a
+/// binding is split along L by [`record_attend_rows`] itself.
+pub(crate) fn attend_plan<T: Element>(g: &Geom, out_shape: Vec<usize>) -> Plan {
+    let es = size_of::<T>() as u64;
+    let (lq, lk, dk, dv) = (g.lq as u64, g.lk as u64, g.dk as u64, g.dv as u64);
+    let (hq, hkv) = (g.hq as u64, g.hkv as u64);
+    let mut plan = match g.layout {
+        Layout::Bhld => Plan::new(out_shape, g.rows(), lq * dv)
+            .bytes("q", lq * dk * es)
+            .bytes("v", lk * dv * es),
+        Layout::Blhd => Plan::new(out_shape, g.b as u64, lq * hq * dv)
+            .bytes("q", lq * hq * dk * es)
+            .bytes("v", lk * hkv * dv * es),
+    };
     plan.split_len = true;
     plan
+}
+
+/// The attention rows `(r0, nr)` of a driver pass (see [`attend_plan`]).
+pub(crate) fn attend_rows(g: &Geom, p: &Pass<'_>) -> (u64, u64) {
+    match g.layout {
+        Layout::Bhld => (p.r0, p.nr),
+        Layout::Blhd => (p.r0 * g.hq as u64, p.nr * g.hq as u64),
+    }
+}
+
+/// Checks q, k, v (rank 4 in `layout`, or rank 3 read as B = 1) with grouped heads and Lq ≠ Lk
+/// ([`GqaDims::check`]) and packed sequences (B = 1, Lq = Lk, last offset ≤ L); returns the sizes
+/// and the output shape (q's rank).
+pub(crate) fn check_batch(
+    op: &'static str,
+    (q, k, v): (&[usize], &[usize], &[usize]),
+    layout: Layout,
+    causal: bool,
+    cu: Option<&CuSeqlens>,
+) -> Result<(Geom, Vec<usize>)> {
+    let rank3 = q.len() == 3 && k.len() == 3 && v.len() == 3;
+    let lift = |s: &[usize]| match rank3 {
+        true => [&[1][..], s].concat(),
+        false => s.to_vec(),
+    };
+    let g = GqaDims::check(op, &lift(q), &lift(k), &lift(v), layout, causal)?;
+    let mut out = g.out_shape.clone();
+    if rank3 {
+        out.remove(0);
+    }
+    if let Some(cu) = cu {
+        if g.batch != 1 || g.q_len != g.kv_len {
+            return Err(Error::Shape {
+                op,
+                name: "q",
+                expected: "B = 1 and Lq = Lk with cu_seqlens (packed sequences)".into(),
+                got: q.to_vec(),
+            });
+        }
+        let last = *cu.offsets().last().unwrap_or(&0) as usize;
+        if last > g.q_len {
+            return Err(Error::InvalidArgument {
+                op,
+                name: "cu_seqlens",
+                reason: format!(
+                    "last offset {last} is past the packed length L = {}",
+                    g.q_len
+                ),
+            });
+        }
+    }
+    Ok((Geom::from_gqa(&g), out))
+}
+
+/// The device table of [`seq_bounds`], when there are packed sequences.
+pub(crate) fn upload_seqs(
+    ctx: &Context,
+    cu: Option<&CuSeqlens>,
+    len: usize,
+) -> Option<wgpu::Buffer> {
+    cu.map(|c| upload_u32(ctx, &seq_bounds(c, len)))
+}
+
+/// Packed sequences leave the tokens past the last offset untouched, which f16 outputs staged
+/// in f32 and packed in whole rows (adapters without SHADER_F16) cannot do.
+pub(crate) fn check_packed_f16<T: Element>(
+    ctx: &Context,
+    op: &'static str,
+    cu: Option<&CuSeqlens>,
+) -> Result<()> {
+    if cu.is_some() && Storage::for_dtype(ctx, T::DTYPE) == Storage::F16Packed {
+        return Err(Error::InvalidArgument {
+            op,
+            name: "cu_seqlens",
+            reason: "packed sequences with f16 tensors need SHADER_F16 on this adapter (f16 \
+                     outputs are packed from f32 in whole rows, which would overwrite the tokens \
+                     past the last offset); use f32 tensors"
+                .into(),
+        });
+    }
+    Ok(())
 }
 
 struct Softmax<'a, T: Element> {
@@ -330,29 +485,41 @@ struct Softmax<'a, T: Element> {
 
 impl<T: Element> RowOp for Softmax<'_, T> {
     type T = T;
-    type Dims = (AttnDims, Attend);
+    type Dims = (Geom, Attend, Option<wgpu::Buffer>);
     const NAME: &'static str = OP;
 
-    fn plan(&self, _: &Context) -> Result<(Self::Dims, Plan)> {
-        let d = check_shapes(OP, self.q.shape(), self.k.shape(), self.v.shape())?;
-        check_scale(OP, self.opts.scale)?;
+    fn plan(&self, ctx: &Context) -> Result<(Self::Dims, Plan)> {
+        let o = self.opts;
+        let shapes = (self.q.shape(), self.k.shape(), self.v.shape());
+        let (g, out) = check_batch(OP, shapes, o.layout, o.causal, o.cu_seqlens.as_ref())?;
+        check_scale(OP, o.scale)?;
+        check_packed_f16::<T>(ctx, OP, o.cu_seqlens.as_ref())?;
         let cfg = Attend {
-            causal: self.opts.causal,
-            scale: self.opts.scale_for(d.dk),
+            causal: o.causal,
+            scale: o.scale_for(g.dk),
             block: 0,
             relu: false,
         };
-        let plan = attend_plan::<T>(&d);
-        Ok(((d, cfg), plan))
+        let plan = attend_plan::<T>(&g, out);
+        let seqs = upload_seqs(ctx, o.cu_seqlens.as_ref(), g.lq);
+        Ok(((g, cfg, seqs), plan))
     }
 
     fn inputs(&self) -> Vec<Input<'_>> {
         super::qkv_inputs(self.q, self.k, self.v)
     }
 
-    fn record_rows(&self, s: &mut Schedule<'_>, (d, cfg): &Self::Dims, p: &Pass<'_>) -> Result<()> {
+    fn record_rows(
+        &self,
+        s: &mut Schedule<'_>,
+        (g, cfg, seqs): &Self::Dims,
+        p: &Pass<'_>,
+    ) -> Result<()> {
         let qkv = (self.q, self.k, self.v);
-        let pos = PosBias::default();
-        record_attend_rows(s, qkv, d, (p.r0, p.nr), cfg, &pos, p.storage, &p.out)
+        let pos = PosBias {
+            seqs: seqs.as_ref(),
+            ..Default::default()
+        };
+        record_attend_rows(s, qkv, g, attend_rows(g, p), cfg, &pos, p.storage, &p.out)
     }
 }

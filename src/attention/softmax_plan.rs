@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use super::softmax::{Attend, PosBias};
 use crate::sizes::{softmax_tiles, NA};
-use crate::types::attention::AttnDims;
+use crate::types::batch::{GqaDims, Layout, Strides};
 use crate::{Context, Error, Result};
 
 /// Which kernel shape exact softmax attention (and DiagAttention) uses.
@@ -88,7 +88,7 @@ const RQ: u32 = 32;
 const RK: u32 = 32;
 const RT: u32 = 16;
 
-pub(crate) fn tiles(ctx: &Context, d: &AttnDims, cfg_rerope: bool) -> Tiles {
+pub(crate) fn tiles(ctx: &Context, d: &Geom, cfg_rerope: bool) -> Tiles {
     let family = match cfg_rerope {
         // ReRoPE's pairwise logits live in `attend` only.
         true => AttentionTiles::Gpu,
@@ -133,7 +133,7 @@ pub(crate) fn tiles(ctx: &Context, d: &AttnDims, cfg_rerope: bool) -> Tiles {
 }
 
 /// Whether `attend_reg` can run with these tiles: its invocations must cover the output tiles.
-pub(crate) fn reg_fits(ctx: &Context, t: &Tiles, d: &AttnDims) -> bool {
+pub(crate) fn reg_fits(ctx: &Context, t: &Tiles, d: &Geom) -> bool {
     let mem = ctx.limits().max_compute_workgroup_storage_size;
     2 * (d.dv as u32).div_ceil(16) <= t.wg
         && (2 * t.dkc * 8 * 16 + 2 * 256 * 16 + 3 * RQ * 4) <= mem
@@ -182,11 +182,17 @@ pub(crate) fn plan_attend(
     ctx: &Context,
     op: &'static str,
     t: &Tiles,
-    d: &AttnDims,
+    d: &Geom,
     nr: u64,
     (in_bytes, out_bytes): (u64, u64),
 ) -> Result<AttendPlan> {
-    let (len, dk, dv) = (d.len as u64, d.dk as u64, d.dv as u64);
+    let (lq, lk, dk, dv) = (d.lq as u64, d.lk as u64, d.dk as u64, d.dv as u64);
+    // blhd: a token of one head sits among the tokens of all heads, so a binding over a range of
+    // tokens holds every head's; a unit is one row (bhld) or one batch entry of `hq` rows (blhd).
+    let (qf, kf, unit) = match d.layout {
+        Layout::Bhld => (1, 1, 1),
+        Layout::Blhd => (d.hq as u64, d.hkv as u64, d.hq as u64),
+    };
     let per_tile = iterations_per_tile(t, dk);
     // A segment may start mid-tile, so it can cost one tile more than its length says.
     let seg_tiles = (LOOP_BUDGET / per_tile).saturating_sub(1);
@@ -206,28 +212,29 @@ pub(crate) fn plan_attend(
         });
     }
     let seg_loop = seg_tiles * t.bk as u64;
-    let split = len > seg_loop;
+    let split = lk > seg_loop;
     let limit = ctx.limits().max_storage_buffer_binding_size;
     let room = limit.saturating_sub(ctx.limits().min_storage_buffer_offset_alignment as u64 + 4);
     // Bytes per query (q, o, f32 state) and per key (k, v).
-    let mut per_query = vec![dk * in_bytes, dv * out_bytes];
+    let per_query = vec![dk * in_bytes * qf, dv * out_bytes * qf];
+    let per_key = [dk * in_bytes * kf, dv * in_bytes * kf];
+    // Bytes of one unit of rows in every binding.
+    let mut per_unit: Vec<u64> = per_query.iter().map(|b| b * lq).collect();
+    per_unit.extend(per_key.iter().map(|b| b * lk));
     if split {
-        per_query.push(dv * 4 + 8);
+        per_unit.push((dv * 4 + 8) * lq * unit);
     }
-    let per_key = [dk * in_bytes, dv * in_bytes];
-    let row_fits = per_query.iter().chain(&per_key).all(|&b| len * b <= room);
-    if row_fits {
-        let rows = per_query
+    if per_unit.iter().all(|&b| b <= room) {
+        let units = per_unit
             .iter()
-            .chain(&per_key)
-            .map(|&b| (room / (len * b).max(1)).min(u32::MAX as u64 / (len * b).max(1)))
+            .map(|&b| (room / b.max(1)).min(u32::MAX as u64 / b.max(1)))
             .min()
             .unwrap_or(1)
-            .clamp(1, nr.max(1));
+            .max(1);
         return Ok(AttendPlan {
-            rows,
-            queries: len,
-            keys: seg_loop.min(len),
+            rows: (units * unit).clamp(1, nr.max(1)),
+            queries: lq,
+            keys: seg_loop.min(lk),
         });
     }
     // One row per pass, split along L: queries into blocks, keys into segments that fit.
@@ -238,7 +245,7 @@ pub(crate) fn plan_attend(
         .map(|&b| room / b.max(1))
         .min()
         .unwrap_or(0)
-        .min(len);
+        .min(lq);
     let mut keys = per_key.iter().map(|&b| room / b.max(1)).min().unwrap_or(0);
     keys = seg_loop.min(keys);
     if keys > t.bk as u64 {
@@ -255,7 +262,7 @@ pub(crate) fn plan_attend(
     Ok(AttendPlan {
         rows: 1,
         queries,
-        keys: keys.min(len),
+        keys: keys.min(lk),
     })
 }
 
@@ -271,10 +278,12 @@ pub(crate) fn query_span(
     if cfg.causal || pos.window > 0 {
         qa = qa.max(klo);
     }
+    // Packed sequences move the block boundaries off multiples of the block.
+    let blocks = cfg.block > 0 && pos.seqs.is_none();
     if pos.window > 0 {
         qb = qb.min(khi + pos.window as u64 - 1);
     }
-    if cfg.block > 0 {
+    if blocks {
         let b = cfg.block as u64;
         qa = qa.max(klo / b * b);
         qb = qb.min(((khi - 1) / b + 1) * b);
@@ -284,17 +293,18 @@ pub(crate) fn query_span(
 
 /// Keys `[lo, hi)` that some query of `[q0, q0 + nq)` sees (key ranges are monotone in i).
 pub(crate) fn key_span(
-    d: &AttnDims,
+    d: &Geom,
     cfg: &Attend,
     pos: &PosBias<'_>,
     (q0, nq): (u64, u64),
 ) -> (u64, u64) {
-    let len = d.len as u64;
+    let len = d.lk as u64;
     let last = q0 + nq - 1;
     let causal = cfg.causal || pos.window > 0;
     let mut hi = if causal { last + 1 } else { len };
     let mut lo = 0;
-    if cfg.block > 0 {
+    // Packed sequences move the block boundaries off multiples of the block.
+    if cfg.block > 0 && pos.seqs.is_none() {
         let b = cfg.block as u64;
         lo = q0 / b * b;
         hi = hi.min((last / b + 1) * b).min(len);
@@ -303,4 +313,68 @@ pub(crate) fn key_span(
         lo = lo.max((q0 + 1).saturating_sub(pos.window as u64));
     }
     (lo, hi)
+}
+
+/// Sizes and memory order of one attend call: q `[B, Hq, Lq, Dk]`, k `[B, Hkv, Lk, Dk]`,
+/// v `[B, Hkv, Lk, Dv]`, o `[B, Hq, Lq, Dv]`, all in `layout`. Row `r` is (batch `r / Hq`, query
+/// head `r % Hq`); it reads key/value head `(r % Hq) / (Hq / Hkv)`.
+#[derive(Clone, Debug)]
+pub(crate) struct Geom {
+    pub b: usize,
+    pub hq: usize,
+    pub hkv: usize,
+    pub lq: usize,
+    pub lk: usize,
+    pub dk: usize,
+    pub dv: usize,
+    pub layout: Layout,
+}
+
+impl Geom {
+    pub fn from_gqa(g: &GqaDims) -> Self {
+        Self {
+            b: g.batch,
+            hq: g.q_heads,
+            hkv: g.kv_heads,
+            lq: g.q_len,
+            lk: g.kv_len,
+            dk: g.dk,
+            dv: g.dv,
+            layout: g.layout,
+        }
+    }
+
+    /// Rows B · Hq.
+    pub fn rows(&self) -> u64 {
+        (self.b * self.hq) as u64
+    }
+
+    pub fn q(&self) -> Strides {
+        self.layout.strides(self.hq, self.lq, self.dk)
+    }
+
+    pub fn k(&self) -> Strides {
+        self.layout.strides(self.hkv, self.lk, self.dk)
+    }
+
+    pub fn v(&self) -> Strides {
+        self.layout.strides(self.hkv, self.lk, self.dv)
+    }
+
+    pub fn o(&self) -> Strides {
+        self.layout.strides(self.hq, self.lq, self.dv)
+    }
+
+    /// Element offset of row `r`'s token 0 in a q- or o-shaped tensor with strides `s`.
+    pub fn q_base(&self, s: &Strides, r: u64) -> u64 {
+        let h = self.hq as u64;
+        (r / h) * s.batch as u64 + (r % h) * s.head as u64
+    }
+
+    /// Element offset of the key/value head row `r` reads, token 0, strides `s`.
+    pub fn kv_base(&self, s: &Strides, r: u64) -> u64 {
+        let h = self.hq as u64;
+        let group = (self.hq / self.hkv) as u64;
+        (r / h) * s.batch as u64 + (r % h) / group * s.head as u64
+    }
 }

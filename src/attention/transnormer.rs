@@ -10,7 +10,9 @@
 //! of all heads; with one head that is the same.)
 
 use super::lightning::{decayed_plan, record_decayed_pass, Decayed};
-use super::softmax::{record_attend_rows, Attend, PosBias};
+use super::softmax::{attend_plan, attend_rows, check_batch, record_attend_rows, upload_seqs};
+use super::softmax::{Attend, PosBias};
+use super::softmax_plan::Geom;
 use crate::bind::{scratch, upload_f32, Bind};
 use crate::driver::{self, Input, OutSlot, Pass, Plan, RowOp};
 use crate::pipeline::Storage;
@@ -20,6 +22,7 @@ use crate::types::attention::{check_diag, check_norm, check_shapes, AttnDims};
 pub use crate::types::attention::{
     Affine, DiagAttentionOptions, DiagWeights, Norm, NormAttentionOptions,
 };
+use crate::types::batch::Layout;
 use crate::{Context, DType, Element, Error, Result, Tensor};
 
 crate::uniform! {
@@ -340,15 +343,28 @@ struct DiagOp<'a, T: Element> {
 
 impl<T: Element> RowOp for DiagOp<'_, T> {
     type T = T;
-    /// Sizes, the attend pass, the norm after relu weights.
-    type Dims = (AttnDims, Attend, Option<NormCfg>);
+    /// Sizes, the attend pass, the norm after relu weights, the packed sequences' table.
+    type Dims = (Geom, Attend, Option<NormCfg>, Option<wgpu::Buffer>);
     const NAME: &'static str = DIAG_OP;
 
     fn plan(&self, ctx: &Context) -> Result<(Self::Dims, Plan)> {
         let (o, affine) = (self.opts, self.affine);
-        let d = check_shapes(DIAG_OP, self.q.shape(), self.k.shape(), self.v.shape())?;
+        let shapes = (self.q.shape(), self.k.shape(), self.v.shape());
+        let cu = o.cu_seqlens.as_ref();
+        // Blocks are positions of one sequence: Lq = Lk (the check's causal rule).
+        let (d, out_shape) = check_batch(DIAG_OP, shapes, o.layout, true, cu)?;
         check_diag(DIAG_OP, o)?;
+        super::softmax::check_packed_f16::<T>(ctx, DIAG_OP, cu)?;
         let relu = o.weights == DiagWeights::Relu;
+        if relu && cu.is_some() {
+            return Err(Error::InvalidArgument {
+                op: DIAG_OP,
+                name: "cu_seqlens",
+                reason: "packed sequences take softmax weights only (the norm would touch \
+                         tokens past the last offset)"
+                    .into(),
+            });
+        }
         if relu {
             check_norm(DIAG_OP, o.norm, o.eps, affine, d.dv)?;
         } else if affine.gain.is_some() || affine.bias.is_some() {
@@ -361,16 +377,17 @@ impl<T: Element> RowOp for DiagOp<'_, T> {
         let cfg = Attend {
             causal: o.causal,
             scale: o.scale_for(d.dk),
-            block: o.block.min(d.len as u32),
+            block: o.block.min(d.lq as u32),
             relu,
         };
-        let mut plan = super::qkv_plan::<T>(&d);
+        let mut plan = attend_plan::<T>(&d, out_shape);
         let mut norm = None;
         if relu {
-            plan = plan.bytes("sums", sums_bytes(&d));
+            plan = plan.bytes("sums", sums_bytes(&norm_dims(&d)));
             norm = Some(NormCfg::new(ctx, o.norm, o.eps, affine, d.dv));
         }
-        Ok(((d, cfg, norm), plan))
+        let seqs = upload_seqs(ctx, cu, d.lq);
+        Ok(((d, cfg, norm, seqs), plan))
     }
 
     fn inputs(&self) -> Vec<Input<'_>> {
@@ -378,13 +395,33 @@ impl<T: Element> RowOp for DiagOp<'_, T> {
     }
 
     fn record_rows(&self, s: &mut Schedule<'_>, dims: &Self::Dims, p: &Pass<'_>) -> Result<()> {
-        let (d, cfg, norm) = dims;
-        let (qkv, rows, none) = ((self.q, self.k, self.v), (p.r0, p.nr), PosBias::default());
+        let (d, cfg, norm, seqs) = dims;
+        let (qkv, rows) = ((self.q, self.k, self.v), attend_rows(d, p));
+        let pos = PosBias {
+            seqs: seqs.as_ref(),
+            ..Default::default()
+        };
         match norm {
-            None => record_attend_rows(s, qkv, d, rows, cfg, &none, p.storage, &p.out),
-            Some(norm) => norm.record::<T>(s, d, p, |s, storage, slot| {
-                record_attend_rows(s, qkv, d, rows, cfg, &none, storage, slot)
+            None => record_attend_rows(s, qkv, d, rows, cfg, &pos, p.storage, &p.out),
+            Some(norm) => norm.record::<T>(s, &norm_dims(d), p, |s, storage, slot| {
+                record_attend_rows(s, qkv, d, rows, cfg, &pos, storage, slot)
             }),
         }
+    }
+}
+
+/// The norm's view of a driver row: its tokens (all heads' in blhd, where a row is a batch
+/// entry); the norm runs per token over Dv, contiguous in both layouts.
+fn norm_dims(g: &Geom) -> AttnDims {
+    let heads = match g.layout {
+        Layout::Bhld => 1,
+        Layout::Blhd => g.hq,
+    };
+    AttnDims {
+        rows: 1,
+        len: g.lq * heads,
+        dk: g.dk,
+        dv: g.dv,
+        out_shape: Vec::new(),
     }
 }

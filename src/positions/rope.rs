@@ -12,10 +12,11 @@ use crate::bind::{upload_u32, Bind};
 use crate::driver::{self, Input, Pass, Plan, RowOp};
 use crate::schedule::Schedule;
 use crate::sizes::workgroup_size;
+use crate::types::batch::{CuSeqlens, Layout};
 pub use crate::types::positions::{
     check_rope, frequencies, Positions, RopeLayout, RopeOptions, RopeScaling,
 };
-use crate::{Context, Element, Result, Tensor};
+use crate::{Context, Element, Error, Result, Tensor};
 
 const OP: &str = "rope";
 
@@ -42,14 +43,20 @@ crate::uniform! {
         o_off: u32,
         total: u32,
         mscale: f32,
-        _pad: u32,
+        hin: u32,
+        seqs: u32,
+        _pad1: u32,
+        _pad2: u32,
+        _pad3: u32,
     }
 }
 
-/// RoPE: `x: [B, H, L, D]` (any rank >= 2: `[.., L, D]`, D even; f32 or f16) -> the rotated
-/// `[.., L, D]` in x's dtype. Apply it to q and to k. Angles never pass through f16.
+/// RoPE: `x: [B, H, L, D]` (any rank >= 2: `[.., L, D]`, D even; f32 or f16; or `[B, L, H, D]`
+/// with `opts.seq_layout` blhd) -> the rotated x in its shape and dtype. Apply it to q and to k.
+/// Angles never pass through f16. With `opts.cu_seqlens` (B = 1) positions restart per sequence.
 ///
-/// Errors: [`Error::Shape`](crate::Error::Shape) for odd D or an empty dim, or `positions` not of length L;
+/// Errors: [`Error::Shape`](crate::Error::Shape) for odd D or an empty dim, `positions` not of
+/// length L, a blhd x not of rank 4, packed sequences with B > 1; `cu_seqlens` past L;
 /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a base <= 0, a factor < 1 or not finite, α >= β, NTK with
 /// D = 2, an offset running past u32; [`Error::TooLarge`](crate::Error::TooLarge) when one row does not fit a binding.
 pub fn rope<T: Element>(
@@ -89,13 +96,89 @@ struct Rope<'a, T: Element> {
     opts: &'a RopeOptions,
 }
 
-/// L, D, the YaRN magnitude scale, positions and frequencies (turn words) on the device.
+/// L, D, heads between positions, the YaRN magnitude scale, positions, frequencies (turn words,
+/// one row per packed sequence) and each position's sequence on the device.
 struct RopeDims {
     len: u64,
     d: u64,
+    hin: u64,
     mscale: f32,
     pos: wgpu::Buffer,
     freq: wgpu::Buffer,
+    seq: Option<wgpu::Buffer>,
+}
+
+/// (driver rows, L, heads between positions, D) of x: rows of `[.., L, D]`, or batch entries of
+/// `[B, L, H, D]`; packed sequences need B = 1 and a last offset within L.
+fn rope_geom(shape: &[usize], opts: &RopeOptions) -> Result<(usize, usize, usize, usize)> {
+    let bad_shape = |expected: &str| Error::Shape {
+        op: OP,
+        name: "x",
+        expected: expected.into(),
+        got: shape.to_vec(),
+    };
+    let (rows, len, hin, d) = match opts.seq_layout {
+        Layout::Bhld => {
+            let (rows, len, d) = check_rope(shape, opts)?;
+            (rows, len, 1, d)
+        }
+        Layout::Blhd => {
+            if shape.len() != 4 {
+                return Err(bad_shape("[B, L, H, D] (rank 4) for the blhd layout"));
+            }
+            let (b, h, l, d) = Layout::Blhd.dims([shape[0], shape[1], shape[2], shape[3]]);
+            check_rope(&[b, h, l, d], opts)?;
+            (b, l, h, d)
+        }
+    };
+    if let Some(cu) = &opts.cu_seqlens {
+        if shape.len() == 4 && shape[0] != 1 {
+            return Err(bad_shape("B = 1 with cu_seqlens (packed sequences)"));
+        }
+        let last = *cu.offsets().last().unwrap_or(&0) as usize;
+        if last > len {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                name: "cu_seqlens",
+                reason: format!("last offset {last} is past the packed length L = {len}"),
+            });
+        }
+    }
+    Ok((rows, len, hin, d))
+}
+
+/// Positions, frequency rows, magnitude scale, sequence of each position.
+type Packed = (Vec<u32>, Vec<u32>, f64, Vec<u32>);
+
+/// Positions, frequency rows (turn words), the magnitude scale and each position's sequence
+/// (u32::MAX past the last offset) for packed sequences; each sequence is its own call.
+fn packed(
+    cu: &CuSeqlens,
+    positions: Positions<'_>,
+    len: usize,
+    d: usize,
+    opts: &RopeOptions,
+) -> Result<Packed> {
+    let all = positions.resolve(len)?;
+    let mut pos = all.clone();
+    let mut seq = vec![u32::MAX; len];
+    let mut freq = Vec::new();
+    let mut mscale = 1.0;
+    for s in 0..cu.count() {
+        let r = cu.range(s);
+        for t in r.clone() {
+            seq[t] = s as u32;
+            if let Positions::Offset(o) = positions {
+                pos[t] = o + (t - r.start) as u32;
+            }
+        }
+        let max_pos = r.clone().map(|t| pos[t]).max().unwrap_or(0);
+        let (theta, m) = frequencies(d, max_pos, opts);
+        // The magnitude scale depends on the scaling's factor only, the same for every sequence.
+        mscale = m;
+        freq.extend(turn_words(&theta));
+    }
+    Ok((pos, freq, mscale, seq))
 }
 
 impl<T: Element> RowOp for Rope<'_, T> {
@@ -104,19 +187,33 @@ impl<T: Element> RowOp for Rope<'_, T> {
     const NAME: &'static str = OP;
 
     fn plan(&self, ctx: &Context) -> Result<(RopeDims, Plan)> {
-        let (rows, len, d) = check_rope(self.x.shape(), self.opts)?;
-        let pos = self.positions.resolve(len)?;
-        let max_pos = pos.iter().copied().max().unwrap_or(0);
-        let (theta, mscale) = frequencies(d, max_pos, self.opts);
-        let (l, d) = (len as u64, d as u64);
+        let (rows, len, hin, d) = rope_geom(self.x.shape(), self.opts)?;
+        let cu = self.opts.cu_seqlens.as_ref();
+        crate::attention::softmax::check_packed_f16::<T>(ctx, OP, cu)?;
+        let (pos, freq, mscale, seq) = match &self.opts.cu_seqlens {
+            None => {
+                let pos = self.positions.resolve(len)?;
+                let max_pos = pos.iter().copied().max().unwrap_or(0);
+                let (theta, mscale) = frequencies(d, max_pos, self.opts);
+                (pos, turn_words(&theta), mscale, None)
+            }
+            Some(cu) => {
+                let (pos, freq, mscale, seq) = packed(cu, self.positions, len, d, self.opts)?;
+                (pos, freq, mscale, Some(seq))
+            }
+        };
+        let (l, d, h) = (len as u64, d as u64, hin as u64);
         let es = size_of::<T>() as u64;
-        let plan = Plan::new(self.x.shape().to_vec(), rows as u64, l * d).bytes("x", l * d * es);
+        let row = l * h * d;
+        let plan = Plan::new(self.x.shape().to_vec(), rows as u64, row).bytes("x", row * es);
         let dims = RopeDims {
             len: l,
             d,
+            hin: h,
             mscale: mscale as f32,
             pos: upload_u32(ctx, &pos),
-            freq: upload_u32(ctx, &turn_words(&theta)),
+            freq: upload_u32(ctx, &freq),
+            seq: seq.map(|s| upload_u32(ctx, &s)),
         };
         Ok((dims, plan))
     }
@@ -137,9 +234,10 @@ impl<T: Element> RowOp for Rope<'_, T> {
             .pipelines
             .get(ctx, "rope", "rotate", p.storage, &consts)?;
         let (l, d, nr, es) = (rd.len, rd.d, p.nr, size_of::<T>() as u64);
-        let (bx, x_off) = Bind::elems(ctx, 1, self.x.buffer(), es, p.r0 * l * d, nr * l * d);
-        let (bo, o_off) = p.out.bind(ctx, 4, nr * l * d);
-        let total = nr * l * (d / 2);
+        let row = l * rd.hin * d;
+        let (bx, x_off) = Bind::elems(ctx, 1, self.x.buffer(), es, p.r0 * row, nr * row);
+        let (bo, o_off) = p.out.bind(ctx, 4, nr * row);
+        let total = nr * row / 2;
         let prm = Params {
             rows: nr as u32,
             len: l as u32,
@@ -148,9 +246,15 @@ impl<T: Element> RowOp for Rope<'_, T> {
             o_off,
             total: total as u32,
             mscale: rd.mscale,
-            _pad: 0,
+            hin: rd.hin as u32,
+            seqs: rd.seq.is_some() as u32,
+            _pad1: 0,
+            _pad2: 0,
+            _pad3: 0,
         };
-        let binds = [bx, Bind::all(2, &rd.pos), Bind::all(3, &rd.freq), bo];
+        // Without packed sequences `seq` is never read; positions stand in for its binding.
+        let seq = Bind::all(5, rd.seq.as_ref().unwrap_or(&rd.pos));
+        let binds = [bx, Bind::all(2, &rd.pos), Bind::all(3, &rd.freq), bo, seq];
         s.dispatch(&pipeline, &prm, &binds, total.div_ceil(wg as u64))
     }
 }

@@ -8,6 +8,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 
+use super::batch::{CuSeqlens, Layout};
 use super::{FeatureMap, RopeLayout};
 use crate::{Error, Result};
 
@@ -116,12 +117,18 @@ pub(crate) fn check_options(op: &'static str, opts: &LinearAttentionOptions) -> 
 
 /// Options for [`softmax_attention`](crate::attention::softmax_attention) and the CPU reference
 /// [`crate::reference::attention::softmax_attention`].
-#[derive(Clone, Copy, Debug, PartialEq, Default)]
+#[derive(Clone, Debug, PartialEq, Default)]
 pub struct SoftmaxAttentionOptions {
     /// Query `i` attends to keys `j ≤ i` only.
     pub causal: bool,
     /// Multiplies `Q Kᵀ`; `None` means `1/√Dk` (Vaswani et al. 2017).
     pub scale: Option<f32>,
+    /// Memory order of q, k, v and the output (default `[B, H, L, D]`).
+    pub layout: Layout,
+    /// Packed variable-length sequences (B = 1, Lq = Lk): query `i` sees only keys of its own
+    /// sequence, positions (ALiBi distances, windows) restart per sequence, and outputs past the
+    /// last offset are left untouched.
+    pub cu_seqlens: Option<CuSeqlens>,
 }
 
 impl SoftmaxAttentionOptions {
@@ -537,7 +544,7 @@ pub enum DiagWeights {
 }
 
 /// Options for [`diag_attention`](crate::attention::diag_attention) and [`crate::reference::attention::diag_attention`].
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct DiagAttentionOptions {
     /// Block length w ≥ 1 (default 64); the last block is ragged.
     pub block: u32,
@@ -551,6 +558,11 @@ pub struct DiagAttentionOptions {
     pub norm: Norm,
     /// ε of the norm (default 1e-6).
     pub eps: f32,
+    /// Memory order of q, k, v and the output (default `[B, H, L, D]`).
+    pub layout: Layout,
+    /// Packed variable-length sequences (B = 1): blocks restart at each sequence, nothing crosses
+    /// a sequence boundary, outputs past the last offset are left untouched (softmax weights only).
+    pub cu_seqlens: Option<CuSeqlens>,
 }
 
 impl Default for DiagAttentionOptions {
@@ -562,6 +574,8 @@ impl Default for DiagAttentionOptions {
             weights: DiagWeights::Softmax,
             norm: Norm::SimpleRmsNorm,
             eps: 1e-6,
+            layout: Layout::Bhld,
+            cu_seqlens: None,
         }
     }
 }
@@ -618,4 +632,19 @@ pub(crate) fn check_diag(op: &'static str, o: &DiagAttentionOptions) -> Result<(
         });
     }
     check_scale(op, o.scale)
+}
+
+/// The paths that read plain `[R, L, D]` rows (the f32 CPU path, the classic references) take
+/// neither a blhd layout nor packed sequences.
+pub(crate) fn check_plain(op: &'static str, layout: Layout, cu: Option<&CuSeqlens>) -> Result<()> {
+    if layout != Layout::Bhld || cu.is_some() {
+        return Err(Error::InvalidArgument {
+            op,
+            name: if cu.is_some() { "cu_seqlens" } else { "layout" },
+            reason: "blhd layouts and packed sequences are not supported on this path (use the \
+                     GPU op, or reference::attention::softmax_attention_batch)"
+                .into(),
+        });
+    }
+    Ok(())
 }

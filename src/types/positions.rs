@@ -1,6 +1,7 @@
 //! Shapes, options and host-side math for the position ops (RoPE, embedding), shared by the GPU
 //! ops ([`crate::positions`]) and the CPU reference ([`crate::reference::positions`]).
 
+use super::batch::{CuSeqlens, Layout};
 use crate::{Error, Result};
 
 /// Which elements of a row form the rotated pairs.
@@ -54,7 +55,7 @@ pub enum RopeScaling {
 }
 
 /// Options for [`rope`](fn@crate::positions::rope) and the CPU reference [`crate::reference::positions::rope`](fn@crate::reference::positions::rope).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct RopeOptions {
     /// Base of the frequencies (default 10 000).
     pub base: f64,
@@ -62,6 +63,14 @@ pub struct RopeOptions {
     pub layout: RopeLayout,
     /// Context-extension scaling of the frequencies.
     pub scaling: RopeScaling,
+    /// Memory order of a rank-4 x: `[B, H, L, D]` (default) or `[B, L, H, D]` (named apart
+    /// from `layout`, the pair layout).
+    pub seq_layout: Layout,
+    /// Packed variable-length sequences (B = 1): positions restart at each sequence
+    /// (`Positions::Offset(o)` puts token `t` of sequence `[s0, s1)` at `o + t − s0`; explicit
+    /// positions are taken as given), the scaling sees each sequence's own positions (dynamic
+    /// NTK), and tokens past the last offset are left untouched.
+    pub cu_seqlens: Option<CuSeqlens>,
 }
 
 impl Default for RopeOptions {
@@ -70,6 +79,8 @@ impl Default for RopeOptions {
             base: 10_000.0,
             layout: RopeLayout::Interleaved,
             scaling: RopeScaling::None,
+            seq_layout: Layout::Bhld,
+            cu_seqlens: None,
         }
     }
 }
@@ -280,4 +291,24 @@ pub fn check_embedding(table: &[usize], ids: &[u32], ids_shape: &[usize]) -> Res
     let mut out = ids_shape.to_vec();
     out.push(table[1]);
     Ok(out)
+}
+
+/// The paths that read plain `[.., L, D]` rows (the f32 CPU path, the classic reference) take
+/// neither a blhd layout nor packed sequences.
+pub(crate) fn check_plain_rope(op: &'static str, opts: &RopeOptions) -> Result<()> {
+    if opts.seq_layout != Layout::Bhld || opts.cu_seqlens.is_some() {
+        let name = if opts.cu_seqlens.is_some() {
+            "cu_seqlens"
+        } else {
+            "seq_layout"
+        };
+        return Err(Error::InvalidArgument {
+            op,
+            name,
+            reason: "blhd layouts and packed sequences are not supported on this path (use the \
+                     GPU op, or reference::positions::rope_batch)"
+                .into(),
+        });
+    }
+    Ok(())
 }

@@ -19,6 +19,9 @@ use crate::io::{self, CliError, Out};
 use crate::methods::Op;
 use crate::rel_frobenius;
 
+mod batch;
+pub(crate) use batch::read_cu_seqlens;
+
 /// Attention over tensors in a safetensors file, on the GPU, the f32 CPU path and/or the f64
 /// reference.
 ///
@@ -31,6 +34,9 @@ use crate::rel_frobenius;
 /// else the reference's. A missing tensor, a shape mismatch or a bad option exits with code 2;
 /// a result further from the reference than its tolerance (GPU: f32 1e-4, f16 5e-3; CPU path
 /// 1e-4; on max|diff| / max|ref|) exits with code 3 and writes nothing.
+/// Softmax and diag also take `--layout blhd` ([B, L, H, D]), `--cu-seqlens NAME` (packed
+/// sequences, B = 1; tokens past the last offset are written as 0) and grouped heads / Lq ≠ Lk
+/// from the k/v shapes (k, v: [B, Hkv, Lk, ·], Hkv dividing Hq), on the GPU and the reference.
 #[derive(clap::Args)]
 #[command(
     verbatim_doc_comment,
@@ -42,6 +48,12 @@ pub struct Args {
     /// safetensors file holding the input tensors.
     #[arg(long)]
     input: String,
+    /// Memory layout of q, k, v and the output: bhld = [B, H, L, D], blhd = [B, L, H, D].
+    #[arg(long, default_value = "bhld", value_parser = ["bhld", "blhd"])]
+    layout: String,
+    /// Packed variable-length sequences: the name of an i32/i64 offsets tensor in --input (B = 1).
+    #[arg(long, value_name = "NAME")]
+    cu_seqlens: Option<String>,
     /// Prefix of the tensor names, e.g. `layer0.`.
     #[arg(long, default_value = "")]
     prefix: String,
@@ -229,6 +241,10 @@ pub fn run(a: Args) -> Result<(), CliError> {
     let q = io::read(&st, &name("q"), &a.input)?;
     let k = io::read(&st, &name("k"), &a.input)?;
     let v = io::read(&st, &name("v"), &a.input)?;
+    let layout = longseq::types::batch::Layout::parse(&a.layout).unwrap_or_default();
+    if batch::wanted(&a, layout, &q.shape, &k.shape, &v.shape) {
+        return batch::run(&a, &st, (q, k, v), layout);
+    }
     let dims = check_shapes("attention", &q.shape, &k.shape, &v.shape)?;
     let shapes = format!(
         "q {:?} {}, k {:?} {}, v {:?} {}",
@@ -407,6 +423,7 @@ fn op_from_args(
             let opts = SoftmaxAttentionOptions {
                 causal: a.causal,
                 scale: a.scale,
+                ..Default::default()
             };
             match positional(a) {
                 Some(pos) => Op::SoftmaxPositional {
@@ -430,6 +447,7 @@ fn op_from_args(
             weights,
             norm: a.norm,
             eps: a.eps,
+            ..Default::default()
         }),
         Method::Lightning => {
             let Slopes::Alibi = a.slopes;

@@ -40,6 +40,14 @@ pub struct Args {
     /// safetensors file holding the tensor (and optionally `positions`).
     #[arg(long)]
     input: String,
+    /// Memory layout of x: bhld = [B, H, L, D] (any [.., L, D]), blhd = [B, L, H, D]. (Not
+    /// `--layout`, which names the rotation's pair layout here.)
+    #[arg(long, default_value = "bhld", value_parser = ["bhld", "blhd"])]
+    seq_layout: String,
+    /// Packed variable-length sequences: the name of an i32/i64 offsets tensor in --input (B = 1);
+    /// positions restart at each sequence, tokens past the last offset are written as 0.
+    #[arg(long, value_name = "NAME")]
+    cu_seqlens: Option<String>,
     /// Prefix of the tensor names, e.g. `layer0.`.
     #[arg(long, default_value = "")]
     prefix: String,
@@ -168,6 +176,7 @@ fn options(a: &Args) -> Result<RopeOptions, CliError> {
         base: a.base,
         layout,
         scaling,
+        ..Default::default()
     })
 }
 
@@ -178,8 +187,16 @@ pub fn run(a: Args) -> Result<(), CliError> {
     let x_name = format!("{}{}", a.prefix, a.tensor);
     let pos_name = format!("{}positions", a.prefix);
     let x = io::read(&st, &x_name, &a.input)?;
-    let opts = options(&a)?;
-    let (_, len, _) = check_rope(&x.shape, &opts)?;
+    let mut opts = options(&a)?;
+    opts.seq_layout = longseq::types::batch::Layout::parse(&a.seq_layout).unwrap_or_default();
+    let len = match opts.seq_layout {
+        longseq::types::batch::Layout::Blhd if x.shape.len() == 4 => x.shape[1],
+        _ => check_rope(&x.shape, &opts)?.1,
+    };
+    if let Some(n) = &a.cu_seqlens {
+        let cu = crate::attention::read_cu_seqlens(&st, n, &a.input, len)?;
+        opts.cu_seqlens = Some(cu);
+    }
     let explicit = if st.names().contains(&pos_name.as_str()) {
         let (p, shape) = io::read_u32(&st, &pos_name, &a.input)?;
         if shape != [len] {
@@ -238,7 +255,14 @@ pub fn run(a: Args) -> Result<(), CliError> {
         }),
         None => None,
     };
-    let reference_run = || longseq::reference::positions::rope(&xs, &x.shape, pos, &opts);
+    let reference_run = || {
+        let mut r = longseq::reference::positions::rope_batch(&xs, &x.shape, pos, &opts)?;
+        // Tokens past the last packed offset: untouched by the op, 0 in a fresh output.
+        if opts.cu_seqlens.is_some() {
+            r.iter_mut().filter(|v| v.is_nan()).for_each(|v| *v = 0.0);
+        }
+        Ok(r)
+    };
     let cpu = if dev.cpu {
         let y = devices::timed("cpu", &devices::cpu_note(), || {
             Ok(longseq::cpu::positions::rope(&xs, &x.shape, pos, &opts)?)

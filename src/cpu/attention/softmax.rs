@@ -10,7 +10,7 @@ use super::linear::apply_lower;
 use crate::attention::linear::AttnDims;
 use crate::attention::softmax::SoftmaxAttentionOptions;
 use crate::cpu::{check_len, exp_nonpos, load, sgemm, store, Mat, MatMut};
-use crate::types::attention::check_scale;
+use crate::types::attention::{check_plain, check_scale};
 use crate::{Element, Result};
 
 /// Queries per block.
@@ -43,6 +43,11 @@ pub fn softmax_attention_into<T: Element>(
     out: &mut [T],
 ) -> Result<()> {
     check_scale("cpu::softmax_attention", opts.scale)?;
+    check_plain(
+        "cpu::softmax_attention",
+        opts.layout,
+        opts.cu_seqlens.as_ref(),
+    )?;
     let (r, l, dk, dv) = (d.rows, d.len, d.dk, d.dv);
     check_len(q, &[r, l, dk])?;
     check_len(k, &[r, l, dk])?;

@@ -12,7 +12,7 @@ use crate::attention::transnormer::{
     Affine, DiagAttentionOptions, DiagWeights, Norm, NormAttentionOptions,
 };
 use crate::cpu::{check_len, exp_nonpos, load, sgemm, store, Mat, MatMut};
-use crate::types::attention::{check_diag, check_norm};
+use crate::types::attention::{check_diag, check_norm, check_plain};
 use crate::{Element, Result};
 
 /// The norm of one row in place, f32 (the definitions of [`Norm::apply`]).
@@ -95,6 +95,7 @@ pub fn diag_attention<T: Element>(
 ) -> Result<()> {
     let op = "cpu::diag_attention";
     check_diag(op, opts)?;
+    check_plain(op, opts.layout, opts.cu_seqlens.as_ref())?;
     let relu = opts.weights == DiagWeights::Relu;
     if relu {
         check_norm(op, opts.norm, opts.eps, affine, d.dv)?;

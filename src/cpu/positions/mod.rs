@@ -66,6 +66,7 @@ pub fn rope_into<T: Element>(
     opts: &RopeOptions,
 ) -> Result<()> {
     let (_, len, d) = check_rope(shape, opts)?;
+    crate::types::positions::check_plain_rope("cpu::rope", opts)?;
     check_len(x, shape)?;
     check_len(out, shape)?;
     let pos = positions.resolve(len)?;

@@ -1,5 +1,6 @@
 //! CPU references for the attention ops.
 
+pub mod batch;
 pub mod favor;
 pub mod lightning;
 pub mod linear;
@@ -7,6 +8,7 @@ pub mod positional;
 pub mod softmax;
 pub mod transnormer;
 
+pub use batch::{diag_attention_batch, softmax_attention_batch};
 pub use favor::favor_attention;
 pub use lightning::lightning_attention;
 pub use linear::linear_attention;

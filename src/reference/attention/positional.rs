@@ -21,6 +21,11 @@ pub fn softmax_attention_positional<T: Element>(
 ) -> Result<Vec<f64>> {
     let (l, dk, dv) = (d.len, d.dk, d.dv);
     check_positional(pos, dk)?;
+    crate::types::attention::check_plain(
+        "reference::softmax_attention_positional",
+        opts.layout,
+        opts.cu_seqlens.as_ref(),
+    )?;
     for (x, n) in [(q.len(), dk), (k.len(), dk), (v.len(), dv)] {
         if x != d.rows * l * n {
             return Err(Error::DataLength {

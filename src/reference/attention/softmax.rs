@@ -2,7 +2,7 @@
 //! `p_ij = exp(s_ij − max_j s_ij) / Σ_j exp(s_ij − max_j s_ij)`, `s_ij = scale · q_i·k_j`, over all
 //! `j` (or `j ≤ i` when causal), two passes per query in f64.
 
-use crate::types::attention::{check_scale, AttnDims, SoftmaxAttentionOptions};
+use crate::types::attention::{check_plain, check_scale, AttnDims, SoftmaxAttentionOptions};
 use crate::{Element, Error, Result};
 
 pub(crate) fn check_len<T>(x: &[T], rows: usize, l: usize, n: usize) -> Result<()> {
@@ -27,6 +27,11 @@ pub fn softmax_attention<T: Element>(
     opts: &SoftmaxAttentionOptions,
 ) -> Result<Vec<f64>> {
     check_scale("reference::softmax_attention", opts.scale)?;
+    check_plain(
+        "reference::softmax_attention",
+        opts.layout,
+        opts.cu_seqlens.as_ref(),
+    )?;
     let (l, dk, dv) = (d.len, d.dk, d.dv);
     check_len(q, d.rows, l, dk)?;
     check_len(k, d.rows, l, dk)?;

@@ -63,6 +63,7 @@ pub fn diag_attention<T: Element>(
 ) -> Result<Vec<f64>> {
     let op = "reference::diag_attention";
     check_diag(op, opts)?;
+    crate::types::attention::check_plain(op, opts.layout, opts.cu_seqlens.as_ref())?;
     let relu = opts.weights == DiagWeights::Relu;
     if relu {
         check_norm(op, opts.norm, opts.eps, affine, d.dv)?;

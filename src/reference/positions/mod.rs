@@ -4,4 +4,4 @@ pub mod embedding;
 pub mod rope;
 
 pub use embedding::embedding;
-pub use rope::rope;
+pub use rope::{rope, rope_batch};

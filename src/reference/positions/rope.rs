@@ -3,6 +3,7 @@
 
 use std::f64::consts::PI;
 
+use crate::types::batch::Layout;
 use crate::types::positions::{check_rope, Positions, RopeLayout, RopeOptions, RopeScaling};
 use crate::{Element, Error, Result};
 
@@ -54,6 +55,7 @@ pub fn rope<T: Element>(
     opts: &RopeOptions,
 ) -> Result<Vec<f64>> {
     let (rows, l, d) = check_rope(shape, opts)?;
+    crate::types::positions::check_plain_rope("reference::rope", opts)?;
     if x.len() != rows * l * d {
         return Err(Error::DataLength {
             shape: shape.to_vec(),
@@ -76,6 +78,82 @@ pub fn rope<T: Element>(
                 let (a, b) = (x[base + a_idx].to_f64(), x[base + b_idx].to_f64());
                 out[base + a_idx] = scale * (a * phi.cos() - b * phi.sin());
                 out[base + b_idx] = scale * (a * phi.sin() + b * phi.cos());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// RoPE over real-world batches from the per-sequence definition: `x` in `opts.seq_layout`
+/// (`[B, L, H, D]` when blhd), and with `opts.cu_seqlens` each packed sequence rotated as its own
+/// call of [`rope`] (positions restart: `Offset(o)` puts its first token at `o`; explicit
+/// positions are sliced). Tokens past the last offset are NaN here (the op leaves them untouched).
+pub fn rope_batch<T: Element>(
+    x: &[T],
+    shape: &[usize],
+    positions: Positions<'_>,
+    opts: &RopeOptions,
+) -> Result<Vec<f64>> {
+    let plain = RopeOptions {
+        seq_layout: Layout::Bhld,
+        cu_seqlens: None,
+        ..opts.clone()
+    };
+    if opts.seq_layout == Layout::Bhld && opts.cu_seqlens.is_none() {
+        return rope(x, shape, positions, &plain);
+    }
+    let (b, h, l, d) = match (opts.seq_layout, shape.len()) {
+        (Layout::Blhd, 4) => Layout::Blhd.dims([shape[0], shape[1], shape[2], shape[3]]),
+        (Layout::Bhld, n) if n >= 2 => {
+            let (rows, l, d) = check_rope(shape, &plain)?;
+            (1, rows, l, d)
+        }
+        _ => {
+            return Err(Error::Shape {
+                op: "reference::rope_batch",
+                name: "x",
+                expected: "[B, L, H, D] for blhd, [.., L, D] for bhld".into(),
+                got: shape.to_vec(),
+            })
+        }
+    };
+    if x.len() != b * h * l * d {
+        return Err(Error::DataLength {
+            shape: shape.to_vec(),
+            expected: b * h * l * d,
+            got: x.len(),
+        });
+    }
+    let all = positions.resolve(l)?;
+    let st = opts.seq_layout.strides(h, l, d);
+    let seqs: Vec<std::ops::Range<usize>> = match &opts.cu_seqlens {
+        Some(c) => (0..c.count()).map(|i| c.range(i)).collect(),
+        None => std::iter::once(0..l).collect(),
+    };
+    let mut out = vec![f64::NAN; x.len()];
+    for r in seqs.into_iter().filter(|r| !r.is_empty()) {
+        let n = r.len();
+        let mut sub = Vec::with_capacity(b * h * n * d);
+        for bi in 0..b {
+            for hi in 0..h {
+                for t in r.clone() {
+                    sub.extend((0..d).map(|e| x[st.index(bi, hi, t, e)]));
+                }
+            }
+        }
+        let pos = match positions {
+            Positions::Offset(o) => Positions::Offset(o),
+            Positions::Explicit(_) => Positions::Explicit(&all[r.clone()]),
+        };
+        let y = rope(&sub, &[b * h, n, d], pos, &plain)?;
+        let mut it = y.into_iter();
+        for bi in 0..b {
+            for hi in 0..h {
+                for t in r.clone() {
+                    for e in 0..d {
+                        out[st.index(bi, hi, t, e)] = it.next().unwrap_or(f64::NAN);
+                    }
+                }
             }
         }
     }
