@@ -25,6 +25,7 @@ override CP: u32 = 64u;      // slots per chunk (CHUNK rounded up to the tiles)
 override CAUSAL: bool = false;
 override DECAY: bool = false;
 override DEN: bool = true;
+override RESCALE: bool = false;  // causal FAVOR+: per-chunk, per-feature key log-scales (logs)
 
 // Register tile: compile-time sizes (they size function-scope arrays, which overrides cannot), so
 // the pipeline substitutes the host's TR, TC for these lines.
@@ -70,6 +71,8 @@ struct Params {
 @group(0) @binding(11) var<storage, read_write> o: array<OT>;
 @group(0) @binding(12) var<storage, read_write> s_out: array<f32>;
 @group(0) @binding(13) var<storage, read_write> z_out: array<f32>;
+// RESCALE: logs [R, nc, Dk] f32, the log-scale of chunk c's key features (non-decreasing in c).
+@group(0) @binding(14) var<storage, read> logs: array<f32>;
 
 var<workgroup> at: array<vec4<f32>, CP * CP / 4u>;  // masked, decayed scores, transposed: [j][i]
 var<workgroup> den: array<vec4<f32>, CP / 4u>;
@@ -224,6 +227,22 @@ fn chunk_state(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     }
 }
 
+// Factors moving the 4 state entries e (feature rows of KV, or of z) of row r from chunk c−1's key
+// log-scale to chunk c's (≤ 1, as the running maximum of an online softmax).
+fn rescale(r: u32, c: u32, e: u32) -> vec4<f32> {
+    var f = vec4<f32>(1.0);
+    let kv = p.dkp * p.dvp;
+    for (var t = 0u; t < 4u; t++) {
+        let i = e * 4u + t;
+        let a = select(i - kv, i / p.dvp, i < kv);
+        if (a < p.dk) {
+            let b = (r * p.n_chunks + c) * p.dk + a;
+            f[t] = exp(logs[b - p.dk] - logs[b]);
+        }
+    }
+    return f;
+}
+
 // One invocation per (row, 4 state entries). Causal: state[c] becomes the (decayed) state entering
 // chunk c; non-causal: only the sum. Either way carry ends as the state after the segment.
 @compute @workgroup_size(WG)
@@ -244,6 +263,9 @@ fn scan(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     for (var c = 0u; c < p.n_chunks; c++) {
         let i = (r * p.n_chunks + c) * w4 + e;
         let x = state[i];
+        if (RESCALE && c > 0u) {
+            run *= rescale(r, c, e);
+        }
         if (CAUSAL) {
             state[i] = run;
         }

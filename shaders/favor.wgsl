@@ -9,6 +9,18 @@
 // favor_exp_*:  positive: M^(-1/2) exp(feat - c); trig: M^(-1/2) exp(logscale - c) sin|cos(feat),
 //               c = logscale[r, t] (row: queries, or one key in a decoding step) or head[r] (keys).
 // Subtracting c cancels in num/den; it keeps the largest feature of a row (or head) at M^(-1/2).
+// Positive features with per-feature key stabilisers (favor_attention; issue 11): chunks of CHUNK
+// keys; kmax: [R, nc, M], krun: [R, L, M] f32 (causal only).
+// key_chunk_max:   kmax[r, c, a] = max over the keys t of chunk c of feat[r, t, a] (logits).
+// key_max_scan:    causal: kmax[r, c, a] = max over chunks 0..=c (a running maximum per feature);
+//                  non-causal: every chunk gets the maximum over all L.
+// key_running_max: causal: krun[r, t, a] = max over keys 0..=t of feat[r, ., a].
+// favor_exp_keys:  feat = M^(-1/2) exp(feat - kmax[r, c(t), a]) <= M^(-1/2).
+// favor_exp_query: cq = max_a (feat[a] + best_a), best = krun[r, t] (causal) or kmax; then
+//                  feat = M^(-1/2) exp(feat + kmax[r, c(t), a] - cq). cq is the row's largest
+//                  log-term over the keys it sees, so that term is exact; the exponent exceeds 0
+//                  only by the growth g of kmax after t inside t's chunk. Past g = 80, cq is raised
+//                  to keep every exponent <= 80 (a factor common to the row, so it cancels).
 // map_features: elementwise phi (FMAP codes of the prelude) to f32, for decoding steps.
 // cast_f32:     xf = f32(x), so f16 values can enter the f32 kernels.
 // max() is written as select(m, y, y > m) so a NaN never becomes the stabiliser.
@@ -16,6 +28,7 @@
 override WG: u32 = 64u;     // invocations per workgroup, a power of two
 override TRIG: u32 = 0u;    // 1: sin/cos features
 override FMAP: u32 = 0u;    // map_features only: 0 elu+1, 1 relu, 2 identity
+override CAUSAL: u32 = 0u;  // key_max_scan, favor_exp_query: 1 = causal stabilisers
 
 struct Params {
     rows: u32,
@@ -27,9 +40,9 @@ struct Params {
     total: u32,
     scale: f32,   // d^(-1/4)
     norm: f32,    // M^(-1/2)
+    chunk: u32,   // keys per chunk of the chunk engine (per-feature stabilisers)
+    n_chunks: u32,
     _p0: u32,
-    _p1: u32,
-    _p2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -39,6 +52,8 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> logscale: array<f32>;
 @group(0) @binding(5) var<storage, read_write> head: array<f32>;
 @group(0) @binding(6) var<storage, read_write> xf: array<f32>;
+@group(0) @binding(7) var<storage, read_write> kmax: array<f32>;
+@group(0) @binding(8) var<storage, read_write> krun: array<f32>;
 
 var<workgroup> red: array<f32, WG>;
 
@@ -166,6 +181,116 @@ fn favor_exp_head(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     }
     let r = idx / (n_feat() * p.len);
     finish(idx, head[p.head_off + r]);
+}
+
+// One invocation per (row, chunk, feature).
+@compute @workgroup_size(WG)
+fn key_chunk_max(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let idx = wg_index(wg, nwg) * WG + lid;
+    if (idx >= p.total) {
+        return;
+    }
+    let a = idx % p.m;
+    let rc = idx / p.m;
+    let r = rc / p.n_chunks;
+    let t0 = (rc % p.n_chunks) * p.chunk;
+    let t1 = min(t0 + p.chunk, p.len);
+    var mx = NEG_BIG;
+    for (var t = t0; t < t1; t++) {
+        mx = fmax(mx, feat[(r * p.len + t) * p.m + a]);
+    }
+    kmax[idx] = mx;
+}
+
+// One invocation per (row, feature); loops over the chunks (the engine keeps nc <= 32 768).
+@compute @workgroup_size(WG)
+fn key_max_scan(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let idx = wg_index(wg, nwg) * WG + lid;
+    if (idx >= p.total) {
+        return;
+    }
+    let a = idx % p.m;
+    let base = (idx / p.m) * p.n_chunks * p.m + a;
+    var run = NEG_BIG;
+    for (var c = 0u; c < p.n_chunks; c++) {
+        run = fmax(run, kmax[base + c * p.m]);
+        if (CAUSAL == 1u) {
+            kmax[base + c * p.m] = run;
+        }
+    }
+    if (CAUSAL == 0u) {
+        for (var c = 0u; c < p.n_chunks; c++) {
+            kmax[base + c * p.m] = run;
+        }
+    }
+}
+
+// One invocation per (row, chunk, feature), after key_max_scan.
+@compute @workgroup_size(WG)
+fn key_running_max(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) lid: u32) {
+    let idx = wg_index(wg, nwg) * WG + lid;
+    if (idx >= p.total) {
+        return;
+    }
+    let a = idx % p.m;
+    let rc = idx / p.m;
+    let r = rc / p.n_chunks;
+    let c = rc % p.n_chunks;
+    let t0 = c * p.chunk;
+    let t1 = min(t0 + p.chunk, p.len);
+    var run = NEG_BIG;
+    if (c > 0u) {
+        run = kmax[idx - p.m];
+    }
+    for (var t = t0; t < t1; t++) {
+        let i = (r * p.len + t) * p.m + a;
+        run = fmax(run, feat[i]);
+        krun[i] = run;
+    }
+}
+
+// One invocation per key feature element.
+@compute @workgroup_size(WG)
+fn favor_exp_keys(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let idx = wg_index(wg, nwg) * WG + lid;
+    if (idx >= p.total) {
+        return;
+    }
+    let pos = idx / p.m;
+    let c = (pos % p.len) / p.chunk;
+    let at = ((pos / p.len) * p.n_chunks + c) * p.m + idx % p.m;
+    feat[idx] = p.norm * exp(feat[idx] - kmax[at]);
+}
+
+// One workgroup per query position.
+@compute @workgroup_size(WG)
+fn favor_exp_query(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) lid: u32) {
+    let wid = wg_index(wg, nwg);
+    if (wid >= p.total) {
+        return;
+    }
+    let c = (wid % p.len) / p.chunk;
+    let kb = ((wid / p.len) * p.n_chunks + c) * p.m;
+    let fb = wid * p.m;
+    var mx = NEG_BIG;
+    var top = NEG_BIG;
+    for (var a = lid; a < p.m; a += WG) {
+        var best = kmax[kb + a];
+        if (CAUSAL == 1u) {
+            best = krun[fb + a];
+        }
+        mx = fmax(mx, feat[fb + a] + best);
+        top = fmax(top, feat[fb + a] + kmax[kb + a]);
+    }
+    let cq = max(reduce_max(lid, mx), reduce_max(lid, top) - 80.0);
+    for (var a = lid; a < p.m; a += WG) {
+        feat[fb + a] = p.norm * exp(feat[fb + a] + kmax[kb + a] - cq);
+    }
 }
 
 @compute @workgroup_size(WG)

@@ -50,8 +50,11 @@ fn norm_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
     }
     // |x|_2 with a rescale so squares of large numerators cannot overflow.
     var big = 0.0;
+    var nan = false;
     for (var d = 0u; d < p.dv; d++) {
-        big = max(big, abs(x[xb + d]));
+        let v = x[xb + d];
+        big = max(big, abs(v));
+        nan = nan || v != v;
     }
     var ss = 0.0;
     if (big > 0.0) {
@@ -60,7 +63,12 @@ fn norm_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
             ss += t * t;
         }
     }
-    let rms = big * sqrt(ss / n);
+    var rms = big * sqrt(ss / n);
+    // An Inf entry (and no NaN): |x|_2 = Inf as in the definition, so finite entries give 0 and
+    // only the Inf ones NaN (the rescale would make every entry NaN through Inf/Inf).
+    if (big > 3.4028235e38 && !nan) {
+        rms = big;
+    }
     for (var d = 0u; d < p.dv; d++) {
         st_o(ob + d, gain[d] * (x[xb + d] / (rms + p.eps)) + bias[d]);
     }

@@ -59,6 +59,11 @@ pub(crate) const KERNELS: &[Kernel] = &[
             "head_max",
             "favor_exp_row",
             "favor_exp_head",
+            "key_chunk_max",
+            "key_max_scan",
+            "key_running_max",
+            "favor_exp_keys",
+            "favor_exp_query",
             "map_features",
             "cast_f32"
         ],

@@ -88,6 +88,11 @@ impl Geo {
     }
 }
 
+/// Rows per chunk the engine uses for `job` on `ctx` (FAVOR+ stabilises its keys per chunk).
+pub(crate) fn chunk_len(ctx: &Context, job: &Job) -> u32 {
+    Geo::new(ctx, job).chunk
+}
+
 /// Bytes per row of every scratch binding of the engine for a row of `len`, for callers that plan
 /// their own passes with [`rows_per_pass`].
 pub(crate) fn row_bytes(ctx: &Context, job: &Job) -> Vec<(&'static str, u64)> {
@@ -169,7 +174,8 @@ enum Sweep {
 }
 
 /// Records the engine over one segment of `nr` rows. `carry` holds `nr · width` f32 and keeps the
-/// state between segments of the same rows.
+/// state between segments of the same rows. `logs` (causal FAVOR+): the key features' log-scale
+/// per chunk and feature `[nr, nc, Dk]` f32; the scan rescales the carried state between chunks.
 #[allow(clippy::too_many_arguments)]
 fn record_segment(
     s: &mut Schedule<'_>,
@@ -180,6 +186,7 @@ fn record_segment(
     b: &PassBinds<'_>,
     carry: &wgpu::Buffer,
     sweep: Sweep,
+    logs: Option<&wgpu::Buffer>,
 ) -> Result<()> {
     let ctx = s.context();
     let nc = geo.chunks(seg.len);
@@ -202,6 +209,7 @@ fn record_segment(
         b,
         carry,
         sweep,
+        logs,
         [&qt, &kt, &kw, &vp, &state],
     );
     pool.give([qt, kt, kw, vp, state]);
@@ -218,6 +226,7 @@ fn record_passes(
     b: &PassBinds<'_>,
     carry: &wgpu::Buffer,
     sweep: Sweep,
+    logs: Option<&wgpu::Buffer>,
     [qt, kt, kw, vp, state]: [&wgpu::Buffer; 5],
 ) -> Result<()> {
     let ctx = s.context();
@@ -241,6 +250,7 @@ fn record_passes(
             ("CAUSAL", job.causal as u32),
             ("DECAY", decay.is_some() as u32),
             ("DEN", job.denominator as u32),
+            ("RESCALE", logs.is_some() as u32),
             ("TR", tr),
             ("TC", tc),
         ]
@@ -296,7 +306,13 @@ fn record_passes(
         s.dispatch(&*pl("chunk_state", wg)?, &prm, &binds, groups(n, wg))?;
         let n = seg.nr * w4;
         prm.total = n as u32;
-        let binds = [bsl, whole(9, state), whole(10, carry)];
+        // Without RESCALE, slot 14 is never read; any buffer fills it.
+        let binds = [
+            bsl,
+            whole(9, state),
+            whole(10, carry),
+            whole(14, logs.unwrap_or(slopes)),
+        ];
         s.dispatch(&*pl("scan", wg)?, &prm, &binds, groups(n, wg))?;
     }
     if sweep == Sweep::Sum {
@@ -328,12 +344,14 @@ fn record_passes(
 /// Records the engine over rows `[r0, r0 + nr)` (all of L) that the caller has bound, e.g. one
 /// pass of a caller's own row loop (FAVOR+ binds its features). The caller sized `nr` with
 /// [`row_bytes`] in its plan; L must fit one segment ([`MAX_CHUNKS_PER_SEGMENT`] chunks).
+/// `logs`: see [`record_segment`] (chunks of [`chunk_len`] rows).
 pub(crate) fn record_rows(
     s: &mut Schedule<'_>,
     job: &Job,
     decay: Option<Decay<'_>>,
     (r0, nr): (u64, u64),
     b: &PassBinds<'_>,
+    logs: Option<&wgpu::Buffer>,
 ) -> Result<()> {
     let ctx = s.context();
     let geo = Geo::new(ctx, job);
@@ -353,7 +371,7 @@ pub(crate) fn record_rows(
         first: true,
         row0: r0,
     };
-    let r = record_segment(s, job, &geo, decay, seg, b, &carry, Sweep::Both);
+    let r = record_segment(s, job, &geo, decay, seg, b, &carry, Sweep::Both, logs);
     ctx.chunk_scratch.give([carry]);
     r
 }
@@ -446,7 +464,7 @@ pub(crate) fn record_pass(
                     row0: r0,
                 };
                 let sub = Job { len: sl, ..*job };
-                res = record_segment(s, &sub, &geo, decay, seg, &b, &carry, sweep);
+                res = record_segment(s, &sub, &geo, decay, seg, &b, &carry, sweep, None);
                 if res.is_err() {
                     break 'rows;
                 }

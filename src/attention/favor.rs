@@ -8,16 +8,30 @@
 //!   not positive (the denominator can come near 0).
 //!
 //! The output is the linear-attention ratio `O_i = Σ_j (φ(q_i)·φ(k_j)) v_j / Σ_j φ(q_i)·φ(k_j)`
-//! (no ε). Stabiliser: a constant subtracted inside exp, per query row (its largest log-feature)
-//! and per head over all keys and all L; each cancels in the ratio. Denominator guard: a row whose
-//! denominator is exactly 0 (every weight underflowed) outputs 0, as the CPU reference does.
-//! Features are f32 on the GPU whatever the storage dtype; ω is always f32.
+//! (no ε). Denominator guard: a row whose denominator is exactly 0 (every weight underflowed)
+//! outputs 0, as the CPU reference does. Features are f32 on the GPU whatever the storage dtype;
+//! ω is always f32.
 //!
-//! Limit of the head-wide key stabiliser: a key whose largest log-feature lies more than ≈ 87
-//! below the head's maximum underflows to 0 in f32 (about 745 in the f64 reference). In causal
-//! mode a later, far larger key can so zero an earlier row's every weight; that row then gets the
-//! guard's 0, where the f64 reference (or recurrent decoding, whose stabiliser is a running
-//! maximum) still has a value.
+//! Stabilisers (constants subtracted inside exp that cancel in the ratio). With logits
+//! `a_r(x) = ω_rᵀx' − ‖x'‖²/2`, positive features use one key stabiliser per feature r and chunk c
+//! of the chunk engine: `m_r(c)` = the largest `a_r(k_j)` over keys in chunks `0..=c` (causal) or
+//! over all L; the carried state's row r is rescaled by `exp(m_r(c−1) − m_r(c))` when a chunk
+//! brings a larger maximum, as the running maximum of an online softmax. The query side takes
+//! `a_r(q_i) + m_r(c) − C_i` with `C_i = max_r (a_r(q_i) + m*_r(i))`, `m*_r(i)` the maximum over
+//! the keys i sees: `C_i` is row i's largest log-term, so that term is exactly `M^(−1)` and no row
+//! loses every weight however far its logits lie from other rows' (norm-40 inputs with sinks:
+//! tests/favor_range.rs).
+//!
+//! Range that holds (f32): every term within ≈ 87 (in log) of its row's largest one is kept; a row
+//! is exact whatever the spread of logits across rows or along L, with one limit in causal mode: a
+//! key later in row i's own chunk that raises some `m_r` by g > ≈ 80 above what i has seen leaves
+//! row i's terms through the carried state ≈ `e^(−g)` too small (they underflow past ≈ 87), as a
+//! stabiliser per chunk cannot separate i from the later keys of its chunk.
+//! Trig features, and prefill (whose state keeps one log-scale per row for recurrent decoding),
+//! keep one key stabiliser per head over all L (and per query row its largest log-feature): a key
+//! whose largest log-feature lies more than ≈ 87 below the head's maximum underflows to 0 (about
+//! 745 in the f64 reference, which uses that scheme); in causal mode a later, far larger key can
+//! so zero an earlier row's every weight (guard: 0).
 
 use bytemuck::Zeroable;
 
@@ -45,7 +59,9 @@ crate::uniform! {
         total: u32,
         scale: f32,
         norm: f32,
-        _pad: [u32; 3],
+        chunk: u32,
+        n_chunks: u32,
+        _pad: u32,
     }
 }
 
@@ -86,7 +102,7 @@ pub(crate) fn record_features(
         total: (nr * len) as u32,
         scale: (dk as f32).powf(-0.25),
         norm: (m as f32).powf(-0.5),
-        _pad: [0; 3],
+        ..Zeroable::zeroed()
     };
     s.dispatch(
         &*pl("favor_logits")?,
@@ -105,6 +121,90 @@ pub(crate) fn record_features(
             s.dispatch(&*pl("favor_exp_head")?, &prm, &[b_feat, b_log, h], groups)
         }
     }
+}
+
+/// Records positive FAVOR features of queries `xq` into `fq` and keys `xk` into `fk` (both
+/// `[nr, len, M]` f32) with one key stabiliser per (chunk of `chunk` keys, feature) in
+/// `kmax: [nr, nc, M]` f32, for the chunk engine's `logs`: the maximum key logit per feature over
+/// chunks `0..=c` (causal) or over all L. Each query row is scaled so its largest term over the
+/// keys it sees is exactly `M^(−1)` (see the module docs). `logscale: [nr, len]` f32 scratch.
+#[allow(clippy::too_many_arguments)]
+fn record_positive(
+    s: &mut Schedule<'_>,
+    storage: Storage,
+    (xq, xk): ((Bind<'_>, u32), (Bind<'_>, u32)),
+    omega: &wgpu::Buffer,
+    (nr, len, dk, m): (u64, u64, u64, u64),
+    (fq, fk, kmax, logscale): (&wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer),
+    (causal, chunk): (bool, u64),
+) -> Result<()> {
+    let ctx = s.context();
+    let nc = len.div_ceil(chunk);
+    let consts = [("WG", WG), ("TRIG", 0), ("CAUSAL", causal as u32)];
+    let pl = |entry| ctx.pipelines.get(ctx, "favor", entry, storage, &consts);
+    let b_omega = Bind::prefix_at(2, omega, m * dk * 4).0;
+    let b_log = Bind::prefix_at(4, logscale, nr * len * 4).0;
+    let b_fk = Bind::prefix_at(3, fk, nr * len * m * 4).0;
+    let b_fq = Bind::prefix_at(3, fq, nr * len * m * 4).0;
+    let b_max = Bind::prefix_at(7, kmax, nr * nc * m * 4).0;
+    let krun = causal.then(|| scratch(ctx, nr * len * m * 4));
+    // Non-causal runs never read slot 8; the key features fill it.
+    let b_run = Bind::prefix_at(8, krun.as_ref().unwrap_or(fk), nr * len * m * 4).0;
+    let mut prm = Params {
+        rows: nr as u32,
+        len: len as u32,
+        dk: dk as u32,
+        m: m as u32,
+        x_off: xk.1,
+        total: (nr * len) as u32,
+        scale: (dk as f32).powf(-0.25),
+        norm: (m as f32).powf(-0.5),
+        chunk: chunk as u32,
+        n_chunks: nc as u32,
+        ..Zeroable::zeroed()
+    };
+    let groups = |n: u64| n.div_ceil(WG as u64);
+    s.dispatch(
+        &*pl("favor_logits")?,
+        &prm,
+        &[xk.0, b_omega, b_fk, b_log],
+        nr * len,
+    )?;
+    prm.total = (nr * nc * m) as u32;
+    s.dispatch(
+        &*pl("key_chunk_max")?,
+        &prm,
+        &[b_fk, b_max],
+        groups(nr * nc * m),
+    )?;
+    prm.total = (nr * m) as u32;
+    s.dispatch(&*pl("key_max_scan")?, &prm, &[b_max], groups(nr * m))?;
+    if causal {
+        prm.total = (nr * nc * m) as u32;
+        let binds = [b_fk, b_max, b_run];
+        s.dispatch(&*pl("key_running_max")?, &prm, &binds, groups(nr * nc * m))?;
+    }
+    prm.total = (nr * len * m) as u32;
+    s.dispatch(
+        &*pl("favor_exp_keys")?,
+        &prm,
+        &[b_fk, b_max],
+        groups(nr * len * m),
+    )?;
+    prm.x_off = xq.1;
+    prm.total = (nr * len) as u32;
+    s.dispatch(
+        &*pl("favor_logits")?,
+        &prm,
+        &[xq.0, b_omega, b_fq, b_log],
+        nr * len,
+    )?;
+    s.dispatch(
+        &*pl("favor_exp_query")?,
+        &prm,
+        &[b_fq, b_max, b_run],
+        nr * len,
+    )
 }
 
 /// Records `xf[0..n] = f32(x[first..first + n])` (x bound at slot 1, xf at slot 6).
@@ -253,6 +353,7 @@ impl<T: Element> RowOp for Favor<'_, T> {
             .bytes("q", len * dk * es)
             .bytes("v", len * dv * 4)
             .bytes("features", len * f * 4)
+            .bytes("key maxima", len * f * 4)
             .bytes("S", f * dv * 4);
         plan.row_bytes
             .extend(chunk::row_bytes(ctx, &core_job(len, f, dv, false)));
@@ -280,13 +381,25 @@ impl<T: Element> RowOp for Favor<'_, T> {
         let sizes = (nr, len, dk, m);
         let w = self.omega.buffer();
         let xq = Bind::elems(ctx, 1, self.q.buffer(), es, r0 * len * dk, nr * len * dk);
-        record_features(s, storage, kind, xq, w, sizes, &fq, &logs, None)?;
         let xk = Bind::elems(ctx, 1, self.k.buffer(), es, r0 * len * dk, nr * len * dk);
-        let h = match &self.state {
-            Some(st) => Bind::elems(ctx, 5, st.c, 4, r0, nr),
-            None => Bind::prefix_at(5, &head, nr * 4),
-        };
-        record_features(s, storage, kind, xk, w, sizes, &fk, &logs, Some(h))?;
+        let job = core_job(len, f, dv, self.causal);
+        // Per-feature key stabilisers; trig features and prefill (whose state keeps one
+        // log-scale per row for decoding) use the head-wide one.
+        let kmax = (kind == FavorKind::Positive && self.state.is_none()).then(|| {
+            let chunk = chunk::chunk_len(ctx, &job) as u64;
+            (scratch(ctx, nr * len.div_ceil(chunk) * f * 4), chunk)
+        });
+        if let Some((km, chunk)) = &kmax {
+            let bufs = (&fq, &fk, km, &logs);
+            record_positive(s, storage, (xq, xk), w, sizes, bufs, (self.causal, *chunk))?;
+        } else {
+            record_features(s, storage, kind, xq, w, sizes, &fq, &logs, None)?;
+            let h = match &self.state {
+                Some(st) => Bind::elems(ctx, 5, st.c, 4, r0, nr),
+                None => Bind::prefix_at(5, &head, nr * 4),
+            };
+            record_features(s, storage, kind, xk, w, sizes, &fk, &logs, Some(h))?;
+        }
         let vf = (T::DTYPE != DType::F32).then(|| scratch(ctx, nr * len * dv * 4));
         let vb = match &vf {
             Some(buf) => {
@@ -309,8 +422,8 @@ impl<T: Element> RowOp for Favor<'_, T> {
             o: p.out.bind(ctx, 11, nr * len * dv),
             totals: total,
         };
-        let job = core_job(len, f, dv, self.causal);
-        chunk::record_rows(s, &job, None, (r0, nr), &binds)
+        let logs = kmax.as_ref().filter(|_| self.causal).map(|k| &k.0);
+        chunk::record_rows(s, &job, None, (r0, nr), &binds, logs)
     }
 }
 
