@@ -308,6 +308,7 @@ impl<T: Element> RowOp for Favor<'_, T> {
             v: vb,
             o: p.out.bind(ctx, 11, nr * len * dv),
             totals: total,
+            initial: None,
         };
         let job = core_job(len, f, dv, self.causal);
         chunk::record_rows(s, &job, None, (r0, nr), &binds)

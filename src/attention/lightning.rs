@@ -59,6 +59,8 @@ pub(crate) fn record_decayed_pass<T: Element>(
         v: v.buffer(),
         in_bytes: size_of::<T>() as u64,
         totals: None,
+        geom: chunk::Geom::dense(d.len as u64, d.dk as u64, d.dv as u64),
+        initial: None,
     };
     let decay = cfg.slopes.map(|slopes| Decay {
         slopes,

@@ -99,7 +99,8 @@ pub use lightning::{
     LightningOptions,
 };
 pub use linear::{
-    linear_attention, linear_attention_into, record_linear_attention, LinearAttentionOptions,
+    linear_attention, linear_attention_into, linear_attention_with_state, record_linear_attention,
+    LinearAttentionOptions, LinearState,
 };
 pub use positional::{
     record_softmax_attention_positional, softmax_attention_positional,

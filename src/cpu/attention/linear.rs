@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use super::map_features;
 use crate::attention::linear::{AttnDims, LinearAttentionOptions};
 use crate::cpu::{check_len, load, sgemm, store, Mat, MatMut};
-use crate::types::attention::check_options;
+use crate::types::attention::check_rows_options;
 use crate::{Element, Result};
 
 /// Rows per chunk of the causal form (the GPU's and the chunk-64 form of fla / Lightning).
@@ -48,7 +48,7 @@ pub fn linear_attention_into<T: Element>(
     opts: &LinearAttentionOptions,
     out: &mut [T],
 ) -> Result<()> {
-    check_options(OP, opts)?;
+    check_rows_options(OP, opts)?;
     let (r, l, dk, dv) = (d.rows, d.len, d.dk, d.dv);
     check_len(q, &[r, l, dk])?;
     check_len(k, &[r, l, dk])?;

@@ -3,6 +3,7 @@
 pub mod favor;
 pub mod lightning;
 pub mod linear;
+pub mod linear_batch;
 pub mod positional;
 pub mod softmax;
 pub mod transnormer;
@@ -10,5 +11,6 @@ pub mod transnormer;
 pub use favor::favor_attention;
 pub use lightning::lightning_attention;
 pub use linear::linear_attention;
+pub use linear_batch::{linear_attention_batch, LinearBatchOut};
 pub use softmax::softmax_attention;
 pub use transnormer::{diag_attention, norm_attention};
