@@ -151,7 +151,10 @@ fn prep_qk(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
         km[s] = kv;
         var w = 1.0;
         if (DECAY) {
-            w = exp(lam * f32(CHUNK - 1u - min(sl, CHUNK - 1u)));
+            // Weights to the chunk's last row: a ragged last chunk of n rows uses λ^(n−1−j), so
+            // the carry after it is the state after the segment's last row.
+            let n = min(CHUNK, p.len - c * CHUNK);
+            w = exp(lam * f32(n - 1u - min(sl, n - 1u)));
         }
         kw[((r * p.n_chunks + c) * CP + sl) * a4n + a4] = kv * w;
     }
@@ -266,7 +269,6 @@ fn scan(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     let w4 = width4();
     let r = gid / w4;
     let e = gid % w4;
-    let full = vec4<f32>(exp(-slope(r) * f32(CHUNK)));
     var run = vec4<f32>(0.0);
     if (p.first == 0u) {
         run = carry[gid];
@@ -278,7 +280,8 @@ fn scan(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
             state[i] = run;
         }
         if (DECAY) {
-            run = fma(full, run, x);
+            let n = min(CHUNK, p.len - c * CHUNK);
+            run = fma(vec4<f32>(exp(-slope(r) * f32(n))), run, x);
         } else {
             run += x;
         }

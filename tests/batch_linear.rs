@@ -354,3 +354,146 @@ fn state_in_and_out_two_calls_equal_one() {
         })
     ));
 }
+
+/// Lightning (decayed, no denominator) in both layouts at fla's shapes, f32 and f16, and with
+/// bindings small enough to split a `[B, L, H, D]` batch entry along L.
+#[test]
+fn lightning_both_layouts_match_the_reference() {
+    use longseq::attention::{alibi_slopes, lightning_attention_into, LightningOptions};
+    use longseq::reference::attention::lightning_attention_batch;
+    let small = ctx_small_bindings(40 << 10);
+    let cases: [(&Context, (usize, usize, usize, usize), bool); 6] = [
+        (ctx(), (1, 63, 1, 64), false),
+        (ctx_gpu_tiles(), (2, 500, 3, 60), false),
+        (ctx(), (2, 1000, 3, 128), false),
+        (ctx_packed(), (2, 500, 3, 60), true),
+        (ctx_gpu_tiles(), (1, 63, 1, 64), true),
+        (&small, (2, 300, 3, 32), false),
+    ];
+    for (c, (b, l, h, d), f16) in cases {
+        for layout in [Layout::Bhld, Layout::Blhd] {
+            let mut r = rng(61);
+            let shape = layout.shape(b, h, l, d);
+            let x: Vec<Vec<f32>> = (0..3).map(|_| randn(&mut r, b * h * l * d, 0.5)).collect();
+            let slopes = alibi_slopes(h);
+            let o = LightningOptions {
+                layout,
+                ..Default::default()
+            };
+            let dims = check_gqa("t", &shape, &shape, &shape, layout, true).unwrap();
+            let label = format!("lightning {layout:?} {:?} f16={f16}", (b, l, h, d));
+            let got = if f16 {
+                let x: Vec<Vec<half::f16>> = x.iter().map(|v| to_f16(v)).collect();
+                let t = |v: &[half::f16]| Tensor::from_slice(c, v, &shape).unwrap();
+                let out = Tensor::<half::f16>::nan(c, &shape).unwrap();
+                let (q, k, v) = (t(&x[0]), t(&x[1]), t(&x[2]));
+                lightning_attention_into(c, &q, &k, &v, None, &out, &o).unwrap();
+                let (want, _) = lightning_attention_batch(
+                    (&x[0], &x[1], &x[2]),
+                    &dims,
+                    &slopes,
+                    o.feature_map,
+                    None,
+                )
+                .unwrap();
+                (to_f64(&out.to_vec(c).unwrap()), want, TOL_F16)
+            } else {
+                let t = |v: &[f32]| Tensor::from_slice(c, v, &shape).unwrap();
+                let out = Tensor::<f32>::nan(c, &shape).unwrap();
+                let (q, k, v) = (t(&x[0]), t(&x[1]), t(&x[2]));
+                lightning_attention_into(c, &q, &k, &v, None, &out, &o).unwrap();
+                let (want, _) = lightning_attention_batch(
+                    (&x[0], &x[1], &x[2]),
+                    &dims,
+                    &slopes,
+                    o.feature_map,
+                    None,
+                )
+                .unwrap();
+                (to_f64(&out.to_vec(c).unwrap()), want, TOL_F32)
+            };
+            assert!(got.0.iter().all(|x| x.is_finite()), "{label}: NaN left");
+            assert_close_both(&label, &got.0, &got.1, got.2);
+        }
+    }
+}
+
+/// Lightning with a state: two calls (the second from the first's final state) equal one call
+/// from the same initial state, and the final state matches the reference.
+#[test]
+fn lightning_state_two_calls_equal_one() {
+    use longseq::attention::{lightning_attention_with_state, LightningOptions};
+    use longseq::reference::attention::lightning_attention_batch;
+    let (b, h, l, dk, dv, cut) = (2, 3, 260, 20, 28, 101);
+    let slopes = [0.02f32, 0.3, 1.5];
+    for layout in [Layout::Bhld, Layout::Blhd] {
+        for c in contexts_f32() {
+            let mut r = rng(71);
+            let q = randn(&mut r, b * h * l * dk, 0.5);
+            let k = randn(&mut r, b * h * l * dk, 0.5);
+            let v = randn(&mut r, b * h * l * dv, 0.5);
+            let s0 = randn(&mut r, b * h * dk * dv, 0.5);
+            let o = LightningOptions {
+                layout,
+                ..Default::default()
+            };
+            let init = Tensor::from_slice(c, &s0, &[b, h, dk, dv]).unwrap();
+            let run = |t0: usize, t1: usize, st: &Tensor<f32>| {
+                let part = |x: &[f32], d| {
+                    let y = tokens(x, layout, (b, h, l, d), t0, t1);
+                    Tensor::from_slice(c, &y, &layout.shape(b, h, t1 - t0, d)).unwrap()
+                };
+                let (qa, ka, va) = (part(&q, dk), part(&k, dk), part(&v, dv));
+                lightning_attention_with_state(c, &qa, &ka, &va, Some(&slopes), Some(st), &o)
+                    .unwrap()
+            };
+            let (whole, fw) = run(0, l, &init);
+            let (first, f1) = run(0, cut, &init);
+            let (second, f2) = run(cut, l, &f1);
+            let (sa, sb) = (first.to_vec(c).unwrap(), second.to_vec(c).unwrap());
+            let whole = to_f64(&whole.to_vec(c).unwrap());
+            let (so, s1, s2) = (
+                layout.strides(h, l, dv),
+                layout.strides(h, cut, dv),
+                layout.strides(h, l - cut, dv),
+            );
+            let mut joined = vec![f64::NAN; whole.len()];
+            for (bi, hi, ti, di) in itertools_free(b, h, l, dv) {
+                joined[so.index(bi, hi, ti, di)] = if ti < cut {
+                    sa[s1.index(bi, hi, ti, di)] as f64
+                } else {
+                    sb[s2.index(bi, hi, ti - cut, di)] as f64
+                };
+            }
+            let label = format!("lightning {layout:?}");
+            assert_close_both(
+                &format!("{label} two calls vs one"),
+                &joined,
+                &whole,
+                TOL_F32,
+            );
+            let (fw, f2) = (
+                to_f64(&fw.to_vec(c).unwrap()),
+                to_f64(&f2.to_vec(c).unwrap()),
+            );
+            assert_close_both(
+                &format!("{label} final state, two calls"),
+                &f2,
+                &fw,
+                TOL_F32,
+            );
+            let sh = |d| layout.shape(b, h, l, d);
+            let dims = check_gqa("t", &sh(dk), &sh(dk), &sh(dv), layout, true).unwrap();
+            let (want, ws) = lightning_attention_batch(
+                (&q, &k, &v),
+                &dims,
+                &slopes,
+                o.feature_map,
+                Some(&to_f64(&s0)),
+            )
+            .unwrap();
+            assert_close_both(&format!("{label} o vs reference"), &whole, &want, TOL_F32);
+            assert_close_both(&format!("{label} final S vs reference"), &fw, &ws, TOL_F32);
+        }
+    }
+}

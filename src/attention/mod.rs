@@ -95,8 +95,8 @@ pub use favor::{
     FavorOptions, OmegaDraw,
 };
 pub use lightning::{
-    alibi_slopes, lightning_attention, lightning_attention_into, record_lightning_attention,
-    LightningOptions,
+    alibi_slopes, lightning_attention, lightning_attention_into, lightning_attention_with_state,
+    record_lightning_attention, LightningOptions,
 };
 pub use linear::{
     linear_attention, linear_attention_into, linear_attention_with_state, record_linear_attention,

@@ -203,6 +203,9 @@ pub struct LightningOptions {
     /// φ applied to q and k inside the kernel. The papers apply their activation outside, so the
     /// default is [`FeatureMap::Identity`].
     pub feature_map: FeatureMap,
+    /// Memory layout of q, k, v and the output (default [`Layout::Bhld`]); [`Layout::Blhd`]
+    /// reads `[B, L, H, D]` through strides and needs rank-4 tensors.
+    pub layout: Layout,
 }
 
 impl Default for LightningOptions {
@@ -210,6 +213,7 @@ impl Default for LightningOptions {
         Self {
             block: None,
             feature_map: FeatureMap::Identity,
+            layout: Layout::Bhld,
         }
     }
 }

@@ -135,3 +135,77 @@ pub fn linear_attention_batch<T: Element>(
     }
     Ok(out)
 }
+
+/// Lightning attention (TransNormerLLM, arXiv 2307.14995) per sequence, from its recurrence:
+/// `S_t = λ_h S_{t−1} + φ(k_t) v_tᵀ` from `S_{−1}` = the initial state (`[B, H, Dk, Dv]`, none:
+/// zero), `o_t = φ(q_t)ᵀ S_t`, `λ_h = exp(−slopes[h])`; q, k, v as `d` lays them out (Hkv = Hq).
+/// Returns `o` (q's shape with Dv, in the layout) and the final S `[B, H, Dk, Dv]`.
+///
+/// # Errors
+/// [`Error::DataLength`] for slices or a state that do not match `d`, [`Error::InvalidArgument`]
+/// for grouped heads or slopes not of length H.
+pub fn lightning_attention_batch<T: Element>(
+    (q, k, v): (&[T], &[T], &[T]),
+    d: &GqaDims,
+    slopes: &[f32],
+    feature_map: crate::types::FeatureMap,
+    initial: Option<&[f64]>,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    const OP: &str = "reference::lightning_attention_batch";
+    let (b, h, l, dk, dv) = (d.batch, d.q_heads, d.q_len, d.dk, d.dv);
+    if d.kv_heads != h || d.kv_len != l || slopes.len() != h {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            name: "d",
+            reason: "needs Hkv = Hq, Lk = Lq and H slopes".into(),
+        });
+    }
+    for (x, n) in [
+        (q, b * h * l * dk),
+        (k, b * h * l * dk),
+        (v, b * h * l * dv),
+    ] {
+        if x.len() != n {
+            return Err(Error::DataLength {
+                shape: vec![n],
+                expected: n,
+                got: x.len(),
+            });
+        }
+    }
+    let mut s = match initial {
+        Some(s0) if s0.len() == b * h * dk * dv => s0.to_vec(),
+        Some(s0) => {
+            return Err(Error::DataLength {
+                shape: vec![b, h, dk, dv],
+                expected: b * h * dk * dv,
+                got: s0.len(),
+            })
+        }
+        None => vec![0.0; b * h * dk * dv],
+    };
+    let (sk, sv) = (d.layout.strides(h, l, dk), d.layout.strides(h, l, dv));
+    let phi = |x: T| feature_map.apply(x.to_f64());
+    let mut o = vec![0.0; b * h * l * dv];
+    for bi in 0..b {
+        for hi in 0..h {
+            let lambda = (-(slopes[hi] as f64)).exp();
+            let st = &mut s[(bi * h + hi) * dk * dv..][..dk * dv];
+            for t in 0..l {
+                for a in 0..dk {
+                    let fk = phi(k[sk.index(bi, hi, t, a)]);
+                    for e in 0..dv {
+                        let x = &mut st[a * dv + e];
+                        *x = lambda * *x + fk * v[sv.index(bi, hi, t, e)].to_f64();
+                    }
+                }
+                for e in 0..dv {
+                    o[sv.index(bi, hi, t, e)] = (0..dk)
+                        .map(|a| phi(q[sk.index(bi, hi, t, a)]) * st[a * dv + e])
+                        .sum();
+                }
+            }
+        }
+    }
+    Ok((o, s))
+}

@@ -11,6 +11,6 @@ pub mod transnormer;
 pub use favor::favor_attention;
 pub use lightning::lightning_attention;
 pub use linear::linear_attention;
-pub use linear_batch::{linear_attention_batch, LinearBatchOut};
+pub use linear_batch::{lightning_attention_batch, linear_attention_batch, LinearBatchOut};
 pub use softmax::softmax_attention;
 pub use transnormer::{diag_attention, norm_attention};
