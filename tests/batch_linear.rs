@@ -12,6 +12,9 @@ use longseq::reference::attention::linear_attention_batch;
 use longseq::types::Layout;
 use longseq::{Context, Element, Error, Tensor};
 
+/// (B, T, H, D), fla's order.
+type Bthd = (usize, usize, usize, usize);
+
 /// (B, Hq, Hkv, Lq, Lk, Dk, Dv).
 type Sizes = (usize, usize, usize, usize, usize, usize, usize);
 
@@ -362,7 +365,7 @@ fn lightning_both_layouts_match_the_reference() {
     use longseq::attention::{alibi_slopes, lightning_attention_into, LightningOptions};
     use longseq::reference::attention::lightning_attention_batch;
     let small = ctx_small_bindings(40 << 10);
-    let cases: [(&Context, (usize, usize, usize, usize), bool); 6] = [
+    let cases: [(&Context, Bthd, bool); 6] = [
         (ctx(), (1, 63, 1, 64), false),
         (ctx_gpu_tiles(), (2, 500, 3, 60), false),
         (ctx(), (2, 1000, 3, 128), false),
