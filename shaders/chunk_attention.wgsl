@@ -13,7 +13,7 @@
 // kw = φ(K) rows weighted by λ^(C−1−j) [R, nc, CP, Dkp]; vp = V padded [R, nc, CP, Dvp];
 // state [R, nc, W] with W = Dkp·Dvp (KV) + Dkp (z); carry [R, W] (the state entering this segment
 // of L, then the state after it). Dkp, Dvp are multiples of TR, TC; CP of TR, TC and 4.
-// Pipeline: prep_qk, prep_v -> chunk_state -> scan -> [totals] -> chunk_apply.
+// Pipeline: [load_state] -> prep_qk, prep_v -> chunk_state -> scan -> [totals] -> chunk_apply.
 // Contractions are register-tiled: an invocation owns a TR×TC block of its output and loads TR+TC
 // values (as vec4) per TR·TC FMAs; the host picks TR, TC per adapter (large on CPU adapters).
 // No invocation loops more than max(CP, Dkp, nc) times; the host keeps nc ≤ 32 768 per segment.
@@ -35,7 +35,7 @@ const TR4: u32 = TR / 4u;
 const TC4: u32 = TC / 4u;
 
 struct Params {
-    len: u32,       // rows of L in this segment
+    len: u32,       // rows of L in this segment (the longer of q's and k's)
     n_chunks: u32,  // chunks in this segment
     dk: u32,
     dv: u32,
@@ -50,11 +50,28 @@ struct Params {
     k_off: u32,
     v_off: u32,
     o_off: u32,
-    q_stride: u32,  // elements between rows in q/k (L·Dk); v/o: L·Dv
-    v_stride: u32,
     s_off: u32,
     z_off: u32,
-    _pad: u32,
+    lq: u32,        // query rows in this segment (outputs written)
+    lk: u32,        // key/value rows in this segment
+    hq: u32,        // query heads: row g = (batch g / hq, head g % hq)
+    group: u32,     // query heads per key/value head (GQA)
+    g0: u32,        // global row of local row 0
+    // Element strides (batch, head, token) of q, k, v and o: any layout, no transpose.
+    q_bs: u32,
+    q_hs: u32,
+    q_ts: u32,
+    k_bs: u32,
+    k_hs: u32,
+    k_ts: u32,
+    v_bs: u32,
+    v_hs: u32,
+    v_ts: u32,
+    o_bs: u32,
+    o_hs: u32,
+    o_ts: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -88,6 +105,14 @@ fn width4() -> u32 {
     return (p.dkp * p.dvp + p.dkp) / 4u;
 }
 
+// Offset of local row r's token 0 from local row 0's in a tensor of strides (bs, hs), whose heads
+// are query heads / grp. Wrapping u32: the true value is >= 0 in both layouts.
+fn row_base(r: u32, bs: u32, hs: u32, grp: u32) -> u32 {
+    let g = p.g0 + r;
+    let b = g / p.hq - p.g0 / p.hq;
+    return b * bs + ((g % p.hq) / grp) * hs - ((p.g0 % p.hq) / grp) * hs;
+}
+
 // One invocation per (row, 4 slots, 4 features): φ once per element, into qt, kt and kw.
 @compute @workgroup_size(WG)
 fn prep_qk(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -105,6 +130,8 @@ fn prep_qk(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
     let c = s4 / (CP / 4u);
     let sl0 = (s4 % (CP / 4u)) * 4u;
     let lam = -slope(r);
+    let qb = p.q_off + row_base(r, p.q_bs, p.q_hs, 1u);
+    let kb = p.k_off + row_base(r, p.k_bs, p.k_hs, p.group);
     var qm: array<vec4<f32>, 4>;   // [slot][feature]
     var km: array<vec4<f32>, 4>;
     for (var s = 0u; s < 4u; s++) {
@@ -112,12 +139,14 @@ fn prep_qk(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
         let t = c * CHUNK + sl;
         var qv = vec4<f32>(0.0);
         var kv = vec4<f32>(0.0);
-        if (sl < CHUNK && t < p.len) {
+        if (sl < CHUNK) {
             for (var e = 0u; e < 4u; e++) {
                 let a = a4 * 4u + e;
-                if (a < p.dk) {
-                    qv[e] = phi(ld_q(p.q_off + r * p.q_stride + t * p.dk + a));
-                    kv[e] = phi(ld_k(p.k_off + r * p.q_stride + t * p.dk + a));
+                if (a < p.dk && t < p.lq) {
+                    qv[e] = phi(ld_q(qb + t * p.q_ts + a));
+                }
+                if (a < p.dk && t < p.lk) {
+                    kv[e] = phi(ld_k(kb + t * p.k_ts + a));
                 }
             }
         }
@@ -125,7 +154,10 @@ fn prep_qk(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
         km[s] = kv;
         var w = 1.0;
         if (DECAY) {
-            w = exp(lam * f32(CHUNK - 1u - min(sl, CHUNK - 1u)));
+            // Weights to the chunk's last row: a ragged last chunk of n rows uses λ^(n−1−j), so
+            // the carry after it is the state after the segment's last row.
+            let n = min(CHUNK, p.len - c * CHUNK);
+            w = exp(lam * f32(n - 1u - min(sl, n - 1u)));
         }
         kw[((r * p.n_chunks + c) * CP + sl) * a4n + a4] = kv * w;
     }
@@ -155,11 +187,12 @@ fn prep_v(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
     let sl = s % CP;
     let t = c * CHUNK + sl;
     var x = vec4<f32>(0.0);
-    if (sl < CHUNK && t < p.len) {
+    if (sl < CHUNK && t < p.lk) {
+        let vb = p.v_off + row_base(r, p.v_bs, p.v_hs, p.group);
         for (var e = 0u; e < 4u; e++) {
             let d = d4 * 4u + e;
             if (d < p.dv) {
-                x[e] = ld_v(p.v_off + r * p.v_stride + t * p.dv + d);
+                x[e] = ld_v(vb + t * p.v_ts + d);
             }
         }
     }
@@ -255,7 +288,6 @@ fn scan(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     let w4 = width4();
     let r = gid / w4;
     let e = gid % w4;
-    let full = vec4<f32>(exp(-slope(r) * f32(CHUNK)));
     var run = vec4<f32>(0.0);
     if (p.first == 0u) {
         run = carry[gid];
@@ -270,7 +302,8 @@ fn scan(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
             state[i] = run;
         }
         if (DECAY) {
-            run = fma(full, run, x);
+            let n = min(CHUNK, p.len - c * CHUNK);
+            run = fma(vec4<f32>(exp(-slope(r) * f32(n))), run, x);
         } else {
             run += x;
         }
@@ -300,6 +333,31 @@ fn totals(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
         let i = cb + p.dkp * p.dvp + a;
         z_out[p.z_off + r * p.dk + a] = carry[i / 4u][i % 4u];
     }
+}
+
+// One invocation per (row, entry of the padded state W): carry = the initial state S [R, Dk, Dv],
+// z [R, Dk] (bound where totals writes), zero in the padding; the next segment continues it.
+@compute @workgroup_size(WG)
+fn load_state(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let gid = wg_index(wg, nwg) * WG + lid;
+    if (gid >= p.total) {
+        return;
+    }
+    let w = width4() * 4u;
+    let r = gid / w;
+    let e = gid % w;
+    var x = 0.0;
+    if (e < p.dkp * p.dvp) {
+        let a = e / p.dvp;
+        let d = e % p.dvp;
+        if (a < p.dk && d < p.dv) {
+            x = s_out[p.s_off + (r * p.dk + a) * p.dv + d];
+        }
+    } else if (e - p.dkp * p.dvp < p.dk) {
+        x = z_out[p.z_off + r * p.dk + e - p.dkp * p.dvp];
+    }
+    carry[gid / 4u][gid % 4u] = x;
 }
 
 // Causal only: at[j][i] = λ^(i−j) φ(q_i)·φ(k_j) for j ≤ i, else 0, in TR×TC tiles (rows j, cols i).
@@ -398,7 +456,8 @@ fn chunk_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     let d4n = p.dvp / 4u;
     let tv = p.dvp / TC;
     let ntile = (CP / TR) * tv;
-    let n = min(CHUNK, p.len - c * CHUNK);
+    // Query rows of this chunk (none when k is the longer one).
+    let n = min(CHUNK, max(p.lq, c * CHUNK) - c * CHUNK);
     for (var tile = lid; tile < ntile; tile += WG) {
         let i0 = (tile / tv) * TR;
         let d0 = (tile % tv) * TC;
@@ -473,7 +532,7 @@ fn chunk_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
                 }
             }
         }
-        let ob = p.o_off + r * p.v_stride + c * CHUNK * p.dv;
+        let ob = p.o_off + row_base(r, p.o_bs, p.o_hs, 1u) + c * CHUNK * p.o_ts;
         for (var ii = 0u; ii < TR; ii++) {
             let i = i0 + ii;
             if (i >= n) {
@@ -490,7 +549,7 @@ fn chunk_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
                             // 0/0 (all weights 0) -> 0; a NaN denominator still gives NaN.
                             y = select(y / dn, 0.0, dn == 0.0);
                         }
-                        st_o(ob + i * p.dv + d, y);
+                        st_o(ob + i * p.o_ts + d, y);
                     }
                 }
             }

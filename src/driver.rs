@@ -28,6 +28,9 @@ pub(crate) struct Plan {
     /// The op splits one row along L itself: a row too large for a binding gets a pass of its
     /// own instead of [`Error::TooLarge`].
     pub split_len: bool,
+    /// A pass takes a multiple of this many rows (e.g. the H rows of a `[B, L, H, D]` batch
+    /// entry, so the pass's output is contiguous); 1 = any count.
+    pub row_group: u64,
 }
 
 impl Plan {
@@ -40,6 +43,7 @@ impl Plan {
             f32_out: false,
             n_outs: 1,
             split_len: false,
+            row_group: 1,
         }
     }
 
@@ -243,6 +247,19 @@ fn drive<O: RowOp>(
     let per = match rows_per_pass(ctx, O::NAME, &row_bytes, plan.rows as usize) {
         Err(Error::TooLarge { .. }) if plan.split_len => 1,
         per => per? as u64,
+    };
+    let g = plan.row_group.max(1);
+    let per = match per / g * g {
+        0 if plan.split_len => g,
+        0 => {
+            return Err(Error::TooLarge {
+                op: O::NAME,
+                what: format!("{g} rows (one batch entry)"),
+                needed: g * row_bytes.iter().map(|x| x.1).max().unwrap_or(0),
+                limit: ctx.limits().max_storage_buffer_binding_size,
+            })
+        }
+        n => n,
     };
     let stages: Vec<wgpu::Buffer> = match staged {
         true => (0..outs.len())

@@ -43,6 +43,7 @@ pub(crate) const KERNELS: &[Kernel] = &[
             "chunk_state",
             "scan",
             "totals",
+            "load_state",
             "chunk_apply"
         ],
         crate::attention::chunk::Params

@@ -142,6 +142,7 @@ fn lightning_matches_reference() {
             let o = LightningOptions {
                 block: None,
                 feature_map: FeatureMap::Elu1,
+                ..Default::default()
             };
             lightning_case(
                 &inputs::<f16>(case, seed, 0.5),

@@ -110,6 +110,7 @@ fn zero_denominator_gives_zero_and_bad_input_is_a_typed_error() {
             causal,
             eps: 0.0,
             denominator: true,
+            ..Default::default()
         };
         let out = cpu::attention::linear_attention(&q, &k, &v, &dims, &o).unwrap();
         assert!(out.iter().all(|&x| x == 0.0));

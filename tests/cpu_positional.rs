@@ -145,6 +145,7 @@ fn case<T: Element>(
     let o = SoftmaxAttentionOptions {
         causal,
         scale: None,
+        ..Default::default()
     };
     let mut out = poisoned::<T>(x.d.rows * x.d.len * x.d.dv);
     cpu::attention::softmax_attention_positional_into(&q, &k, &v, &x.d, x.heads, &o, pos, &mut out)

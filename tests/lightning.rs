@@ -115,6 +115,7 @@ fn alibi_default_any_block_and_feature_map() {
         let o = LightningOptions {
             block,
             feature_map: fm,
+            ..Default::default()
         };
         let (got, want) = run(ctx(), &s, &s, (&q, &k, &v), None, &o, |x| x.to_vec());
         assert_close(&format!("block {block:?} {fm:?}"), &got, &want, TOL_F32);

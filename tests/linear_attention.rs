@@ -285,7 +285,13 @@ fn bad_input_is_a_typed_error() {
         other => panic!("expected a shape error on {which}, got {:?}", other.err()),
     };
     shape_err(
-        linear_attention(c, &t(&[2, 5, 4]), &t(&[2, 6, 4]), &t(&[2, 5, 4]), &o),
+        linear_attention(c, &t(&[2, 5, 4]), &t(&[2, 5, 3]), &t(&[2, 5, 4]), &o),
+        "k",
+    );
+    // Lq ≠ Lk is cross-attention, defined only without the causal mask.
+    let causal = LinearAttentionOptions { causal: true, ..o };
+    shape_err(
+        linear_attention(c, &t(&[2, 5, 4]), &t(&[2, 6, 4]), &t(&[2, 6, 4]), &causal),
         "k",
     );
     shape_err(

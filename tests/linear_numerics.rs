@@ -73,6 +73,7 @@ fn denominator_guard_all_features_zero() {
                 causal,
                 eps: 0.0,
                 denominator: true,
+                ..Default::default()
             };
             let want = reference::attention::linear_attention(&q, &k, &v, &d, &o).unwrap();
             assert!(want[..10 * dv].iter().all(|&x| x == 0.0));

@@ -15,7 +15,7 @@ use crate::pipeline::Storage;
 use crate::schedule::{rows_per_pass, Schedule};
 pub(crate) use crate::sizes::resolve_chunk;
 use crate::sizes::{default_chunk, pad_slots};
-use crate::types::TileFamily;
+use crate::types::{GqaDims, Layout, Strides, TileFamily};
 use crate::{Context, Result};
 
 /// Sizes of one engine run.
@@ -121,11 +121,112 @@ crate::uniform! {
     k_off: u32,
     v_off: u32,
     o_off: u32,
-    q_stride: u32,
-    v_stride: u32,
     s_off: u32,
     z_off: u32,
-    _pad: u32,
+    lq: u32,
+    lk: u32,
+    hq: u32,
+    group: u32,
+    g0: u32,
+    q_bs: u32,
+    q_hs: u32,
+    q_ts: u32,
+    k_bs: u32,
+    k_hs: u32,
+    k_ts: u32,
+    v_bs: u32,
+    v_hs: u32,
+    v_ts: u32,
+    o_bs: u32,
+    o_hs: u32,
+    o_ts: u32,
+    _pad0: u32,
+    _pad1: u32,
+    }
+}
+
+/// Where the rows of a run live: row `g` is (batch `g / hq`, query head `g % hq`); k and v rows
+/// read key/value head `h / group` (GQA); each tensor is read through its own strides, so any
+/// [`Layout`] runs without a transpose. q and o hold `lq` tokens, k and v `lk` (`lq ≠ lk` only
+/// when not causal).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Geom {
+    pub hq: u64,
+    pub group: u64,
+    pub lq: u64,
+    pub lk: u64,
+    /// Rows a binding takes together: 1 when a row is contiguous (`[B, H, L, D]`), else Hq (a
+    /// batch entry of `[B, L, H, D]` is the smallest contiguous block).
+    pub unit: u64,
+    pub q: Strides,
+    pub k: Strides,
+    pub v: Strides,
+    pub o: Strides,
+}
+
+impl Geom {
+    /// Contiguous rows `[R, L, D]` (every op before layouts: rows are independent sequences).
+    pub fn dense(len: u64, dk: u64, dv: u64) -> Self {
+        let st = |d: u64| Strides {
+            batch: (len * d) as usize,
+            head: 0,
+            token: d as usize,
+        };
+        Self {
+            hq: 1,
+            group: 1,
+            lq: len,
+            lk: len,
+            unit: 1,
+            q: st(dk),
+            k: st(dk),
+            v: st(dv),
+            o: st(dv),
+        }
+    }
+
+    /// The rows of a checked grouped-heads call in its layout.
+    pub fn of(g: &GqaDims) -> Self {
+        let l = g.layout;
+        Self {
+            hq: g.q_heads as u64,
+            group: g.group() as u64,
+            lq: g.q_len as u64,
+            lk: g.kv_len as u64,
+            unit: match l {
+                Layout::Bhld => 1,
+                Layout::Blhd => g.q_heads as u64,
+            },
+            q: l.strides(g.q_heads, g.q_len, g.dk),
+            k: l.strides(g.kv_heads, g.kv_len, g.dk),
+            v: l.strides(g.kv_heads, g.kv_len, g.dv),
+            o: l.strides(g.q_heads, g.q_len, g.dv),
+        }
+    }
+
+    /// Flat element index of token `t` of row `g` in a tensor of strides `st` (`kv`: a k/v
+    /// tensor, whose head is the query head / group).
+    fn flat(&self, st: &Strides, g: u64, t: u64, kv: bool) -> u64 {
+        let h = g % self.hq;
+        let h = if kv { h / self.group } else { h };
+        (g / self.hq) * st.batch as u64 + h * st.head as u64 + t * st.token as u64
+    }
+
+    /// The first element and the element count of rows `[r0, r0 + nr)`, tokens `[t0, t0 + n)`
+    /// (`n ≥ 1`) of a tensor with feature dim `d`.
+    fn span(
+        &self,
+        st: &Strides,
+        (r0, nr): (u64, u64),
+        (t0, n): (u64, u64),
+        d: u64,
+        kv: bool,
+    ) -> (u64, u64) {
+        let first = self.flat(st, r0, t0, kv);
+        (
+            first,
+            self.flat(st, r0 + nr - 1, t0 + n - 1, kv) + d - first,
+        )
     }
 }
 
@@ -137,6 +238,8 @@ pub(crate) struct PassBinds<'b> {
     pub v: (Bind<'b>, u32),
     pub o: (Bind<'b>, u32),
     pub totals: Option<((Bind<'b>, u32), (Bind<'b>, u32))>,
+    /// The state entering the first segment: S `[R, Dk, Dv]`, z `[R, Dk]` f32 (none: zero).
+    pub initial: Option<((Bind<'b>, u32), (Bind<'b>, u32))>,
 }
 
 fn at(slot: u32, b: Bind<'_>) -> Bind<'_> {
@@ -152,14 +255,15 @@ fn whole(slot: u32, buffer: &wgpu::Buffer) -> Bind<'_> {
     }
 }
 
-/// One segment of one pass: `nr` rows, `len` rows of L starting a sequence (`first`) or not,
-/// whose row stride in the bound q/k and v/o is `stride` rows of L; `row0` = index of the first
-/// row in the whole tensor (for its head's decay).
+/// One segment of one pass: `nr` rows, `len` rows of L starting a sequence (`first`) or not, of
+/// which q holds `lq` and k/v `lk`; `row0` = index of the first row in the whole tensor (for its
+/// head's decay and its place in the layout).
 #[derive(Clone, Copy)]
 pub(crate) struct Segment {
     pub nr: u64,
     pub len: u64,
-    pub stride: u64,
+    pub lq: u64,
+    pub lk: u64,
     pub first: bool,
     pub row0: u64,
 }
@@ -180,7 +284,7 @@ enum Sweep {
 fn record_segment(
     s: &mut Schedule<'_>,
     job: &Job,
-    geo: &Geo,
+    (geo, gm): (&Geo, &Geom),
     decay: Option<Decay<'_>>,
     seg: Segment,
     b: &PassBinds<'_>,
@@ -203,7 +307,7 @@ fn record_segment(
     let r = record_passes(
         s,
         job,
-        geo,
+        (geo, gm),
         decay,
         seg,
         b,
@@ -220,7 +324,7 @@ fn record_segment(
 fn record_passes(
     s: &mut Schedule<'_>,
     job: &Job,
-    geo: &Geo,
+    (geo, gm): (&Geo, &Geom),
     decay: Option<Decay<'_>>,
     seg: Segment,
     b: &PassBinds<'_>,
@@ -277,13 +381,40 @@ fn record_passes(
         k_off: b.k.1,
         v_off: b.v.1,
         o_off: b.o.1,
-        q_stride: (seg.stride * job.dk) as u32,
-        v_stride: (seg.stride * job.dv) as u32,
         s_off: b.totals.map_or(0, |t| t.0 .1),
         z_off: b.totals.map_or(0, |t| t.1 .1),
-        _pad: 0,
+        lq: seg.lq as u32,
+        lk: seg.lk as u32,
+        hq: gm.hq as u32,
+        group: gm.group as u32,
+        g0: seg.row0 as u32,
+        q_bs: gm.q.batch as u32,
+        q_hs: gm.q.head as u32,
+        q_ts: gm.q.token as u32,
+        k_bs: gm.k.batch as u32,
+        k_hs: gm.k.head as u32,
+        k_ts: gm.k.token as u32,
+        v_bs: gm.v.batch as u32,
+        v_hs: gm.v.head as u32,
+        v_ts: gm.v.token as u32,
+        o_bs: gm.o.batch as u32,
+        o_hs: gm.o.head as u32,
+        o_ts: gm.o.token as u32,
+        _pad0: 0,
+        _pad1: 0,
     };
     let groups = |n: u64, w: u32| n.div_ceil(w as u64);
+    if let Some((ls, lz)) = b.initial {
+        let n = seg.nr * geo.width();
+        let lp = Params {
+            total: n as u32,
+            s_off: ls.1,
+            z_off: lz.1,
+            ..prm
+        };
+        let binds = [whole(10, carry), at(12, ls.0), at(13, lz.0)];
+        s.dispatch(&*pl("load_state", wg)?, &lp, &binds, groups(n, wg))?;
+    }
     let n = seg.nr * slots / 4 * geo.dkp / 4;
     prm.total = n as u32;
     let binds = [
@@ -367,11 +498,23 @@ pub(crate) fn record_rows(
     let seg = Segment {
         nr,
         len: job.len,
-        stride: job.len,
+        lq: job.len,
+        lk: job.len,
         first: true,
         row0: r0,
     };
-    let r = record_segment(s, job, &geo, decay, seg, b, &carry, Sweep::Both, logs);
+    let gm = Geom::dense(job.len, job.dk, job.dv);
+    let r = record_segment(
+        s,
+        job,
+        (&geo, &gm),
+        decay,
+        seg,
+        b,
+        &carry,
+        Sweep::Both,
+        logs,
+    );
     ctx.chunk_scratch.give([carry]);
     r
 }
@@ -385,6 +528,10 @@ pub(crate) struct Io<'b> {
     pub in_bytes: u64,
     /// Totals for prefill: S `[rows, Dk, Dv]`, z `[rows, Dk]` f32.
     pub totals: Option<(&'b wgpu::Buffer, &'b wgpu::Buffer)>,
+    /// Where the rows live (layout, heads, lengths).
+    pub geom: Geom,
+    /// The state entering token 0 (causal): S `[rows, Dk, Dv]`, z `[rows, Dk]` f32; none = zero.
+    pub initial: Option<(&'b wgpu::Buffer, &'b wgpu::Buffer)>,
 }
 
 /// Bytes per row of the bindings of a run over `len` rows of L (inputs, output, scratch).
@@ -399,36 +546,51 @@ fn seg_bytes(geo: &Geo, job: &Job, es: u64, ob: u64, len: u64) -> Vec<(&'static 
     rb
 }
 
-/// Records one driver pass (rows `[p.r0, p.r0 + p.nr)`, output at `p.out`). Rows that fit a
-/// binding run together over all of L; otherwise (the driver then gives one row per pass when a
-/// row is too large, see [`crate::driver::Plan::split_len`]) each row runs in segments of whole
-/// chunks that fit, carrying the state: causal segments in order, non-causal ones summed first,
-/// then applied.
-pub(crate) fn record_pass(
+/// Records one driver pass (rows `[p.r0, p.r0 + p.nr)`, output at `p.out`, which holds the pass's
+/// rows in the output's layout from `p.out.first` on). Rows that fit a binding run together over
+/// all of L; otherwise (the driver then gives one unit of rows per pass when a unit is too large,
+/// see [`crate::driver::Plan::split_len`]) each unit ([`Geom::unit`] rows: a row, or a batch
+/// entry of `[B, L, H, D]`) runs in segments of whole chunks that fit, carrying the state: causal
+/// segments in order, non-causal ones summed first, then applied.
+pub(crate) fn record_pass<'b>(
     s: &mut Schedule<'_>,
     op: &'static str,
     job: &Job,
     decay: Option<Decay<'_>>,
-    io: &Io<'_>,
+    io: &Io<'b>,
     p: &Pass<'_>,
 ) -> Result<()> {
     let ctx = s.context();
     let geo = Geo::new(ctx, job);
-    let (dk, dv, es, len) = (job.dk, job.dv, io.in_bytes, job.len);
+    let gm = &io.geom;
+    let (es, len) = (io.in_bytes, job.len);
     let ob = p.out.elem_bytes;
     let plan = |l: u64| seg_bytes(&geo, job, es, ob, l);
-    let whole = geo.chunks(len) <= MAX_CHUNKS_PER_SEGMENT
-        && rows_per_pass(ctx, op, &plan(len), p.nr as usize).is_ok_and(|n| n as u64 >= p.nr);
+    let fits =
+        |l: u64, n: u64| rows_per_pass(ctx, op, &plan(l), n as usize).is_ok_and(|m| m as u64 >= n);
+    let whole = geo.chunks(len) <= MAX_CHUNKS_PER_SEGMENT && fits(len, p.nr);
     let (rows, seg_len) = if whole {
         (vec![(p.r0, p.nr)], len)
     } else {
-        let c = geo.chunk as u64;
+        let (c, u) = (geo.chunk as u64, gm.unit.min(p.nr));
         let mut chunks = geo.chunks(len).min(MAX_CHUNKS_PER_SEGMENT);
-        while chunks > 1 && rows_per_pass(ctx, op, &plan(chunks * c), 1).is_err() {
+        while chunks > 1 && !fits(chunks * c, u) {
             chunks = chunks.div_ceil(2);
         }
-        rows_per_pass(ctx, op, &plan(chunks * c), 1)?;
-        ((p.r0..p.r0 + p.nr).map(|r| (r, 1)).collect(), chunks * c)
+        if !fits(chunks * c, u) {
+            rows_per_pass(ctx, op, &plan(chunks * c), 1)?;
+            return Err(crate::Error::TooLarge {
+                op,
+                what: format!("{u} heads of one token range (a [B, L, H, D] batch entry)"),
+                needed: plan(c).iter().map(|x| x.1).max().unwrap_or(0) * u,
+                limit: ctx.limits().max_storage_buffer_binding_size,
+            });
+        }
+        let units = (p.r0..p.r0 + p.nr)
+            .step_by(u as usize)
+            .map(|r| (r, u))
+            .collect();
+        (units, chunks * c)
     };
     let carry = ctx.chunk_scratch.take(ctx, rows[0].1 * geo.width() * 4);
     let segs: Vec<u64> = (0..len).step_by(seg_len as usize).collect();
@@ -437,34 +599,58 @@ pub(crate) fn record_pass(
     } else {
         &[Sweep::Sum, Sweep::Apply]
     };
+    let o_base = gm.flat(&gm.o, p.r0, 0, false);
     let mut res = Ok(());
     'rows: for &(r0, nr) in &rows {
         for &sweep in sweeps {
             for &t0 in &segs {
                 let sl = seg_len.min(len - t0);
-                let o_first = p.out.first + (r0 - p.r0) * len * dv + t0 * dv;
-                let b = PassBinds {
-                    q: Bind::elems(ctx, 1, io.q, es, r0 * len * dk + t0 * dk, nr * sl * dk),
-                    k: Bind::elems(ctx, 2, io.k, es, r0 * len * dk + t0 * dk, nr * sl * dk),
-                    v: Bind::elems(ctx, 3, io.v, es, r0 * len * dv + t0 * dv, nr * sl * dv),
-                    o: Bind::elems(ctx, 11, p.out.buffer, ob, o_first, nr * sl * dv),
-                    totals: io.totals.filter(|_| t0 + sl == len).map(|(bs, bz)| {
-                        (
-                            Bind::elems(ctx, 12, bs, 4, r0 * dk * dv, nr * dk * dv),
-                            Bind::elems(ctx, 13, bz, 4, r0 * dk, nr * dk),
-                        )
-                    }),
+                // Tokens of q (and o) and of k, v in this segment; an empty range binds token 0.
+                let part = |l: u64| (t0.min(l), sl.min(l.saturating_sub(t0)));
+                let ((tq, nq), (tk, nk)) = (part(gm.lq), part(gm.lk));
+                let span = |st, (t, n): (u64, u64), d, kv| {
+                    gm.span(st, (r0, nr), if n == 0 { (0, 1) } else { (t, n) }, d, kv)
                 };
-                // A segment shorter than L has one row, so its rows are contiguous.
+                let state_binds = |(bs, bz): (&'b wgpu::Buffer, &'b wgpu::Buffer)| {
+                    let (dk, dv) = (job.dk, job.dv);
+                    (
+                        Bind::elems(ctx, 12, bs, 4, r0 * dk * dv, nr * dk * dv),
+                        Bind::elems(ctx, 13, bz, 4, r0 * dk, nr * dk),
+                    )
+                };
+                let bind = |slot, buf, st, t, d, kv| {
+                    let (first, n) = span(st, t, d, kv);
+                    Bind::elems(ctx, slot, buf, es, first, n)
+                };
+                let (o_first, o_n) = span(&gm.o, (tq, nq), job.dv, false);
+                let b = PassBinds {
+                    q: bind(1, io.q, &gm.q, (tq, nq), job.dk, false),
+                    k: bind(2, io.k, &gm.k, (tk, nk), job.dk, true),
+                    v: bind(3, io.v, &gm.v, (tk, nk), job.dv, true),
+                    o: Bind::elems(
+                        ctx,
+                        11,
+                        p.out.buffer,
+                        ob,
+                        p.out.first + o_first - o_base,
+                        o_n,
+                    ),
+                    totals: io.totals.filter(|_| t0 + sl == len).map(state_binds),
+                    initial: io
+                        .initial
+                        .filter(|_| t0 == 0 && sweep != Sweep::Apply)
+                        .map(state_binds),
+                };
                 let seg = Segment {
                     nr,
                     len: sl,
-                    stride: if nr == 1 { sl } else { len },
-                    first: t0 == 0,
+                    lq: nq,
+                    lk: nk,
+                    first: t0 == 0 && b.initial.is_none(),
                     row0: r0,
                 };
                 let sub = Job { len: sl, ..*job };
-                res = record_segment(s, &sub, &geo, decay, seg, &b, &carry, sweep, None);
+                res = record_segment(s, &sub, (&geo, gm), decay, seg, &b, &carry, sweep, None);
                 if res.is_err() {
                     break 'rows;
                 }

@@ -421,6 +421,7 @@ impl<T: Element> RowOp for Favor<'_, T> {
             v: vb,
             o: p.out.bind(ctx, 11, nr * len * dv),
             totals: total,
+            initial: None,
         };
         let logs = kmax.as_ref().filter(|_| self.causal).map(|k| &k.0);
         chunk::record_rows(s, &job, None, (r0, nr), &binds, logs)

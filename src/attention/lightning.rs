@@ -8,14 +8,15 @@
 //! blocks, `KV ← λ^B KV + Σ_j λ^(B−1−j) k_jᵀ v_j`. Only non-negative powers of λ are ever formed,
 //! so strong decays (s = 2, B = 64) underflow harmlessly instead of overflowing. Cost O(L·B·D).
 
-use super::chunk::{self, Decay, Io, Job};
+use super::chunk::{self, Decay, Geom, Io, Job};
 use super::FeatureMap;
 use crate::bind::upload_f32;
 use crate::driver::{self, Input, Pass, Plan, RowOp};
 use crate::pipeline::Storage;
 use crate::schedule::Schedule;
 pub use crate::types::attention::{alibi_slopes, LightningOptions};
-use crate::types::attention::{check_shapes, heads_of, resolve_slopes, AttnDims};
+use crate::types::attention::{check_gqa, resolve_slopes, AttnDims};
+use crate::types::GqaDims;
 use crate::{Context, Element, Result, Tensor};
 
 /// One run of the chunk engine with a per-head decay and no denominator (shared with
@@ -27,6 +28,11 @@ pub(crate) struct Decayed<'b> {
     /// `[H]` f32 decay rates on the device; `None`: λ = 1.
     pub slopes: Option<&'b wgpu::Buffer>,
     pub heads: u32,
+    /// Where the rows live; `None`: contiguous `[R, L, D]` rows.
+    pub geom: Option<Geom>,
+    /// State in (S `[R, Dk, Dv]`, z `[R, Dk]`) and the final state out, f32.
+    pub initial: Option<(&'b wgpu::Buffer, &'b wgpu::Buffer)>,
+    pub totals: Option<(&'b wgpu::Buffer, &'b wgpu::Buffer)>,
 }
 
 impl Decayed<'_> {
@@ -58,7 +64,11 @@ pub(crate) fn record_decayed_pass<T: Element>(
         k: k.buffer(),
         v: v.buffer(),
         in_bytes: size_of::<T>() as u64,
-        totals: None,
+        totals: cfg.totals,
+        geom: cfg
+            .geom
+            .unwrap_or_else(|| Geom::dense(d.len as u64, d.dk as u64, d.dv as u64)),
+        initial: cfg.initial,
     };
     let decay = cfg.slopes.map(|slopes| Decay {
         slopes,
@@ -75,6 +85,9 @@ pub(crate) fn decayed_plan<T: Element>(ctx: &Context, d: &AttnDims, block: u32) 
         block,
         slopes: None,
         heads: 1,
+        geom: None,
+        initial: None,
+        totals: None,
     };
     let mut plan = super::qkv_plan::<T>(d);
     plan.row_bytes
@@ -101,16 +114,7 @@ pub fn lightning_attention<T: Element>(
     slopes: Option<&[f32]>,
     opts: &LightningOptions,
 ) -> Result<Tensor<T>> {
-    driver::run(
-        ctx,
-        &Lightning {
-            q,
-            k,
-            v,
-            slopes,
-            opts,
-        },
-    )
+    driver::run(ctx, &Lightning::new((q, k, v), slopes, opts))
 }
 
 /// [`lightning_attention`] writing into an existing `out: [.., L, Dv]`, one submission.
@@ -123,17 +127,7 @@ pub fn lightning_attention_into<T: Element>(
     out: &Tensor<T>,
     opts: &LightningOptions,
 ) -> Result<()> {
-    driver::run_into(
-        ctx,
-        &Lightning {
-            q,
-            k,
-            v,
-            slopes,
-            opts,
-        },
-        out,
-    )
+    driver::run_into(ctx, &Lightning::new((q, k, v), slopes, opts), out)
 }
 
 /// Records Lightning attention into a [`Schedule`].
@@ -146,17 +140,7 @@ pub fn record_lightning_attention<T: Element>(
     out: &Tensor<T>,
     opts: &LightningOptions,
 ) -> Result<()> {
-    driver::record(
-        s,
-        &Lightning {
-            q,
-            k,
-            v,
-            slopes,
-            opts,
-        },
-        out,
-    )
+    driver::record(s, &Lightning::new((q, k, v), slopes, opts), out)
 }
 
 struct Lightning<'a, T: Element> {
@@ -165,21 +149,71 @@ struct Lightning<'a, T: Element> {
     v: &'a Tensor<T>,
     slopes: Option<&'a [f32]>,
     opts: &'a LightningOptions,
+    /// State in and out: S `[B·H, Dk, Dv]`, z `[B·H, Dk]` f32.
+    initial: Option<(&'a wgpu::Buffer, &'a wgpu::Buffer)>,
+    totals: Option<(&'a wgpu::Buffer, &'a wgpu::Buffer)>,
+}
+
+impl<'a, T: Element> Lightning<'a, T> {
+    fn new(
+        (q, k, v): (&'a Tensor<T>, &'a Tensor<T>, &'a Tensor<T>),
+        slopes: Option<&'a [f32]>,
+        opts: &'a LightningOptions,
+    ) -> Self {
+        Self {
+            q,
+            k,
+            v,
+            slopes,
+            opts,
+            initial: None,
+            totals: None,
+        }
+    }
+}
+
+/// q, k, v in `layout` with one set of heads (Lightning has no grouped heads) and Lq = Lk.
+fn check_lightning(
+    q: &[usize],
+    k: &[usize],
+    v: &[usize],
+    layout: crate::types::Layout,
+) -> Result<(GqaDims, AttnDims)> {
+    let g = check_gqa(OP, q, k, v, layout, true)?;
+    if g.kv_heads != g.q_heads {
+        return Err(crate::Error::Shape {
+            op: OP,
+            name: "k",
+            expected: format!("q's {} heads (no grouped heads here)", g.q_heads),
+            got: k.to_vec(),
+        });
+    }
+    let d = AttnDims {
+        rows: g.batch * g.q_heads,
+        len: g.q_len,
+        dk: g.dk,
+        dv: g.dv,
+        out_shape: g.out_shape.clone(),
+    };
+    Ok((g, d))
 }
 
 impl<T: Element> RowOp for Lightning<'_, T> {
     type T = T;
-    /// Sizes, block, slopes on the device, heads.
-    type Dims = (AttnDims, u32, wgpu::Buffer, u32);
+    /// Sizes, block, slopes on the device, heads, where the rows live.
+    type Dims = (AttnDims, u32, wgpu::Buffer, u32, Geom);
     const NAME: &'static str = OP;
 
     fn plan(&self, ctx: &Context) -> Result<(Self::Dims, Plan)> {
-        let d = check_shapes(OP, self.q.shape(), self.k.shape(), self.v.shape())?;
-        let heads = heads_of(self.q.shape());
+        let (q, k, v) = (self.q.shape(), self.k.shape(), self.v.shape());
+        let (g, d) = check_lightning(q, k, v, self.opts.layout)?;
+        let heads = g.q_heads;
         let sl = resolve_slopes(OP, heads, self.slopes)?;
         let block = chunk::resolve_chunk(ctx, OP, self.opts.block)?;
-        let plan = decayed_plan::<T>(ctx, &d, block);
-        Ok(((d, block, upload_f32(ctx, &sl), heads as u32), plan))
+        let geom = Geom::of(&g);
+        let mut plan = decayed_plan::<T>(ctx, &d, block);
+        plan.row_group = geom.unit;
+        Ok(((d, block, upload_f32(ctx, &sl), heads as u32, geom), plan))
     }
 
     fn inputs(&self) -> Vec<Input<'_>> {
@@ -187,14 +221,63 @@ impl<T: Element> RowOp for Lightning<'_, T> {
     }
 
     fn record_rows(&self, s: &mut Schedule<'_>, dims: &Self::Dims, p: &Pass<'_>) -> Result<()> {
-        let (d, block, slopes, heads) = dims;
+        let (d, block, slopes, heads, geom) = dims;
         let cfg = Decayed {
             feature_map: self.opts.feature_map,
             causal: true,
             block: *block,
             slopes: Some(slopes),
             heads: *heads,
+            geom: Some(*geom),
+            initial: self.initial,
+            totals: self.totals,
         };
         record_decayed_pass(s, (self.q, self.k, self.v), d, &cfg, p)
     }
+}
+
+/// [`lightning_attention`] that starts from `initial` = S `[B, H, Dk, Dv]` f32 (none: zero) and
+/// also returns the state after the last token, `S_L = λ^L S_0 + Σ_j λ^(L−1−j) φ(k_j) v_jᵀ`, so
+/// a sequence processed in two calls equals one call. Layouts as [`lightning_attention`].
+///
+/// # Errors
+/// As [`lightning_attention`]; [`Error::Shape`](crate::Error::Shape) for a state of the wrong
+/// shape, [`Error::WrongContext`](crate::Error::WrongContext) for one from another context.
+pub fn lightning_attention_with_state<T: Element>(
+    ctx: &Context,
+    q: &Tensor<T>,
+    k: &Tensor<T>,
+    v: &Tensor<T>,
+    slopes: Option<&[f32]>,
+    initial: Option<&Tensor<f32>>,
+    opts: &LightningOptions,
+) -> Result<(Tensor<T>, Tensor<f32>)> {
+    let (g, _) = check_lightning(q.shape(), k.shape(), v.shape(), opts.layout)?;
+    let (b, h, dk, dv) = (g.batch, g.q_heads, g.dk, g.dv);
+    if let Some(s0) = initial {
+        if s0.shape() != [b, h, dk, dv] {
+            return Err(crate::Error::Shape {
+                op: OP,
+                name: "initial_state",
+                expected: format!("{:?} ([B, H, Dk, Dv])", [b, h, dk, dv]),
+                got: s0.shape().to_vec(),
+            });
+        }
+        if s0.context_id() != ctx.id() {
+            return Err(crate::Error::WrongContext {
+                op: OP,
+                name: "initial_state",
+            });
+        }
+    }
+    // The engine carries z too; Lightning has no denominator, so z stays internal (zero in).
+    let z_in = Tensor::<f32>::empty(ctx, &[b, h, dk])?;
+    let out = Tensor::empty(ctx, &g.out_shape)?;
+    let fin = Tensor::<f32>::empty(ctx, &[b, h, dk, dv])?;
+    let z_out = Tensor::<f32>::empty(ctx, &[b, h, dk])?;
+    let mut op = Lightning::new((q, k, v), slopes, opts);
+    op.initial = initial.map(|s0| (s0.buffer(), z_in.buffer()));
+    op.totals = Some((fin.buffer(), z_out.buffer()));
+    driver::submit(ctx, |s| driver::record(s, &op, &out))?;
+    Ok((out, fin))
 }

@@ -97,11 +97,12 @@ pub use favor::{
 };
 pub use gla::{gla, gla_into, gla_step, gla_step_into, record_gla, GlaInputs};
 pub use lightning::{
-    alibi_slopes, lightning_attention, lightning_attention_into, record_lightning_attention,
-    LightningOptions,
+    alibi_slopes, lightning_attention, lightning_attention_into, lightning_attention_with_state,
+    record_lightning_attention, LightningOptions,
 };
 pub use linear::{
-    linear_attention, linear_attention_into, record_linear_attention, LinearAttentionOptions,
+    linear_attention, linear_attention_into, linear_attention_with_state, record_linear_attention,
+    LinearAttentionOptions, LinearState,
 };
 pub use positional::{
     record_softmax_attention_positional, softmax_attention_positional,

@@ -18,7 +18,7 @@ use super::{FavorKind, FavorOptions, LinearAttentionOptions};
 use crate::bind::{scratch, Bind};
 use crate::driver::{self, Input, Pass, Plan, RowOp};
 use crate::schedule::Schedule;
-use crate::types::attention::{check_options, check_shapes};
+use crate::types::attention::{check_rows_options, check_shapes};
 use crate::{Context, Element, Error, Result, Tensor};
 
 /// The feature map of a recurrent state.
@@ -41,7 +41,7 @@ impl Features {
     fn num_features(&self, op: &'static str, dk: usize) -> Result<usize> {
         match self {
             Features::Linear(o) => {
-                check_options(op, o)?;
+                check_rows_options(op, o)?;
                 Ok(dk)
             }
             Features::Favor { omega, kind } => {
@@ -177,6 +177,13 @@ pub fn record_prefill<T: Element>(
         });
     }
     match &state.features {
+        Features::Linear(o) if o.layout != crate::types::Layout::Bhld => {
+            Err(Error::InvalidArgument {
+                op: PREFILL,
+                name: "layout",
+                reason: "recurrent decoding takes [B, H, L, D] (Layout::Bhld) only".into(),
+            })
+        }
         Features::Linear(o) => {
             // Elementwise features carry no log-scale: the state is S, z themselves.
             s.clear(state.log_scale.buffer());

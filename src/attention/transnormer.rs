@@ -240,6 +240,9 @@ impl<T: Element> RowOp for NormOp<'_, T> {
             block: *block,
             slopes: None,
             heads: 1,
+            geom: None,
+            initial: None,
+            totals: None,
         };
         let qkv = (self.q, self.k, self.v);
         norm.record::<T>(s, d, p, |s, storage, slot| {

@@ -8,8 +8,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 
-use super::batch::{CuSeqlens, Layout};
-use super::{FeatureMap, RopeLayout};
+use super::batch::CuSeqlens;
+use super::{FeatureMap, GqaDims, Layout, RopeLayout};
 use crate::{Error, Result};
 
 /// The op named in errors from the positional checks.
@@ -29,6 +29,9 @@ pub struct LinearAttentionOptions {
     pub eps: f32,
     /// Divide by `φ(Q_i)ᵀ z + ε` (default true). Off, the output is the numerator alone.
     pub denominator: bool,
+    /// Memory layout of q, k, v and the output (default [`Layout::Bhld`], `[B, H, L, D]`);
+    /// [`Layout::Blhd`] reads fla's `[B, L, H, D]` through strides and needs rank-4 tensors.
+    pub layout: Layout,
 }
 
 impl Default for LinearAttentionOptions {
@@ -38,6 +41,7 @@ impl Default for LinearAttentionOptions {
             causal: false,
             eps: 1e-6,
             denominator: true,
+            layout: Layout::Bhld,
         }
     }
 }
@@ -104,7 +108,52 @@ pub fn check_shapes(op: &'static str, q: &[usize], k: &[usize], v: &[usize]) -> 
     })
 }
 
+/// Checks q, k, v of an op that takes grouped heads and separate query/key lengths
+/// ([`GqaDims::check`]) in `layout`: q `[B, Hq, Lq, Dk]`, k `[B, Hkv, Lk, Dk]`, v `[B, Hkv, Lk, Dv]`
+/// (or `[B, L, H, D]` each). With [`Layout::Bhld`], rank-3 `[H, L, D]` tensors are one batch
+/// entry, and the output keeps rank 3.
+///
+/// # Errors
+/// [`Error::Shape`] as [`GqaDims::check`]; [`Layout::Blhd`] with a rank other than 4.
+pub fn check_gqa(
+    op: &'static str,
+    q: &[usize],
+    k: &[usize],
+    v: &[usize],
+    layout: Layout,
+    causal: bool,
+) -> Result<GqaDims> {
+    let rank3 = layout == Layout::Bhld && q.len() == 3 && k.len() == 3 && v.len() == 3;
+    if !rank3 {
+        return GqaDims::check(op, q, k, v, layout, causal);
+    }
+    let one = |s: &[usize]| [&[1][..], s].concat();
+    let mut g = GqaDims::check(op, &one(q), &one(k), &one(v), layout, causal)?;
+    g.out_shape.remove(0);
+    Ok(g)
+}
+
 pub(crate) fn check_options(op: &'static str, opts: &LinearAttentionOptions) -> Result<()> {
+    check_eps(op, opts)
+}
+
+/// [`check_options`] for the paths that read `[R, L, D]` rows ([`AttnDims`]): they take
+/// [`Layout::Bhld`] only, so a `[B, L, H, D]` tensor is never misread.
+pub(crate) fn check_rows_options(op: &'static str, opts: &LinearAttentionOptions) -> Result<()> {
+    if opts.layout != Layout::Bhld {
+        return Err(Error::InvalidArgument {
+            op,
+            name: "layout",
+            reason: format!(
+                "{} is not supported here yet (rows [R, L, D] are bhld)",
+                opts.layout.name()
+            ),
+        });
+    }
+    check_eps(op, opts)
+}
+
+fn check_eps(op: &'static str, opts: &LinearAttentionOptions) -> Result<()> {
     if !(opts.eps.is_finite() && opts.eps >= 0.0) {
         return Err(Error::InvalidArgument {
             op,
@@ -161,6 +210,9 @@ pub struct LightningOptions {
     /// φ applied to q and k inside the kernel. The papers apply their activation outside, so the
     /// default is [`FeatureMap::Identity`].
     pub feature_map: FeatureMap,
+    /// Memory layout of q, k, v and the output (default [`Layout::Bhld`]); [`Layout::Blhd`]
+    /// reads `[B, L, H, D]` through strides and needs rank-4 tensors.
+    pub layout: Layout,
 }
 
 impl Default for LightningOptions {
@@ -168,6 +220,7 @@ impl Default for LightningOptions {
         Self {
             block: None,
             feature_map: FeatureMap::Identity,
+            layout: Layout::Bhld,
         }
     }
 }

@@ -402,6 +402,7 @@ fn op_from_args(
                 causal: a.causal,
                 eps: a.eps,
                 denominator: !a.no_denominator,
+                ..Default::default()
             }),
             Phi::Favor(kind) => {
                 let (omega, m) = omega(a, st, dk)?;

@@ -49,6 +49,7 @@ pub fn lightning_attention_into<T: Element>(
     opts: &LightningOptions,
     out: &mut [T],
 ) -> Result<()> {
+    crate::types::attention::check_plain(OP, opts.layout, None)?;
     if heads == 0 || !d.rows.is_multiple_of(heads) {
         return Err(Error::InvalidArgument {
             op: OP,

@@ -20,7 +20,7 @@ use super::{map_features, map_features_into};
 use crate::attention::linear::{AttnDims, LinearAttentionOptions};
 use crate::attention::FeatureMap;
 use crate::cpu::{carve, check_len, load, sgemm, store, with_scratch, Mat, MatMut};
-use crate::types::attention::check_options;
+use crate::types::attention::check_rows_options;
 use crate::{Element, Result};
 
 /// Rows per chunk of the causal form (the GPU's and the chunk-64 form of fla / Lightning).
@@ -58,7 +58,7 @@ pub fn linear_attention_into<T: Element>(
     opts: &LinearAttentionOptions,
     out: &mut [T],
 ) -> Result<()> {
-    check_options(OP, opts)?;
+    check_rows_options(OP, opts)?;
     let (r, l, dk, dv) = (d.rows, d.len, d.dk, d.dv);
     check_len(q, &[r, l, dk])?;
     check_len(k, &[r, l, dk])?;

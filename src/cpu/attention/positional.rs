@@ -96,6 +96,7 @@ pub fn softmax_attention_positional_into<T: Element>(
     out: &mut [T],
 ) -> Result<()> {
     check_scale(OP, opts.scale)?;
+    crate::types::attention::check_plain(OP, opts.layout, opts.cu_seqlens.as_ref())?;
     check_positional(pos, d.dk)?;
     if heads == 0 || !d.rows.is_multiple_of(heads) {
         return Err(Error::InvalidArgument {

@@ -17,7 +17,7 @@ use crate::attention::favor::check_omega;
 use crate::attention::linear::AttnDims;
 use crate::attention::{FavorKind, LinearAttentionOptions};
 use crate::cpu::{check_len, load, sgemm, store, Mat, MatMut};
-use crate::types::attention::check_options;
+use crate::types::attention::check_rows_options;
 use crate::{Element, Error, Result};
 
 const OP: &str = "cpu::recurrent";
@@ -41,7 +41,7 @@ impl Features {
     fn num_features(&self, dk: usize) -> Result<usize> {
         match self {
             Features::Linear(o) => {
-                check_options(OP, o)?;
+                check_rows_options(OP, o)?;
                 Ok(dk)
             }
             Features::Favor { omega, kind } => {

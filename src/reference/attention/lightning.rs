@@ -17,6 +17,7 @@ pub fn lightning_attention<T: Element>(
     opts: &LightningOptions,
 ) -> Result<Vec<f64>> {
     let op = "reference::lightning_attention";
+    crate::types::attention::check_plain(op, opts.layout, None)?;
     if heads == 0 || !d.rows.is_multiple_of(heads) {
         return Err(Error::InvalidArgument {
             op,

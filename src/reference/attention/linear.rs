@@ -16,7 +16,7 @@ pub fn linear_attention<T: Element>(
     opts: &LinearAttentionOptions,
 ) -> Result<Vec<f64>> {
     let op = "reference::linear_attention";
-    crate::types::attention::check_options(op, opts)?;
+    crate::types::attention::check_rows_options(op, opts)?;
     let (l, dk, dv) = (d.len, d.dk, d.dv);
     for (x, n) in [(q, dk), (k, dk), (v, dv)] {
         if x.len() != d.rows * l * n {
