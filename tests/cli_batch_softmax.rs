@@ -247,3 +247,40 @@ fn readme_lines_run() {
         );
     }
 }
+
+/// `--nan error` refuses a NaN on the batch path (blhd, packed, grouped heads) as on the plain one.
+#[test]
+fn nan_policy_error_holds_on_the_batch_path() {
+    let path = tmp("nan-in.safetensors");
+    let (mut q, k, v) = input(&path);
+    q[40] = f32::NAN;
+    write(
+        &path,
+        &[
+            ("q", Dtype::F32, vec![1, L, 6, 16], bytemuck::cast_slice(&q)),
+            ("k", Dtype::F32, vec![1, L, 2, 16], bytemuck::cast_slice(&k)),
+            ("v", Dtype::F32, vec![1, L, 2, 16], bytemuck::cast_slice(&v)),
+            ("cu_seqlens", Dtype::I64, vec![4], bytemuck::cast_slice(&CU)),
+        ],
+    );
+    let out = tmp("nan-out.safetensors");
+    let o = bin()
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .args(["attention", "--input", &path, "--method", "softmax"])
+        .args([
+            "--layout",
+            "blhd",
+            "--cu-seqlens",
+            "cu_seqlens",
+            "--nan",
+            "error",
+        ])
+        .args(["--output", &out])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("`q` holds NaN"), "{err}");
+    assert!(!std::path::Path::new(&out).exists());
+}

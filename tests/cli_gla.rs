@@ -148,3 +148,37 @@ fn missing_or_misshapen_gates_exit_2_with_one_line() {
         assert!(err.contains(want), "{name}: {err}");
     }
 }
+
+/// A positive log gate (the state would grow without bound) and, with `--nan error`, a NaN gate
+/// are bad input: one line, exit 2, nothing written.
+#[test]
+fn positive_or_nan_gates_exit_2_with_one_line() {
+    for (name, bad, extra) in [
+        ("positive", 0.5, None),
+        ("nan", f64::NAN, Some(["--nan", "error"])),
+    ] {
+        let mut t = tensors(&[2, 3]);
+        t[3].2[17] = bad;
+        let input = tmp(&format!("{name}-gate.safetensors"));
+        let output = tmp(&format!("{name}-gate-out.safetensors"));
+        write(&input, &t);
+        let mut args = vec![
+            "attention",
+            "--input",
+            &input,
+            "--method",
+            "gla",
+            "--device",
+            "cpu",
+            "--output",
+            &output,
+        ];
+        args.extend(extra.iter().flatten());
+        let o = longseq(&args);
+        assert_eq!(o.status.code(), Some(2), "{name}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(err.trim_end().lines().count(), 1, "{name}: {err}");
+        assert!(err.contains("`g`"), "{name}: {err}");
+        assert!(!std::path::Path::new(&output).exists(), "{name}");
+    }
+}

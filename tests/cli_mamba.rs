@@ -147,3 +147,20 @@ fn bad_input_exits_2_with_one_line() {
         assert!(err.contains(want), "{name}: {err}");
     }
 }
+
+/// `--init` draws delta_bias = softplus⁻¹(dt), so it applies softplus even without
+/// `--delta-softplus`: the output is finite and agrees with the reference (it used to blow up).
+#[test]
+fn init_without_the_softplus_flag_stays_finite() {
+    let out = tmp("init-no-softplus.safetensors");
+    let o = Command::new(env!("CARGO_BIN_EXE_longseq"))
+        .args([
+            "mamba", "--init", "--dim", "4", "--state", "16", "--len", "1000",
+        ])
+        .args(["--device", "gpu,reference", "--output", &out])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (y, _) = read(&out, "out");
+    assert!(y.iter().all(|v| v.is_finite()));
+}

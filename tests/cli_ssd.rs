@@ -162,3 +162,24 @@ fn bad_input_exits_2_with_one_line() {
         assert!(err.contains(want), "{name}: {err}");
     }
 }
+
+/// A positive log-decay in `A` (the state would grow without bound) is bad input.
+#[test]
+fn positive_log_decay_exits_2_with_one_line() {
+    let tok = B * L * H;
+    let mut a = draw(tok, -2.0, 0.0, 2);
+    a[5] = 0.25;
+    let t = vec![
+        ("X", vec![B, L, H, P], draw(tok * P, -1.0, 1.0, 1)),
+        ("A", vec![B, L, H], a),
+        ("B", vec![B, L, H, N], draw(tok * N, -1.0, 1.0, 3)),
+        ("C", vec![B, L, H, N], draw(tok * N, -1.0, 1.0, 4)),
+    ];
+    let input = tmp("positive-a.safetensors");
+    write(&input, &t);
+    let o = longseq(&["ssd", "--input", &input, "--device", "cpu"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("`A` holds 0.25 > 0"), "{err}");
+}

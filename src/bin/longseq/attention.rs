@@ -35,8 +35,9 @@ pub(crate) use batch::read_cu_seqlens;
 /// a result further from the reference than its tolerance (GPU: f32 1e-4, f16 5e-3; CPU path
 /// 1e-4; on max|diff| / max|ref|) exits with code 3 and writes nothing.
 /// Softmax and diag also take `--layout blhd` ([B, L, H, D]), `--cu-seqlens NAME` (packed
-/// sequences, B = 1; tokens past the last offset are written as 0) and grouped heads / Lq ≠ Lk
-/// from the k/v shapes (k, v: [B, Hkv, Lk, ·], Hkv dividing Hq), on the GPU and the reference.
+/// sequences, B = 1; tokens past the last offset are written as 0) and grouped heads from the
+/// k/v shapes (k, v: [B, Hkv, Lk, ·], Hkv dividing Hq), on the GPU and the reference; softmax
+/// without --causal or --window also takes Lk ≠ Lq (diag's blocks need Lk = Lq).
 #[derive(clap::Args)]
 #[command(
     verbatim_doc_comment,
@@ -241,6 +242,12 @@ pub fn run(a: Args) -> Result<(), CliError> {
     let q = io::read(&st, &name("q"), &a.input)?;
     let k = io::read(&st, &name("k"), &a.input)?;
     let v = io::read(&st, &name("v"), &a.input)?;
+    if a.nan == NanPolicy::Error {
+        // Before any path is chosen, so the batch path refuses NaN the same way.
+        for (n, t) in [("q", &q), ("k", &k), ("v", &v)] {
+            longseq::check_no_nan("attention", n, &t.to_f32())?;
+        }
+    }
     let layout = longseq::types::batch::Layout::parse(&a.layout).unwrap_or_default();
     if batch::wanted(&a, layout, &q.shape, &k.shape, &v.shape) {
         return batch::run(&a, &st, (q, k, v), layout);
@@ -267,11 +274,6 @@ pub fn run(a: Args) -> Result<(), CliError> {
         }
     };
     let (q, k, v) = (store("q", &q)?, store("k", &k)?, store("v", &v)?);
-    if a.nan == NanPolicy::Error {
-        longseq::check_no_nan("attention", "q", &q)?;
-        longseq::check_no_nan("attention", "k", &k)?;
-        longseq::check_no_nan("attention", "v", &v)?;
-    }
     let mut op = op_from_args(&a, &st, &q_shape)?;
     if let Op::Gla { g, .. } = &mut op {
         let t = io::read(&st, &name("g"), &a.input)?;
@@ -280,6 +282,18 @@ pub fn run(a: Args) -> Result<(), CliError> {
                 "tensor `{}` has shape {:?}, expected {q_shape:?} (like q)",
                 name("g"),
                 t.shape
+            )));
+        }
+        let gv = t.to_f32();
+        if a.nan == NanPolicy::Error {
+            longseq::check_no_nan("attention", "g", &gv)?;
+        }
+        // GLA's gates are log forget gates: a positive one grows the state without bound.
+        if let Some(i) = gv.iter().position(|&x| x > 0.0) {
+            return Err(CliError::Input(format!(
+                "tensor `{}` holds {} > 0 at flat index {i}; GLA's log forget gates must be <= 0",
+                name("g"),
+                gv[i]
             )));
         }
         *g = store("g", &t)?;

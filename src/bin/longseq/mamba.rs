@@ -63,7 +63,8 @@ pub struct Args {
     /// --init: seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Apply softplus to Δ (after delta_bias), as Mamba does.
+    /// Apply softplus to Δ (after delta_bias), as Mamba does (always on with --init, whose
+    /// delta_bias is softplus⁻¹ of the step).
     #[arg(long)]
     delta_softplus: bool,
     /// GPU storage dtype (arithmetic and state are f32 either way); default f16 when every
@@ -148,8 +149,11 @@ fn read_inputs(path: &str) -> Result<Inputs, CliError> {
     Ok(Inputs { dims, req, opt })
 }
 
-pub fn run(a: Args) -> Result<(), CliError> {
+pub fn run(mut a: Args) -> Result<(), CliError> {
     io::check_output(a.output.as_deref())?;
+    // A drawn layer's delta_bias is softplus⁻¹(dt): without softplus Δ can be negative and the
+    // state grows without bound, so --init always applies it.
+    a.delta_softplus |= a.input.is_none();
     let (mut x, source) = match &a.input {
         Some(path) => (read_inputs(path)?, path.clone()),
         None => (draw_inputs(&a)?, format!("--init (seed {})", a.seed)),

@@ -125,6 +125,14 @@ fn read_inputs(path: &str) -> Result<Inputs, CliError> {
             return Err(shape_err(name, &t.shape, format!("{shape:?}")));
         }
     }
+    // A is a log-decay: a positive one grows the state without bound.
+    let av = req[1].to_f32();
+    if let Some(i) = av.iter().position(|&x| x > 0.0) {
+        return Err(CliError::Input(format!(
+            "tensor `A` holds {} > 0 at flat index {i}; SSD's log-decays must be <= 0",
+            av[i]
+        )));
+    }
     let dims = SsdDims {
         batch: b,
         len: l,
