@@ -4,59 +4,17 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::process::Command;
-
+use common::files::{draw_uniform as draw, longseq, write_f32 as write};
 use common::*;
 use longseq::reference::gla::{gla_ref, GlaDims, GlaRef};
-use rand::Rng;
-use safetensors::{tensor::TensorView, Dtype, SafeTensors};
+use safetensors::SafeTensors;
 
 const L: usize = 150;
 const DK: usize = 6;
 const DV: usize = 5;
 
 fn tmp(name: &str) -> String {
-    let dir = std::env::temp_dir().join(format!("longseq-cli-gla-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name).to_string_lossy().into_owned()
-}
-
-fn write(path: &str, tensors: &[(&str, Vec<usize>, Vec<f64>)]) {
-    let bytes: Vec<Vec<u8>> = tensors
-        .iter()
-        .map(|(_, _, v)| {
-            let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
-            bytemuck::cast_slice(&v).to_vec()
-        })
-        .collect();
-    let views: Vec<(String, TensorView<'_>)> = tensors
-        .iter()
-        .zip(&bytes)
-        .map(|((n, s, _), b)| {
-            (
-                n.to_string(),
-                TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
-            )
-        })
-        .collect();
-    let meta: Option<HashMap<String, String>> = None;
-    safetensors::serialize_to_file(views, meta, std::path::Path::new(path)).unwrap();
-}
-
-/// Uniform draws, already rounded to f32 (the file stores f32).
-fn draw(n: usize, lo: f64, hi: f64, seed: u64) -> Vec<f64> {
-    let mut g = rng(seed);
-    (0..n)
-        .map(|_| g.random_range(lo..hi) as f32 as f64)
-        .collect()
-}
-
-fn longseq(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_longseq"))
-        .args(args)
-        .output()
-        .unwrap()
+    files::tmp_in("gla", name)
 }
 
 /// q, k, v, g with leading dims `lead` (rows = their product).

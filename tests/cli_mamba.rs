@@ -4,13 +4,11 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::process::Command;
 
+use common::files::{draw_uniform as draw, read_f64 as read, write_f32 as write};
 use common::*;
 use longseq::reference::mamba::{selective_scan_ref, ScanDims, SelectiveScanRef};
-use rand::Rng;
-use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 
 const B: usize = 2;
 const D: usize = 3;
@@ -18,45 +16,7 @@ const N: usize = 5;
 const L: usize = 300;
 
 fn tmp(name: &str) -> String {
-    let dir = std::env::temp_dir().join(format!("longseq-cli-mamba-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name).to_string_lossy().into_owned()
-}
-
-fn write(path: &str, tensors: &[(&str, Vec<usize>, Vec<f64>)]) {
-    let bytes: Vec<Vec<u8>> = tensors
-        .iter()
-        .map(|(_, _, v)| {
-            let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
-            bytemuck::cast_slice(&v).to_vec()
-        })
-        .collect();
-    let views: Vec<(String, TensorView<'_>)> = tensors
-        .iter()
-        .zip(&bytes)
-        .map(|((n, s, _), b)| {
-            let v = TensorView::new(Dtype::F32, s.clone(), b).unwrap();
-            (n.to_string(), v)
-        })
-        .collect();
-    let meta: Option<HashMap<String, String>> = None;
-    safetensors::serialize_to_file(views, meta, std::path::Path::new(path)).unwrap();
-}
-
-/// Uniform draws, already rounded to f32 (the file stores f32).
-fn draw(n: usize, lo: f64, hi: f64, seed: u64) -> Vec<f64> {
-    let mut g = rng(seed);
-    (0..n)
-        .map(|_| g.random_range(lo..hi) as f32 as f64)
-        .collect()
-}
-
-fn read(path: &str, name: &str) -> (Vec<f64>, Vec<usize>) {
-    let bytes = std::fs::read(path).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let t = st.tensor(name).unwrap();
-    let v: Vec<f32> = bytemuck::pod_collect_to_vec(t.data());
-    (v.into_iter().map(f64::from).collect(), t.shape().to_vec())
+    files::tmp_in("mamba", name)
 }
 
 #[test]

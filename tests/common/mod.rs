@@ -1,6 +1,10 @@
 //! Shared harness for the GPU tests: one context per storage mode, random inputs, comparison.
 #![allow(dead_code)]
 
+/// Files and the binary for the CLI tests (the binary needs the `cli` feature).
+#[cfg(feature = "cli")]
+pub mod files;
+
 use std::sync::OnceLock;
 
 use half::f16;
