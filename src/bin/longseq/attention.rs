@@ -1,7 +1,5 @@
 //! `longseq attention`: attention over `{P}q`, `{P}k`, `{P}v` from a safetensors file.
 
-use std::time::Instant;
-
 use half::f16;
 use longseq::attention::linear::check_shapes;
 use longseq::attention::{
@@ -366,13 +364,7 @@ fn run_gpu<T: Element>(
     let tq = Tensor::from_slice(ctx, &conv(q), &s(dims.dk))?;
     let tk = Tensor::from_slice(ctx, &conv(k), &s(dims.dk))?;
     let tv = Tensor::from_slice(ctx, &conv(v), &s(dims.dv))?;
-    op.gpu(ctx, &tq, &tk, &tv)?.to_vec(ctx)?;
-    let t = Instant::now();
-    let o = op.gpu(ctx, &tq, &tk, &tv)?.to_vec(ctx)?;
-    println!(
-        "gpu: {:.3} ms (dispatch + readback, pipelines compiled beforehand)",
-        t.elapsed().as_secs_f64() * 1e3
-    );
+    let o = devices::gpu_timed(|| op.gpu(ctx, &tq, &tk, &tv)?.to_vec(ctx))?;
     Ok(o.iter().map(|x| x.to_f64()).collect())
 }
 

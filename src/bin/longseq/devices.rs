@@ -138,6 +138,21 @@ pub fn timed<R>(
     Ok(r)
 }
 
+/// Runs `go` once to compile its pipelines, then times a second run, printing the `gpu:` line.
+pub fn gpu_timed<R, E>(go: impl Fn() -> Result<R, E>) -> Result<R, CliError>
+where
+    CliError: From<E>,
+{
+    go()?;
+    let t = Instant::now();
+    let r = go()?;
+    println!(
+        "gpu: {:.3} ms (dispatch + readback, pipelines compiled beforehand)",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    Ok(r)
+}
+
 /// `rayon`'s thread count, for the CPU path's timing line.
 pub fn cpu_note() -> String {
     format!("f32 CPU path, {} threads", rayon::current_num_threads())

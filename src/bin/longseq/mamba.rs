@@ -1,7 +1,5 @@
 //! `longseq mamba`: the Mamba selective scan (S6) from a safetensors file.
 
-use std::time::Instant;
-
 use half::f16;
 use longseq::cpu::ssm::SelectiveScanHost;
 use longseq::reference::mamba::{selective_scan_ref, ScanDims, SelectiveScanRef};
@@ -357,12 +355,5 @@ fn run_gpu<T: Element>(
         let s = s.to_vec(ctx)?.into_iter().map(f64::from).collect();
         Ok((o, s))
     };
-    go()?;
-    let t = Instant::now();
-    let r = go()?;
-    println!(
-        "gpu: {:.3} ms (dispatch + readback, pipelines compiled beforehand)",
-        t.elapsed().as_secs_f64() * 1e3
-    );
-    Ok(r)
+    devices::gpu_timed(go)
 }

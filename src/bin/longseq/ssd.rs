@@ -1,7 +1,5 @@
 //! `longseq ssd`: Mamba-2's SSD layer from a safetensors file.
 
-use std::time::Instant;
-
 use half::f16;
 use longseq::reference::ssd::{ssd_ref, SsdDims, SsdRef};
 use longseq::ssm::{ssd, SsdInputs};
@@ -309,12 +307,5 @@ fn run_gpu<T: Element>(ctx: &Context, x: &Inputs) -> Result<(Vec<f64>, Vec<f64>)
         let s = s.to_vec(ctx)?.into_iter().map(f64::from).collect();
         Ok((y, s))
     };
-    go()?;
-    let t = Instant::now();
-    let r = go()?;
-    println!(
-        "gpu: {:.3} ms (dispatch + readback, pipelines compiled beforehand)",
-        t.elapsed().as_secs_f64() * 1e3
-    );
-    Ok(r)
+    devices::gpu_timed(go)
 }

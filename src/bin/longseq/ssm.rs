@@ -1,7 +1,5 @@
 //! `longseq ssm`: the S4D kernel, FFT convolution or scan from a safetensors file.
 
-use std::time::Instant;
-
 use longseq::reference::ssm as rs;
 use longseq::ssm::{
     causal_conv, s4d_init, s4d_kernel, s4d_scan, DiagonalSsm, Discretization, S4dInit,
@@ -393,12 +391,6 @@ fn run_gpu(
             Mode::Scan => s4d_scan(ctx, &dev, tu.as_ref().unwrap(), disc)?.to_vec(ctx),
         }
     };
-    go()?;
-    let t = Instant::now();
-    let o = go()?;
-    println!(
-        "gpu: {:.3} ms (dispatch + readback, pipelines compiled beforehand)",
-        t.elapsed().as_secs_f64() * 1e3
-    );
+    let o = devices::gpu_timed(go)?;
     Ok(o.into_iter().map(f64::from).collect())
 }

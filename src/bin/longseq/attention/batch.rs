@@ -3,8 +3,6 @@
 //! reference from the definitions. Tokens past the last packed offset are written as 0 (the GPU
 //! op leaves them untouched in a zeroed output).
 
-use std::time::Instant;
-
 use half::f16;
 use longseq::reference::attention::{diag_attention_batch, softmax_attention_batch};
 use longseq::types::batch::{CuSeqlens, GqaDims, Layout};
@@ -180,12 +178,6 @@ fn gpu_run<T: Element>(
     let tq = Tensor::from_slice(ctx, &conv(q), qs)?;
     let tk = Tensor::from_slice(ctx, &conv(k), ks)?;
     let tv = Tensor::from_slice(ctx, &conv(v), vs)?;
-    op.gpu(ctx, &tq, &tk, &tv)?.to_vec(ctx)?;
-    let t = Instant::now();
-    let o = op.gpu(ctx, &tq, &tk, &tv)?.to_vec(ctx)?;
-    println!(
-        "gpu: {:.3} ms (dispatch + readback, pipelines compiled beforehand)",
-        t.elapsed().as_secs_f64() * 1e3
-    );
+    let o = devices::gpu_timed(|| op.gpu(ctx, &tq, &tk, &tv)?.to_vec(ctx))?;
     Ok(o.iter().map(|x| x.to_f64()).collect())
 }
