@@ -20,7 +20,7 @@ use std::time::Instant;
 use longseq::attention::linear::check_shapes;
 use longseq::attention::{linear_attention_into, LinearAttentionOptions};
 use longseq::reference::ssm as rs;
-use longseq::ssm::{s4d_conv_into, DiagonalSsm, Discretization};
+use longseq::ssm::{causal_conv_into, s4d_conv_into, s4d_kernel_into, DiagonalSsm, Discretization};
 use longseq::{cpu, reference, Context, Tensor};
 use num_complex::Complex64;
 use rand::{Rng, SeedableRng};
@@ -32,6 +32,8 @@ struct Args {
     l: usize,
     l3: usize,
     only: Vec<String>,
+    /// W3: also time the kernel and the convolution alone.
+    parts: bool,
 }
 
 fn args() -> Args {
@@ -41,6 +43,7 @@ fn args() -> Args {
         l: 4096,
         l3: 16384,
         only: vec!["W1".into(), "W2".into(), "W3".into()],
+        parts: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut it = argv.chunks(2);
@@ -56,6 +59,7 @@ fn args() -> Args {
             "--runs" => a.runs = v.parse().unwrap_or_else(|_| usage()),
             "--l" => a.l = v.parse().unwrap_or_else(|_| usage()),
             "--l3" => a.l3 = v.parse().unwrap_or_else(|_| usage()),
+            "--parts" => a.parts = v == "1",
             _ => usage(),
         }
     }
@@ -64,7 +68,7 @@ fn args() -> Args {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: workloads [--device gpu,cpu,reference] [--runs N] [--l L] [--l3 L] [--only W1,..,W5]"
+        "usage: workloads [--device gpu,cpu,reference] [--runs N] [--l L] [--l3 L] [--only W1,..,W5] [--parts 1]"
     );
     std::process::exit(2)
 }
@@ -171,6 +175,21 @@ fn s4d(a: &Args, ctx: Option<&Context>) {
                     ctx.wait().unwrap();
                 });
                 report("W3", "gpu", ms, gflop);
+                if a.parts {
+                    // The two halves alone: where the time goes.
+                    let k = Tensor::<f32>::empty(ctx, &[h, l]).unwrap();
+                    let ms = median_ms(a.runs, || {
+                        s4d_kernel_into(ctx, &ssm, &k, disc).unwrap();
+                        ctx.wait().unwrap();
+                    });
+                    report("W3-kernel", "gpu", ms, 8.0 * (h * n2 * l) as f64 / 1e9);
+                    let ms = median_ms(a.runs, || {
+                        causal_conv_into(ctx, &tu, &k, &ssm.d, &y).unwrap();
+                        ctx.wait().unwrap();
+                    });
+                    let fft = 3.0 * 2.5 * n_fft * n_fft.log2() * h as f64 / 1e9;
+                    report("W3-conv", "gpu", ms, fft);
+                }
             }
             ("cpu", _) => {
                 let (mut k, mut y) = (vec![0.0f32; h * l], vec![0.0f32; h * l]);

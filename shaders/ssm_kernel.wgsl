@@ -213,7 +213,8 @@ fn abar_pow(o: u32, l: u32) -> vec2<f32> {
 // Positions per invocation: W Abar^l0 is evaluated exactly once per mode and multiplied by the
 // exactly evaluated Abar^r, r < RUN, shared through workgroup memory: two roundings per output
 // whatever l, and ~RUN times fewer exp/cos/sin than one evaluation per output.
-const RUN: u32 = 8u;
+override RUN: u32 = 8u; // <= RUN_MAX and <= WG
+const RUN_MAX: u32 = 32u;
 
 var<workgroup> apow: array<vec2<f32>, WG>;
 
@@ -234,7 +235,7 @@ fn vandermonde(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     // Flat index of l0 inside the pass, and whether any of the RUN positions lies in it.
     let rel0 = i32(hh * p.len + l0) - i32(p.l0);
     let live = l0 < p.len && rel0 + i32(RUN) > 0 && rel0 < i32(p.ne);
-    var acc: array<f32, RUN>;
+    var acc: array<f32, RUN_MAX>;
     for (var r = 0u; r < RUN; r++) {
         acc[r] = 0.0;
     }
