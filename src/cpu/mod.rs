@@ -9,6 +9,7 @@
 
 pub mod attention;
 mod gemm;
+pub(crate) mod gated;
 pub mod positions;
 pub mod ssm;
 
