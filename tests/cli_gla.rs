@@ -146,10 +146,15 @@ fn blhd_and_cu_seqlens_run_on_the_cpu_path_and_the_reference() {
     let cu = [0usize, 15, 100, 300, 1200, 2000];
     let (h, l) = (2, 2000);
     // [1, H, L, D] values, written as [1, L, H, D].
-    let bhld: Vec<Vec<f64>> = [(DK, 21, -1.0), (DK, 22, -1.0), (DV, 23, -1.0), (DK, 24, -3.0)]
-        .iter()
-        .map(|&(d, seed, lo)| draw(h * l * d, lo, if lo < -2.0 { 0.0 } else { 1.0 }, seed))
-        .collect();
+    let bhld: Vec<Vec<f64>> = [
+        (DK, 21, -1.0),
+        (DK, 22, -1.0),
+        (DV, 23, -1.0),
+        (DK, 24, -3.0),
+    ]
+    .iter()
+    .map(|&(d, seed, lo)| draw(h * l * d, lo, if lo < -2.0 { 0.0 } else { 1.0 }, seed))
+    .collect();
     let blhd = |x: &[f64], d: usize| -> Vec<f64> {
         let mut o = vec![0.0; x.len()];
         for hi in 0..h {
@@ -165,7 +170,11 @@ fn blhd_and_cu_seqlens_run_on_the_cpu_path_and_the_reference() {
         .map(|i| (names[i], vec![1, l, h, dims[i]], blhd(&bhld[i], dims[i])))
         .collect();
     let input = tmp("cu.safetensors");
-    files::write_f32_i64(&input, &t, &[("cu", cu.iter().map(|&o| o as i64).collect())]);
+    files::write_f32_i64(
+        &input,
+        &t,
+        &[("cu", cu.iter().map(|&o| o as i64).collect())],
+    );
     let r = GlaRef {
         q: &bhld[0],
         k: &bhld[1],
@@ -184,8 +193,17 @@ fn blhd_and_cu_seqlens_run_on_the_cpu_path_and_the_reference() {
     let want = blhd(&want, DV);
     let output = tmp("cu-o.safetensors");
     let args = [
-        "attention", "--input", &input, "--method", "gla", "--layout", "blhd", "--cu-seqlens",
-        "cu", "--output", &output,
+        "attention",
+        "--input",
+        &input,
+        "--method",
+        "gla",
+        "--layout",
+        "blhd",
+        "--cu-seqlens",
+        "cu",
+        "--output",
+        &output,
     ];
     let o = longseq(&args);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -143,7 +143,11 @@ fn cu_seqlens_runs_each_sequence_from_its_state_on_every_device() {
         ("A", vec![1, l, h], draw(tok, -2.0, 0.0, 12)),
         ("B", vec![1, l, h, n], draw(tok * n, -1.0, 1.0, 13)),
         ("C", vec![1, l, h, n], draw(tok * n, -1.0, 1.0, 14)),
-        ("initial_state", vec![ns, h, n, p], draw(ns * h * n * p, -1.0, 1.0, 15)),
+        (
+            "initial_state",
+            vec![ns, h, n, p],
+            draw(ns * h * n * p, -1.0, 1.0, 15),
+        ),
     ];
     let input = tmp("cu.safetensors");
     let offs: Vec<i64> = cu.iter().map(|&o| o as i64).collect();
@@ -166,13 +170,26 @@ fn cu_seqlens_runs_each_sequence_from_its_state_on_every_device() {
     for dev in ["gpu,reference", "cpu,reference"] {
         let output = tmp(&format!("cu-{dev}.safetensors"));
         let o = longseq(&[
-            "ssd", "--input", &input, "--cu-seqlens", "cu", "--device", dev, "--output", &output,
+            "ssd",
+            "--input",
+            &input,
+            "--cu-seqlens",
+            "cu",
+            "--device",
+            dev,
+            "--output",
+            &output,
         ]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let (y, _) = read(&output, "Y");
         assert_close_both(&format!("cli cu Y {dev}"), &y, &want, TOL_F32);
         let (last, shape) = read(&output, "final_state");
         assert_eq!(shape, [ns, h, n, p]);
-        assert_close_both(&format!("cli cu final_state {dev}"), &last, &want_last, TOL_F32);
+        assert_close_both(
+            &format!("cli cu final_state {dev}"),
+            &last,
+            &want_last,
+            TOL_F32,
+        );
     }
 }

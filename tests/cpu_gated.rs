@@ -21,7 +21,10 @@ use rand::Rng;
 const CU: [usize; 6] = [0, 15, 100, 300, 1200, 2000];
 
 fn check(label: &str, got: &[f64], want: &[f64], tol: f64) {
-    assert!(got.iter().all(|x| x.is_finite()), "{label}: non-finite output");
+    assert!(
+        got.iter().all(|x| x.is_finite()),
+        "{label}: non-finite output"
+    );
     assert_close(label, got, want, tol);
     let rms = (want.iter().map(|x| x * x).sum::<f64>() / want.len() as f64).sqrt();
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
@@ -35,7 +38,9 @@ fn check(label: &str, got: &[f64], want: &[f64], tol: f64) {
 
 /// `n` values uniform in [lo, hi), rounded to T and back.
 fn draw<T: Element>(g: &mut impl Rng, n: usize, lo: f64, hi: f64) -> (Vec<T>, Vec<f64>) {
-    let t: Vec<T> = (0..n).map(|_| T::from_f64(g.random_range(lo..hi))).collect();
+    let t: Vec<T> = (0..n)
+        .map(|_| T::from_f64(g.random_range(lo..hi)))
+        .collect();
     let f = to_f64(&t);
     (t, f)
 }
@@ -128,7 +133,14 @@ fn to_layout<T: Copy>(x: &[T], b: usize, h: usize, l: usize, d: usize, lay: Layo
 }
 
 /// GLA of `s` in `lay` (cu_seqlens when given), gates in [gmin, −0.001], with an initial state.
-fn gla_case<T: Element>(s: GlaShape, lay: Layout, gmin: f64, cu: Option<&[usize]>, seed: u64, tol: f64) {
+fn gla_case<T: Element>(
+    s: GlaShape,
+    lay: Layout,
+    gmin: f64,
+    cu: Option<&[usize]>,
+    seed: u64,
+    tol: f64,
+) {
     let mut g = rng(seed);
     let (b, h, l) = (s.batch, s.heads, s.len);
     let nk = b * h * l * s.dk;
@@ -207,7 +219,14 @@ fn gla_cu_seqlens_each_sequence_from_its_state() {
         gla_case::<f32>(gs(1, 3, 2000, 12, 10), lay, -1.0, Some(&CU), 40, 1e-5);
         gla_case::<half::f16>(gs(1, 2, 2000, 16, 8), lay, -30.0, Some(&CU), 41, 2e-3);
     }
-    gla_case::<f32>(gs(1, 2, 2050, 8, 6), Layout::Blhd, -0.5, Some(&[0, 7, 7, 2000]), 42, 1e-5);
+    gla_case::<f32>(
+        gs(1, 2, 2050, 8, 6),
+        Layout::Blhd,
+        -0.5,
+        Some(&[0, 7, 7, 2000]),
+        42,
+        1e-5,
+    );
 }
 
 #[test]
@@ -222,7 +241,10 @@ fn bad_input_is_a_typed_error() {
     };
     assert!(matches!(
         ssd(d, &host),
-        Err(Error::InvalidArgument { name: "cu_seqlens", .. })
+        Err(Error::InvalidArgument {
+            name: "cu_seqlens",
+            ..
+        })
     ));
     assert!(matches!(
         ssd(d, &SsdHost::new(&z[1..], &a, &z, &z)),
@@ -234,7 +256,10 @@ fn bad_input_is_a_typed_error() {
         scale: Some(f32::NAN),
         ..GlaHost::new(&q, &q, &q, &q)
     };
-    assert!(matches!(gla(s, &bad), Err(Error::InvalidArgument { name: "scale", .. })));
+    assert!(matches!(
+        gla(s, &bad),
+        Err(Error::InvalidArgument { name: "scale", .. })
+    ));
     assert!(matches!(
         gla(gs(0, 2, 4, 3, 3), &GlaHost::new(&q, &q, &q, &q)),
         Err(Error::InvalidArgument { name: "dims", .. })

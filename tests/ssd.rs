@@ -11,9 +11,9 @@ mod common;
 
 use common::*;
 use longseq::reference::ssd::{ssd_ref, ssd_ref_varlen, SsdDims, SsdRef};
-use longseq::types::batch::CuSeqlens;
 use longseq::schedule::Schedule;
 use longseq::ssm::{record_ssd, ssd, ssd_into, SsdInputs};
+use longseq::types::batch::CuSeqlens;
 use longseq::{Context, Element, Error, Tensor};
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -216,15 +216,30 @@ fn f32_ragged_lengths_match_the_recurrence() {
 
 /// Packed sequences (b = 1) into NaN-poisoned outputs, each from its own initial state, vs the
 /// per-sequence references; Y past the last offset stays NaN (untouched).
-fn varlen_case<T: Element>(ctx: &Context, d: SsdDims, offs: &[usize], decay: Decay, seed: u64, tol: f64) {
+fn varlen_case<T: Element>(
+    ctx: &Context,
+    d: SsdDims,
+    offs: &[usize],
+    decay: Decay,
+    seed: u64,
+    tol: f64,
+) {
     let nseq = offs.len() - 1;
     let mut h = Host::new::<T>(d, decay, false, seed);
     let mut g = rng(seed + 1000);
     let st = d.heads * d.state * d.head_dim;
-    let h0: Vec<f64> = randn(&mut g, nseq * st, 1.0).into_iter().map(f64::from).collect();
+    let h0: Vec<f64> = randn(&mut g, nseq * st, 1.0)
+        .into_iter()
+        .map(f64::from)
+        .collect();
     h.h0 = Some(h0.clone());
     let dev = Dev::<T>::new_states(ctx, &h, nseq);
-    let cu = CuSeqlens::new("t", &offs.iter().map(|&o| o as i64).collect::<Vec<_>>(), d.len).unwrap();
+    let cu = CuSeqlens::new(
+        "t",
+        &offs.iter().map(|&o| o as i64).collect::<Vec<_>>(),
+        d.len,
+    )
+    .unwrap();
     let x = SsdInputs {
         cu_seqlens: Some(&cu),
         ..dev.inputs()
@@ -243,7 +258,10 @@ fn varlen_case<T: Element>(ctx: &Context, d: SsdDims, offs: &[usize], decay: Dec
     let label = format!("{:?} {d:?} cu {offs:?}", T::DTYPE);
     let got = to_f64(&y.to_vec(ctx).unwrap());
     let end = offs[nseq] * d.heads * d.head_dim;
-    assert!(got[end..].iter().all(|v| v.is_nan()), "{label}: Y past the last offset was written");
+    assert!(
+        got[end..].iter().all(|v| v.is_nan()),
+        "{label}: Y past the last offset was written"
+    );
     check(&format!("{label} Y"), &got[..end], &want[..end], tol);
     let got_last = to_f64(&last.to_vec(ctx).unwrap());
     check(&format!("{label} final_state"), &got_last, &want_last, tol);
@@ -259,7 +277,14 @@ fn cu_seqlens_each_sequence_from_its_own_state() {
     varlen_case::<half::f16>(ctx_packed(), d, &cu, Decay::Usual, 93, TOL_F16);
     // An empty sequence (its final state is its initial state) and tokens past the last offset.
     let d = dims(1, 2050, 2, 37, 3);
-    varlen_case::<f32>(ctx_gpu_tiles(), d, &[0, 7, 7, 2000], Decay::Slow, 94, TOL_F32);
+    varlen_case::<f32>(
+        ctx_gpu_tiles(),
+        d,
+        &[0, 7, 7, 2000],
+        Decay::Slow,
+        94,
+        TOL_F32,
+    );
 }
 
 #[test]

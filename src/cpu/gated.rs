@@ -135,7 +135,8 @@ impl Engine<'_> {
         let (dk, dv, gw) = (self.dk, self.dv, w.gw);
         let rows = |x: &[f32], op: Operand, width: usize, dst: &mut [f32]| {
             for i in 0..c {
-                dst[i * width..][..width].copy_from_slice(&x[op.base + (t0 + i) * op.ts..][..width]);
+                dst[i * width..][..width]
+                    .copy_from_slice(&x[op.base + (t0 + i) * op.ts..][..width]);
             }
         };
         rows(self.q, ln.q, dk, &mut w.q);
@@ -267,7 +268,9 @@ pub(crate) fn check_cu(
         reason,
     };
     if batch != 1 {
-        return Err(bad(format!("needs batch 1 (packed sequences), got {batch}")));
+        return Err(bad(format!(
+            "needs batch 1 (packed sequences), got {batch}"
+        )));
     }
     let last = *cu.offsets().last().unwrap_or(&0) as usize;
     if last > len {

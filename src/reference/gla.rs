@@ -111,7 +111,12 @@ pub fn gla_ref_varlen(
     offsets: &[usize],
     x: &GlaRef<'_>,
 ) -> Result<(Vec<f64>, Vec<f64>)> {
-    let GlaDims { rows: h, len, dk, dv } = dims;
+    let GlaDims {
+        rows: h,
+        len,
+        dk,
+        dv,
+    } = dims;
     let ok = offsets.len() >= 2
         && offsets[0] == 0
         && offsets.windows(2).all(|w| w[0] <= w[1])
@@ -152,7 +157,15 @@ pub fn gla_ref_varlen(
             initial_state: h0,
             scale: x.scale,
         };
-        let (os, s) = gla_ref(GlaDims { rows: h, len: n, dk, dv }, &r)?;
+        let (os, s) = gla_ref(
+            GlaDims {
+                rows: h,
+                len: n,
+                dk,
+                dv,
+            },
+            &r,
+        )?;
         for r in 0..h {
             o[(r * len + t0) * dv..][..n * dv].copy_from_slice(&os[r * n * dv..][..n * dv]);
         }

@@ -303,7 +303,14 @@ impl<T: Element> Ssd<'_, '_, T> {
         };
         // The pass's output starts at its first batch.
         let out0 = p.out.first + (sp.tok0 - p.r0 * d.len) * h * d.p;
-        let (bout, out_off) = Bind::elems(ctx, 8, p.out.buffer, p.out.elem_bytes, out0, nr * tokens * d.p);
+        let (bout, out_off) = Bind::elems(
+            ctx,
+            8,
+            p.out.buffer,
+            p.out.elem_bytes,
+            out0,
+            nr * tokens * d.p,
+        );
         let nchunks = sp.len.div_ceil(CHUNK as u64);
         let mut prm = Params {
             rows: nr as u32,
@@ -355,7 +362,9 @@ fn record_final(
 ) -> Result<()> {
     let ctx = s.context();
     let wg = workgroup_size(ctx);
-    let pl = ctx.pipelines.get(ctx, "ssd", "final_state", storage, &[("WG", wg)])?;
+    let pl = ctx
+        .pipelines
+        .get(ctx, "ssd", "final_state", storage, &[("WG", wg)])?;
     let total = prm.rows as u64 * prm.heads as u64 * prm.n as u64 * prm.p as u64;
     prm.total = total as u32;
     s.dispatch(&*pl, &*prm, &binds, total.div_ceil(wg as u64))

@@ -34,7 +34,11 @@ pub fn write_f32(path: &str, tensors: &[(&str, Vec<usize>, Vec<f64>)]) {
 }
 
 /// [`write_f32`] plus i64 vectors (`cu_seqlens` offsets, as fla writes them).
-pub fn write_f32_i64(path: &str, tensors: &[(&str, Vec<usize>, Vec<f64>)], ints: &[(&str, Vec<i64>)]) {
+pub fn write_f32_i64(
+    path: &str,
+    tensors: &[(&str, Vec<usize>, Vec<f64>)],
+    ints: &[(&str, Vec<i64>)],
+) {
     let mut bytes: Vec<Vec<u8>> = tensors
         .iter()
         .map(|(_, _, v)| {

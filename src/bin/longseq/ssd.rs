@@ -2,8 +2,8 @@
 
 use half::f16;
 use longseq::reference::ssd::{ssd_ref, ssd_ref_varlen, SsdDims, SsdRef};
-use longseq::types::batch::CuSeqlens;
 use longseq::ssm::{ssd, SsdInputs};
+use longseq::types::batch::CuSeqlens;
 use longseq::{Context, Element, Tensor};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use rand_distr::StandardNormal;

@@ -13,7 +13,12 @@ use crate::devices::{self, Devices};
 use crate::io::{self, CliError, HostTensor, Out};
 
 /// `[B, H, L, D]` ↔ `layout` (`to_layout` false: from `layout` to `[B, H, L, D]`).
-fn permute(x: &[f64], (b, h, l, d): (usize, usize, usize, usize), lay: Layout, to: bool) -> Vec<f64> {
+fn permute(
+    x: &[f64],
+    (b, h, l, d): (usize, usize, usize, usize),
+    lay: Layout,
+    to: bool,
+) -> Vec<f64> {
     let st = lay.strides(h, l, d);
     let mut out = vec![0.0; x.len()];
     for bi in 0..b {
@@ -46,7 +51,11 @@ pub(super) fn run(
     let (b, h, l, dk) = layout.dims(rank4(&q)?);
     let dv = layout.dims(rank4(&v)?).3;
     let want = |d: usize| layout.shape(b, h, l, d).to_vec();
-    for (n, t, w) in [("k", &k, want(dk)), ("g", &g, want(dk)), ("v", &v, want(dv))] {
+    for (n, t, w) in [
+        ("k", &k, want(dk)),
+        ("g", &g, want(dk)),
+        ("v", &v, want(dv)),
+    ] {
         if t.shape != w {
             return Err(CliError::Input(format!(
                 "tensor `{}{n}` has shape {:?}, expected {w:?} ({})",
@@ -91,7 +100,10 @@ pub(super) fn run(
         a.input,
         want(dk),
         layout.name(),
-        cu.as_ref().map_or(String::new(), |c| format!(", {} packed sequences", c.count()))
+        cu.as_ref().map_or(String::new(), |c| format!(
+            ", {} packed sequences",
+            c.count()
+        ))
     );
     let slots = cu.as_ref().map_or(b, |c| c.count());
     let cpu = match dev.cpu {
@@ -102,9 +114,19 @@ pub(super) fn run(
                 cu_seqlens: cu.as_ref(),
                 ..GlaHost::new(&q, &k, &v, &g)
             };
-            let shape = GlaShape { batch: b, heads: h, len: l, dk, dv };
+            let shape = GlaShape {
+                batch: b,
+                heads: h,
+                len: l,
+                dk,
+                dv,
+            };
             let (o, s) = gla(shape, &x)?;
-            Ok([o, s].concat().into_iter().map(f64::from).collect::<Vec<f64>>())
+            Ok([o, s]
+                .concat()
+                .into_iter()
+                .map(f64::from)
+                .collect::<Vec<f64>>())
         })?),
         false => None,
     };
@@ -123,7 +145,12 @@ pub(super) fn run(
             initial_state: None,
             scale: a.scale.map(f64::from),
         };
-        let dims = GlaDims { rows: b * h, len: l, dk, dv };
+        let dims = GlaDims {
+            rows: b * h,
+            len: l,
+            dk,
+            dv,
+        };
         let (o, s) = match &cu {
             Some(c) => {
                 let offs: Vec<usize> = c.offsets().iter().map(|&o| o as usize).collect();
@@ -140,8 +167,14 @@ pub(super) fn run(
     if let Some(path) = &a.output {
         let f = |v: Vec<f64>| Out::F32(v.into_iter().map(|x| x as f32).collect());
         let fs = vec![slots, h, dk, dv];
-        io::write(path, vec![("o", want(dv), f(o)), ("final_state", fs.clone(), f(last))])?;
-        println!("wrote o {:?} and final_state {fs:?} f32 to {path}", want(dv));
+        io::write(
+            path,
+            vec![("o", want(dv), f(o)), ("final_state", fs.clone(), f(last))],
+        )?;
+        println!(
+            "wrote o {:?} and final_state {fs:?} f32 to {path}",
+            want(dv)
+        );
     }
     Ok(())
 }
