@@ -191,9 +191,9 @@ impl Engine<'_> {
                 for t in 0..c {
                     let row = &mut w.a[t * c..][..c];
                     let mut lg = 0.0;
-                    for s in (0..=t).rev() {
-                        row[s] *= exp_nonpos(lg);
-                        lg += w.g[s];
+                    for (r, &g) in row[..=t].iter_mut().zip(&w.g[..=t]).rev() {
+                        *r *= exp_nonpos(lg);
+                        lg += g;
                     }
                     row[t + 1..].fill(0.0);
                 }
@@ -206,9 +206,9 @@ impl Engine<'_> {
                     for s in (0..=t).rev() {
                         let (ks, gs) = (&w.k[s * dk..][..dk], &w.g[s * gw..][..dk]);
                         let mut sum = 0.0;
-                        for d in 0..dk {
-                            sum += qt[d] * ks[d] * exp_nonpos(lg[d]);
-                            lg[d] += gs[d];
+                        for (((l, &q), &k), &g) in lg.iter_mut().zip(qt).zip(ks).zip(gs) {
+                            sum += q * k * exp_nonpos(*l);
+                            *l += g;
                         }
                         w.a[t * c + s] = sum;
                     }
