@@ -367,7 +367,7 @@ fn record_final(
         .get(ctx, "ssd", "final_state", storage, &[("WG", wg)])?;
     let total = prm.rows as u64 * prm.heads as u64 * prm.n as u64 * prm.p as u64;
     prm.total = total as u32;
-    s.dispatch(&*pl, &*prm, &binds, total.div_ceil(wg as u64))
+    s.dispatch(&pl, &*prm, &binds, total.div_ceil(wg as u64))
 }
 
 /// seg_sums, chunk_state, the carry scan, chunk_in, chunk_out, final_state; `bufs` are the
