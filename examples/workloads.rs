@@ -9,11 +9,14 @@
 //! - W4: Mamba-2 SSD, b = 1, l = 4096, h = 24, p = 64, n = 64, A in [−1, −0.001], f32.
 //! - W5: gated linear attention, B = 1, H = 8, L = 4096, Dk = Dv = 64, g in [−0.1, −0.001], f32.
 //!
-//! W4 and W5 count the FLOPs of their recurrences (5 per state element and step) and have no
-//! f32 CPU path (`cpu` skips them).
+//! - W6: Mamba selective scan (S6), B = 1, D = 1536, N = 16, L = 4096, delta_softplus with
+//!   delta_bias, D skip, no z, f32 (as scripts/jax_workloads.py's W6).
+//!
+//! W4, W5 and W6 count the FLOPs of their recurrences (5 per state element and step; W6 adds
+//! the discretisation, ~9 per state element and step in all).
 //!
 //! `cargo run --release --example workloads -- [--device gpu,cpu,reference] [--runs N] [--l L]
-//! [--l3 L] [--only W1,W2,W3,W4,W5]`
+//! [--l3 L] [--only W1,W2,W3,W4,W5,W6]`
 
 use std::time::Instant;
 
@@ -68,7 +71,7 @@ fn args() -> Args {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: workloads [--device gpu,cpu,reference] [--runs N] [--l L] [--l3 L] [--only W1,..,W5] [--parts 1]"
+        "usage: workloads [--device gpu,cpu,reference] [--runs N] [--l L] [--l3 L] [--only W1,..,W6] [--parts 1]"
     );
     std::process::exit(2)
 }
@@ -244,6 +247,20 @@ fn ssd_workload(a: &Args, ctx: Option<&Context>) {
                 });
                 report("W4", "gpu", ms, gflop);
             }
+            ("cpu", _) => {
+                let dims = cpu::ssm::SsdDims {
+                    batch: b,
+                    len: l,
+                    heads: h,
+                    head_dim: p,
+                    state: n,
+                };
+                let host = cpu::ssm::SsdHost::new(&x, &am, &bm, &cm);
+                let ms = median_ms(a.runs, || {
+                    cpu::ssm::ssd(dims, &host).unwrap();
+                });
+                report("W4", "cpu", ms, gflop);
+            }
             ("reference", _) => {
                 let f = |v: &[f32]| -> Vec<f64> { v.iter().map(|&x| x as f64).collect() };
                 let (x, am, bm, cm) = (f(&x), f(&am), f(&bm), f(&cm));
@@ -295,6 +312,20 @@ fn gla_workload(a: &Args, ctx: Option<&Context>) {
                 });
                 report("W5", "gpu", ms, gflop);
             }
+            ("cpu", _) => {
+                let shape = cpu::attention::GlaShape {
+                    batch: 1,
+                    heads: bh,
+                    len: l,
+                    dk,
+                    dv,
+                };
+                let host = cpu::attention::GlaHost::new(&q, &k, &v, &g);
+                let ms = median_ms(a.runs, || {
+                    cpu::attention::gla(shape, &host).unwrap();
+                });
+                report("W5", "cpu", ms, gflop);
+            }
             ("reference", _) => {
                 let f = |x: &[f32]| -> Vec<f64> { x.iter().map(|&y| y as f64).collect() };
                 let (q, k, v, g) = (f(&q), f(&k), f(&v), f(&g));
@@ -316,6 +347,84 @@ fn gla_workload(a: &Args, ctx: Option<&Context>) {
                     gla_ref(dims, &r).unwrap();
                 });
                 report("W5", "reference", ms, gflop);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn mamba_workload(a: &Args, ctx: Option<&Context>) {
+    use longseq::reference::mamba::{selective_scan_ref, ScanDims, SelectiveScanRef};
+    use longseq::ssm::{selective_scan_into, SelectiveScanInputs};
+    let (b, d, n, l) = (1usize, 1536usize, 16usize, a.l);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let u = uniform(&mut rng, b * d * l, -1.0, 1.0);
+    let delta = uniform(&mut rng, b * d * l, -3.0, 1.0);
+    let am = uniform(&mut rng, d * n, -16.0, -0.5);
+    let bm = uniform(&mut rng, b * n * l, -1.0, 1.0);
+    let cm = uniform(&mut rng, b * n * l, -1.0, 1.0);
+    let dm = uniform(&mut rng, d, -1.0, 1.0);
+    let bias = uniform(&mut rng, d, -0.5, 0.5);
+    let gflop = 9.0 * (b * d * n * l) as f64 / 1e9;
+    let dims = ScanDims {
+        batch: b,
+        dim: d,
+        state: n,
+        len: l,
+    };
+    for dev in &a.devices {
+        match (dev.as_str(), ctx) {
+            ("gpu", Some(ctx)) => {
+                let t = |v: &[f32], s: &[usize]| Tensor::from_slice(ctx, v, s).unwrap();
+                let (tu, tdl) = (t(&u, &[b, d, l]), t(&delta, &[b, d, l]));
+                let (ta, tb, tc) = (t(&am, &[d, n]), t(&bm, &[b, n, l]), t(&cm, &[b, n, l]));
+                let (td, tbias) = (t(&dm, &[d]), t(&bias, &[d]));
+                let inp = SelectiveScanInputs {
+                    d: Some(&td),
+                    delta_bias: Some(&tbias),
+                    delta_softplus: true,
+                    ..SelectiveScanInputs::new(&tu, &tdl, &ta, &tb, &tc)
+                };
+                let y = Tensor::<f32>::empty(ctx, &[b, d, l]).unwrap();
+                let last = Tensor::<f32>::empty(ctx, &[b, d, n]).unwrap();
+                let ms = median_ms(a.runs, || {
+                    selective_scan_into(ctx, &inp, &y, &last).unwrap();
+                    ctx.wait().unwrap();
+                });
+                report("W6", "gpu", ms, gflop);
+            }
+            ("cpu", _) => {
+                let host = cpu::ssm::SelectiveScanHost {
+                    d: Some(&dm),
+                    delta_bias: Some(&bias),
+                    delta_softplus: true,
+                    ..cpu::ssm::SelectiveScanHost::new(&u, &delta, &am, &bm, &cm)
+                };
+                let ms = median_ms(a.runs, || {
+                    cpu::ssm::selective_scan(dims, &host).unwrap();
+                });
+                report("W6", "cpu", ms, gflop);
+            }
+            ("reference", _) => {
+                let f = |x: &[f32]| -> Vec<f64> { x.iter().map(|&y| y as f64).collect() };
+                let (u, delta, am, bm, cm, dm, bias) =
+                    (f(&u), f(&delta), f(&am), f(&bm), f(&cm), f(&dm), f(&bias));
+                let r = SelectiveScanRef {
+                    u: &u,
+                    delta: &delta,
+                    a: &am,
+                    b: &bm,
+                    c: &cm,
+                    d: Some(&dm),
+                    z: None,
+                    delta_bias: Some(&bias),
+                    delta_softplus: true,
+                    initial_state: None,
+                };
+                let ms = median_ms(a.runs.min(3), || {
+                    selective_scan_ref(dims, &r).unwrap();
+                });
+                report("W6", "reference", ms, gflop);
             }
             _ => {}
         }
@@ -345,6 +454,7 @@ fn main() {
             "W3" => s4d(&a, ctx.as_ref()),
             "W4" => ssd_workload(&a, ctx.as_ref()),
             "W5" => gla_workload(&a, ctx.as_ref()),
+            "W6" => mamba_workload(&a, ctx.as_ref()),
             _ => usage(),
         }
     }

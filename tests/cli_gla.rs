@@ -6,7 +6,7 @@ mod common;
 
 use common::files::{draw_uniform as draw, longseq, write_f32 as write};
 use common::*;
-use longseq::reference::gla::{gla_ref, GlaDims, GlaRef};
+use longseq::reference::gla::{gla_ref, gla_ref_varlen, GlaDims, GlaRef};
 use safetensors::SafeTensors;
 
 const L: usize = 150;
@@ -139,4 +139,84 @@ fn positive_or_nan_gates_exit_2_with_one_line() {
         assert!(err.contains("`g`"), "{name}: {err}");
         assert!(!std::path::Path::new(&output).exists(), "{name}");
     }
+}
+
+#[test]
+fn blhd_and_cu_seqlens_run_on_the_cpu_path_and_the_reference() {
+    let cu = [0usize, 15, 100, 300, 1200, 2000];
+    let (h, l) = (2, 2000);
+    // [1, H, L, D] values, written as [1, L, H, D].
+    let bhld: Vec<Vec<f64>> = [
+        (DK, 21, -1.0),
+        (DK, 22, -1.0),
+        (DV, 23, -1.0),
+        (DK, 24, -3.0),
+    ]
+    .iter()
+    .map(|&(d, seed, lo)| draw(h * l * d, lo, if lo < -2.0 { 0.0 } else { 1.0 }, seed))
+    .collect();
+    let blhd = |x: &[f64], d: usize| -> Vec<f64> {
+        let mut o = vec![0.0; x.len()];
+        for hi in 0..h {
+            for t in 0..l {
+                o[(t * h + hi) * d..][..d].copy_from_slice(&x[(hi * l + t) * d..][..d]);
+            }
+        }
+        o
+    };
+    let names = ["q", "k", "v", "g"];
+    let dims = [DK, DK, DV, DK];
+    let t: Vec<(&str, Vec<usize>, Vec<f64>)> = (0..4)
+        .map(|i| (names[i], vec![1, l, h, dims[i]], blhd(&bhld[i], dims[i])))
+        .collect();
+    let input = tmp("cu.safetensors");
+    files::write_f32_i64(
+        &input,
+        &t,
+        &[("cu", cu.iter().map(|&o| o as i64).collect())],
+    );
+    let r = GlaRef {
+        q: &bhld[0],
+        k: &bhld[1],
+        v: &bhld[2],
+        g: &bhld[3],
+        initial_state: None,
+        scale: None,
+    };
+    let gd = GlaDims {
+        rows: h,
+        len: l,
+        dk: DK,
+        dv: DV,
+    };
+    let (want, want_last) = gla_ref_varlen(gd, &cu, &r).unwrap();
+    let want = blhd(&want, DV);
+    let output = tmp("cu-o.safetensors");
+    let args = [
+        "attention",
+        "--input",
+        &input,
+        "--method",
+        "gla",
+        "--layout",
+        "blhd",
+        "--cu-seqlens",
+        "cu",
+        "--output",
+        &output,
+    ];
+    let o = longseq(&args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("cpu vs reference"), "{stdout}");
+    let (got, shape) = files::read_f64(&output, "o");
+    assert_eq!(shape, [1, l, h, DV]);
+    assert_close_both("cli gla blhd cu o", &got, &want, TOL_F32);
+    let (last, shape) = files::read_f64(&output, "final_state");
+    assert_eq!(shape, [cu.len() - 1, h, DK, DV]);
+    assert_close_both("cli gla blhd cu final_state", &last, &want_last, TOL_F32);
+    // The GPU op has neither: one line, exit 2.
+    let o = longseq(&[&args[..], &["--device", "gpu"]].concat());
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(String::from_utf8_lossy(&o.stderr).lines().count(), 1);
 }

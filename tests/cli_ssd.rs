@@ -6,7 +6,7 @@ mod common;
 
 use common::files::{draw_uniform as draw, longseq, read_f64 as read, write_f32 as write};
 use common::*;
-use longseq::reference::ssd::{ssd_ref, SsdDims, SsdRef};
+use longseq::reference::ssd::{ssd_ref, ssd_ref_varlen, SsdDims, SsdRef};
 
 const B: usize = 2;
 const L: usize = 300;
@@ -131,4 +131,65 @@ fn positive_log_decay_exits_2_with_one_line() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(err.contains("`A` holds 0.25 > 0"), "{err}");
+}
+
+#[test]
+fn cu_seqlens_runs_each_sequence_from_its_state_on_every_device() {
+    let cu = [0usize, 15, 100, 300, 1200, 2000];
+    let (l, h, p, n, ns) = (2000, 2, 5, 4, cu.len() - 1);
+    let tok = l * h;
+    let t = vec![
+        ("X", vec![1, l, h, p], draw(tok * p, -1.0, 1.0, 11)),
+        ("A", vec![1, l, h], draw(tok, -2.0, 0.0, 12)),
+        ("B", vec![1, l, h, n], draw(tok * n, -1.0, 1.0, 13)),
+        ("C", vec![1, l, h, n], draw(tok * n, -1.0, 1.0, 14)),
+        (
+            "initial_state",
+            vec![ns, h, n, p],
+            draw(ns * h * n * p, -1.0, 1.0, 15),
+        ),
+    ];
+    let input = tmp("cu.safetensors");
+    let offs: Vec<i64> = cu.iter().map(|&o| o as i64).collect();
+    files::write_f32_i64(&input, &t, &[("cu", offs)]);
+    let r = SsdRef {
+        x: &t[0].2,
+        a: &t[1].2,
+        b: &t[2].2,
+        c: &t[3].2,
+        initial_state: Some(&t[4].2),
+    };
+    let dims = SsdDims {
+        batch: 1,
+        len: l,
+        heads: h,
+        head_dim: p,
+        state: n,
+    };
+    let (want, want_last) = ssd_ref_varlen(dims, &cu, &r).unwrap();
+    for dev in ["gpu,reference", "cpu,reference"] {
+        let output = tmp(&format!("cu-{dev}.safetensors"));
+        let o = longseq(&[
+            "ssd",
+            "--input",
+            &input,
+            "--cu-seqlens",
+            "cu",
+            "--device",
+            dev,
+            "--output",
+            &output,
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let (y, _) = read(&output, "Y");
+        assert_close_both(&format!("cli cu Y {dev}"), &y, &want, TOL_F32);
+        let (last, shape) = read(&output, "final_state");
+        assert_eq!(shape, [ns, h, n, p]);
+        assert_close_both(
+            &format!("cli cu final_state {dev}"),
+            &last,
+            &want_last,
+            TOL_F32,
+        );
+    }
 }

@@ -10,9 +10,10 @@
 mod common;
 
 use common::*;
-use longseq::reference::ssd::{ssd_ref, SsdDims, SsdRef};
+use longseq::reference::ssd::{ssd_ref, ssd_ref_varlen, SsdDims, SsdRef};
 use longseq::schedule::Schedule;
 use longseq::ssm::{record_ssd, ssd, ssd_into, SsdInputs};
+use longseq::types::batch::CuSeqlens;
 use longseq::{Context, Element, Error, Tensor};
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -124,6 +125,11 @@ struct Dev<T: Element> {
 
 impl<T: Element> Dev<T> {
     fn new(ctx: &Context, h: &Host) -> Self {
+        Self::new_states(ctx, h, h.dims.batch)
+    }
+
+    /// With `slots` initial states (N with cu_seqlens).
+    fn new_states(ctx: &Context, h: &Host, slots: usize) -> Self {
         let d = h.dims;
         let up = |v: &[f64], s: &[usize]| {
             let v: Vec<T> = v.iter().map(|&x| T::from_f64(x)).collect();
@@ -132,7 +138,7 @@ impl<T: Element> Dev<T> {
         let (b, l, hh, p, n) = (d.batch, d.len, d.heads, d.head_dim, d.state);
         let h0 = h.h0.as_ref().map(|v| {
             let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
-            Tensor::from_slice(ctx, &v, &[b, hh, n, p]).unwrap()
+            Tensor::from_slice(ctx, &v, &[slots, hh, n, p]).unwrap()
         });
         Dev {
             t: [
@@ -206,6 +212,79 @@ fn f32_ragged_lengths_match_the_recurrence() {
             TOL_F32,
         );
     }
+}
+
+/// Packed sequences (b = 1) into NaN-poisoned outputs, each from its own initial state, vs the
+/// per-sequence references; Y past the last offset stays NaN (untouched).
+fn varlen_case<T: Element>(
+    ctx: &Context,
+    d: SsdDims,
+    offs: &[usize],
+    decay: Decay,
+    seed: u64,
+    tol: f64,
+) {
+    let nseq = offs.len() - 1;
+    let mut h = Host::new::<T>(d, decay, false, seed);
+    let mut g = rng(seed + 1000);
+    let st = d.heads * d.state * d.head_dim;
+    let h0: Vec<f64> = randn(&mut g, nseq * st, 1.0)
+        .into_iter()
+        .map(f64::from)
+        .collect();
+    h.h0 = Some(h0.clone());
+    let dev = Dev::<T>::new_states(ctx, &h, nseq);
+    let cu = CuSeqlens::new(
+        "t",
+        &offs.iter().map(|&o| o as i64).collect::<Vec<_>>(),
+        d.len,
+    )
+    .unwrap();
+    let x = SsdInputs {
+        cu_seqlens: Some(&cu),
+        ..dev.inputs()
+    };
+    let y = Tensor::<T>::nan(ctx, &[1, d.len, d.heads, d.head_dim]).unwrap();
+    let last = Tensor::<f32>::nan(ctx, &[nseq, d.heads, d.state, d.head_dim]).unwrap();
+    ssd_into(ctx, &x, &y, &last).unwrap();
+    let r = SsdRef {
+        x: &h.x,
+        a: &h.a,
+        b: &h.b,
+        c: &h.c,
+        initial_state: Some(&h0),
+    };
+    let (want, want_last) = ssd_ref_varlen(d, offs, &r).unwrap();
+    let label = format!("{:?} {d:?} cu {offs:?}", T::DTYPE);
+    let got = to_f64(&y.to_vec(ctx).unwrap());
+    let end = offs[nseq] * d.heads * d.head_dim;
+    assert!(
+        got[end..].iter().all(|v| v.is_nan()),
+        "{label}: Y past the last offset was written"
+    );
+    check(&format!("{label} Y"), &got[..end], &want[..end], tol);
+    let got_last = to_f64(&last.to_vec(ctx).unwrap());
+    check(&format!("{label} final_state"), &got_last, &want_last, tol);
+}
+
+#[test]
+fn cu_seqlens_each_sequence_from_its_own_state() {
+    let cu = [0, 15, 100, 300, 1200, 2000];
+    let d = dims(1, 2000, 3, 5, 4);
+    varlen_case::<f32>(ctx(), d, &cu, Decay::Usual, 90, TOL_F32);
+    varlen_case::<f32>(ctx(), d, &cu, Decay::Strong, 91, TOL_F32);
+    varlen_case::<half::f16>(ctx(), d, &cu, Decay::Usual, 92, TOL_F16);
+    varlen_case::<half::f16>(ctx_packed(), d, &cu, Decay::Usual, 93, TOL_F16);
+    // An empty sequence (its final state is its initial state) and tokens past the last offset.
+    let d = dims(1, 2050, 2, 37, 3);
+    varlen_case::<f32>(
+        ctx_gpu_tiles(),
+        d,
+        &[0, 7, 7, 2000],
+        Decay::Slow,
+        94,
+        TOL_F32,
+    );
 }
 
 #[test]

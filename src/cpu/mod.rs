@@ -8,6 +8,7 @@
 //! the inputs' dtype, as a new `Vec` or written into `&mut [T]` by the `_into` forms.
 
 pub mod attention;
+pub(crate) mod gated;
 mod gemm;
 pub mod positions;
 pub mod ssm;

@@ -101,6 +101,79 @@ pub fn gla_ref(dims: GlaDims, x: &GlaRef<'_>) -> Result<(Vec<f64>, Vec<f64>)> {
     Ok((o, state))
 }
 
+/// Packed sequences (`cu_seqlens`): with `q, k, g: [1, H, L, Dk]`, `v: [1, H, L, Dv]` (`dims.rows`
+/// = H), sequence i is steps `offsets[i]..offsets[i + 1]` of every head, each run by [`gla_ref`]
+/// from its own initial state (`[N, H, Dk, Dv]`, zero when absent). Returns `(o: [1, H, L, Dv]`
+/// (zero past the last offset), `final_state: [N, H, Dk, Dv])`. Errors as [`gla_ref`], and
+/// [`Error::InvalidArgument`] for offsets that are not non-decreasing from 0 within L.
+pub fn gla_ref_varlen(
+    dims: GlaDims,
+    offsets: &[usize],
+    x: &GlaRef<'_>,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let GlaDims {
+        rows: h,
+        len,
+        dk,
+        dv,
+    } = dims;
+    let ok = offsets.len() >= 2
+        && offsets[0] == 0
+        && offsets.windows(2).all(|w| w[0] <= w[1])
+        && offsets[offsets.len() - 1] <= len;
+    if !ok {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            name: "cu_seqlens",
+            reason: format!("{offsets:?} with {dims:?}"),
+        });
+    }
+    let nseq = offsets.len() - 1;
+    let st = h * dk * dv;
+    if let Some(h0) = x.initial_state {
+        check("initial_state", h0.len(), nseq * st, "[N, H, Dk, Dv]")?;
+    }
+    let mut o = vec![0.0; h * len * dv];
+    let mut last = vec![0.0; nseq * st];
+    for (i, w) in offsets.windows(2).enumerate() {
+        let (t0, n) = (w[0], w[1] - w[0]);
+        let h0 = x.initial_state.map(|s| &s[i * st..][..st]);
+        if n == 0 {
+            last[i * st..][..st].copy_from_slice(h0.unwrap_or(&vec![0.0; st][..]));
+            continue;
+        }
+        // Each head's rows t0..t0 + n, gathered into [H, n, D].
+        let cut = |a: &[f64], d: usize| -> Vec<f64> {
+            (0..h)
+                .flat_map(|r| a[(r * len + t0) * d..][..n * d].iter().copied())
+                .collect()
+        };
+        let (q, k, v, g) = (cut(x.q, dk), cut(x.k, dk), cut(x.v, dv), cut(x.g, dk));
+        let r = GlaRef {
+            q: &q,
+            k: &k,
+            v: &v,
+            g: &g,
+            initial_state: h0,
+            scale: x.scale,
+        };
+        let (os, s) = gla_ref(
+            GlaDims {
+                rows: h,
+                len: n,
+                dk,
+                dv,
+            },
+            &r,
+        )?;
+        for r in 0..h {
+            o[(r * len + t0) * dv..][..n * dv].copy_from_slice(&os[r * n * dv..][..n * dv]);
+        }
+        last[i * st..][..st].copy_from_slice(&s);
+    }
+    Ok((o, last))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -112,6 +112,66 @@ pub fn ssd_ref(dims: SsdDims, x: &SsdRef<'_>) -> Result<(Vec<f64>, Vec<f64>)> {
     Ok((y, state))
 }
 
+/// Packed sequences (`cu_seqlens`): with b = 1, sequence i is steps `offsets[i]..offsets[i + 1]`
+/// of `dims.len`, each run by [`ssd_ref`] from its own initial state (`[N, h, n, p]`, zero when
+/// absent). Returns `(Y: [1, l, h, p]` (zero past the last offset), `final_state: [N, h, n, p])`.
+/// Errors as [`ssd_ref`], and [`Error::InvalidArgument`] for b ≠ 1 or offsets that are not
+/// non-decreasing from 0 within l.
+pub fn ssd_ref_varlen(
+    dims: SsdDims,
+    offsets: &[usize],
+    x: &SsdRef<'_>,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let SsdDims {
+        heads: h,
+        head_dim: p,
+        state: n,
+        ..
+    } = dims;
+    let ok = dims.batch == 1
+        && offsets.len() >= 2
+        && offsets[0] == 0
+        && offsets.windows(2).all(|w| w[0] <= w[1])
+        && offsets[offsets.len() - 1] <= dims.len;
+    if !ok {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            name: "cu_seqlens",
+            reason: format!("{offsets:?} with {dims:?}"),
+        });
+    }
+    let nseq = offsets.len() - 1;
+    let st = h * n * p;
+    if let Some(h0) = x.initial_state {
+        check("initial_state", h0.len(), nseq * st, "[N, h, n, p]")?;
+    }
+    let mut y = vec![0.0; dims.len * h * p];
+    let mut last = vec![0.0; nseq * st];
+    for (i, w) in offsets.windows(2).enumerate() {
+        let (t0, t1) = (w[0], w[1]);
+        let h0 = x.initial_state.map(|s| &s[i * st..][..st]);
+        if t1 == t0 {
+            last[i * st..][..st].copy_from_slice(h0.unwrap_or(&vec![0.0; st][..]));
+            continue;
+        }
+        let d = SsdDims {
+            len: t1 - t0,
+            ..dims
+        };
+        let r = SsdRef {
+            x: &x.x[t0 * h * p..t1 * h * p],
+            a: &x.a[t0 * h..t1 * h],
+            b: &x.b[t0 * h * n..t1 * h * n],
+            c: &x.c[t0 * h * n..t1 * h * n],
+            initial_state: h0,
+        };
+        let (ys, s) = ssd_ref(d, &r)?;
+        y[t0 * h * p..t1 * h * p].copy_from_slice(&ys);
+        last[i * st..][..st].copy_from_slice(&s);
+    }
+    Ok((y, last))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,6 +22,7 @@ use crate::pipeline::Storage;
 use crate::schedule::Schedule;
 use crate::sizes::workgroup_size;
 use crate::ssm::selective::record_carry_scan;
+use crate::types::batch::CuSeqlens;
 use crate::{Context, Element, Error, Result, Tensor};
 
 crate::uniform! {
@@ -65,8 +66,12 @@ pub struct SsdInputs<'a, T: Element> {
     pub b: &'a Tensor<T>,
     /// `C: [b, l, h, n]`.
     pub c: &'a Tensor<T>,
-    /// `initial_state: [b, h, n, p]` f32 (zero when absent).
+    /// `initial_state: [b, h, n, p]` f32, or `[N, h, n, p]` with `cu_seqlens` (zero when absent).
     pub initial_state: Option<&'a Tensor<f32>>,
+    /// Packed sequences along l (b = 1): sequence i is steps `[offsets[i], offsets[i + 1])` and
+    /// runs from its own initial state; `final_state` is then `[N, h, n, p]`. Y past the last
+    /// offset is left untouched. Each sequence is its own set of dispatches (one submission).
+    pub cu_seqlens: Option<&'a CuSeqlens>,
 }
 
 impl<'a, T: Element> SsdInputs<'a, T> {
@@ -78,17 +83,19 @@ impl<'a, T: Element> SsdInputs<'a, T> {
             b,
             c,
             initial_state: None,
+            cu_seqlens: None,
         }
     }
 }
 
 /// `X: [b, l, h, p]`, `A: [b, l, h]`, `B, C: [b, l, h, n]` → `Y: [b, l, h, p]` (dtype T) and
-/// `final_state: [b, h, n, p]` (f32), any sizes ≥ 1 (a ragged last chunk included). Errors:
-/// [`Error::Shape`] for shapes that do not fit these, [`Error::WrongContext`],
+/// `final_state: [b, h, n, p]` (f32; `[N, h, n, p]` with cu_seqlens), any sizes ≥ 1 (a ragged
+/// last chunk included). Errors: [`Error::Shape`] for shapes that do not fit these,
+/// [`Error::InvalidArgument`] for cu_seqlens with b ≠ 1 or past l, [`Error::WrongContext`],
 /// [`Error::TooLarge`] when one batch's inputs and scratch exceed a storage binding.
 pub fn ssd<T: Element>(ctx: &Context, x: &SsdInputs<'_, T>) -> Result<(Tensor<T>, Tensor<f32>)> {
     let d = check(x)?;
-    let last = Tensor::<f32>::empty(ctx, &[d.batch, d.heads, d.n, d.p].map(|v| v as usize))?;
+    let last = Tensor::<f32>::empty(ctx, &[d.slots, d.heads, d.n, d.p].map(|v| v as usize))?;
     let y = driver::run(ctx, &Ssd { x, last: &last })?;
     Ok((y, last))
 }
@@ -128,10 +135,11 @@ pub fn record_ssd<T: Element>(
     )
 }
 
-/// b, l, h, p, n of a checked call.
+/// b, l, h, p, n of a checked call; slots = b, or N with cu_seqlens.
 #[derive(Clone, Copy)]
 struct Dims {
     batch: u64,
+    slots: u64,
     len: u64,
     heads: u64,
     p: u64,
@@ -174,11 +182,14 @@ fn check<T: Element>(x: &SsdInputs<'_, T>) -> Result<Dims> {
     }
     let n = bs[3];
     shape_is("C", x.c.shape(), &[b, l, h, n], "[b, l, h, n], like B")?;
+    let slots = crate::cpu::gated::check_cu(OP, b, l, x.cu_seqlens)?;
     if let Some(h0) = x.initial_state {
-        shape_is("initial_state", h0.shape(), &[b, h, n, p], "[b, h, n, p]")?;
+        let what = "[b, h, n, p] ([N, h, n, p] with cu_seqlens)";
+        shape_is("initial_state", h0.shape(), &[slots, h, n, p], what)?;
     }
     Ok(Dims {
         batch: b as u64,
+        slots: slots as u64,
         len: l as u64,
         heads: h as u64,
         p: p as u64,
@@ -198,8 +209,8 @@ impl<T: Element> RowOp for Ssd<'_, '_, T> {
 
     fn plan(&self, _: &Context) -> Result<(Dims, Plan)> {
         let d = check(self.x)?;
-        let st = [d.batch, d.heads, d.n, d.p].map(|v| v as usize);
-        shape_is("final_state", self.last.shape(), &st, "[b, h, n, p]")?;
+        let st = [d.slots, d.heads, d.n, d.p].map(|v| v as usize);
+        shape_is("final_state", self.last.shape(), &st, "[b or N, h, n, p]")?;
         if self.x.initial_state.map(|t| t.buffer()) == Some(self.last.buffer()) {
             return Err(Error::InvalidArgument {
                 op: OP,
@@ -235,50 +246,76 @@ impl<T: Element> RowOp for Ssd<'_, '_, T> {
     }
 
     fn record_rows(&self, s: &mut Schedule<'_>, d: &Dims, p: &Pass<'_>) -> Result<()> {
+        let Some(cu) = self.x.cu_seqlens else {
+            let span = Span {
+                tok0: p.r0 * d.len,
+                rows: p.nr,
+                len: d.len,
+                slot0: p.r0,
+            };
+            return self.record_span(s, d, p, span);
+        };
+        // b = 1: one pass, and a span per packed sequence.
+        for i in 0..cu.count() {
+            let r = cu.range(i);
+            let span = Span {
+                tok0: r.start as u64,
+                rows: 1,
+                len: r.len() as u64,
+                slot0: i as u64,
+            };
+            self.record_span(s, d, p, span)?;
+        }
+        Ok(())
+    }
+}
+
+/// `rows` consecutive lanes' worth of batches of `len` steps from token `tok0` (a flat
+/// (batch, step) index), their states at `slot0`.
+#[derive(Clone, Copy)]
+struct Span {
+    tok0: u64,
+    rows: u64,
+    len: u64,
+    slot0: u64,
+}
+
+impl<T: Element> Ssd<'_, '_, T> {
+    fn record_span(&self, s: &mut Schedule<'_>, d: &Dims, p: &Pass<'_>, sp: Span) -> Result<()> {
         let ctx = s.context();
         let x = self.x;
         let es = size_of::<T>() as u64;
-        let (r0, nr) = (p.r0, p.nr);
-        let tokens = d.len * d.heads;
-        let sn = d.heads * d.n * d.p;
-        let (bx, x_off) = Bind::elems(
-            ctx,
-            1,
-            x.x.buffer(),
-            es,
-            r0 * tokens * d.p,
-            nr * tokens * d.p,
-        );
-        let (ba, a_off) = Bind::elems(ctx, 2, x.a.buffer(), es, r0 * tokens, nr * tokens);
-        let (bb, bc_off) = Bind::elems(
-            ctx,
-            3,
-            x.b.buffer(),
-            es,
-            r0 * tokens * d.n,
-            nr * tokens * d.n,
-        );
-        let bc = Bind::elems(
-            ctx,
-            4,
-            x.c.buffer(),
-            es,
-            r0 * tokens * d.n,
-            nr * tokens * d.n,
-        )
-        .0;
-        let (blast, st_off) = Bind::elems(ctx, 9, self.last.buffer(), 4, r0 * sn, nr * sn);
+        let (h, nr) = (d.heads, sp.rows);
+        let tokens = sp.len * h;
+        let sn = h * d.n * d.p;
+        let first = sp.tok0 * h;
+        let (bx, x_off) = Bind::elems(ctx, 1, x.x.buffer(), es, first * d.p, nr * tokens * d.p);
+        let (ba, a_off) = Bind::elems(ctx, 2, x.a.buffer(), es, first, nr * tokens);
+        let (b0, bn) = (first * d.n, nr * tokens * d.n);
+        let (bb, bc_off) = Bind::elems(ctx, 3, x.b.buffer(), es, b0, bn);
+        let bc = Bind::elems(ctx, 4, x.c.buffer(), es, b0, bn).0;
+        let (s0, sl) = (sp.slot0 * sn, nr * sn);
+        let (blast, st_off) = Bind::elems(ctx, 9, self.last.buffer(), 4, s0, sl);
         let dummy = scratch(ctx, 4);
         let bh0 = match x.initial_state {
-            Some(h) => Bind::elems(ctx, 5, h.buffer(), 4, r0 * sn, nr * sn).0,
+            Some(hs) => Bind::elems(ctx, 5, hs.buffer(), 4, s0, sl).0,
             None => Bind::all(5, &dummy),
         };
-        let (bout, out_off) = p.out.bind(ctx, 8, nr * tokens * d.p);
-        let nchunks = d.len.div_ceil(CHUNK as u64);
+        // The pass's output starts at its first batch.
+        let out0 = p.out.first + (sp.tok0 - p.r0 * d.len) * h * d.p;
+        let (bout, out_off) = Bind::elems(
+            ctx,
+            8,
+            p.out.buffer,
+            p.out.elem_bytes,
+            out0,
+            nr * tokens * d.p,
+        );
+        let nchunks = sp.len.div_ceil(CHUNK as u64);
         let mut prm = Params {
             rows: nr as u32,
-            len: d.len as u32,
-            heads: d.heads as u32,
+            len: sp.len as u32,
+            heads: h as u32,
             n: d.n as u32,
             p: d.p as u32,
             chunk: CHUNK as u32,
@@ -293,6 +330,11 @@ impl<T: Element> RowOp for Ssd<'_, '_, T> {
             total: 0,
             _pad: 0,
         };
+        if sp.len == 0 {
+            // An empty sequence: its final state is its initial state.
+            let carry = scratch(ctx, 8);
+            return record_final(s, p.storage, &mut prm, [bh0, Bind::all(7, &carry), blast]);
+        }
         let pool = &ctx.chunk_scratch;
         let bufs = [
             pool.take(ctx, nr * tokens * 8),
@@ -309,6 +351,23 @@ impl<T: Element> RowOp for Ssd<'_, '_, T> {
         pool.give(bufs);
         r
     }
+}
+
+/// The final_state pass alone (with `nchunks` 0 it copies the initial state, or zeros).
+fn record_final(
+    s: &mut Schedule<'_>,
+    storage: Storage,
+    prm: &mut Params,
+    binds: [Bind<'_>; 3],
+) -> Result<()> {
+    let ctx = s.context();
+    let wg = workgroup_size(ctx);
+    let pl = ctx
+        .pipelines
+        .get(ctx, "ssd", "final_state", storage, &[("WG", wg)])?;
+    let total = prm.rows as u64 * prm.heads as u64 * prm.n as u64 * prm.p as u64;
+    prm.total = total as u32;
+    s.dispatch(&pl, &*prm, &binds, total.div_ceil(wg as u64))
 }
 
 /// seg_sums, chunk_state, the carry scan, chunk_in, chunk_out, final_state; `bufs` are the

@@ -33,6 +33,29 @@ pub fn write_f32(path: &str, tensors: &[(&str, Vec<usize>, Vec<f64>)]) {
     safetensors::serialize_to_file(views, None, std::path::Path::new(path)).unwrap();
 }
 
+/// [`write_f32`] plus i64 vectors (`cu_seqlens` offsets, as fla writes them).
+pub fn write_f32_i64(
+    path: &str,
+    tensors: &[(&str, Vec<usize>, Vec<f64>)],
+    ints: &[(&str, Vec<i64>)],
+) {
+    let mut bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, v)| {
+            let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+            bytemuck::cast_slice(&v).to_vec()
+        })
+        .collect();
+    bytes.extend(ints.iter().map(|(_, v)| bytemuck::cast_slice(v).to_vec()));
+    let shapes = tensors.iter().map(|(n, s, _)| (*n, Dtype::F32, s.clone()));
+    let shapes = shapes.chain(ints.iter().map(|(n, v)| (*n, Dtype::I64, vec![v.len()])));
+    let views: Vec<(String, TensorView<'_>)> = shapes
+        .zip(&bytes)
+        .map(|((n, dt, s), b)| (n.to_string(), TensorView::new(dt, s, b).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(views, None, std::path::Path::new(path)).unwrap();
+}
+
 /// Uniform draws in [lo, hi), already rounded to f32 (the files store f32).
 pub fn draw_uniform(n: usize, lo: f64, hi: f64, seed: u64) -> Vec<f64> {
     let mut g = super::rng(seed);

@@ -18,6 +18,7 @@ use crate::methods::Op;
 use crate::rel_frobenius;
 
 mod batch;
+mod gla_batch;
 pub(crate) use batch::read_cu_seqlens;
 
 /// Attention over tensors in a safetensors file, on the GPU, the f32 CPU path and/or the f64
@@ -35,7 +36,9 @@ pub(crate) use batch::read_cu_seqlens;
 /// Softmax and diag also take `--layout blhd` ([B, L, H, D]), `--cu-seqlens NAME` (packed
 /// sequences, B = 1; tokens past the last offset are written as 0) and grouped heads from the
 /// k/v shapes (k, v: [B, Hkv, Lk, ·], Hkv dividing Hq), on the GPU and the reference; softmax
-/// without --causal or --window also takes Lk ≠ Lq (diag's blocks need Lk = Lq).
+/// without --causal or --window also takes Lk ≠ Lq (diag's blocks need Lk = Lq). Gla takes
+/// --layout blhd and --cu-seqlens on the f32 CPU path and the reference (cpu,reference by
+/// default; the GPU op has neither yet), and then also writes `final_state` [B or N, H, Dk, Dv].
 #[derive(clap::Args)]
 #[command(
     verbatim_doc_comment,
@@ -247,6 +250,10 @@ pub fn run(a: Args) -> Result<(), CliError> {
         }
     }
     let layout = longseq::types::batch::Layout::parse(&a.layout).unwrap_or_default();
+    let packed = layout != longseq::types::batch::Layout::Bhld || a.cu_seqlens.is_some();
+    if a.method == Method::Gla && packed {
+        return gla_batch::run(&a, &st, (q, k, v), layout);
+    }
     if batch::wanted(&a, layout, &q.shape, &k.shape, &v.shape) {
         return batch::run(&a, &st, (q, k, v), layout);
     }
@@ -313,11 +320,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
         None => None,
     };
     let cpu = if dev.cpu {
-        let note = match op.has_cpu_path() {
-            true => devices::cpu_note(),
-            false => "no f32 CPU path for this method yet: the f64 reference".into(),
-        };
-        Some(devices::timed("cpu", &note, || {
+        Some(devices::timed("cpu", &devices::cpu_note(), || {
             Ok(op.fast(&q, &k, &v, &dims)?)
         })?)
     } else {

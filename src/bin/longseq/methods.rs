@@ -152,7 +152,21 @@ impl Op {
             Op::SoftmaxPositional { opts, pos, heads } => {
                 fast::softmax_attention_positional_into(q, k, v, d, *heads, opts, pos, &mut out)?
             }
-            Op::Gla { .. } => return self.cpu(q, k, v, d),
+            Op::Gla { g, scale } => {
+                // The rows (batch · head) are contiguous: one batch of `rows` heads.
+                let shape = fast::GlaShape {
+                    batch: 1,
+                    heads: d.rows,
+                    len: d.len,
+                    dk: d.dk,
+                    dv: d.dv,
+                };
+                let x = fast::GlaHost {
+                    scale: *scale,
+                    ..fast::GlaHost::new(q, k, v, g)
+                };
+                out = fast::gla(shape, &x)?.0;
+            }
             Op::Norm(o) => fast::norm_attention(q, k, v, d, &none, o, &mut out)?,
             Op::Diag(o) => fast::diag_attention(q, k, v, d, &none, o, &mut out)?,
             Op::Lightning {
@@ -171,11 +185,6 @@ impl Op {
             )?,
         }
         Ok(out.into_iter().map(f64::from).collect())
-    }
-
-    /// Whether [`Op::fast`] has an f32 CPU path for this method.
-    pub fn has_cpu_path(&self) -> bool {
-        !matches!(self, Op::Gla { .. })
     }
 
     /// The `method:` line of the report.

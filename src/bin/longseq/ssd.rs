@@ -1,8 +1,9 @@
 //! `longseq ssd`: Mamba-2's SSD layer from a safetensors file.
 
 use half::f16;
-use longseq::reference::ssd::{ssd_ref, SsdDims, SsdRef};
+use longseq::reference::ssd::{ssd_ref, ssd_ref_varlen, SsdDims, SsdRef};
 use longseq::ssm::{ssd, SsdInputs};
+use longseq::types::batch::CuSeqlens;
 use longseq::{Context, Element, Tensor};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 use rand_distr::StandardNormal;
@@ -18,12 +19,15 @@ use crate::io::{self, CliError, HostTensor, Out};
 ///   X              [b, l, h, p]  input (Mamba-2 passes x · dt)
 ///   A              [b, l, h]     log-decay per step and head, ≤ 0 (Mamba-2's A · dt)
 ///   B, C           [b, l, h, n]  input-dependent projections
-///   initial_state  [b, h, n, p]  optional (zero when absent)
+///   initial_state  [b, h, n, p]  optional (zero when absent; [N, h, n, p] with --cu-seqlens)
 /// --init draws a Mamba-2-initialised layer: per head A_h = −U[1, 16] and dt_bias =
 /// softplus⁻¹(dt₀), dt₀ log-uniform in [1e-3, 1e-1]; per step dt = softplus(N(0, 1) + dt_bias),
 /// A = A_h · dt, X = N(0, 1) · dt, B, C ~ N(0, 1); from --seed, with --batch, --len, --heads,
 /// --head-dim and --state.
 /// Computes H_t = exp(A_t) H_{t−1} + B_tᵀ x_t, y_t = C_t H_t.
+/// --cu-seqlens NAME packs N sequences along l (b = 1; NAME: [N + 1] integer offsets, as fla's
+/// cu_seqlens): each runs from its own initial state; final_state is then [N, h, n, p] and Y is 0
+/// past the last offset.
 /// Writes (f32): Y [b, l, h, p], final_state [b, h, n, p].
 /// With --device both, prints the difference GPU vs CPU (exit 3 past the dtype's tolerance).
 /// A missing tensor, a shape mismatch or a bad option exits with code 2.
@@ -62,14 +66,16 @@ pub struct Args {
     /// input tensor is f16.
     #[arg(long, value_enum)]
     dtype: Option<StorageDtype>,
-    /// Where to run: gpu, cpu, reference (f64), or a comma-separated list (default
-    /// gpu,reference; cpu,reference when there is no GPU adapter). There is no f32 CPU path for
-    /// SSD yet: `cpu` runs the f64 reference, and says so.
+    /// Where to run: gpu, cpu (the f32 CPU path), reference (f64), or a comma-separated list
+    /// (default gpu,reference; cpu,reference when there is no GPU adapter).
     #[arg(long)]
     device: Option<Devices>,
     /// Run the f64 reference even when its estimated time is past the bound.
     #[arg(long)]
     force_reference: bool,
+    /// Packed sequences: the name of an [N + 1] integer tensor of offsets in --input (b = 1).
+    #[arg(long, conflicts_with = "init")]
+    cu_seqlens: Option<String>,
     /// Where to write `Y` and `final_state`.
     #[arg(long)]
     output: Option<String>,
@@ -82,6 +88,7 @@ struct Inputs {
     dims: SsdDims,
     req: Vec<HostTensor>,
     h0: Option<HostTensor>,
+    cu: Option<CuSeqlens>,
 }
 
 fn shape_err(name: &str, got: &[usize], want: String) -> CliError {
@@ -90,7 +97,7 @@ fn shape_err(name: &str, got: &[usize], want: String) -> CliError {
     ))
 }
 
-fn read_inputs(path: &str) -> Result<Inputs, CliError> {
+fn read_inputs(path: &str, cu_name: Option<&str>) -> Result<Inputs, CliError> {
     let bytes = io::read_file(path)?;
     let st = io::parse(&bytes, path)?;
     let req = REQUIRED
@@ -111,12 +118,23 @@ fn read_inputs(path: &str) -> Result<Inputs, CliError> {
         return Err(shape_err("B", bs, format!("[{b}, {l}, {h}, n] (n >= 1)")));
     }
     let n = bs[3];
+    let cu = match cu_name {
+        Some(name) => {
+            if b != 1 {
+                return Err(shape_err("X", x, "[1, l, h, p] with --cu-seqlens".into()));
+            }
+            let cu = crate::attention::read_cu_seqlens(&st, name, path, l)?;
+            Some(cu)
+        }
+        None => None,
+    };
+    let slots = cu.as_ref().map_or(b, CuSeqlens::count);
     let mut want = vec![
         ("A", &req[1], vec![b, l, h]),
         ("C", &req[3], vec![b, l, h, n]),
     ];
     if let Some(t) = &h0 {
-        want.push(("initial_state", t, vec![b, h, n, p]));
+        want.push(("initial_state", t, vec![slots, h, n, p]));
     }
     for (name, t, shape) in want {
         if t.shape != shape {
@@ -138,13 +156,13 @@ fn read_inputs(path: &str) -> Result<Inputs, CliError> {
         head_dim: p,
         state: n,
     };
-    Ok(Inputs { dims, req, h0 })
+    Ok(Inputs { dims, req, h0, cu })
 }
 
 pub fn run(a: Args) -> Result<(), CliError> {
     io::check_output(a.output.as_deref())?;
     let (mut x, source) = match &a.input {
-        Some(path) => (read_inputs(path)?, path.clone()),
+        Some(path) => (read_inputs(path, a.cu_seqlens.as_deref())?, path.clone()),
         None => (draw_inputs(&a)?, format!("--init (seed {})", a.seed)),
     };
     let dtypes: Vec<_> = x.req.iter().map(|t| t.dtype).collect();
@@ -164,6 +182,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
         state,
     } = x.dims;
     let mut dev = a.device.unwrap_or_default();
+    let slots = x.cu.as_ref().map_or(batch, CuSeqlens::count);
     let ctx = dev.open()?;
     println!(
         "input: {source} b = {batch}, l = {len}, h = {heads}, p = {head_dim}, n = {state}{}",
@@ -186,16 +205,20 @@ pub fn run(a: Args) -> Result<(), CliError> {
             c: &x.req[3].data,
             initial_state: x.h0.as_ref().map(|t| &t.data[..]),
         };
-        ssd_ref(x.dims, &r)
+        match &x.cu {
+            Some(cu) => {
+                let offs: Vec<usize> = cu.offsets().iter().map(|&o| o as usize).collect();
+                ssd_ref_varlen(x.dims, &offs, &r)
+            }
+            None => ssd_ref(x.dims, &r),
+        }
     };
     // `Y` and `final_state` are compared (and written) as one vector.
     let cat = |(o, s): (Vec<f64>, Vec<f64>)| [o, s].concat();
     let cpu = match dev.cpu {
-        true => Some(cat(devices::timed(
-            "cpu",
-            "no f32 CPU path for SSD yet: the f64 reference",
-            || Ok(reference()?),
-        )?)),
+        true => Some(cat(devices::timed("cpu", &devices::cpu_note(), || {
+            run_cpu(&x)
+        })?)),
         false => None,
     };
     let checked = dev.reference(a.force_reference, ops, "f64", reference)?;
@@ -209,12 +232,12 @@ pub fn run(a: Args) -> Result<(), CliError> {
             path,
             vec![
                 ("Y", vec![batch, len, heads, head_dim], f(y)),
-                ("final_state", vec![batch, heads, state, head_dim], f(last)),
+                ("final_state", vec![slots, heads, state, head_dim], f(last)),
             ],
         )?;
         println!(
             "wrote Y [{batch}, {len}, {heads}, {head_dim}] and final_state \
-             [{batch}, {heads}, {state}, {head_dim}] f32 to {path}"
+             [{slots}, {heads}, {state}, {head_dim}] f32 to {path}"
         );
     }
     Ok(())
@@ -275,6 +298,7 @@ fn draw_inputs(a: &Args) -> Result<Inputs, CliError> {
         dims,
         req,
         h0: None,
+        cu: None,
     })
 }
 
@@ -299,6 +323,7 @@ fn run_gpu<T: Element>(ctx: &Context, x: &Inputs) -> Result<(Vec<f64>, Vec<f64>)
     };
     let inp = SsdInputs {
         initial_state: h0.as_ref(),
+        cu_seqlens: x.cu.as_ref(),
         ..SsdInputs::new(&req[0], &req[1], &req[2], &req[3])
     };
     let go = || -> longseq::Result<(Vec<f64>, Vec<f64>)> {
@@ -308,4 +333,18 @@ fn run_gpu<T: Element>(ctx: &Context, x: &Inputs) -> Result<(Vec<f64>, Vec<f64>)
         Ok((y, s))
     };
     devices::gpu_timed(go)
+}
+
+/// The f32 CPU path on the stored values.
+fn run_cpu(x: &Inputs) -> Result<(Vec<f64>, Vec<f64>), CliError> {
+    let f: Vec<Vec<f32>> = x.req.iter().map(HostTensor::to_f32).collect();
+    let h0 = x.h0.as_ref().map(HostTensor::to_f32);
+    let host = longseq::cpu::ssm::SsdHost {
+        initial_state: h0.as_deref(),
+        cu_seqlens: x.cu.as_ref(),
+        ..longseq::cpu::ssm::SsdHost::new(&f[0], &f[1], &f[2], &f[3])
+    };
+    let (y, s) = longseq::cpu::ssm::ssd(x.dims, &host)?;
+    let w = |v: Vec<f32>| v.into_iter().map(f64::from).collect();
+    Ok((w(y), w(s)))
 }

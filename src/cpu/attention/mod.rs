@@ -1,6 +1,7 @@
 //! Attention on the CPU path (f32, rayon, sgemm).
 
 pub mod favor;
+pub mod gla;
 pub mod lightning;
 pub mod linear;
 pub mod positional;
@@ -9,6 +10,7 @@ pub mod softmax;
 pub mod transnormer;
 
 pub use favor::{favor_attention, favor_attention_into};
+pub use gla::{gla, GlaHost, GlaShape};
 pub use lightning::{lightning_attention, lightning_attention_into};
 pub use linear::{linear_attention, linear_attention_into};
 pub use positional::{softmax_attention_positional, softmax_attention_positional_into};
