@@ -249,8 +249,10 @@ fn chunk_state(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     }
     let sb = rc * width4();
     for (var i = 0u; i < TR; i++) {
+        // Padded feature rows (a >= dk) hold 0·v: NaN for an Inf in v, a term with no source.
+        let keep = a0 + i < p.dk;
         for (var e = 0u; e < TC4; e++) {
-            state[sb + (a0 + i) * d4n + d0 / 4u + e] = acc[i * TC4 + e];
+            state[sb + (a0 + i) * d4n + d0 / 4u + e] = select(vec4<f32>(0.0), acc[i * TC4 + e], keep);
         }
     }
     if (d0 == 0u) {
@@ -468,7 +470,9 @@ fn chunk_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
         for (var e = 0u; e < TR * TC4; e++) {
             acc[e] = vec4<f32>(0.0);
         }
-        for (var a = 0u; a < p.dkp; a++) {
+        // The state entering a sequence's first chunk is an empty sum: no term, not Inf·0.
+        let na = select(p.dkp, 0u, CAUSAL && c == 0u && p.first == 1u);
+        for (var a = 0u; a < na; a++) {
             var qr: array<vec4<f32>, TR4>;
             var sr: array<vec4<f32>, TC4>;
             for (var e = 0u; e < TR4; e++) {
