@@ -163,7 +163,11 @@ fn causal_positive(
         for r in 0..m {
             // NaN never becomes the stabiliser (as the GPU's fmax).
             let new = if uk[r] > mx[r] { uk[r] } else { mx[r] };
-            let scale = if mx[r] == new { 1.0 } else { (mx[r] - new).exp() };
+            let scale = if mx[r] == new {
+                1.0
+            } else {
+                (mx[r] - new).exp()
+            };
             let w = (uk[r] - new).exp();
             let sr = &mut s[r * (dv + 1)..][..dv + 1];
             for (e, x) in sr.iter_mut().enumerate() {
