@@ -25,7 +25,9 @@ override CP: u32 = 64u;      // slots per chunk (CHUNK rounded up to the tiles)
 override CAUSAL: bool = false;
 override DECAY: bool = false;
 override DEN: bool = true;
-override RESCALE: bool = false;  // causal FAVOR+: per-chunk, per-feature key log-scales (logs)
+// Causal FAVOR+: per-chunk, per-feature key log-scales (logs); the state entering chunk c stays at
+// chunk c−1's scale and there is no intra-chunk term (FAVOR+ adds it in the log domain).
+override RESCALE: bool = false;
 
 // Register tile: compile-time sizes (they size function-scope arrays, which overrides cannot), so
 // the pipeline substitutes the host's TR, TC for these lines.
@@ -249,8 +251,10 @@ fn chunk_state(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     }
     let sb = rc * width4();
     for (var i = 0u; i < TR; i++) {
+        // Padded feature rows (a >= dk) hold 0·v: NaN for an Inf in v, a term with no source.
+        let keep = a0 + i < p.dk;
         for (var e = 0u; e < TC4; e++) {
-            state[sb + (a0 + i) * d4n + d0 / 4u + e] = acc[i * TC4 + e];
+            state[sb + (a0 + i) * d4n + d0 / 4u + e] = select(vec4<f32>(0.0), acc[i * TC4 + e], keep);
         }
     }
     if (d0 == 0u) {
@@ -295,11 +299,11 @@ fn scan(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     for (var c = 0u; c < p.n_chunks; c++) {
         let i = (r * p.n_chunks + c) * w4 + e;
         let x = state[i];
-        if (RESCALE && c > 0u) {
-            run *= rescale(r, c, e);
-        }
         if (CAUSAL) {
             state[i] = run;
+        }
+        if (RESCALE && c > 0u) {
+            run *= rescale(r, c, e);
         }
         if (DECAY) {
             let n = min(CHUNK, p.len - c * CHUNK);
@@ -422,7 +426,7 @@ fn denominators(rc: u32, sb: u32, lam: f32, lid: u32) {
             let i = vec4<f32>(vec4<u32>(i4 * 4u) + vec4<u32>(1u, 2u, 3u, 4u));
             d *= exp(lam * i);
         }
-        if (CAUSAL) {
+        if (CAUSAL && !RESCALE) {
             for (var j = 0u; j < CP; j++) {
                 d += at[j * c4 + i4];
             }
@@ -444,7 +448,7 @@ fn chunk_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     let c = rc % p.n_chunks;
     let lam = -slope(r);
     let sb = select(r, rc, CAUSAL) * width4();
-    if (CAUSAL) {
+    if (CAUSAL && !RESCALE) {
         scores(rc, r, lid);
     }
     workgroupBarrier();
@@ -468,7 +472,9 @@ fn chunk_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
         for (var e = 0u; e < TR * TC4; e++) {
             acc[e] = vec4<f32>(0.0);
         }
-        for (var a = 0u; a < p.dkp; a++) {
+        // The state entering a sequence's first chunk is an empty sum: no term, not Inf·0.
+        let na = select(p.dkp, 0u, CAUSAL && c == 0u && p.first == 1u);
+        for (var a = 0u; a < na; a++) {
             var qr: array<vec4<f32>, TR4>;
             var sr: array<vec4<f32>, TC4>;
             for (var e = 0u; e < TR4; e++) {
@@ -492,7 +498,7 @@ fn chunk_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
                 }
             }
         }
-        if (CAUSAL) {
+        if (CAUSAL && !RESCALE) {
             let vb = rc * CP * d4n + d0 / 4u;
             // Keys before the tile's rows: every row sees them.
             for (var j = 0u; j < i0; j++) {

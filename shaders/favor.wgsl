@@ -15,12 +15,21 @@
 // key_max_scan:    causal: kmax[r, c, a] = max over chunks 0..=c (a running maximum per feature);
 //                  non-causal: every chunk gets the maximum over all L.
 // key_running_max: causal: krun[r, t, a] = max over keys 0..=t of feat[r, ., a].
-// favor_exp_keys:  feat = M^(-1/2) exp(feat - kmax[r, c(t), a]) <= M^(-1/2).
-// favor_exp_query: cq = max_a (feat[a] + best_a), best = krun[r, t] (causal) or kmax; then
-//                  feat = M^(-1/2) exp(feat + kmax[r, c(t), a] - cq). cq is the row's largest
-//                  log-term over the keys it sees, so that term is exact; the exponent exceeds 0
-//                  only by the growth g of kmax after t inside t's chunk. Past g = 80, cq is raised
-//                  to keep every exponent <= 80 (a factor common to the row, so it cancels).
+// favor_exp_keys:  feat = M^(-1/2) exp(feat - kmax[r, c(t), a]) <= M^(-1/2); causal: the logits
+//                  are kept in xf [R, L, M] for favor_intra.
+// favor_exp_query: cq = max_a (feat[a] + best_a), best = krun[r, t] (causal) or kmax, the row's
+//                  largest log-term over the keys it sees (that term is exact, none exceeds it).
+//                  Non-causal: feat = M^(-1/2) exp(feat + kmax[a] - cq). Causal: the features meet
+//                  only the state entering t's chunk c, whose scale is kmax[c-1] <= krun[t]:
+//                  feat = M^(-1/2) exp(feat + kmax[r, c-1, a] - cq) <= M^(-1/2) (0 in chunk 0);
+//                  cq goes to logscale[r, t] and the logits to krun (same index) for favor_intra.
+// extend_v:        xv = [v | 1]: [R, L, Dv + 1] f32 into feat (p.dk = Dv), the engine's values
+//                  when it returns numerator and denominator unsplit.
+// favor_intra:     causal: one workgroup per (row, chunk) adds the chunk's own keys j <= i in the
+//                  log domain, w_ij = M^(-1) Σ_a exp(lq_ia + lk_ja - cq_i) <= 1, to the engine's
+//                  [num | den] of the earlier chunks (nd) and writes num / den (0 for 0/0). So no
+//                  key is ever scaled by a later key's maximum (the old limit: a later key in i's
+//                  chunk raising a feature's maximum by > 80 underflowed row i).
 // map_features: elementwise phi (FMAP codes of the prelude) to f32, for decoding steps.
 // cast_f32:     xf = f32(x), so f16 values can enter the f32 kernels.
 // max() is written as select(m, y, y > m) so a NaN never becomes the stabiliser.
@@ -42,7 +51,7 @@ struct Params {
     norm: f32,    // M^(-1/2)
     chunk: u32,   // keys per chunk of the chunk engine (per-feature stabilisers)
     n_chunks: u32,
-    _p0: u32,
+    o_off: u32,   // favor_intra: element offset of the output binding
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -54,6 +63,11 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> xf: array<f32>;
 @group(0) @binding(7) var<storage, read_write> kmax: array<f32>;
 @group(0) @binding(8) var<storage, read_write> krun: array<f32>;
+@group(0) @binding(9) var<storage, read> nd: array<f32>;
+@group(0) @binding(10) var<storage, read_write> ratio: array<f32>;
+
+override CH: u32 = 64u;     // favor_intra: keys per chunk (= p.chunk)
+var<workgroup> wij: array<f32, CH * CH>;
 
 var<workgroup> red: array<f32, WG>;
 
@@ -263,6 +277,9 @@ fn favor_exp_keys(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
     let pos = idx / p.m;
     let c = (pos % p.len) / p.chunk;
     let at = ((pos / p.len) * p.n_chunks + c) * p.m + idx % p.m;
+    if (CAUSAL == 1u) {
+        xf[idx] = feat[idx];
+    }
     feat[idx] = p.norm * exp(feat[idx] - kmax[at]);
 }
 
@@ -278,18 +295,90 @@ fn favor_exp_query(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
     let kb = ((wid / p.len) * p.n_chunks + c) * p.m;
     let fb = wid * p.m;
     var mx = NEG_BIG;
-    var top = NEG_BIG;
     for (var a = lid; a < p.m; a += WG) {
         var best = kmax[kb + a];
         if (CAUSAL == 1u) {
             best = krun[fb + a];
         }
         mx = fmax(mx, feat[fb + a] + best);
-        top = fmax(top, feat[fb + a] + kmax[kb + a]);
     }
-    let cq = max(reduce_max(lid, mx), reduce_max(lid, top) - 80.0);
+    let cq = reduce_max(lid, mx);
+    if (CAUSAL == 1u) {
+        if (lid == 0u) {
+            logscale[wid] = cq;
+        }
+        for (var a = lid; a < p.m; a += WG) {
+            let u = feat[fb + a];
+            krun[fb + a] = u;
+            let prev = kmax[select(kb, kb - p.m, c > 0u) + a];
+            feat[fb + a] = select(0.0, p.norm * exp(u + prev - cq), c > 0u);
+        }
+        return;
+    }
     for (var a = lid; a < p.m; a += WG) {
         feat[fb + a] = p.norm * exp(feat[fb + a] + kmax[kb + a] - cq);
+    }
+}
+
+// One invocation per element of xv [R, L, Dv + 1].
+@compute @workgroup_size(WG)
+fn extend_v(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+    let idx = wg_index(wg, nwg) * WG + lid;
+    if (idx >= p.total) {
+        return;
+    }
+    let we = p.dk + 1u;
+    let e = idx % we;
+    var y = 1.0;
+    if (e < p.dk) {
+        y = ld_x(p.x_off + (idx / we) * p.dk + e);
+    }
+    feat[idx] = y;
+}
+
+// One workgroup per (row, chunk). lq = krun, lk = xf, cq = logscale, xv = feat, p.dk = Dv.
+@compute @workgroup_size(WG)
+fn favor_intra(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let rc = wg_index(wg, nwg);
+    if (rc >= p.total) {
+        return;
+    }
+    let r = rc / p.n_chunks;
+    let t0 = r * p.len + (rc % p.n_chunks) * p.chunk;
+    let n = min(p.chunk, p.len - (rc % p.n_chunks) * p.chunk);
+    let w2 = p.norm * p.norm;
+    for (var idx = lid; idx < n * n; idx += WG) {
+        let i = idx / n;
+        let j = idx % n;
+        var w = 0.0;
+        if (j <= i) {
+            let qb = (t0 + i) * p.m;
+            let kb = (t0 + j) * p.m;
+            let cq = logscale[t0 + i];
+            for (var a = 0u; a < p.m; a++) {
+                w += exp(krun[qb + a] + xf[kb + a] - cq);
+            }
+        }
+        wij[i * CH + j] = w2 * w;
+    }
+    workgroupBarrier();
+    let dv = p.dk;
+    let we = dv + 1u;
+    for (var idx = lid; idx < n * dv; idx += WG) {
+        let i = idx / dv;
+        let e = idx % dv;
+        let t = t0 + i;
+        var num = nd[t * we + e];
+        var den = nd[t * we + dv];
+        for (var j = 0u; j <= i; j++) {
+            let w = wij[i * CH + j];
+            num += w * feat[(t0 + j) * we + e];
+            den += w;
+        }
+        // 0/0 (every weight underflowed) -> 0, as the engine's guard.
+        ratio[p.o_off + t * dv + e] = select(num / den, 0.0, den == 0.0);
     }
 }
 

@@ -66,7 +66,9 @@ pub(crate) const KERNELS: &[Kernel] = &[
             "favor_exp_keys",
             "favor_exp_query",
             "map_features",
-            "cast_f32"
+            "cast_f32",
+            "extend_v",
+            "favor_intra"
         ],
         crate::attention::favor::Params
     ),

@@ -279,7 +279,8 @@ enum Sweep {
 
 /// Records the engine over one segment of `nr` rows. `carry` holds `nr · width` f32 and keeps the
 /// state between segments of the same rows. `logs` (causal FAVOR+): the key features' log-scale
-/// per chunk and feature `[nr, nc, Dk]` f32; the scan rescales the carried state between chunks.
+/// per chunk and feature `[nr, nc, Dk]` f32; the scan rescales the carried state between chunks,
+/// the state entering chunk c stays at chunk c−1's scale and the caller adds the intra-chunk term.
 #[allow(clippy::too_many_arguments)]
 fn record_segment(
     s: &mut Schedule<'_>,

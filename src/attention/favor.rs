@@ -15,18 +15,22 @@
 //! Stabilisers (constants subtracted inside exp that cancel in the ratio). With logits
 //! `a_r(x) = ω_rᵀx' − ‖x'‖²/2`, positive features use one key stabiliser per feature r and chunk c
 //! of the chunk engine: `m_r(c)` = the largest `a_r(k_j)` over keys in chunks `0..=c` (causal) or
-//! over all L; the carried state's row r is rescaled by `exp(m_r(c−1) − m_r(c))` when a chunk
-//! brings a larger maximum, as the running maximum of an online softmax. The query side takes
-//! `a_r(q_i) + m_r(c) − C_i` with `C_i = max_r (a_r(q_i) + m*_r(i))`, `m*_r(i)` the maximum over
-//! the keys i sees: `C_i` is row i's largest log-term, so that term is exactly `M^(−1)` and no row
-//! loses every weight however far its logits lie from other rows' (norm-40 inputs with sinks:
+//! over all L. Each query row i takes `C_i = max_r (a_r(q_i) + m*_r(i))`, `m*_r(i)` the maximum
+//! over the keys i sees: `C_i` is row i's largest log-term, so that term is exactly `M^(−1)` and
+//! none exceeds it, however far its logits lie from other rows' (norm-40 inputs with sinks:
 //! tests/favor_range.rs).
+//! - Non-causal: keys `exp(a_r(k_j) − m_r)`, queries `exp(a_r(q_i) + m_r − C_i)`, both ≤ 1.
+//! - Causal: the engine carries the state of earlier chunks, its row r rescaled by
+//!   `exp(m_r(c−1) − m_r(c))` when a chunk brings a larger maximum (online softmax); the query of
+//!   a row in chunk c meets only the state entering c, at scale `m_r(c−1) ≤ m*_r(i)`. The chunk's
+//!   own keys `j ≤ i` are added in the log domain, `M^(−1) Σ_r exp(a_r(q_i) + a_r(k_j) − C_i)`
+//!   (`favor_intra`), so no key is scaled by the maximum of a later key.
 //!
-//! Range that holds (f32): every term within ≈ 87 (in log) of its row's largest one is kept; a row
-//! is exact whatever the spread of logits across rows or along L, with one limit in causal mode: a
-//! key later in row i's own chunk that raises some `m_r` by g > ≈ 80 above what i has seen leaves
-//! row i's terms through the carried state ≈ `e^(−g)` too small (they underflow past ≈ 87), as a
-//! stabiliser per chunk cannot separate i from the later keys of its chunk.
+//! Range that holds (f32), causal and not: every term within ≈ 87 (in log) of its row's largest
+//! one is kept (smaller ones underflow, as exp does past ≈ −745 in the f64 reference), whatever
+//! the spread of logits across rows, along L or inside a chunk (a key later in row i's chunk that
+//! raises a feature's maximum by any amount no longer costs row i anything: tests/favor_range.rs,
+//! a sink inside a chunk). A row with every weight 0 outputs 0.
 //! Trig features, and prefill (whose state keeps one log-scale per row for recurrent decoding),
 //! keep one key stabiliser per head over all L (and per query row its largest log-feature): a key
 //! whose largest log-feature lies more than ≈ 87 below the head's maximum underflows to 0 (about
@@ -61,7 +65,7 @@ crate::uniform! {
         norm: f32,
         chunk: u32,
         n_chunks: u32,
-        _pad: u32,
+        o_off: u32,
     }
 }
 
@@ -128,6 +132,9 @@ pub(crate) fn record_features(
 /// `kmax: [nr, nc, M]` f32, for the chunk engine's `logs`: the maximum key logit per feature over
 /// chunks `0..=c` (causal) or over all L. Each query row is scaled so its largest term over the
 /// keys it sees is exactly `M^(−1)` (see the module docs). `logscale: [nr, len]` f32 scratch.
+/// Causal (`logits` = (query, key) `[nr, len, M]` f32): the query features meet only the state
+/// entering their chunk; the logits and each row's stabiliser (in `logscale`) stay for
+/// [`record_intra`].
 #[allow(clippy::too_many_arguments)]
 fn record_positive(
     s: &mut Schedule<'_>,
@@ -136,8 +143,9 @@ fn record_positive(
     omega: &wgpu::Buffer,
     (nr, len, dk, m): (u64, u64, u64, u64),
     (fq, fk, kmax, logscale): (&wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer),
-    (causal, chunk): (bool, u64),
+    (logits, chunk): (Option<(&wgpu::Buffer, &wgpu::Buffer)>, u64),
 ) -> Result<()> {
+    let causal = logits.is_some();
     let ctx = s.context();
     let nc = len.div_ceil(chunk);
     let consts = [("WG", WG), ("TRIG", 0), ("CAUSAL", causal as u32)];
@@ -147,9 +155,12 @@ fn record_positive(
     let b_fk = Bind::prefix_at(3, fk, nr * len * m * 4).0;
     let b_fq = Bind::prefix_at(3, fq, nr * len * m * 4).0;
     let b_max = Bind::prefix_at(7, kmax, nr * nc * m * 4).0;
-    let krun = causal.then(|| scratch(ctx, nr * len * m * 4));
-    // Non-causal runs never read slot 8; the key features fill it.
-    let b_run = Bind::prefix_at(8, krun.as_ref().unwrap_or(fk), nr * len * m * 4).0;
+    // Non-causal runs never touch slots 6 and 8; the key features and the log-scales fill them.
+    let b_run = Bind::prefix_at(8, logits.map_or(fk, |l| l.0), nr * len * m * 4).0;
+    let b_lk = match logits {
+        Some((_, lk)) => Bind::prefix_at(6, lk, nr * len * m * 4).0,
+        None => Bind::prefix_at(6, logscale, nr * len * 4).0,
+    };
     let mut prm = Params {
         rows: nr as u32,
         len: len as u32,
@@ -188,7 +199,7 @@ fn record_positive(
     s.dispatch(
         &*pl("favor_exp_keys")?,
         &prm,
-        &[b_fk, b_max],
+        &[b_fk, b_max, b_lk],
         groups(nr * len * m),
     )?;
     prm.x_off = xq.1;
@@ -202,9 +213,75 @@ fn record_positive(
     s.dispatch(
         &*pl("favor_exp_query")?,
         &prm,
-        &[b_fq, b_max, b_run],
+        &[b_fq, b_max, b_run, b_log],
         nr * len,
     )
+}
+
+/// Causal positive FAVOR+: adds each chunk's own keys `j ≤ i` in the log domain to `nd`
+/// (`[nr, len, Dv + 1]` f32, the engine's numerator and denominator over earlier chunks) and
+/// writes the ratio into the pass's output. `xv = [v | 1]`, logits and `logscale` as
+/// [`record_positive`] left them.
+#[allow(clippy::too_many_arguments)]
+fn record_intra(
+    s: &mut Schedule<'_>,
+    (nr, len, dv, m): (u64, u64, u64, u64),
+    chunk: u64,
+    (lq, lk, logscale): (&wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer),
+    (xv, nd): (&wgpu::Buffer, &wgpu::Buffer),
+    out: (Bind<'_>, u32),
+) -> Result<()> {
+    let ctx = s.context();
+    let nc = len.div_ceil(chunk);
+    let consts = [("WG", WG), ("CH", chunk as u32)];
+    let pl = ctx
+        .pipelines
+        .get(ctx, "favor", "favor_intra", Storage::F32, &consts)?;
+    let prm = Params {
+        rows: nr as u32,
+        len: len as u32,
+        dk: dv as u32,
+        m: m as u32,
+        total: (nr * nc) as u32,
+        norm: (m as f32).powf(-0.5),
+        chunk: chunk as u32,
+        n_chunks: nc as u32,
+        o_off: out.1,
+        ..Zeroable::zeroed()
+    };
+    let w = nr * len * (dv + 1) * 4;
+    let binds = [
+        Bind::prefix_at(3, xv, w).0,
+        Bind::prefix_at(4, logscale, nr * len * 4).0,
+        Bind::prefix_at(6, lk, nr * len * m * 4).0,
+        Bind::prefix_at(8, lq, nr * len * m * 4).0,
+        Bind::prefix_at(9, nd, w).0,
+        out.0,
+    ];
+    s.dispatch(&pl, &prm, &binds, nr * nc)
+}
+
+/// Records `xv = [v | 1]` (`[n, Dv + 1]` f32) from `x` (`[n, Dv]`, bound at slot 1).
+fn record_extend_v(
+    s: &mut Schedule<'_>,
+    storage: Storage,
+    x: (Bind<'_>, u32),
+    xv: &wgpu::Buffer,
+    (n, dv): (u64, u64),
+) -> Result<()> {
+    let ctx = s.context();
+    let pl = ctx
+        .pipelines
+        .get(ctx, "favor", "extend_v", storage, &[("WG", WG)])?;
+    let total = n * (dv + 1);
+    let prm = Params {
+        dk: dv as u32,
+        x_off: x.1,
+        total: total as u32,
+        ..Zeroable::zeroed()
+    };
+    let b = Bind::prefix_at(3, xv, total * 4).0;
+    s.dispatch(&pl, &prm, &[x.0, b], total.div_ceil(WG as u64))
 }
 
 /// Records `xf[0..n] = f32(x[first..first + n])` (x bound at slot 1, xf at slot 6).
@@ -349,14 +426,21 @@ impl<T: Element> RowOp for Favor<'_, T> {
         let (len, dk, dv) = (d.len as u64, d.dk as u64, d.dv as u64);
         let f = self.kind.num_features(m as usize) as u64;
         let es = size_of::<T>() as u64;
+        let split = self.causal && self.kind == FavorKind::Positive && self.state.is_none();
+        let job = core_job(len, f, dv, self.causal, split);
         let mut plan = Plan::new(d.out_shape.clone(), d.rows as u64, len * dv)
             .bytes("q", len * dk * es)
-            .bytes("v", len * dv * 4)
+            .bytes("v", len * job.dv * 4)
             .bytes("features", len * f * 4)
             .bytes("key maxima", len * f * 4)
-            .bytes("S", f * dv * 4);
-        plan.row_bytes
-            .extend(chunk::row_bytes(ctx, &core_job(len, f, dv, false)));
+            .bytes("S", f * job.dv * 4);
+        if split {
+            plan = plan
+                .bytes("query logits", len * f * 4)
+                .bytes("key logits", len * f * 4)
+                .bytes("numerator and denominator", len * job.dv * 4);
+        }
+        plan.row_bytes.extend(chunk::row_bytes(ctx, &job));
         // The chunk kernels run on f32 features, so they write f32.
         plan.f32_out = true;
         Ok(((d, m), plan))
@@ -382,16 +466,24 @@ impl<T: Element> RowOp for Favor<'_, T> {
         let w = self.omega.buffer();
         let xq = Bind::elems(ctx, 1, self.q.buffer(), es, r0 * len * dk, nr * len * dk);
         let xk = Bind::elems(ctx, 1, self.k.buffer(), es, r0 * len * dk, nr * len * dk);
-        let job = core_job(len, f, dv, self.causal);
+        let xv = Bind::elems(ctx, 1, self.v.buffer(), es, r0 * len * dv, nr * len * dv);
         // Per-feature key stabilisers; trig features and prefill (whose state keeps one
-        // log-scale per row for decoding) use the head-wide one.
-        let kmax = (kind == FavorKind::Positive && self.state.is_none()).then(|| {
-            let chunk = chunk::chunk_len(ctx, &job) as u64;
-            (scratch(ctx, nr * len.div_ceil(chunk) * f * 4), chunk)
+        // log-scale per row for decoding) use the head-wide one. Causal, they split the
+        // engine's work: earlier chunks through its state, the chunk's own keys in the log
+        // domain (record_intra).
+        let per_feature = kind == FavorKind::Positive && self.state.is_none();
+        let split = per_feature && self.causal;
+        let job = core_job(len, f, dv, self.causal, split);
+        let chunk = chunk::chunk_len(ctx, &job) as u64;
+        let kmax = per_feature.then(|| scratch(ctx, nr * len.div_ceil(chunk) * f * 4));
+        let logits = split.then(|| {
+            let n = nr * len * f * 4;
+            (scratch(ctx, n), scratch(ctx, n))
         });
-        if let Some((km, chunk)) = &kmax {
+        if let Some(km) = &kmax {
             let bufs = (&fq, &fk, km, &logs);
-            record_positive(s, storage, (xq, xk), w, sizes, bufs, (self.causal, *chunk))?;
+            let lg = logits.as_ref().map(|(a, b)| (a, b));
+            record_positive(s, storage, (xq, xk), w, sizes, bufs, (lg, chunk))?;
         } else {
             record_features(s, storage, kind, xq, w, sizes, &fq, &logs, None)?;
             let h = match &self.state {
@@ -400,10 +492,14 @@ impl<T: Element> RowOp for Favor<'_, T> {
             };
             record_features(s, storage, kind, xk, w, sizes, &fk, &logs, Some(h))?;
         }
-        let vf = (T::DTYPE != DType::F32).then(|| scratch(ctx, nr * len * dv * 4));
+        // The engine's values: [v | 1] when split, else v as f32.
+        let vf = (split || T::DTYPE != DType::F32).then(|| scratch(ctx, nr * len * job.dv * 4));
         let vb = match &vf {
+            Some(buf) if split => {
+                record_extend_v(s, storage, xv, buf, (nr * len, dv))?;
+                Bind::prefix_at(3, buf, nr * len * job.dv * 4)
+            }
             Some(buf) => {
-                let xv = Bind::elems(ctx, 1, self.v.buffer(), es, r0 * len * dv, nr * len * dv);
                 record_cast_f32(s, storage, xv, buf, nr * len * dv)?;
                 Bind::prefix_at(3, buf, nr * len * dv * 4)
             }
@@ -415,30 +511,44 @@ impl<T: Element> RowOp for Favor<'_, T> {
                 Bind::elems(ctx, 7, st.z, 4, r0 * f, nr * f),
             )
         });
+        let nd = split.then(|| scratch(ctx, nr * len * job.dv * 4));
         let binds = PassBinds {
             q: Bind::prefix_at(1, &fq, nr * len * f * 4),
             k: Bind::prefix_at(2, &fk, nr * len * f * 4),
             v: vb,
-            o: p.out.bind(ctx, 11, nr * len * dv),
+            o: match &nd {
+                Some(nd) => Bind::prefix_at(11, nd, nr * len * job.dv * 4),
+                None => p.out.bind(ctx, 11, nr * len * dv),
+            },
             totals: total,
             initial: None,
         };
-        let logs = kmax.as_ref().filter(|_| self.causal).map(|k| &k.0);
-        chunk::record_rows(s, &job, None, (r0, nr), &binds, logs)
+        let rescale = kmax.as_ref().filter(|_| self.causal);
+        chunk::record_rows(s, &job, None, (r0, nr), &binds, rescale)?;
+        match (&logits, &nd, &vf) {
+            (Some((lq, lk)), Some(nd), Some(xv)) => {
+                let out = p.out.bind(ctx, 10, nr * len * dv);
+                let sizes = (nr, len, dv, m);
+                record_intra(s, sizes, chunk, (lq, lk, &logs), (xv, nd), out)
+            }
+            _ => Ok(()),
+        }
     }
 }
 
-/// The chunk engine on precomputed f32 features (identity map, denominator, ε = 0).
-fn core_job(len: u64, f: u64, dv: u64, causal: bool) -> Job {
+/// The chunk engine on precomputed f32 features (identity map, denominator, ε = 0). `split`
+/// (causal positive FAVOR+): values `[v | 1]` and no denominator, so the engine returns the
+/// numerator and denominator over earlier chunks, `[L, Dv + 1]`, for [`record_intra`].
+fn core_job(len: u64, f: u64, dv: u64, causal: bool, split: bool) -> Job {
     Job {
         storage: Storage::F32,
         fmap: crate::types::FeatureMap::Identity.shader_id(),
         causal,
-        denominator: true,
+        denominator: !split,
         eps: 0.0,
         chunk: None,
         len,
         dk: f,
-        dv,
+        dv: dv + split as u64,
     }
 }

@@ -7,6 +7,13 @@
 //! in blocks of B rows: a masked, decayed product inside the block plus the state of all earlier
 //! blocks, `KV ← λ^B KV + Σ_j λ^(B−1−j) k_jᵀ v_j`. Only non-negative powers of λ are ever formed,
 //! so strong decays (s = 2, B = 64) underflow harmlessly instead of overflowing. Cost O(L·B·D).
+//!
+//! NaN/±Inf inputs follow the definition's terms `λ^(t−j) (φ(q_t)·φ(k_j)) v_j` (the reference's
+//! pattern) inside a block, and across blocks for ±Inf in k or v with a positive feature map
+//! (elu+1). What reaches a later block through the state `φ(q_t)·KV` follows the state form
+//! instead: with features of both signs an Inf in v_j gives NaN there (±Inf summed over features)
+//! where the definition has `sign(φ(q_t)·φ(k_j))·Inf`, and an Inf in q_t gives the sign of its
+//! state entry where the definition has NaN for terms of both signs.
 
 use super::chunk::{self, Decay, Geom, Io, Job};
 use super::FeatureMap;

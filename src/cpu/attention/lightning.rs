@@ -133,12 +133,15 @@ fn decayed_row(
     out.par_chunks_mut(b * dv).enumerate().for_each(|(c, oc)| {
         let (c0, lc) = (c * b, oc.len() / dv);
         let qc = Mat::rm(&fq[c0 * dk..], lc, dk, dk);
-        sgemm(
-            qc,
-            Mat::rm(&states[c * dk * dv..], dk, dv, dv),
-            0.0,
-            MatMut::rm(oc, lc, dv, dv),
-        );
+        // Block 0's state is an empty sum (oc stays 0): no Inf·0 for an Inf in q.
+        if c > 0 {
+            sgemm(
+                qc,
+                Mat::rm(&states[c * dk * dv..], dk, dv, dv),
+                0.0,
+                MatMut::rm(oc, lc, dv, dv),
+            );
+        }
         let mut a = vec![0.0f32; lc * lc];
         sgemm(
             qc,

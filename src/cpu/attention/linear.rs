@@ -257,12 +257,15 @@ pub(crate) fn linear_row(
             };
             let fqc = Mat::rm(&fq[c0 * m..], lc, m, m);
             let mut acc = vec![0.0f32; lc * we];
-            sgemm(
-                fqc,
-                Mat::rm(s, m, we, we),
-                0.0,
-                MatMut::rm(&mut acc, lc, we, we),
-            );
+            // Causal chunk 0's state is an empty sum: no Inf·0 for an Inf in q.
+            if !causal || c > 0 {
+                sgemm(
+                    fqc,
+                    Mat::rm(s, m, we, we),
+                    0.0,
+                    MatMut::rm(&mut acc, lc, we, we),
+                );
+            }
             if causal {
                 let mut a = vec![0.0f32; lc * lc];
                 intra_chunk(fqc, &fk[c0 * m..], &vext[c0 * we..], we, &mut a, &mut acc);

@@ -5,6 +5,8 @@
 //!
 //! Stabiliser (it cancels in the ratio): each query row's log-features are shifted by their
 //! maximum (positive) or by `‖q'‖²/2` (trig); keys by the maximum over the whole head (all L).
+//! Causal positive features instead stabilise each row by the keys it sees (`causal_positive`),
+//! so a later, far larger key does not zero an earlier row.
 //! Denominator guard: a row whose denominator is exactly 0 (every weight underflowed to 0)
 //! outputs 0 instead of 0/0.
 
@@ -106,6 +108,12 @@ pub fn favor_attention<T: Element>(
             true,
         );
         let vr = &v[r * l * dv..][..l * dv];
+        if opts.causal && opts.kind == FavorKind::Positive {
+            let (qr, kr) = (&q[r * l * dk..][..l * dk], &k[r * l * dk..][..l * dk]);
+            let o = &mut out[r * l * dv..][..l * dv];
+            causal_positive((&f64s(qr), &f64s(kr), &f64s(vr)), (dk, dv), omega, o);
+            continue;
+        }
         // Recurrent form of the ratio (eqs. 16-20 of Katharopoulos et al.) on the features.
         let mut s = vec![0.0f64; f * dv];
         let mut z = vec![0.0f64; f];
@@ -134,4 +142,54 @@ pub fn favor_attention<T: Element>(
         }
     }
     Ok(out)
+}
+
+/// Causal positive features, each row stabilised by what it sees (the keys `j ≤ i`): per feature
+/// r the state holds `Σ_j exp(a_r(k_j) − m_r) [v_j, 1]` with `m_r` the running maximum of the key
+/// logits, rescaled when it grows (online softmax); row i takes
+/// `exp(a_r(q_i) + m_r − C_i)`, `C_i = max_r (a_r(q_i) + m_r)` (M^(−1/2) factors cancel). So a
+/// later key never underflows an earlier row; terms more than ≈ 745 below a row's largest drop.
+fn causal_positive(
+    (q, k, v): (&[f64], &[f64], &[f64]),
+    (dk, dv): (usize, usize),
+    omega: &[f32],
+    o: &mut [f64],
+) {
+    let m = omega.len() / dk;
+    let mut mx = vec![f64::NEG_INFINITY; m];
+    let mut s = vec![0.0f64; m * (dv + 1)];
+    for (i, oi) in o.chunks_mut(dv).enumerate() {
+        let (uk, _) = logits(&k[i * dk..][..dk], omega, m, FavorKind::Positive);
+        for r in 0..m {
+            // NaN never becomes the stabiliser (as the GPU's fmax).
+            let new = if uk[r] > mx[r] { uk[r] } else { mx[r] };
+            let scale = if mx[r] == new {
+                1.0
+            } else {
+                (mx[r] - new).exp()
+            };
+            let w = (uk[r] - new).exp();
+            let sr = &mut s[r * (dv + 1)..][..dv + 1];
+            for (e, x) in sr.iter_mut().enumerate() {
+                let ve = if e < dv { v[i * dv + e] } else { 1.0 };
+                *x = scale * *x + w * ve;
+            }
+            mx[r] = new;
+        }
+        let (uq, _) = logits(&q[i * dk..][..dk], omega, m, FavorKind::Positive);
+        let c = (0..m)
+            .map(|r| uq[r] + mx[r])
+            .fold(f64::NEG_INFINITY, |a, b| if b > a { b } else { a });
+        let mut acc = vec![0.0f64; dv + 1];
+        for r in 0..m {
+            let p = (uq[r] + mx[r] - c).exp();
+            for (a, x) in acc.iter_mut().zip(&s[r * (dv + 1)..][..dv + 1]) {
+                *a += p * x;
+            }
+        }
+        let den = acc[dv];
+        for (e, y) in oi.iter_mut().enumerate() {
+            *y = if den == 0.0 { 0.0 } else { acc[e] / den };
+        }
+    }
 }
