@@ -29,6 +29,11 @@ override DEN: bool = true;
 // chunk c−1's scale and there is no intra-chunk term (FAVOR+ adds it in the log domain).
 override RESCALE: bool = false;
 
+// Padded head dims Dkp, Dvp (multiples of TR, TC): compile-time, so the contractions have constant
+// trip counts and index arithmetic divides by constants. The pipeline substitutes the host's values;
+// any Dk, Dv runs through the padded sizes (odd dims share the pipeline of their padding).
+const DKP: u32 = 64u;
+const DVP: u32 = 64u;
 // Register tile: compile-time sizes (they size function-scope arrays, which overrides cannot), so
 // the pipeline substitutes the host's TR, TC for these lines.
 const TR: u32 = 16u;
@@ -104,7 +109,7 @@ fn slope(r: u32) -> f32 {
 }
 
 fn width4() -> u32 {
-    return (p.dkp * p.dvp + p.dkp) / 4u;
+    return (DKP * DVP + DKP) / 4u;
 }
 
 // Offset of local row r's token 0 from local row 0's in a tensor of strides (bs, hs), whose heads
@@ -123,7 +128,7 @@ fn prep_qk(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
     if (gid >= p.total) {
         return;
     }
-    let a4n = p.dkp / 4u;
+    let a4n = DKP / 4u;
     let per_row = p.n_chunks * (CP / 4u) * a4n;
     let r = gid / per_row;
     let rest = gid % per_row;
@@ -163,7 +168,7 @@ fn prep_qk(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
         }
         kw[((r * p.n_chunks + c) * CP + sl) * a4n + a4] = kv * w;
     }
-    let cb = (r * p.n_chunks + c) * p.dkp;
+    let cb = (r * p.n_chunks + c) * DKP;
     for (var e = 0u; e < 4u; e++) {
         let i = ((cb + a4 * 4u + e) * CP + sl0) / 4u;
         qt[i] = vec4<f32>(qm[0][e], qm[1][e], qm[2][e], qm[3][e]);
@@ -179,7 +184,7 @@ fn prep_v(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
     if (gid >= p.total) {
         return;
     }
-    let d4n = p.dvp / 4u;
+    let d4n = DVP / 4u;
     let per_row = p.n_chunks * CP * d4n;
     let r = gid / per_row;
     let rest = gid % per_row;
@@ -210,14 +215,14 @@ fn chunk_state(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     if (gid >= p.total) {
         return;
     }
-    let tv = p.dvp / TC;
-    let ntile = (p.dkp / TR) * tv;
+    let tv = DVP / TC;
+    let ntile = (DKP / TR) * tv;
     let rc = gid / ntile;
     let tile = gid % ntile;
     let a0 = (tile / tv) * TR;
     let d0 = (tile % tv) * TC;
-    let a4n = p.dkp / 4u;
-    let d4n = p.dvp / 4u;
+    let a4n = DKP / 4u;
+    let d4n = DVP / 4u;
     var acc: array<vec4<f32>, TR * TC4>;
     var zacc: array<vec4<f32>, TR4>;
     for (var e = 0u; e < TR * TC4; e++) {
@@ -259,7 +264,7 @@ fn chunk_state(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     }
     if (d0 == 0u) {
         for (var e = 0u; e < TR4; e++) {
-            state[sb + p.dkp * d4n + a0 / 4u + e] = zacc[e];
+            state[sb + DKP * d4n + a0 / 4u + e] = zacc[e];
         }
     }
 }
@@ -268,10 +273,10 @@ fn chunk_state(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
 // log-scale to chunk c's (≤ 1, as the running maximum of an online softmax).
 fn rescale(r: u32, c: u32, e: u32) -> vec4<f32> {
     var f = vec4<f32>(1.0);
-    let kv = p.dkp * p.dvp;
+    let kv = DKP * DVP;
     for (var t = 0u; t < 4u; t++) {
         let i = e * 4u + t;
-        let a = select(i - kv, i / p.dvp, i < kv);
+        let a = select(i - kv, i / DVP, i < kv);
         if (a < p.dk) {
             let b = (r * p.n_chunks + c) * p.dk + a;
             f[t] = exp(logs[b - p.dk] - logs[b]);
@@ -330,11 +335,11 @@ fn totals(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
     if (e < p.dk * p.dv) {
         let a = e / p.dv;
         let d = e % p.dv;
-        let i = cb + a * p.dvp + d;
+        let i = cb + a * DVP + d;
         s_out[p.s_off + r * p.dk * p.dv + e] = carry[i / 4u][i % 4u];
     } else {
         let a = e - p.dk * p.dv;
-        let i = cb + p.dkp * p.dvp + a;
+        let i = cb + DKP * DVP + a;
         z_out[p.z_off + r * p.dk + a] = carry[i / 4u][i % 4u];
     }
 }
@@ -352,14 +357,14 @@ fn load_state(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
     let r = gid / w;
     let e = gid % w;
     var x = 0.0;
-    if (e < p.dkp * p.dvp) {
-        let a = e / p.dvp;
-        let d = e % p.dvp;
+    if (e < DKP * DVP) {
+        let a = e / DVP;
+        let d = e % DVP;
         if (a < p.dk && d < p.dv) {
             x = s_out[p.s_off + (r * p.dk + a) * p.dv + d];
         }
-    } else if (e - p.dkp * p.dvp < p.dk) {
-        x = z_out[p.z_off + r * p.dk + e - p.dkp * p.dvp];
+    } else if (e - DKP * DVP < p.dk) {
+        x = z_out[p.z_off + r * p.dk + e - DKP * DVP];
     }
     carry[gid / 4u][gid % 4u] = x;
 }
@@ -378,8 +383,8 @@ fn scores(rc: u32, r: u32, lid: u32) {
             acc[e] = vec4<f32>(0.0);
         }
         if (j0 < i0 + TC) {
-            for (var a = 0u; a < p.dkp; a++) {
-                let b = (rc * p.dkp + a) * c4;
+            for (var a = 0u; a < DKP; a++) {
+                let b = (rc * DKP + a) * c4;
                 var kr: array<vec4<f32>, TR4>;
                 var qr: array<vec4<f32>, TC4>;
                 for (var e = 0u; e < TR4; e++) {
@@ -413,13 +418,13 @@ fn scores(rc: u32, r: u32, lid: u32) {
 // den_i = λ^(i+1) φ(q_i)·z + Σ_j at[j][i] + ε, four rows per invocation.
 fn denominators(rc: u32, sb: u32, lam: f32, lid: u32) {
     let c4 = CP / 4u;
-    let zb = sb + p.dkp * p.dvp / 4u;
+    let zb = sb + DKP * DVP / 4u;
     for (var i4 = lid; i4 < c4; i4 += WG) {
         var d = vec4<f32>(0.0);
-        for (var a4 = 0u; a4 < p.dkp / 4u; a4++) {
+        for (var a4 = 0u; a4 < DKP / 4u; a4++) {
             let z = state[zb + a4];
             for (var e = 0u; e < 4u; e++) {
-                d = fma(qt[(rc * p.dkp + a4 * 4u + e) * c4 + i4], vec4<f32>(z[e]), d);
+                d = fma(qt[(rc * DKP + a4 * 4u + e) * c4 + i4], vec4<f32>(z[e]), d);
             }
         }
         if (DECAY) {
@@ -457,8 +462,8 @@ fn chunk_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     }
     workgroupBarrier();
     let c4 = CP / 4u;
-    let d4n = p.dvp / 4u;
-    let tv = p.dvp / TC;
+    let d4n = DVP / 4u;
+    let tv = DVP / TC;
     let ntile = (CP / TR) * tv;
     // Query rows of this chunk (none when k is the longer one).
     let n = min(CHUNK, max(p.lq, c * CHUNK) - c * CHUNK);
@@ -473,12 +478,12 @@ fn chunk_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
             acc[e] = vec4<f32>(0.0);
         }
         // The state entering a sequence's first chunk is an empty sum: no term, not Inf·0.
-        let na = select(p.dkp, 0u, CAUSAL && c == 0u && p.first == 1u);
+        let na = select(DKP, 0u, CAUSAL && c == 0u && p.first == 1u);
         for (var a = 0u; a < na; a++) {
             var qr: array<vec4<f32>, TR4>;
             var sr: array<vec4<f32>, TC4>;
             for (var e = 0u; e < TR4; e++) {
-                qr[e] = qt[(rc * p.dkp + a) * c4 + i0 / 4u + e];
+                qr[e] = qt[(rc * DKP + a) * c4 + i0 / 4u + e];
             }
             for (var e = 0u; e < TC4; e++) {
                 sr[e] = state[sb + a * d4n + d0 / 4u + e];

@@ -3,6 +3,7 @@
 // x: [R, L, Dk] (queries or keys, storage dtype); omega: [M, Dk] f32;
 // feat: [R, L, F] f32, F = M (positive) or 2M (trig: sin block, then cos block);
 // logscale: [R, L] f32; head: [R] f32 (head_off: element offset into a caller's tensor).
+// favor_proj:   feat_r = w_r.x' (register-tiled), read by favor_logits.
 // favor_logits: x' = x d^(-1/4); positive: feat_r = w_r.x' - |x'|^2/2, logscale = max_r feat_r;
 //               trig: feat_r = feat_{M+r} = w_r.x', logscale = |x'|^2/2.
 // head_max:     head[r] = max_t logscale[r, t] (the key stabiliser, over all keys of a head).
@@ -107,6 +108,48 @@ fn reduce_max(lid: u32, v: f32) -> f32 {
 }
 
 // One workgroup per position (r, t).
+const PT: u32 = 8u;  // favor_proj: tokens and features per register tile (PROJ_TILE on the host)
+
+// One invocation per PT×PT tile of (token, feature): feat[t, r] = ω_r·x'_t, PT + PT loads per
+// PT·PT FMAs (loads, not arithmetic, bound CPU adapters). p.total = tiles; tokens = rows·len.
+@compute @workgroup_size(WG)
+fn favor_proj(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let gid = wg_index(wg, nwg) * WG + lid;
+    if (gid >= p.total) {
+        return;
+    }
+    let nt = p.rows * p.len;
+    let tf = (p.m + PT - 1u) / PT;
+    let t0 = (gid / tf) * PT;
+    let r0 = (gid % tf) * PT;
+    var acc: array<f32, PT * PT>;
+    for (var e = 0u; e < PT * PT; e++) {
+        acc[e] = 0.0;
+    }
+    for (var a = 0u; a < p.dk; a++) {
+        var xs: array<f32, PT>;
+        var ws: array<f32, PT>;
+        for (var i = 0u; i < PT; i++) {
+            // Past the last token or feature: re-read the last one (in the binding; not written).
+            xs[i] = ld_x(p.x_off + min(t0 + i, nt - 1u) * p.dk + a) * p.scale;
+            ws[i] = omega[min(r0 + i, p.m - 1u) * p.dk + a];
+        }
+        for (var i = 0u; i < PT; i++) {
+            for (var j = 0u; j < PT; j++) {
+                acc[i * PT + j] = fma(xs[i], ws[j], acc[i * PT + j]);
+            }
+        }
+    }
+    for (var i = 0u; i < PT; i++) {
+        for (var j = 0u; j < PT; j++) {
+            if (t0 + i < nt && r0 + j < p.m) {
+                feat[(t0 + i) * n_feat() + r0 + j] = acc[i * PT + j];
+            }
+        }
+    }
+}
+
 @compute @workgroup_size(WG)
 fn favor_logits(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
@@ -124,10 +167,7 @@ fn favor_logits(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
     let fb = wid * n_feat();
     var mx = NEG_BIG;
     for (var r = lid; r < p.m; r += WG) {
-        var dot = 0.0;
-        for (var a = 0u; a < p.dk; a++) {
-            dot += omega[r * p.dk + a] * (ld_x(xb + a) * p.scale);
-        }
+        let dot = feat[fb + r];  // ω_r·x', from favor_proj
         if (TRIG == 1u) {
             feat[fb + r] = dot;
             feat[fb + p.m + r] = dot;

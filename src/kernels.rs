@@ -56,6 +56,7 @@ pub(crate) const KERNELS: &[Kernel] = &[
     kernel!(
         "favor",
         [
+            "favor_proj",
             "favor_logits",
             "head_max",
             "favor_exp_row",

@@ -6,7 +6,8 @@
 //! Passes: φ once per element (`prep_qk`, `prep_v`, into zero-padded f32 tiles), per-chunk states
 //! `Σ_j λ^(C−1−j) φ(k_j) v_jᵀ` (`chunk_state`), the carried state over chunks (`scan`), then per
 //! chunk the masked score block in workgroup memory and the output (`chunk_apply`). Tile sizes
-//! come from the adapter ([`TileFamily`]); a row whose tensors exceed the storage-binding limit is
+//! come from the adapter ([`TileFamily`]); the padded head dims Dkp, Dvp are compile-time constants
+//! of each pipeline (cached per value). A row whose tensors exceed the storage-binding limit is
 //! split along L into segments that carry the state from one to the next.
 
 use crate::bind::{upload_f32, Bind};
@@ -358,6 +359,8 @@ fn record_passes(
             ("RESCALE", logs.is_some() as u32),
             ("TR", tr),
             ("TC", tc),
+            ("DKP", geo.dkp as u32),
+            ("DVP", geo.dvp as u32),
         ]
     };
     let pl = |entry, w| {

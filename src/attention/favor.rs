@@ -108,12 +108,7 @@ pub(crate) fn record_features(
         norm: (m as f32).powf(-0.5),
         ..Zeroable::zeroed()
     };
-    s.dispatch(
-        &*pl("favor_logits")?,
-        &prm,
-        &[x.0, b_omega, b_feat, b_log],
-        nr * len,
-    )?;
+    record_logits(s, &pl, &prm, [x.0, b_omega, b_feat, b_log])?;
     prm.total = (nr * len * f) as u32;
     let groups = (nr * len * f).div_ceil(WG as u64);
     match head {
@@ -126,6 +121,32 @@ pub(crate) fn record_features(
         }
     }
 }
+
+/// Records `favor_logits` over `prm.total` tokens (binds: x, ω, feat, logscale), after
+/// `favor_proj` has written the projections `ω_r·x'` into feat in register tiles (one storage
+/// load per FMA in `favor_logits`' own loop was the FAVOR+ bottleneck on CPU adapters).
+fn record_logits<P>(s: &mut Schedule<'_>, pl: &P, prm: &Params, b: [Bind<'_>; 4]) -> Result<()>
+where
+    P: Fn(&'static str) -> Result<std::sync::Arc<wgpu::ComputePipeline>>,
+{
+    let tiles = (prm.total as u64).div_ceil(PROJ_TILE) * (prm.m as u64).div_ceil(PROJ_TILE);
+    let proj = Params {
+        total: tiles as u32,
+        ..*prm
+    };
+    let [x, omega, feat, log] = b;
+    let groups = tiles.div_ceil(WG as u64);
+    s.dispatch(&*pl("favor_proj")?, &proj, &[x, omega, feat], groups)?;
+    s.dispatch(
+        &*pl("favor_logits")?,
+        prm,
+        &[x, feat, log],
+        prm.total as u64,
+    )
+}
+
+/// Tokens and features per `favor_proj` register tile (PT in shaders/favor.wgsl).
+const PROJ_TILE: u64 = 8;
 
 /// Records positive FAVOR features of queries `xq` into `fq` and keys `xk` into `fk` (both
 /// `[nr, len, M]` f32) with one key stabiliser per (chunk of `chunk` keys, feature) in
@@ -175,12 +196,7 @@ fn record_positive(
         ..Zeroable::zeroed()
     };
     let groups = |n: u64| n.div_ceil(WG as u64);
-    s.dispatch(
-        &*pl("favor_logits")?,
-        &prm,
-        &[xk.0, b_omega, b_fk, b_log],
-        nr * len,
-    )?;
+    record_logits(s, &pl, &prm, [xk.0, b_omega, b_fk, b_log])?;
     prm.total = (nr * nc * m) as u32;
     s.dispatch(
         &*pl("key_chunk_max")?,
@@ -204,12 +220,7 @@ fn record_positive(
     )?;
     prm.x_off = xq.1;
     prm.total = (nr * len) as u32;
-    s.dispatch(
-        &*pl("favor_logits")?,
-        &prm,
-        &[xq.0, b_omega, b_fq, b_log],
-        nr * len,
-    )?;
+    record_logits(s, &pl, &prm, [xq.0, b_omega, b_fq, b_log])?;
     s.dispatch(
         &*pl("favor_exp_query")?,
         &prm,
