@@ -46,6 +46,20 @@ fn model(seed: u64, h: usize, n2: usize) -> rs::DiagonalSsm {
     }
 }
 
+/// The model's parameters rounded to `T`, as the GPU stores them (the reference sees the same).
+fn stored<T: Element>(m: rs::DiagonalSsm) -> rs::DiagonalSsm {
+    let r = |x: f64| to_f64(&[T::from_f64(x)])[0];
+    let z = |v: &[Complex64]| v.iter().map(|z| Complex64::new(r(z.re), r(z.im))).collect();
+    rs::DiagonalSsm {
+        a: z(&m.a),
+        b: z(&m.b),
+        c: z(&m.c),
+        dt: m.dt.iter().map(|&x| r(x)).collect(),
+        d: m.d.iter().map(|&x| r(x)).collect(),
+        ..m
+    }
+}
+
 /// f32 (re, im) pairs `[N, H, N2, 2]` as complex.
 fn complex(x: &[f32]) -> Vec<Complex64> {
     x.chunks(2)
@@ -76,7 +90,7 @@ fn check<T: Element>(
     seed: u64,
     tol: f64,
 ) {
-    let m = model(seed, h, n2);
+    let m = stored::<T>(model(seed, h, n2));
     let dev = DiagonalSsm::<T>::from_host(c, &m).unwrap();
     let mut g = rng(seed + 1);
     let u: Vec<T> = randn(&mut g, b * h * len, 1.0)
@@ -174,7 +188,9 @@ fn scan_f16_native_and_packed() {
             cu_seqlens: Some(&cu),
             ..Default::default()
         };
-        let e = s4d_scan_batch(c, &m, &u, Discretization::Zoh, &o).unwrap_err();
+        let e = s4d_scan_batch(c, &m, &u, Discretization::Zoh, &o)
+            .err()
+            .expect("a typed error");
         assert!(matches!(e, Error::InvalidArgument { name: "cu_seqlens", .. }), "{e}");
     }
 }
@@ -269,10 +285,25 @@ fn bad_batches_are_typed_errors() {
         (&u, S4dBatch { layout: Layout::Blhd, ..Default::default() }),
     ];
     for (u, o) in cases {
-        let e = s4d_scan_batch(c, &m, u, disc, &o).unwrap_err();
+        let e = s4d_scan_batch(c, &m, u, disc, &o)
+            .err()
+            .expect("a typed error");
         assert!(
             matches!(e, Error::Shape { .. } | Error::InvalidArgument { .. }),
             "{e}"
         );
+    }
+}
+
+/// Bindings small enough that the rows split into passes (a pass can start inside a batch entry
+/// for [B, H, L]; whole entries for [B, L, H]) and the states into chunks along L (the carry and
+/// the final state cross chunks; packed sequences cross chunk boundaries).
+#[test]
+fn split_into_passes_and_chunks() {
+    let c = ctx_small_bindings(64 * 1024);
+    let cu = CuSeqlens::new("test", &[0, 15, 100, 300, 700, 990], 1000).unwrap();
+    for layout in [Layout::Bhld, Layout::Blhd] {
+        check::<f32>(&c, Mode::Scan, (2, 3, 16, 1000), layout, None, true, 11, TOL);
+        check::<f32>(&c, Mode::Scan, (1, 3, 16, 1000), layout, Some(&cu), true, 12, TOL);
     }
 }
