@@ -12,8 +12,7 @@ mod common;
 use common::*;
 use longseq::reference::ssm::{self as rs, SeqBatch};
 use longseq::ssm::{
-    s4d_init, s4d_scan_batch, s4d_scan_batch_into, DiagonalSsm,
-    Discretization, S4dBatch, S4dInit,
+    s4d_init, s4d_scan_batch, s4d_scan_batch_into, DiagonalSsm, Discretization, S4dBatch, S4dInit,
 };
 use longseq::types::batch::{CuSeqlens, Layout};
 use longseq::{Context, Element, Error, Tensor};
@@ -41,7 +40,9 @@ fn model(seed: u64, h: usize, n2: usize) -> rs::DiagonalSsm {
             .collect(),
         b,
         c,
-        dt: (0..h).map(|i| f(10f64.powf(-2.5 + 1.5 * i as f64 / h as f64))).collect(),
+        dt: (0..h)
+            .map(|i| f(10f64.powf(-2.5 + 1.5 * i as f64 / h as f64)))
+            .collect(),
         d: (0..h).map(|i| f(0.5 - 0.2 * i as f64)).collect(),
     }
 }
@@ -134,7 +135,10 @@ fn check<T: Element>(
     )
     .unwrap();
     let got = to_f64(&y.to_vec(c).unwrap());
-    let label = format!("{mode:?} {layout:?} {:?} x0={with_x0} {b}x{h}x{n2}x{len}", T::DTYPE);
+    let label = format!(
+        "{mode:?} {layout:?} {:?} x0={with_x0} {b}x{h}x{n2}x{len}",
+        T::DTYPE
+    );
     // NaN where the reference wrote nothing: untouched tokens keep the poison.
     assert_close_both(&format!("{label} y"), &got, &want, tol);
     let gfin = to_f64(&fin.to_vec(c).unwrap());
@@ -143,9 +147,14 @@ fn check<T: Element>(
 
 #[test]
 fn scan_both_layouts_ragged_lengths_f32() {
-    for (i, &s) in [(2, 3, 16, 63), (1, 1, 8, 1), (2, 3, 32, 1000), (3, 2, 7, 257)]
-        .iter()
-        .enumerate()
+    for (i, &s) in [
+        (2, 3, 16, 63),
+        (1, 1, 8, 1),
+        (2, 3, 32, 1000),
+        (3, 2, 7, 257),
+    ]
+    .iter()
+    .enumerate()
     {
         for layout in [Layout::Bhld, Layout::Blhd] {
             for x0 in [false, true] {
@@ -162,8 +171,26 @@ fn scan_packed_sequences_f32() {
     let empty = CuSeqlens::new("test", &[0, 7, 7, 300], 301).unwrap();
     for layout in [Layout::Bhld, Layout::Blhd] {
         for x0 in [false, true] {
-            check::<f32>(ctx(), Mode::Scan, (1, 3, 16, 2050), layout, Some(&cu), x0, 3, TOL);
-            check::<f32>(ctx(), Mode::Scan, (1, 2, 5, 301), layout, Some(&empty), x0, 4, TOL);
+            check::<f32>(
+                ctx(),
+                Mode::Scan,
+                (1, 3, 16, 2050),
+                layout,
+                Some(&cu),
+                x0,
+                3,
+                TOL,
+            );
+            check::<f32>(
+                ctx(),
+                Mode::Scan,
+                (1, 2, 5, 301),
+                layout,
+                Some(&empty),
+                x0,
+                4,
+                TOL,
+            );
         }
     }
 }
@@ -174,7 +201,16 @@ fn scan_f16_native_and_packed() {
     for layout in [Layout::Bhld, Layout::Blhd] {
         for (c, name) in [(ctx(), "native"), (ctx_packed(), "packed")] {
             println!("f16 {name} {layout:?}");
-            check::<half::f16>(c, Mode::Scan, (2, 3, 16, 500), layout, None, true, 5, TOL_F16);
+            check::<half::f16>(
+                c,
+                Mode::Scan,
+                (2, 3, 16, 500),
+                layout,
+                None,
+                true,
+                5,
+                TOL_F16,
+            );
         }
         // Packed sequences need SHADER_F16 for f16 (tokens past the end stay untouched).
         if ctx().shader_f16() {
@@ -191,7 +227,16 @@ fn scan_f16_native_and_packed() {
         let e = s4d_scan_batch(c, &m, &u, Discretization::Zoh, &o)
             .err()
             .expect("a typed error");
-        assert!(matches!(e, Error::InvalidArgument { name: "cu_seqlens", .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                Error::InvalidArgument {
+                    name: "cu_seqlens",
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 }
 
@@ -276,13 +321,37 @@ fn bad_batches_are_typed_errors() {
     let x0 = Tensor::<f32>::nan(c, &[3, 2, 4, 2]).unwrap();
     let cases: [(&Tensor<f32>, S4dBatch<'_>); 4] = [
         // B = 2 with packed sequences.
-        (&u, S4dBatch { cu_seqlens: Some(&cu), ..Default::default() }),
+        (
+            &u,
+            S4dBatch {
+                cu_seqlens: Some(&cu),
+                ..Default::default()
+            },
+        ),
         // The last offset past this u's L.
-        (&u1, S4dBatch { cu_seqlens: Some(&long), ..Default::default() }),
+        (
+            &u1,
+            S4dBatch {
+                cu_seqlens: Some(&long),
+                ..Default::default()
+            },
+        ),
         // An initial state for 3 sequences, 2 given.
-        (&u, S4dBatch { initial_state: Some(&x0), ..Default::default() }),
+        (
+            &u,
+            S4dBatch {
+                initial_state: Some(&x0),
+                ..Default::default()
+            },
+        ),
         // [B, L, H] read with H = 50.
-        (&u, S4dBatch { layout: Layout::Blhd, ..Default::default() }),
+        (
+            &u,
+            S4dBatch {
+                layout: Layout::Blhd,
+                ..Default::default()
+            },
+        ),
     ];
     for (u, o) in cases {
         let e = s4d_scan_batch(c, &m, u, disc, &o)
@@ -303,7 +372,25 @@ fn split_into_passes_and_chunks() {
     let c = ctx_small_bindings(64 * 1024);
     let cu = CuSeqlens::new("test", &[0, 15, 100, 300, 700, 990], 1000).unwrap();
     for layout in [Layout::Bhld, Layout::Blhd] {
-        check::<f32>(&c, Mode::Scan, (2, 3, 16, 1000), layout, None, true, 11, TOL);
-        check::<f32>(&c, Mode::Scan, (1, 3, 16, 1000), layout, Some(&cu), true, 12, TOL);
+        check::<f32>(
+            &c,
+            Mode::Scan,
+            (2, 3, 16, 1000),
+            layout,
+            None,
+            true,
+            11,
+            TOL,
+        );
+        check::<f32>(
+            &c,
+            Mode::Scan,
+            (1, 3, 16, 1000),
+            layout,
+            Some(&cu),
+            true,
+            12,
+            TOL,
+        );
     }
 }

@@ -46,7 +46,13 @@ impl<'a> Resolved<'a> {
     }
 
     /// Checks `u` (rank 3 in the layout, H heads) and the states; returns (B, L).
-    pub fn dims(&self, op: &'static str, u: &[usize], h: usize, n2: usize) -> Result<(usize, usize)> {
+    pub fn dims(
+        &self,
+        op: &'static str,
+        u: &[usize],
+        h: usize,
+        n2: usize,
+    ) -> Result<(usize, usize)> {
         let pattern = match self.layout {
             Layout::Bhld => "[B, H, L]",
             Layout::Blhd => "[B, L, H]",
@@ -88,7 +94,10 @@ impl<'a> Resolved<'a> {
             None => b,
         };
         let want = [n, h, n2, 2];
-        for (name, t) in [("initial_state", self.initial), ("final_state", self.final_state)] {
+        for (name, t) in [
+            ("initial_state", self.initial),
+            ("final_state", self.final_state),
+        ] {
             if let Some(t) = t {
                 if t.shape() != want {
                     return Err(Error::Shape {
@@ -131,7 +140,10 @@ impl<'a> Resolved<'a> {
     /// (N for packed sequences else 0, the shaders' sequence flags).
     pub fn seq_flags(&self) -> (u32, u32) {
         let n = self.cu.map_or(0, |c| c.count() as u32);
-        (n, self.cu.is_some() as u32 | (self.initial.is_some() as u32) << 1)
+        (
+            n,
+            self.cu.is_some() as u32 | (self.initial.is_some() as u32) << 1,
+        )
     }
 
     /// The packed-sequence table: the N + 1 offsets, then each token's sequence (u32::MAX past

@@ -399,11 +399,13 @@ impl<T: Element> RowOp for S4dScan<'_, T> {
         check_disc(SSM, self.disc)?;
         let (bh, len, n2) = ((b * h) as u64, len as u64, n2 as u64);
         let es = size_of::<T>() as u64;
-        let lc = chunk_len(ctx, len, n2);
+        // A pass takes whole groups of rows: their states chunk together.
+        let group = self.batch.row_group(h);
+        let lc = chunk_len(ctx, len, n2 * group);
         let mut plan = Plan::new(u.to_vec(), bh, len)
             .bytes("states", n2 * lc * 16)
             .bytes("u", len * es);
-        plan.row_group = self.batch.row_group(h);
+        plan.row_group = group;
         let seqs = self.batch.seq_table(ctx, len as usize);
         let d = ScanDims {
             h: h as u64,

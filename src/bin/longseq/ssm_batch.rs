@@ -45,7 +45,16 @@ fn read_extra(
     let bytes = io::read_file(path)?;
     let st = io::parse(&bytes, path)?;
     let cu = match a.cu_seqlens {
-        Some(name) => Some(crate::attention::read_cu_seqlens(&st, name, path, len)?),
+        Some(name) => {
+            let (offs, shape) = io::read_u32(&st, name, path)?;
+            if shape.len() != 1 {
+                return Err(CliError::Input(format!(
+                    "--cu-seqlens tensor `{name}` has shape {shape:?}; expected [N + 1]"
+                )));
+            }
+            let offs: Vec<i64> = offs.into_iter().map(i64::from).collect();
+            Some(CuSeqlens::new("ssm", &offs, len)?)
+        }
         None => None,
     };
     if cu.is_some() && b != 1 {
@@ -120,7 +129,10 @@ pub fn run(
                 Ok([y.to_vec(c)?, fin.to_vec(c)?].concat())
             };
             let o = devices::gpu_timed(go)?;
-            Some((o.into_iter().map(f64::from).collect::<Vec<f64>>(), StorageDtype::F32))
+            Some((
+                o.into_iter().map(f64::from).collect::<Vec<f64>>(),
+                StorageDtype::F32,
+            ))
         }
         None => None,
     };

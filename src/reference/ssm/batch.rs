@@ -62,7 +62,10 @@ pub fn s4d_recurrence_batch(
         return Err(Error::Shape {
             op: "s4d_recurrence_batch",
             name: "u",
-            expected: format!("B·H·L = {}·{h}·{} elements, y alike, x0 [{n}, {h}, {n2}]", sb.batch, sb.len),
+            expected: format!(
+                "B·H·L = {}·{h}·{} elements, y alike, x0 [{n}, {h}, {n2}]",
+                sb.batch, sb.len
+            ),
             got: vec![u.len(), y.len(), x0.map_or(0, |x| x.len())],
         });
     }
