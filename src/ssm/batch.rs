@@ -6,6 +6,10 @@
 //! The state of sequence i is `x: [N, H, N2, 2]` f32: for each head and stored mode n the complex
 //! `x_n` as (re, im), the same form as [`super::s4d_step`]'s. The conjugate modes are not stored
 //! (`y = 2 Re Σ_n C_n x_n + D u`). N is B, or the number of packed sequences.
+//!
+//! The scan needs no change to its combine: a sequence's first token enters as
+//! `(a, b) = (0, Ā x0 + B̄ u)`, which drops every prefix before it. The convolution mode
+//! ([`super::s4d_conv`], [`super::causal_conv`]) does not take these options yet.
 
 use super::kernel::{DiagonalSsm, Discretization};
 use super::scan::S4dScan;
