@@ -6,6 +6,10 @@
 // down: every element of block j > 0 is prefixed with the resolved total of blocks 0..j-1.
 // SSM mode (S4D recurrence): rows are (b, h, n), a = Abar[h, n], b_t = Bbar[h, n] u[b, h, t];
 // y[b, h, t] = 2 Re sum_n C[h, n] x[b, h, n, t] + D[h] u[b, h, t].
+// u and y are read through strides (hs between heads, ts between tokens: [B, H, L] or [B, L, H]).
+// A sequence's first token gets a = 0, b = Abar x0 + Bbar u (x0 its initial state or 0), which
+// cuts the scan there (the combine drops everything before it): packed sequences (cu_seqlens)
+// and initial states need no change to the scan itself.
 
 override WG: u32 = 256u;
 
@@ -22,6 +26,10 @@ struct Params {
     stride: u32, // row length L of the inputs and outputs (m is this chunk's length)
     t0: u32,     // first position of this chunk: rows longer than a binding go chunk by chunk
     _p: u32,
+    hs: u32,     // SSM: element stride of u and y between heads (L for [B, H, L], 1 for [B, L, H])
+    ts: u32,     // SSM: same between tokens (1, or H)
+    nseq: u32,   // SSM: packed sequences N (flags bit 3), else 0
+    sflags: u32, // SSM: bit 0 packed (seqs bound), bit 1 initial state (state_in bound)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -194,7 +202,29 @@ fn bbar(mi: u32) -> vec2<f32> {
     return vec2<f32>(bitcast<f32>(modes[o + 5u]), bitcast<f32>(modes[o + 6u]));
 }
 
-// One invocation per ((b, h, n) row of the pass, t): x = (Abar, Bbar u_t).
+// Element of (b, h, t) of u or y (global b, h, t) inside a binding that starts at the pass's
+// first row: the pass holds rows bh0.. (whole batch entries when ts != 1), so subtract bh0 L.
+fn seq_index(b: u32, hh: u32, t: u32) -> u32 {
+    return b * p.h * p.stride + hh * p.hs + t * p.ts - p.bh0 * p.stride;
+}
+
+const NONE: u32 = 0xFFFFFFFFu;
+
+// The sequence of token t of batch entry b: b itself, or (packed) seqs[N + 1 + t] (NONE past the
+// last offset); .y = 1 when t is the sequence's first token.
+fn seq_at(b: u32, t: u32) -> vec2<u32> {
+    if ((p.sflags & 1u) == 0u) {
+        return vec2<u32>(b, u32(t == 0u));
+    }
+    let s = seqs[p.nseq + 1u + t];
+    if (s == NONE) {
+        return vec2<u32>(NONE, 0u);
+    }
+    return vec2<u32>(s, u32(seqs[s] == t));
+}
+
+// One invocation per ((b, h, n) row of the pass, t): x = (Abar, Bbar u_t); a sequence's first
+// token x = (0, Abar x0 + Bbar u_t).
 @compute @workgroup_size(WG)
 fn load_ssm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
@@ -204,13 +234,29 @@ fn load_ssm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
     }
     let r = i / p.m;
     let t = i % p.m;
-    let bh = r / p.n2;
-    let mi = ((p.bh0 + bh) % p.h) * p.n2 + r % p.n2;
-    let uu = ld_u(p.in_off + bh * p.stride + p.t0 + t);
-    x[i] = carry_in(r, t, vec4<f32>(abar(mi), bbar(mi) * uu));
+    let g = p.bh0 + r / p.n2;
+    let hh = g % p.h;
+    let n = r % p.n2;
+    let mi = hh * p.n2 + n;
+    let tt = p.t0 + t;
+    let sq = seq_at(g / p.h, tt);
+    if (sq.x == NONE) {
+        x[i] = vec4<f32>(0.0); // past the last offset: cut, read nothing
+        return;
+    }
+    let uu = ld_u(p.in_off + seq_index(g / p.h, hh, tt));
+    var v = vec4<f32>(abar(mi), bbar(mi) * uu);
+    if (sq.y == 1u) {
+        v = vec4<f32>(0.0, 0.0, v.zw);
+        if ((p.sflags & 2u) != 0u) {
+            v = vec4<f32>(v.xy, v.zw + cmul(abar(mi), state_in[(sq.x * p.h + hh) * p.n2 + n]));
+        }
+    }
+    x[i] = carry_in(r, t, v);
 }
 
-// One invocation per ((b, h) row of the pass, t): y = 2 Re sum_n C x + D u.
+// One invocation per ((b, h) row of the pass, t): y = 2 Re sum_n C x + D u (tokens past the
+// last offset untouched).
 @compute @workgroup_size(WG)
 fn out_ssm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
@@ -220,18 +266,63 @@ fn out_ssm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
     }
     let bh = i / p.m;
     let t = i % p.m;
-    let hh = (p.bh0 + bh) % p.h;
+    let g = p.bh0 + bh;
+    let hh = g % p.h;
+    let tt = p.t0 + t;
+    if (seq_at(g / p.h, tt).x == NONE) {
+        return;
+    }
     var acc = 0.0;
     for (var n = 0u; n < p.n2; n++) {
         let c = vec2<f32>(ld_c_re(hh * p.n2 + n), ld_c_im(hh * p.n2 + n));
         acc += cmul(c, x[(bh * p.n2 + n) * p.m + t].zw).x;
     }
-    let ui = p.in_off + bh * p.stride + p.t0 + t;
-    st_y(out_index(i), 2.0 * acc + ld_d(hh) * ld_u(ui));
+    let e = seq_index(g / p.h, hh, tt);
+    st_y(p.out_off + e, 2.0 * acc + ld_d(hh) * ld_u(p.in_off + e));
+}
+
+// The final state [N, H, N2] (complex as vec2) of the sequences whose last token is in this
+// chunk: one invocation per (sequence, (b, h, n) row of the pass). Unpacked, sequence = b and
+// only the row's own b counts. An empty sequence keeps its initial state (written in chunk 0).
+@compute @workgroup_size(WG)
+fn save_state(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let i = wg_index(wg, nwg) * WG + lid;
+    if (i >= p.total) {
+        return;
+    }
+    let r = i % p.rows;
+    let g = p.bh0 + r / p.n2;
+    let hh = g % p.h;
+    let n = r % p.n2;
+    var s = g / p.h;
+    var start = 0u;
+    var end = p.stride;
+    if ((p.sflags & 1u) != 0u) {
+        s = i / p.rows;
+        start = seqs[s];
+        end = seqs[s + 1u];
+    }
+    let o = (s * p.h + hh) * p.n2 + n;
+    if (start == end) {
+        if (p.t0 == 0u) {
+            var x0 = vec2<f32>(0.0);
+            if ((p.sflags & 2u) != 0u) {
+                x0 = state_in[o];
+            }
+            state_out[o] = x0;
+        }
+        return;
+    }
+    if (end - 1u >= p.t0 && end - 1u < p.t0 + p.m) {
+        state_out[o] = x[r * p.m + end - 1u - p.t0].zw;
+    }
 }
 
 @group(0) @binding(15) var<storage, read> state_in: array<vec2<f32>>;
 @group(0) @binding(16) var<storage, read_write> state_out: array<vec2<f32>>;
+// Packed sequences: the N + 1 offsets, then each token's sequence (NONE past the last offset).
+@group(0) @binding(18) var<storage, read> seqs: array<u32>;
 
 // The recurrent mode, one step, one invocation per (b, h): x_n <- Abar_n x_n + Bbar_n u,
 // y = 2 Re sum_n C_n x_n + D u. state: [B, H, N2] complex as vec2.

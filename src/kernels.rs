@@ -112,7 +112,8 @@ pub(crate) const KERNELS: &[Kernel] = &[
             "load_ssm",
             "out_ssm",
             "step",
-            "save_carry"
+            "save_carry",
+            "save_state"
         ],
         crate::ssm::scan::Params
     ),

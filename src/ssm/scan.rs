@@ -30,6 +30,10 @@ crate::uniform! {
         stride: u32,
         t0: u32,
         _p: u32,
+        hs: u32,
+        ts: u32,
+        nseq: u32,
+        sflags: u32,
     }
 }
 
@@ -48,6 +52,10 @@ impl Params {
             stride: m as u32,
             t0: 0,
             _p: 0,
+            hs: m as u32,
+            ts: 1,
+            nseq: 0,
+            sflags: 0,
         }
     }
 }
@@ -323,7 +331,7 @@ pub fn s4d_scan<T: Element>(
     u: &Tensor<T>,
     disc: Discretization,
 ) -> Result<Tensor<T>> {
-    driver::run(ctx, &S4dScan { ssm, u, disc })
+    driver::run(ctx, &S4dScan::new(ssm, u, disc))
 }
 
 /// [`s4d_scan`] into an existing `out: [B, H, L]`.
@@ -334,7 +342,7 @@ pub fn s4d_scan_into<T: Element>(
     out: &Tensor<T>,
     disc: Discretization,
 ) -> Result<()> {
-    driver::run_into(ctx, &S4dScan { ssm, u, disc }, out)
+    driver::run_into(ctx, &S4dScan::new(ssm, u, disc), out)
 }
 
 /// Records [`s4d_scan`] into a [`Schedule`].
@@ -345,60 +353,100 @@ pub fn record_s4d_scan<T: Element>(
     out: &Tensor<T>,
     disc: Discretization,
 ) -> Result<()> {
-    driver::record(s, &S4dScan { ssm, u, disc }, out)
+    driver::record(s, &S4dScan::new(ssm, u, disc), out)
 }
 
-struct S4dScan<'a, T: Element> {
-    ssm: &'a DiagonalSsm<T>,
-    u: &'a Tensor<T>,
-    disc: Discretization,
+/// The S4D scan; `batch` adds the layout, packed sequences and the state in and out
+/// ([`super::batch`]).
+pub(crate) struct S4dScan<'a, T: Element> {
+    pub ssm: &'a DiagonalSsm<T>,
+    pub u: &'a Tensor<T>,
+    pub disc: Discretization,
+    pub batch: super::batch::Resolved<'a>,
+}
+
+impl<'a, T: Element> S4dScan<'a, T> {
+    fn new(ssm: &'a DiagonalSsm<T>, u: &'a Tensor<T>, disc: Discretization) -> Self {
+        Self {
+            ssm,
+            u,
+            disc,
+            batch: Default::default(),
+        }
+    }
+}
+
+/// H, N2, L, the chunk length, the discretised-mode table (recorded in the prologue) and the
+/// packed-sequence table.
+pub(crate) struct ScanDims {
+    h: u64,
+    n2: u64,
+    len: u64,
+    lc: u64,
+    modes: Option<wgpu::Buffer>,
+    seqs: Option<wgpu::Buffer>,
 }
 
 impl<T: Element> RowOp for S4dScan<'_, T> {
     type T = T;
-    /// H, N2, L, the chunk length and the discretised-mode table (recorded in the prologue).
-    type Dims = (u64, u64, u64, u64, Option<wgpu::Buffer>);
+    type Dims = ScanDims;
     const NAME: &'static str = SSM;
 
     fn plan(&self, ctx: &Context) -> Result<(Self::Dims, Plan)> {
         let (h, n2) = self.ssm.dims(SSM)?;
         let u = self.u.shape();
-        u_dims(SSM, u, h, 3, "[B, H, L]")?;
+        let (b, len) = self.batch.dims(SSM, u, h, n2)?;
         check_disc(SSM, self.disc)?;
-        let (bh, len, n2) = ((u[0] * h) as u64, u[2] as u64, n2 as u64);
+        let (bh, len, n2) = ((b * h) as u64, len as u64, n2 as u64);
         let es = size_of::<T>() as u64;
-        let lc = chunk_len(ctx, len, n2);
-        let plan = Plan::new(u.to_vec(), bh, len)
+        // A pass takes whole groups of rows: their states chunk together.
+        let group = self.batch.row_group(h);
+        let lc = chunk_len(ctx, len, n2 * group);
+        let mut plan = Plan::new(u.to_vec(), bh, len)
             .bytes("states", n2 * lc * 16)
             .bytes("u", len * es);
-        Ok(((h as u64, n2, len, lc, None), plan))
+        plan.row_group = group;
+        let seqs = self.batch.seq_table(ctx, len as usize);
+        let d = ScanDims {
+            h: h as u64,
+            n2,
+            len,
+            lc,
+            modes: None,
+            seqs,
+        };
+        Ok((d, plan))
     }
 
     fn inputs(&self) -> Vec<Input<'_>> {
         let mut i = self.ssm.inputs();
         i.push(Input::of("u", self.u));
+        i.extend(self.batch.inputs());
         i
     }
 
     fn record_prologue(&self, s: &mut Schedule<'_>, d: &mut Self::Dims) -> Result<()> {
-        d.4 = Some(record_modes(s, self.ssm, self.disc)?);
+        d.modes = Some(record_modes(s, self.ssm, self.disc)?);
         Ok(())
     }
 
     fn record_rows(&self, s: &mut Schedule<'_>, d: &Self::Dims, p: &Pass<'_>) -> Result<()> {
         let ctx = s.context();
-        let (h, n2, len, lc) = (d.0, d.1, d.2, d.3);
-        let modes = d.4.as_ref().expect("the prologue records the modes");
+        let (h, n2, len, lc) = (d.h, d.n2, d.len, d.lc);
+        let modes = d.modes.as_ref().expect("the prologue records the modes");
         let wg = workgroup_size(ctx);
         let w = wg as u64;
         let pl = |e| ctx.pipelines.get(ctx, "scan", e, p.storage, &[("WG", wg)]);
         let (r0, nr, es) = (p.r0, p.nr, size_of::<T>() as u64);
         let rows = nr * n2;
         let (x, carry) = (scratch(ctx, rows * lc * 16), scratch(ctx, rows * 16));
-        let ssm = self.ssm;
+        let (ssm, bt) = (self.ssm, &self.batch);
         let (bu, in_off) = Bind::elems(ctx, 10, self.u.buffer(), es, r0 * len, nr * len);
         let (by, out_off) = p.out.bind(ctx, 14, nr * len);
         let bm = bind_buffer(ctx, SSM, "modes", 9, modes)?;
+        // Unused optional inputs are bound to the mode table (read-only, never read).
+        let bseq = Bind::all(18, d.seqs.as_ref().unwrap_or(modes));
+        let bx0 = Bind::all(15, bt.initial.map_or(modes, |t| t.buffer()));
         let bc = Bind::all(17, &carry);
         let cd = [
             bind_whole(ctx, SSM, "C_re", 11, &ssm.c_re)?,
@@ -413,16 +461,25 @@ impl<T: Element> RowOp for S4dScan<'_, T> {
             (prm.h, prm.n2, prm.bh0) = (h as u32, n2 as u32, r0 as u32);
             (prm.stride, prm.t0, prm.in_off, prm.out_off) =
                 (len as u32, t0 as u32, in_off, out_off);
+            (prm.hs, prm.ts) = bt.strides(h, len);
+            (prm.nseq, prm.sflags) = bt.seq_flags();
             prm.flags = ((c > 0) as u32) << 2;
             let bx = Bind::prefix(5, &x, rows * m * 16);
             let groups = (rows * m).div_ceil(w);
-            s.dispatch(&*pl("load_ssm")?, &prm, &[bm, bu, bx, bc], groups)?;
+            let binds = [bm, bu, bx, bc, bseq, bx0];
+            s.dispatch(&*pl("load_ssm")?, &prm, &binds, groups)?;
             record_levels(s, p.storage, &x, rows, m)?;
             if c + 1 < chunks {
                 s.dispatch(&*pl("save_carry")?, &prm, &[bx, bc], rows.div_ceil(w))?;
             }
+            if let Some(fin) = bt.final_state {
+                let n = rows * prm.nseq.max(1) as u64;
+                prm.total = n as u32;
+                let binds = [bx, bseq, bx0, Bind::all(16, fin.buffer())];
+                s.dispatch(&*pl("save_state")?, &prm, &binds, n.div_ceil(w))?;
+            }
             prm.total = (nr * m) as u32;
-            let binds = [bx, bu, by, cd[0], cd[1], cd[2]];
+            let binds = [bx, bu, by, cd[0], cd[1], cd[2], bseq];
             s.dispatch(&*pl("out_ssm")?, &prm, &binds, (nr * m).div_ceil(w))?;
         }
         Ok(())

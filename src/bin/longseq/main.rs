@@ -15,6 +15,7 @@ mod methods;
 mod rope;
 mod ssd;
 mod ssm;
+mod ssm_batch;
 
 use std::process::ExitCode;
 

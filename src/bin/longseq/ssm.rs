@@ -12,6 +12,8 @@ use rand_distr::StandardNormal;
 use crate::check::StorageDtype;
 use crate::devices::{self, Devices};
 use crate::io::{self, CliError, Out};
+use crate::ssm_batch;
+use longseq::types::batch::Layout;
 
 /// A diagonal (S4D) state-space model over tensors in a safetensors file, or initialised by
 /// --init, on the GPU and/or the CPU reference (f64).
@@ -23,7 +25,15 @@ use crate::io::{self, CliError, Out};
 ///   dt                                  [H]      step Δ per head (> 0)
 ///   D                                   [H]      skip term
 ///   u                                   [B, H, L] input (modes conv and scan; in mode kernel only
-///                                                its L is used, or pass --len)
+///                                                its L is used, or pass --len); [B, L, H] with
+///                                                --layout blhd
+/// Mode scan also takes (issue 14) --layout blhd (u and y as [B, L, H]; bhld = [B, H, L], the
+/// attention CLI's names without D), --cu-seqlens NAME (an i32/i64 tensor of N + 1 offsets in
+/// --input: packed sequences, B = 1; each starts from its own state, nothing crosses a boundary,
+/// y past the last offset is written as 0) and --initial-state NAME ([N, H, N2, 2] in --input:
+/// each sequence's complex state per stored mode as (re, im); N = B, or the packed count); with
+/// any of them it also writes final_state [N, H, N2, 2], the state after each sequence's last
+/// token (feed it back as --initial-state to continue), on gpu and reference (not cpu).
 /// --init s4d-lin|s4d-inv|legs builds the model instead (S4D paper §4, arXiv 2206.11893):
 /// A from the init (the same for every head), B = 1, C ~ CN(0, 1), Δ log-uniform in
 /// [1e-3, 1e-1], D ~ N(0, 1), from --seed, with --heads H and --state N (even); u is drawn
@@ -78,9 +88,19 @@ pub struct Args {
     /// Run the f64 reference even when its estimated time is past the bound.
     #[arg(long)]
     force_reference: bool,
-    /// Where to write `K` or `y`.
+    /// Where to write `K` or `y` (and `final_state` in mode scan with the options below).
     #[arg(long)]
     output: Option<String>,
+    /// Memory layout of u and y: bhld = [B, H, L], blhd = [B, L, H] (mode scan).
+    #[arg(long, default_value = "bhld", value_parser = ["bhld", "blhd"])]
+    layout: String,
+    /// Packed sequences: the name of an i32/i64 offsets tensor [N + 1] in --input (B = 1, mode
+    /// scan).
+    #[arg(long, value_name = "NAME")]
+    cu_seqlens: Option<String>,
+    /// The state before each sequence: the name of a tensor [N, H, N2, 2] in --input (mode scan).
+    #[arg(long, value_name = "NAME")]
+    initial_state: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -119,6 +139,10 @@ enum Disc {
     Zoh,
     /// Bilinear: Ā = (1 − ΔA/2)⁻¹(1 + ΔA/2), B̄ = (1 − ΔA/2)⁻¹ ΔB.
     Bilinear,
+}
+
+fn layout(a: &Args) -> Layout {
+    Layout::parse(&a.layout).unwrap_or_default()
 }
 
 fn shape_err(name: &str, got: &[usize], want: &str) -> CliError {
@@ -183,8 +207,12 @@ fn read_u(
 ) -> Result<Option<Input>, CliError> {
     match io::read(st, "u", path) {
         Ok(u) => {
-            if u.shape.len() != 3 || u.shape[1] != h || u.shape.contains(&0) {
-                return Err(shape_err("u", &u.shape, &format!("[B, {h}, L]")));
+            let (hi, want) = match layout(a) {
+                Layout::Bhld => (1, format!("[B, {h}, L]")),
+                Layout::Blhd => (2, format!("[B, L, {h}] (--layout blhd)")),
+            };
+            if u.shape.len() != 3 || u.shape[hi] != h || u.shape.contains(&0) {
+                return Err(shape_err("u", &u.shape, &want));
             }
             Ok(Some((u.data, u.shape)))
         }
@@ -249,7 +277,11 @@ fn from_init(a: &Args, init: Init) -> Result<(rs::DiagonalSsm, Option<Input>), C
             let u = (0..a.batch * h * len)
                 .map(|_| rng.sample(StandardNormal))
                 .collect();
-            Some((u, vec![a.batch, h, len]))
+            let shape = match layout(a) {
+                Layout::Bhld => vec![a.batch, h, len],
+                Layout::Blhd => vec![a.batch, len, h],
+            };
+            Some((u, shape))
         }
     };
     Ok((m, u))
@@ -266,7 +298,10 @@ pub fn run(a: Args) -> Result<(), CliError> {
     let n2 = m.n2;
     let len = match (a.len, &u) {
         (Some(l), _) if a.mode == Mode::Kernel => l,
-        (_, Some(u)) => u.1[2],
+        (_, Some(u)) => match layout(&a) {
+            Layout::Bhld => u.1[2],
+            Layout::Blhd => u.1[1],
+        },
         _ => {
             return Err(CliError::Input(
                 "mode kernel without `u` needs --len".into(),
@@ -314,6 +349,24 @@ pub fn run(a: Args) -> Result<(), CliError> {
             _ => "discretised",
         }
     );
+    let batch = ssm_batch::Batch {
+        layout: layout(&a),
+        cu_seqlens: a.cu_seqlens.as_deref(),
+        initial_state: a.initial_state.as_deref(),
+        input: a.input.as_deref(),
+        output: a.output.as_deref(),
+        force_reference: a.force_reference,
+    };
+    if batch.wanted() {
+        return match (a.mode, &u) {
+            (Mode::Scan, Some((u, shape))) => {
+                ssm_batch::run(&batch, &m, (u, shape), disc, &mut dev, ctx.as_ref())
+            }
+            _ => Err(CliError::Input(
+                "--layout blhd, --cu-seqlens and --initial-state go with --mode scan".into(),
+            )),
+        };
+    }
     let gpu = match &ctx {
         Some(c) => Some(run_gpu(c, &m, u.as_ref(), len, a.mode, disc)?),
         None => None,
