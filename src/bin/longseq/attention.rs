@@ -18,6 +18,7 @@ use crate::methods::Op;
 use crate::rel_frobenius;
 
 mod batch;
+mod linear_batch;
 pub(crate) use batch::read_cu_seqlens;
 
 /// Attention over tensors in a safetensors file, on the GPU, the f32 CPU path and/or the f64
@@ -36,6 +37,11 @@ pub(crate) use batch::read_cu_seqlens;
 /// sequences, B = 1; tokens past the last offset are written as 0) and grouped heads from the
 /// k/v shapes (k, v: [B, Hkv, Lk, ·], Hkv dividing Hq), on the GPU and the reference; softmax
 /// without --causal or --window also takes Lk ≠ Lq (diag's blocks need Lk = Lq).
+/// Linear attention (elementwise maps; also GQA and Lk ≠ Lq), lightning and norm take --layout and
+/// --cu-seqlens too; a causal linear or lightning run on that path, or one given
+/// `--initial-state NAME` ([N, Hq, Dk, Dv]; linear with its denominator also reads NAME_z
+/// [N, Hq, Dk]), also writes `final_state` (and `final_z`) per sequence. `--device cpu` runs the
+/// per-sequence f64 reference there (no f32 CPU path reads strides or packed sequences yet).
 #[derive(clap::Args)]
 #[command(
     verbatim_doc_comment,
@@ -53,6 +59,11 @@ pub struct Args {
     /// Packed variable-length sequences: the name of an i32/i64 offsets tensor in --input (B = 1).
     #[arg(long, value_name = "NAME")]
     cu_seqlens: Option<String>,
+    /// Causal linear / lightning: tensor NAME [N, Hq, Dk, Dv] (N = B, or the packed sequences)
+    /// is the state S before the first token, and NAME_z [N, Hq, Dk] the denominator's z (linear
+    /// with its denominator). The output file then also gets final_state (and final_z).
+    #[arg(long, value_name = "NAME")]
+    initial_state: Option<String>,
     /// Prefix of the tensor names, e.g. `layer0.`.
     #[arg(long, default_value = "")]
     prefix: String,
@@ -247,6 +258,9 @@ pub fn run(a: Args) -> Result<(), CliError> {
         }
     }
     let layout = longseq::types::batch::Layout::parse(&a.layout).unwrap_or_default();
+    if linear_batch::wanted(&a, layout, &q.shape, &k.shape, &v.shape) {
+        return linear_batch::run(&a, &st, (q, k, v), layout);
+    }
     if batch::wanted(&a, layout, &q.shape, &k.shape, &v.shape) {
         return batch::run(&a, &st, (q, k, v), layout);
     }
