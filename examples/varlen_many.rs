@@ -63,7 +63,9 @@ fn main() -> longseq::Result<()> {
             });
             println!("varlen {name} (L = {l}, H = {h}, D = {d}, causal = {causal}): {ms:.1} ms");
         }
-        let x: Vec<f32> = (0..n * 10 * h * d).map(|i| (i as f32 * 0.37).sin()).collect();
+        let x: Vec<f32> = (0..n * 10 * h * d)
+            .map(|i| (i as f32 * 0.37).sin())
+            .collect();
         let t = Tensor::from_slice(&ctx, &x, &[n, 10, h, d])?;
         let ms = time(runs, || {
             let o = linear_attention(&ctx, &t, &t, &t, &opts).unwrap();

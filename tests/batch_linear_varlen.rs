@@ -11,8 +11,8 @@ use common::*;
 use longseq::attention::linear::check_gqa;
 use longseq::attention::{
     lightning_attention_varlen_into, lightning_attention_varlen_with_state,
-    linear_attention_varlen_into, linear_attention_varlen_with_state, FeatureMap,
-    LightningOptions, LinearAttentionOptions, LinearState,
+    linear_attention_varlen_into, linear_attention_varlen_with_state, FeatureMap, LightningOptions,
+    LinearAttentionOptions, LinearState,
 };
 use longseq::reference::attention::{lightning_attention_varlen, linear_attention_batch};
 use longseq::types::{CuSeqlens, GqaDims, Layout};
@@ -74,7 +74,13 @@ fn tensors<T: Element>(c: &Context, x: &Case<T>) -> [Tensor<T>; 3] {
 }
 
 /// Linear attention over `cu` into a NaN-poisoned output against the reference.
-fn check_linear<T: Element>(c: &Context, x: &Case<T>, cu: &[i64], o: &LinearAttentionOptions, tol: f64) {
+fn check_linear<T: Element>(
+    c: &Context,
+    x: &Case<T>,
+    cu: &[i64],
+    o: &LinearAttentionOptions,
+    tol: f64,
+) {
     let cs = CuSeqlens::new("test", cu, x.d.q_len).unwrap();
     let want = linear_attention_batch((&x.q, &x.k, &x.v), &x.d, o, Some(&cs), None)
         .unwrap()
@@ -132,7 +138,13 @@ fn fla_offsets_f32() {
 fn wide_heads_and_gqa() {
     for layout in [Layout::Bhld, Layout::Blhd] {
         let x = case::<f32>((3, 3, 2011, 128, 128), layout, 21);
-        check_linear(ctx(), &x, &CU, &opts(FeatureMap::Elu1, true, layout), TOL_F32);
+        check_linear(
+            ctx(),
+            &x,
+            &CU,
+            &opts(FeatureMap::Elu1, true, layout),
+            TOL_F32,
+        );
         let x = case::<f32>((6, 2, 311, 24, 40), layout, 22);
         let cu = [0, 7, 7, 60, 61, 300];
         for causal in [false, true] {
@@ -160,9 +172,17 @@ fn f16_native_and_packed_refusal() {
     let [q, k, v] = tensors(c, &x);
     let cu = CuSeqlens::new("t", &[0, 20, 45], 50).unwrap();
     let o = opts(FeatureMap::Elu1, true, Layout::Bhld);
-    let err = longseq::attention::linear_attention_varlen(c, &q, &k, &v, &cu, &o).err().unwrap();
+    let err = longseq::attention::linear_attention_varlen(c, &q, &k, &v, &cu, &o)
+        .err()
+        .unwrap();
     assert!(
-        matches!(err, Error::InvalidArgument { name: "cu_seqlens", .. }),
+        matches!(
+            err,
+            Error::InvalidArgument {
+                name: "cu_seqlens",
+                ..
+            }
+        ),
         "{err}"
     );
 }
@@ -187,7 +207,13 @@ fn many_short_sequences() {
             let l = *cu.last().unwrap() as usize + 5;
             let x = case::<f32>((2, 2, l, 16, 12), layout, 42);
             for causal in [false, true] {
-                check_linear(ctx(), &x, cu, &opts(FeatureMap::Elu1, causal, layout), TOL_F32);
+                check_linear(
+                    ctx(),
+                    &x,
+                    cu,
+                    &opts(FeatureMap::Elu1, causal, layout),
+                    TOL_F32,
+                );
             }
         }
     }
@@ -208,7 +234,10 @@ fn state_per_sequence_two_calls_equal_one() {
         let n = cs.count();
         let mut r = rng(52);
         let s0 = randn(&mut r, n * h * dk * dv, 0.3);
-        let z0: Vec<f32> = randn(&mut r, n * h * dk, 0.3).iter().map(|x| x.abs()).collect();
+        let z0: Vec<f32> = randn(&mut r, n * h * dk, 0.3)
+            .iter()
+            .map(|x| x.abs())
+            .collect();
         let init = LinearState {
             s: Tensor::from_slice(c, &s0, &[n, h, dk, dv]).unwrap(),
             z: Tensor::from_slice(c, &z0, &[n, h, dk]).unwrap(),
@@ -217,8 +246,14 @@ fn state_per_sequence_two_calls_equal_one() {
         let (out, fin) =
             linear_attention_varlen_with_state(c, &q, &k, &v, &cs, Some(&init), &o).unwrap();
         let (s0d, z0d) = (to_f64(&s0), to_f64(&z0));
-        let want = linear_attention_batch((&x.q, &x.k, &x.v), &x.d, &o, Some(&cs), Some((&s0d[..], &z0d[..])))
-            .unwrap();
+        let want = linear_attention_batch(
+            (&x.q, &x.k, &x.v),
+            &x.d,
+            &o,
+            Some(&cs),
+            Some((&s0d[..], &z0d[..])),
+        )
+        .unwrap();
         let mut got = to_f64(&out.to_vec(c).unwrap());
         // The new output tensor holds 0 past the last offset; the reference marks it NaN.
         for (g, w) in got.iter_mut().zip(&want.o) {
@@ -247,7 +282,11 @@ fn state_per_sequence_two_calls_equal_one() {
             let mut off = vec![0i64];
             let mut toks = vec![];
             for (i, &(s, m)) in split.iter().enumerate() {
-                let t: Vec<usize> = if part == 0 { (s..m).collect() } else { (m..cs.range(i).end).collect() };
+                let t: Vec<usize> = if part == 0 {
+                    (s..m).collect()
+                } else {
+                    (m..cs.range(i).end).collect()
+                };
                 off.push(off.last().unwrap() + t.len() as i64);
                 toks.extend(t);
             }
@@ -300,9 +339,19 @@ fn state_per_sequence_two_calls_equal_one() {
             y
         };
         let st = state.unwrap();
-        assert_close_both(&format!("{layout:?} two calls"), &two, &to_f64(&full), TOL_F32);
+        assert_close_both(
+            &format!("{layout:?} two calls"),
+            &two,
+            &to_f64(&full),
+            TOL_F32,
+        );
         let s1 = to_f64(&fin.s.to_vec(c).unwrap());
-        assert_close_both(&format!("{layout:?} two calls S"), &to_f64(&st.s.to_vec(c).unwrap()), &s1, TOL_F32);
+        assert_close_both(
+            &format!("{layout:?} two calls S"),
+            &to_f64(&st.s.to_vec(c).unwrap()),
+            &s1,
+            TOL_F32,
+        );
     }
 }
 
@@ -318,9 +367,15 @@ fn lightning_varlen() {
             layout,
             ..Default::default()
         };
-        let (want, want_s) =
-            lightning_attention_varlen((&x.q, &x.k, &x.v), &x.d, &slopes, FeatureMap::Identity, Some(&cs), None)
-                .unwrap();
+        let (want, want_s) = lightning_attention_varlen(
+            (&x.q, &x.k, &x.v),
+            &x.d,
+            &slopes,
+            FeatureMap::Identity,
+            Some(&cs),
+            None,
+        )
+        .unwrap();
         for c in contexts() {
             let [q, k, v] = tensors(c, &x);
             let out = Tensor::<f32>::nan(c, &x.d.out_shape).unwrap();
@@ -330,7 +385,12 @@ fn lightning_varlen() {
             let (_, fin) =
                 lightning_attention_varlen_with_state(c, &q, &k, &v, None, &cs, None, &lo).unwrap();
             let fs = to_f64(&fin.to_vec(c).unwrap());
-            assert_close_both(&format!("lightning {layout:?} state"), &fs, &want_s, TOL_F32);
+            assert_close_both(
+                &format!("lightning {layout:?} state"),
+                &fs,
+                &want_s,
+                TOL_F32,
+            );
         }
     }
 }
@@ -343,16 +403,28 @@ fn bad_packing_is_a_typed_error() {
     let q = Tensor::from_slice(c, &x, &[2, 3, 40, 8]).unwrap();
     let cu = CuSeqlens::new("t", &[0, 10, 40], 40).unwrap();
     let o = opts(FeatureMap::Elu1, true, Layout::Bhld);
-    let e = longseq::attention::linear_attention_varlen(c, &q, &q, &q, &cu, &o).err().unwrap();
+    let e = longseq::attention::linear_attention_varlen(c, &q, &q, &q, &cu, &o)
+        .err()
+        .unwrap();
     assert!(matches!(e, Error::Shape { .. }), "{e}");
     let q1 = Tensor::from_slice(c, &x[..3 * 30 * 8], &[1, 3, 30, 8]).unwrap();
-    let e = longseq::attention::linear_attention_varlen(c, &q1, &q1, &q1, &cu, &o).err().unwrap();
+    let e = longseq::attention::linear_attention_varlen(c, &q1, &q1, &q1, &cu, &o)
+        .err()
+        .unwrap();
     assert!(
-        matches!(e, Error::InvalidArgument { name: "cu_seqlens", .. }),
+        matches!(
+            e,
+            Error::InvalidArgument {
+                name: "cu_seqlens",
+                ..
+            }
+        ),
         "{e}"
     );
     let lo = LightningOptions::default();
-    let e = longseq::attention::lightning_attention_varlen(c, &q, &q, &q, None, &cu, &lo).err().unwrap();
+    let e = longseq::attention::lightning_attention_varlen(c, &q, &q, &q, None, &cu, &lo)
+        .err()
+        .unwrap();
     assert!(matches!(e, Error::Shape { .. }), "{e}");
 }
 
@@ -362,7 +434,13 @@ fn bad_packing_is_a_typed_error() {
 fn norm_attention_layout_and_varlen() {
     use longseq::attention::{norm_attention_batch_into, Affine, Norm, NormAttentionOptions};
     use longseq::reference::attention::norm_attention_batch;
-    fn one<T: Element>(c: &Context, x: &Case<T>, cu: Option<&[i64]>, o: &NormAttentionOptions, tol: f64) {
+    fn one<T: Element>(
+        c: &Context,
+        x: &Case<T>,
+        cu: Option<&[i64]>,
+        o: &NormAttentionOptions,
+        tol: f64,
+    ) {
         let cs = cu.map(|cu| CuSeqlens::new("t", cu, x.d.q_len).unwrap());
         let none = Affine::default();
         let want = norm_attention_batch((&x.q, &x.k, &x.v), &x.d, &none, o, cs.as_ref()).unwrap();
@@ -370,7 +448,12 @@ fn norm_attention_layout_and_varlen() {
         let out = Tensor::<T>::nan(c, &x.d.out_shape).unwrap();
         norm_attention_batch_into(c, &q, &k, &v, &none, x.d.layout, cs.as_ref(), &out, o).unwrap();
         let got = to_f64(&out.to_vec(c).unwrap());
-        let label = format!("norm {:?} causal={} packed={}", x.d.layout, o.causal, cu.is_some());
+        let label = format!(
+            "norm {:?} causal={} packed={}",
+            x.d.layout,
+            o.causal,
+            cu.is_some()
+        );
         assert_close_both(&label, &got, &want, tol);
     }
     for layout in [Layout::Bhld, Layout::Blhd] {

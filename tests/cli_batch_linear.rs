@@ -60,7 +60,10 @@ fn input(path: &str) -> [Vec<f32>; 5] {
     let k = randn(&mut r, L * 2 * D, 0.5);
     let v = randn(&mut r, L * 2 * D, 0.5);
     let s0 = randn(&mut r, 3 * 6 * D * D, 0.3);
-    let z0: Vec<f32> = randn(&mut r, 3 * 6 * D, 0.3).iter().map(|x| x.abs()).collect();
+    let z0: Vec<f32> = randn(&mut r, 3 * 6 * D, 0.3)
+        .iter()
+        .map(|x| x.abs())
+        .collect();
     let cu32: Vec<i32> = CU.iter().map(|&x| x as i32).collect();
     let bad: Vec<i64> = vec![0, 50, 40];
     let past: Vec<i64> = vec![0, 50, 140];
@@ -70,7 +73,12 @@ fn input(path: &str) -> [Vec<f32>; 5] {
             ("q", Dtype::F32, vec![1, L, 6, D], bytemuck::cast_slice(&q)),
             ("k", Dtype::F32, vec![1, L, 2, D], bytemuck::cast_slice(&k)),
             ("v", Dtype::F32, vec![1, L, 2, D], bytemuck::cast_slice(&v)),
-            ("s0", Dtype::F32, vec![3, 6, D, D], bytemuck::cast_slice(&s0)),
+            (
+                "s0",
+                Dtype::F32,
+                vec![3, 6, D, D],
+                bytemuck::cast_slice(&s0),
+            ),
             ("s0_z", Dtype::F32, vec![3, 6, D], bytemuck::cast_slice(&z0)),
             ("cu_seqlens", Dtype::I64, vec![4], bytemuck::cast_slice(&CU)),
             ("cu32", Dtype::I32, vec![4], bytemuck::cast_slice(&cu32)),
@@ -102,8 +110,16 @@ fn varlen_gqa_blhd_linear_writes_the_reference_and_its_state() {
     ] {
         let out = tmp(&format!("o-{name}-{causal}-{init}.safetensors"));
         let mut args = vec![
-            "--input", &path, "--method", "linear", "--layout", "blhd", "--cu-seqlens", name,
-            "--output", &out,
+            "--input",
+            &path,
+            "--method",
+            "linear",
+            "--layout",
+            "blhd",
+            "--cu-seqlens",
+            name,
+            "--output",
+            &out,
         ];
         if causal {
             args.push("--causal");
@@ -121,8 +137,12 @@ fn varlen_gqa_blhd_linear_writes_the_reference_and_its_state() {
         };
         let (s0d, z0d) = (f64s(&s0), f64s(&z0));
         let initial = init.then_some((&s0d[..], &z0d[..]));
-        let mut want = linear_attention_batch((&q, &k, &v), &dims(), &opts, Some(&cu), initial).unwrap();
-        want.o.iter_mut().filter(|x| x.is_nan()).for_each(|x| *x = 0.0);
+        let mut want =
+            linear_attention_batch((&q, &k, &v), &dims(), &opts, Some(&cu), initial).unwrap();
+        want.o
+            .iter_mut()
+            .filter(|x| x.is_nan())
+            .for_each(|x| *x = 0.0);
         let (got, shape) = read(&out, "o");
         assert_eq!(shape, vec![1, L, 6, D]);
         let label = format!("{name} causal={causal} init={init}");
@@ -152,12 +172,16 @@ fn two_calls_through_the_written_state_equal_one() {
         y
     };
     for method in ["linear", "lightning"] {
-        let mut outs = vec![];
+        let mut outs: Vec<String> = vec![];
         for (i, (t0, t1)) in [(0, l), (0, split), (split, l)].into_iter().enumerate() {
             let inp = tmp(&format!("two-{method}-{i}.safetensors"));
             let n = t1 - t0;
             let sh = vec![b, h, n, D];
-            let (q, k, v) = (part(&x[0], t0, t1), part(&x[1], t0, t1), part(&x[2], t0, t1));
+            let (q, k, v) = (
+                part(&x[0], t0, t1),
+                part(&x[1], t0, t1),
+                part(&x[2], t0, t1),
+            );
             let mut ts: Vec<(&str, Dtype, Vec<usize>, &[u8])> = vec![
                 ("q", Dtype::F32, sh.clone(), bytemuck::cast_slice(&q)),
                 ("k", Dtype::F32, sh.clone(), bytemuck::cast_slice(&k)),
@@ -170,7 +194,11 @@ fn two_calls_through_the_written_state_equal_one() {
                     let f = |n: &str| -> Vec<f32> {
                         read(&outs[1], n).0.iter().map(|&x| x as f32).collect()
                     };
-                    let z = if method == "linear" { f("final_z") } else { vec![0.0; b * h * D] };
+                    let z = if method == "linear" {
+                        f("final_z")
+                    } else {
+                        vec![0.0; b * h * D]
+                    };
                     (f("final_state"), z)
                 }
                 _ => (vec![0.0; b * h * D * D], vec![0.0; b * h * D]),
@@ -180,8 +208,15 @@ fn two_calls_through_the_written_state_equal_one() {
             write(&inp, &ts);
             let out = tmp(&format!("two-{method}-{i}-o.safetensors"));
             let args = [
-                "--input", &inp, "--method", method, "--causal", "--initial-state", "s",
-                "--output", &out,
+                "--input",
+                &inp,
+                "--method",
+                method,
+                "--causal",
+                "--initial-state",
+                "s",
+                "--output",
+                &out,
             ];
             let o = run(&args);
             assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -217,8 +252,16 @@ fn varlen_lightning_blhd_writes_the_reference() {
     write(&path, &ts);
     let out = tmp("o-light.safetensors");
     let o = run(&[
-        "--input", &path, "--method", "lightning", "--layout", "blhd", "--cu-seqlens", "cu",
-        "--output", &out,
+        "--input",
+        &path,
+        "--method",
+        "lightning",
+        "--layout",
+        "blhd",
+        "--cu-seqlens",
+        "cu",
+        "--output",
+        &out,
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let g = GqaDims::check("t", &sh, &sh, &sh, Layout::Blhd, true).unwrap();
@@ -232,7 +275,9 @@ fn varlen_lightning_blhd_writes_the_reference() {
         None,
     )
     .unwrap();
-    want.iter_mut().filter(|x| x.is_nan()).for_each(|x| *x = 0.0);
+    want.iter_mut()
+        .filter(|x| x.is_nan())
+        .for_each(|x| *x = 0.0);
     assert_close_both("lightning o", &read(&out, "o").0, &want, 1e-5);
     assert_close_both("lightning S", &read(&out, "final_state").0, &want_s, 1e-5);
 }
@@ -243,12 +288,25 @@ fn varlen_lightning_blhd_writes_the_reference() {
 fn bad_input_exits_2_with_one_line() {
     let path = tmp("in-bad.safetensors");
     input(&path);
-    let base = ["--input", path.as_str(), "--method", "linear", "--layout", "blhd"];
+    let base = [
+        "--input",
+        path.as_str(),
+        "--method",
+        "linear",
+        "--layout",
+        "blhd",
+    ];
     let cases: [&[&str]; 5] = [
         &["--cu-seqlens", "bad", "--causal"],
         &["--cu-seqlens", "past", "--causal"],
         &["--initial-state", "s0"],
-        &["--cu-seqlens", "cu_seqlens", "--causal", "--initial-state", "s0_z"],
+        &[
+            "--cu-seqlens",
+            "cu_seqlens",
+            "--causal",
+            "--initial-state",
+            "s0_z",
+        ],
         &["--causal", "--initial-state", "s0"],
     ];
     for extra in cases {
@@ -265,11 +323,23 @@ fn bad_input_exits_2_with_one_line() {
 /// final_z [3, 4, 8] against the reference.
 #[test]
 fn readme_linear_varlen_line() {
-    let input = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/gqa_varlen_blhd.safetensors");
+    let input = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/gqa_varlen_blhd.safetensors"
+    );
     let out = tmp("readme.safetensors");
     let o = run(&[
-        "--input", input, "--method", "linear", "--layout", "blhd", "--cu-seqlens", "cu_seqlens",
-        "--causal", "--output", &out,
+        "--input",
+        input,
+        "--method",
+        "linear",
+        "--layout",
+        "blhd",
+        "--cu-seqlens",
+        "cu_seqlens",
+        "--causal",
+        "--output",
+        &out,
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let bytes = std::fs::read(input).unwrap();
@@ -278,16 +348,26 @@ fn readme_linear_varlen_line() {
     let cu: Vec<i32> = bytemuck::pod_collect_to_vec(st.tensor("cu_seqlens").unwrap().data());
     let cu: Vec<i64> = cu.into_iter().map(i64::from).collect();
     let cs = CuSeqlens::new("t", &cu, 40).unwrap();
-    let g = GqaDims::check("t", &[1, 40, 4, 8], &[1, 40, 2, 8], &[1, 40, 2, 8], Layout::Blhd, true)
-        .unwrap();
+    let g = GqaDims::check(
+        "t",
+        &[1, 40, 4, 8],
+        &[1, 40, 2, 8],
+        &[1, 40, 2, 8],
+        Layout::Blhd,
+        true,
+    )
+    .unwrap();
     let opts = LinearAttentionOptions {
         causal: true,
         layout: Layout::Blhd,
         ..Default::default()
     };
-    let mut want = linear_attention_batch((&f("q"), &f("k"), &f("v")), &g, &opts, Some(&cs), None)
-        .unwrap();
-    want.o.iter_mut().filter(|x| x.is_nan()).for_each(|x| *x = 0.0);
+    let mut want =
+        linear_attention_batch((&f("q"), &f("k"), &f("v")), &g, &opts, Some(&cs), None).unwrap();
+    want.o
+        .iter_mut()
+        .filter(|x| x.is_nan())
+        .for_each(|x| *x = 0.0);
     assert_close_both("readme o", &read(&out, "o").0, &want.o, 1e-5);
     let (s, sh) = read(&out, "final_state");
     assert_eq!(sh, vec![3, 4, 8, 8]);

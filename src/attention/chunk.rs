@@ -603,10 +603,13 @@ fn record_varlen<'b>(
     let off: Vec<u64> = cu.offsets().iter().map(|&o| o as u64).collect();
     let n = cu.count();
     // One chunk size (one set of pipelines) for every sequence: the longest one's.
-    let geo = Geo::new(ctx, &Job {
-        len: cu.max_len().max(1) as u64,
-        ..*job
-    });
+    let geo = Geo::new(
+        ctx,
+        &Job {
+            len: cu.max_len().max(1) as u64,
+            ..*job
+        },
+    );
     let all = p.r0 == 0 && p.nr == gm.hq;
     let (hq, (dk, dv)) = (gm.hq, (job.dk, job.dv));
     let mut i = 0;
@@ -642,7 +645,11 @@ fn record_varlen<'b>(
                 o: run(gm.o),
                 ..gm
             },
-            rows: if all { (0, c as u64 * hq) } else { (p.r0, p.nr) },
+            rows: if all {
+                (0, c as u64 * hq)
+            } else {
+                (p.r0, p.nr)
+            },
             len,
             base: [gm.q, gm.k, gm.v, gm.o].map(|st| t0 * st.token as u64),
             state0: i as u64 * hq,

@@ -186,7 +186,10 @@ pub(crate) fn check_varlen<T: Element>(
         return Err(crate::Error::InvalidArgument {
             op,
             name: "cu_seqlens",
-            reason: format!("last offset {last} is past the packed length L = {}", d.q_len),
+            reason: format!(
+                "last offset {last} is past the packed length L = {}",
+                d.q_len
+            ),
         });
     }
     super::softmax::check_packed_f16::<T>(ctx, op, Some(cu))

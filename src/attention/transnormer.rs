@@ -9,6 +9,7 @@
 //! Norm acts per (batch, head, position) over Dv. (TransNormer's code normalises the concatenation
 //! of all heads; with one head that is the same.)
 
+use super::chunk::Geom as ChunkGeom;
 use super::lightning::{decayed_plan, record_decayed_pass, Decayed};
 use super::softmax::{attend_plan, attend_rows, check_batch, record_attend_rows, upload_seqs};
 use super::softmax::{Attend, PosBias};
@@ -22,7 +23,6 @@ use crate::types::attention::{check_diag, check_norm, check_shapes, AttnDims};
 pub use crate::types::attention::{
     Affine, DiagAttentionOptions, DiagWeights, Norm, NormAttentionOptions,
 };
-use super::chunk::Geom as ChunkGeom;
 use crate::types::batch::{CuSeqlens, Layout};
 use crate::{Context, DType, Element, Error, Result, Tensor};
 

@@ -92,8 +92,10 @@ pub(super) fn run(
         g.kv_heads,
         g.q_len,
         g.kv_len,
-        r.cu.as_ref()
-            .map_or(String::new(), |c| format!(", {} packed sequences", c.count())),
+        r.cu.as_ref().map_or(String::new(), |c| format!(
+            ", {} packed sequences",
+            c.count()
+        )),
         if r.initial.is_some() {
             ", initial state"
         } else {
@@ -188,7 +190,11 @@ fn describe(r: &Run) -> String {
             "linear attention ({:?}, {}{})",
             o.feature_map,
             if o.causal { "causal" } else { "non-causal" },
-            if o.denominator { "" } else { ", no denominator" }
+            if o.denominator {
+                ""
+            } else {
+                ", no denominator"
+            }
         ),
         _ => "lightning attention (causal, per-head decay)".into(),
     }
@@ -343,7 +349,8 @@ fn gpu_run<T: Element>(
         }
         let (o, st) = match (&r.linear, &r.lightning, cu) {
             (Some(o), _, Some(c)) if r.causal => {
-                let (x, s) = linear_attention_varlen_with_state(ctx, &tq, &tk, &tv, c, init.as_ref(), o)?;
+                let (x, s) =
+                    linear_attention_varlen_with_state(ctx, &tq, &tk, &tv, c, init.as_ref(), o)?;
                 (x, Some((s.s, Some(s.z))))
             }
             (Some(o), _, None) if r.causal => {
@@ -355,10 +362,19 @@ fn gpu_run<T: Element>(
             (None, Some((o, sl)), cu) => {
                 let s0 = init.as_ref().map(|x| &x.s);
                 let (x, s) = match cu {
-                    Some(c) => {
-                        lightning_attention_varlen_with_state(ctx, &tq, &tk, &tv, Some(&sl[..]), c, s0, o)?
+                    Some(c) => lightning_attention_varlen_with_state(
+                        ctx,
+                        &tq,
+                        &tk,
+                        &tv,
+                        Some(&sl[..]),
+                        c,
+                        s0,
+                        o,
+                    )?,
+                    None => {
+                        lightning_attention_with_state(ctx, &tq, &tk, &tv, Some(&sl[..]), s0, o)?
                     }
-                    None => lightning_attention_with_state(ctx, &tq, &tk, &tv, Some(&sl[..]), s0, o)?,
                 };
                 (x, Some((s, None)))
             }
