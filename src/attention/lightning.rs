@@ -306,6 +306,7 @@ pub fn lightning_attention_varlen_into<T: Element>(
 ///
 /// # Errors
 /// As [`lightning_attention_varlen`] and [`lightning_attention_with_state`].
+#[allow(clippy::too_many_arguments)]
 pub fn lightning_attention_varlen_with_state<T: Element>(
     ctx: &Context,
     q: &Tensor<T>,
