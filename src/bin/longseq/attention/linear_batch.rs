@@ -52,6 +52,9 @@ struct Run {
     has_z: bool,
 }
 
+/// A final (S, z) read back from the GPU, when causal.
+type F32State = Option<(Vec<f32>, Vec<f32>)>;
+
 /// What a device returns: o, and the final (S, z) when causal.
 type Outcome = (Vec<f64>, Option<(Vec<f64>, Vec<f64>)>);
 
@@ -341,7 +344,7 @@ fn gpu_run<T: Element>(
         None => None,
     };
     let cu = r.cu.as_ref();
-    let go = || -> longseq::Result<(Vec<T>, Option<(Vec<f32>, Vec<f32>)>)> {
+    let go = || -> longseq::Result<(Vec<T>, F32State)> {
         if let Some(o) = &r.norm {
             let none = Affine::default();
             let x = norm_attention_batch_gpu(ctx, &tq, &tk, &tv, &none, g.layout, cu, o)?;
