@@ -5,6 +5,12 @@
 //! included.
 //!
 //! `cargo run --example varlen_many -- --runs 5`
+//!
+//! Measured 2026-12-02 on lavapipe under load ~22 on 2 cores (six helpers building; absolute
+//! figures inflated, ratios meaningful), `--runs 3`, H = 4, D = 64, blhd: non-causal 1000 × 10
+//! 5447 ms vs dense [1000, 10, 4, 64] 5643 ms (a run of equal lengths costs what the dense batch
+//! does); 1000 × 5..=15 11 872 ms (one set of dispatches per run of equal lengths: 2.2×);
+//! causal 1000 × 10 10 865 ms.
 
 use std::time::Instant;
 
