@@ -144,6 +144,21 @@ impl<'a> Schedule<'a> {
         self.encoder.clear_buffer(buffer, 0, None);
     }
 
+    /// Records copying `size` bytes from byte `from` of `src` to byte `to` of `dst` (`COPY_SRC`
+    /// and `COPY_DST` usage, as every tensor has; offsets and size multiples of 4).
+    pub(crate) fn copy(
+        &mut self,
+        src: &wgpu::Buffer,
+        from: u64,
+        dst: &wgpu::Buffer,
+        to: u64,
+        size: u64,
+    ) {
+        if size > 0 {
+            self.encoder.copy_buffer_to_buffer(src, from, dst, to, size);
+        }
+    }
+
     /// Sends everything recorded in one submission. Does not wait; reading a tensor back or
     /// [`Context::wait`] does.
     pub fn submit(self) -> wgpu::SubmissionIndex {

@@ -16,7 +16,7 @@ use crate::pipeline::Storage;
 use crate::schedule::{rows_per_pass, Schedule};
 pub(crate) use crate::sizes::resolve_chunk;
 use crate::sizes::{default_chunk, pad_slots};
-use crate::types::{GqaDims, Layout, Strides, TileFamily};
+use crate::types::{CuSeqlens, GqaDims, Layout, Strides, TileFamily};
 use crate::{Context, Result};
 
 /// Sizes of one engine run.
@@ -535,7 +535,10 @@ pub(crate) struct Io<'b> {
     /// Where the rows live (layout, heads, lengths).
     pub geom: Geom,
     /// The state entering token 0 (causal): S `[rows, Dk, Dv]`, z `[rows, Dk]` f32; none = zero.
+    /// With `seqs`, both are per sequence: `[N, Hq, ..]`.
     pub initial: Option<(&'b wgpu::Buffer, &'b wgpu::Buffer)>,
+    /// Packed sequences (B = 1, checked by the caller): each runs from its own state.
+    pub seqs: Option<&'b CuSeqlens>,
 }
 
 /// Bytes per row of the bindings of a run over `len` rows of L (inputs, output, scratch).
@@ -551,11 +554,8 @@ fn seg_bytes(geo: &Geo, job: &Job, es: u64, ob: u64, len: u64) -> Vec<(&'static 
 }
 
 /// Records one driver pass (rows `[p.r0, p.r0 + p.nr)`, output at `p.out`, which holds the pass's
-/// rows in the output's layout from `p.out.first` on). Rows that fit a binding run together over
-/// all of L; otherwise (the driver then gives one unit of rows per pass when a unit is too large,
-/// see [`crate::driver::Plan::split_len`]) each unit ([`Geom::unit`] rows: a row, or a batch
-/// entry of `[B, L, H, D]`) runs in segments of whole chunks that fit, carrying the state: causal
-/// segments in order, non-causal ones summed first, then applied.
+/// rows in the output's layout from `p.out.first` on). With packed sequences each sequence runs
+/// from its own state ([`record_varlen`]); otherwise all of L at once ([`record_span`]).
 pub(crate) fn record_pass<'b>(
     s: &mut Schedule<'_>,
     op: &'static str,
@@ -564,19 +564,133 @@ pub(crate) fn record_pass<'b>(
     io: &Io<'b>,
     p: &Pass<'_>,
 ) -> Result<()> {
+    if let Some(cu) = io.seqs {
+        return record_varlen(s, op, job, decay, io, p, cu);
+    }
+    let geo = Geo::new(s.context(), job);
+    let sp = Span {
+        gm: io.geom,
+        rows: (p.r0, p.nr),
+        len: job.len,
+        base: [0; 4],
+        state0: 0,
+    };
+    record_span(s, op, job, (&geo, decay), io, p, &sp)
+}
+
+/// Rows recorded together over all of their `len` tokens: rows `rows` of `gm`, whose token 0 is
+/// element `base` (q, k, v, o) of the tensors, and whose state rows start at row `state0`.
+struct Span {
+    gm: Geom,
+    rows: (u64, u64),
+    len: u64,
+    base: [u64; 4],
+    state0: u64,
+}
+
+/// Packed sequences (B = 1): each sequence is a span that starts from its own state (`first`, or
+/// the initial state of sequence i = state rows `i·Hq..`) and ends in its own final state. A run
+/// of consecutive sequences of equal length is one span whose "batch" stride is that length (one
+/// set of dispatches for, e.g., 1000 sequences of 10 tokens) when the pass has every head; tokens
+/// past the last offset are never bound.
+fn record_varlen<'b>(
+    s: &mut Schedule<'_>,
+    op: &'static str,
+    job: &Job,
+    decay: Option<Decay<'_>>,
+    io: &Io<'b>,
+    p: &Pass<'_>,
+    cu: &CuSeqlens,
+) -> Result<()> {
     let ctx = s.context();
-    let geo = Geo::new(ctx, job);
-    let gm = &io.geom;
-    let (es, len) = (io.in_bytes, job.len);
+    let gm = io.geom;
+    let off: Vec<u64> = cu.offsets().iter().map(|&o| o as u64).collect();
+    let n = cu.count();
+    // One chunk size (one set of pipelines) for every sequence: the longest one's.
+    let geo = Geo::new(
+        ctx,
+        &Job {
+            len: cu.max_len().max(1) as u64,
+            ..*job
+        },
+    );
+    let all = p.r0 == 0 && p.nr == gm.hq;
+    let (hq, (dk, dv)) = (gm.hq, (job.dk, job.dv));
+    let mut i = 0;
+    while i < n {
+        let (t0, len) = (off[i], off[i + 1] - off[i]);
+        let mut c = 1;
+        while all && i + c < n && off[i + c + 1] - off[i + c] == len {
+            c += 1;
+        }
+        if len == 0 {
+            // An empty sequence's final state is its initial state (fresh totals are zero).
+            if let (Some((ts, tz)), Some((is, iz))) = (io.totals, io.initial) {
+                let r = (i as u64 * hq + p.r0, p.nr);
+                let (a, b) = (r.0 * dk * dv * 4, r.0 * dk * 4);
+                s.copy(is, a, ts, a, r.1 * dk * dv * 4);
+                s.copy(iz, b, tz, b, r.1 * dk * 4);
+            }
+            i += 1;
+            continue;
+        }
+        let run = |st: Strides| Strides {
+            batch: len as usize * st.token,
+            ..st
+        };
+        let sp = Span {
+            gm: Geom {
+                lq: len,
+                lk: len,
+                unit: if c > 1 { hq } else { gm.unit },
+                q: run(gm.q),
+                k: run(gm.k),
+                v: run(gm.v),
+                o: run(gm.o),
+                ..gm
+            },
+            rows: if all {
+                (0, c as u64 * hq)
+            } else {
+                (p.r0, p.nr)
+            },
+            len,
+            base: [gm.q, gm.k, gm.v, gm.o].map(|st| t0 * st.token as u64),
+            state0: i as u64 * hq,
+        };
+        record_span(s, op, &Job { len, ..*job }, (&geo, decay), io, p, &sp)?;
+        i += c;
+    }
+    Ok(())
+}
+
+/// Records a [`Span`]. Rows that fit a binding run together over all of L; otherwise (the driver
+/// then gives one unit of rows per pass when a unit is too large, see
+/// [`crate::driver::Plan::split_len`]) each unit ([`Geom::unit`] rows: a row, or a batch entry of
+/// `[B, L, H, D]`) runs in segments of whole chunks that fit, carrying the state: causal segments
+/// in order, non-causal ones summed first, then applied.
+fn record_span<'b>(
+    s: &mut Schedule<'_>,
+    op: &'static str,
+    job: &Job,
+    (geo, decay): (&Geo, Option<Decay<'_>>),
+    io: &Io<'b>,
+    p: &Pass<'_>,
+    sp: &Span,
+) -> Result<()> {
+    let ctx = s.context();
+    let gm = &sp.gm;
+    let (es, len) = (io.in_bytes, sp.len);
     let ob = p.out.elem_bytes;
-    let plan = |l: u64| seg_bytes(&geo, job, es, ob, l);
+    let plan = |l: u64| seg_bytes(geo, job, es, ob, l);
     let fits =
         |l: u64, n: u64| rows_per_pass(ctx, op, &plan(l), n as usize).is_ok_and(|m| m as u64 >= n);
-    let whole = geo.chunks(len) <= MAX_CHUNKS_PER_SEGMENT && fits(len, p.nr);
+    let (pr0, pnr) = sp.rows;
+    let whole = geo.chunks(len) <= MAX_CHUNKS_PER_SEGMENT && fits(len, pnr);
     let (rows, seg_len) = if whole {
-        (vec![(p.r0, p.nr)], len)
+        (vec![(pr0, pnr)], len)
     } else {
-        let (c, u) = (geo.chunk as u64, gm.unit.min(p.nr));
+        let (c, u) = (geo.chunk as u64, gm.unit.min(pnr));
         let mut chunks = geo.chunks(len).min(MAX_CHUNKS_PER_SEGMENT);
         while chunks > 1 && !fits(chunks * c, u) {
             chunks = chunks.div_ceil(2);
@@ -590,7 +704,7 @@ pub(crate) fn record_pass<'b>(
                 limit: ctx.limits().max_storage_buffer_binding_size,
             });
         }
-        let units = (p.r0..p.r0 + p.nr)
+        let units = (pr0..pr0 + pnr)
             .step_by(u as usize)
             .map(|r| (r, u))
             .collect();
@@ -603,7 +717,9 @@ pub(crate) fn record_pass<'b>(
     } else {
         &[Sweep::Sum, Sweep::Apply]
     };
-    let o_base = gm.flat(&gm.o, p.r0, 0, false);
+    // Where the pass's output slot starts, in the whole output.
+    let o_base = io.geom.flat(&io.geom.o, p.r0, 0, false);
+    let [qb, kb, vb, obase] = sp.base;
     let mut res = Ok(());
     'rows: for &(r0, nr) in &rows {
         for &sweep in sweeps {
@@ -616,27 +732,27 @@ pub(crate) fn record_pass<'b>(
                     gm.span(st, (r0, nr), if n == 0 { (0, 1) } else { (t, n) }, d, kv)
                 };
                 let state_binds = |(bs, bz): (&'b wgpu::Buffer, &'b wgpu::Buffer)| {
-                    let (dk, dv) = (job.dk, job.dv);
+                    let (dk, dv, r) = (job.dk, job.dv, r0 + sp.state0);
                     (
-                        Bind::elems(ctx, 12, bs, 4, r0 * dk * dv, nr * dk * dv),
-                        Bind::elems(ctx, 13, bz, 4, r0 * dk, nr * dk),
+                        Bind::elems(ctx, 12, bs, 4, r * dk * dv, nr * dk * dv),
+                        Bind::elems(ctx, 13, bz, 4, r * dk, nr * dk),
                     )
                 };
-                let bind = |slot, buf, st, t, d, kv| {
+                let bind = |slot, buf, st, t, d, kv, base| {
                     let (first, n) = span(st, t, d, kv);
-                    Bind::elems(ctx, slot, buf, es, first, n)
+                    Bind::elems(ctx, slot, buf, es, base + first, n)
                 };
                 let (o_first, o_n) = span(&gm.o, (tq, nq), job.dv, false);
                 let b = PassBinds {
-                    q: bind(1, io.q, &gm.q, (tq, nq), job.dk, false),
-                    k: bind(2, io.k, &gm.k, (tk, nk), job.dk, true),
-                    v: bind(3, io.v, &gm.v, (tk, nk), job.dv, true),
+                    q: bind(1, io.q, &gm.q, (tq, nq), job.dk, false, qb),
+                    k: bind(2, io.k, &gm.k, (tk, nk), job.dk, true, kb),
+                    v: bind(3, io.v, &gm.v, (tk, nk), job.dv, true, vb),
                     o: Bind::elems(
                         ctx,
                         11,
                         p.out.buffer,
                         ob,
-                        p.out.first + o_first - o_base,
+                        p.out.first + obase + o_first - o_base,
                         o_n,
                     ),
                     totals: io.totals.filter(|_| t0 + sl == len).map(state_binds),
@@ -654,7 +770,7 @@ pub(crate) fn record_pass<'b>(
                     row0: r0,
                 };
                 let sub = Job { len: sl, ..*job };
-                res = record_segment(s, &sub, (&geo, gm), decay, seg, &b, &carry, sweep, None);
+                res = record_segment(s, &sub, (geo, gm), decay, seg, &b, &carry, sweep, None);
                 if res.is_err() {
                     break 'rows;
                 }

@@ -23,7 +23,7 @@ use crate::pipeline::Storage;
 use crate::schedule::Schedule;
 pub use crate::types::attention::{alibi_slopes, LightningOptions};
 use crate::types::attention::{check_gqa, resolve_slopes, AttnDims};
-use crate::types::GqaDims;
+use crate::types::{CuSeqlens, GqaDims};
 use crate::{Context, Element, Result, Tensor};
 
 /// One run of the chunk engine with a per-head decay and no denominator (shared with
@@ -40,6 +40,8 @@ pub(crate) struct Decayed<'b> {
     /// State in (S `[R, Dk, Dv]`, z `[R, Dk]`) and the final state out, f32.
     pub initial: Option<(&'b wgpu::Buffer, &'b wgpu::Buffer)>,
     pub totals: Option<(&'b wgpu::Buffer, &'b wgpu::Buffer)>,
+    /// Packed sequences (B = 1; checked by the caller): states are then per sequence.
+    pub seqs: Option<&'b CuSeqlens>,
 }
 
 impl Decayed<'_> {
@@ -76,6 +78,7 @@ pub(crate) fn record_decayed_pass<T: Element>(
             .geom
             .unwrap_or_else(|| Geom::dense(d.len as u64, d.dk as u64, d.dv as u64)),
         initial: cfg.initial,
+        seqs: cfg.seqs,
     };
     let decay = cfg.slopes.map(|slopes| Decay {
         slopes,
@@ -95,6 +98,7 @@ pub(crate) fn decayed_plan<T: Element>(ctx: &Context, d: &AttnDims, block: u32) 
         geom: None,
         initial: None,
         totals: None,
+        seqs: None,
     };
     let mut plan = super::qkv_plan::<T>(d);
     plan.row_bytes
@@ -159,6 +163,7 @@ struct Lightning<'a, T: Element> {
     /// State in and out: S `[B·H, Dk, Dv]`, z `[B·H, Dk]` f32.
     initial: Option<(&'a wgpu::Buffer, &'a wgpu::Buffer)>,
     totals: Option<(&'a wgpu::Buffer, &'a wgpu::Buffer)>,
+    seqs: Option<&'a CuSeqlens>,
 }
 
 impl<'a, T: Element> Lightning<'a, T> {
@@ -175,6 +180,7 @@ impl<'a, T: Element> Lightning<'a, T> {
             opts,
             initial: None,
             totals: None,
+            seqs: None,
         }
     }
 }
@@ -214,6 +220,7 @@ impl<T: Element> RowOp for Lightning<'_, T> {
     fn plan(&self, ctx: &Context) -> Result<(Self::Dims, Plan)> {
         let (q, k, v) = (self.q.shape(), self.k.shape(), self.v.shape());
         let (g, d) = check_lightning(q, k, v, self.opts.layout)?;
+        super::linear::check_varlen::<T>(ctx, OP, &g, self.seqs)?;
         let heads = g.q_heads;
         let sl = resolve_slopes(OP, heads, self.slopes)?;
         let block = chunk::resolve_chunk(ctx, OP, self.opts.block)?;
@@ -238,6 +245,7 @@ impl<T: Element> RowOp for Lightning<'_, T> {
             geom: Some(*geom),
             initial: self.initial,
             totals: self.totals,
+            seqs: self.seqs,
         };
         record_decayed_pass(s, (self.q, self.k, self.v), d, &cfg, p)
     }
@@ -259,8 +267,77 @@ pub fn lightning_attention_with_state<T: Element>(
     initial: Option<&Tensor<f32>>,
     opts: &LightningOptions,
 ) -> Result<(Tensor<T>, Tensor<f32>)> {
+    stateful(ctx, (q, k, v), slopes, None, initial, opts)
+}
+
+/// [`lightning_attention`] over packed sequences (fla's `cu_seqlens`, B = 1): sequence i holds
+/// tokens `[cu[i], cu[i + 1])` and its decay restarts there; nothing crosses a boundary and the
+/// outputs past the last offset are left untouched (zero in the new tensor).
+///
+/// # Errors
+/// As [`lightning_attention`] and [`super::linear_attention_varlen`].
+pub fn lightning_attention_varlen<T: Element>(
+    ctx: &Context,
+    q: &Tensor<T>,
+    k: &Tensor<T>,
+    v: &Tensor<T>,
+    slopes: Option<&[f32]>,
+    cu: &CuSeqlens,
+    opts: &LightningOptions,
+) -> Result<Tensor<T>> {
+    let mut op = Lightning::new((q, k, v), slopes, opts);
+    op.seqs = Some(cu);
+    driver::run(ctx, &op)
+}
+
+/// [`lightning_attention_varlen`] writing into an existing `out` (q's shape with Dv); the tokens
+/// past the last offset keep what `out` held.
+#[allow(clippy::too_many_arguments)]
+pub fn lightning_attention_varlen_into<T: Element>(
+    ctx: &Context,
+    q: &Tensor<T>,
+    k: &Tensor<T>,
+    v: &Tensor<T>,
+    slopes: Option<&[f32]>,
+    cu: &CuSeqlens,
+    out: &Tensor<T>,
+    opts: &LightningOptions,
+) -> Result<()> {
+    let mut op = Lightning::new((q, k, v), slopes, opts);
+    op.seqs = Some(cu);
+    driver::run_into(ctx, &op, out)
+}
+
+/// [`lightning_attention_varlen`] with a state per sequence: `initial` S `[N, H, Dk, Dv]` f32
+/// (none: zero) for the N sequences of `cu`; returns each sequence's state after its last token.
+///
+/// # Errors
+/// As [`lightning_attention_varlen`] and [`lightning_attention_with_state`].
+#[allow(clippy::too_many_arguments)]
+pub fn lightning_attention_varlen_with_state<T: Element>(
+    ctx: &Context,
+    q: &Tensor<T>,
+    k: &Tensor<T>,
+    v: &Tensor<T>,
+    slopes: Option<&[f32]>,
+    cu: &CuSeqlens,
+    initial: Option<&Tensor<f32>>,
+    opts: &LightningOptions,
+) -> Result<(Tensor<T>, Tensor<f32>)> {
+    stateful(ctx, (q, k, v), slopes, Some(cu), initial, opts)
+}
+
+fn stateful<T: Element>(
+    ctx: &Context,
+    (q, k, v): (&Tensor<T>, &Tensor<T>, &Tensor<T>),
+    slopes: Option<&[f32]>,
+    cu: Option<&CuSeqlens>,
+    initial: Option<&Tensor<f32>>,
+    opts: &LightningOptions,
+) -> Result<(Tensor<T>, Tensor<f32>)> {
     let (g, _) = check_lightning(q.shape(), k.shape(), v.shape(), opts.layout)?;
-    let (b, h, dk, dv) = (g.batch, g.q_heads, g.dk, g.dv);
+    let n = cu.map_or(g.batch, CuSeqlens::count);
+    let (b, h, dk, dv) = (n, g.q_heads, g.dk, g.dv);
     if let Some(s0) = initial {
         if s0.shape() != [b, h, dk, dv] {
             return Err(crate::Error::Shape {
@@ -285,6 +362,7 @@ pub fn lightning_attention_with_state<T: Element>(
     let mut op = Lightning::new((q, k, v), slopes, opts);
     op.initial = initial.map(|s0| (s0.buffer(), z_in.buffer()));
     op.totals = Some((fin.buffer(), z_out.buffer()));
+    op.seqs = cu;
     driver::submit(ctx, |s| driver::record(s, &op, &out))?;
     Ok((out, fin))
 }

@@ -13,7 +13,7 @@ use crate::driver::{self, Input, Pass, Plan, RowOp};
 use crate::schedule::Schedule;
 use crate::types::attention::check_options;
 pub use crate::types::attention::{check_gqa, check_shapes, AttnDims, LinearAttentionOptions};
-use crate::types::GqaDims;
+use crate::types::{CuSeqlens, GqaDims};
 use crate::{Context, Element, Result, Tensor};
 
 const OP: &str = "linear_attention";
@@ -128,6 +128,16 @@ pub fn linear_attention_with_state<T: Element>(
     initial: Option<&LinearState>,
     opts: &LinearAttentionOptions,
 ) -> Result<(Tensor<T>, LinearState)> {
+    stateful(ctx, (q, k, v), None, initial, opts)
+}
+
+fn stateful<T: Element>(
+    ctx: &Context,
+    (q, k, v): (&Tensor<T>, &Tensor<T>, &Tensor<T>),
+    cu: Option<&CuSeqlens>,
+    initial: Option<&LinearState>,
+    opts: &LinearAttentionOptions,
+) -> Result<(Tensor<T>, LinearState)> {
     if !opts.causal {
         return Err(crate::Error::InvalidArgument {
             op: OP,
@@ -136,7 +146,8 @@ pub fn linear_attention_with_state<T: Element>(
         });
     }
     let d = check_gqa(OP, q.shape(), k.shape(), v.shape(), opts.layout, true)?;
-    let sizes = (d.batch, d.q_heads, d.dk, d.dv);
+    let n = cu.map_or(d.batch, CuSeqlens::count);
+    let sizes = (n, d.q_heads, d.dk, d.dv);
     if let Some(st) = initial {
         check_state(OP, ctx, st, sizes)?;
     }
@@ -148,8 +159,97 @@ pub fn linear_attention_with_state<T: Element>(
     let mut op = Linear::new(q, k, v, opts);
     op.state = Some((fin.s.buffer(), fin.z.buffer()));
     op.initial = initial.map(|st| (st.s.buffer(), st.z.buffer()));
+    op.seqs = cu;
     driver::submit(ctx, |s| driver::record(s, &op, &out))?;
     Ok((out, fin))
+}
+
+/// Packed sequences need B = 1, Lq = Lk, the last offset within L, and (f16) SHADER_F16.
+pub(crate) fn check_varlen<T: Element>(
+    ctx: &Context,
+    op: &'static str,
+    d: &GqaDims,
+    cu: Option<&CuSeqlens>,
+) -> Result<()> {
+    let Some(cu) = cu else { return Ok(()) };
+    let shape = d.layout.shape(d.batch, d.q_heads, d.q_len, d.dk).to_vec();
+    let last = *cu.offsets().last().unwrap_or(&0) as usize;
+    if d.batch != 1 || d.q_len != d.kv_len {
+        return Err(crate::Error::Shape {
+            op,
+            name: "q",
+            expected: "B = 1 and Lq = Lk with cu_seqlens (packed sequences)".into(),
+            got: shape,
+        });
+    }
+    if last > d.q_len {
+        return Err(crate::Error::InvalidArgument {
+            op,
+            name: "cu_seqlens",
+            reason: format!(
+                "last offset {last} is past the packed length L = {}",
+                d.q_len
+            ),
+        });
+    }
+    super::softmax::check_packed_f16::<T>(ctx, op, Some(cu))
+}
+
+/// [`linear_attention`] over packed sequences (flash-linear-attention's `cu_seqlens`): B = 1, and
+/// sequence i holds tokens `[cu[i], cu[i + 1])` of the packed length L. Each sequence is attended
+/// on its own (causal or not, any feature map, GQA, either layout); nothing crosses a boundary,
+/// and the outputs of tokens past the last offset are left untouched (zero in the new tensor).
+///
+/// # Errors
+/// As [`linear_attention`]; [`Error::Shape`](crate::Error::Shape) for B ≠ 1 or Lq ≠ Lk;
+/// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a last offset past L, or f16
+/// tensors on an adapter without SHADER_F16 (f16 outputs are packed from f32 in whole rows there,
+/// which would overwrite the tokens past the last offset).
+pub fn linear_attention_varlen<T: Element>(
+    ctx: &Context,
+    q: &Tensor<T>,
+    k: &Tensor<T>,
+    v: &Tensor<T>,
+    cu: &CuSeqlens,
+    opts: &LinearAttentionOptions,
+) -> Result<Tensor<T>> {
+    let mut op = Linear::new(q, k, v, opts);
+    op.seqs = Some(cu);
+    driver::run(ctx, &op)
+}
+
+/// [`linear_attention_varlen`] writing into an existing `out` (q's shape with Dv); the tokens past
+/// the last offset keep what `out` held.
+pub fn linear_attention_varlen_into<T: Element>(
+    ctx: &Context,
+    q: &Tensor<T>,
+    k: &Tensor<T>,
+    v: &Tensor<T>,
+    cu: &CuSeqlens,
+    out: &Tensor<T>,
+    opts: &LinearAttentionOptions,
+) -> Result<()> {
+    let mut op = Linear::new(q, k, v, opts);
+    op.seqs = Some(cu);
+    driver::run_into(ctx, &op, out)
+}
+
+/// Causal [`linear_attention_varlen`] with a state per sequence: `initial` (none: zero) is
+/// S `[N, Hq, Dk, Dv]`, z `[N, Hq, Dk]` for the N sequences of `cu`, and the returned state is each
+/// sequence's state after its last token (an empty sequence returns its initial state).
+///
+/// # Errors
+/// As [`linear_attention_varlen`] and [`linear_attention_with_state`].
+pub fn linear_attention_varlen_with_state<T: Element>(
+    ctx: &Context,
+    q: &Tensor<T>,
+    k: &Tensor<T>,
+    v: &Tensor<T>,
+    cu: &CuSeqlens,
+    initial: Option<&LinearState>,
+    opts: &LinearAttentionOptions,
+) -> Result<(Tensor<T>, LinearState)> {
+    stateful(ctx, (q, k, v), Some(cu), initial, opts)
 }
 
 /// The linear-attention op; with `state` = (S `[R, Dk, Dv]`, z `[R, Dk]`) f32 buffers, also
@@ -162,6 +262,8 @@ pub(crate) struct Linear<'a, T: Element> {
     pub state: Option<(&'a wgpu::Buffer, &'a wgpu::Buffer)>,
     /// The state entering token 0 (same layout as `state`); none = zero.
     pub initial: Option<(&'a wgpu::Buffer, &'a wgpu::Buffer)>,
+    /// Packed sequences (B = 1, Lq = Lk); `state` and `initial` are then per sequence.
+    pub seqs: Option<&'a CuSeqlens>,
 }
 
 impl<'a, T: Element> Linear<'a, T> {
@@ -178,6 +280,7 @@ impl<'a, T: Element> Linear<'a, T> {
             opts: *opts,
             state: None,
             initial: None,
+            seqs: None,
         }
     }
 }
@@ -214,6 +317,7 @@ impl<T: Element> RowOp for Linear<'_, T> {
             o.causal,
         )?;
         check_options(OP, o)?;
+        check_varlen::<T>(ctx, OP, &d, self.seqs)?;
         let job = self.job(crate::pipeline::Storage::F32, &d);
         let gm = Geom::of(&d);
         let (len, dk, dv) = (job.len, job.dk, job.dv);
@@ -242,6 +346,7 @@ impl<T: Element> RowOp for Linear<'_, T> {
             totals: self.state,
             geom: Geom::of(d),
             initial: self.initial,
+            seqs: self.seqs,
         };
         chunk::record_pass(s, OP, &self.job(p.storage, d), None, &io, p)
     }

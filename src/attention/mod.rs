@@ -97,11 +97,13 @@ pub use favor::{
 };
 pub use gla::{gla, gla_into, gla_step, gla_step_into, record_gla, GlaInputs};
 pub use lightning::{
-    alibi_slopes, lightning_attention, lightning_attention_into, lightning_attention_with_state,
-    record_lightning_attention, LightningOptions,
+    alibi_slopes, lightning_attention, lightning_attention_into, lightning_attention_varlen,
+    lightning_attention_varlen_into, lightning_attention_varlen_with_state,
+    lightning_attention_with_state, record_lightning_attention, LightningOptions,
 };
 pub use linear::{
-    linear_attention, linear_attention_into, linear_attention_with_state, record_linear_attention,
+    linear_attention, linear_attention_into, linear_attention_varlen, linear_attention_varlen_into,
+    linear_attention_varlen_with_state, linear_attention_with_state, record_linear_attention,
     LinearAttentionOptions, LinearState,
 };
 pub use positional::{
@@ -116,9 +118,9 @@ pub use softmax::{
 };
 pub use softmax_plan::{force_attention_tiles, AttentionTiles};
 pub use transnormer::{
-    diag_attention, diag_attention_into, norm_attention, norm_attention_into,
-    record_diag_attention, record_norm_attention, Affine, DiagAttentionOptions, DiagWeights, Norm,
-    NormAttentionOptions,
+    diag_attention, diag_attention_into, norm_attention, norm_attention_batch,
+    norm_attention_batch_into, norm_attention_into, record_diag_attention, record_norm_attention,
+    Affine, DiagAttentionOptions, DiagWeights, Norm, NormAttentionOptions,
 };
 
 use crate::driver::{Input, Plan};

@@ -9,6 +9,7 @@
 //! Norm acts per (batch, head, position) over Dv. (TransNormer's code normalises the concatenation
 //! of all heads; with one head that is the same.)
 
+use super::chunk::Geom as ChunkGeom;
 use super::lightning::{decayed_plan, record_decayed_pass, Decayed};
 use super::softmax::{attend_plan, attend_rows, check_batch, record_attend_rows, upload_seqs};
 use super::softmax::{Attend, PosBias};
@@ -22,7 +23,7 @@ use crate::types::attention::{check_diag, check_norm, check_shapes, AttnDims};
 pub use crate::types::attention::{
     Affine, DiagAttentionOptions, DiagWeights, Norm, NormAttentionOptions,
 };
-use crate::types::batch::Layout;
+use crate::types::batch::{CuSeqlens, Layout};
 use crate::{Context, DType, Element, Error, Result, Tensor};
 
 crate::uniform! {
@@ -107,6 +108,7 @@ impl NormCfg {
         s: &mut Schedule<'_>,
         d: &AttnDims,
         p: &Pass<'_>,
+        keep: Option<Vec<(u64, u64)>>,
         numerator: impl FnOnce(&mut Schedule<'_>, Storage, &OutSlot<'_>) -> Result<()>,
     ) -> Result<()> {
         let (len, dv) = (d.len as u64, d.dv as u64);
@@ -119,7 +121,38 @@ impl NormCfg {
         numerator(s, f32_out_storage(T::DTYPE), &slot)?;
         let affine = (&self.gain, &self.bias);
         let (n, norm, eps) = ((p.nr * len, dv), self.norm, self.eps);
-        record_norm_rows(s, &sums, n, norm, eps, affine, p.storage, &p.out)
+        let Some(keep) = keep else {
+            return record_norm_rows(s, &sums, n, norm, eps, affine, p.storage, &p.out);
+        };
+        // Packed sequences: the norm runs into a copy of the pass's output, then only the
+        // tokens of a sequence are copied out, so the rest of `out` stays untouched.
+        let eb = p.out.elem_bytes;
+        let tmp = s.context().device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("longseq norm staging"),
+            size: (p.nr * len * dv * eb).div_ceil(4).max(1) * 4,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let slot = OutSlot {
+            buffer: &tmp,
+            elem_bytes: eb,
+            first: 0,
+        };
+        record_norm_rows(s, &sums, n, norm, eps, affine, p.storage, &slot)?;
+        for (start, count) in keep {
+            let (a, b, c) = (start * eb, (p.out.first + start) * eb, count * eb);
+            if (a | b | c) % 4 != 0 {
+                return Err(Error::InvalidArgument {
+                    op: NORM_OP,
+                    name: "cu_seqlens",
+                    reason: "f16 outputs with packed sequences need an even L·Dv and an even \
+                             last offset·Dv here (copies move 4-byte words); use f32"
+                        .into(),
+                });
+            }
+            s.copy(&tmp, a, p.out.buffer, b, c);
+        }
+        Ok(())
     }
 }
 
@@ -152,6 +185,8 @@ pub fn norm_attention<T: Element>(
             v,
             affine,
             opts,
+            layout: Layout::Bhld,
+            cu: None,
         },
     )
 }
@@ -174,6 +209,8 @@ pub fn norm_attention_into<T: Element>(
             v,
             affine,
             opts,
+            layout: Layout::Bhld,
+            cu: None,
         },
         out,
     )
@@ -197,6 +234,8 @@ pub fn record_norm_attention<T: Element>(
             v,
             affine,
             opts,
+            layout: Layout::Bhld,
+            cu: None,
         },
         out,
     )
@@ -208,24 +247,100 @@ struct NormOp<'a, T: Element> {
     v: &'a Tensor<T>,
     affine: &'a Affine<'a>,
     opts: &'a NormAttentionOptions,
+    layout: Layout,
+    cu: Option<&'a CuSeqlens>,
+}
+
+/// NormAttention over real-world batches: q, k, v in `layout` (`[B, H, L, D]`, or fla's
+/// `[B, L, H, D]` read through strides), grouped heads (q `[B, Hq, L, Dk]`, k `[B, Hkv, L, Dk]`,
+/// v `[B, Hkv, L, Dv]`, Hkv dividing Hq) and optional packed sequences `cu` (B = 1): each
+/// sequence is attended on its own, nothing crosses a boundary, and the outputs of tokens past
+/// the last offset are left untouched (zero in the new tensor).
+///
+/// # Errors
+/// As [`norm_attention`] and [`super::linear_attention_varlen`]; f16 with packed sequences also
+/// needs L·Dv and last offset·Dv even ([`Error::InvalidArgument`]).
+#[allow(clippy::too_many_arguments)]
+pub fn norm_attention_batch<T: Element>(
+    ctx: &Context,
+    q: &Tensor<T>,
+    k: &Tensor<T>,
+    v: &Tensor<T>,
+    affine: &Affine<'_>,
+    layout: Layout,
+    cu: Option<&CuSeqlens>,
+    opts: &NormAttentionOptions,
+) -> Result<Tensor<T>> {
+    let op = NormOp {
+        q,
+        k,
+        v,
+        affine,
+        opts,
+        layout,
+        cu,
+    };
+    driver::run(ctx, &op)
+}
+
+/// [`norm_attention_batch`] writing into an existing `out` (q's shape with Dv); tokens past the
+/// last offset keep what `out` held.
+#[allow(clippy::too_many_arguments)]
+pub fn norm_attention_batch_into<T: Element>(
+    ctx: &Context,
+    q: &Tensor<T>,
+    k: &Tensor<T>,
+    v: &Tensor<T>,
+    affine: &Affine<'_>,
+    layout: Layout,
+    cu: Option<&CuSeqlens>,
+    out: &Tensor<T>,
+    opts: &NormAttentionOptions,
+) -> Result<()> {
+    let op = NormOp {
+        q,
+        k,
+        v,
+        affine,
+        opts,
+        layout,
+        cu,
+    };
+    driver::run_into(ctx, &op, out)
 }
 
 impl<T: Element> RowOp for NormOp<'_, T> {
     type T = T;
-    /// Sizes, block, the norm.
-    type Dims = (AttnDims, u32, NormCfg);
+    /// Sizes, block, the norm, where the rows live (none: contiguous `[R, L, D]` rows).
+    type Dims = (AttnDims, u32, NormCfg, Option<ChunkGeom>);
     const NAME: &'static str = NORM_OP;
 
     fn plan(&self, ctx: &Context) -> Result<(Self::Dims, Plan)> {
         let o = self.opts;
-        let d = check_shapes(NORM_OP, self.q.shape(), self.k.shape(), self.v.shape())?;
+        let (q, k, v) = (self.q.shape(), self.k.shape(), self.v.shape());
+        let (d, geom) = if self.layout == Layout::Bhld && self.cu.is_none() {
+            (check_shapes(NORM_OP, q, k, v)?, None)
+        } else {
+            // Lq = Lk (the causal rule of the check) also when not causal: one packing.
+            let g = super::linear::check_gqa(NORM_OP, q, k, v, self.layout, true)?;
+            super::linear::check_varlen::<T>(ctx, NORM_OP, &g, self.cu)?;
+            let d = AttnDims {
+                rows: g.batch * g.q_heads,
+                len: g.q_len,
+                dk: g.dk,
+                dv: g.dv,
+                out_shape: g.out_shape.clone(),
+            };
+            (d, Some(ChunkGeom::of(&g)))
+        };
         check_norm(NORM_OP, o.norm, o.eps, self.affine, d.dv)?;
         let block = super::chunk::resolve_chunk(ctx, NORM_OP, None)?;
         let mut plan = decayed_plan::<T>(ctx, &d, block).bytes("sums", sums_bytes(&d));
         // The norm runs over whole rows of f32 sums: no split along L here.
         plan.split_len = false;
+        plan.row_group = geom.map_or(1, |g| g.unit);
         let norm = NormCfg::new(ctx, o.norm, o.eps, self.affine, d.dv);
-        Ok(((d, block, norm), plan))
+        Ok(((d, block, norm, geom), plan))
     }
 
     fn inputs(&self) -> Vec<Input<'_>> {
@@ -233,19 +348,32 @@ impl<T: Element> RowOp for NormOp<'_, T> {
     }
 
     fn record_rows(&self, s: &mut Schedule<'_>, dims: &Self::Dims, p: &Pass<'_>) -> Result<()> {
-        let (d, block, norm) = dims;
+        let (d, block, norm, geom) = dims;
         let cfg = Decayed {
             feature_map: self.opts.feature_map,
             causal: self.opts.causal,
             block: *block,
             slopes: None,
             heads: 1,
-            geom: None,
+            geom: *geom,
             initial: None,
             totals: None,
+            seqs: self.cu,
         };
         let qkv = (self.q, self.k, self.v);
-        norm.record::<T>(s, d, p, |s, storage, slot| {
+        // Packed sequences: the output elements of tokens [0, last offset) in the pass's rows.
+        let keep = match (self.cu, geom) {
+            (Some(cu), Some(g)) => {
+                let last = *cu.offsets().last().unwrap_or(&0) as u64;
+                let (len, dv) = (d.len as u64, d.dv as u64);
+                Some(match g.unit {
+                    1 => (0..p.nr).map(|r| (r * len * dv, last * dv)).collect(),
+                    _ => vec![(0, last * g.o.token as u64)],
+                })
+            }
+            _ => None,
+        };
+        norm.record::<T>(s, d, p, keep, |s, storage, slot| {
             let sub = Pass {
                 r0: p.r0,
                 nr: p.nr,
@@ -406,7 +534,7 @@ impl<T: Element> RowOp for DiagOp<'_, T> {
         };
         match norm {
             None => record_attend_rows(s, qkv, d, rows, cfg, &pos, p.storage, &p.out),
-            Some(norm) => norm.record::<T>(s, &norm_dims(d), p, |s, storage, slot| {
+            Some(norm) => norm.record::<T>(s, &norm_dims(d), p, None, |s, storage, slot| {
                 record_attend_rows(s, qkv, d, rows, cfg, &pos, storage, slot)
             }),
         }

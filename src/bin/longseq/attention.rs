@@ -19,6 +19,7 @@ use crate::rel_frobenius;
 
 mod batch;
 mod gla_batch;
+mod linear_batch;
 pub(crate) use batch::read_cu_seqlens;
 
 /// Attention over tensors in a safetensors file, on the GPU, the f32 CPU path and/or the f64
@@ -36,9 +37,14 @@ pub(crate) use batch::read_cu_seqlens;
 /// Softmax and diag also take `--layout blhd` ([B, L, H, D]), `--cu-seqlens NAME` (packed
 /// sequences, B = 1; tokens past the last offset are written as 0) and grouped heads from the
 /// k/v shapes (k, v: [B, Hkv, Lk, ·], Hkv dividing Hq), on the GPU and the reference; softmax
-/// without --causal or --window also takes Lk ≠ Lq (diag's blocks need Lk = Lq). Gla takes
-/// --layout blhd and --cu-seqlens on the f32 CPU path and the reference (cpu,reference by
-/// default; the GPU op has neither yet), and then also writes `final_state` [B or N, H, Dk, Dv].
+/// without --causal or --window also takes Lk ≠ Lq (diag's blocks need Lk = Lq).
+/// Linear attention (elementwise maps; also GQA and Lk ≠ Lq), lightning and norm take --layout and
+/// --cu-seqlens too; a causal linear or lightning run on that path, or one given
+/// `--initial-state NAME` ([N, Hq, Dk, Dv]; linear with its denominator also reads NAME_z
+/// [N, Hq, Dk]), also writes `final_state` (and `final_z`) per sequence. `--device cpu` runs the
+/// per-sequence f64 reference there (no f32 CPU path reads strides or packed sequences yet).
+/// Gla takes --layout blhd and --cu-seqlens on the f32 CPU path and the reference (cpu,reference
+/// by default; the GPU op has neither yet), and then also writes `final_state` [B or N, H, Dk, Dv].
 #[derive(clap::Args)]
 #[command(
     verbatim_doc_comment,
@@ -56,6 +62,11 @@ pub struct Args {
     /// Packed variable-length sequences: the name of an i32/i64 offsets tensor in --input (B = 1).
     #[arg(long, value_name = "NAME")]
     cu_seqlens: Option<String>,
+    /// Causal linear / lightning: tensor NAME [N, Hq, Dk, Dv] (N = B, or the packed sequences)
+    /// is the state S before the first token, and NAME_z [N, Hq, Dk] the denominator's z (linear
+    /// with its denominator). The output file then also gets final_state (and final_z).
+    #[arg(long, value_name = "NAME")]
+    initial_state: Option<String>,
     /// Prefix of the tensor names, e.g. `layer0.`.
     #[arg(long, default_value = "")]
     prefix: String,
@@ -253,6 +264,9 @@ pub fn run(a: Args) -> Result<(), CliError> {
     let packed = layout != longseq::types::batch::Layout::Bhld || a.cu_seqlens.is_some();
     if a.method == Method::Gla && packed {
         return gla_batch::run(&a, &st, (q, k, v), layout);
+    }
+    if linear_batch::wanted(&a, layout, &q.shape, &k.shape, &v.shape) {
+        return linear_batch::run(&a, &st, (q, k, v), layout);
     }
     if batch::wanted(&a, layout, &q.shape, &k.shape, &v.shape) {
         return batch::run(&a, &st, (q, k, v), layout);

@@ -145,20 +145,38 @@ pub fn linear_attention_batch<T: Element>(
 /// [`Error::DataLength`] for slices or a state that do not match `d`, [`Error::InvalidArgument`]
 /// for grouped heads or slopes not of length H.
 pub fn lightning_attention_batch<T: Element>(
-    (q, k, v): (&[T], &[T], &[T]),
+    qkv: (&[T], &[T], &[T]),
     d: &GqaDims,
     slopes: &[f32],
     feature_map: crate::types::FeatureMap,
     initial: Option<&[f64]>,
 ) -> Result<(Vec<f64>, Vec<f64>)> {
+    lightning_attention_varlen(qkv, d, slopes, feature_map, None, initial)
+}
+
+/// [`lightning_attention_batch`] with optional packed sequences (`cu`, B = 1): each sequence
+/// restarts from its own initial state (`[N, H, Dk, Dv]`, N = the count of `cu`); outputs past the
+/// last offset are NaN (the op leaves them untouched); returns the final S `[N, H, Dk, Dv]`.
+///
+/// # Errors
+/// As [`lightning_attention_batch`]; [`Error::InvalidArgument`] for `cu` with B ≠ 1.
+pub fn lightning_attention_varlen<T: Element>(
+    (q, k, v): (&[T], &[T], &[T]),
+    d: &GqaDims,
+    slopes: &[f32],
+    feature_map: crate::types::FeatureMap,
+    cu: Option<&CuSeqlens>,
+    initial: Option<&[f64]>,
+) -> Result<(Vec<f64>, Vec<f64>)> {
     const OP: &str = "reference::lightning_attention_batch";
     let (b, h, l, dk, dv) = (d.batch, d.q_heads, d.q_len, d.dk, d.dv);
+    let bad = |name, reason: &str| Error::InvalidArgument {
+        op: OP,
+        name,
+        reason: reason.into(),
+    };
     if d.kv_heads != h || d.kv_len != l || slopes.len() != h {
-        return Err(Error::InvalidArgument {
-            op: OP,
-            name: "d",
-            reason: "needs Hkv = Hq, Lk = Lq and H slopes".into(),
-        });
+        return Err(bad("d", "needs Hkv = Hq, Lk = Lq and H slopes"));
     }
     for (x, n) in [
         (q, b * h * l * dk),
@@ -173,25 +191,32 @@ pub fn lightning_attention_batch<T: Element>(
             });
         }
     }
+    let seqs: Vec<(usize, std::ops::Range<usize>)> = match cu {
+        None => (0..b).map(|i| (i, 0..l)).collect(),
+        Some(c) if b == 1 => (0..c.count()).map(|i| (0, c.range(i))).collect(),
+        Some(_) => return Err(bad("cu_seqlens", "needs B = 1")),
+    };
+    let n = seqs.len();
     let mut s = match initial {
-        Some(s0) if s0.len() == b * h * dk * dv => s0.to_vec(),
+        Some(s0) if s0.len() == n * h * dk * dv => s0.to_vec(),
         Some(s0) => {
             return Err(Error::DataLength {
-                shape: vec![b, h, dk, dv],
-                expected: b * h * dk * dv,
+                shape: vec![n, h, dk, dv],
+                expected: n * h * dk * dv,
                 got: s0.len(),
             })
         }
-        None => vec![0.0; b * h * dk * dv],
+        None => vec![0.0; n * h * dk * dv],
     };
     let (sk, sv) = (d.layout.strides(h, l, dk), d.layout.strides(h, l, dv));
     let phi = |x: T| feature_map.apply(x.to_f64());
-    let mut o = vec![0.0; b * h * l * dv];
-    for bi in 0..b {
+    let fill = if cu.is_some() { f64::NAN } else { 0.0 };
+    let mut o = vec![fill; b * h * l * dv];
+    for (si, (bi, range)) in seqs.into_iter().enumerate() {
         for hi in 0..h {
             let lambda = (-(slopes[hi] as f64)).exp();
-            let st = &mut s[(bi * h + hi) * dk * dv..][..dk * dv];
-            for t in 0..l {
+            let st = &mut s[(si * h + hi) * dk * dv..][..dk * dv];
+            for t in range.clone() {
                 for a in 0..dk {
                     let fk = phi(k[sk.index(bi, hi, t, a)]);
                     for e in 0..dv {
@@ -208,4 +233,51 @@ pub fn lightning_attention_batch<T: Element>(
         }
     }
     Ok((o, s))
+}
+
+/// NormAttention (TransNormer, arXiv 2210.10340, eq. 8) per sequence: the numerator
+/// `Σ_j (φ(q_i)·φ(k_j)) v_j` of [`linear_attention_batch`] without its denominator (over the
+/// sequence's keys, `j ≤ i` when causal), then the norm over Dv of every token. Layout, grouped
+/// heads and packed sequences as [`linear_attention_batch`]; tokens past the last offset are NaN.
+///
+/// # Errors
+/// As [`linear_attention_batch`]; [`Error::InvalidArgument`] / [`Error::Shape`] for a bad norm
+/// (ε, gain or bias).
+pub fn norm_attention_batch<T: Element>(
+    qkv: (&[T], &[T], &[T]),
+    d: &GqaDims,
+    affine: &crate::types::attention::Affine<'_>,
+    opts: &crate::types::attention::NormAttentionOptions,
+    cu: Option<&CuSeqlens>,
+) -> Result<Vec<f64>> {
+    let op = "reference::norm_attention_batch";
+    crate::types::attention::check_norm(op, opts.norm, opts.eps, affine, d.dv)?;
+    let lin = LinearAttentionOptions {
+        feature_map: opts.feature_map,
+        causal: opts.causal,
+        denominator: false,
+        layout: d.layout,
+        ..Default::default()
+    };
+    let mut o = linear_attention_batch(qkv, d, &lin, cu, None)?.o;
+    let s = d.layout.strides(d.q_heads, d.q_len, d.dv);
+    let mut row = vec![0.0; d.dv];
+    for b in 0..d.batch {
+        for h in 0..d.q_heads {
+            for t in 0..d.q_len {
+                for (e, x) in row.iter_mut().enumerate() {
+                    *x = o[s.index(b, h, t, e)];
+                }
+                if row.iter().all(|x| x.is_nan()) {
+                    continue; // past the last offset
+                }
+                opts.norm
+                    .apply(&mut row, opts.eps as f64, affine.gain, affine.bias);
+                for (e, x) in row.iter().enumerate() {
+                    o[s.index(b, h, t, e)] = *x;
+                }
+            }
+        }
+    }
+    Ok(o)
 }

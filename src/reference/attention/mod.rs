@@ -13,6 +13,9 @@ pub use batch::{diag_attention_batch, softmax_attention_batch};
 pub use favor::favor_attention;
 pub use lightning::lightning_attention;
 pub use linear::linear_attention;
-pub use linear_batch::{lightning_attention_batch, linear_attention_batch, LinearBatchOut};
+pub use linear_batch::{
+    lightning_attention_batch, lightning_attention_varlen, linear_attention_batch,
+    norm_attention_batch, LinearBatchOut,
+};
 pub use softmax::softmax_attention;
 pub use transnormer::{diag_attention, norm_attention};

@@ -47,8 +47,9 @@ pub(super) fn run(
 ) -> Result<(), CliError> {
     if !matches!(a.method, Method::Softmax | Method::Diag) {
         return Err(CliError::Input(format!(
-            "--layout blhd, --cu-seqlens and grouped heads go with --method softmax or diag here, \
-             not {}",
+            "--layout blhd, --cu-seqlens and grouped heads go with --method softmax, diag, norm, \
+             lightning or linear with an elementwise feature map, not {} (FAVOR+ reads [B, H, L, D] \
+             rows only yet)",
             a.method.name()
         )));
     }
