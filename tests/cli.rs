@@ -179,7 +179,8 @@ fn shape_mismatch_is_one_line_and_exit_code_2() {
     assert_eq!(res.status.code(), Some(2));
     let err = stderr_lines(&res);
     assert_eq!(err.len(), 1, "{err:?}");
-    assert!(err[0].contains("`k`"), "{err:?}");
+    // Non-causal attention takes Lk ≠ Lq (cross-attention), so the mismatch is v against k.
+    assert!(err[0].contains("`v`") && err[0].contains("k's"), "{err:?}");
 }
 
 #[test]

@@ -328,6 +328,16 @@ fn a_later_huge_key_does_not_zero_an_earlier_causal_row() {
         let got = to_f64(&out.to_vec(c).unwrap());
         assert!(got.iter().all(|x| x.is_finite()), "{got:?}");
         assert_close(&format!("causal={causal}"), &got, &want, TOL_F32);
+        // The CPU path too (it once stabilised keys by the head's maximum: row 0 came out 0).
+        let mut cpu_out = vec![f32::NAN; l * dv];
+        longseq::cpu::attention::favor_attention_into(&q, &k, &v, &d, &w, &o, &mut cpu_out)
+            .unwrap();
+        assert_close(
+            &format!("cpu causal={causal}"),
+            &to_f64(&cpu_out),
+            &want,
+            TOL_F32,
+        );
     }
 }
 

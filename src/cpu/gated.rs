@@ -164,6 +164,16 @@ impl Engine<'_> {
                 w.kd[i * dk + d] = w.k[i * dk + d] * exp_nonpos(w.r[j]);
             }
         }
+        let finite = |x: &[f32]| x.iter().all(|v| v.is_finite());
+        let all_finite = finite(&w.q[..c * dk])
+            && finite(&w.k[..c * dk])
+            && finite(&w.v[..c * dv])
+            && finite(&w.g[..c * gw]);
+        if !all_finite {
+            // The recurrence's NaN/±Inf pattern: the chunk's products would add 0·Inf above the
+            // diagonal and sum ±Inf terms in another order.
+            return self.steps(c, w, s, o);
+        }
         // Inter-chunk: the state in, decayed to each step.
         let qd = Mat::rm(&w.qd, c, dk, dk);
         sgemm(qd, Mat::rm(s, dk, dv, dv), 0.0, MatMut::rm(o, c, dv, dv));
@@ -177,6 +187,29 @@ impl Engine<'_> {
         }
         let kd = Mat::rm(&w.kd, c, dk, dk).t();
         sgemm(kd, Mat::rm(&w.v, c, dv, dv), 1.0, MatMut::rm(s, dk, dv, dv));
+    }
+
+    /// A chunk step by step, `S_t = diag(e^{g_t}) S_{t−1} + k_tᵀ v_t`, `o_t = q_t S_t` (q scaled):
+    /// the definition's order, for chunks holding a non-finite value.
+    fn steps(&self, c: usize, w: &Work, s: &mut [f32], o: &mut [f32]) {
+        let (dk, dv, gw) = (self.dk, self.dv, w.gw);
+        for t in 0..c {
+            for d in 0..dk {
+                let decay = w.g[t * gw + if gw == 1 { 0 } else { d }].exp();
+                let kd = w.k[t * dk + d];
+                for (x, &v) in s[d * dv..][..dv].iter_mut().zip(&w.v[t * dv..][..dv]) {
+                    *x = decay * *x + kd * v;
+                }
+            }
+            let ot = &mut o[t * dv..][..dv];
+            ot.fill(0.0);
+            for d in 0..dk {
+                let qd = w.q[t * dk + d];
+                for (y, &x) in ot.iter_mut().zip(&s[d * dv..][..dv]) {
+                    *y += qd * x;
+                }
+            }
+        }
     }
 
     /// The masked intra-chunk coefficients `w.a: [c, c]` (zero above the diagonal), each weight's

@@ -57,6 +57,14 @@ pub fn favor_attention_into<T: Element>(
     let f = opts.kind.num_features(m);
     let (q, k, v) = (load(q), load(k), load(v));
     out.par_chunks_mut(l * dv).enumerate().for_each(|(row, o)| {
+        if opts.causal && opts.kind == FavorKind::Positive {
+            let lq = positive_logits(&q[row * l * dk..][..l * dk], dk, omega);
+            let lk = positive_logits(&k[row * l * dk..][..l * dk], dk, omega);
+            let mut o32 = vec![0.0f32; l * dv];
+            causal_positive((&lq, &lk, &v[row * l * dv..][..l * dv]), m, dv, &mut o32);
+            store(&o32, o);
+            return;
+        }
         let (fq, _) = features(&q[row * l * dk..][..l * dk], dk, omega, opts.kind, false);
         let (fk, _) = features(&k[row * l * dk..][..l * dk], dk, omega, opts.kind, true);
         let mut o32 = vec![0.0f32; l * dv];
@@ -126,6 +134,68 @@ pub(crate) fn features(
                 }
             }
             (out, head)
+        }
+    }
+}
+
+/// The positive features' logits `ωx' − ‖x'‖²/2` of one head's `x: [L, Dk]`, as `[L, M]`.
+fn positive_logits(x: &[f32], dk: usize, omega: &[f32]) -> Vec<f32> {
+    let (l, m) = (x.len() / dk, omega.len() / dk);
+    let s = (dk as f32).powf(-0.25);
+    let xs: Vec<f32> = x.iter().map(|a| a * s).collect();
+    let mut dots = vec![0.0f32; l * m];
+    sgemm(
+        Mat::rm(&xs, l, dk, dk),
+        Mat::rm(omega, m, dk, dk).t(),
+        0.0,
+        MatMut::rm(&mut dots, l, m, m),
+    );
+    for (u, r) in dots.chunks_mut(m).zip(xs.chunks(dk)) {
+        let hs = 0.5 * r.iter().map(|a| a * a).sum::<f32>();
+        u.iter_mut().for_each(|y| *y -= hs);
+    }
+    dots
+}
+
+/// Causal positive FAVOR+ of one head from its logits, each row stabilised by the keys it sees
+/// (the reference's online per-feature maximum): the state holds `Σ_j e^(a_r(k_j) − m_r) [v_j, 1]`
+/// with `m_r` the running maximum of feature r's key logits, rescaled when it grows, and row i
+/// weighs feature r by `e^(a_r(q_i) + m_r − C_i)`. A head-wide key stabiliser would let a later
+/// large key underflow every earlier row to zero.
+fn causal_positive((lq, lk, v): (&[f32], &[f32], &[f32]), m: usize, dv: usize, o: &mut [f32]) {
+    let mut mx = vec![f32::NEG_INFINITY; m];
+    let mut s = vec![0.0f32; m * (dv + 1)];
+    let mut acc = vec![0.0f32; dv + 1];
+    for (i, oi) in o.chunks_mut(dv).enumerate() {
+        let (uk, uq, vi) = (&lk[i * m..][..m], &lq[i * m..][..m], &v[i * dv..][..dv]);
+        for r in 0..m {
+            // NaN never becomes the stabiliser (as the reference and the GPU's fmax).
+            let new = if uk[r] > mx[r] { uk[r] } else { mx[r] };
+            let scale = if mx[r] == new {
+                1.0
+            } else {
+                (mx[r] - new).exp()
+            };
+            let w = (uk[r] - new).exp();
+            let sr = &mut s[r * (dv + 1)..][..dv + 1];
+            for (x, &ve) in sr.iter_mut().zip(vi.iter().chain([1.0f32].iter())) {
+                *x = scale * *x + w * ve;
+            }
+            mx[r] = new;
+        }
+        let c = (0..m)
+            .map(|r| uq[r] + mx[r])
+            .fold(f32::NEG_INFINITY, |a, b| if b > a { b } else { a });
+        acc.fill(0.0);
+        for r in 0..m {
+            let p = (uq[r] + mx[r] - c).exp();
+            for (a, x) in acc.iter_mut().zip(&s[r * (dv + 1)..][..dv + 1]) {
+                *a += p * x;
+            }
+        }
+        let den = acc[dv];
+        for (y, &a) in oi.iter_mut().zip(&acc[..dv]) {
+            *y = if den == 0.0 { 0.0 } else { a / den };
         }
     }
 }
