@@ -17,7 +17,10 @@
 //! [--only linear,linear_causal,lightning,norm,norm_causal,favor,favor_causal,softmax,
 //! softmax_causal,diag,diag_causal]`
 
-use std::time::Instant;
+#[path = "common/timing.rs"]
+mod timing;
+
+use timing::median_ms;
 
 use longseq::attention::{
     diag_attention_into, draw_omega, favor_attention_into, lightning_attention_into,
@@ -77,20 +80,6 @@ fn args() -> Args {
 fn usage() -> ! {
     eprintln!("usage: attention_rates [--l L] [--runs N] [--m M] [--softmax-bh N] [--only a,b]");
     std::process::exit(2)
-}
-
-/// Median of `runs` timings of `f` in ms, after one untimed warm-up.
-fn median_ms(runs: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut t: Vec<f64> = (0..runs.max(1))
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[t.len() / 2]
 }
 
 /// The inputs of one kernel: q, k, v and the output `[1, B·H, L, D]`.

@@ -18,7 +18,10 @@
 //! `cargo run --release --example workloads -- [--device gpu,cpu,reference] [--runs N] [--l L]
 //! [--l3 L] [--only W1,W2,W3,W4,W5,W6]`
 
-use std::time::Instant;
+#[path = "common/timing.rs"]
+mod timing;
+
+use timing::median_ms;
 
 use longseq::attention::linear::check_shapes;
 use longseq::attention::{linear_attention_into, LinearAttentionOptions};
@@ -74,20 +77,6 @@ fn usage() -> ! {
         "usage: workloads [--device gpu,cpu,reference] [--runs N] [--l L] [--l3 L] [--only W1,..,W6] [--parts 1]"
     );
     std::process::exit(2)
-}
-
-/// Median of `runs` timings of `f` in ms, after one untimed warm-up.
-fn median_ms(runs: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut t: Vec<f64> = (0..runs.max(1))
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[t.len() / 2]
 }
 
 fn report(w: &str, device: &str, ms: f64, gflop: f64) {

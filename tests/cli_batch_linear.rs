@@ -7,6 +7,7 @@ mod common;
 
 use std::process::Command;
 
+use common::files::{read_f64 as read, tmp_in};
 use common::*;
 use longseq::attention::{alibi_slopes, FeatureMap, LinearAttentionOptions};
 use longseq::reference::attention::{lightning_attention_varlen, linear_attention_batch};
@@ -18,9 +19,7 @@ fn bin() -> Command {
 }
 
 fn tmp(name: &str) -> String {
-    let dir = std::env::temp_dir().join(format!("longseq-cli-blin-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name).to_string_lossy().into_owned()
+    tmp_in("blin", name)
 }
 
 fn write(path: &str, tensors: &[(&str, Dtype, Vec<usize>, &[u8])]) {
@@ -29,14 +28,6 @@ fn write(path: &str, tensors: &[(&str, Dtype, Vec<usize>, &[u8])]) {
         .map(|(n, d, s, b)| (n.to_string(), TensorView::new(*d, s.clone(), b).unwrap()))
         .collect();
     safetensors::serialize_to_file(views, None, std::path::Path::new(path)).unwrap();
-}
-
-fn read(path: &str, name: &str) -> (Vec<f64>, Vec<usize>) {
-    let bytes = std::fs::read(path).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let t = st.tensor(name).unwrap();
-    let x: Vec<f32> = bytemuck::pod_collect_to_vec(t.data());
-    (x.iter().map(|&v| v as f64).collect(), t.shape().to_vec())
 }
 
 const CU: [i64; 4] = [0, 15, 100, 130];
