@@ -18,7 +18,7 @@
 //! over all L. Each query row i takes `C_i = max_r (a_r(q_i) + m*_r(i))`, `m*_r(i)` the maximum
 //! over the keys i sees: `C_i` is row i's largest log-term, so that term is exactly `M^(−1)` and
 //! none exceeds it, however far its logits lie from other rows' (norm-40 inputs with sinks:
-//! tests/favor_range.rs).
+//! tests/suite/favor_range.rs).
 //! - Non-causal: keys `exp(a_r(k_j) − m_r)`, queries `exp(a_r(q_i) + m_r − C_i)`, both ≤ 1.
 //! - Causal: the engine carries the state of earlier chunks, its row r rescaled by
 //!   `exp(m_r(c−1) − m_r(c))` when a chunk brings a larger maximum (online softmax); the query of
@@ -29,7 +29,7 @@
 //! Range that holds (f32), causal and not: every term within ≈ 87 (in log) of its row's largest
 //! one is kept (smaller ones underflow, as exp does past ≈ −745 in the f64 reference), whatever
 //! the spread of logits across rows, along L or inside a chunk (a key later in row i's chunk that
-//! raises a feature's maximum by any amount no longer costs row i anything: tests/favor_range.rs,
+//! raises a feature's maximum by any amount no longer costs row i anything: tests/suite/favor_range.rs,
 //! a sink inside a chunk). A row with every weight 0 outputs 0.
 //! Trig features, and prefill (whose state keeps one log-scale per row for recurrent decoding),
 //! keep one key stabiliser per head over all L (and per query row its largest log-feature): a key

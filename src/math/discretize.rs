@@ -8,7 +8,7 @@
 //! | zero-order hold | `exp(ΔA)` | `A⁻¹ (exp(ΔA) − I) B` |
 //!
 //! The same as scipy.signal.cont2discrete's `euler`, `backward_diff`, `bilinear` and `zoh`
-//! (checked against it in `tests/discretize.rs`). Dense ZOH takes both blocks from the exponential
+//! (checked against it in `tests/suite/discretize.rs`). Dense ZOH takes both blocks from the exponential
 //! of `[[A, B], [0, 0]]·Δ` (Van Loan), which needs no inverse of `A` and so works for singular `A`.
 //! Diagonal complex ZOH uses `expm1`, so `B̄ = (e^{ΔA} − 1)/A · B` keeps its digits when `ΔA` is tiny.
 

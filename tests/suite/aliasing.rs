@@ -1,0 +1,176 @@
+//! An output that aliases an input is refused the same way by every op family: the driver's
+//! `Error::InvalidArgument { name: "out", .. }` naming the input, before any work is recorded,
+//! and the input is left as it was. (Issue 11, item 5: `s4d_scan_into` with out = u used to give
+//! `Error::Device`, `linear_scan_into` with h = b silently worked in place.)
+
+use crate::common;
+
+use common::*;
+use longseq::attention::{
+    favor_attention_into, lightning_attention_into, linear_attention_into, softmax_attention_into,
+    FavorOptions, LightningOptions, LinearAttentionOptions, SoftmaxAttentionOptions,
+};
+use longseq::positions::{embedding_into, rope_into, Positions, RopeOptions};
+use longseq::ssm::{
+    causal_conv_into, linear_scan_into, s4d_init, s4d_kernel_into, s4d_scan_into, DiagonalSsm,
+    Discretization, S4dInit, ScanOperands,
+};
+use longseq::types::ssm::DiagonalSsm as HostSsm;
+use longseq::{Error, Result, Tensor};
+use num_complex::Complex64;
+
+/// `r` is the driver's alias error naming `input`, and `t` still holds `before`.
+fn refused(label: &str, r: Result<()>, input: &str, t: &Tensor<f32>, before: &[f32]) {
+    match r {
+        Err(Error::InvalidArgument {
+            name: "out",
+            reason,
+            ..
+        }) => assert!(
+            reason.contains(&format!("aliases input `{input}`")),
+            "{label}: reason `{reason}` does not name `{input}`"
+        ),
+        other => panic!("{label}: expected the alias error, got {other:?}"),
+    }
+    assert_eq!(
+        t.to_vec(ctx()).unwrap(),
+        before,
+        "{label}: the input changed"
+    );
+}
+
+fn tensor(seed: u64, shape: &[usize]) -> (Tensor<f32>, Vec<f32>) {
+    let n = shape.iter().product();
+    let x = randn(&mut rng(seed), n, 0.8);
+    (Tensor::from_slice(ctx(), &x, shape).unwrap(), x)
+}
+
+#[test]
+fn scans_refuse_an_output_aliasing_an_input() {
+    let c = ctx();
+    let (a, _) = tensor(1, &[2, 3, 11]);
+    let (b, bx) = tensor(2, &[2, 3, 11]);
+    let ops = ScanOperands {
+        a_re: &a,
+        a_im: None,
+        b_re: &b,
+        b_im: None,
+    };
+    refused(
+        "linear_scan_into h = b",
+        linear_scan_into(c, &ops, &b, None),
+        "b_re",
+        &b,
+        &bx,
+    );
+
+    let (h, n2, len) = (3, 5, 11);
+    let a1 = s4d_init(S4dInit::Lin, n2).unwrap();
+    let cn = |z: f32| Complex64::new(z as f64, 0.3);
+    let host = HostSsm {
+        h,
+        n2,
+        a: (0..h).flat_map(|_| a1.clone()).collect(),
+        b: randn(&mut rng(3), h * n2, 0.7)
+            .into_iter()
+            .map(cn)
+            .collect(),
+        c: randn(&mut rng(4), h * n2, 0.7)
+            .into_iter()
+            .map(cn)
+            .collect(),
+        dt: vec![0.01; h],
+        d: vec![0.5; h],
+    };
+    let ssm = DiagonalSsm::<f32>::from_host(c, &host).unwrap();
+    let (u, ux) = tensor(5, &[2, h, len]);
+    refused(
+        "s4d_scan_into out = u",
+        s4d_scan_into(c, &ssm, &u, &u, Discretization::Zoh),
+        "u",
+        &u,
+        &ux,
+    );
+    // The kernel's output [H, L] has A_re's shape when L = N2.
+    let are = ssm.a_re.to_vec(c).unwrap();
+    refused(
+        "s4d_kernel_into out = A_re",
+        s4d_kernel_into(c, &ssm, &ssm.a_re, Discretization::Zoh),
+        "A_re",
+        &ssm.a_re,
+        &are,
+    );
+    let (k, _) = tensor(6, &[h, len]);
+    let (d, _) = tensor(7, &[h]);
+    refused(
+        "causal_conv_into out = u",
+        causal_conv_into(c, &u, &k, &d, &u),
+        "u",
+        &u,
+        &ux,
+    );
+}
+
+#[test]
+fn attention_refuses_an_output_aliasing_an_input() {
+    let c = ctx();
+    let shape = [2, 7, 4];
+    let (q, qx) = tensor(10, &shape);
+    let (k, _) = tensor(11, &shape);
+    let (v, vx) = tensor(12, &shape);
+    let lin = LinearAttentionOptions::default();
+    refused(
+        "linear_attention_into out = v",
+        linear_attention_into(c, &q, &k, &v, &v, &lin),
+        "v",
+        &v,
+        &vx,
+    );
+    let soft = SoftmaxAttentionOptions::default();
+    refused(
+        "softmax_attention_into out = q",
+        softmax_attention_into(c, &q, &k, &v, &q, &soft),
+        "q",
+        &q,
+        &qx,
+    );
+    let light = LightningOptions::default();
+    refused(
+        "lightning_attention_into out = q",
+        lightning_attention_into(c, &q, &k, &v, None, &q, &light),
+        "q",
+        &q,
+        &qx,
+    );
+    let (omega, _) = tensor(13, &[8, 4]);
+    let favor = FavorOptions::default();
+    refused(
+        "favor_attention_into out = v",
+        favor_attention_into(c, &q, &k, &v, &omega, &v, &favor),
+        "v",
+        &v,
+        &vx,
+    );
+}
+
+#[test]
+fn position_ops_refuse_an_output_aliasing_an_input() {
+    let c = ctx();
+    let (x, xx) = tensor(20, &[2, 9, 6]);
+    refused(
+        "rope_into out = x",
+        rope_into(c, &x, Positions::Offset(0), &x, &RopeOptions::default()),
+        "x",
+        &x,
+        &xx,
+    );
+    // The lookup's output [L, D] has the table's shape [V, D] when L = V.
+    let (table, tx) = tensor(21, &[5, 6]);
+    refused(
+        "embedding_into out = table",
+        embedding_into(c, &table, &[4, 0, 3, 1, 2], &[5], &table),
+        "table",
+        &table,
+        &tx,
+    );
+}

@@ -1,0 +1,173 @@
+//! The chunk engine at long L (issue 11.1): no invocation may loop longer than lavapipe runs
+//! (~65 535 iterations), so linear attention (causal and not) and Lightning are checked against
+//! the f64 reference at L = 8192, 16384 and 65537 (NormAttention at 8192), both tile families; and
+//! Lightning split along L past the binding limit (issue 11.4). Outputs are poisoned with NaN.
+
+use crate::common;
+
+use common::*;
+use longseq::attention::linear::check_shapes;
+use longseq::attention::{
+    lightning_attention_into, linear_attention_into, norm_attention_into, Affine, FeatureMap,
+    LightningOptions, LinearAttentionOptions, NormAttentionOptions,
+};
+use longseq::{reference, Context, ContextOptions, Tensor, TileFamily};
+
+const LENS: [usize; 3] = [8192, 16384, 65537];
+
+/// Normwise (common::assert_close) and elementwise `|g − w| ≤ atol + rtol·|w|`, with atol scaled
+/// by the output's RMS so small-magnitude outputs cannot hide under the norm.
+fn check(label: &str, got: &[f64], want: &[f64], tol: f64) {
+    assert_close(label, got, want, tol);
+    let rms = (want.iter().map(|w| w * w).sum::<f64>() / want.len() as f64).sqrt();
+    let (atol, rtol) = (tol * rms, 10.0 * tol);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= atol + rtol * w.abs(),
+            "{label}: element {i}: {g} vs {w}"
+        );
+    }
+}
+
+fn inputs(l: usize, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (dk, dv) = (8, 5);
+    let mut g = rng(seed);
+    (
+        randn(&mut g, 2 * l * dk, 0.5),
+        randn(&mut g, 2 * l * dk, 0.5),
+        randn(&mut g, 2 * l * dv, 1.0),
+    )
+}
+
+/// q, k, v `[2, L, 8]`, `[2, L, 5]` on `ctx`, and an output poisoned with NaN.
+fn tensors(ctx: &Context, l: usize, x: &(Vec<f32>, Vec<f32>, Vec<f32>)) -> [Tensor<f32>; 4] {
+    let (sk, sv) = ([2, l, 8], [2, l, 5]);
+    [
+        Tensor::from_slice(ctx, &x.0, &sk).unwrap(),
+        Tensor::from_slice(ctx, &x.1, &sk).unwrap(),
+        Tensor::from_slice(ctx, &x.2, &sv).unwrap(),
+        Tensor::from_slice(ctx, &vec![f32::NAN; 2 * l * 5], &sv).unwrap(),
+    ]
+}
+
+fn contexts() -> [&'static Context; 2] {
+    [ctx(), ctx_gpu_tiles()]
+}
+
+#[test]
+fn linear_attention_at_long_l() {
+    for l in LENS {
+        let x = inputs(l, l as u64);
+        let d = check_shapes("t", &[2, l, 8], &[2, l, 8], &[2, l, 5]).unwrap();
+        for causal in [false, true] {
+            let o = LinearAttentionOptions {
+                feature_map: FeatureMap::Elu1,
+                causal,
+                ..Default::default()
+            };
+            let want = reference::attention::linear_attention(&x.0, &x.1, &x.2, &d, &o).unwrap();
+            for c in contexts() {
+                let [q, k, v, out] = tensors(c, l, &x);
+                linear_attention_into(c, &q, &k, &v, &out, &o).unwrap();
+                let got = to_f64(&out.to_vec(c).unwrap());
+                let label = format!("{:?} L={l} causal={causal}", c.tile_family());
+                check(&label, &got, &want, TOL_F32);
+            }
+        }
+    }
+}
+
+#[test]
+fn lightning_at_long_l() {
+    let slopes = [0.01f32, 0.3];
+    for l in LENS {
+        let x = inputs(l, 7 + l as u64);
+        let d = check_shapes("t", &[2, l, 8], &[2, l, 8], &[2, l, 5]).unwrap();
+        let o = LightningOptions::default();
+        let want =
+            reference::attention::lightning_attention(&x.0, &x.1, &x.2, &d, 2, Some(&slopes), &o)
+                .unwrap();
+        for c in contexts() {
+            let [q, k, v, out] = tensors(c, l, &x);
+            lightning_attention_into(c, &q, &k, &v, Some(&slopes), &out, &o).unwrap();
+            let got = to_f64(&out.to_vec(c).unwrap());
+            check(
+                &format!("{:?} L={l}", c.tile_family()),
+                &got,
+                &want,
+                TOL_F32,
+            );
+        }
+    }
+}
+
+/// The NormAttention reference is the quadratic form, so one long L (the engine is the same).
+#[test]
+fn norm_attention_at_long_l() {
+    for l in [8192] {
+        let x = inputs(l, 11 + l as u64);
+        let d = check_shapes("t", &[2, l, 8], &[2, l, 8], &[2, l, 5]).unwrap();
+        for causal in [false, true] {
+            let o = NormAttentionOptions {
+                causal,
+                feature_map: FeatureMap::Elu1,
+                ..Default::default()
+            };
+            let aff = Affine::default();
+            let want =
+                reference::attention::norm_attention(&x.0, &x.1, &x.2, &d, &aff, &o).unwrap();
+            for c in contexts() {
+                let [q, k, v, out] = tensors(c, l, &x);
+                norm_attention_into(c, &q, &k, &v, &aff, &out, &o).unwrap();
+                let got = to_f64(&out.to_vec(c).unwrap());
+                let label = format!("{:?} L={l} causal={causal}", c.tile_family());
+                check(&label, &got, &want, TOL_F32);
+            }
+        }
+    }
+}
+
+/// One Lightning row larger than a 64 KiB binding runs in segments of L carrying the decayed
+/// state (issue 11.4), f32 and f16, both tile families.
+#[test]
+fn lightning_splits_one_row_along_l() {
+    let l = 10_000;
+    let x = inputs(l, 3);
+    let d = check_shapes("t", &[2, l, 8], &[2, l, 8], &[2, l, 5]).unwrap();
+    let slopes = [0.02f32, 0.5];
+    let o = LightningOptions::default();
+    for tiles in [TileFamily::Cpu, TileFamily::Gpu] {
+        let c = open(ContextOptions {
+            max_storage_binding_size: Some(64 * 1024),
+            tiles: Some(tiles),
+            ..Default::default()
+        });
+        let want =
+            reference::attention::lightning_attention(&x.0, &x.1, &x.2, &d, 2, Some(&slopes), &o)
+                .unwrap();
+        let [q, k, v, out] = tensors(&c, l, &x);
+        lightning_attention_into(&c, &q, &k, &v, Some(&slopes), &out, &o).unwrap();
+        check(
+            &format!("{tiles:?} f32"),
+            &to_f64(&out.to_vec(&c).unwrap()),
+            &want,
+            TOL_F32,
+        );
+        let (qh, kh, vh) = (to_f16(&x.0), to_f16(&x.1), to_f16(&x.2));
+        let (sk, sv) = ([2, l, 8], [2, l, 5]);
+        let q = Tensor::from_slice(&c, &qh, &sk).unwrap();
+        let k = Tensor::from_slice(&c, &kh, &sk).unwrap();
+        let v = Tensor::from_slice(&c, &vh, &sv).unwrap();
+        let out = Tensor::from_slice(&c, &to_f16(&vec![f32::NAN; 2 * l * 5]), &sv).unwrap();
+        lightning_attention_into(&c, &q, &k, &v, Some(&slopes), &out, &o).unwrap();
+        let want =
+            reference::attention::lightning_attention(&qh, &kh, &vh, &d, 2, Some(&slopes), &o)
+                .unwrap();
+        check(
+            &format!("{tiles:?} f16"),
+            &to_f64(&out.to_vec(&c).unwrap()),
+            &want,
+            TOL_F16,
+        );
+    }
+}

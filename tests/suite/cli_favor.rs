@@ -1,0 +1,190 @@
+//! `longseq attention --feature-map favor|favor-trig` on the shipped MiniLM data: with `--omega W`
+//! the output equals an independent computation of the FAVOR estimator (no stabiliser, f64).
+
+use crate::common;
+use crate::favor_ref;
+
+use std::process::Command;
+
+use common::*;
+use favor_ref::unstabilised_favor;
+use longseq::attention::{draw_omega, FavorKind, OmegaDraw};
+use safetensors::SafeTensors;
+
+const DATA: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/data/minilm_two_cities_qkv.safetensors"
+);
+const HEADS: usize = 12;
+const L: usize = 403;
+const D: usize = 32;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_longseq"))
+}
+
+fn tmp(name: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("longseq-cli-favor-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name).to_string_lossy().into_owned()
+}
+
+fn read_f32(path: &str, name: &str) -> (Vec<f32>, Vec<usize>) {
+    let bytes = std::fs::read(path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor(name).unwrap();
+    (bytemuck::pod_collect_to_vec(t.data()), t.shape().to_vec())
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| !l.contains("XDG_RUNTIME_DIR"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The layer's q, k, v plus `W` (ω) in one file.
+fn input_with_omega(prefix: &str, w: &[f32], m: usize) -> String {
+    let path = tmp(&format!("{prefix}in.safetensors"));
+    let x: Vec<Vec<f32>> = ["q", "k", "v"]
+        .iter()
+        .map(|n| read_f32(DATA, &format!("{prefix}{n}")).0)
+        .collect();
+    fn view(d: &[f32], s: Vec<usize>) -> safetensors::tensor::TensorView<'_> {
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s, bytemuck::cast_slice(d))
+            .unwrap()
+    }
+    let s = vec![HEADS, L, D];
+    safetensors::serialize_to_file(
+        [
+            ("q", view(&x[0], s.clone())),
+            ("k", view(&x[1], s.clone())),
+            ("v", view(&x[2], s)),
+            ("W", view(w, vec![m, D])),
+        ],
+        None,
+        std::path::Path::new(&path),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn favor_with_given_omega_equals_the_unstabilised_estimator() {
+    let m = 64;
+    for (prefix, seed) in [("layer0.", 1u64), ("layer5.", 2)] {
+        let w = draw_omega(m, D, OmegaDraw::OrthogonalChi, seed).unwrap();
+        let input = input_with_omega(prefix, &w, m);
+        let q = to_f64(&read_f32(DATA, &format!("{prefix}q")).0);
+        let k = to_f64(&read_f32(DATA, &format!("{prefix}k")).0);
+        let v = to_f64(&read_f32(DATA, &format!("{prefix}v")).0);
+        for causal in [false, true] {
+            let out = tmp(&format!("{prefix}{causal}.safetensors"));
+            let mut cmd = bin();
+            cmd.args(["attention", "--input", &input, "--method", "linear"])
+                .args(["--feature-map", "favor", "--omega", "W", "--device", "gpu"])
+                .args(["--output", &out]);
+            if causal {
+                cmd.arg("--causal");
+            }
+            let res = cmd.output().unwrap();
+            assert!(res.status.success(), "{}", stderr(&res));
+            let stdout = String::from_utf8_lossy(&res.stdout);
+            assert!(
+                stdout.contains("M = 64") && stdout.contains("tensor `W`"),
+                "{stdout}"
+            );
+            let (o, shape) = read_f32(&out, "o");
+            assert_eq!(shape, [HEADS, L, D]);
+            let n = L * D;
+            let want: Vec<f64> = (0..HEADS)
+                .flat_map(|h| {
+                    let x = |t: &[f64]| t[h * n..(h + 1) * n].to_vec();
+                    unstabilised_favor(
+                        &x(&q),
+                        &x(&k),
+                        &x(&v),
+                        (L, D, D),
+                        &w,
+                        FavorKind::Positive,
+                        causal,
+                    )
+                })
+                .collect();
+            assert_close(
+                &format!("{prefix} causal={causal}"),
+                &to_f64(&o),
+                &want,
+                TOL_F32,
+            );
+        }
+    }
+}
+
+#[test]
+fn favor_draw_runs_both_devices_and_reports_the_softmax_error() {
+    let res = bin()
+        .args(["attention", "--input", DATA, "--prefix", "layer5."])
+        .args([
+            "--feature-map",
+            "favor",
+            "--num-features",
+            "40",
+            "--seed",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    assert!(res.status.success(), "{}", stderr(&res));
+    let stdout = String::from_utf8_lossy(&res.stdout);
+    for needle in [
+        "M = 40",
+        "seed 3",
+        "gpu vs reference (f32 storage, tolerance 1e-4",
+        "relative Frobenius error",
+    ] {
+        assert!(stdout.contains(needle), "missing `{needle}` in:\n{stdout}");
+    }
+    let rel: f64 = stdout
+        .lines()
+        .find(|l| l.starts_with("gpu vs reference ("))
+        .and_then(|l| l.rsplit("relative ").next())
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(rel <= TOL_F32, "gpu vs reference {rel}");
+}
+
+#[test]
+fn favor_bad_arguments_exit_2_with_one_line() {
+    let input = input_with_omega("layer5.", &[0.5; 8 * D], 8);
+    let cases: [&[&str]; 4] = [
+        &["--feature-map", "favor"],
+        &[
+            "--feature-map",
+            "favor",
+            "--omega",
+            "W",
+            "--num-features",
+            "9",
+        ],
+        &["--feature-map", "favor", "--omega", "q"],
+        &["--feature-map", "elu1", "--num-features", "9"],
+    ];
+    for args in cases {
+        let res = bin()
+            .args(["attention", "--input", &input])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(res.status.code(), Some(2), "{args:?}: {}", stderr(&res));
+        assert_eq!(
+            stderr(&res).lines().count(),
+            1,
+            "{args:?}: {}",
+            stderr(&res)
+        );
+    }
+}
