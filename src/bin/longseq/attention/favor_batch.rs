@@ -39,6 +39,9 @@ struct Run {
     stateful: bool,
 }
 
+/// The GPU's o and final (S, z, m) as read back.
+type Got<T> = (Vec<T>, Option<[Vec<f32>; 3]>);
+
 /// o, and the final (S, z, m) when stateful.
 type Outcome = (Vec<f64>, Option<[Vec<f64>; 3]>);
 
@@ -216,7 +219,7 @@ fn gpu_run<T: Element>(
         None => None,
     };
     let (cu, qkv) = (r.cu.as_ref(), (&tq, &tk, &tv));
-    let go = || -> longseq::Result<(Vec<T>, Option<[Vec<f32>; 3]>)> {
+    let go = || -> longseq::Result<Got<T>> {
         if !r.stateful {
             let o = favor_attention_batch(ctx, qkv, &w, g.layout, cu, &r.opts)?;
             return Ok((o.to_vec(ctx)?, None));

@@ -10,12 +10,15 @@ use crate::check::StorageDtype;
 use crate::devices::Devices;
 use crate::io::{CliError, HostTensor};
 
+/// The shapes of q, k and v.
+pub(super) type Shapes = (Vec<usize>, Vec<usize>, Vec<usize>);
+
 /// q, k, v of a batch run, ready for the devices.
 pub(super) struct Staged {
     /// The inputs were rank 3 (`[H, L, D]`, one batch entry): the output drops B again.
     pub rank3: bool,
     /// q, k, v shapes, rank 4.
-    pub shapes: (Vec<usize>, Vec<usize>, Vec<usize>),
+    pub shapes: Shapes,
     pub dtype: StorageDtype,
     pub dev: Devices,
     /// q, k, v as f32 (rounded to the GPU dtype when the GPU runs).
@@ -23,9 +26,7 @@ pub(super) struct Staged {
 }
 
 /// The shapes of q, k, v, rank 3 lifted to rank 4, and whether they were rank 3.
-pub(super) fn lift(
-    (q, k, v): (&HostTensor, &HostTensor, &HostTensor),
-) -> (bool, (Vec<usize>, Vec<usize>, Vec<usize>)) {
+pub(super) fn lift((q, k, v): (&HostTensor, &HostTensor, &HostTensor)) -> (bool, Shapes) {
     let rank3 = q.shape.len() == 3 && k.shape.len() == 3 && v.shape.len() == 3;
     let lift = |s: &[usize]| match rank3 {
         true => [&[1][..], s].concat(),
