@@ -81,6 +81,7 @@
 pub(crate) mod chunk;
 pub mod favor;
 pub mod favor_batch;
+mod favor_core;
 pub mod gla;
 pub use crate::types::feature_map;
 pub mod lightning;
