@@ -15,8 +15,6 @@ use longseq::types::batch::{CuSeqlens, GqaDims, Layout};
 use longseq::{Context, Element, Tensor};
 
 use super::{op_from_args, read_cu_seqlens, staging, Args, Method, Phi};
-use crate::check::StorageDtype;
-use crate::devices;
 use crate::io::{CliError, HostTensor};
 use crate::methods::Op;
 
@@ -55,6 +53,7 @@ pub(super) fn run(
     let sg = staging::stage(a, qkv)?;
     let (g, dtype, mut dev) = (&r.g, sg.dtype, sg.dev);
     let out_shape = sg.out_shape(g);
+    let [q, k, v] = &sg.qkv;
     let ctx = dev.open()?;
     println!(
         "input: {} q {:?}, v {:?} ({}, H = {}, L = {}{}{})",
@@ -87,33 +86,17 @@ pub(super) fn run(
         "method: performer attention ({kind}, {causal}, M = {})",
         r.m
     );
-    let gpu = match &ctx {
-        Some(c) => Some(match dtype {
-            StorageDtype::F32 => gpu_run::<f32>(c, &sg, &r, |x| x.to_vec())?,
-            StorageDtype::F16 => gpu_run::<f16>(c, &sg, &r, |x| {
-                x.iter().map(|&y| f16::from_f32(y)).collect()
-            })?,
-        }),
-        None => None,
-    };
-    let [q, k, v] = &sg.qkv;
-    let cpu = match dev.cpu {
-        true => Some(devices::timed(
-            "cpu",
-            "no f32 CPU path reads blhd, packed sequences or a state yet: the per-sequence f64 \
-             reference",
-            || reference(&r, (q, k, v)),
-        )?),
-        false => None,
-    };
     let ops = (g.batch * g.q_heads * g.q_len * r.m * (2 * g.dk + g.dv)) as f64 * 2.0;
-    let refr = dev.reference(a.force_reference, ops, "f64", || {
-        reference(&r, (q, k, v)).map_err(|e| longseq::Error::InvalidArgument {
-            op: "attention",
-            name: "reference",
-            reason: e.to_string(),
-        })
-    })?;
+    let [gpu, cpu, refr] = staging::run_devices(
+        a,
+        (&dev, ctx.as_ref(), dtype),
+        ops,
+        (
+            |c: &Context| gpu_run::<f32>(c, &sg, &r, |x| x.to_vec()),
+            |c: &Context| gpu_run::<f16>(c, &sg, &r, staging::f16s),
+        ),
+        || reference(&r, (q, k, v)),
+    )?;
     let n = r.cu.as_ref().map_or(g.batch, CuSeqlens::count);
     let hm = vec![n, g.q_heads, r.m];
     let shapes = [vec![n, g.q_heads, r.m, g.dv], hm.clone(), hm];
@@ -229,7 +212,7 @@ fn gpu_run<T: Element>(
         let st = [s.s.to_vec(ctx)?, s.z.to_vec(ctx)?, s.m.to_vec(ctx)?];
         Ok((o.to_vec(ctx)?, Some(st)))
     };
-    let (o, st) = devices::gpu_timed(go)?;
+    let (o, st) = crate::devices::gpu_timed(go)?;
     let f = |x: &[f32]| x.iter().map(|&y| y as f64).collect::<Vec<f64>>();
     Ok((
         o.iter().map(|x| x.to_f64()).collect(),

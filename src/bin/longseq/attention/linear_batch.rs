@@ -21,8 +21,6 @@ use longseq::types::batch::{CuSeqlens, GqaDims, Layout};
 use longseq::{Context, Element, Tensor};
 
 use super::{op_from_args, read_cu_seqlens, staging, Args, Method, Phi};
-use crate::check::StorageDtype;
-use crate::devices;
 use crate::io::{CliError, HostTensor};
 use crate::methods::Op;
 
@@ -93,32 +91,17 @@ pub(super) fn run(
         }
     );
     println!("method: {}", describe(&r));
-    let gpu = match &ctx {
-        Some(c) => Some(match dtype {
-            StorageDtype::F32 => gpu_run::<f32>(c, &sg, &r, |x| x.to_vec())?,
-            StorageDtype::F16 => gpu_run::<f16>(c, &sg, &r, |x| {
-                x.iter().map(|&y| f16::from_f32(y)).collect()
-            })?,
-        }),
-        None => None,
-    };
-    let cpu = match dev.cpu {
-        true => Some(devices::timed(
-            "cpu",
-            "no f32 CPU path reads blhd, packed sequences or a state yet: the per-sequence f64 \
-             reference",
-            || reference(&r, (q, k, v)),
-        )?),
-        false => None,
-    };
     let ops = (g.q_heads * g.q_len.max(g.kv_len) * g.dk * g.dv) as f64 * 2.0;
-    let refr = dev.reference(a.force_reference, ops, "f64", || {
-        reference(&r, (q, k, v)).map_err(|e| longseq::Error::InvalidArgument {
-            op: "attention",
-            name: "reference",
-            reason: e.to_string(),
-        })
-    })?;
+    let [gpu, cpu, refr] = staging::run_devices(
+        a,
+        (&dev, ctx.as_ref(), dtype),
+        ops,
+        (
+            |c: &Context| gpu_run::<f32>(c, &sg, &r, |x| x.to_vec()),
+            |c: &Context| gpu_run::<f16>(c, &sg, &r, staging::f16s),
+        ),
+        || reference(&r, (q, k, v)),
+    )?;
     let n = r.cu.as_ref().map_or(g.batch, CuSeqlens::count);
     let (h, dk, dv) = (g.q_heads, g.dk, g.dv);
     let named = |x: Option<Outcome>| {
@@ -324,7 +307,7 @@ fn gpu_run<T: Element>(
         };
         Ok((o.to_vec(ctx)?, st))
     };
-    let (o, st) = devices::gpu_timed(go)?;
+    let (o, st) = crate::devices::gpu_timed(go)?;
     let f = |x: &[f32]| x.iter().map(|&y| y as f64).collect::<Vec<f64>>();
     Ok((
         o.iter().map(|x| x.to_f64()).collect(),

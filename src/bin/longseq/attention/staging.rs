@@ -166,3 +166,42 @@ pub(super) fn read_state(
     }
     Ok(t.to_f32())
 }
+
+/// Runs what `dev` asks for: the GPU on `ctx` (`gpu32` / `gpu16` by the staged dtype), the CPU
+/// path (the per-sequence f64 reference: no f32 CPU path reads strides, packed sequences or a
+/// state yet) and the reference (`ops` sizes its time bound). Returns [gpu, cpu, reference].
+pub(super) fn run_devices<O>(
+    a: &Args,
+    (dev, ctx, dtype): (&Devices, Option<&Context>, StorageDtype),
+    ops: f64,
+    (gpu32, gpu16): (
+        impl Fn(&Context) -> Result<O, CliError>,
+        impl Fn(&Context) -> Result<O, CliError>,
+    ),
+    reference: impl Fn() -> Result<O, CliError>,
+) -> Result<[Option<O>; 3], CliError> {
+    let gpu = match (ctx, dtype) {
+        (Some(c), StorageDtype::F32) => Some(gpu32(c)?),
+        (Some(c), StorageDtype::F16) => Some(gpu16(c)?),
+        (None, _) => None,
+    };
+    let note = "no f32 CPU path reads blhd, packed sequences or a state yet: the per-sequence f64 \
+                reference";
+    let cpu = match dev.cpu {
+        true => Some(crate::devices::timed("cpu", note, &reference)?),
+        false => None,
+    };
+    let refr = dev.reference(a.force_reference, ops, "f64", || {
+        reference().map_err(|e| longseq::Error::InvalidArgument {
+            op: "attention",
+            name: "reference",
+            reason: e.to_string(),
+        })
+    })?;
+    Ok([gpu, cpu, refr])
+}
+
+/// f16 storage of f32 values.
+pub(super) fn f16s(x: &[f32]) -> Vec<half::f16> {
+    x.iter().map(|&y| half::f16::from_f32(y)).collect()
+}
