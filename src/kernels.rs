@@ -74,6 +74,17 @@ pub(crate) const KERNELS: &[Kernel] = &[
         crate::attention::favor::Params
     ),
     kernel!(
+        "favor_batch",
+        [
+            "seq_gather",
+            "seq_store",
+            "fold_max",
+            "favor_initial",
+            "favor_final"
+        ],
+        crate::attention::favor_batch::Params
+    ),
+    kernel!(
         "recurrent",
         ["step_update", "step_output"],
         crate::attention::recurrent::Params

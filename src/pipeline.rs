@@ -53,6 +53,7 @@ pub(crate) fn source(shader: &str) -> Option<&'static str> {
         "chunk_attention" => include_str!("../shaders/chunk_attention.wgsl"),
         "transnormer" => include_str!("../shaders/transnormer.wgsl"),
         "favor" => include_str!("../shaders/favor.wgsl"),
+        "favor_batch" => include_str!("../shaders/favor_batch.wgsl"),
         "recurrent" => include_str!("../shaders/recurrent.wgsl"),
         "cast" => include_str!("../shaders/cast.wgsl"),
         "embedding" => include_str!("../shaders/embedding.wgsl"),

@@ -39,15 +39,16 @@
 
 use bytemuck::Zeroable;
 
-use super::chunk::{self, Job, PassBinds};
-use crate::bind::{scratch, Bind};
+use super::chunk::{self, Job};
+pub(crate) use super::favor_core::{record_core, Core};
+use crate::bind::Bind;
 use crate::driver::{self, Input, Pass, Plan, RowOp};
 use crate::pipeline::Storage;
 use crate::schedule::Schedule;
 pub(crate) use crate::types::attention::check_omega;
 use crate::types::attention::{check_shapes, AttnDims};
 pub use crate::types::attention::{draw_omega, FavorKind, FavorOptions, OmegaDraw};
-use crate::{Context, DType, Element, Result, Tensor};
+use crate::{Context, Element, Result, Tensor};
 
 const OP: &str = "favor_attention";
 
@@ -157,7 +158,7 @@ const PROJ_TILE: u64 = 8;
 /// entering their chunk; the logits and each row's stabiliser (in `logscale`) stay for
 /// [`record_intra`].
 #[allow(clippy::too_many_arguments)]
-fn record_positive(
+pub(super) fn record_positive(
     s: &mut Schedule<'_>,
     storage: Storage,
     (xq, xk): ((Bind<'_>, u32), (Bind<'_>, u32)),
@@ -165,6 +166,7 @@ fn record_positive(
     (nr, len, dk, m): (u64, u64, u64, u64),
     (fq, fk, kmax, logscale): (&wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer),
     (logits, chunk): (Option<(&wgpu::Buffer, &wgpu::Buffer)>, u64),
+    m0: Option<(Bind<'_>, u32)>,
 ) -> Result<()> {
     let causal = logits.is_some();
     let ctx = s.context();
@@ -204,12 +206,19 @@ fn record_positive(
         &[b_fk, b_max],
         groups(nr * nc * m),
     )?;
+    // An initial state's log-scale m0 is a maximum over earlier keys: it joins chunk 0's.
+    let fold = |s: &mut Schedule<'_>, dst: &wgpu::Buffer, stride: u64, count: u64| match m0 {
+        Some(m0) => super::favor_batch::record_fold_max(s, m0, dst, (nr, m, stride, count)),
+        None => Ok(()),
+    };
+    fold(s, kmax, nc * m, 1)?;
     prm.total = (nr * m) as u32;
     s.dispatch(&*pl("key_max_scan")?, &prm, &[b_max], groups(nr * m))?;
     if causal {
         prm.total = (nr * nc * m) as u32;
         let binds = [b_fk, b_max, b_run];
         s.dispatch(&*pl("key_running_max")?, &prm, &binds, groups(nr * nc * m))?;
+        fold(s, b_run.buffer, len * m, chunk.min(len))?;
     }
     prm.total = (nr * len * m) as u32;
     s.dispatch(
@@ -234,7 +243,7 @@ fn record_positive(
 /// writes the ratio into the pass's output. `xv = [v | 1]`, logits and `logscale` as
 /// [`record_positive`] left them.
 #[allow(clippy::too_many_arguments)]
-fn record_intra(
+pub(super) fn record_intra(
     s: &mut Schedule<'_>,
     (nr, len, dv, m): (u64, u64, u64, u64),
     chunk: u64,
@@ -273,7 +282,7 @@ fn record_intra(
 }
 
 /// Records `xv = [v | 1]` (`[n, Dv + 1]` f32) from `x` (`[n, Dv]`, bound at slot 1).
-fn record_extend_v(
+pub(super) fn record_extend_v(
     s: &mut Schedule<'_>,
     storage: Storage,
     x: (Bind<'_>, u32),
@@ -425,7 +434,7 @@ impl<'a, T: Element> Favor<'a, T> {
     }
 }
 
-impl<T: Element> RowOp for Favor<'_, T> {
+impl<'a, T: Element> RowOp for Favor<'a, T> {
     type T = T;
     /// Sizes and M.
     type Dims = (AttnDims, u64);
@@ -465,92 +474,29 @@ impl<T: Element> RowOp for Favor<'_, T> {
 
     fn record_rows(&self, s: &mut Schedule<'_>, (d, m): &Self::Dims, p: &Pass<'_>) -> Result<()> {
         let ctx = s.context();
-        let (kind, storage, m) = (self.kind, p.storage, *m);
         let (len, dk, dv) = (d.len as u64, d.dk as u64, d.dv as u64);
-        let f = kind.num_features(m as usize) as u64;
         let (r0, nr, es) = (p.r0, p.nr, size_of::<T>() as u64);
-        let fq = scratch(ctx, nr * len * f * 4);
-        let fk = scratch(ctx, nr * len * f * 4);
-        let logs = scratch(ctx, nr * len * 4);
-        let head = scratch(ctx, nr * 4);
-        let sizes = (nr, len, dk, m);
-        let w = self.omega.buffer();
-        let xq = Bind::elems(ctx, 1, self.q.buffer(), es, r0 * len * dk, nr * len * dk);
-        let xk = Bind::elems(ctx, 1, self.k.buffer(), es, r0 * len * dk, nr * len * dk);
-        let xv = Bind::elems(ctx, 1, self.v.buffer(), es, r0 * len * dv, nr * len * dv);
-        // Per-feature key stabilisers; trig features and prefill (whose state keeps one
-        // log-scale per row for decoding) use the head-wide one. Causal, they split the
-        // engine's work: earlier chunks through its state, the chunk's own keys in the log
-        // domain (record_intra).
-        let per_feature = kind == FavorKind::Positive && self.state.is_none();
-        let split = per_feature && self.causal;
-        let job = core_job(len, f, dv, self.causal, split);
-        let chunk = chunk::chunk_len(ctx, &job) as u64;
-        let kmax = per_feature.then(|| scratch(ctx, nr * len.div_ceil(chunk) * f * 4));
-        let logits = split.then(|| {
-            let n = nr * len * f * 4;
-            (scratch(ctx, n), scratch(ctx, n))
-        });
-        if let Some(km) = &kmax {
-            let bufs = (&fq, &fk, km, &logs);
-            let lg = logits.as_ref().map(|(a, b)| (a, b));
-            record_positive(s, storage, (xq, xk), w, sizes, bufs, (lg, chunk))?;
-        } else {
-            record_features(s, storage, kind, xq, w, sizes, &fq, &logs, None)?;
-            let h = match &self.state {
-                Some(st) => Bind::elems(ctx, 5, st.c, 4, r0, nr),
-                None => Bind::prefix_at(5, &head, nr * 4),
-            };
-            record_features(s, storage, kind, xk, w, sizes, &fk, &logs, Some(h))?;
-        }
-        // The engine's values: [v | 1] when split, else v as f32.
-        let vf = (split || T::DTYPE != DType::F32).then(|| scratch(ctx, nr * len * job.dv * 4));
-        let vb = match &vf {
-            Some(buf) if split => {
-                record_extend_v(s, storage, xv, buf, (nr * len, dv))?;
-                Bind::prefix_at(3, buf, nr * len * job.dv * 4)
-            }
-            Some(buf) => {
-                record_cast_f32(s, storage, xv, buf, nr * len * dv)?;
-                Bind::prefix_at(3, buf, nr * len * dv * 4)
-            }
-            None => Bind::elems(ctx, 3, self.v.buffer(), 4, r0 * len * dv, nr * len * dv),
+        let x = |t: &'a Tensor<T>, n: u64| {
+            Bind::elems(ctx, 1, t.buffer(), es, r0 * len * n, nr * len * n)
         };
-        let total = self.state.as_ref().map(|st| {
-            (
-                Bind::elems(ctx, 6, st.s, 4, r0 * f * dv, nr * f * dv),
-                Bind::elems(ctx, 7, st.z, 4, r0 * f, nr * f),
-            )
-        });
-        let nd = split.then(|| scratch(ctx, nr * len * job.dv * 4));
-        let binds = PassBinds {
-            q: Bind::prefix_at(1, &fq, nr * len * f * 4),
-            k: Bind::prefix_at(2, &fk, nr * len * f * 4),
-            v: vb,
-            o: match &nd {
-                Some(nd) => Bind::prefix_at(11, nd, nr * len * job.dv * 4),
-                None => p.out.bind(ctx, 11, nr * len * dv),
-            },
-            totals: total,
-            initial: None,
+        let run = Core {
+            kind: self.kind,
+            causal: self.causal,
+            storage: p.storage,
+            omega: self.omega.buffer(),
+            sizes: (nr, len, dk, dv, *m),
+            x: [x(self.q, dk), x(self.k, dk), x(self.v, dv)],
+            prefill: self.state.as_ref().map(|st| (st, r0)),
+            carry: None,
         };
-        let rescale = kmax.as_ref().filter(|_| self.causal);
-        chunk::record_rows(s, &job, None, (r0, nr), &binds, rescale)?;
-        match (&logits, &nd, &vf) {
-            (Some((lq, lk)), Some(nd), Some(xv)) => {
-                let out = p.out.bind(ctx, 10, nr * len * dv);
-                let sizes = (nr, len, dv, m);
-                record_intra(s, sizes, chunk, (lq, lk, &logs), (xv, nd), out)
-            }
-            _ => Ok(()),
-        }
+        record_core(s, &run, &p.out)
     }
 }
 
 /// The chunk engine on precomputed f32 features (identity map, denominator, ε = 0). `split`
 /// (causal positive FAVOR+): values `[v | 1]` and no denominator, so the engine returns the
 /// numerator and denominator over earlier chunks, `[L, Dv + 1]`, for [`record_intra`].
-fn core_job(len: u64, f: u64, dv: u64, causal: bool, split: bool) -> Job {
+pub(super) fn core_job(len: u64, f: u64, dv: u64, causal: bool, split: bool) -> Job {
     Job {
         storage: Storage::F32,
         fmap: crate::types::FeatureMap::Identity.shader_id(),

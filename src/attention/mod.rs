@@ -80,6 +80,8 @@
 
 pub(crate) mod chunk;
 pub mod favor;
+pub mod favor_batch;
+mod favor_core;
 pub mod gla;
 pub use crate::types::feature_map;
 pub mod lightning;
@@ -94,6 +96,10 @@ pub use crate::types::FeatureMap;
 pub use favor::{
     draw_omega, favor_attention, favor_attention_into, record_favor_attention, FavorKind,
     FavorOptions, OmegaDraw,
+};
+pub use favor_batch::{
+    favor_attention_batch, favor_attention_batch_into, favor_attention_batch_with_state,
+    favor_attention_batch_with_state_into, FavorState,
 };
 pub use gla::{gla, gla_into, gla_step, gla_step_into, record_gla, GlaInputs};
 pub use lightning::{

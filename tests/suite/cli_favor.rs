@@ -188,3 +188,113 @@ fn favor_bad_arguments_exit_2_with_one_line() {
         );
     }
 }
+
+/// Issue 14: `--layout blhd --cu-seqlens` with causal FAVOR+ writes o and the per-sequence state
+/// (final_state, final_z, final_max); fed back with `--initial-state`, the second half of each
+/// sequence matches one run over the whole of it (two calls = one call), and bad state tensors
+/// exit 2 with one line.
+#[test]
+fn favor_packed_sequences_carry_the_state_through_the_cli() {
+    use common::files::{draw_uniform, read_f64, tmp_in, write_f32_i64};
+    let (h, d, m) = (2, 12, 16);
+    // Two sequences of 40 and 25 tokens; the second call gets their last 15 and 10 tokens.
+    let (l, cu) = (65usize, [0i64, 40, 65]);
+    let (l1, cu1) = (40usize, [0i64, 25, 40]);
+    let x: Vec<Vec<f64>> = (0..3)
+        .map(|i| draw_uniform(l * h * d, -1.0, 1.0, 70 + i))
+        .collect();
+    // Tokens of the packed [1, L, H, D] tensor: first part (0..25, 40..55) and the rest.
+    let rows = |v: &[f64], r: &[std::ops::Range<usize>]| -> Vec<f64> {
+        r.iter()
+            .flat_map(|t| v[t.start * h * d..t.end * h * d].iter().copied())
+            .collect()
+    };
+    let (first, rest) = ([0..25, 40..55], [25..40, 55..65]);
+    let w = draw_omega(m, d, OmegaDraw::OrthogonalChi, 5).unwrap();
+    let wv: Vec<f64> = w.iter().map(|&y| y as f64).collect();
+    let file = |name: &str,
+                parts: Option<&[std::ops::Range<usize>]>,
+                n: usize,
+                cu: &[i64],
+                extra: Vec<(&str, Vec<usize>, Vec<f64>)>| {
+        let path = tmp_in("favor-batch", name);
+        let pick = |v: &[f64]| parts.map_or(v.to_vec(), |p| rows(v, p));
+        let mut t = vec![
+            ("q", vec![1, n, h, d], pick(&x[0])),
+            ("k", vec![1, n, h, d], pick(&x[1])),
+            ("v", vec![1, n, h, d], pick(&x[2])),
+            ("W", vec![m, d], wv.clone()),
+        ];
+        t.extend(extra);
+        write_f32_i64(&path, &t, &[("cu", cu.to_vec())]);
+        path
+    };
+    let run = |input: &str, out: &str, init: Option<&str>| {
+        let mut args = vec![
+            "attention",
+            "--input",
+            input,
+            "--feature-map",
+            "favor",
+            "--omega",
+            "W",
+            "--causal",
+            "--layout",
+            "blhd",
+            "--cu-seqlens",
+            "cu",
+            "--output",
+            out,
+        ];
+        if let Some(n) = init {
+            args.extend(["--initial-state", n]);
+        }
+        common::files::longseq(&args)
+    };
+    let whole = file("whole.safetensors", None, l, &cu, vec![]);
+    let o_whole = tmp_in("favor-batch", "o_whole.safetensors");
+    let r = run(&whole, &o_whole, None);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let part1 = file("part1.safetensors", Some(&first), l1, &cu1, vec![]);
+    let o1 = tmp_in("favor-batch", "o1.safetensors");
+    let r = run(&part1, &o1, None);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let st: Vec<(Vec<f64>, Vec<usize>)> = ["final_state", "final_z", "final_max"]
+        .iter()
+        .map(|n| read_f64(&o1, n))
+        .collect();
+    assert_eq!(st[0].1, vec![2, h, m, d]);
+    assert_eq!(st[2].1, vec![2, h, m]);
+    let extra = vec![
+        ("s0", st[0].1.clone(), st[0].0.clone()),
+        ("s0_z", st[1].1.clone(), st[1].0.clone()),
+        ("s0_max", st[2].1.clone(), st[2].0.clone()),
+    ];
+    let part2 = file(
+        "part2.safetensors",
+        Some(&rest),
+        l - l1,
+        &[0, 15, 25],
+        extra,
+    );
+    let o2 = tmp_in("favor-batch", "o2.safetensors");
+    let r = run(&part2, &o2, Some("s0"));
+    assert!(r.status.success(), "{}", stderr(&r));
+    let (ow, _) = read_f64(&o_whole, "o");
+    let (b2, _) = read_f64(&o2, "o");
+    assert_close("second call = one call", &b2, &rows(&ow, &rest), 1e-5);
+    for n in ["final_state", "final_z", "final_max"] {
+        assert_close(n, &read_f64(&o2, n).0, &read_f64(&o_whole, n).0, 1e-5);
+    }
+    // A state tensor of the wrong shape; a state with non-causal attention.
+    let bad = file(
+        "bad.safetensors",
+        None,
+        l,
+        &cu,
+        vec![("s0", vec![1, h, m, d], vec![0.0; h * m * d])],
+    );
+    let r = run(&bad, &tmp_in("favor-batch", "x.safetensors"), Some("s0"));
+    assert_eq!(r.status.code(), Some(2), "{}", stderr(&r));
+    assert_eq!(stderr(&r).lines().count(), 1, "{}", stderr(&r));
+}

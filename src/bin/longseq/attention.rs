@@ -18,8 +18,10 @@ use crate::methods::Op;
 use crate::rel_frobenius;
 
 mod batch;
+mod favor_batch;
 mod gla_batch;
 mod linear_batch;
+mod staging;
 pub(crate) use batch::read_cu_seqlens;
 
 /// Attention over tensors in a safetensors file, on the GPU, the f32 CPU path and/or the f64
@@ -43,6 +45,10 @@ pub(crate) use batch::read_cu_seqlens;
 /// `--initial-state NAME` ([N, Hq, Dk, Dv]; linear with its denominator also reads NAME_z
 /// [N, Hq, Dk]), also writes `final_state` (and `final_z`) per sequence. `--device cpu` runs the
 /// per-sequence f64 reference there (no f32 CPU path reads strides or packed sequences yet).
+/// Favor features take --layout and --cu-seqlens (features and sums per sequence; Hq = Hkv, Lq =
+/// Lk); causal favor (positive) also --initial-state NAME with NAME_z and NAME_max ([N, H, M]: the
+/// running key maxima the state is scaled by) and then writes final_state [N, H, M, Dv],
+/// final_z and final_max.
 /// Gla takes --layout blhd and --cu-seqlens on the f32 CPU path and the reference (cpu,reference
 /// by default; the GPU op has neither yet), and then also writes `final_state` [B or N, H, Dk, Dv].
 #[derive(clap::Args)]
@@ -65,6 +71,7 @@ pub struct Args {
     /// Causal linear / lightning: tensor NAME [N, Hq, Dk, Dv] (N = B, or the packed sequences)
     /// is the state S before the first token, and NAME_z [N, Hq, Dk] the denominator's z (linear
     /// with its denominator). The output file then also gets final_state (and final_z).
+    /// Causal favor: NAME [N, H, M, Dv], NAME_z and NAME_max [N, H, M] (final_max too).
     #[arg(long, value_name = "NAME")]
     initial_state: Option<String>,
     /// Prefix of the tensor names, e.g. `layer0.`.
@@ -264,6 +271,9 @@ pub fn run(a: Args) -> Result<(), CliError> {
     let packed = layout != longseq::types::batch::Layout::Bhld || a.cu_seqlens.is_some();
     if a.method == Method::Gla && packed {
         return gla_batch::run(&a, &st, (q, k, v), layout);
+    }
+    if favor_batch::wanted(&a, layout) {
+        return favor_batch::run(&a, &st, (q, k, v), layout);
     }
     if linear_batch::wanted(&a, layout, &q.shape, &k.shape, &v.shape) {
         return linear_batch::run(&a, &st, (q, k, v), layout);

@@ -111,7 +111,14 @@ pub fn favor_attention<T: Element>(
         if opts.causal && opts.kind == FavorKind::Positive {
             let (qr, kr) = (&q[r * l * dk..][..l * dk], &k[r * l * dk..][..l * dk]);
             let o = &mut out[r * l * dv..][..l * dv];
-            causal_positive((&f64s(qr), &f64s(kr), &f64s(vr)), (dk, dv), omega, o);
+            let mut st = FavorRunState::empty(omega.len() / dk, dv);
+            causal_positive(
+                (&f64s(qr), &f64s(kr), &f64s(vr)),
+                (dk, dv),
+                omega,
+                o,
+                &mut st,
+            );
             continue;
         }
         // Recurrent form of the ratio (eqs. 16-20 of Katharopoulos et al.) on the features.
@@ -144,20 +151,41 @@ pub fn favor_attention<T: Element>(
     Ok(out)
 }
 
+/// The state of [`causal_positive`] per feature r: `mx[r]` the running maximum of the key logits
+/// `m_r`, and `s[r] = Σ_j exp(a_r(k_j) − m_r) [v_j, 1]` (`[M, Dv + 1]`: S then z).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FavorRunState {
+    /// `[M]` (−∞ before any key).
+    pub mx: Vec<f64>,
+    /// `[M, Dv + 1]`.
+    pub s: Vec<f64>,
+}
+
+impl FavorRunState {
+    /// Before any key: m = −∞, S = z = 0.
+    pub fn empty(m: usize, dv: usize) -> Self {
+        Self {
+            mx: vec![f64::NEG_INFINITY; m],
+            s: vec![0.0; m * (dv + 1)],
+        }
+    }
+}
+
 /// Causal positive features, each row stabilised by what it sees (the keys `j ≤ i`): per feature
 /// r the state holds `Σ_j exp(a_r(k_j) − m_r) [v_j, 1]` with `m_r` the running maximum of the key
 /// logits, rescaled when it grows (online softmax); row i takes
 /// `exp(a_r(q_i) + m_r − C_i)`, `C_i = max_r (a_r(q_i) + m_r)` (M^(−1/2) factors cancel). So a
 /// later key never underflows an earlier row; terms more than ≈ 745 below a row's largest drop.
-fn causal_positive(
+/// Starts from `st` and leaves the state after the last row there.
+pub fn causal_positive(
     (q, k, v): (&[f64], &[f64], &[f64]),
     (dk, dv): (usize, usize),
     omega: &[f32],
     o: &mut [f64],
+    st: &mut FavorRunState,
 ) {
     let m = omega.len() / dk;
-    let mut mx = vec![f64::NEG_INFINITY; m];
-    let mut s = vec![0.0f64; m * (dv + 1)];
+    let (mx, s) = (&mut st.mx, &mut st.s);
     for (i, oi) in o.chunks_mut(dv).enumerate() {
         let (uk, _) = logits(&k[i * dk..][..dk], omega, m, FavorKind::Positive);
         for r in 0..m {

@@ -2,6 +2,7 @@
 
 pub mod batch;
 pub mod favor;
+pub mod favor_batch;
 pub mod lightning;
 pub mod linear;
 pub mod linear_batch;
@@ -11,6 +12,7 @@ pub mod transnormer;
 
 pub use batch::{diag_attention_batch, softmax_attention_batch};
 pub use favor::favor_attention;
+pub use favor_batch::{favor_attention_batch, FavorBatchOut};
 pub use lightning::lightning_attention;
 pub use linear::linear_attention;
 pub use linear_batch::{

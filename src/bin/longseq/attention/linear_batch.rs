@@ -20,10 +20,8 @@ use longseq::reference::attention::{
 use longseq::types::batch::{CuSeqlens, GqaDims, Layout};
 use longseq::{Context, Element, Tensor};
 
-use super::{op_from_args, read_cu_seqlens, Args, Method, Phi};
-use crate::check::{self, StorageDtype};
-use crate::devices;
-use crate::io::{self, CliError, HostTensor, Out};
+use super::{op_from_args, read_cu_seqlens, staging, Args, Method, Phi};
+use crate::io::{CliError, HostTensor};
 use crate::methods::Op;
 
 /// Whether this path runs: linear attention with an elementwise map, or Lightning, when the
@@ -61,28 +59,15 @@ type Outcome = (Vec<f64>, Option<(Vec<f64>, Vec<f64>)>);
 pub(super) fn run(
     a: &Args,
     st: &safetensors::SafeTensors<'_>,
-    (q, k, v): (HostTensor, HostTensor, HostTensor),
+    qkv: (HostTensor, HostTensor, HostTensor),
     layout: Layout,
 ) -> Result<(), CliError> {
-    let rank3 = q.shape.len() == 3 && k.shape.len() == 3 && v.shape.len() == 3;
-    let lift = |s: &[usize]| match rank3 {
-        true => [&[1][..], s].concat(),
-        false => s.to_vec(),
-    };
-    let shapes = (lift(&q.shape), lift(&k.shape), lift(&v.shape));
-    let r = plan(a, st, &shapes, layout)?;
-    let g = &r.g;
-    let mut out_shape = g.out_shape.clone();
-    if rank3 {
-        out_shape.remove(0);
-    }
-    let dtype = StorageDtype::resolve(a.dtype, &[q.dtype, k.dtype, v.dtype]);
-    let mut dev = a.device.unwrap_or_default();
-    let store = |n: &str, t: &HostTensor| match dev.gpu {
-        true => dtype.storable(&format!("{}{n}", a.prefix), t.to_f32()),
-        false => Ok(t.to_f32()),
-    };
-    let (q, k, v) = (store("q", &q)?, store("k", &k)?, store("v", &v)?);
+    let r = plan(a, st, &staging::lift((&qkv.0, &qkv.1, &qkv.2)).1, layout)?;
+    let sg = staging::stage(a, qkv)?;
+    let (g, dtype, mut dev) = (&r.g, sg.dtype, sg.dev);
+    let out_shape = sg.out_shape(g);
+    let shapes = &sg.shapes;
+    let [q, k, v] = &sg.qkv;
     let ctx = dev.open()?;
     println!(
         "input: {} q {:?}, k {:?}, v {:?} ({}, Hq = {}, Hkv = {}, Lq = {}, Lk = {}{}{})",
@@ -106,77 +91,32 @@ pub(super) fn run(
         }
     );
     println!("method: {}", describe(&r));
-    let gpu = match &ctx {
-        Some(c) => Some(match dtype {
-            StorageDtype::F32 => gpu_run::<f32>(c, (&q, &k, &v), &shapes, &r, |x| x.to_vec())?,
-            StorageDtype::F16 => gpu_run::<f16>(c, (&q, &k, &v), &shapes, &r, |x| {
-                x.iter().map(|&y| f16::from_f32(y)).collect()
-            })?,
-        }),
-        None => None,
-    };
-    let cpu = match dev.cpu {
-        true => Some(devices::timed(
-            "cpu",
-            "no f32 CPU path reads blhd, packed sequences or a state yet: the per-sequence f64 \
-             reference",
-            || reference(&r, (&q, &k, &v)),
-        )?),
-        false => None,
-    };
     let ops = (g.q_heads * g.q_len.max(g.kv_len) * g.dk * g.dv) as f64 * 2.0;
-    let refr = dev.reference(a.force_reference, ops, "f64", || {
-        reference(&r, (&q, &k, &v)).map_err(|e| longseq::Error::InvalidArgument {
-            op: "attention",
-            name: "reference",
-            reason: e.to_string(),
-        })
-    })?;
-    // The final state is checked like o (same dtype tolerance, exit 3 past it).
-    if let Some((_, Some((rs, rz)))) = &refr {
-        for (name, x) in [("gpu", gpu.as_ref()), ("cpu", cpu.as_ref())] {
-            if let Some((_, Some((s, z)))) = x {
-                check::vs_reference(name, "final_state", s, rs, dtype)?;
+    let [gpu, cpu, refr] = staging::run_devices(
+        a,
+        (&dev, ctx.as_ref(), dtype),
+        ops,
+        (
+            |c: &Context| gpu_run::<f32>(c, &sg, &r, |x| x.to_vec()),
+            |c: &Context| gpu_run::<f16>(c, &sg, &r, staging::f16s),
+        ),
+        || reference(&r, (q, k, v)),
+    )?;
+    let n = r.cu.as_ref().map_or(g.batch, CuSeqlens::count);
+    let (h, dk, dv) = (g.q_heads, g.dk, g.dv);
+    let named = |x: Option<Outcome>| {
+        x.map(|(o, st)| {
+            let mut v = Vec::new();
+            if let Some((s, z)) = st {
+                v.push(("final_state", vec![n, h, dk, dv], s));
                 if r.has_z {
-                    check::vs_reference(name, "final_z", z, rz, dtype)?;
+                    v.push(("final_z", vec![n, h, dk], z));
                 }
             }
-        }
-    }
-    let (go, gs) = split(gpu);
-    let (co, cs) = split(cpu);
-    let (ro, rs) = split(refr);
-    let Some(o) = devices::report(go.map(|o| (o, dtype)), co, ro)? else {
-        return Ok(());
+            (o, v)
+        })
     };
-    let Some(path) = &a.output else {
-        return Ok(());
-    };
-    let f32s = |x: &[f64]| Out::F32(x.iter().map(|&y| y as f32).collect());
-    let mut outs = vec![("o", out_shape.clone(), f32s(&o))];
-    if let Some((s, z)) = gs.or(cs).or(rs).flatten() {
-        let n = r.cu.as_ref().map_or(g.batch, CuSeqlens::count);
-        outs.push(("final_state", vec![n, g.q_heads, g.dk, g.dv], f32s(&s)));
-        if r.has_z {
-            outs.push(("final_z", vec![n, g.q_heads, g.dk], f32s(&z)));
-        }
-    }
-    let names: Vec<&str> = outs.iter().map(|x| x.0).collect();
-    io::write(path, outs)?;
-    println!(
-        "wrote {} ({}; o {out_shape:?} f32) to {path}",
-        names.join(", "),
-        layout.name()
-    );
-    Ok(())
-}
-
-#[allow(clippy::type_complexity)]
-fn split(x: Option<Outcome>) -> (Option<Vec<f64>>, Option<Option<(Vec<f64>, Vec<f64>)>>) {
-    match x {
-        Some((o, s)) => (Some(o), Some(s)),
-        None => (None, None),
-    }
+    staging::finish(a, dtype, &out_shape, [named(gpu), named(cpu), named(refr)])
 }
 
 fn describe(r: &Run) -> String {
@@ -253,18 +193,7 @@ fn plan(
         }
         let n = r.cu.as_ref().map_or(r.g.batch, CuSeqlens::count);
         let (h, dk, dv) = (r.g.q_heads, r.g.dk, r.g.dv);
-        let read = |name: &str, want: Vec<usize>| -> Result<Vec<f32>, CliError> {
-            let t = io::read(st, name, &a.input)?;
-            if t.shape != want {
-                return Err(CliError::Input(format!(
-                    "initial state tensor `{name}` has shape {:?}; expected {want:?} ([N, Hq, Dk{}] \
-                     for N = {n} sequences)",
-                    t.shape,
-                    if want.len() == 4 { ", Dv" } else { "" }
-                )));
-            }
-            Ok(t.to_f32())
-        };
+        let read = |name: &str, want| staging::read_state(a, st, name, want);
         let s = read(name, vec![n, h, dk, dv])?;
         let z = match r.has_z {
             true => read(&format!("{name}_z"), vec![n, h, dk])?,
@@ -287,7 +216,7 @@ fn reference(r: &Run, (q, k, v): (&[f32], &[f32], &[f32])) -> Result<Outcome, Cl
     });
     if let Some(opts) = &r.norm {
         let mut o = norm_attention_batch((q, k, v), g, &Affine::default(), opts, r.cu.as_ref())?;
-        zero_past_last(r, &mut o);
+        staging::zero_past_last(&r.g, r.cu.as_ref(), &mut o);
         return Ok((o, None));
     }
     let (mut o, state) = match (&r.linear, &r.lightning) {
@@ -304,36 +233,18 @@ fn reference(r: &Run, (q, k, v): (&[f32], &[f32], &[f32])) -> Result<Outcome, Cl
         }
         _ => unreachable!("plan sets one"),
     };
-    zero_past_last(r, &mut o);
+    staging::zero_past_last(&r.g, r.cu.as_ref(), &mut o);
     Ok((o, r.causal.then_some(state)))
-}
-
-/// The reference marks tokens past the last offset NaN; the op leaves them 0 in a new output.
-/// (NaN inside a sequence comes from the inputs and stays.)
-fn zero_past_last(r: &Run, o: &mut [f64]) {
-    let (Some(c), g) = (&r.cu, &r.g) else { return };
-    let last = *c.offsets().last().unwrap_or(&0) as usize;
-    let s = g.layout.strides(g.q_heads, g.q_len, g.dv);
-    for h in 0..g.q_heads {
-        for t in last..g.q_len {
-            for e in 0..g.dv {
-                o[s.index(0, h, t, e)] = 0.0;
-            }
-        }
-    }
 }
 
 /// Uploads in the given shapes, runs once to compile the pipelines, then times one run.
 fn gpu_run<T: Element>(
     ctx: &Context,
-    (q, k, v): (&[f32], &[f32], &[f32]),
-    (qs, ks, vs): &(Vec<usize>, Vec<usize>, Vec<usize>),
+    sg: &staging::Staged,
     r: &Run,
     conv: impl Fn(&[f32]) -> Vec<T>,
 ) -> Result<Outcome, CliError> {
-    let tq = Tensor::from_slice(ctx, &conv(q), qs)?;
-    let tk = Tensor::from_slice(ctx, &conv(k), ks)?;
-    let tv = Tensor::from_slice(ctx, &conv(v), vs)?;
+    let [tq, tk, tv] = sg.upload(ctx, conv)?;
     let g = &r.g;
     let n = r.cu.as_ref().map_or(g.batch, CuSeqlens::count);
     let init = match &r.initial {
@@ -396,7 +307,7 @@ fn gpu_run<T: Element>(
         };
         Ok((o.to_vec(ctx)?, st))
     };
-    let (o, st) = devices::gpu_timed(go)?;
+    let (o, st) = crate::devices::gpu_timed(go)?;
     let f = |x: &[f32]| x.iter().map(|&y| y as f64).collect::<Vec<f64>>();
     Ok((
         o.iter().map(|x| x.to_f64()).collect(),
