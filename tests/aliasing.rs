@@ -174,3 +174,76 @@ fn position_ops_refuse_an_output_aliasing_an_input() {
         &tx,
     );
 }
+
+/// The ops the first tests leave out (issue 11, item 5, "every op"): NormAttention and
+/// DiagAttention, positional softmax, the packed-sequence linear and Lightning calls, the fused
+/// S4D convolution and the FFT refuse an output aliasing an input the same way.
+#[test]
+fn remaining_ops_refuse_an_output_aliasing_an_input() {
+    use longseq::attention::{
+        diag_attention_into, lightning_attention_varlen_into, linear_attention_varlen_into,
+        norm_attention_into, softmax_attention_positional_into, Affine, DiagAttentionOptions,
+        NormAttentionOptions, PositionalOptions,
+    };
+    use longseq::ssm::{fft_into, FftDirection};
+    use longseq::types::CuSeqlens;
+    let c = ctx();
+    let shape = [1, 2, 7, 4];
+    let (q, qx) = tensor(30, &shape);
+    let (k, kx) = tensor(31, &shape);
+    let (v, vx) = tensor(32, &shape);
+    let aff = Affine::default();
+    refused(
+        "norm_attention_into out = v",
+        norm_attention_into(c, &q, &k, &v, &aff, &v, &NormAttentionOptions::default()),
+        "v",
+        &v,
+        &vx,
+    );
+    refused(
+        "diag_attention_into out = q",
+        diag_attention_into(c, &q, &k, &v, &aff, &q, &DiagAttentionOptions::default()),
+        "q",
+        &q,
+        &qx,
+    );
+    refused(
+        "softmax_attention_positional_into out = k",
+        softmax_attention_positional_into(
+            c,
+            &q,
+            &k,
+            &v,
+            &k,
+            &SoftmaxAttentionOptions::default(),
+            &PositionalOptions::default(),
+        ),
+        "k",
+        &k,
+        &kx,
+    );
+    let cu = CuSeqlens::new("t", &[0, 3, 7], 7).unwrap();
+    refused(
+        "linear_attention_varlen_into out = v",
+        linear_attention_varlen_into(c, &q, &k, &v, &cu, &v, &LinearAttentionOptions::default()),
+        "v",
+        &v,
+        &vx,
+    );
+    refused(
+        "lightning_attention_varlen_into out = q",
+        lightning_attention_varlen_into(c, &q, &k, &v, None, &cu, &q, &LightningOptions::default()),
+        "q",
+        &q,
+        &qx,
+    );
+    let (re, rex) = tensor(33, &[3, 16]);
+    let (im, _) = tensor(34, &[3, 16]);
+    refused(
+        "fft_into out = re",
+        fft_into(c, &re, Some(&im), FftDirection::Forward, (&re, &im)),
+        "re",
+        &re,
+        &rex,
+    );
+}
