@@ -109,6 +109,13 @@ fn scans_refuse_an_output_aliasing_an_input() {
         &u,
         &ux,
     );
+    refused(
+        "s4d_conv_into out = u",
+        longseq::ssm::s4d_conv_into(c, &ssm, &u, &u, Discretization::Zoh),
+        "u",
+        &u,
+        &ux,
+    );
 }
 
 #[test]

@@ -124,7 +124,7 @@ pub(crate) fn record_fix(s: &mut Schedule<'_>, io: &FixIo<'_>, p: &Pass<'_>) -> 
     if len == 0 || dv == 0 || nr == 0 {
         return Ok(());
     }
-    let limit = ctx.limits().max_storage_buffer_binding_size as u64;
+    let limit = ctx.limits().max_storage_buffer_binding_size;
     let es = io.in_bytes;
     let (qf, qn) = gm.span(&gm.q, (r0, nr), (0, len), dk, false);
     let (kf, kn) = gm.span(&gm.k, (r0, nr), (0, len), dk, true);

@@ -83,7 +83,7 @@ pub mod favor;
 pub mod gla;
 pub use crate::types::feature_map;
 pub mod lightning;
-mod lightning_fix;
+pub(crate) mod lightning_fix;
 pub mod linear;
 pub mod positional;
 pub mod recurrent;
