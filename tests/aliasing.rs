@@ -254,3 +254,42 @@ fn remaining_ops_refuse_an_output_aliasing_an_input() {
         &rex,
     );
 }
+
+/// The gated recurrences: GLA's output aliasing v, SSD's Y aliasing X (the final state is a
+/// second output of its own).
+#[test]
+fn gated_recurrences_refuse_an_output_aliasing_an_input() {
+    use longseq::attention::{gla_into, GlaInputs};
+    use longseq::ssm::{ssd_into, SsdInputs};
+    let c = ctx();
+    let shape = [1, 2, 7, 4];
+    let (q, _) = tensor(40, &shape);
+    let (k, _) = tensor(41, &shape);
+    let (v, vx) = tensor(42, &shape);
+    let g = Tensor::from_slice(c, &vec![-0.1f32; 56], &shape).unwrap();
+    let fin = Tensor::<f32>::empty(c, &[1, 2, 4, 4]).unwrap();
+    let gi = GlaInputs {
+        q: &q,
+        k: &k,
+        v: &v,
+        g: &g,
+        initial_state: None,
+        scale: None,
+    };
+    refused("gla_into o = v", gla_into(c, &gi, &v, &fin), "v", &v, &vx);
+    // SSD: X [b, l, h, p], A [b, l, h], B and C [b, l, h, n].
+    let (x, xx) = tensor(43, &[1, 7, 2, 4]);
+    let a = Tensor::from_slice(c, &vec![-0.2f32; 14], &[1, 7, 2]).unwrap();
+    let (b, _) = tensor(44, &[1, 7, 2, 3]);
+    let (cc, _) = tensor(45, &[1, 7, 2, 3]);
+    let fs = Tensor::<f32>::empty(c, &[1, 2, 3, 4]).unwrap();
+    let si = SsdInputs {
+        x: &x,
+        a: &a,
+        b: &b,
+        c: &cc,
+        initial_state: None,
+        cu_seqlens: None,
+    };
+    refused("ssd_into y = X", ssd_into(c, &si, &x, &fs), "X", &x, &xx);
+}
