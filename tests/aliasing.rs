@@ -266,7 +266,7 @@ fn gated_recurrences_refuse_an_output_aliasing_an_input() {
     let (q, _) = tensor(40, &shape);
     let (k, _) = tensor(41, &shape);
     let (v, vx) = tensor(42, &shape);
-    let g = Tensor::from_slice(c, &vec![-0.1f32; 56], &shape).unwrap();
+    let g = Tensor::from_slice(c, &[-0.1f32; 56], &shape).unwrap();
     let fin = Tensor::<f32>::empty(c, &[1, 2, 4, 4]).unwrap();
     let gi = GlaInputs {
         q: &q,
@@ -279,7 +279,7 @@ fn gated_recurrences_refuse_an_output_aliasing_an_input() {
     refused("gla_into o = v", gla_into(c, &gi, &v, &fin), "v", &v, &vx);
     // SSD: X [b, l, h, p], A [b, l, h], B and C [b, l, h, n].
     let (x, xx) = tensor(43, &[1, 7, 2, 4]);
-    let a = Tensor::from_slice(c, &vec![-0.2f32; 14], &[1, 7, 2]).unwrap();
+    let a = Tensor::from_slice(c, &[-0.2f32; 14], &[1, 7, 2]).unwrap();
     let (b, _) = tensor(44, &[1, 7, 2, 3]);
     let (cc, _) = tensor(45, &[1, 7, 2, 3]);
     let fs = Tensor::<f32>::empty(c, &[1, 2, 3, 4]).unwrap();
