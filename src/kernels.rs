@@ -49,6 +49,11 @@ pub(crate) const KERNELS: &[Kernel] = &[
         crate::attention::chunk::Params
     ),
     kernel!(
+        "lightning_fix",
+        ["detect", "terms", "write_back"],
+        crate::attention::lightning_fix::Params
+    ),
+    kernel!(
         "transnormer",
         ["norm_rows"],
         crate::attention::transnormer::NormParams

@@ -51,6 +51,7 @@ pub(crate) fn source(shader: &str) -> Option<&'static str> {
     Some(match shader {
         "softmax_attention" => include_str!("../shaders/softmax_attention.wgsl"),
         "chunk_attention" => include_str!("../shaders/chunk_attention.wgsl"),
+        "lightning_fix" => include_str!("../shaders/lightning_fix.wgsl"),
         "transnormer" => include_str!("../shaders/transnormer.wgsl"),
         "favor" => include_str!("../shaders/favor.wgsl"),
         "favor_batch" => include_str!("../shaders/favor_batch.wgsl"),

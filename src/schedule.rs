@@ -104,6 +104,42 @@ impl<'a> Schedule<'a> {
         workgroups: u64,
     ) -> Result<()> {
         let grid = fold_grid(self.ctx, workgroups)?;
+        let bg = self.bind_group(pipeline, params, binds);
+        // One pass per dispatch: passes are ordered, so a later dispatch sees earlier writes.
+        let mut pass = self
+            .encoder
+            .begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+        pass.set_pipeline(pipeline);
+        pass.set_bind_group(0, &bg, &[]);
+        pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
+        Ok(())
+    }
+
+    /// Records one dispatch whose grid (three u32: x, y, z workgroups) an earlier dispatch wrote
+    /// to `args` (usage `INDIRECT`): work that runs only when the device found it needed.
+    pub(crate) fn dispatch_indirect<P: bytemuck::Pod>(
+        &mut self,
+        pipeline: &wgpu::ComputePipeline,
+        params: &P,
+        binds: &[Bind<'_>],
+        args: &wgpu::Buffer,
+    ) {
+        let bg = self.bind_group(pipeline, params, binds);
+        let mut pass = self
+            .encoder
+            .begin_compute_pass(&wgpu::ComputePassDescriptor::default());
+        pass.set_pipeline(pipeline);
+        pass.set_bind_group(0, &bg, &[]);
+        pass.dispatch_workgroups_indirect(args, 0);
+    }
+
+    /// `params` as a uniform at slot 0 and `binds` at their slots.
+    fn bind_group<P: bytemuck::Pod>(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        params: &P,
+        binds: &[Bind<'_>],
+    ) -> wgpu::BindGroup {
         let dev = &self.ctx.device;
         let ubuf = dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
             label: Some("longseq params"),
@@ -124,19 +160,11 @@ impl<'a> Schedule<'a> {
                 }),
             });
         }
-        let bg = dev.create_bind_group(&wgpu::BindGroupDescriptor {
+        dev.create_bind_group(&wgpu::BindGroupDescriptor {
             label: None,
             layout: &pipeline.get_bind_group_layout(0),
             entries: &entries,
-        });
-        // One pass per dispatch: passes are ordered, so a later dispatch sees earlier writes.
-        let mut pass = self
-            .encoder
-            .begin_compute_pass(&wgpu::ComputePassDescriptor::default());
-        pass.set_pipeline(pipeline);
-        pass.set_bind_group(0, &bg, &[]);
-        pass.dispatch_workgroups(grid[0], grid[1], grid[2]);
-        Ok(())
+        })
     }
 
     /// Records zeroing a whole buffer (it needs `COPY_DST`).

@@ -207,7 +207,7 @@ impl Geom {
 
     /// Flat element index of token `t` of row `g` in a tensor of strides `st` (`kv`: a k/v
     /// tensor, whose head is the query head / group).
-    fn flat(&self, st: &Strides, g: u64, t: u64, kv: bool) -> u64 {
+    pub(crate) fn flat(&self, st: &Strides, g: u64, t: u64, kv: bool) -> u64 {
         let h = g % self.hq;
         let h = if kv { h / self.group } else { h };
         (g / self.hq) * st.batch as u64 + h * st.head as u64 + t * st.token as u64
@@ -215,7 +215,7 @@ impl Geom {
 
     /// The first element and the element count of rows `[r0, r0 + nr)`, tokens `[t0, t0 + n)`
     /// (`n ≥ 1`) of a tensor with feature dim `d`.
-    fn span(
+    pub(crate) fn span(
         &self,
         st: &Strides,
         (r0, nr): (u64, u64),

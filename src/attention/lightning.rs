@@ -9,13 +9,15 @@
 //! so strong decays (s = 2, B = 64) underflow harmlessly instead of overflowing. Cost O(L·B·D).
 //!
 //! NaN/±Inf inputs follow the definition's terms `λ^(t−j) (φ(q_t)·φ(k_j)) v_j` (the reference's
-//! pattern) inside a block, and across blocks for ±Inf in k or v with a positive feature map
-//! (elu+1). What reaches a later block through the state `φ(q_t)·KV` follows the state form
-//! instead: with features of both signs an Inf in v_j gives NaN there (±Inf summed over features)
-//! where the definition has `sign(φ(q_t)·φ(k_j))·Inf`, and an Inf in q_t gives the sign of its
-//! state entry where the definition has NaN for terms of both signs.
+//! pattern) inside a block and across blocks: after the block form, the entries whose definition
+//! is not finite are recomputed in definition order (src/attention/lightning_fix.rs), so an Inf
+//! in v_j gives `sign(φ(q_t)·φ(k_j))·Inf` (not the NaN of `φ(q_t)·KV` summing ±Inf over
+//! features) and an Inf in q_t gives NaN where its terms disagree in sign. Not covered: rows whose
+//! span exceeds one storage binding (L split into segments) and the initial-state term of
+//! [`lightning_attention_with_state`], which keep the state form's pattern.
 
 use super::chunk::{self, Decay, Geom, Io, Job};
+use super::lightning_fix::{record_fix, FixIo};
 use super::FeatureMap;
 use crate::bind::upload_f32;
 use crate::driver::{self, Input, Pass, Plan, RowOp};
@@ -227,6 +229,9 @@ impl<T: Element> RowOp for Lightning<'_, T> {
         let geom = Geom::of(&g);
         let mut plan = decayed_plan::<T>(ctx, &d, block);
         plan.row_group = geom.unit;
+        // The definition-order sums of lightning_fix for non-finite inputs.
+        plan.row_bytes
+            .push(("definition sums", (d.len * d.dv * 4) as u64));
         Ok(((d, block, upload_f32(ctx, &sl), heads as u32, geom), plan))
     }
 
@@ -247,7 +252,18 @@ impl<T: Element> RowOp for Lightning<'_, T> {
             totals: self.totals,
             seqs: self.seqs,
         };
-        record_decayed_pass(s, (self.q, self.k, self.v), d, &cfg, p)
+        record_decayed_pass(s, (self.q, self.k, self.v), d, &cfg, p)?;
+        let io = FixIo {
+            q: self.q.buffer(),
+            k: self.k.buffer(),
+            v: self.v.buffer(),
+            in_bytes: size_of::<T>() as u64,
+            geom: *geom,
+            fmap: self.opts.feature_map.shader_id(),
+            seqs: self.seqs,
+            dims: (d.len as u64, d.dk as u64, d.dv as u64),
+        };
+        record_fix(s, &io, p)
     }
 }
 

@@ -85,6 +85,7 @@ mod favor_core;
 pub mod gla;
 pub use crate::types::feature_map;
 pub mod lightning;
+pub(crate) mod lightning_fix;
 pub mod linear;
 pub mod positional;
 pub mod recurrent;

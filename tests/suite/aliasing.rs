@@ -109,6 +109,13 @@ fn scans_refuse_an_output_aliasing_an_input() {
         &u,
         &ux,
     );
+    refused(
+        "s4d_conv_into out = u",
+        longseq::ssm::s4d_conv_into(c, &ssm, &u, &u, Discretization::Zoh),
+        "u",
+        &u,
+        &ux,
+    );
 }
 
 #[test]
@@ -173,4 +180,116 @@ fn position_ops_refuse_an_output_aliasing_an_input() {
         &table,
         &tx,
     );
+}
+
+/// The ops the first tests leave out (issue 11, item 5, "every op"): NormAttention and
+/// DiagAttention, positional softmax, the packed-sequence linear and Lightning calls, the fused
+/// S4D convolution and the FFT refuse an output aliasing an input the same way.
+#[test]
+fn remaining_ops_refuse_an_output_aliasing_an_input() {
+    use longseq::attention::{
+        diag_attention_into, lightning_attention_varlen_into, linear_attention_varlen_into,
+        norm_attention_into, softmax_attention_positional_into, Affine, DiagAttentionOptions,
+        NormAttentionOptions, PositionalOptions,
+    };
+    use longseq::ssm::{fft_into, FftDirection};
+    use longseq::types::CuSeqlens;
+    let c = ctx();
+    let shape = [1, 2, 7, 4];
+    let (q, qx) = tensor(30, &shape);
+    let (k, kx) = tensor(31, &shape);
+    let (v, vx) = tensor(32, &shape);
+    let aff = Affine::default();
+    refused(
+        "norm_attention_into out = v",
+        norm_attention_into(c, &q, &k, &v, &aff, &v, &NormAttentionOptions::default()),
+        "v",
+        &v,
+        &vx,
+    );
+    refused(
+        "diag_attention_into out = q",
+        diag_attention_into(c, &q, &k, &v, &aff, &q, &DiagAttentionOptions::default()),
+        "q",
+        &q,
+        &qx,
+    );
+    refused(
+        "softmax_attention_positional_into out = k",
+        softmax_attention_positional_into(
+            c,
+            &q,
+            &k,
+            &v,
+            &k,
+            &SoftmaxAttentionOptions::default(),
+            &PositionalOptions::default(),
+        ),
+        "k",
+        &k,
+        &kx,
+    );
+    let cu = CuSeqlens::new("t", &[0, 3, 7], 7).unwrap();
+    refused(
+        "linear_attention_varlen_into out = v",
+        linear_attention_varlen_into(c, &q, &k, &v, &cu, &v, &LinearAttentionOptions::default()),
+        "v",
+        &v,
+        &vx,
+    );
+    refused(
+        "lightning_attention_varlen_into out = q",
+        lightning_attention_varlen_into(c, &q, &k, &v, None, &cu, &q, &LightningOptions::default()),
+        "q",
+        &q,
+        &qx,
+    );
+    let (re, rex) = tensor(33, &[3, 16]);
+    let (im, _) = tensor(34, &[3, 16]);
+    refused(
+        "fft_into out = re",
+        fft_into(c, &re, Some(&im), FftDirection::Forward, (&re, &im)),
+        "re",
+        &re,
+        &rex,
+    );
+}
+
+/// The gated recurrences: GLA's output aliasing v, SSD's Y aliasing X (the final state is a
+/// second output of its own).
+#[test]
+fn gated_recurrences_refuse_an_output_aliasing_an_input() {
+    use longseq::attention::{gla_into, GlaInputs};
+    use longseq::ssm::{ssd_into, SsdInputs};
+    let c = ctx();
+    let shape = [1, 2, 7, 4];
+    let (q, _) = tensor(40, &shape);
+    let (k, _) = tensor(41, &shape);
+    let (v, vx) = tensor(42, &shape);
+    let g = Tensor::from_slice(c, &[-0.1f32; 56], &shape).unwrap();
+    let fin = Tensor::<f32>::empty(c, &[1, 2, 4, 4]).unwrap();
+    let gi = GlaInputs {
+        q: &q,
+        k: &k,
+        v: &v,
+        g: &g,
+        initial_state: None,
+        scale: None,
+    };
+    refused("gla_into o = v", gla_into(c, &gi, &v, &fin), "v", &v, &vx);
+    // SSD: X [b, l, h, p], A [b, l, h], B and C [b, l, h, n].
+    let (x, xx) = tensor(43, &[1, 7, 2, 4]);
+    let a = Tensor::from_slice(c, &[-0.2f32; 14], &[1, 7, 2]).unwrap();
+    let (b, _) = tensor(44, &[1, 7, 2, 3]);
+    let (cc, _) = tensor(45, &[1, 7, 2, 3]);
+    let fs = Tensor::<f32>::empty(c, &[1, 2, 3, 4]).unwrap();
+    let si = SsdInputs {
+        x: &x,
+        a: &a,
+        b: &b,
+        c: &cc,
+        initial_state: None,
+        cu_seqlens: None,
+    };
+    refused("ssd_into y = X", ssd_into(c, &si, &x, &fs), "X", &x, &xx);
 }

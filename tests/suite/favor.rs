@@ -124,6 +124,58 @@ fn tol_f32(
     TOL_F32.max(1e-7 * cond)
 }
 
+/// L = 16 384 (issue 11, item 1: long L for every op whose invocations loop over L): the
+/// head-wide maximum loops over L/WG positions and the key scans over L/chunk chunks per
+/// invocation. Positive features causal and not, trig non-causal (its condition number in O(L·F):
+/// the key sums are shared), f32 against the f64 reference.
+#[test]
+fn long_l_matches_the_reference() {
+    use longseq::reference::attention::favor::favor_features;
+    let (rows, l, dk, dv, m) = (1, 16_384, 8, 4, 16);
+    let mut g = rng(77);
+    let q = randn(&mut g, rows * l * dk, 0.5);
+    let k = randn(&mut g, rows * l * dk, 0.5);
+    let v = randn(&mut g, rows * l * dv, 1.0);
+    let w = draw_omega(m, dk, OmegaDraw::OrthogonalChi, 5).unwrap();
+    let x = (&q[..], &k[..], &v[..]);
+    for (kind, causal) in [
+        (FavorKind::Positive, false),
+        (FavorKind::Positive, true),
+        (FavorKind::Trig, false),
+    ] {
+        let tol = if kind == FavorKind::Positive {
+            TOL_F32
+        } else {
+            let fq = favor_features(&to_f64(&q), dk, &w, kind, false);
+            let fk = favor_features(&to_f64(&k), dk, &w, kind, true);
+            let f = fq.len() / l;
+            let (mut ks, mut ka) = (vec![0.0f64; f], vec![0.0f64; f]);
+            for j in 0..l {
+                for r in 0..f {
+                    ks[r] += fk[j * f + r];
+                    ka[r] += fk[j * f + r].abs();
+                }
+            }
+            let cond = (0..l)
+                .map(|i| {
+                    let qi = &fq[i * f..][..f];
+                    let abs: f64 = (0..f).map(|r| qi[r].abs() * ka[r]).sum();
+                    let den: f64 = (0..f).map(|r| qi[r] * ks[r]).sum();
+                    abs / den.abs()
+                })
+                .fold(1.0, f64::max);
+            TOL_F32.max(1e-7 * cond)
+        };
+        let o = FavorOptions { kind, causal };
+        let e = run(ctx(), (rows, l, dk, dv), x, &w, &o, |x| x.to_vec());
+        eprintln!("{kind:?} causal={causal} L={l}: {e:.2e} (tol {tol:.1e})");
+        assert!(
+            e <= tol,
+            "{kind:?} causal={causal}: relative error {e:.3e} > {tol:.1e}"
+        );
+    }
+}
+
 /// The reference's stabilisers cancel: it equals the unstabilised estimator, and so does the GPU.
 #[test]
 fn reference_and_gpu_equal_the_unstabilised_estimator() {

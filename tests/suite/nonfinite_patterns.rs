@@ -135,8 +135,7 @@ fn lightning_inf_patterns_follow_the_reference() {
 }
 
 /// Across blocks (block 8) with a positive feature map: ±Inf in k or v reaches later blocks
-/// through the state and keeps the definition's pattern. (±Inf in q across blocks meets the state
-/// `φ(q)·S` and follows the recurrence, not the definition: documented in lightning.rs.)
+/// through the state and keeps the definition's pattern.
 #[test]
 fn lightning_inf_in_k_or_v_across_blocks_follows_the_reference() {
     let d = check_shapes("t", &[ROWS, L, DK], &[ROWS, L, DK], &[ROWS, L, DV]).unwrap();
@@ -153,6 +152,187 @@ fn lightning_inf_in_k_or_v_across_blocks_follows_the_reference() {
         bad += lightning_case(&x, &d, &slopes, &o, &format!("block 8 input {which} {val}"));
     }
     assert_eq!(bad, 0, "NaN/±Inf patterns differ from the reference");
+}
+
+/// Across blocks (block 8) with features of both signs (identity map) and ±Inf in q, k or v, and
+/// with elu+1 and ±Inf in q. Before (the state form `φ(q_t)·S` across blocks, GPU and CPU path):
+/// an Inf in v gave NaN where the definition has `sign(φ(q_t)·φ(k_j))·Inf`, an Inf in q gave ±Inf
+/// where the definition has NaN: 75 mismatches in all (e.g. ±Inf in v at token 91: 26 NaN where
+/// the reference has 15, 11 mismatches per run). After: 0 mismatches.
+#[test]
+fn lightning_inf_in_q_and_mixed_sign_features_across_blocks_follow_the_reference() {
+    let d = check_shapes("t", &[ROWS, L, DK], &[ROWS, L, DK], &[ROWS, L, DV]).unwrap();
+    let slopes = [0.05f32, 0.4];
+    let mut bad = 0;
+    for fm in [FeatureMap::Identity, FeatureMap::Elu1] {
+        let o = LightningOptions {
+            block: Some(8),
+            feature_map: fm,
+            ..Default::default()
+        };
+        for (which, at, val) in placements() {
+            if fm == FeatureMap::Elu1 && which != 0 {
+                continue; // covered above
+            }
+            let mut x = inputs(8);
+            x[which][at] = val;
+            // A second non-finite value in another row: NaN in k late in the row.
+            x[1][(L + L - 3) * DK + 1] = f32::NAN;
+            let label = format!("block 8 {fm:?} input {which} at {at} {val}");
+            bad += lightning_case(&x, &d, &slopes, &o, &label);
+        }
+    }
+    assert_eq!(bad, 0, "NaN/±Inf patterns differ from the reference");
+}
+
+/// Long rows: Dk = 64 keeps the definition-order pass to ~600 keys per dispatch, so L = 1500
+/// takes three dispatches; an Inf in q late in the row and one in v early, identity map.
+/// Before (state form across chunks): 1372 mismatches (1375 NaN where the reference has 3).
+#[test]
+fn lightning_inf_patterns_hold_over_several_key_blocks() {
+    let (rows, l, dk, dv) = (2usize, 1500usize, 64usize, 3usize);
+    let d = check_shapes("t", &[rows, l, dk], &[rows, l, dk], &[rows, l, dv]).unwrap();
+    let mut g = rng(9);
+    let mut x = [
+        randn(&mut g, rows * l * dk, 0.3),
+        randn(&mut g, rows * l * dk, 0.3),
+        randn(&mut g, rows * l * dv, 1.0),
+    ];
+    x[0][1400 * dk + 5] = f32::INFINITY;
+    x[2][(l + 100) * dv + 2] = f32::NEG_INFINITY;
+    let slopes = [0.001f32, 0.01];
+    let o = LightningOptions {
+        feature_map: FeatureMap::Identity,
+        ..Default::default()
+    };
+    let want =
+        reference::attention::lightning_attention(&x[0], &x[1], &x[2], &d, 2, Some(&slopes), &o)
+            .unwrap();
+    let c = ctx();
+    let t = |v: &[f32], n| Tensor::from_slice(c, v, &[rows, l, n]).unwrap();
+    let (q, k, v) = (t(&x[0], dk), t(&x[1], dk), t(&x[2], dv));
+    let out = Tensor::<f32>::nan(c, &[rows, l, dv]).unwrap();
+    lightning_attention_into(c, &q, &k, &v, Some(&slopes), &out, &o).unwrap();
+    let got = to_f64(&out.to_vec(c).unwrap());
+    assert_eq!(report("gpu lightning L=1500", &got, &want), 0);
+    let fin = |x: &[f64]| {
+        x.iter()
+            .map(|v| if v.is_finite() { *v } else { 0.0 })
+            .collect()
+    };
+    let (gf, wf): (Vec<f64>, Vec<f64>) = (fin(&got), fin(&want));
+    assert_close_both("finite outputs", &gf, &wf, TOL_F32);
+}
+
+/// Packed sequences in `[B, L, H, D]` with ±Inf across blocks (identity map): the pass follows
+/// each sequence's start and the layout's strides; the per-sequence reference is the definition.
+/// Before: 58 mismatches over both tile families (±Inf in v gave NaN across blocks).
+#[test]
+fn lightning_varlen_blhd_inf_patterns_follow_the_reference() {
+    use longseq::attention::lightning_attention_varlen_into;
+    use longseq::attention::linear::check_gqa;
+    use longseq::types::{CuSeqlens, Layout};
+    let (h, l, dk, dv) = (2usize, 50usize, 4usize, 3usize);
+    let layout = Layout::Blhd;
+    let (sq, sv) = (layout.shape(1, h, l, dk), layout.shape(1, h, l, dv));
+    let dims = check_gqa("t", &sq, &sq, &sv, layout, true).unwrap();
+    let cu = CuSeqlens::new("t", &[0, 20, 50], l).unwrap();
+    let slopes = [0.05f32, 0.3];
+    let o = LightningOptions {
+        layout,
+        block: Some(8),
+        feature_map: FeatureMap::Identity,
+    };
+    let mut bad = 0;
+    for (which, tok, val) in [
+        (0usize, 30usize, f32::INFINITY),
+        (2, 22, f32::NEG_INFINITY),
+        (1, 5, f32::INFINITY),
+        (2, 3, f32::INFINITY),
+    ] {
+        let mut g = rng(10 + tok as u64);
+        let mut x = [
+            randn(&mut g, h * l * dk, 0.5),
+            randn(&mut g, h * l * dk, 0.5),
+            randn(&mut g, h * l * dv, 1.0),
+        ];
+        let w = if which == 2 { dv } else { dk };
+        x[which][(tok * h + 1) * w + 1] = val; // head 1 of token `tok`
+        let (want, _) = reference::attention::lightning_attention_varlen(
+            (&x[0], &x[1], &x[2]),
+            &dims,
+            &slopes,
+            o.feature_map,
+            Some(&cu),
+            None,
+        )
+        .unwrap();
+        for c in [ctx(), ctx_gpu_tiles()] {
+            let t = |v: &[f32], s: &[usize]| Tensor::from_slice(c, v, s).unwrap();
+            let (q, k, v) = (t(&x[0], &sq), t(&x[1], &sq), t(&x[2], &sv));
+            let out = Tensor::<f32>::nan(c, &sv).unwrap();
+            lightning_attention_varlen_into(c, &q, &k, &v, Some(&slopes), &cu, &out, &o).unwrap();
+            let got = to_f64(&out.to_vec(c).unwrap());
+            bad += report(
+                &format!("varlen blhd input {which} token {tok}"),
+                &got,
+                &want,
+            );
+        }
+    }
+    assert_eq!(bad, 0, "NaN/±Inf patterns differ from the reference");
+}
+
+/// The batch reference (layouts, packing, state) follows the definition as the plain one does:
+/// before, it ran the recurrence `φ(q_t)·S_t` and gave ±Inf where the definition has NaN.
+#[test]
+fn batch_reference_follows_the_definition_with_inf() {
+    use longseq::attention::linear::check_gqa;
+    use longseq::types::Layout;
+    let d = check_shapes("t", &[ROWS, L, DK], &[ROWS, L, DK], &[ROWS, L, DV]).unwrap();
+    let shape_k = [1, ROWS, L, DK];
+    let dims = check_gqa(
+        "t",
+        &shape_k,
+        &shape_k,
+        &[1, ROWS, L, DV],
+        Layout::Bhld,
+        true,
+    )
+    .unwrap();
+    let slopes = [0.05f32, 0.4];
+    let o = LightningOptions {
+        feature_map: FeatureMap::Identity,
+        ..Default::default()
+    };
+    let mut bad = 0;
+    for (which, at, val) in placements() {
+        let mut x = inputs(11);
+        x[which][at] = val;
+        let want = reference::attention::lightning_attention(
+            &x[0],
+            &x[1],
+            &x[2],
+            &d,
+            ROWS,
+            Some(&slopes),
+            &o,
+        )
+        .unwrap();
+        let (got, _) = reference::attention::lightning_attention_batch(
+            (&x[0], &x[1], &x[2]),
+            &dims,
+            &slopes,
+            o.feature_map,
+            None,
+        )
+        .unwrap();
+        bad += report(&format!("batch reference input {which} {val}"), &got, &want);
+    }
+    assert_eq!(
+        bad, 0,
+        "the batch reference's pattern differs from the definition's"
+    );
 }
 
 /// Mismatches of the GPU (both tile families) and the CPU path against the reference.

@@ -81,6 +81,7 @@ pub fn lightning_attention_into<T: Element>(
         let mut o32 = vec![0.0f32; l * dv];
         let v = &v[row * l * dv..][..l * dv];
         decayed_row(&fq, &fk, v, (l, dk, dv), s[row % heads], b, &mut o32);
+        definition_nonfinite(&fq, &fk, v, (l, dk, dv), &mut o32);
         store(&o32, o);
     });
     Ok(())
@@ -157,4 +158,42 @@ fn decayed_row(
         }
         apply_lower(&mut a, lc, &v[c0 * dv..][..lc * dv], dv, oc);
     });
+}
+
+/// Where the definition `o_t[e] = Σ_{j≤t} λ^(t−j) (φ(q_t)·φ(k_j)) v_j[e]` is not finite (q_t holds
+/// a NaN/±Inf, or the block form gave a non-finite value), it is the sum of its non-finite terms
+/// (`λ^(t−j) > 0` keeps their signs): those entries are recomputed so, as the GPU's
+/// lightning_fix pass does, and NaN/±Inf follow the definition, not the state form `φ(q_t)·P_c`
+/// across blocks. Rows with finite inputs cost one scan.
+fn definition_nonfinite(
+    fq: &[f32],
+    fk: &[f32],
+    v: &[f32],
+    (l, dk, dv): (usize, usize, usize),
+    out: &mut [f32],
+) {
+    let all_finite = |x: &[f32]| x.iter().all(|y| y.is_finite());
+    if all_finite(fq) && all_finite(out) {
+        return;
+    }
+    for t in 0..l {
+        let qt = &fq[t * dk..][..dk];
+        let q_bad = !all_finite(qt);
+        for e in 0..dv {
+            if !q_bad && out[t * dv + e].is_finite() {
+                continue;
+            }
+            let mut acc = 0.0f32;
+            for j in 0..=t {
+                let w: f32 = qt.iter().zip(&fk[j * dk..][..dk]).map(|(a, b)| a * b).sum();
+                let y = w * v[j * dv + e];
+                if !y.is_finite() {
+                    acc += y;
+                }
+            }
+            if !acc.is_finite() {
+                out[t * dv + e] = acc;
+            }
+        }
+    }
 }

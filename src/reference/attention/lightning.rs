@@ -54,8 +54,10 @@ pub fn lightning_attention<T: Element>(
 /// terms are added as the definition writes them, and a query row with one sums every term so.
 /// So NaN/±Inf follow the definition: an Inf in v_j gives `sign(φ(q_t)·φ(k_j))·Inf`, not the
 /// NaN of `φ(q_t)·S_t` summing ±Inf over features; an Inf in q_t gives NaN where its terms
-/// `(φ(q_t)·φ(k_j)) v_j` disagree in sign, not the ±Inf of the state form.
-fn decayed_row(
+/// `(φ(q_t)·φ(k_j)) v_j` disagree in sign, not the ±Inf of the state form. A term is formed as
+/// `λ^(t−j)·((φ(q_t)·φ(k_j)) v_j[e])` and, when the product is not finite, as the product alone
+/// (`λ^(t−j) > 0` in exact arithmetic: an underflow of the power must not turn ±Inf into NaN).
+pub(crate) fn decayed_row(
     (fq, fk, v): (&[f64], &[f64], &[f64]),
     (l, dk, dv): (usize, usize, usize),
     lambda: f64,
@@ -68,9 +70,10 @@ fn decayed_row(
     // One term λ^(t−j) (φ(q_t)·φ(k_j)) v_j[e], accumulated into `acc`.
     let term = |t: usize, j: usize, acc: &mut [f64]| {
         let w: f64 = (0..dk).map(|a| fq[t * dk + a] * fk[j * dk + a]).sum();
-        let w = lambda.powi((t - j) as i32) * w;
+        let pow = lambda.powi((t - j) as i32);
         for (e, x) in acc.iter_mut().enumerate() {
-            *x += w * v[j * dv + e];
+            let y = w * v[j * dv + e];
+            *x += if y.is_finite() { pow * y } else { y };
         }
     };
     let mut st = vec![0.0f64; dk * dv];

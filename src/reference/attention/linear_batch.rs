@@ -136,9 +136,12 @@ pub fn linear_attention_batch<T: Element>(
     Ok(out)
 }
 
-/// Lightning attention (TransNormerLLM, arXiv 2307.14995) per sequence, from its recurrence:
-/// `S_t = λ_h S_{t−1} + φ(k_t) v_tᵀ` from `S_{−1}` = the initial state (`[B, H, Dk, Dv]`, none:
-/// zero), `o_t = φ(q_t)ᵀ S_t`, `λ_h = exp(−slopes[h])`; q, k, v as `d` lays them out (Hkv = Hq).
+/// Lightning attention (TransNormerLLM, arXiv 2307.14995) per sequence, from its definition
+/// `o_t = λ_h^(t+1) φ(q_t)ᵀ S_{−1} + Σ_{j≤t} λ_h^(t−j) (φ(q_t)·φ(k_j)) v_j` (t counted from the
+/// sequence start, `S_{−1}` = the initial state `[B, H, Dk, Dv]`, none: zero,
+/// `λ_h = exp(−slopes[h])`), so NaN/±Inf follow the definition's terms as in
+/// [`super::lightning::lightning_attention`]; the final state is the recurrence's
+/// `S_t = λ_h S_{t−1} + φ(k_t) v_tᵀ` after the last token. q, k, v as `d` lays them out (Hkv = Hq).
 /// Returns `o` (q's shape with Dv, in the layout) and the final S `[B, H, Dk, Dv]`.
 ///
 /// # Errors
@@ -216,18 +219,41 @@ pub fn lightning_attention_varlen<T: Element>(
         for hi in 0..h {
             let lambda = (-(slopes[hi] as f64)).exp();
             let st = &mut s[(si * h + hi) * dk * dv..][..dk * dv];
-            for t in range.clone() {
+            let n = range.len();
+            let gather = |x: &[T], sx: &crate::types::Strides, w: usize, f: &dyn Fn(T) -> f64| {
+                let mut out = Vec::with_capacity(n * w);
+                for t in range.clone() {
+                    out.extend((0..w).map(|a| f(x[sx.index(bi, hi, t, a)])));
+                }
+                out
+            };
+            let fq = gather(q, &sk, dk, &phi);
+            let fk = gather(k, &sk, dk, &phi);
+            let vr = gather(v, &sv, dv, &|x: T| x.to_f64());
+            let mut row = vec![0.0f64; n * dv];
+            super::lightning::decayed_row((&fq, &fk, &vr), (n, dk, dv), lambda, &mut row);
+            for (i, t) in range.clone().enumerate() {
+                // The initial state's term λ^(i+1) φ(q_t)·S_{−1} (sign kept past an underflow).
+                let pow = lambda.powi(i as i32 + 1);
+                for e in 0..dv {
+                    let y: f64 = (0..dk).map(|a| fq[i * dk + a] * st[a * dv + e]).sum();
+                    let y = if initial.is_none() {
+                        0.0
+                    } else if y.is_finite() {
+                        pow * y
+                    } else {
+                        y
+                    };
+                    o[sv.index(bi, hi, t, e)] = row[i * dv + e] + y;
+                }
+            }
+            // The final state: the recurrence over the sequence.
+            for i in 0..n {
                 for a in 0..dk {
-                    let fk = phi(k[sk.index(bi, hi, t, a)]);
                     for e in 0..dv {
                         let x = &mut st[a * dv + e];
-                        *x = lambda * *x + fk * v[sv.index(bi, hi, t, e)].to_f64();
+                        *x = lambda * *x + fk[i * dk + a] * vr[i * dv + e];
                     }
-                }
-                for e in 0..dv {
-                    o[sv.index(bi, hi, t, e)] = (0..dk)
-                        .map(|a| phi(q[sk.index(bi, hi, t, a)]) * st[a * dv + e])
-                        .sum();
                 }
             }
         }
