@@ -1,7 +1,11 @@
 // Gated linear attention (GLA; Yang et al. 2024, arXiv 2312.06635), chunked:
 //   S_t = diag(exp g_t) S_{t-1} + k_t^T v_t (S: [Dk, Dv] per row), o_t = scale q_t S_t.
-// Layout: q, k, g [rows, L, Dk]; v, o [rows, L, Dv] (rows = (batch, head)); states
-// [rows, Dk, Dv] f32. A pass holds rows [r0, r0 + rows); chunks of CH steps along L.
+// Layout through strides: lane i (one (batch, head) or (sequence, head)) reads q, k, g at
+//   q_off + (i / hpr) rs_k + (i % hpr) hs_k + t ts_k + d, and v, o alike (v_off / out_off, _v
+//   strides): [B, H, L, D] (hpr 1, rs = L D) or [B, L, H, D] (hpr H, rs = L H D, hs = D,
+//   ts = H D), or one packed sequence's heads (hpr = lanes, rs 0). States [lanes, Dk, Dv] f32
+//   from st_off. A dispatch holds `rows` lanes; chunks of CH steps along the lane's L. The
+//   scratch (seg, carry, hin) is lane-major and contiguous.
 //   seg_sums: per (row, chunk, channel d), running sums of g inside the chunk: forward
 //     inclusive (decay from the chunk's start to t) and backward exclusive (t to the chunk's
 //     end). Running sums, never differences of a cumsum, and no exp(-sum g) anywhere: every
@@ -24,7 +28,7 @@ const DKB: u32 = 32u;
 const VB: u32 = 64u;
 
 struct Params {
-    rows: u32,    // rows in this pass
+    rows: u32,    // lanes in this dispatch
     len: u32,     // L
     dk: u32,
     dv: u32,
@@ -37,9 +41,23 @@ struct Params {
     out_off: u32, // .. in o
     st_off: u32,  // .. in the states
     total: u32,   // invocations in use
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+    hpr: u32,     // lanes per stride group (heads of a [B, L, H, D] entry or of a sequence)
+    rs_k: u32,    // element strides of q, k, g: between groups, heads in a group, tokens
+    hs_k: u32,
+    ts_k: u32,
+    rs_v: u32,    // .. of v and o
+    hs_v: u32,
+    ts_v: u32,
+}
+
+// Element index of channel 0 of token t of lane `lane` in q, k, g (without q_off).
+fn kat(lane: u32, t: u32) -> u32 {
+    return (lane / prm.hpr) * prm.rs_k + (lane % prm.hpr) * prm.hs_k + t * prm.ts_k;
+}
+
+// .. in v and o (without v_off / out_off).
+fn vat(lane: u32, t: u32) -> u32 {
+    return (lane / prm.hpr) * prm.rs_v + (lane % prm.hpr) * prm.hs_v + t * prm.ts_v;
 }
 
 @group(0) @binding(0) var<uniform> prm: Params;
@@ -78,14 +96,13 @@ fn seg_sums(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
     let base = row * prm.len;
     var f = 0.0;
     for (var t = t0; t < t1; t++) {
-        f += ld_g(prm.q_off + (base + t) * prm.dk + d);
+        f += ld_g(prm.q_off + kat(row, t) + d);
         seg[(base + t) * prm.dk + d].x = f;
     }
     var r = 0.0;
     for (var t = t1; t > t0; t--) {
-        let e = (base + t - 1u) * prm.dk + d;
-        seg[e].y = r;
-        r += ld_g(prm.q_off + e);
+        seg[(base + t - 1u) * prm.dk + d].y = r;
+        r += ld_g(prm.q_off + kat(row, t - 1u) + d);
     }
 }
 
@@ -111,9 +128,8 @@ fn chunk_state(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     let t1 = min(t0 + CH, prm.len);
     let base = row * prm.len;
     for (var t = t0; t < t1; t++) {
-        let e = (base + t) * prm.dk + d;
-        let kw = exp(seg[e].y) * ld_k(prm.q_off + e);
-        let vr = prm.v_off + (base + t) * prm.dv + v0;
+        let kw = exp(seg[(base + t) * prm.dk + d].y) * ld_k(prm.q_off + kat(row, t) + d);
+        let vr = prm.v_off + vat(row, t) + v0;
         for (var j = 0u; j < nv; j++) {
             acc[j] += kw * ld_v(vr + j);
         }
@@ -165,7 +181,7 @@ fn chunk_out(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
     let c0 = c * CH;
     let nt = t - c0 + 1u;
     let base = row * prm.len;
-    let qrow = prm.q_off + (base + t) * prm.dk;
+    let qrow = prm.q_off + kat(row, t);
     var coef: array<f32, CH>;
     for (var s = 0u; s < CH; s++) {
         coef[s] = 0.0;
@@ -180,7 +196,7 @@ fn chunk_out(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
             qd[j] = ld_q(qrow + d0 + j);
         }
         for (var s = nt; s > 0u; s--) {
-            let kr = prm.q_off + (base + c0 + s - 1u) * prm.dk + d0;
+            let kr = prm.q_off + kat(row, c0 + s - 1u) + d0;
             var sum = 0.0;
             for (var j = 0u; j < nd; j++) {
                 sum += qd[j] * exp(lg[j]) * ld_k(kr + j);
@@ -195,7 +211,7 @@ fn chunk_out(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
     }
     for (var s = 0u; s < nt; s++) {
         let cf = coef[s];
-        let vr = prm.v_off + (base + c0 + s) * prm.dv + v0;
+        let vr = prm.v_off + vat(row, c0 + s) + v0;
         for (var j = 0u; j < nv; j++) {
             acc[j] += cf * ld_v(vr + j);
         }
@@ -210,7 +226,7 @@ fn chunk_out(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
             }
         }
     }
-    let orow = prm.out_off + (base + t) * prm.dv + v0;
+    let orow = prm.out_off + vat(row, t) + v0;
     for (var j = 0u; j < nv; j++) {
         st_out(orow + j, prm.scale * acc[j]);
     }
