@@ -1,5 +1,7 @@
 //! Gated linear attention (GLA; Yang et al. 2024, *Gated Linear Attention Transformers with
-//! Hardware-Efficient Training*, arXiv 2312.06635, §4), chunked, with its decode step:
+//! Hardware-Efficient Training*, arXiv 2312.06635, §4), chunked, with its decode step, and the
+//! GPU's gated chunk engine (`Gated`, shaders/gla.wgsl) that Mamba-2's SSD
+//! ([`crate::ssm::ssd`]) also runs on (one gate channel per step and head instead of Dk):
 //!
 //! ```text
 //! S_t = diag(exp g_t) S_{t−1} + k_tᵀ v_t      (S: [Dk, Dv] per (batch, head); g_t ≤ 0 in log space)
@@ -49,6 +51,14 @@ crate::uniform! {
         rs_v: u32,
         hs_v: u32,
         ts_v: u32,
+        g_off: u32,
+        rs_g: u32,
+        hs_g: u32,
+        ts_g: u32,
+        gd: u32,
+        _pad0: u32,
+        _pad1: u32,
+        _pad2: u32,
     }
 }
 
@@ -122,7 +132,7 @@ pub fn gla_into<T: Element>(
     o: &Tensor<T>,
     final_state: &Tensor<f32>,
 ) -> Result<()> {
-    driver::run_into(ctx, &Gla::new(x, final_state, false), o)
+    driver::run_into(ctx, &Gated::gla(x, final_state, false)?, o)
 }
 
 /// Records [`gla_into`] into a [`Schedule`].
@@ -132,7 +142,7 @@ pub fn record_gla<T: Element>(
     o: &Tensor<T>,
     final_state: &Tensor<f32>,
 ) -> Result<()> {
-    driver::record(s, &Gla::new(x, final_state, false), o)
+    driver::record(s, &Gated::gla(x, final_state, false)?, o)
 }
 
 /// One decode step: `q, k, g: [B, H, Dk]`, `v: [B, H, Dv]`, the state `[B, H, Dk, Dv]` in
@@ -152,7 +162,7 @@ pub fn gla_step_into<T: Element>(
     o: &Tensor<T>,
     new_state: &Tensor<f32>,
 ) -> Result<()> {
-    driver::run_into(ctx, &Gla::new(x, new_state, true), o)
+    driver::run_into(ctx, &Gated::gla(x, new_state, true)?, o)
 }
 
 fn run<T: Element>(
@@ -163,19 +173,19 @@ fn run<T: Element>(
     let d = check(x, step)?;
     let st = [d.slots, d.heads, d.dk, d.dv];
     let last = Tensor::<f32>::empty(ctx, &st)?;
-    let o = driver::run(ctx, &Gla::new(x, &last, step))?;
+    let o = driver::run(ctx, &Gated::gla(x, &last, step)?)?;
     Ok((o, last))
 }
 
 /// B, H, L, Dk, Dv of a checked call; slots = B, or N with cu_seqlens.
 #[derive(Clone, Copy)]
-struct Dims {
-    batch: usize,
-    slots: usize,
-    heads: usize,
-    len: usize,
-    dk: usize,
-    dv: usize,
+pub(crate) struct Dims {
+    pub batch: usize,
+    pub slots: usize,
+    pub heads: usize,
+    pub len: usize,
+    pub dk: usize,
+    pub dv: usize,
 }
 
 fn shape_is(op: &'static str, name: &'static str, got: &[usize], want: &[usize]) -> Result<()> {
@@ -258,81 +268,111 @@ fn check<T: Element>(x: &GlaInputs<'_, T>, step: bool) -> Result<Dims> {
     })
 }
 
-struct Gla<'a, 'b, T: Element> {
-    x: &'a GlaInputs<'b, T>,
-    last: &'a Tensor<f32>,
-    step: bool,
+/// One call of the gated chunk engine: `q, k: [.., Dk]`, `v: [.., Dv]`, `g: [.., gd]` (gd = Dk:
+/// GLA's gate per key channel; 1: one gate per step and head, SSD) in `layout`, checked by the
+/// front end (`d`). `SSD` names the op in the driver's errors.
+pub(crate) struct Gated<'a, T: Element, const SSD: bool> {
+    pub op: &'static str,
+    /// The names of q, k, v, g in errors.
+    pub names: [&'static str; 4],
+    pub q: &'a Tensor<T>,
+    pub k: &'a Tensor<T>,
+    pub v: &'a Tensor<T>,
+    pub g: &'a Tensor<T>,
+    pub gd: usize,
+    pub initial_state: Option<&'a Tensor<f32>>,
+    pub last: &'a Tensor<f32>,
+    pub scale: f32,
+    pub layout: Layout,
+    pub cu_seqlens: Option<&'a CuSeqlens>,
+    pub d: Dims,
 }
 
-impl<'a, 'b, T: Element> Gla<'a, 'b, T> {
-    fn new(x: &'a GlaInputs<'b, T>, last: &'a Tensor<f32>, step: bool) -> Self {
-        Self { x, last, step }
+impl<'a, T: Element> Gated<'a, T, false> {
+    /// GLA (or its step) after [`check`].
+    fn gla(x: &GlaInputs<'a, T>, last: &'a Tensor<f32>, step: bool) -> Result<Self> {
+        let d = check(x, step)?;
+        Ok(Self {
+            op: if step { STEP } else { OP },
+            names: ["q", "k", "v", "g"],
+            q: x.q,
+            k: x.k,
+            v: x.v,
+            g: x.g,
+            gd: d.dk,
+            initial_state: x.initial_state,
+            last,
+            scale: x.scale.unwrap_or(1.0 / (d.dk as f32).sqrt()),
+            // A step's [B, H, D] is the same memory in either layout.
+            layout: if step { Layout::Bhld } else { x.layout },
+            cu_seqlens: x.cu_seqlens,
+            d,
+        })
     }
 }
 
-impl<T: Element> RowOp for Gla<'_, '_, T> {
+impl<T: Element, const SSD: bool> RowOp for Gated<'_, T, SSD> {
     type T = T;
     type Dims = Dims;
-    const NAME: &'static str = OP;
+    const NAME: &'static str = if SSD { "ssd" } else { OP };
 
     fn plan(&self, ctx: &Context) -> Result<(Dims, Plan)> {
-        let op = if self.step { STEP } else { OP };
-        let d = check(self.x, self.step)?;
+        let (op, d) = (self.op, self.d);
         let st = [d.slots, d.heads, d.dk, d.dv];
         shape_is(op, "final_state", self.last.shape(), &st)?;
-        if self.x.initial_state.map(|t| t.buffer()) == Some(self.last.buffer()) {
+        if self.initial_state.map(|t| t.buffer()) == Some(self.last.buffer()) {
             return Err(Error::InvalidArgument {
                 op,
                 name: "final_state",
                 reason: "aliases input `initial_state`".into(),
             });
         }
-        crate::attention::softmax::check_packed_f16::<T>(ctx, op, self.x.cu_seqlens)?;
+        if !SSD {
+            // (SSD's packed sequences in packed f16 predate this check and keep running.)
+            crate::attention::softmax::check_packed_f16::<T>(ctx, op, self.cu_seqlens)?;
+        }
         let es = size_of::<T>() as u64;
         let (len, dk, dv) = (d.len as u64, d.dk as u64, d.dv as u64);
         let nchunks = len.div_ceil(CHUNK as u64);
         // A row is one (batch, head); [B, L, H, D] interleaves a batch entry's heads, so a pass
         // then takes whole entries.
+        let gd = self.gd as u64;
         let mut plan = Plan::new(
-            self.x.v.shape().to_vec(),
+            self.v.shape().to_vec(),
             (d.batch * d.heads) as u64,
             len * dv,
         )
         .bytes("q", len * dk * es)
         .bytes("v", len * dv * es)
-        .bytes("segment sums", len * dk * 8)
+        .bytes("g", len * gd * es)
+        .bytes("segment sums", len * gd * 8)
         .bytes("chunk carries", dk * dv * nchunks * 8)
         .bytes("chunk states", dk * dv * nchunks * 4)
         .bytes("states", dk * dv * 4);
-        if self.x.layout == Layout::Blhd && !self.step {
+        if self.layout == Layout::Blhd {
             plan.row_group = d.heads as u64;
         }
         Ok((d, plan))
     }
 
     fn inputs(&self) -> Vec<Input<'_>> {
-        let x = self.x;
+        let [nq, nk, nv, ng] = self.names;
         let mut i = vec![
-            Input::of("q", x.q),
-            Input::of("k", x.k),
-            Input::of("v", x.v),
-            Input::of("g", x.g),
+            Input::of(nq, self.q),
+            Input::of(nk, self.k),
+            Input::of(nv, self.v),
+            Input::of(ng, self.g),
         ];
-        i.extend(x.initial_state.map(|t| Input::of("initial_state", t)));
+        i.extend(self.initial_state.map(|t| Input::of("initial_state", t)));
         i.push(Input::of("final_state", self.last));
         i
     }
 
     fn record_rows(&self, s: &mut Schedule<'_>, d: &Dims, p: &Pass<'_>) -> Result<()> {
-        // A step's [B, H, D] is the same memory in either layout.
-        let lay = if self.step {
-            Layout::Bhld
-        } else {
-            self.x.layout
-        };
-        let (h, len) = (d.heads, d.len);
+        let (lay, h, len) = (self.layout, d.heads, d.len);
         let (sk, sv) = (lay.strides(h, len, d.dk), lay.strides(h, len, d.dv));
-        let Some(cu) = self.x.cu_seqlens else {
+        let sg = lay.strides(h, len, self.gd);
+        let Some(cu) = self.cu_seqlens else {
             // Whole rows r0.. (whole batch entries with [B, L, H, D]).
             let hpr = match lay {
                 Layout::Bhld => 1,
@@ -350,6 +390,7 @@ impl<T: Element> RowOp for Gla<'_, '_, T> {
                 len: len as u64,
                 k: group(sk, d.dk),
                 v: group(sv, d.dv),
+                g: group(sg, self.gd),
                 slot0: p.r0,
             };
             return self.record_span(s, d, p, span);
@@ -369,6 +410,7 @@ impl<T: Element> RowOp for Gla<'_, '_, T> {
                 len: r.len() as u64,
                 k: at(sk),
                 v: at(sv),
+                g: at(sg),
                 slot0: (i * h) as u64 + p.r0,
             };
             self.record_span(s, d, p, span)?;
@@ -396,8 +438,8 @@ impl Geom {
     }
 }
 
-/// `lanes` (batch or sequence, head) pairs of `len` tokens: q, k, g at `k`, v and o at `v`
-/// (o relative to the pass's first row), states from lane `slot0`.
+/// `lanes` (batch or sequence, head) pairs of `len` tokens: q, k at `k`, v and o at `v` (o
+/// relative to the pass's first row), g at `g`, states from lane `slot0`.
 #[derive(Clone, Copy)]
 struct Span {
     lanes: u64,
@@ -405,13 +447,13 @@ struct Span {
     len: u64,
     k: Geom,
     v: Geom,
+    g: Geom,
     slot0: u64,
 }
 
-impl<T: Element> Gla<'_, '_, T> {
+impl<T: Element, const SSD: bool> Gated<'_, T, SSD> {
     fn record_span(&self, s: &mut Schedule<'_>, d: &Dims, p: &Pass<'_>, sp: Span) -> Result<()> {
         let ctx = s.context();
-        let x = self.x;
         let es = size_of::<T>() as u64;
         let (nr, len) = (sp.lanes, sp.len);
         let (dk, dv) = (d.dk as u64, d.dv as u64);
@@ -419,7 +461,7 @@ impl<T: Element> Gla<'_, '_, T> {
         let (s0, sl) = (sp.slot0 * sn, nr * sn);
         let (blast, st_off) = Bind::elems(ctx, 9, self.last.buffer(), 4, s0, sl);
         let dummy = scratch(ctx, 4);
-        let bh0 = match x.initial_state {
+        let bh0 = match self.initial_state {
             Some(h) => Bind::elems(ctx, 5, h.buffer(), 4, s0, sl).0,
             None => Bind::all(5, &dummy),
         };
@@ -430,8 +472,8 @@ impl<T: Element> Gla<'_, '_, T> {
             dk: dk as u32,
             dv: dv as u32,
             nchunks: nchunks as u32,
-            flags: x.initial_state.is_some() as u32,
-            scale: x.scale.unwrap_or(1.0 / (dk as f32).sqrt()),
+            flags: self.initial_state.is_some() as u32,
+            scale: self.scale,
             nvb: dv.div_ceil(VB) as u32,
             q_off: 0,
             v_off: 0,
@@ -445,6 +487,14 @@ impl<T: Element> Gla<'_, '_, T> {
             rs_v: sp.v.rs as u32,
             hs_v: sp.v.hs as u32,
             ts_v: sp.v.ts as u32,
+            g_off: 0,
+            rs_g: sp.g.rs as u32,
+            hs_g: sp.g.hs as u32,
+            ts_g: sp.g.ts as u32,
+            gd: self.gd as u32,
+            _pad0: 0,
+            _pad1: 0,
+            _pad2: 0,
         };
         if len == 0 {
             // An empty sequence: its final state is its initial state.
@@ -455,17 +505,18 @@ impl<T: Element> Gla<'_, '_, T> {
             sp.k.extent(nr, sp.hpr, len, dk),
             sp.v.extent(nr, sp.hpr, len, dv),
         );
-        let (bq, q_off) = Bind::elems(ctx, 1, x.q.buffer(), es, sp.k.first, nk);
-        let bk = Bind::elems(ctx, 2, x.k.buffer(), es, sp.k.first, nk).0;
-        let (bv, v_off) = Bind::elems(ctx, 3, x.v.buffer(), es, sp.v.first, nv);
-        let bg = Bind::elems(ctx, 4, x.g.buffer(), es, sp.k.first, nk).0;
+        let ng = sp.g.extent(nr, sp.hpr, len, self.gd as u64);
+        let (bq, q_off) = Bind::elems(ctx, 1, self.q.buffer(), es, sp.k.first, nk);
+        let bk = Bind::elems(ctx, 2, self.k.buffer(), es, sp.k.first, nk).0;
+        let (bv, v_off) = Bind::elems(ctx, 3, self.v.buffer(), es, sp.v.first, nv);
+        let (bg, g_off) = Bind::elems(ctx, 4, self.g.buffer(), es, sp.g.first, ng);
         // The pass's output starts at its first row.
         let o0 = p.out.first + sp.v.first - p.r0 * d.len as u64 * dv;
         let (bout, out_off) = Bind::elems(ctx, 8, p.out.buffer, p.out.elem_bytes, o0, nv);
-        (prm.q_off, prm.v_off, prm.out_off) = (q_off, v_off, out_off);
+        (prm.q_off, prm.v_off, prm.out_off, prm.g_off) = (q_off, v_off, out_off, g_off);
         let pool = &ctx.chunk_scratch;
         let bufs = [
-            pool.take(ctx, nr * len * dk * 8),
+            pool.take(ctx, nr * len * self.gd as u64 * 8),
             pool.take(ctx, nr * sn * nchunks * 8),
             pool.take(ctx, nr * sn * nchunks * 4),
         ];
@@ -508,13 +559,13 @@ fn record_passes(
     let groups = |t: u64| t.div_ceil(wg as u64);
     let rows = prm.rows as u64;
     let (len, dk, dv) = (prm.len as u64, prm.dk as u64, prm.dv as u64);
-    let (nchunks, nvb) = (prm.nchunks as u64, prm.nvb as u64);
+    let (nchunks, nvb, gd) = (prm.nchunks as u64, prm.nvb as u64, prm.gd as u64);
     let (bseg, bcarry, bhin) = (Bind::all(6, seg), Bind::all(7, carry), Bind::all(10, hin));
     let mut go = |s: &mut Schedule<'_>, entry, binds: &[Bind<'_>], total: u64| -> Result<()> {
         prm.total = total as u32;
         s.dispatch(&*pl(entry)?, &*prm, binds, groups(total))
     };
-    go(s, "seg_sums", &[bg, bseg], rows * nchunks * dk)?;
+    go(s, "seg_sums", &[bg, bseg], rows * nchunks * gd)?;
     let binds = [bk, bv, bseg, bcarry];
     go(s, "chunk_state", &binds, rows * dk * nvb * nchunks)?;
     record_carry_scan(s, storage, carry, rows * dk * dv, nchunks)?;
