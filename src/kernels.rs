@@ -157,17 +157,6 @@ pub(crate) const KERNELS: &[Kernel] = &[
         crate::attention::gla::Params
     ),
     kernel!(
-        "ssd",
-        [
-            "seg_sums",
-            "chunk_state",
-            "chunk_in",
-            "chunk_out",
-            "final_state"
-        ],
-        crate::ssm::ssd::Params
-    ),
-    kernel!(
         "ssm_kernel",
         ["discretize", "vandermonde"],
         crate::ssm::kernel::Params

@@ -66,7 +66,6 @@ pub(crate) fn source(shader: &str) -> Option<&'static str> {
         "scan" => include_str!("../shaders/scan.wgsl"),
         "selective_scan" => include_str!("../shaders/selective_scan.wgsl"),
         "ssm_kernel" => include_str!("../shaders/ssm_kernel.wgsl"),
-        "ssd" => include_str!("../shaders/ssd.wgsl"),
         "gla" => include_str!("../shaders/gla.wgsl"),
         _ => return None,
     })

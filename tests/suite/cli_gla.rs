@@ -142,7 +142,7 @@ fn positive_or_nan_gates_exit_2_with_one_line() {
 }
 
 #[test]
-fn blhd_and_cu_seqlens_run_on_the_cpu_path_and_the_reference() {
+fn blhd_and_cu_seqlens_run_on_the_gpu_the_cpu_path_and_the_reference() {
     let cu = [0usize, 15, 100, 300, 1200, 2000];
     let (h, l) = (2, 2000);
     // [1, H, L, D] values, written as [1, L, H, D].
@@ -205,18 +205,25 @@ fn blhd_and_cu_seqlens_run_on_the_cpu_path_and_the_reference() {
         "--output",
         &output,
     ];
-    let o = longseq(&args);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(stdout.contains("cpu vs reference"), "{stdout}");
-    let (got, shape) = files::read_f64(&output, "o");
-    assert_eq!(shape, [1, l, h, DV]);
-    assert_close_both("cli gla blhd cu o", &got, &want, TOL_F32);
-    let (last, shape) = files::read_f64(&output, "final_state");
-    assert_eq!(shape, [cu.len() - 1, h, DK, DV]);
-    assert_close_both("cli gla blhd cu final_state", &last, &want_last, TOL_F32);
-    // The GPU op has neither: one line, exit 2.
-    let o = longseq(&[&args[..], &["--device", "gpu"]].concat());
-    assert_eq!(o.status.code(), Some(2));
-    assert_eq!(String::from_utf8_lossy(&o.stderr).lines().count(), 1);
+    // The CPU path and the reference, then the GPU (the default) and the reference.
+    for (dev, line) in [
+        ("cpu,reference", "cpu vs reference"),
+        ("gpu", "gpu vs reference"),
+    ] {
+        let dev_args = match dev {
+            "gpu" => vec![],
+            d => vec!["--device", d],
+        };
+        let o = longseq(&[&args[..], &dev_args].concat());
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert!(stdout.contains(line), "{stdout}");
+        let (got, shape) = files::read_f64(&output, "o");
+        assert_eq!(shape, [1, l, h, DV]);
+        assert_close_both(&format!("cli gla blhd cu o {dev}"), &got, &want, TOL_F32);
+        let (last, shape) = files::read_f64(&output, "final_state");
+        assert_eq!(shape, [cu.len() - 1, h, DK, DV]);
+        let label = format!("cli gla blhd cu final_state {dev}");
+        assert_close_both(&label, &last, &want_last, TOL_F32);
+    }
 }

@@ -276,6 +276,16 @@ fn strong_gates_neither_overflow_nor_nan() {
 }
 
 #[test]
+fn both_tile_families_f32_and_f16_with_and_without_shader_f16() {
+    // GLA has no tiles of its own: the GPU family (forced; lavapipe picks the CPU one) gives the
+    // same results, f16 stored natively and packed.
+    let s = sz(2, 2, 300, 5, 4);
+    case::<f32>(ctx_gpu_tiles(), s, Gates::Usual, true, 200, TOL_F32);
+    case::<half::f16>(ctx_gpu_tiles(), s, Gates::Usual, true, 201, TOL_F16);
+    case::<half::f16>(ctx_gpu_tiles_packed(), s, Gates::Usual, true, 202, TOL_F16);
+}
+
+#[test]
 fn length_past_the_invocation_loop_limit() {
     // 65537 steps: 1025 chunks, two levels of the carry scan; slow gates so the carries matter.
     let s = sz(1, 2, 65_537, 2, 3);

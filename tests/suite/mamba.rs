@@ -283,6 +283,17 @@ fn strong_gates_neither_overflow_nor_nan() {
     };
     case::<f32>(ctx(), dims(2, 3, 16, 1000), strong, 40, TOL_F32);
     case::<half::f16>(ctx(), dims(2, 3, 16, 1000), strong, 41, TOL_F16);
+    case::<half::f16>(ctx_packed(), dims(2, 3, 16, 1000), strong, 42, TOL_F16);
+}
+
+#[test]
+fn both_tile_families_f32_and_f16_with_and_without_shader_f16() {
+    // The selective scan has no tiles of its own: the GPU family (forced; lavapipe picks the
+    // CPU one) gives the same results, f16 stored natively and packed.
+    let d = dims(2, 3, 5, 300);
+    case::<f32>(ctx_gpu_tiles(), d, FULL, 200, TOL_F32);
+    case::<half::f16>(ctx_gpu_tiles(), d, FULL, 201, TOL_F16);
+    case::<half::f16>(ctx_gpu_tiles_packed(), d, FULL, 202, TOL_F16);
 }
 
 #[test]

@@ -314,6 +314,17 @@ fn strong_decays_neither_overflow_nor_nan() {
     let d = dims(2, 1000, 3, 6, 5);
     case::<f32>(ctx(), d, Decay::Strong, true, 40, TOL_F32);
     case::<half::f16>(ctx(), d, Decay::Strong, true, 41, TOL_F16);
+    case::<half::f16>(ctx_packed(), d, Decay::Strong, true, 42, TOL_F16);
+}
+
+#[test]
+fn both_tile_families_f32_and_f16_with_and_without_shader_f16() {
+    // SSD has no tiles of its own: the GPU family (forced; lavapipe picks the CPU one) gives the
+    // same results, f16 stored natively and packed.
+    let d = dims(2, 300, 3, 5, 4);
+    case::<f32>(ctx_gpu_tiles(), d, Decay::Usual, true, 200, TOL_F32);
+    case::<half::f16>(ctx_gpu_tiles(), d, Decay::Usual, true, 201, TOL_F16);
+    case::<half::f16>(ctx_gpu_tiles_packed(), d, Decay::Usual, true, 202, TOL_F16);
 }
 
 #[test]

@@ -1,15 +1,20 @@
-//! `longseq attention --method gla` with `--layout blhd` and/or `--cu-seqlens NAME`: the f32 CPU
-//! path (which reads either layout through strides and runs each packed sequence from zero)
-//! and the f64 reference, sequence by sequence. The GPU op has no cu_seqlens or blhd yet: these
-//! run on cpu,reference by default, and an explicit gpu exits 2. Writes `o` (the input's layout,
-//! 0 past the last offset) and `final_state` ([B or N, H, Dk, Dv]).
+//! `longseq attention --method gla` with `--layout blhd` and/or `--cu-seqlens NAME`: the GPU op
+//! (strides and packed sequences in the kernel), the f32 CPU path (strides, each packed sequence
+//! from zero) and the f64 reference, sequence by sequence; default gpu,reference (cpu,reference
+//! without an adapter). o and final_state are both checked against the reference (exit 3 past
+//! the dtype's tolerance). Writes `o` (the input's layout, 0 past the last offset) and
+//! `final_state` ([B or N, H, Dk, Dv]).
 
+use half::f16;
+use longseq::attention::{gla as gla_gpu, GlaInputs};
 use longseq::cpu::attention::{gla, GlaHost, GlaShape};
 use longseq::reference::gla::{gla_ref, gla_ref_varlen, GlaDims, GlaRef};
-use longseq::types::batch::Layout;
+use longseq::types::batch::{CuSeqlens, Layout};
+use longseq::{Context, Element, Tensor};
 
 use super::{Args, NanPolicy};
-use crate::devices::{self, Devices};
+use crate::check::{self, StorageDtype};
+use crate::devices;
 use crate::io::{self, CliError, HostTensor, Out};
 
 /// `[B, H, L, D]` ↔ `layout` (`to_layout` false: from `layout` to `[B, H, L, D]`).
@@ -65,7 +70,18 @@ pub(super) fn run(
             )));
         }
     }
-    let (q, k, v, g) = (q.to_f32(), k.to_f32(), v.to_f32(), g.to_f32());
+    let dtype = StorageDtype::resolve(a.dtype, &[q.dtype, k.dtype, v.dtype, g.dtype]);
+    let mut dev = a.device.unwrap_or_default();
+    let store = |n: &str, t: &HostTensor| match dev.gpu {
+        true => dtype.storable(&format!("{}{n}", a.prefix), t.to_f32()),
+        false => Ok(t.to_f32()),
+    };
+    let (q, k, v, g) = (
+        store("q", &q)?,
+        store("k", &k)?,
+        store("v", &v)?,
+        store("g", &g)?,
+    );
     if a.nan == NanPolicy::Error {
         longseq::check_no_nan("attention", "g", &g)?;
     }
@@ -84,17 +100,7 @@ pub(super) fn run(
             "--cu-seqlens needs B = 1 (packed sequences), got B = {b}"
         )));
     }
-    let dev: Devices = match a.device {
-        Some(d) => d,
-        None => "cpu,reference".parse().map_err(CliError::Input)?,
-    };
-    if dev.gpu {
-        return Err(CliError::Input(
-            "gla with --layout blhd or --cu-seqlens runs on --device cpu and reference; the GPU op \
-             has neither yet"
-                .into(),
-        ));
-    }
+    let ctx = dev.open()?;
     println!(
         "input: {} q {:?} ({}), B = {b}, H = {h}, L = {l}, Dk = {dk}, Dv = {dv}{}",
         a.input,
@@ -106,6 +112,24 @@ pub(super) fn run(
         ))
     );
     let slots = cu.as_ref().map_or(b, |c| c.count());
+    let shapes = (want(dk), want(dv), slots);
+    let gpu = match &ctx {
+        Some(c) => {
+            let x = GpuRun {
+                a,
+                layout,
+                cu: cu.as_ref(),
+                shapes,
+            };
+            Some(match dtype {
+                StorageDtype::F32 => x.run::<f32>(c, [&q, &k, &v, &g], |x| x.to_vec())?,
+                StorageDtype::F16 => x.run::<f16>(c, [&q, &k, &v, &g], |x| {
+                    x.iter().map(|&y| f16::from_f32(y)).collect()
+                })?,
+            })
+        }
+        None => None,
+    };
     let cpu = match dev.cpu {
         true => Some(devices::timed("cpu", &devices::cpu_note(), || {
             let x = GlaHost {
@@ -160,10 +184,34 @@ pub(super) fn run(
         };
         Ok([permute(&o, (b, h, l, dv), layout, true), s].concat())
     })?;
-    let Some(mut o) = devices::report(None, cpu, reference)? else {
+    let n_o = b * h * l * dv;
+    // final_state is checked like o (same dtype tolerance, exit 3 past it).
+    if let Some(r) = &reference {
+        let runs = [
+            ("gpu", gpu.as_ref(), dtype),
+            ("cpu", cpu.as_ref(), StorageDtype::F32),
+        ];
+        for (name, x, dt) in runs {
+            if let Some(x) = x {
+                check::vs_reference(name, "final_state", &x[n_o..], &r[n_o..], dt)?;
+            }
+        }
+    }
+    let head = |x: Option<Vec<f64>>| x.map(|mut x| (x.split_off(n_o), x));
+    let (gpu, cpu, reference) = (head(gpu), head(cpu), head(reference));
+    let last = gpu
+        .as_ref()
+        .or(cpu.as_ref())
+        .or(reference.as_ref())
+        .map(|x| x.0.clone());
+    let o = devices::report(
+        gpu.map(|x| (x.1, dtype)),
+        cpu.map(|x| x.1),
+        reference.map(|x| x.1),
+    )?;
+    let (Some(o), Some(last)) = (o, last) else {
         return Ok(());
     };
-    let last = o.split_off(b * h * l * dv);
     if let Some(path) = &a.output {
         let f = |v: Vec<f64>| Out::F32(v.into_iter().map(|x| x as f32).collect());
         let fs = vec![slots, h, dk, dv];
@@ -177,4 +225,42 @@ pub(super) fn run(
         );
     }
     Ok(())
+}
+
+/// The GPU op on one context: q, k, v, g uploaded in T in the file's layout.
+struct GpuRun<'a> {
+    a: &'a Args,
+    layout: Layout,
+    cu: Option<&'a CuSeqlens>,
+    /// q's and v's shapes in the layout, and the state slots (B or N).
+    shapes: (Vec<usize>, Vec<usize>, usize),
+}
+
+impl GpuRun<'_> {
+    /// Runs once to compile the pipelines, then times one run; `o` then `final_state`, as f64.
+    fn run<T: Element>(
+        &self,
+        ctx: &Context,
+        [q, k, v, g]: [&[f32]; 4],
+        conv: impl Fn(&[f32]) -> Vec<T>,
+    ) -> Result<Vec<f64>, CliError> {
+        let (qs, vs, _) = &self.shapes;
+        let up = |x: &[f32], s: &[usize]| Tensor::from_slice(ctx, &conv(x), s);
+        let (tq, tk, tv, tg) = (up(q, qs)?, up(k, qs)?, up(v, vs)?, up(g, qs)?);
+        let x = GlaInputs {
+            scale: self.a.scale,
+            layout: self.layout,
+            cu_seqlens: self.cu,
+            ..GlaInputs::new(&tq, &tk, &tv, &tg)
+        };
+        let go = || -> longseq::Result<(Vec<T>, Vec<f32>)> {
+            let (o, s) = gla_gpu(ctx, &x)?;
+            Ok((o.to_vec(ctx)?, s.to_vec(ctx)?))
+        };
+        let (o, s) = devices::gpu_timed(go)?;
+        Ok(o.iter()
+            .map(|x| x.to_f64())
+            .chain(s.iter().map(|&x| x as f64))
+            .collect())
+    }
 }
