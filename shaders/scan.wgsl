@@ -1,9 +1,10 @@
 // Parallel associative scan for h_t = a_t h_{t-1} + b_t, h_{-1} = 0, real or complex (Blelloch
 // 1990; S5, Smith et al. 2023): elements (a, b) combine as (a_i, b_i) . (a_j, b_j) =
-// (a_j a_i, a_j b_i + b_j), identity (1, 0). x: [R, M] vec4 (a.re, a.im, b.re, b.im) at each
-// level; level 0 has M = L, level k+1 holds the block totals of level k (blocks of WG).
-// Up: each workgroup scans one block in workgroup memory (Hillis-Steele) and writes its total;
-// down: every element of block j > 0 is prefixed with the resolved total of blocks 0..j-1.
+// (a_j a_i, a_j b_i + b_j). x: [R, M] vec4 (a.re, a.im, b.re, b.im) at each level; level 0 has
+// M = L, level k+1 holds the chunk totals of level k (chunks of CH positions).
+// Up: each invocation scans one chunk serially in place and writes its total (parallel over L
+// and rows alike, no workgroup memory or barriers); down: every element of chunk j > 0 is
+// prefixed with the resolved total of chunks 0..j-1.
 // SSM mode (S4D recurrence): rows are (b, h, n), a = Abar[h, n], b_t = Bbar[h, n] u[b, h, t];
 // y[b, h, t] = 2 Re sum_n C[h, n] x[b, h, n, t] + D[h] u[b, h, t].
 // u and y are read through strides (hs between heads, ts between tokens: [B, H, L] or [B, L, H]).
@@ -12,6 +13,7 @@
 // and initial states need no change to the scan itself.
 
 override WG: u32 = 256u;
+override CH: u32 = 64u; // positions per invocation of chunk_up
 
 struct Params {
     rows: u32,   // scan rows in this pass
@@ -49,8 +51,6 @@ struct Params {
 @group(0) @binding(14) var<storage, read_write> y: array<OT>;
 // Per scan row, the last prefix of the previous chunk (flags bit 2: fold it into position 0).
 @group(0) @binding(17) var<storage, read_write> carry: array<vec4<f32>>;
-
-var<workgroup> sh: array<vec4<f32>, WG>;
 
 const MODE_WORDS: u32 = 7u;
 const TWO_PI: f32 = 6.283185307179586;
@@ -103,68 +103,42 @@ fn out_index(i: u32) -> u32 {
     return p.out_off + (i / p.m) * p.stride + p.t0 + i % p.m;
 }
 
-// One workgroup per (row, block of WG), or, for rows of at most WG / 2, per WG / m whole rows
-// (a segmented scan: short rows would otherwise idle most of a workgroup each): inclusive scan
-// of the block in place, total to agg.
+// One invocation per (row, chunk of CH positions) of a level of length m: the chunk's inclusive
+// scan in place, its total to agg[r, chunk]. A loop of at most CH steps, no barriers.
 @compute @workgroup_size(WG)
-fn scan_up(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-           @builtin(local_invocation_index) lid: u32) {
-    let wid = wg_index(wg, nwg);
-    // Uniform control flow: every invocation reaches every barrier.
-    let live = wid < p.total;
-    let packed = 2u * p.m <= WG;
-    let nblk = (p.m + WG - 1u) / WG;
-    var r = wid / nblk;
-    var blk = wid % nblk;
-    var t = blk * WG + lid;
-    var seg = lid; // position inside its segment of this workgroup
-    var inside = live && t < p.m;
-    if (packed) {
-        let rpw = WG / p.m;
-        r = wid * rpw + lid / p.m;
-        blk = 0u;
-        t = lid % p.m;
-        seg = t;
-        inside = live && lid < rpw * p.m && r < p.rows;
+fn chunk_up(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+    let i = wg_index(wg, nwg) * WG + lid;
+    if (i >= p.total) {
+        return;
     }
-    let idx = r * p.m + t;
-    var v = vec4<f32>(1.0, 0.0, 0.0, 0.0);
-    if (inside) {
-        v = x[idx];
+    let nch = (p.m + CH - 1u) / CH;
+    let t0 = (i % nch) * CH;
+    let o = (i / nch) * p.m + t0;
+    let n = min(CH, p.m - t0);
+    var acc = x[o];
+    for (var t = 1u; t < n; t++) {
+        acc = combine(acc, x[o + t]);
+        x[o + t] = acc;
     }
-    sh[lid] = v;
-    for (var off = 1u; off < WG; off <<= 1u) {
-        workgroupBarrier();
-        if (off <= seg) {
-            v = combine(sh[lid - off], v);
-        }
-        workgroupBarrier();
-        sh[lid] = v;
-    }
-    if (inside) {
-        x[idx] = v;
-    }
-    if ((packed && inside && t == p.m - 1u) || (!packed && live && lid == WG - 1u)) {
-        agg[r * nblk + blk] = v;
-    }
+    agg[i] = acc;
 }
 
-// One invocation per element of blocks j >= 1: x = (resolved total of blocks < j) . x.
+// One invocation per element of chunks c >= 1 of a level: x = (resolved total of chunks < c) . x.
 @compute @workgroup_size(WG)
-fn scan_down(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-             @builtin(local_invocation_index) lid: u32) {
+fn chunk_down(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
     let i = wg_index(wg, nwg) * WG + lid;
     if (i >= p.total) {
         return;
     }
     let r = i / p.m;
-    let t = i % p.m;
-    let blk = t / WG;
-    if (blk == 0u) {
+    let c = (i % p.m) / CH;
+    if (c == 0u) {
         return;
     }
-    let nblk = (p.m + WG - 1u) / WG;
-    x[i] = combine(agg[r * nblk + blk - 1u], x[i]);
+    let nch = (p.m + CH - 1u) / CH;
+    x[i] = combine(agg[r * nch + c - 1u], x[i]);
 }
 
 @compute @workgroup_size(WG)

@@ -121,8 +121,8 @@ pub(crate) const KERNELS: &[Kernel] = &[
         "scan",
         [
             "load_ab",
-            "scan_up",
-            "scan_down",
+            "chunk_up",
+            "chunk_down",
             "store_real",
             "store_complex",
             "load_ssm",

@@ -2,10 +2,11 @@
 //! multi-level across workgroups, and the S4D recurrent mode built on it: whole-sequence scan and
 //! single step (Blelloch 1990; Smith et al. 2023, *S5*, arXiv 2208.04933, §2.2).
 //!
-//! Elements `(a, b)` combine as `(a_i, b_i) • (a_j, b_j) = (a_j a_i, a_j b_i + b_j)` with identity
-//! `(1, 0)` (pads ragged blocks). Each workgroup scans a block of `WG` in workgroup memory and
-//! writes its total; the totals are scanned the same way, level upon level, until one block
-//! remains, then every block is prefixed with the resolved total of the blocks before it.
+//! Elements `(a, b)` combine as `(a_i, b_i) • (a_j, b_j) = (a_j a_i, a_j b_i + b_j)`. A chunked
+//! scan: each invocation scans a chunk of CH positions serially and writes its total; the totals
+//! are scanned the same way, level upon level, until one chunk per row remains, then every chunk
+//! is prefixed with the resolved total of the chunks before it. Work spreads over rows and L
+//! alike, so `[1, 2^18]` and `[2^18, 1]` cost about the same.
 
 use super::kernel::{check_disc, record_modes, DiagonalSsm, Discretization};
 use crate::bind::{bind_buffer, bind_whole, scratch, Bind};
@@ -13,7 +14,7 @@ use crate::driver::{self, Input, Pass, Plan, RowOp};
 use crate::pipeline::Storage;
 use crate::schedule::Schedule;
 use crate::sizes::workgroup_size;
-use crate::{Context, Element, Error, Result, Tensor};
+use crate::{Context, Element, Error, Result, Tensor, TileFamily};
 
 crate::uniform! {
     /// The `Params` uniform of shaders/scan.wgsl.
@@ -70,7 +71,19 @@ fn chunk_len(ctx: &Context, len: u64, per_pos: u64) -> u64 {
     len.min(max.max(1))
 }
 
-/// Scans `rows` rows of length `len` held in `x` (vec4 elements, level 0) in place.
+/// Positions per invocation of the chunked scan (`CH` in shaders/scan.wgsl): CPU adapters
+/// (lavapipe) run few, long invocations best; GPUs want more of them.
+fn scan_chunk(ctx: &Context) -> u32 {
+    match ctx.tile_family() {
+        TileFamily::Cpu => 64,
+        TileFamily::Gpu => 16,
+    }
+}
+
+/// Scans `rows` rows of length `len` held in `x` (vec4 elements, level 0) in place: each chunk
+/// of CH positions serially (`chunk_up`), the chunk totals the same way one level up, until one
+/// chunk per row remains, then every chunk is prefixed with the resolved total of the chunks
+/// before it (`chunk_down`). Parallel over rows and L alike.
 fn record_levels(
     s: &mut Schedule<'_>,
     storage: Storage,
@@ -79,13 +92,16 @@ fn record_levels(
     len: u64,
 ) -> Result<()> {
     let ctx = s.context();
-    let wg = workgroup_size(ctx);
-    let w = wg as u64;
-    let pl = |e| ctx.pipelines.get(ctx, "scan", e, storage, &[("WG", wg)]);
-    let (up, down) = (pl("scan_up")?, pl("scan_down")?);
+    let (wg, ch) = (workgroup_size(ctx), scan_chunk(ctx));
+    let (w, c) = (wg as u64, ch as u64);
+    let pl = |e| {
+        let k = [("WG", wg), ("CH", ch)];
+        ctx.pipelines.get(ctx, "scan", e, storage, &k)
+    };
+    let (up, down) = (pl("chunk_up")?, pl("chunk_down")?);
     let mut sizes = vec![len];
-    while *sizes.last().unwrap() > w {
-        sizes.push(sizes.last().unwrap().div_ceil(w));
+    while *sizes.last().unwrap() > c {
+        sizes.push(sizes.last().unwrap().div_ceil(c));
     }
     sizes.push(1);
     let levels: Vec<wgpu::Buffer> = sizes[1..]
@@ -94,33 +110,22 @@ fn record_levels(
         .collect();
     let buf = |k: usize| if k == 0 { x } else { &levels[k - 1] };
     let top = sizes.len() - 1;
+    let binds = |k: usize| {
+        let (m, nch) = (sizes[k], sizes[k].div_ceil(c));
+        [
+            Bind::prefix(5, buf(k), rows * m * 16),
+            Bind::prefix(6, buf(k + 1), rows * nch * 16),
+        ]
+    };
     for (k, &m) in sizes[..top].iter().enumerate() {
-        let nblk = m.div_ceil(w);
-        // Rows of at most WG / 2 are packed WG / m to a workgroup (scan_up's segmented mode).
-        let groups = match 2 * m <= w {
-            true => rows.div_ceil(w / m),
-            false => rows * nblk,
-        };
+        let n = rows * m.div_ceil(c);
         let mut prm = Params::new(rows, m);
-        prm.total = groups as u32;
-        let binds = [
-            Bind::prefix(5, buf(k), rows * m * 16),
-            Bind::prefix(6, buf(k + 1), rows * nblk * 16),
-        ];
-        s.dispatch(&up, &prm, &binds, groups)?;
+        prm.total = n as u32;
+        s.dispatch(&up, &prm, &binds(k), n.div_ceil(w))?;
     }
-    for k in (0..top).rev() {
-        let m = sizes[k];
-        if m <= w {
-            continue;
-        }
-        let nblk = m.div_ceil(w);
-        let prm = Params::new(rows, m);
-        let binds = [
-            Bind::prefix(5, buf(k), rows * m * 16),
-            Bind::prefix(6, buf(k + 1), rows * nblk * 16),
-        ];
-        s.dispatch(&down, &prm, &binds, (rows * m).div_ceil(w))?;
+    for k in (0..top).rev().filter(|&k| sizes[k] > c) {
+        let prm = Params::new(rows, sizes[k]);
+        s.dispatch(&down, &prm, &binds(k), (rows * sizes[k]).div_ceil(w))?;
     }
     Ok(())
 }

@@ -21,6 +21,18 @@ fn scan_case<T: Element>(c: &Context, len: usize, complex: bool, seed: u64) -> f
 
 /// [`scan_case`] for any shape `[.., L]`.
 fn scan_shape<T: Element>(c: &Context, shape: &[usize], complex: bool, seed: u64) -> f64 {
+    let (got, want) = scan_outputs::<T>(c, shape, complex, seed);
+    rel_err(&got, &want)
+}
+
+/// The GPU scan of random `shape` operands (outputs NaN-poisoned first) and the f64 recurrence,
+/// re then im parts.
+fn scan_outputs<T: Element>(
+    c: &Context,
+    shape: &[usize],
+    complex: bool,
+    seed: u64,
+) -> (Vec<f64>, Vec<f64>) {
     let len = shape[shape.len() - 1];
     let n: usize = shape.iter().product();
     let mut g = rng(seed);
@@ -72,7 +84,7 @@ fn scan_shape<T: Element>(c: &Context, shape: &[usize], complex: bool, seed: u64
         got.extend(to_f64(&h_im.to_vec(c).unwrap()));
         w.extend(want.iter().map(|x| x.im));
     }
-    rel_err(&got, &w)
+    (got, w)
 }
 
 #[test]
@@ -101,6 +113,24 @@ fn linear_scan_many_short_rows() {
         }
         let e = scan_shape::<half::f16>(ctx_packed(), &[333, m], true, 60 + i as u64);
         assert!(e <= TOL_F16, "f16 packed m={m}: {e:.3e}");
+    }
+}
+
+/// One long row and its transpose, 2^18 + 3 elements each ([1, L] is parallel over L: chunks,
+/// chunk totals, fix-up), and a few long rows, against the f64 recurrence normwise and
+/// elementwise, with the chunk lengths of both tile families.
+#[test]
+fn linear_scan_long_rows_and_transposed() {
+    let n = (1 << 18) + 3;
+    for (name, c) in [("cpu tiles", ctx()), ("gpu tiles", ctx_gpu_tiles())] {
+        for (i, shape) in [[1, n], [n, 1], [3, 87_382]].iter().enumerate() {
+            for complex in [false, true] {
+                let (got, want) = scan_outputs::<f32>(c, shape, complex, 80 + i as u64);
+                let label = format!("{name} {shape:?} complex={complex}");
+                println!("{label}: {:.2e}", rel_err(&got, &want));
+                assert_close_both(&label, &got, &want, TOL_F32);
+            }
+        }
     }
 }
 
@@ -196,6 +226,26 @@ fn s4d_modes_agree() {
                 "L={len} {init:?} {disc:?}"
             );
         }
+    }
+}
+
+/// The S4D scan on few long rows (B = 1, H = 2, N2 = 4, L = 2^17 + 5: eight scan rows) against
+/// the f64 recurrence, normwise and elementwise at the modes' 1e-4, with the chunk lengths of both
+/// tile families.
+#[test]
+fn s4d_scan_long_rows() {
+    let (b, h, n2, len) = (1, 2, 4, (1 << 17) + 5);
+    let m = ssm(11, h, n2, S4dInit::Lin);
+    let u: Vec<f32> = randn(&mut rng(12), b * h * len, 1.0);
+    let want = rs::s4d_recurrence(&m, &to_f64(&u), len, Discretization::Zoh).unwrap();
+    for (name, c) in [("cpu tiles", ctx()), ("gpu tiles", ctx_gpu_tiles())] {
+        let dev = DiagonalSsm::<f32>::from_host(c, &m).unwrap();
+        let tu = Tensor::from_slice(c, &u, &[b, h, len]).unwrap();
+        let out = Tensor::<f32>::nan(c, &[b, h, len]).unwrap();
+        s4d_scan_into(c, &dev, &tu, &out, Discretization::Zoh).unwrap();
+        let got = to_f64(&out.to_vec(c).unwrap());
+        println!("s4d scan L={len} {name}: {:.2e}", rel_err(&got, &want));
+        assert_close_both(&format!("s4d scan {name}"), &got, &want, 1e-4);
     }
 }
 
