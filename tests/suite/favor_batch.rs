@@ -5,7 +5,7 @@
 //! last offset must stay NaN), fla's shapes, f32, native and packed f16, two calls = one call,
 //! and bad input as typed errors.
 
-mod common;
+use crate::common;
 
 use common::*;
 use longseq::attention::linear::check_gqa;

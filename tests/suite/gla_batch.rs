@@ -7,10 +7,10 @@
 //! down to −30), f32 and f16 (with and without SHADER_F16; packed sequences need it), passes split
 //! across whole batch entries / heads, decode steps == the packed chunked form, bad input.
 //!
-//! Tolerances as tests/gla.rs: normwise max|gpu − ref| / max|ref| ≤ tol and elementwise
+//! Tolerances as tests/suite/gla.rs: normwise max|gpu − ref| / max|ref| ≤ tol and elementwise
 //! |gpu − ref| ≤ tol · (|ref| + rms(ref)); f32 1e-5, f16 2e-3.
 
-mod common;
+use crate::common;
 
 use common::*;
 use longseq::attention::{gla, gla_into, gla_step, GlaInputs};
