@@ -268,14 +268,7 @@ fn gated_recurrences_refuse_an_output_aliasing_an_input() {
     let (v, vx) = tensor(42, &shape);
     let g = Tensor::from_slice(c, &[-0.1f32; 56], &shape).unwrap();
     let fin = Tensor::<f32>::empty(c, &[1, 2, 4, 4]).unwrap();
-    let gi = GlaInputs {
-        q: &q,
-        k: &k,
-        v: &v,
-        g: &g,
-        initial_state: None,
-        scale: None,
-    };
+    let gi = GlaInputs::new(&q, &k, &v, &g);
     refused("gla_into o = v", gla_into(c, &gi, &v, &fin), "v", &v, &vx);
     // SSD: X [b, l, h, p], A [b, l, h], B and C [b, l, h, n].
     let (x, xx) = tensor(43, &[1, 7, 2, 4]);
