@@ -13,8 +13,8 @@
 // Positive features with per-feature key stabilisers (favor_attention; issue 11): chunks of CHUNK
 // keys; kmax: [R, nc, M], krun: [R, L, M] f32 (causal only).
 // key_chunk_max:   kmax[r, c, a] = max over the keys t of chunk c of feat[r, t, a] (logits).
-// key_max_scan:    causal: kmax[r, c, a] = max over chunks 0..=c (a running maximum per feature);
-//                  non-causal: every chunk gets the maximum over all L.
+// key_max_scan:    kmax[r, c, a] = max over chunks 0..=c (a running maximum per feature);
+// key_max_fill:    non-causal, after it: every chunk gets the maximum over all L.
 // key_running_max: causal: krun[r, t, a] = max over keys 0..=t of feat[r, ., a].
 // favor_exp_keys:  feat = M^(-1/2) exp(feat - kmax[r, c(t), a]) <= M^(-1/2); causal: the logits
 //                  are kept in xf [R, L, M] for favor_intra.
@@ -26,11 +26,15 @@
 //                  cq goes to logscale[r, t] and the logits to krun (same index) for favor_intra.
 // extend_v:        xv = [v | 1]: [R, L, Dv + 1] f32 into feat (p.dk = Dv), the engine's values
 //                  when it returns numerator and denominator unsplit.
-// favor_intra:     causal: one workgroup per (row, chunk) adds the chunk's own keys j <= i in the
-//                  log domain, w_ij = M^(-1) Σ_a exp(lq_ia + lk_ja - cq_i) <= 1, to the engine's
-//                  [num | den] of the earlier chunks (nd) and writes num / den (0 for 0/0). So no
-//                  key is ever scaled by a later key's maximum (the old limit: a later key in i's
-//                  chunk raising a feature's maximum by > 80 underflowed row i).
+// favor_intra_w:   causal: w_ij = Σ_{a in [a0, a1)} exp(lq_ia + lk_ja − cq_i) for j ≤ i in one
+//                  chunk (0 above the diagonal) into wij [R, nc, CH, CH], one invocation per entry;
+//                  the host cuts M into blocks of at most FEAT_BLOCK features (one dispatch each,
+//                  the first writes, the rest add), so no invocation loops past lavapipe's limit.
+// favor_intra:     causal: one invocation per output (row, t, e) adds its chunk's own keys j <= i,
+//                  weights M^(-1) w_ij <= 1 (the log domain), to the engine's [num | den] of the
+//                  earlier chunks (nd) and writes num / den (0 for 0/0). So no key is ever scaled
+//                  by a later key's maximum (the old limit: a later key in i's chunk raising a
+//                  feature's maximum by > 80 underflowed row i). It loops at most CH times.
 // map_features: elementwise phi (FMAP codes of the prelude) to f32, for decoding steps.
 // cast_f32:     xf = f32(x), so f16 values can enter the f32 kernels.
 // max() is written as select(m, y, y > m) so a NaN never becomes the stabiliser.
@@ -38,7 +42,7 @@
 override WG: u32 = 64u;     // invocations per workgroup, a power of two
 override TRIG: u32 = 0u;    // 1: sin/cos features
 override FMAP: u32 = 0u;    // map_features only: 0 elu+1, 1 relu, 2 identity
-override CAUSAL: u32 = 0u;  // key_max_scan, favor_exp_query: 1 = causal stabilisers
+override CAUSAL: u32 = 0u;  // favor_exp_keys, favor_exp_query: 1 = causal stabilisers
 
 struct Params {
     rows: u32,
@@ -53,6 +57,10 @@ struct Params {
     chunk: u32,   // keys per chunk of the chunk engine (per-feature stabilisers)
     n_chunks: u32,
     o_off: u32,   // favor_intra: element offset of the output binding
+    a0: u32,      // favor_intra_w: the block of features [a0, a1) of this dispatch
+    a1: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -66,9 +74,7 @@ struct Params {
 @group(0) @binding(8) var<storage, read_write> krun: array<f32>;
 @group(0) @binding(9) var<storage, read> nd: array<f32>;
 @group(0) @binding(10) var<storage, read_write> ratio: array<f32>;
-
-override CH: u32 = 64u;     // favor_intra: keys per chunk (= p.chunk)
-var<workgroup> wij: array<f32, CH * CH>;
+@group(0) @binding(11) var<storage, read_write> wij: array<f32>;
 
 var<workgroup> red: array<f32, WG>;
 
@@ -191,13 +197,14 @@ fn head_max(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
     if (r >= p.total) {
         return;
     }
+    // Positions [a0, a1) of this dispatch (the host keeps (a1 − a0) / WG ≤ 32 768).
     var mx = NEG_BIG;
-    for (var t = lid; t < p.len; t += WG) {
+    for (var t = p.a0 + lid; t < p.a1; t += WG) {
         mx = fmax(mx, logscale[r * p.len + t]);
     }
     let h = reduce_max(lid, mx);
     if (lid == 0u) {
-        head[p.head_off + r] = h;
+        head[p.head_off + r] = select(h, fmax(h, head[p.head_off + r]), p.a0 > 0u);
     }
 }
 
@@ -257,7 +264,8 @@ fn key_chunk_max(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
     kmax[idx] = mx;
 }
 
-// One invocation per (row, feature); loops over the chunks (the engine keeps nc <= 32 768).
+// One invocation per (row, feature): the running maximum over chunks [a0, a1), continuing from
+// chunk a0 − 1's (the host cuts nc into blocks of at most SCAN_BLOCK chunks, one dispatch each).
 @compute @workgroup_size(WG)
 fn key_max_scan(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
@@ -268,17 +276,27 @@ fn key_max_scan(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
     let a = idx % p.m;
     let base = (idx / p.m) * p.n_chunks * p.m + a;
     var run = NEG_BIG;
-    for (var c = 0u; c < p.n_chunks; c++) {
+    if (p.a0 > 0u) {
+        run = kmax[base + (p.a0 - 1u) * p.m];
+    }
+    for (var c = p.a0; c < p.a1; c++) {
         run = fmax(run, kmax[base + c * p.m]);
-        if (CAUSAL == 1u) {
-            kmax[base + c * p.m] = run;
-        }
+        kmax[base + c * p.m] = run;
     }
-    if (CAUSAL == 0u) {
-        for (var c = 0u; c < p.n_chunks; c++) {
-            kmax[base + c * p.m] = run;
-        }
+}
+
+// Non-causal, after key_max_scan: one invocation per (row, chunk, feature) takes the maximum over
+// all L (the last chunk's running maximum).
+@compute @workgroup_size(WG)
+fn key_max_fill(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let idx = wg_index(wg, nwg) * WG + lid;
+    if (idx >= p.total) {
+        return;
     }
+    let a = idx % p.m;
+    let last = ((idx / p.m) / p.n_chunks * p.n_chunks + p.n_chunks - 1u) * p.m + a;
+    kmax[idx] = kmax[last];
 }
 
 // One invocation per (row, chunk, feature), after key_max_scan.
@@ -377,49 +395,64 @@ fn extend_v(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
     feat[idx] = y;
 }
 
-// One workgroup per (row, chunk). lq = krun, lk = xf, cq = logscale, xv = feat, p.dk = Dv.
+// One invocation per entry (row, chunk, i, j) of wij, chunks of p.chunk keys. lq = krun,
+// lk = xf, cq = logscale.
+@compute @workgroup_size(WG)
+fn favor_intra_w(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let idx = wg_index(wg, nwg) * WG + lid;
+    if (idx >= p.total) {
+        return;
+    }
+    let ch = p.chunk;
+    let rc = idx / (ch * ch);
+    let i = (idx / ch) % ch;
+    let j = idx % ch;
+    let c = rc % p.n_chunks;
+    let n = min(ch, p.len - c * ch);
+    var w = 0.0;
+    if (j <= i && i < n) {
+        let t0 = (rc / p.n_chunks) * p.len + c * ch;
+        let qb = (t0 + i) * p.m;
+        let kb = (t0 + j) * p.m;
+        let cq = logscale[t0 + i];
+        for (var a = p.a0; a < p.a1; a++) {
+            w += exp(krun[qb + a] + xf[kb + a] - cq);
+        }
+    }
+    if (p.a0 > 0u) {
+        w += wij[idx];
+    }
+    wij[idx] = w;
+}
+
+// One invocation per output element (row, t, e), e < Dv = p.dk; xv = feat [R, L, Dv + 1].
 @compute @workgroup_size(WG)
 fn favor_intra(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
-    let rc = wg_index(wg, nwg);
-    if (rc >= p.total) {
+    let idx = wg_index(wg, nwg) * WG + lid;
+    if (idx >= p.total) {
         return;
     }
-    let r = rc / p.n_chunks;
-    let t0 = r * p.len + (rc % p.n_chunks) * p.chunk;
-    let n = min(p.chunk, p.len - (rc % p.n_chunks) * p.chunk);
-    let w2 = p.norm * p.norm;
-    for (var idx = lid; idx < n * n; idx += WG) {
-        let i = idx / n;
-        let j = idx % n;
-        var w = 0.0;
-        if (j <= i) {
-            let qb = (t0 + i) * p.m;
-            let kb = (t0 + j) * p.m;
-            let cq = logscale[t0 + i];
-            for (var a = 0u; a < p.m; a++) {
-                w += exp(krun[qb + a] + xf[kb + a] - cq);
-            }
-        }
-        wij[i * CH + j] = w2 * w;
-    }
-    workgroupBarrier();
     let dv = p.dk;
     let we = dv + 1u;
-    for (var idx = lid; idx < n * dv; idx += WG) {
-        let i = idx / dv;
-        let e = idx % dv;
-        let t = t0 + i;
-        var num = nd[t * we + e];
-        var den = nd[t * we + dv];
-        for (var j = 0u; j <= i; j++) {
-            let w = wij[i * CH + j];
-            num += w * feat[(t0 + j) * we + e];
-            den += w;
-        }
-        // 0/0 (every weight underflowed) -> 0, as the engine's guard.
-        ratio[p.o_off + t * dv + e] = select(num / den, 0.0, den == 0.0);
+    let e = idx % dv;
+    let t = idx / dv;
+    let r = t / p.len;
+    let c = (t % p.len) / p.chunk;
+    let i = (t % p.len) % p.chunk;
+    let t0 = t - i;
+    let wb = ((r * p.n_chunks + c) * p.chunk + i) * p.chunk;
+    let w2 = p.norm * p.norm;
+    var num = nd[t * we + e];
+    var den = nd[t * we + dv];
+    for (var j = 0u; j <= i; j++) {
+        let w = w2 * wij[wb + j];
+        num += w * feat[(t0 + j) * we + e];
+        den += w;
     }
+    // 0/0 (every weight underflowed) -> 0, as the engine's guard.
+    ratio[p.o_off + t * dv + e] = select(num / den, 0.0, den == 0.0);
 }
 
 @compute @workgroup_size(WG)

@@ -41,7 +41,7 @@ use bytemuck::Zeroable;
 
 use super::chunk::{self, Job};
 pub(crate) use super::favor_core::{record_core, Core};
-use crate::bind::Bind;
+use crate::bind::{scratch, Bind};
 use crate::driver::{self, Input, Pass, Plan, RowOp};
 use crate::pipeline::Storage;
 use crate::schedule::Schedule;
@@ -67,6 +67,10 @@ crate::uniform! {
         chunk: u32,
         n_chunks: u32,
         o_off: u32,
+        a0: u32,
+        a1: u32,
+        _pad0: u32,
+        _pad1: u32,
     }
 }
 
@@ -116,7 +120,13 @@ pub(crate) fn record_features(
         None => s.dispatch(&*pl("favor_exp_row")?, &prm, &[b_feat, b_log], groups),
         Some((h, _)) => {
             prm.total = nr as u32;
-            s.dispatch(&*pl("head_max")?, &prm, &[b_log, h], nr)?;
+            let hm = pl("head_max")?;
+            for t0 in (0..len.max(1)).step_by((SCAN_BLOCK * WG as u64) as usize) {
+                prm.a0 = t0 as u32;
+                prm.a1 = (t0 + SCAN_BLOCK * WG as u64).min(len) as u32;
+                s.dispatch(&hm, &prm, &[b_log, h], nr)?;
+            }
+            (prm.a0, prm.a1) = (0, 0);
             prm.total = (nr * len * f) as u32;
             s.dispatch(&*pl("favor_exp_head")?, &prm, &[b_feat, b_log, h], groups)
         }
@@ -145,6 +155,10 @@ where
         prm.total as u64,
     )
 }
+
+/// Iterations per invocation and dispatch of the loops over chunks (`key_max_scan`) and over
+/// positions (`head_max`, times WG): lavapipe stops an invocation silently past 65 535.
+const SCAN_BLOCK: u64 = 32_768;
 
 /// Tokens and features per `favor_proj` register tile (PT in shaders/favor.wgsl).
 const PROJ_TILE: u64 = 8;
@@ -213,7 +227,18 @@ pub(super) fn record_positive(
     };
     fold(s, kmax, nc * m, 1)?;
     prm.total = (nr * m) as u32;
-    s.dispatch(&*pl("key_max_scan")?, &prm, &[b_max], groups(nr * m))?;
+    let scan = pl("key_max_scan")?;
+    for c0 in (0..nc).step_by(SCAN_BLOCK as usize) {
+        prm.a0 = c0 as u32;
+        prm.a1 = (c0 + SCAN_BLOCK).min(nc) as u32;
+        s.dispatch(&scan, &prm, &[b_max], groups(nr * m))?;
+    }
+    (prm.a0, prm.a1) = (0, 0);
+    if !causal {
+        prm.total = (nr * nc * m) as u32;
+        let fill = pl("key_max_fill")?;
+        s.dispatch(&fill, &prm, &[b_max], groups(nr * nc * m))?;
+    }
     if causal {
         prm.total = (nr * nc * m) as u32;
         let binds = [b_fk, b_max, b_run];
@@ -238,10 +263,21 @@ pub(super) fn record_positive(
     )
 }
 
+/// Features per dispatch of `favor_intra_w`: each of its invocations loops once per feature, and
+/// lavapipe stops an invocation silently past 65 535 loop iterations (all loops together).
+const FEAT_BLOCK: u64 = 32_768;
+
+/// Bytes per row of L of [`record_intra`]'s weights `[nc, chunk, chunk]` f32, for a row of `len`.
+pub(super) fn intra_bytes(len: u64, chunk: u64) -> u64 {
+    len.div_ceil(chunk) * chunk * chunk * 4
+}
+
 /// Causal positive FAVOR+: adds each chunk's own keys `j ≤ i` in the log domain to `nd`
 /// (`[nr, len, Dv + 1]` f32, the engine's numerator and denominator over earlier chunks) and
 /// writes the ratio into the pass's output. `xv = [v | 1]`, logits and `logscale` as
-/// [`record_positive`] left them.
+/// [`record_positive`] left them. The weights go through a scratch `[nr, nc, chunk, chunk]`, one
+/// invocation per weight and per output, so no invocation loops more than `FEAT_BLOCK` or
+/// `chunk` times whatever M and Dv.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn record_intra(
     s: &mut Schedule<'_>,
@@ -253,32 +289,51 @@ pub(super) fn record_intra(
 ) -> Result<()> {
     let ctx = s.context();
     let nc = len.div_ceil(chunk);
-    let consts = [("WG", WG), ("CH", chunk as u32)];
-    let pl = ctx
-        .pipelines
-        .get(ctx, "favor", "favor_intra", Storage::F32, &consts)?;
-    let prm = Params {
+    let pl = |entry| {
+        ctx.pipelines
+            .get(ctx, "favor", entry, Storage::F32, &[("WG", WG)])
+    };
+    let n_w = nr * nc * chunk * chunk;
+    let wij = scratch(ctx, n_w * 4);
+    let b_w = Bind::prefix_at(11, &wij, n_w * 4).0;
+    let mut prm = Params {
         rows: nr as u32,
         len: len as u32,
         dk: dv as u32,
         m: m as u32,
-        total: (nr * nc) as u32,
+        total: n_w as u32,
         norm: (m as f32).powf(-0.5),
         chunk: chunk as u32,
         n_chunks: nc as u32,
         o_off: out.1,
         ..Zeroable::zeroed()
     };
-    let w = nr * len * (dv + 1) * 4;
-    let binds = [
-        Bind::prefix_at(3, xv, w).0,
+    let w_pl = pl("favor_intra_w")?;
+    let logits = [
         Bind::prefix_at(4, logscale, nr * len * 4).0,
         Bind::prefix_at(6, lk, nr * len * m * 4).0,
         Bind::prefix_at(8, lq, nr * len * m * 4).0,
+        b_w,
+    ];
+    for a0 in (0..m.max(1)).step_by(FEAT_BLOCK as usize) {
+        prm.a0 = a0 as u32;
+        prm.a1 = (a0 + FEAT_BLOCK).min(m) as u32;
+        s.dispatch(&w_pl, &prm, &logits, n_w.div_ceil(WG as u64))?;
+    }
+    let w = nr * len * (dv + 1) * 4;
+    let binds = [
+        Bind::prefix_at(3, xv, w).0,
         Bind::prefix_at(9, nd, w).0,
         out.0,
+        b_w,
     ];
-    s.dispatch(&pl, &prm, &binds, nr * nc)
+    prm.total = (nr * len * dv) as u32;
+    s.dispatch(
+        &*pl("favor_intra")?,
+        &prm,
+        &binds,
+        (nr * len * dv).div_ceil(WG as u64),
+    )
 }
 
 /// Records `xv = [v | 1]` (`[n, Dv + 1]` f32) from `x` (`[n, Dv]`, bound at slot 1).
@@ -458,7 +513,11 @@ impl<'a, T: Element> RowOp for Favor<'a, T> {
             plan = plan
                 .bytes("query logits", len * f * 4)
                 .bytes("key logits", len * f * 4)
-                .bytes("numerator and denominator", len * job.dv * 4);
+                .bytes("numerator and denominator", len * job.dv * 4)
+                .bytes(
+                    "intra-chunk weights",
+                    intra_bytes(len, chunk::chunk_len(ctx, &job) as u64),
+                );
         }
         plan.row_bytes.extend(chunk::row_bytes(ctx, &job));
         // The chunk kernels run on f32 features, so they write f32.

@@ -290,7 +290,11 @@ impl<T: Element> RowOp for FavorBatch<'_, T> {
         let n = self.seqs(&g).iter().map(|s| s.2).max().unwrap_or(0).max(1);
         let f = self.opts.kind.num_features(m as usize) as u64;
         let total: u64 = g.out_shape.iter().map(|&x| x as u64).product();
+        let split = self.opts.causal && self.opts.kind == FavorKind::Positive;
+        let job = super::favor::core_job(n, f, dv, self.opts.causal, split);
+        let w = super::favor::intra_bytes(n, super::chunk::chunk_len(ctx, &job) as u64);
         let plan = Plan::new(g.out_shape.clone(), 1, total)
+            .bytes("intra-chunk weights", h * w * split as u64)
             .bytes("q", h * n * dk * 4)
             .bytes("v", h * n * (dv + 1) * 4)
             .bytes("features", h * n * f * 4)

@@ -42,6 +42,7 @@ mod embedding;
 mod engine;
 mod favor;
 mod favor_batch;
+mod favor_loops;
 mod favor_range;
 mod gla;
 mod gla_batch;
