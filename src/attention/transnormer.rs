@@ -11,6 +11,7 @@
 
 use super::chunk::Geom as ChunkGeom;
 use super::lightning::{decayed_plan, record_decayed_pass, Decayed};
+use super::lightning_fix::{record_fix, FixIo};
 use super::softmax::{attend_plan, attend_rows, check_batch, record_attend_rows, upload_seqs};
 use super::softmax::{Attend, PosBias};
 use super::softmax_plan::Geom;
@@ -336,6 +337,10 @@ impl<T: Element> RowOp for NormOp<'_, T> {
         check_norm(NORM_OP, o.norm, o.eps, self.affine, d.dv)?;
         let block = super::chunk::resolve_chunk(ctx, NORM_OP, None)?;
         let mut plan = decayed_plan::<T>(ctx, &d, block).bytes("sums", sums_bytes(&d));
+        if o.causal {
+            // The definition-order sums of lightning_fix for non-finite inputs.
+            plan = plan.bytes("definition sums", sums_bytes(&d));
+        }
         // The norm runs over whole rows of f32 sums: no split along L here.
         plan.split_len = false;
         plan.row_group = geom.map_or(1, |g| g.unit);
@@ -385,7 +390,23 @@ impl<T: Element> RowOp for NormOp<'_, T> {
                 },
                 outs: Vec::new(),
             };
-            record_decayed_pass(s, qkv, d, &cfg, &sub)
+            record_decayed_pass(s, qkv, d, &cfg, &sub)?;
+            if !self.opts.causal {
+                return Ok(());
+            }
+            // NaN/±Inf of the causal sums as the definition (Lightning's fix pass, λ = 1).
+            let (len, dk, dv) = (d.len as u64, d.dk as u64, d.dv as u64);
+            let io = FixIo {
+                q: self.q.buffer(),
+                k: self.k.buffer(),
+                v: self.v.buffer(),
+                in_bytes: size_of::<T>() as u64,
+                geom: geom.unwrap_or_else(|| ChunkGeom::dense(len, dk, dv)),
+                fmap: self.opts.feature_map.shader_id(),
+                seqs: self.cu,
+                dims: (len, dk, dv),
+            };
+            record_fix(s, &io, &sub)
         })
     }
 }

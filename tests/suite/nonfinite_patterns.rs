@@ -357,3 +357,53 @@ fn lightning_case(
         cpu::attention::lightning_attention(&x[0], &x[1], &x[2], d, 2, Some(slopes), o).unwrap();
     bad + report(&format!("cpu lightning {label}"), &to_f64(&got), &want)
 }
+
+/// NormAttention across chunks (L = 150: three chunks of 64), causal, features of both signs
+/// (identity and elu maps), ±Inf in q, k or v, GPU (both tile families) and CPU path. The chunk
+/// state sums ±Inf over features where the definition has `sign(φ(q_i)·φ(k_j))·Inf` per term.
+#[test]
+fn norm_attention_inf_across_chunks_follows_the_reference() {
+    let (rows, l, dk, dv) = (2usize, 150usize, 6usize, 5usize);
+    let d = check_shapes("t", &[rows, l, dk], &[rows, l, dk], &[rows, l, dv]).unwrap();
+    let mut bad = 0;
+    let places = [
+        (2, 20 * dv + 1, f32::INFINITY),
+        (2, 90 * dv + 2, f32::NEG_INFINITY),
+        (1, 30 * dk + 2, f32::INFINITY),
+        (0, 100 * dk + 3, f32::INFINITY),
+        (0, (l + 70) * dk + 1, f32::NEG_INFINITY),
+    ];
+    for fm in [FeatureMap::Identity, FeatureMap::Elu] {
+        for &(which, at, val) in &places {
+            let mut g = rng(12);
+            let mut x = [
+                randn(&mut g, rows * l * dk, 0.5),
+                randn(&mut g, rows * l * dk, 0.5),
+                randn(&mut g, rows * l * dv, 1.0),
+            ];
+            x[which][at] = val;
+            let o = NormAttentionOptions {
+                causal: true,
+                feature_map: fm,
+                ..Default::default()
+            };
+            let aff = Affine::default();
+            let want =
+                reference::attention::norm_attention(&x[0], &x[1], &x[2], &d, &aff, &o).unwrap();
+            let label = format!("norm L=150 {fm:?} input {which} at {at} {val}");
+            for c in [ctx(), ctx_gpu_tiles()] {
+                let t = |x: &[f32], s: &[usize]| Tensor::from_slice(c, x, s).unwrap();
+                let (sk, sv) = ([rows, l, dk], [rows, l, dv]);
+                let out = Tensor::<f32>::nan(c, &sv).unwrap();
+                let (q, k, v) = (t(&x[0], &sk), t(&x[1], &sk), t(&x[2], &sv));
+                norm_attention_into(c, &q, &k, &v, &aff, &out, &o).unwrap();
+                let got = to_f64(&out.to_vec(c).unwrap());
+                bad += report(&format!("gpu {label}"), &got, &want);
+            }
+            let mut got = vec![f32::NAN; rows * l * dv];
+            cpu::attention::norm_attention(&x[0], &x[1], &x[2], &d, &aff, &o, &mut got).unwrap();
+            bad += report(&format!("cpu {label}"), &to_f64(&got), &want);
+        }
+    }
+    assert_eq!(bad, 0, "NaN/±Inf patterns differ from the reference");
+}

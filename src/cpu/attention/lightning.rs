@@ -164,8 +164,9 @@ fn decayed_row(
 /// a NaN/±Inf, or the block form gave a non-finite value), it is the sum of its non-finite terms
 /// (`λ^(t−j) > 0` keeps their signs): those entries are recomputed so, as the GPU's
 /// lightning_fix pass does, and NaN/±Inf follow the definition, not the state form `φ(q_t)·P_c`
-/// across blocks. Rows with finite inputs cost one scan.
-fn definition_nonfinite(
+/// across blocks. Rows with finite inputs cost one scan. NormAttention's causal sums use it with
+/// λ = 1.
+pub(crate) fn definition_nonfinite(
     fq: &[f32],
     fk: &[f32],
     v: &[f32],

@@ -74,6 +74,11 @@ pub fn norm_attention<T: Element>(
             None,
             &mut o32,
         );
+        if opts.causal {
+            // NaN/±Inf as the definition (λ = 1), not the chunk state's sum over features.
+            let v = &v[row * l * dv..][..l * dv];
+            super::lightning::definition_nonfinite(&fq, &fk, v, (l, dk, dv), &mut o32);
+        }
         o32.chunks_mut(dv)
             .for_each(|x| norm_row(opts.norm, x, opts.eps, affine));
         store(&o32, o);
