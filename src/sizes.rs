@@ -11,7 +11,7 @@ pub(crate) fn workgroup_size(ctx: &Context) -> u32 {
 
 /// Chunk length and padded slot count the adapter can hold: the `CP × CP` score tile and `CP`
 /// denominators must fit workgroup memory.
-fn fits(ctx: &Context, cp: u64) -> bool {
+pub(crate) fn fits(ctx: &Context, cp: u64) -> bool {
     (cp * cp + cp) * 4 <= ctx.limits().max_compute_workgroup_storage_size as u64
 }
 

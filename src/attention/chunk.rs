@@ -15,7 +15,7 @@ use crate::driver::Pass;
 use crate::pipeline::Storage;
 use crate::schedule::{rows_per_pass, Schedule};
 pub(crate) use crate::sizes::resolve_chunk;
-use crate::sizes::{default_chunk, pad_slots};
+use crate::sizes::{default_chunk, fits, pad_slots};
 use crate::types::{CuSeqlens, GqaDims, Layout, Strides, TileFamily};
 use crate::{Context, Result};
 
@@ -55,13 +55,39 @@ struct Geo {
 }
 
 impl Geo {
+    /// The context's tile family and default chunk, unless the job's Dk or Dv make an
+    /// invocation's loops too long: then the first of (family, chunk 64, 32, 16, 8) that keeps
+    /// them within [`LOOP_BUDGET`] (the other family's 4×4 tiles cost less per feature).
     fn new(ctx: &Context, job: &Job) -> Self {
-        let family = ctx.tile_family();
-        let (tr, tc, _, _) = family.tiles();
         // A sequence shorter than the default chunk is one chunk of its own length.
-        let chunk = job
-            .chunk
-            .unwrap_or_else(|| default_chunk(ctx).min(job.len.max(1) as u32));
+        let short = |c: u32| c.min(job.len.max(1) as u32);
+        let own = ctx.tile_family();
+        let first = Self::with(
+            own,
+            job.chunk.unwrap_or_else(|| short(default_chunk(ctx))),
+            job,
+        );
+        if first.trips(job) <= LOOP_BUDGET {
+            return first;
+        }
+        let other = match own {
+            TileFamily::Cpu => TileFamily::Gpu,
+            TileFamily::Gpu => TileFamily::Cpu,
+        };
+        let chunks: Vec<u32> = match job.chunk {
+            Some(c) => vec![c],
+            None => [64, 32, 16, 8].map(short).to_vec(),
+        };
+        [own, other]
+            .into_iter()
+            .flat_map(|f| chunks.iter().map(move |&c| (f, c)))
+            .map(|(f, c)| Self::with(f, c, job))
+            .find(|g| fits(ctx, g.cp as u64) && g.trips(job) <= LOOP_BUDGET)
+            .unwrap_or(first)
+    }
+
+    fn with(family: TileFamily, chunk: u32, job: &Job) -> Self {
+        let (tr, tc, _, _) = family.tiles();
         Self {
             family,
             chunk,
@@ -70,6 +96,25 @@ impl Geo {
             dvp: job.dv.next_multiple_of(tc as u64),
         }
     }
+
+    /// Loop iterations of one `chunk_apply` invocation (the engine's longest), counting per
+    /// feature of a TR×TC tile 1 + TR (the row loop; the vec4 loops unroll). Measured on
+    /// lavapipe, CPU tiles, causal, Dv = 3: Dkp 1104 runs (estimate 38 700), 2112 stops early
+    /// (73 800); non-causal 2112 runs (37 900).
+    fn trips(&self, job: &Job) -> u64 {
+        let (tr, tc, wa, _) = self.family.tiles();
+        let (tr, tc, cp) = (tr as u64, tc as u64, self.cp as u64);
+        let per = |tiles: u64| tiles.div_ceil(wa as u64);
+        let cost = 1 + tr;
+        let scores = match job.causal {
+            true => per((cp / tr) * (cp / tc)) * self.dkp * cost,
+            false => 0,
+        };
+        let den = per(cp / 4) * (self.dkp / 4 + cp);
+        let apply = per((cp / tr) * (self.dvp / tc)) * (self.dkp + cp + tr) * cost;
+        scores + den + apply
+    }
+
     fn chunks(&self, len: u64) -> u64 {
         len.div_ceil(self.chunk as u64)
     }
@@ -99,6 +144,10 @@ pub(crate) fn chunk_len(ctx: &Context, job: &Job) -> u32 {
 pub(crate) fn row_bytes(ctx: &Context, job: &Job) -> Vec<(&'static str, u64)> {
     Geo::new(ctx, job).scratch_bytes(job.len).to_vec()
 }
+
+/// Loop iterations one invocation may run: lavapipe stops an invocation silently once its loops
+/// together reach 65 535 (the margin covers [`Geo::trips`]' estimate).
+const LOOP_BUDGET: u64 = 60_000;
 
 /// Longest segment of L that one pass runs: the scan loops once per chunk, and lavapipe stops a
 /// loop silently past ~65 535 iterations.
@@ -336,6 +385,20 @@ fn record_passes(
     [qt, kt, kw, vp, state]: [&wgpu::Buffer; 5],
 ) -> Result<()> {
     let ctx = s.context();
+    if geo.trips(job) > LOOP_BUDGET {
+        return Err(crate::Error::InvalidArgument {
+            op: "chunk_attention",
+            name: "dk",
+            reason: format!(
+                "Dk = {} with Dv = {} needs ~{} loop iterations per invocation (limit {}); \
+                 use fewer features or a smaller Dv",
+                job.dk,
+                job.dv,
+                geo.trips(job),
+                LOOP_BUDGET
+            ),
+        });
+    }
     let (tr, tc, wg_apply, wg) = geo.family.tiles();
     let nc = geo.chunks(seg.len);
     let slots = nc * geo.cp as u64;
