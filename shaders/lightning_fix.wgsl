@@ -13,6 +13,10 @@
 //   terms:  one invocation per (row, token, value dim) and the keys [j0, j1) of this dispatch,
 //           adding the non-finite terms to acc (the host keeps j1 − j0 small: bounded loops).
 //   write_back: o = acc where acc is not finite.
+// With an initial state S_0 (stateful calls), its term λ^(t+1) φ(q_t)·S_0[.., e] is a sum over
+// features in the definition as well: the first terms dispatch adds it when it is not finite
+// (λ^(t+1) > 0 keeps its sign, as in the reference). s0: [N, Hq, Dk, Dv] f32, N = sequences
+// (packed) or batch entries.
 // Layout: q, k [.., L, Dk] and v, o [.., L, Dv] through (batch, head, token) strides; rows are
 // (batch, head) pairs, local row r = global row g0 + r; acc [nr, L, Dv] f32; starts: the token
 // offsets of the packed sequences (n_seq + 1 of them; [0, L] without packing).
@@ -49,6 +53,10 @@ struct Params {
     gx: u32,        // the folded grid of terms and write_back
     gy: u32,
     gz: u32,
+    s0_on: u32,     // 1: add the initial state's term (binding 8)
+    packed: u32,    // 1: s0 is per packed sequence, else per batch entry
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -59,6 +67,7 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> acc: array<f32>;
 @group(0) @binding(6) var<storage, read_write> args: array<atomic<u32>>;
 @group(0) @binding(7) var<storage, read_write> o: array<OT>;
+@group(0) @binding(8) var<storage, read> s0: array<f32>;
 
 fn finite(x: f32) -> bool {
     return (bitcast<u32>(x) & 0x7f800000u) != 0x7f800000u;
@@ -86,6 +95,34 @@ fn seq_start(t: u32) -> u32 {
         }
     }
     return starts[lo];
+}
+
+// The index of t's packed sequence (t inside one).
+fn seq_index(t: u32) -> u32 {
+    var lo = 0u;
+    var hi = p.n_seq;
+    while (hi - lo > 1u) {
+        let mid = (lo + hi) / 2u;
+        if (starts[mid] <= t) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    return lo;
+}
+
+// The initial state's term φ(q_t)·S_0[.., e] of local row r (its sign; λ^(t+1) > 0 left out).
+fn initial_term(r: u32, t: u32, e: u32) -> f32 {
+    let g = p.g0 + r;
+    let n = select(g / p.hq, seq_index(t), p.packed == 1u);
+    let sb = (n * p.hq + g % p.hq) * p.dk * p.dv + e;
+    let qb = p.q_off + row_base(r, p.q_bs, p.q_hs) + t * p.q_ts;
+    var y = 0.0;
+    for (var a = 0u; a < p.dk; a++) {
+        y += phi(ld_q(qb + a)) * s0[sb + a * p.dv];
+    }
+    return y;
 }
 
 fn q_finite(r: u32, t: u32) -> bool {
@@ -146,6 +183,11 @@ fn terms(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec
     var sum = 0.0;
     if (p.j0 > 0u) {
         sum = acc[gid];
+    } else if (p.s0_on == 1u) {
+        let y = initial_term(r, t, e);
+        if (!finite(y)) {
+            sum = y;
+        }
     }
     let qb = p.q_off + row_base(r, p.q_bs, p.q_hs) + t * p.q_ts;
     let kb = p.k_off + row_base(r, p.k_bs, p.k_hs);

@@ -12,9 +12,10 @@
 //! pattern) inside a block and across blocks: after the block form, the entries whose definition
 //! is not finite are recomputed in definition order (src/attention/lightning_fix.rs), so an Inf
 //! in v_j gives `sign(φ(q_t)·φ(k_j))·Inf` (not the NaN of `φ(q_t)·KV` summing ±Inf over
-//! features) and an Inf in q_t gives NaN where its terms disagree in sign. Not covered: rows whose
-//! span exceeds one storage binding (L split into segments) and the initial-state term of
-//! [`lightning_attention_with_state`], which keep the state form's pattern.
+//! features) and an Inf in q_t gives NaN where its terms disagree in sign; the initial state's
+//! term of [`lightning_attention_with_state`], `λ^(t+1) φ(q_t)·S_0` (a sum over features in the
+//! definition too), joins those sums. Not covered: rows whose span exceeds one storage binding
+//! (L split into segments), which keep the state form's pattern.
 
 use super::chunk::{self, Decay, Geom, Io, Job};
 use super::lightning_fix::{record_fix, FixIo};
@@ -262,6 +263,7 @@ impl<T: Element> RowOp for Lightning<'_, T> {
             fmap: self.opts.feature_map.shader_id(),
             seqs: self.seqs,
             dims: (d.len as u64, d.dk as u64, d.dv as u64),
+            initial: self.initial.map(|i| i.0),
         };
         record_fix(s, &io, p)
     }

@@ -10,11 +10,14 @@
 //! a non-finite input pays O(L²·Dk) per value dim of the rows it touches, in dispatches over
 //! blocks of keys (no invocation loops past ~48 000 iterations).
 //!
+//! The initial-state term `λ^(t+1) φ(q_t)·S_0` of the stateful calls is a sum over features in
+//! the definition too: the pass adds it, when not finite, to the entries it recomputes.
+//!
 //! Not covered (the engine's state form stays): a row span larger than one storage binding (L
-//! split into segments), and the initial-state term `λ^(t+1) φ(q_t)·S_0` of the stateful calls.
+//! split into segments).
 
 use super::chunk::Geom;
-use crate::bind::{scratch, upload_u32, Bind};
+use crate::bind::{scratch, upload_f32, upload_u32, Bind};
 use crate::driver::Pass;
 use crate::schedule::{fold_grid, Schedule};
 use crate::types::CuSeqlens;
@@ -56,6 +59,10 @@ crate::uniform! {
         gx: u32,
         gy: u32,
         gz: u32,
+        s0_on: u32,
+        packed: u32,
+        _pad0: u32,
+        _pad1: u32,
     }
 }
 
@@ -70,6 +77,8 @@ pub(crate) struct FixIo<'b> {
     pub fmap: u32,
     pub seqs: Option<&'b CuSeqlens>,
     pub dims: (u64, u64, u64),
+    /// The initial state S `[N, Hq, Dk, Dv]` f32 of a stateful call.
+    pub initial: Option<&'b wgpu::Buffer>,
 }
 
 /// The uniform for `work` items over rows from `g0`, with the bindings' element offsets
@@ -112,6 +121,10 @@ fn params(
         gx: grid[0],
         gy: grid[1],
         gz: grid[2],
+        s0_on: 0,
+        packed: 0,
+        _pad0: 0,
+        _pad1: 0,
     }
 }
 
@@ -181,13 +194,27 @@ pub(crate) fn record_fix(s: &mut Schedule<'_>, io: &FixIo<'_>, p: &Pass<'_>) -> 
         (nr * len).div_ceil(WG as u64),
     )?;
     prm.total = work as u32;
-    let block = (LOOP_BUDGET / (dk + 2)).max(1);
+    prm.s0_on = io.initial.is_some() as u32;
+    prm.packed = io.seqs.is_some() as u32;
+    // The first dispatch also runs the initial state's term (Dk more iterations).
+    let block = (LOOP_BUDGET.saturating_sub(dk) / (dk + 2)).max(1);
     let terms = pl("terms")?;
+    // terms reads binding 8 whatever s0_on says: a one-element stand-in without a state.
+    let none = upload_f32(ctx, &[0.0]);
+    let binds = [
+        bq,
+        bk,
+        bv,
+        b_st,
+        b_acc,
+        bo,
+        whole(8, io.initial.unwrap_or(&none)),
+    ];
     let mut j0 = 0;
     while j0 < len {
         prm.j0 = j0 as u32;
         prm.j1 = (j0 + block).min(len) as u32;
-        s.dispatch_indirect(&terms, &prm, &[bq, bk, bv, b_st, b_acc, bo], &args);
+        s.dispatch_indirect(&terms, &prm, &binds, &args);
         j0 += block;
     }
     let wb = pl("write_back")?;

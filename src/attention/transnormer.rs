@@ -405,6 +405,7 @@ impl<T: Element> RowOp for NormOp<'_, T> {
                 fmap: self.opts.feature_map.shader_id(),
                 seqs: self.cu,
                 dims: (len, dk, dv),
+                initial: None,
             };
             record_fix(s, &io, &sub)
         })

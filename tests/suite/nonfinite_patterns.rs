@@ -407,3 +407,66 @@ fn norm_attention_inf_across_chunks_follows_the_reference() {
     }
     assert_eq!(bad, 0, "NaN/±Inf patterns differ from the reference");
 }
+
+/// Lightning with an initial state (issue 11, item 4): the state's term `λ^(t+1) φ(q_t)·S_0` is a
+/// sum over features in the definition too, so with ±Inf in q it is ±Inf or NaN there; the
+/// definition-order pass must add it to the entries it recomputes. L = 150 over blocks of 8,
+/// identity map (features of both signs), GPU (both tile families) vs the batch reference.
+/// Before (the pass left the state's term out): ±Inf where the reference has NaN early in a row.
+#[test]
+fn lightning_with_initial_state_inf_follows_the_reference() {
+    use longseq::attention::lightning_attention_with_state;
+    use longseq::attention::linear::check_gqa;
+    use longseq::types::Layout;
+    let (h, l, dk, dv) = (2usize, 150usize, 6usize, 5usize);
+    let (sk, sv) = ([1, h, l, dk], [1, h, l, dv]);
+    let dims = check_gqa("t", &sk, &sk, &sv, Layout::Bhld, true).unwrap();
+    let slopes = [0.05f32, 0.4];
+    let o = LightningOptions {
+        block: Some(8),
+        feature_map: FeatureMap::Identity,
+        ..Default::default()
+    };
+    // ±Inf in q early in a row (few key terms, so the state's term decides the sign or NaN),
+    // late in a row, and in k or v.
+    let places = [
+        (0, 3, f32::INFINITY),
+        (0, 2 * dk + 1, f32::NEG_INFINITY),
+        (0, (l + 1) * dk + 4, f32::INFINITY),
+        (0, 100 * dk + 3, f32::INFINITY),
+        (2, 30 * dv + 1, f32::INFINITY),
+        (1, 60 * dk + 2, f32::NEG_INFINITY),
+    ];
+    let mut bad = 0;
+    for &(which, at, val) in &places {
+        let mut g = rng(21);
+        let mut x = [
+            randn(&mut g, h * l * dk, 0.5),
+            randn(&mut g, h * l * dk, 0.5),
+            randn(&mut g, h * l * dv, 1.0),
+        ];
+        let s0 = randn(&mut g, h * dk * dv, 1.0);
+        x[which][at] = val;
+        let s0_64: Vec<f64> = s0.iter().map(|&y| y as f64).collect();
+        let (want, _) = reference::attention::lightning_attention_batch(
+            (&x[0], &x[1], &x[2]),
+            &dims,
+            &slopes,
+            o.feature_map,
+            Some(&s0_64),
+        )
+        .unwrap();
+        for c in [ctx(), ctx_gpu_tiles()] {
+            let t = |y: &[f32], s: &[usize]| Tensor::from_slice(c, y, s).unwrap();
+            let (q, k, v) = (t(&x[0], &sk), t(&x[1], &sk), t(&x[2], &sv));
+            let ts0 = t(&s0, &[1, h, dk, dv]);
+            let (out, _) =
+                lightning_attention_with_state(c, &q, &k, &v, Some(&slopes), Some(&ts0), &o)
+                    .unwrap();
+            let got = to_f64(&out.to_vec(c).unwrap());
+            let label = format!("gpu lightning S0 input {which} at {at} {val}");
+            bad += report(&label, &got, &want);
+        }
+    }
+    assert_eq!(bad, 0, "NaN/±Inf patterns differ from the reference");
+}
