@@ -290,17 +290,37 @@ impl<T: Element> RowOp for FavorBatch<'_, T> {
         let n = self.seqs(&g).iter().map(|s| s.2).max().unwrap_or(0).max(1);
         let f = self.opts.kind.num_features(m as usize) as u64;
         let total: u64 = g.out_shape.iter().map(|&x| x as u64).product();
-        let split = self.opts.causal && self.opts.kind == FavorKind::Positive;
-        let job = super::favor::core_job(n, f, dv, self.opts.causal, split);
-        let w = super::favor::intra_bytes(n, super::chunk::chunk_len(ctx, &job) as u64);
-        let plan = Plan::new(g.out_shape.clone(), 1, total)
-            .bytes("intra-chunk weights", h * w * split as u64)
-            .bytes("q", h * n * dk * 4)
-            .bytes("v", h * n * (dv + 1) * 4)
-            .bytes("features", h * n * f * 4)
-            .bytes("S", h * f * (dv + 1) * 4)
-            .bytes("q (whole)", self.q.len() as u64 * size_of::<T>() as u64)
-            .bytes("v (whole)", self.v.len() as u64 * size_of::<T>() as u64);
+        let es = size_of::<T>() as u64;
+        let seq = |n: u64| seq_bytes(ctx, &self.opts, (h, n, dk, dv, f));
+        let limit = ctx.limits().max_storage_buffer_binding_size;
+        let slack = ctx.limits().min_storage_buffer_offset_alignment as u64 + 4;
+        let fits = |n: u64| seq(n).iter().all(|&(_, b)| b + slack <= limit);
+        if !fits(n) {
+            // The dense copy of one sequence must fit a binding: no split along L here.
+            let (mut lo, mut hi) = (0, n);
+            while hi - lo > 1 {
+                let mid = lo + (hi - lo) / 2;
+                if fits(mid) {
+                    lo = mid
+                } else {
+                    hi = mid
+                }
+            }
+            let (what, needed) = seq(n).into_iter().max_by_key(|x| x.1).unwrap_or(("q", 0));
+            return Err(Error::TooLarge {
+                op: OP,
+                what: format!(
+                    "`{what}` of a sequence of {n} tokens; the longest sequence that runs on \
+                     this adapter is L = {lo} (one sequence is not split along L)"
+                ),
+                needed: needed + slack,
+                limit,
+            });
+        }
+        let mut plan = Plan::new(g.out_shape.clone(), 1, total)
+            .bytes("q (whole)", self.q.len() as u64 * es)
+            .bytes("v (whole)", self.v.len() as u64 * es);
+        plan.row_bytes.extend(seq(n));
         Ok(((g, m), plan))
     }
 
@@ -369,6 +389,33 @@ impl<T: Element> RowOp for FavorBatch<'_, T> {
         }
         Ok(())
     }
+}
+
+/// Bytes of each binding of one sequence's run (`h` heads, `n` tokens, F features): the dense
+/// copies, the features, the intra-chunk weights (causal positive) and the chunk engine's scratch.
+fn seq_bytes(
+    ctx: &Context,
+    o: &FavorOptions,
+    (h, n, dk, dv, f): (u64, u64, u64, u64, u64),
+) -> Vec<(&'static str, u64)> {
+    let split = o.causal && o.kind == FavorKind::Positive;
+    let job = super::favor::core_job(n, f, dv, o.causal, split);
+    let chunk = super::chunk::chunk_len(ctx, &job) as u64;
+    let mut b = vec![
+        ("q", h * n * dk * 4),
+        ("v", h * n * (dv + 1) * 4),
+        ("features", h * n * f * 4),
+        ("S", h * f * (dv + 1) * 4),
+    ];
+    if split {
+        b.push((
+            "intra-chunk weights",
+            h * super::favor::intra_bytes(n, chunk),
+        ));
+    }
+    let engine = super::chunk::row_bytes(ctx, &job);
+    b.extend(engine.into_iter().map(|(w, x)| (w, h * x)));
+    b
 }
 
 /// An empty sequence's final state is its initial state.

@@ -394,3 +394,32 @@ fn bad_input_is_a_typed_error() {
         "{r:?}"
     );
 }
+
+/// Issue 11, item 5: a sequence past the storage-binding limit (capped at 256 KiB here) is a
+/// `TooLarge` that names the longest L that runs; that L runs and matches the reference. Before,
+/// the error named only the binding, not the L that fits, and the plan left out the chunk
+/// engine's scratch.
+#[test]
+fn a_sequence_past_the_binding_limit_names_the_longest_l_that_runs() {
+    let c = ctx_small_bindings(256 << 10);
+    let (h, d, m) = (2usize, 8usize, 16usize);
+    for o in [positive(true), positive(false)] {
+        let x = case::<f32>((1, 3000, h, d), m, Layout::Blhd, 77);
+        let ([q, k, v], w) = tensors(&c, &x);
+        let out = Tensor::<f32>::nan(&c, &x.d.out_shape).unwrap();
+        let r = favor_attention_batch_into(&c, (&q, &k, &v), &w, Layout::Blhd, None, &out, &o);
+        let Err(Error::TooLarge { what, .. }) = r else {
+            panic!("L = 3000 at 256 KiB: {r:?}");
+        };
+        eprintln!("causal={}: {what}", o.causal);
+        let l_max: usize = what
+            .split("L = ")
+            .nth(1)
+            .and_then(|s| s.split(' ').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no L in {what:?}"));
+        assert!((100..3000).contains(&l_max), "{what}");
+        let x = case::<f32>((1, l_max, h, d), m, Layout::Blhd, 78);
+        check(&c, &x, None, &o, TOL_F32);
+    }
+}
