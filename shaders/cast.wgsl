@@ -32,3 +32,19 @@ fn pack_f16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
     }
     dst[w] = pack2x16float(pair);
 }
+
+// The inverse, to start a staged output from the tensor's values (ops that leave some elements
+// untouched): unpacked[i] = f32(half start + i of packed), i < n.
+@group(0) @binding(3) var<storage, read> packed: array<u32>;
+@group(0) @binding(4) var<storage, read_write> unpacked: array<f32>;
+
+@compute @workgroup_size(WG)
+fn unpack_f16(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let g = (wg.x + nwg.x * (wg.y + nwg.y * wg.z)) * WG + lid;
+    if (g >= p.n) {
+        return;
+    }
+    let idx = p.start + g;
+    unpacked[g] = unpack2x16float(packed[idx / 2u])[idx % 2u];
+}

@@ -111,8 +111,7 @@ impl FavorState {
 ///
 /// # Errors
 /// [`Error::Shape`] for mismatched shapes, grouped heads or Lq ≠ Lk, B ≠ 1 with `cu`, or ω not
-/// `[M, Dk]`; [`Error::InvalidArgument`] for M = 0, a last offset past L, or packed sequences with
-/// f16 tensors on an adapter without SHADER_F16; [`Error::TooLarge`] when a sequence's copies do
+/// `[M, Dk]`; [`Error::InvalidArgument`] for M = 0 or a last offset past L; [`Error::TooLarge`] when a sequence's copies do
 /// not fit a storage binding.
 pub fn favor_attention_batch<T: Element>(
     ctx: &Context,
@@ -273,7 +272,7 @@ impl<T: Element> RowOp for FavorBatch<'_, T> {
     type Dims = (GqaDims, u64);
     const NAME: &'static str = OP;
 
-    fn plan(&self, ctx: &Context) -> Result<(Self::Dims, Plan)> {
+    fn plan(&self, _: &Context) -> Result<(Self::Dims, Plan)> {
         let (q, k, v) = (self.q.shape(), self.k.shape(), self.v.shape());
         let g = check_gqa(OP, q, k, v, self.layout, true)?;
         if g.kv_heads != g.q_heads {
@@ -285,18 +284,19 @@ impl<T: Element> RowOp for FavorBatch<'_, T> {
             });
         }
         let m = check_omega(OP, self.omega.shape(), g.dk)? as u64;
-        super::linear::check_varlen::<T>(ctx, OP, &g, self.cu)?;
+        super::linear::check_varlen(OP, &g, self.cu)?;
         let (h, dk, dv) = (g.q_heads as u64, g.dk as u64, g.dv as u64);
         let n = self.seqs(&g).iter().map(|s| s.2).max().unwrap_or(0).max(1);
         let f = self.opts.kind.num_features(m as usize) as u64;
         let total: u64 = g.out_shape.iter().map(|&x| x as u64).product();
-        let plan = Plan::new(g.out_shape.clone(), 1, total)
+        let mut plan = Plan::new(g.out_shape.clone(), 1, total)
             .bytes("q", h * n * dk * 4)
             .bytes("v", h * n * (dv + 1) * 4)
             .bytes("features", h * n * f * 4)
             .bytes("S", h * f * (dv + 1) * 4)
             .bytes("q (whole)", self.q.len() as u64 * size_of::<T>() as u64)
             .bytes("v (whole)", self.v.len() as u64 * size_of::<T>() as u64);
+        plan.partial_out = self.cu.is_some();
         Ok(((g, m), plan))
     }
 

@@ -139,6 +139,74 @@ fn cross_attention_lq_ne_lk() {
     }
 }
 
+/// NormAttention's cross-attention (not causal): Lq ≠ Lk either way, GQA, both layouts, f32 and
+/// f16 (native and packed), into NaN-poisoned outputs against the reference (the numerator over
+/// Lk keys, then the norm of each of the Lq rows).
+#[test]
+fn norm_cross_attention_lq_ne_lk() {
+    use longseq::attention::{norm_attention_batch_into, Affine, Norm, NormAttentionOptions};
+    use longseq::reference::attention::norm_attention_batch;
+    fn one<T: Element>(c: &Context, s: Sizes, layout: Layout, seed: u64, tol: f64) {
+        let (b, hq, hkv, lq, lk, dk, dv) = s;
+        let mut r = rng(seed);
+        let mut make = |h, len, d| {
+            let shape = layout.shape(b, h, len, d);
+            let x: Vec<T> = randn(&mut r, b * h * len * d, 0.5)
+                .iter()
+                .map(|&v| T::from_f64(v as f64))
+                .collect();
+            (x, shape)
+        };
+        let ((q, sq), (k, sk), (v, sv)) = (make(hq, lq, dk), make(hkv, lk, dk), make(hkv, lk, dv));
+        let d = check_gqa("test", &sq, &sk, &sv, layout, false).unwrap();
+        let o = NormAttentionOptions {
+            causal: false,
+            norm: Norm::LayerNorm,
+            ..Default::default()
+        };
+        let none = Affine::default();
+        let want = norm_attention_batch((&q, &k, &v), &d, &none, &o, None).unwrap();
+        let t = |x: &[T], sh: &[usize]| Tensor::from_slice(c, x, sh).unwrap();
+        let out = Tensor::<T>::nan(c, &d.out_shape).unwrap();
+        let (q, k, v) = (t(&q, &sq), t(&k, &sk), t(&v, &sv));
+        norm_attention_batch_into(c, &q, &k, &v, &none, layout, None, &out, &o).unwrap();
+        let got = to_f64(&out.to_vec(c).unwrap());
+        assert_close_both(&format!("norm {layout:?} {s:?}"), &got, &want, tol);
+    }
+    for layout in [Layout::Bhld, Layout::Blhd] {
+        for (lq, lk) in [(37, 150), (150, 37), (1, 70)] {
+            let s = (2, 4, 2, lq, lk, 20, 12);
+            for c in contexts_f32() {
+                one::<f32>(c, s, layout, 31, TOL_F32);
+            }
+            for c in [ctx(), ctx_packed()] {
+                one::<half::f16>(c, s, layout, 32, TOL_F16);
+            }
+        }
+    }
+    // The causal mask needs Lq = Lk: a typed error.
+    let c = ctx();
+    let q = Tensor::<f32>::nan(c, &[1, 2, 10, 4]).unwrap();
+    let k = Tensor::<f32>::nan(c, &[1, 2, 12, 4]).unwrap();
+    let o = NormAttentionOptions {
+        causal: true,
+        ..Default::default()
+    };
+    let e = longseq::attention::norm_attention_batch(
+        c,
+        &q,
+        &k,
+        &k,
+        &Affine::default(),
+        Layout::Bhld,
+        None,
+        &o,
+    )
+    .err()
+    .expect("a typed error");
+    assert!(matches!(e, Error::Shape { .. }), "{e}");
+}
+
 /// Bindings too small for a whole batch entry: `[B, L, H, D]` splits along B (passes of whole
 /// batch entries) and along L (segments of all heads of one entry carrying the state).
 #[test]
