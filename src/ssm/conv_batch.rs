@@ -15,7 +15,7 @@ use crate::bind::{bind_buffer, bind_whole, Bind};
 use crate::driver::{self, Input, Pass, Plan, RowOp};
 use crate::schedule::Schedule;
 use crate::sizes::workgroup_size;
-use crate::{Context, Element, Result, Tensor};
+use crate::{Context, Element, Error, Result, Tensor};
 
 const OP: &str = "s4d_conv";
 
@@ -46,10 +46,10 @@ crate::uniform! {
 /// f32.
 ///
 /// # Errors
-/// [`Error::Shape`](crate::Error::Shape) (u, the states, B ≠ 1 with packed sequences),
-/// [`Error::InvalidArgument`](crate::Error::InvalidArgument) (cu_seqlens past L, a rule other
-/// than ZOH and bilinear), [`Error::TooLarge`](crate::Error::TooLarge) when u or its gathered
-/// rows `[N, H, max sequence length]` (f32) exceed a storage binding, and those of
+/// [`Error::Shape`] (u, the states, B ≠ 1 with packed sequences), [`Error::InvalidArgument`]
+/// (cu_seqlens past L, a rule other than ZOH and bilinear, a sequence longer than 65 535 · WG
+/// tokens, WG = 256 on most adapters), [`Error::TooLarge`] when u or its gathered rows
+/// `[N, H, longest sequence]` (f32) exceed a storage binding, and those of
 /// [`super::causal_conv`].
 pub fn s4d_conv_batch<T: Element>(
     ctx: &Context,
@@ -81,6 +81,11 @@ pub fn s4d_conv_batch_into<T: Element>(
         batch: Resolved::new(b, Some(final_state)),
     };
     driver::run_into(ctx, &op, y)
+}
+
+/// The final-state reduction's workgroup: a power of two (its tree sum halves it).
+fn reduce_wg(ctx: &Context) -> u32 {
+    1 << workgroup_size(ctx).ilog2()
 }
 
 struct ConvBatch<'a, T: Element> {
@@ -119,6 +124,19 @@ impl<T: Element> RowOp for ConvBatch<'_, T> {
             None => len,
         }
         .max(1) as u64;
+        // The final-state reduction loops lp / WG times per invocation (lavapipe stops loops
+        // past ~65 535 iterations).
+        let most = 65_535 * reduce_wg(ctx) as u64;
+        if lp > most {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                name: "u",
+                reason: format!(
+                    "a sequence of {lp} tokens; the convolution mode takes at most {most} \
+                     (use s4d_scan_batch)"
+                ),
+            });
+        }
         let total = self.u.len() as u64;
         let rows = (n * h) as u64;
         let mut plan = Plan::new(self.u.shape().to_vec(), 1, total)
@@ -217,8 +235,12 @@ impl<T: Element> RowOp for ConvBatch<'_, T> {
 
         if let Some(fin) = self.batch.final_state {
             prm.total = (rows * n2) as u32;
+            let c = [("WG", reduce_wg(ctx))];
+            let pf = ctx
+                .pipelines
+                .get(ctx, "s4d_batch", "final_state", p.storage, &c)?;
             let binds = [bseq, bm, bx0, bug, Bind::all(10, fin.buffer())];
-            s.dispatch(&*pl("final_state")?, &prm, &binds, rows * n2)?;
+            s.dispatch(&pf, &prm, &binds, rows * n2)?;
         }
         Ok(())
     }

@@ -366,11 +366,12 @@ fn readme_linear_varlen_line() {
     assert_close_both("readme z", &read(&out, "final_z").0, &want.z, 1e-5);
 }
 
-/// NormAttention's cross-attention from the CLI: q [1, 40, 4, D], k, v [1, 90, 2, D] (Lk ≠ Lq and
-/// GQA, not causal), GPU against the reference (exit 3 past the tolerance), `o` shaped like q.
+/// Cross-attention from the CLI for norm, linear and softmax: q [1, 40, 4, D], k, v
+/// [1, 90, 2, D] (Lk ≠ Lq and GQA, not causal), GPU against the reference (exit 3 past the
+/// tolerance), `o` shaped like q.
 #[test]
-fn norm_cross_attention_lq_ne_lk() {
-    let path = tmp("in-norm-cross.safetensors");
+fn cross_attention_lq_ne_lk() {
+    let path = tmp("in-cross.safetensors");
     let mut r = rng(9);
     let (sq, skv) = (vec![1, 40, 4, D], vec![1, 90, 2, D]);
     let q = randn(&mut r, 40 * 4 * D, 0.5);
@@ -384,21 +385,24 @@ fn norm_cross_attention_lq_ne_lk() {
             ("v", Dtype::F32, skv, bytemuck::cast_slice(&v)),
         ],
     );
-    let out = tmp("o-norm-cross.safetensors");
-    let o = run(&[
-        "--input",
-        &path,
-        "--method",
-        "norm",
-        "--layout",
-        "blhd",
-        "--device",
-        "gpu,reference",
-        "--output",
-        &out,
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let (got, shape) = read(&out, "o");
-    assert_eq!(shape, sq);
-    assert!(got.iter().all(|x| x.is_finite()));
+    for method in ["norm", "linear", "softmax"] {
+        let out = tmp(&format!("o-cross-{method}.safetensors"));
+        let o = run(&[
+            "--input",
+            &path,
+            "--method",
+            method,
+            "--layout",
+            "blhd",
+            "--device",
+            "gpu,reference",
+            "--output",
+            &out,
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{method}: {err}");
+        let (got, shape) = read(&out, "o");
+        assert_eq!(shape, sq, "{method}");
+        assert!(got.iter().all(|x| x.is_finite()), "{method}");
+    }
 }
