@@ -4,7 +4,8 @@
 // modes: [H, N2, 7] u32 words per mode: W re, W im, log|Abar| (f32 bits), the phase of Abar in
 // turns as a 64-bit two's-complement fixed-point fraction (hi, lo), Bbar re, Bbar im (f32 bits). Abar^l is formed as
 // exp(l log|Abar|) (cos, sin)(2 pi frac(l * turns)) with l * turns reduced exactly in integers:
-// no repeated products, and cos/sin only ever see angles in [-pi, pi].
+// no repeated products, and cos/sin only ever see angles in [-pi, pi] (abar_pow, in the
+// shader prelude of src/pipeline.rs).
 
 override WG: u32 = 256u;
 override DISC: u32 = 0u; // 0 ZOH, 1 bilinear
@@ -31,7 +32,6 @@ struct Params {
 @group(0) @binding(8) var<storage, read_write> modes: array<u32>;
 @group(0) @binding(9) var<storage, read_write> k: array<OT>;
 
-const TWO_PI: f32 = 6.283185307179586;
 
 fn cdiv(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
     // Scaled by the larger component so |b|^2 cannot overflow or underflow.
@@ -186,28 +186,6 @@ fn discretize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
     modes[o + 2u] = bitcast<u32>(logmag);
     modes[o + 3u] = hi;
     modes[o + 4u] = lo;
-}
-
-// High 32 bits of the 64-bit product a * b.
-fn mulhi(a: u32, b: u32) -> u32 {
-    let a0 = a & 0xFFFFu;
-    let a1 = a >> 16u;
-    let b0 = b & 0xFFFFu;
-    let b1 = b >> 16u;
-    let p01 = a0 * b1;
-    let p10 = a1 * b0;
-    let mid = ((a0 * b0) >> 16u) + (p01 & 0xFFFFu) + (p10 & 0xFFFFu);
-    return a1 * b1 + (p01 >> 16u) + (p10 >> 16u) + (mid >> 16u);
-}
-
-// Abar^l of the mode at word offset o: exp(l log|Abar|) at the phase l * turns mod 1, exact.
-fn abar_pow(o: u32, l: u32) -> vec2<f32> {
-    let lo = modes[o + 4u];
-    let ph = modes[o + 3u] * l + mulhi(l, lo);
-    let pl = lo * l;
-    let t = f32(bitcast<i32>(ph)) * 2.3283064365386963e-10 + f32(pl) * 5.421010862427522e-20;
-    let ang = TWO_PI * t;
-    return exp(f32(l) * bitcast<f32>(modes[o + 2u])) * vec2<f32>(cos(ang), sin(ang));
 }
 
 // Positions per invocation: W Abar^l0 is evaluated exactly once per mode and multiplied by the

@@ -5,8 +5,8 @@
 //! every op its three entry points: [`run`] (`op`), [`run_into`] (`op_into`), [`record`]
 //! (`record_op`).
 
-use crate::bind::{scratch, Bind};
-use crate::cast::record_pack_f16;
+use crate::bind::Bind;
+use crate::cast::{record_pack_f16, record_unpack_f16};
 use crate::pipeline::Storage;
 use crate::schedule::{rows_per_pass, Schedule};
 use crate::{Context, DType, Element, Error, Result, Tensor};
@@ -31,6 +31,9 @@ pub(crate) struct Plan {
     /// A pass takes a multiple of this many rows (e.g. the H rows of a `[B, L, H, D]` batch
     /// entry, so the pass's output is contiguous); 1 = any count.
     pub row_group: u64,
+    /// The op leaves some output elements untouched (packed sequences: the tokens past the last
+    /// offset), so a staged output starts from the tensor's values.
+    pub partial_out: bool,
 }
 
 impl Plan {
@@ -44,6 +47,7 @@ impl Plan {
             n_outs: 1,
             split_len: false,
             row_group: 1,
+            partial_out: false,
         }
     }
 
@@ -230,7 +234,8 @@ fn check_out<O: RowOp>(
     Ok(())
 }
 
-/// The row loop: passes that fit the binding limit, packed f16 through an f32 scratch.
+/// The row loop: passes that fit the binding limit, packed f16 through an f32 scratch (filled
+/// from `out` first when the op leaves some of it untouched).
 fn drive<O: RowOp>(
     s: &mut Schedule<'_>,
     op: &O,
@@ -261,10 +266,17 @@ fn drive<O: RowOp>(
         }
         n => n,
     };
+    // COPY_DST: ops that keep parts of their output copy the rest in (NormAttention's packing).
+    let stage = || {
+        ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("longseq f16 staging"),
+            size: (per.min(plan.rows) * plan.out_row * 4).max(4),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    };
     let stages: Vec<wgpu::Buffer> = match staged {
-        true => (0..outs.len())
-            .map(|_| scratch(ctx, per.min(plan.rows) * plan.out_row * 4))
-            .collect(),
+        true => (0..outs.len()).map(|_| stage()).collect(),
         false => Vec::new(),
     };
     op.record_prologue(s, d)?;
@@ -290,6 +302,11 @@ fn drive<O: RowOp>(
             out: slot(0),
             outs: (0..outs.len()).map(slot).collect(),
         };
+        if plan.partial_out {
+            for (buf, out) in stages.iter().zip(outs) {
+                record_unpack_f16(s, out.buffer(), r0 * plan.out_row, nr * plan.out_row, buf)?;
+            }
+        }
         op.record_rows(s, d, &pass)?;
         for (buf, out) in stages.iter().zip(outs) {
             let n = nr * plan.out_row;

@@ -94,7 +94,7 @@ pub(crate) const KERNELS: &[Kernel] = &[
         ["step_update", "step_output"],
         crate::attention::recurrent::Params
     ),
-    kernel!("cast", ["pack_f16"], crate::cast::PackParams),
+    kernel!("cast", ["pack_f16", "unpack_f16"], crate::cast::PackParams),
     kernel!("embedding", ["lookup"], crate::positions::embedding::Params),
     kernel!("rope", ["rotate"], crate::positions::rope::Params),
     kernel!("hippo", ["legs", "lti"], crate::ssm::approx::Params),
@@ -155,6 +155,11 @@ pub(crate) const KERNELS: &[Kernel] = &[
             "final_state"
         ],
         crate::attention::gla::Params
+    ),
+    kernel!(
+        "s4d_batch",
+        ["gather", "widen", "finish", "final_state"],
+        crate::ssm::conv_batch::Params
     ),
     kernel!(
         "ssm_kernel",

@@ -66,6 +66,7 @@ pub(crate) fn source(shader: &str) -> Option<&'static str> {
         "scan" => include_str!("../shaders/scan.wgsl"),
         "selective_scan" => include_str!("../shaders/selective_scan.wgsl"),
         "ssm_kernel" => include_str!("../shaders/ssm_kernel.wgsl"),
+        "s4d_batch" => include_str!("../shaders/s4d_batch.wgsl"),
         "gla" => include_str!("../shaders/gla.wgsl"),
         _ => return None,
     })
@@ -74,6 +75,32 @@ pub(crate) fn source(shader: &str) -> Option<&'static str> {
 /// Helpers every shader may call, prepended when the shader calls one and does not define it.
 /// `(name, needs, code)`: `needs` is an override the helper reads, which the shader must declare.
 const PRELUDE: &[(&str, Option<&str>, &str)] = &[
+    (
+        "abar_pow",
+        None,
+        "// High 32 bits of the 64-bit product a * b.
+fn mulhi(a: u32, b: u32) -> u32 {
+    let a0 = a & 0xFFFFu;
+    let a1 = a >> 16u;
+    let b0 = b & 0xFFFFu;
+    let b1 = b >> 16u;
+    let p01 = a0 * b1;
+    let p10 = a1 * b0;
+    let mid = ((a0 * b0) >> 16u) + (p01 & 0xFFFFu) + (p10 & 0xFFFFu);
+    return a1 * b1 + (p01 >> 16u) + (p10 >> 16u) + (mid >> 16u);
+}
+
+// Abar^l of the mode at word offset o of the shader's `modes` table (src/ssm/kernel.rs):
+// exp(l log|Abar|) at the phase l * turns mod 1, reduced exactly in 64-bit fixed point.
+fn abar_pow(o: u32, l: u32) -> vec2<f32> {
+    let lo = modes[o + 4u];
+    let ph = modes[o + 3u] * l + mulhi(l, lo);
+    let pl = lo * l;
+    let t = f32(bitcast<i32>(ph)) * 2.3283064365386963e-10 + f32(pl) * 5.421010862427522e-20;
+    let ang = 6.283185307179586 * t;
+    return exp(f32(l) * bitcast<f32>(modes[o + 2u])) * vec2<f32>(cos(ang), sin(ang));
+}",
+    ),
     (
         "wg_index",
         None,

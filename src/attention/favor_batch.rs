@@ -111,8 +111,7 @@ impl FavorState {
 ///
 /// # Errors
 /// [`Error::Shape`] for mismatched shapes, grouped heads or Lq ≠ Lk, B ≠ 1 with `cu`, or ω not
-/// `[M, Dk]`; [`Error::InvalidArgument`] for M = 0, a last offset past L, or packed sequences with
-/// f16 tensors on an adapter without SHADER_F16; [`Error::TooLarge`] when a sequence's copies do
+/// `[M, Dk]`; [`Error::InvalidArgument`] for M = 0 or a last offset past L; [`Error::TooLarge`] when a sequence's copies do
 /// not fit a storage binding.
 pub fn favor_attention_batch<T: Element>(
     ctx: &Context,
@@ -285,7 +284,7 @@ impl<T: Element> RowOp for FavorBatch<'_, T> {
             });
         }
         let m = check_omega(OP, self.omega.shape(), g.dk)? as u64;
-        super::linear::check_varlen::<T>(ctx, OP, &g, self.cu)?;
+        super::linear::check_varlen(OP, &g, self.cu)?;
         let (h, dk, dv) = (g.q_heads as u64, g.dk as u64, g.dv as u64);
         let n = self.seqs(&g).iter().map(|s| s.2).max().unwrap_or(0).max(1);
         let f = self.opts.kind.num_features(m as usize) as u64;
@@ -321,6 +320,7 @@ impl<T: Element> RowOp for FavorBatch<'_, T> {
             .bytes("q (whole)", self.q.len() as u64 * es)
             .bytes("v (whole)", self.v.len() as u64 * es);
         plan.row_bytes.extend(seq(n));
+        plan.partial_out = self.cu.is_some();
         Ok(((g, m), plan))
     }
 

@@ -93,7 +93,7 @@ pub struct GlaInputs<'a, T: Element> {
     /// Packed sequences along L (flash-linear-attention's `cu_seqlens`, B = 1): sequence i is
     /// tokens `[offsets[i], offsets[i + 1])` and runs from `initial_state[i]`; `final_state` is
     /// `[N, H, Dk, Dv]`. o past the last offset is left untouched. Each sequence is its own set
-    /// of dispatches (one submission). With f16 tensors it needs SHADER_F16.
+    /// of dispatches (one submission).
     pub cu_seqlens: Option<&'a CuSeqlens>,
 }
 
@@ -116,8 +116,8 @@ impl<'a, T: Element> GlaInputs<'a, T> {
 /// `q, k, g: [B, H, L, Dk]`, `v: [B, H, L, Dv]` (or `[B, L, H, D]`, [`GlaInputs::layout`]) →
 /// `o` like v (dtype T) and `final_state: [B, H, Dk, Dv]` (f32; `[N, H, Dk, Dv]` with
 /// cu_seqlens), any sizes ≥ 1. Errors: [`Error::Shape`] for shapes that do not fit these,
-/// [`Error::InvalidArgument`] for a non-finite scale, cu_seqlens with B ≠ 1 or past L (or with
-/// f16 tensors on an adapter without SHADER_F16), [`Error::WrongContext`], [`Error::TooLarge`]
+/// [`Error::InvalidArgument`] for a non-finite scale, cu_seqlens with B ≠ 1 or past L,
+/// [`Error::WrongContext`], [`Error::TooLarge`]
 /// when one (batch, head) row's inputs and scratch (all H of them for `[B, L, H, D]`) exceed a
 /// storage binding.
 pub fn gla<T: Element>(ctx: &Context, x: &GlaInputs<'_, T>) -> Result<(Tensor<T>, Tensor<f32>)> {
@@ -316,7 +316,7 @@ impl<T: Element, const SSD: bool> RowOp for Gated<'_, T, SSD> {
     type Dims = Dims;
     const NAME: &'static str = if SSD { "ssd" } else { OP };
 
-    fn plan(&self, ctx: &Context) -> Result<(Dims, Plan)> {
+    fn plan(&self, _: &Context) -> Result<(Dims, Plan)> {
         let (op, d) = (self.op, self.d);
         let st = [d.slots, d.heads, d.dk, d.dv];
         shape_is(op, "final_state", self.last.shape(), &st)?;
@@ -326,10 +326,6 @@ impl<T: Element, const SSD: bool> RowOp for Gated<'_, T, SSD> {
                 name: "final_state",
                 reason: "aliases input `initial_state`".into(),
             });
-        }
-        if !SSD {
-            // (SSD's packed sequences in packed f16 predate this check and keep running.)
-            crate::attention::softmax::check_packed_f16::<T>(ctx, op, self.cu_seqlens)?;
         }
         let es = size_of::<T>() as u64;
         let (len, dk, dv) = (d.len as u64, d.dk as u64, d.dv as u64);
@@ -352,6 +348,7 @@ impl<T: Element, const SSD: bool> RowOp for Gated<'_, T, SSD> {
         if self.layout == Layout::Blhd {
             plan.row_group = d.heads as u64;
         }
+        plan.partial_out = self.cu_seqlens.is_some();
         Ok((d, plan))
     }
 

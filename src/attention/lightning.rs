@@ -223,13 +223,14 @@ impl<T: Element> RowOp for Lightning<'_, T> {
     fn plan(&self, ctx: &Context) -> Result<(Self::Dims, Plan)> {
         let (q, k, v) = (self.q.shape(), self.k.shape(), self.v.shape());
         let (g, d) = check_lightning(q, k, v, self.opts.layout)?;
-        super::linear::check_varlen::<T>(ctx, OP, &g, self.seqs)?;
+        super::linear::check_varlen(OP, &g, self.seqs)?;
         let heads = g.q_heads;
         let sl = resolve_slopes(OP, heads, self.slopes)?;
         let block = chunk::resolve_chunk(ctx, OP, self.opts.block)?;
         let geom = Geom::of(&g);
         let mut plan = decayed_plan::<T>(ctx, &d, block);
         plan.row_group = geom.unit;
+        plan.partial_out = self.seqs.is_some();
         // The definition-order sums of lightning_fix for non-finite inputs.
         plan.row_bytes
             .push(("definition sums", (d.len * d.dv * 4) as u64));

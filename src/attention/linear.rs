@@ -164,13 +164,8 @@ fn stateful<T: Element>(
     Ok((out, fin))
 }
 
-/// Packed sequences need B = 1, Lq = Lk, the last offset within L, and (f16) SHADER_F16.
-pub(crate) fn check_varlen<T: Element>(
-    ctx: &Context,
-    op: &'static str,
-    d: &GqaDims,
-    cu: Option<&CuSeqlens>,
-) -> Result<()> {
+/// Packed sequences need B = 1, Lq = Lk and the last offset within L.
+pub(crate) fn check_varlen(op: &'static str, d: &GqaDims, cu: Option<&CuSeqlens>) -> Result<()> {
     let Some(cu) = cu else { return Ok(()) };
     let shape = d.layout.shape(d.batch, d.q_heads, d.q_len, d.dk).to_vec();
     let last = *cu.offsets().last().unwrap_or(&0) as usize;
@@ -192,7 +187,7 @@ pub(crate) fn check_varlen<T: Element>(
             ),
         });
     }
-    super::softmax::check_packed_f16::<T>(ctx, op, Some(cu))
+    Ok(())
 }
 
 /// [`linear_attention`] over packed sequences (flash-linear-attention's `cu_seqlens`): B = 1, and
@@ -202,9 +197,7 @@ pub(crate) fn check_varlen<T: Element>(
 ///
 /// # Errors
 /// As [`linear_attention`]; [`Error::Shape`](crate::Error::Shape) for B ≠ 1 or Lq ≠ Lk;
-/// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a last offset past L, or f16
-/// tensors on an adapter without SHADER_F16 (f16 outputs are packed from f32 in whole rows there,
-/// which would overwrite the tokens past the last offset).
+/// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a last offset past L.
 pub fn linear_attention_varlen<T: Element>(
     ctx: &Context,
     q: &Tensor<T>,
@@ -317,7 +310,7 @@ impl<T: Element> RowOp for Linear<'_, T> {
             o.causal,
         )?;
         check_options(OP, o)?;
-        check_varlen::<T>(ctx, OP, &d, self.seqs)?;
+        check_varlen(OP, &d, self.seqs)?;
         let job = self.job(crate::pipeline::Storage::F32, &d);
         let gm = Geom::of(&d);
         let (len, dk, dv) = (job.len, job.dk, job.dv);
@@ -330,6 +323,7 @@ impl<T: Element> RowOp for Linear<'_, T> {
         plan.row_bytes.extend(chunk::row_bytes(ctx, &job));
         plan.split_len = true;
         plan.row_group = gm.unit;
+        plan.partial_out = self.seqs.is_some();
         Ok((d, plan))
     }
 

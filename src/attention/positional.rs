@@ -103,7 +103,6 @@ impl<T: Element> RowOp for Positional<'_, T> {
         let cu = o.cu_seqlens.as_ref();
         let (d, out_shape) = check_batch(OP, shapes, o.layout, causal, cu)?;
         check_scale(OP, o.scale)?;
-        super::softmax::check_packed_f16::<T>(ctx, OP, cu)?;
         check_positional(pos, d.dk)?;
         let heads = d.hq;
         let slopes = match &pos.alibi {
@@ -136,7 +135,8 @@ impl<T: Element> RowOp for Positional<'_, T> {
             block: 0,
             relu: false,
         };
-        let plan = attend_plan::<T>(&d, out_shape);
+        let mut plan = attend_plan::<T>(&d, out_shape);
+        plan.partial_out = cu.is_some();
         let dims = PosDims {
             seqs: upload_seqs(ctx, cu, d.lq),
             d,

@@ -456,26 +456,6 @@ pub(crate) fn upload_seqs(
     cu.map(|c| upload_u32(ctx, &seq_bounds(c, len)))
 }
 
-/// Packed sequences leave the tokens past the last offset untouched, which f16 outputs staged
-/// in f32 and packed in whole rows (adapters without SHADER_F16) cannot do.
-pub(crate) fn check_packed_f16<T: Element>(
-    ctx: &Context,
-    op: &'static str,
-    cu: Option<&CuSeqlens>,
-) -> Result<()> {
-    if cu.is_some() && Storage::for_dtype(ctx, T::DTYPE) == Storage::F16Packed {
-        return Err(Error::InvalidArgument {
-            op,
-            name: "cu_seqlens",
-            reason: "packed sequences with f16 tensors need SHADER_F16 on this adapter (f16 \
-                     outputs are packed from f32 in whole rows, which would overwrite the tokens \
-                     past the last offset); use f32 tensors"
-                .into(),
-        });
-    }
-    Ok(())
-}
-
 struct Softmax<'a, T: Element> {
     q: &'a Tensor<T>,
     k: &'a Tensor<T>,
@@ -493,14 +473,14 @@ impl<T: Element> RowOp for Softmax<'_, T> {
         let shapes = (self.q.shape(), self.k.shape(), self.v.shape());
         let (g, out) = check_batch(OP, shapes, o.layout, o.causal, o.cu_seqlens.as_ref())?;
         check_scale(OP, o.scale)?;
-        check_packed_f16::<T>(ctx, OP, o.cu_seqlens.as_ref())?;
         let cfg = Attend {
             causal: o.causal,
             scale: o.scale_for(g.dk),
             block: 0,
             relu: false,
         };
-        let plan = attend_plan::<T>(&g, out);
+        let mut plan = attend_plan::<T>(&g, out);
+        plan.partial_out = o.cu_seqlens.is_some();
         let seqs = upload_seqs(ctx, o.cu_seqlens.as_ref(), g.lq);
         Ok(((g, cfg, seqs), plan))
     }

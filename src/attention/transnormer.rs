@@ -256,7 +256,8 @@ struct NormOp<'a, T: Element> {
 /// `[B, L, H, D]` read through strides), grouped heads (q `[B, Hq, L, Dk]`, k `[B, Hkv, L, Dk]`,
 /// v `[B, Hkv, L, Dv]`, Hkv dividing Hq) and optional packed sequences `cu` (B = 1): each
 /// sequence is attended on its own, nothing crosses a boundary, and the outputs of tokens past
-/// the last offset are left untouched (zero in the new tensor).
+/// the last offset are left untouched (zero in the new tensor). Not causal and without packed
+/// sequences, k and v `[B, Hkv, Lk, ·]` may hold Lk ≠ Lq tokens (cross-attention; o has q's Lq).
 ///
 /// # Errors
 /// As [`norm_attention`] and [`super::linear_attention_varlen`]; f16 with packed sequences also
@@ -313,18 +314,25 @@ pub fn norm_attention_batch_into<T: Element>(
 impl<T: Element> RowOp for NormOp<'_, T> {
     type T = T;
     /// Sizes, block, the norm, where the rows live (none: contiguous `[R, L, D]` rows).
-    type Dims = (AttnDims, u32, NormCfg, Option<ChunkGeom>);
+    /// The output's dims (L = Lq), the chunk engine's (L = max(Lq, Lk)).
+    type Dims = ((AttnDims, AttnDims), u32, NormCfg, Option<ChunkGeom>);
     const NAME: &'static str = NORM_OP;
 
     fn plan(&self, ctx: &Context) -> Result<(Self::Dims, Plan)> {
         let o = self.opts;
         let (q, k, v) = (self.q.shape(), self.k.shape(), self.v.shape());
-        let (d, geom) = if self.layout == Layout::Bhld && self.cu.is_none() {
-            (check_shapes(NORM_OP, q, k, v)?, None)
+        let lead = |x: &[usize]| x[..x.len().saturating_sub(1)].to_vec();
+        // Rank 3 `[H, L, D]` stays on the dense path (Lq = Lk).
+        let dense = self.layout == Layout::Bhld
+            && self.cu.is_none()
+            && (q.len() != 4 || lead(q) == lead(k));
+        let (d, jd, geom) = if dense {
+            let d = check_shapes(NORM_OP, q, k, v)?;
+            (d.clone(), d, None)
         } else {
-            // Lq = Lk (the causal rule of the check) also when not causal: one packing.
-            let g = super::linear::check_gqa(NORM_OP, q, k, v, self.layout, true)?;
-            super::linear::check_varlen::<T>(ctx, NORM_OP, &g, self.cu)?;
+            // Cross-attention (Lq ≠ Lk) when not causal, as linear attention's.
+            let g = super::linear::check_gqa(NORM_OP, q, k, v, self.layout, o.causal)?;
+            super::linear::check_varlen(NORM_OP, &g, self.cu)?;
             let d = AttnDims {
                 rows: g.batch * g.q_heads,
                 len: g.q_len,
@@ -332,20 +340,26 @@ impl<T: Element> RowOp for NormOp<'_, T> {
                 dv: g.dv,
                 out_shape: g.out_shape.clone(),
             };
-            (d, Some(ChunkGeom::of(&g)))
+            let jd = AttnDims {
+                len: g.q_len.max(g.kv_len),
+                ..d.clone()
+            };
+            (d, jd, Some(ChunkGeom::of(&g)))
         };
         check_norm(NORM_OP, o.norm, o.eps, self.affine, d.dv)?;
         let block = super::chunk::resolve_chunk(ctx, NORM_OP, None)?;
-        let mut plan = decayed_plan::<T>(ctx, &d, block).bytes("sums", sums_bytes(&d));
+        let mut plan = decayed_plan::<T>(ctx, &jd, block).bytes("sums", sums_bytes(&d));
         if o.causal {
             // The definition-order sums of lightning_fix for non-finite inputs.
             plan = plan.bytes("definition sums", sums_bytes(&d));
         }
+        plan.out_row = (d.len * d.dv) as u64;
         // The norm runs over whole rows of f32 sums: no split along L here.
         plan.split_len = false;
         plan.row_group = geom.map_or(1, |g| g.unit);
+        plan.partial_out = self.cu.is_some();
         let norm = NormCfg::new(ctx, o.norm, o.eps, self.affine, d.dv);
-        Ok(((d, block, norm, geom), plan))
+        Ok((((d, jd), block, norm, geom), plan))
     }
 
     fn inputs(&self) -> Vec<Input<'_>> {
@@ -353,7 +367,7 @@ impl<T: Element> RowOp for NormOp<'_, T> {
     }
 
     fn record_rows(&self, s: &mut Schedule<'_>, dims: &Self::Dims, p: &Pass<'_>) -> Result<()> {
-        let (d, block, norm, geom) = dims;
+        let ((d, jd), block, norm, geom) = dims;
         let cfg = Decayed {
             feature_map: self.opts.feature_map,
             causal: self.opts.causal,
@@ -390,7 +404,7 @@ impl<T: Element> RowOp for NormOp<'_, T> {
                 },
                 outs: Vec::new(),
             };
-            record_decayed_pass(s, qkv, d, &cfg, &sub)?;
+            record_decayed_pass(s, qkv, jd, &cfg, &sub)?;
             if !self.opts.causal {
                 return Ok(());
             }
@@ -507,7 +521,6 @@ impl<T: Element> RowOp for DiagOp<'_, T> {
         // Blocks are positions of one sequence: Lq = Lk (the check's causal rule).
         let (d, out_shape) = check_batch(DIAG_OP, shapes, o.layout, true, cu)?;
         check_diag(DIAG_OP, o)?;
-        super::softmax::check_packed_f16::<T>(ctx, DIAG_OP, cu)?;
         let relu = o.weights == DiagWeights::Relu;
         if relu && cu.is_some() {
             return Err(Error::InvalidArgument {
@@ -534,6 +547,7 @@ impl<T: Element> RowOp for DiagOp<'_, T> {
             relu,
         };
         let mut plan = attend_plan::<T>(&d, out_shape);
+        plan.partial_out = cu.is_some();
         let mut norm = None;
         if relu {
             plan = plan.bytes("sums", sums_bytes(&norm_dims(&d)));

@@ -189,7 +189,6 @@ impl<T: Element> RowOp for Rope<'_, T> {
     fn plan(&self, ctx: &Context) -> Result<(RopeDims, Plan)> {
         let (rows, len, hin, d) = rope_geom(self.x.shape(), self.opts)?;
         let cu = self.opts.cu_seqlens.as_ref();
-        crate::attention::softmax::check_packed_f16::<T>(ctx, OP, cu)?;
         let (pos, freq, mscale, seq) = match &self.opts.cu_seqlens {
             None => {
                 let pos = self.positions.resolve(len)?;
@@ -205,7 +204,8 @@ impl<T: Element> RowOp for Rope<'_, T> {
         let (l, d, h) = (len as u64, d as u64, hin as u64);
         let es = size_of::<T>() as u64;
         let row = l * h * d;
-        let plan = Plan::new(self.x.shape().to_vec(), rows as u64, row).bytes("x", row * es);
+        let mut plan = Plan::new(self.x.shape().to_vec(), rows as u64, row).bytes("x", row * es);
+        plan.partial_out = cu.is_some();
         let dims = RopeDims {
             len: l,
             d,

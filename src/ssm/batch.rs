@@ -8,8 +8,8 @@
 //! (`y = 2 Re Σ_n C_n x_n + D u`). N is B, or the number of packed sequences.
 //!
 //! The scan needs no change to its combine: a sequence's first token enters as
-//! `(a, b) = (0, Ā x0 + B̄ u)`, which drops every prefix before it. The convolution mode
-//! ([`super::s4d_conv`], [`super::causal_conv`]) does not take these options yet.
+//! `(a, b) = (0, Ā x0 + B̄ u)`, which drops every prefix before it. The convolution mode takes
+//! the same options and gives the same outputs ([`super::s4d_conv_batch`]).
 
 use super::kernel::{DiagonalSsm, Discretization};
 use super::scan::S4dScan;
@@ -174,7 +174,7 @@ impl<'a> Resolved<'a> {
 }
 
 /// The number of sequences N and the state shape `[N, H, N2, 2]` for `u` in `b`'s layout.
-fn state_shape<T: Element>(
+pub(super) fn state_shape<T: Element>(
     op: &'static str,
     ssm: &DiagonalSsm<T>,
     u: &Tensor<T>,
@@ -197,8 +197,7 @@ const SCAN: &str = "s4d_scan";
 ///
 /// # Errors
 /// [`Error::Shape`] (u, the states, B ≠ 1 with packed sequences), [`Error::InvalidArgument`]
-/// (cu_seqlens past L; packed sequences with f16 on an adapter without SHADER_F16), and
-/// those of [`super::s4d_scan`].
+/// (cu_seqlens past L), and those of [`super::s4d_scan`].
 pub fn s4d_scan_batch<T: Element>(
     ctx: &Context,
     ssm: &DiagonalSsm<T>,
@@ -222,9 +221,6 @@ pub fn s4d_scan_batch_into<T: Element>(
     b: &S4dBatch<'_>,
     (y, final_state): (&Tensor<T>, &Tensor<f32>),
 ) -> Result<()> {
-    if b.cu_seqlens.is_some() {
-        crate::attention::softmax::check_packed_f16::<T>(ctx, SCAN, b.cu_seqlens)?;
-    }
     let op = S4dScan {
         ssm,
         u,

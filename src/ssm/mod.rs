@@ -69,6 +69,7 @@
 pub mod approx;
 pub mod batch;
 pub(crate) mod conv;
+pub(crate) mod conv_batch;
 pub use crate::math::{discretize, hippo};
 pub use crate::series;
 pub mod dplr;
@@ -83,6 +84,7 @@ pub use approx::{hippo_approx, hippo_approx_into};
 pub use approx::{record_hippo_approx, sample_grid, HippoApproxOptions, NanCheck, Step};
 pub use batch::{s4d_scan_batch, s4d_scan_batch_into, S4dBatch};
 pub use conv::{s4d_conv, s4d_conv_into};
+pub use conv_batch::{s4d_conv_batch, s4d_conv_batch_into};
 pub use discretize::{discretize, discretize_diag, Method};
 pub use dplr::{record_s4_dplr_kernel, s4_dplr_kernel, s4_dplr_kernel_into};
 pub use fft::{

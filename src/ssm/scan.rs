@@ -411,6 +411,7 @@ impl<T: Element> RowOp for S4dScan<'_, T> {
             .bytes("states", n2 * lc * 16)
             .bytes("u", len * es);
         plan.row_group = group;
+        plan.partial_out = self.batch.cu.is_some();
         let seqs = self.batch.seq_table(ctx, len as usize);
         let d = ScanDims {
             h: h as u64,

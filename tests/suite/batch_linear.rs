@@ -139,6 +139,107 @@ fn cross_attention_lq_ne_lk() {
     }
 }
 
+/// NormAttention into a NaN-poisoned output against the reference (the numerator over the Lk
+/// keys, then the norm of each of the Lq rows); inputs fresh N(0, 0.5²) draws stored as `T`.
+fn check_norm<T: Element>(
+    c: &Context,
+    s: Sizes,
+    layout: Layout,
+    causal: bool,
+    seed: u64,
+    tol: f64,
+) {
+    use longseq::attention::{norm_attention_batch_into, Affine, Norm, NormAttentionOptions};
+    use longseq::reference::attention::norm_attention_batch;
+    let (b, hq, hkv, lq, lk, dk, dv) = s;
+    let mut r = rng(seed);
+    let mut make = |h, len, d| {
+        let shape = layout.shape(b, h, len, d);
+        let x: Vec<T> = randn(&mut r, b * h * len * d, 0.5)
+            .iter()
+            .map(|&v| T::from_f64(v as f64))
+            .collect();
+        (x, shape)
+    };
+    let ((q, sq), (k, sk), (v, sv)) = (make(hq, lq, dk), make(hkv, lk, dk), make(hkv, lk, dv));
+    let d = check_gqa("test", &sq, &sk, &sv, layout, causal).unwrap();
+    let o = NormAttentionOptions {
+        causal,
+        norm: Norm::LayerNorm,
+        ..Default::default()
+    };
+    let none = Affine::default();
+    let want = norm_attention_batch((&q, &k, &v), &d, &none, &o, None).unwrap();
+    let t = |x: &[T], sh: &[usize]| Tensor::from_slice(c, x, sh).unwrap();
+    let out = Tensor::<T>::nan(c, &d.out_shape).unwrap();
+    let (q, k, v) = (t(&q, &sq), t(&k, &sk), t(&v, &sv));
+    norm_attention_batch_into(c, &q, &k, &v, &none, layout, None, &out, &o).unwrap();
+    let got = to_f64(&out.to_vec(c).unwrap());
+    let label = format!("norm {layout:?} causal={causal} {s:?}");
+    assert_close_both(&label, &got, &want, tol);
+}
+
+/// NormAttention at fla's shapes (B, T, H, D), both layouts, causal and not, f32 (both tile
+/// families) and f16 (native and packed) at the middle shape.
+#[test]
+fn norm_fla_shapes_both_layouts() {
+    let shapes = [(1, 63, 1, 64), (2, 500, 3, 60), (2, 1000, 3, 128)];
+    for (i, &(b, t, h, d)) in shapes.iter().enumerate() {
+        let s = (b, h, h, t, t, d, d);
+        for layout in [Layout::Bhld, Layout::Blhd] {
+            for causal in [false, true] {
+                for c in contexts_f32() {
+                    check_norm::<f32>(c, s, layout, causal, 40 + i as u64, TOL_F32);
+                }
+                if i == 1 {
+                    for c in [ctx(), ctx_packed()] {
+                        check_norm::<half::f16>(c, s, layout, causal, 45, TOL_F16);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// NormAttention's cross-attention (not causal): Lq ≠ Lk either way, GQA, both layouts, f32 and
+/// f16 (native and packed), against the reference.
+#[test]
+fn norm_cross_attention_lq_ne_lk() {
+    use longseq::attention::{Affine, NormAttentionOptions};
+    for layout in [Layout::Bhld, Layout::Blhd] {
+        for (lq, lk) in [(37, 150), (150, 37), (1, 70)] {
+            let s = (2, 4, 2, lq, lk, 20, 12);
+            for c in contexts_f32() {
+                check_norm::<f32>(c, s, layout, false, 31, TOL_F32);
+            }
+            for c in [ctx(), ctx_packed()] {
+                check_norm::<half::f16>(c, s, layout, false, 32, TOL_F16);
+            }
+        }
+    }
+    // The causal mask needs Lq = Lk: a typed error.
+    let c = ctx();
+    let q = Tensor::<f32>::nan(c, &[1, 2, 10, 4]).unwrap();
+    let k = Tensor::<f32>::nan(c, &[1, 2, 12, 4]).unwrap();
+    let o = NormAttentionOptions {
+        causal: true,
+        ..Default::default()
+    };
+    let e = longseq::attention::norm_attention_batch(
+        c,
+        &q,
+        &k,
+        &k,
+        &Affine::default(),
+        Layout::Bhld,
+        None,
+        &o,
+    )
+    .err()
+    .expect("a typed error");
+    assert!(matches!(e, Error::Shape { .. }), "{e}");
+}
+
 /// Bindings too small for a whole batch entry: `[B, L, H, D]` splits along B (passes of whole
 /// batch entries) and along L (segments of all heads of one entry carrying the state).
 #[test]

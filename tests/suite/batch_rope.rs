@@ -128,20 +128,9 @@ fn varlen_positions_restart_per_sequence() {
         let o = opts(dyn_ntk, RopeLayout::Interleaved, layout, Some(&cu), 2011);
         let e = run::<longseq::half::f16>(ctx(), &shape, Positions::Offset(3), &o, seed);
         assert!(e <= TOL_F16, "f16 {layout:?}: {e:.2e}");
-        // Without SHADER_F16 outputs are packed in whole rows: a typed error, nothing overwritten.
-        let x = vec![longseq::half::f16::from_f32(0.5); shape.iter().product()];
-        let t = Tensor::from_slice(ctx_packed(), &x, &shape).unwrap();
-        let e = rope(ctx_packed(), &t, Positions::Offset(0), &o).map(|_| ());
-        assert!(
-            matches!(
-                e,
-                Err(Error::InvalidArgument {
-                    name: "cu_seqlens",
-                    ..
-                })
-            ),
-            "{e:?}"
-        );
+        // Without SHADER_F16 the staged output starts from the poison: untouched tokens stay NaN.
+        let e = run::<longseq::half::f16>(ctx_packed(), &shape, Positions::Offset(3), &o, seed);
+        assert!(e <= TOL_F16, "f16 packed {layout:?}: {e:.2e}");
     }
 }
 

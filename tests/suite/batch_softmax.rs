@@ -213,9 +213,8 @@ fn varlen_softmax() {
     }
 }
 
-/// f16 with packed sequences: native f16 storage against the reference; without SHADER_F16
-/// (outputs packed from f32 in whole rows) a typed error rather than overwriting the tokens past
-/// the last offset.
+/// f16 with packed sequences against the reference, native f16 storage and without SHADER_F16
+/// (the staged output starts from the poison: tokens past the last offset stay NaN).
 #[test]
 fn varlen_f16() {
     let mut seed = 300;
@@ -234,22 +233,9 @@ fn varlen_f16() {
         let op = Op::Softmax(soft(true, Layout::Blhd, Some(&cu), 137), Default::default());
         let label = format!("f16 {fam:?} varlen");
         check::<longseq::half::f16>(fctx(fam, true), &c, &op, seed, TOL_F16, &label);
+        let label = format!("f16 packed {fam:?} varlen");
+        check::<longseq::half::f16>(fctx(fam, false), &c, &op, seed, TOL_F16, &label);
     }
-    let ctx = fctx(AttentionTiles::Cpu, false);
-    let x = vec![longseq::half::f16::from_f32(0.5); 137 * 3 * 16];
-    let t = Tensor::from_slice(ctx, &x, &[1, 137, 3, 16]).unwrap();
-    let o = soft(false, Layout::Blhd, Some(&cu), 137);
-    let e = longseq::attention::softmax_attention(ctx, &t, &t, &t, &o).map(|_| ());
-    assert!(
-        matches!(
-            e,
-            Err(Error::InvalidArgument {
-                name: "cu_seqlens",
-                ..
-            })
-        ),
-        "{e:?}"
-    );
 }
 
 /// Positions restart per sequence: ALiBi distances, windows, log-n counts and ReRoPE (its

@@ -1,4 +1,5 @@
-//! Issue 14 for the S4D ops: `u, y` as `[B, H, L]` or `[B, L, H]` through strides, packed
+//! Issue 14 for the S4D ops (scan and convolution modes, each against the reference and the
+//! convolution against the scan): `u, y` as `[B, H, L]` or `[B, L, H]` through strides, packed
 //! sequences (cu_seqlens), and the state in and out (two calls == one call), against the
 //! per-sequence f64 recurrence (`reference::ssm::s4d_recurrence_batch`), with NaN-poisoned
 //! outputs, f32 and f16 (native and packed).
@@ -12,7 +13,8 @@ use crate::common;
 use common::*;
 use longseq::reference::ssm::{self as rs, SeqBatch};
 use longseq::ssm::{
-    s4d_init, s4d_scan_batch, s4d_scan_batch_into, DiagonalSsm, Discretization, S4dBatch, S4dInit,
+    s4d_conv_batch, s4d_conv_batch_into, s4d_init, s4d_scan_batch, s4d_scan_batch_into,
+    DiagonalSsm, Discretization, S4dBatch, S4dInit,
 };
 use longseq::types::batch::{CuSeqlens, Layout};
 use longseq::{Context, Element, Error, Tensor};
@@ -76,10 +78,11 @@ fn flat(x: &[Complex64]) -> Vec<f64> {
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Mode {
     Scan,
+    Conv,
 }
 
 /// One case: u random in `T`, an optional random initial state, y NaN-poisoned; y and the final
-/// state against the reference; tokens in no sequence must stay NaN.
+/// state against the reference; tokens in no sequence must stay NaN. Returns (y, final state).
 #[allow(clippy::too_many_arguments)]
 fn check<T: Element>(
     c: &Context,
@@ -90,7 +93,7 @@ fn check<T: Element>(
     with_x0: bool,
     seed: u64,
     tol: f64,
-) {
+) -> (Vec<f64>, Vec<f64>) {
     let m = stored::<T>(model(seed, h, n2));
     let dev = DiagonalSsm::<T>::from_host(c, &m).unwrap();
     let mut g = rng(seed + 1);
@@ -116,6 +119,7 @@ fn check<T: Element>(
     let disc = Discretization::Zoh;
     match mode {
         Mode::Scan => s4d_scan_batch_into(c, &dev, &tu, disc, &opts, (&y, &fin)).unwrap(),
+        Mode::Conv => s4d_conv_batch_into(c, &dev, &tu, disc, &opts, (&y, &fin)).unwrap(),
     }
     let sb = SeqBatch {
         batch: b,
@@ -143,10 +147,10 @@ fn check<T: Element>(
     assert_close_both(&format!("{label} y"), &got, &want, tol);
     let gfin = to_f64(&fin.to_vec(c).unwrap());
     assert_close_both(&format!("{label} final state"), &gfin, &flat(&wfin), tol);
+    (got, gfin)
 }
 
-#[test]
-fn scan_both_layouts_ragged_lengths_f32() {
+fn both_layouts_ragged_lengths_f32(mode: Mode) {
     for (i, &s) in [
         (2, 3, 16, 63),
         (1, 1, 8, 1),
@@ -158,32 +162,22 @@ fn scan_both_layouts_ragged_lengths_f32() {
     {
         for layout in [Layout::Bhld, Layout::Blhd] {
             for x0 in [false, true] {
-                check::<f32>(ctx(), Mode::Scan, s, layout, None, x0, i as u64, TOL);
+                check::<f32>(ctx(), mode, s, layout, None, x0, i as u64, TOL);
             }
         }
     }
 }
 
-#[test]
-fn scan_packed_sequences_f32() {
+fn packed_sequences_f32(mode: Mode) {
     // L past the last offset: those tokens stay untouched (NaN).
     let cu = CuSeqlens::new("test", &CU, 2050).unwrap();
     let empty = CuSeqlens::new("test", &[0, 7, 7, 300], 301).unwrap();
     for layout in [Layout::Bhld, Layout::Blhd] {
         for x0 in [false, true] {
+            check::<f32>(ctx(), mode, (1, 3, 16, 2050), layout, Some(&cu), x0, 3, TOL);
             check::<f32>(
                 ctx(),
-                Mode::Scan,
-                (1, 3, 16, 2050),
-                layout,
-                Some(&cu),
-                x0,
-                3,
-                TOL,
-            );
-            check::<f32>(
-                ctx(),
-                Mode::Scan,
+                mode,
                 (1, 2, 5, 301),
                 layout,
                 Some(&empty),
@@ -195,61 +189,101 @@ fn scan_packed_sequences_f32() {
     }
 }
 
-#[test]
-fn scan_f16_native_and_packed() {
+fn f16_native_and_packed(mode: Mode) {
     let cu = CuSeqlens::new("test", &[0, 15, 100, 300, 377], 400).unwrap();
     for layout in [Layout::Bhld, Layout::Blhd] {
         for (c, name) in [(ctx(), "native"), (ctx_packed(), "packed")] {
             println!("f16 {name} {layout:?}");
-            check::<half::f16>(
-                c,
-                Mode::Scan,
-                (2, 3, 16, 500),
-                layout,
-                None,
-                true,
-                5,
-                TOL_F16,
-            );
+            check::<half::f16>(c, mode, (2, 3, 16, 500), layout, None, true, 5, TOL_F16);
         }
-        // Packed sequences need SHADER_F16 for f16 (tokens past the end stay untouched).
-        if ctx().shader_f16() {
+        // Packed sequences in f16, native and without SHADER_F16 (the packed-f16 output is
+        // staged from the poisoned y: tokens past the last offset stay NaN).
+        for c in [ctx(), ctx_packed()] {
             let s = (1, 3, 16, 400);
-            check::<half::f16>(ctx(), Mode::Scan, s, layout, Some(&cu), true, 6, TOL_F16);
+            check::<half::f16>(c, mode, s, layout, Some(&cu), true, 6, TOL_F16);
         }
-        let c = ctx_packed();
-        let m = DiagonalSsm::<half::f16>::from_host(c, &model(1, 2, 4)).unwrap();
-        let u = Tensor::<half::f16>::nan(c, &[1, 2, 400]).unwrap();
-        let o = S4dBatch {
-            cu_seqlens: Some(&cu),
-            ..Default::default()
-        };
-        let e = s4d_scan_batch(c, &m, &u, Discretization::Zoh, &o)
-            .err()
-            .expect("a typed error");
-        assert!(
-            matches!(
-                e,
-                Error::InvalidArgument {
-                    name: "cu_seqlens",
-                    ..
-                }
-            ),
-            "{e}"
-        );
+    }
+}
+
+#[test]
+fn scan_both_layouts_ragged_lengths_f32() {
+    both_layouts_ragged_lengths_f32(Mode::Scan);
+}
+
+#[test]
+fn conv_both_layouts_ragged_lengths_f32() {
+    both_layouts_ragged_lengths_f32(Mode::Conv);
+}
+
+#[test]
+fn scan_packed_sequences_f32() {
+    packed_sequences_f32(Mode::Scan);
+}
+
+#[test]
+fn conv_packed_sequences_f32() {
+    packed_sequences_f32(Mode::Conv);
+}
+
+#[test]
+fn scan_f16_native_and_packed() {
+    f16_native_and_packed(Mode::Scan);
+}
+
+#[test]
+fn conv_f16_native_and_packed() {
+    f16_native_and_packed(Mode::Conv);
+}
+
+/// fla's (B, T, H) = (1, 63, 1), (2, 500, 3), (2, 1000, 3) (N2 = 32 for its D = 64), both
+/// layouts, with and without an initial state, and its cu_seqlens packed in L = 2011: the
+/// convolution mode against the reference (in `check`) and against the scan.
+#[test]
+fn conv_equals_scan_at_fla_shapes() {
+    let cu = CuSeqlens::new("test", &CU, 2011).unwrap();
+    let cases = [
+        ((1, 1, 32, 63), None),
+        ((2, 3, 32, 500), None),
+        ((2, 3, 32, 1000), None),
+        ((1, 3, 32, 2011), Some(&cu)),
+    ];
+    for (i, (s, cu)) in cases.into_iter().enumerate() {
+        for layout in [Layout::Bhld, Layout::Blhd] {
+            for x0 in [false, true] {
+                let seed = 20 + i as u64;
+                let (yc, fc) = check::<f32>(ctx(), Mode::Conv, s, layout, cu, x0, seed, TOL);
+                let (ys, fs) = check::<f32>(ctx(), Mode::Scan, s, layout, cu, x0, seed, TOL);
+                let label = format!("conv vs scan {s:?} {layout:?} x0={x0}");
+                assert_close_both(&label, &yc, &ys, TOL);
+                assert_close_both(&format!("{label} state"), &fc, &fs, TOL);
+            }
+        }
+    }
+    // f16, native and packed, over the offsets.
+    for c in [ctx(), ctx_packed()] {
+        let s = (1, 3, 32, 2011);
+        let (yc, fc) =
+            check::<half::f16>(c, Mode::Conv, s, Layout::Blhd, Some(&cu), true, 30, TOL_F16);
+        let (ys, fs) =
+            check::<half::f16>(c, Mode::Scan, s, Layout::Blhd, Some(&cu), true, 30, TOL_F16);
+        assert_close_both("f16 conv vs scan", &yc, &ys, TOL_F16);
+        assert_close_both("f16 conv vs scan state", &fc, &fs, TOL_F16);
     }
 }
 
 /// Runs `u` (host, in `layout`) in one call, and in two calls split at token `cut` with the
 /// first call's final state as the second's initial state: the same y and final state.
-#[test]
-fn two_calls_equal_one() {
+fn two_calls_equal_one(mode: Mode) {
     let c = ctx();
     let (b, h, n2, len, cut) = (2, 3, 16, 1100, 417);
     let m = model(9, h, n2);
     let dev = DiagonalSsm::<f32>::from_host(c, &m).unwrap();
     let u = randn(&mut rng(10), b * h * len, 1.0);
     let disc = Discretization::Zoh;
+    let run = |u: &Tensor<f32>, o: &S4dBatch<'_>| match mode {
+        Mode::Scan => s4d_scan_batch(c, &dev, u, disc, o).unwrap(),
+        Mode::Conv => s4d_conv_batch(c, &dev, u, disc, o).unwrap(),
+    };
     for layout in [Layout::Bhld, Layout::Blhd] {
         let sb = |l| SeqBatch {
             batch: b,
@@ -279,15 +313,15 @@ fn two_calls_equal_one() {
             ..Default::default()
         };
         let tu = Tensor::from_slice(c, &u, &shape(len)).unwrap();
-        let (y, fin) = s4d_scan_batch(c, &dev, &tu, disc, &opts).unwrap();
+        let (y, fin) = run(&tu, &opts);
         let u1 = Tensor::from_slice(c, &part(0, cut), &shape(cut)).unwrap();
         let u2 = Tensor::from_slice(c, &part(cut, len), &shape(len - cut)).unwrap();
-        let (y1, f1) = s4d_scan_batch(c, &dev, &u1, disc, &opts).unwrap();
+        let (y1, f1) = run(&u1, &opts);
         let o2 = S4dBatch {
             initial_state: Some(&f1),
             ..opts
         };
-        let (y2, f2) = s4d_scan_batch(c, &dev, &u2, disc, &o2).unwrap();
+        let (y2, f2) = run(&u2, &o2);
         // Reassemble the two y into one in the layout.
         let (y1, y2) = (y1.to_vec(c).unwrap(), y2.to_vec(c).unwrap());
         let mut both = vec![f32::NAN; u.len()];
@@ -302,11 +336,21 @@ fn two_calls_equal_one() {
                 }
             }
         }
-        let label = format!("{layout:?} two calls");
+        let label = format!("{mode:?} {layout:?} two calls");
         assert_close_both(&label, &to_f64(&both), &to_f64(&y.to_vec(c).unwrap()), TOL);
         let (fa, fb) = (f2.to_vec(c).unwrap(), fin.to_vec(c).unwrap());
         assert_close_both(&format!("{label} state"), &to_f64(&fa), &to_f64(&fb), TOL);
     }
+}
+
+#[test]
+fn scan_two_calls_equal_one() {
+    two_calls_equal_one(Mode::Scan);
+}
+
+#[test]
+fn conv_two_calls_equal_one() {
+    two_calls_equal_one(Mode::Conv);
 }
 
 #[test]
@@ -361,6 +405,13 @@ fn bad_batches_are_typed_errors() {
             matches!(e, Error::Shape { .. } | Error::InvalidArgument { .. }),
             "{e}"
         );
+        let e = s4d_conv_batch(c, &m, u, disc, &o)
+            .err()
+            .expect("a typed error");
+        assert!(
+            matches!(e, Error::Shape { .. } | Error::InvalidArgument { .. }),
+            "{e}"
+        );
     }
 }
 
@@ -392,5 +443,18 @@ fn split_into_passes_and_chunks() {
             12,
             TOL,
         );
+    }
+}
+
+/// The convolution mode with 64 KiB bindings: the row convolution runs in several passes.
+#[test]
+fn conv_split_into_passes() {
+    let c = ctx_small_bindings(64 * 1024);
+    let cu = CuSeqlens::new("test", &[0, 15, 100, 300, 700, 990], 1000).unwrap();
+    for layout in [Layout::Bhld, Layout::Blhd] {
+        let s = (2, 3, 16, 1000);
+        check::<f32>(&c, Mode::Conv, s, layout, None, true, 11, TOL);
+        let s = (1, 3, 16, 1000);
+        check::<f32>(&c, Mode::Conv, s, layout, Some(&cu), true, 12, TOL);
     }
 }

@@ -365,3 +365,44 @@ fn readme_linear_varlen_line() {
     assert_close_both("readme S", &s, &want.s, 1e-5);
     assert_close_both("readme z", &read(&out, "final_z").0, &want.z, 1e-5);
 }
+
+/// Cross-attention from the CLI for norm, linear and softmax: q [1, 40, 4, D], k, v
+/// [1, 90, 2, D] (Lk ≠ Lq and GQA, not causal), GPU against the reference (exit 3 past the
+/// tolerance), `o` shaped like q.
+#[test]
+fn cross_attention_lq_ne_lk() {
+    let path = tmp("in-cross.safetensors");
+    let mut r = rng(9);
+    let (sq, skv) = (vec![1, 40, 4, D], vec![1, 90, 2, D]);
+    let q = randn(&mut r, 40 * 4 * D, 0.5);
+    let k = randn(&mut r, 90 * 2 * D, 0.5);
+    let v = randn(&mut r, 90 * 2 * D, 0.5);
+    write(
+        &path,
+        &[
+            ("q", Dtype::F32, sq.clone(), bytemuck::cast_slice(&q)),
+            ("k", Dtype::F32, skv.clone(), bytemuck::cast_slice(&k)),
+            ("v", Dtype::F32, skv, bytemuck::cast_slice(&v)),
+        ],
+    );
+    for method in ["norm", "linear", "softmax"] {
+        let out = tmp(&format!("o-cross-{method}.safetensors"));
+        let o = run(&[
+            "--input",
+            &path,
+            "--method",
+            method,
+            "--layout",
+            "blhd",
+            "--device",
+            "gpu,reference",
+            "--output",
+            &out,
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{method}: {err}");
+        let (got, shape) = read(&out, "o");
+        assert_eq!(shape, sq, "{method}");
+        assert!(got.iter().all(|x| x.is_finite()), "{method}");
+    }
+}

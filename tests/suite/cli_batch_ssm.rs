@@ -1,4 +1,4 @@
-//! `longseq ssm --mode scan` over real-world batches (issue 14): `--layout blhd`, `--cu-seqlens
+//! `longseq ssm --mode scan|conv` over real-world batches (issue 14): `--layout blhd`, `--cu-seqlens
 //! NAME` (i64 offsets), `--initial-state NAME`, and the `final_state` output, checked against the
 //! f64 per-sequence reference; two CLI calls through final_state == one call; bad batches exit 2.
 
@@ -95,10 +95,19 @@ fn run_ok(args: &[&str]) {
 
 #[test]
 fn varlen_blhd_with_initial_state_writes_the_reference() {
+    for mode in ["scan", "conv"] {
+        varlen_blhd_with_initial_state(mode);
+    }
+}
+
+fn varlen_blhd_with_initial_state(mode: &str) {
     let m = model();
     let u = randn(&mut rng(5), L * H, 1.0);
     let x0 = randn(&mut rng(6), 4 * H * N2 * 2, 0.5);
-    let (inp, out) = (tmp("varlen.safetensors"), tmp("varlen-out.safetensors"));
+    let (inp, out) = (
+        tmp(&format!("varlen-{mode}.safetensors")),
+        tmp(&format!("varlen-{mode}-out.safetensors")),
+    );
     let extra = [
         (
             "cu",
@@ -119,7 +128,7 @@ fn varlen_blhd_with_initial_state_writes_the_reference() {
         "--input",
         &inp,
         "--mode",
-        "scan",
+        mode,
         "--layout",
         "blhd",
         "--cu-seqlens",
@@ -157,13 +166,19 @@ fn varlen_blhd_with_initial_state_writes_the_reference() {
     assert_eq!((ys, fs), (vec![1, L, H], vec![4, H, N2, 2]));
     // Tokens past the last offset are written as 0.
     assert!(y[320 * H..].iter().all(|&v| v == 0.0));
-    assert_close_both("cli y", &y, &want, 1e-4);
+    assert_close_both(&format!("cli {mode} y"), &y, &want, 1e-4);
     let wf: Vec<f64> = wfin.iter().flat_map(|z| [z.re, z.im]).collect();
-    assert_close_both("cli final_state", &fin, &wf, 1e-4);
+    assert_close_both(&format!("cli {mode} final_state"), &fin, &wf, 1e-4);
 }
 
 #[test]
 fn two_cli_calls_through_final_state_equal_one() {
+    for mode in ["scan", "conv"] {
+        two_cli_calls(mode);
+    }
+}
+
+fn two_cli_calls(mode: &str) {
     let m = model();
     let (b, cut) = (2, 123);
     let u = randn(&mut rng(8), b * H * L, 1.0);
@@ -173,16 +188,9 @@ fn two_cli_calls_through_final_state_equal_one() {
             .flat_map(|r| u[r * L + t0..r * L + t1].to_vec())
             .collect()
     };
-    let (f1, f2, fall) = (
-        tmp("p1.safetensors"),
-        tmp("p2.safetensors"),
-        tmp("all.safetensors"),
-    );
-    let (o1, o2, oall) = (
-        tmp("o1.safetensors"),
-        tmp("o2.safetensors"),
-        tmp("oall.safetensors"),
-    );
+    let t = |n: &str| tmp(&format!("{mode}-{n}.safetensors"));
+    let (f1, f2, fall) = (t("p1"), t("p2"), t("all"));
+    let (o1, o2, oall) = (t("o1"), t("o2"), t("oall"));
     let zero = vec![0f32; b * H * N2 * 2];
     let x0 = [(
         "x0",
@@ -198,7 +206,7 @@ fn two_cli_calls_through_final_state_equal_one() {
             "--input",
             i,
             "--mode",
-            "scan",
+            mode,
             "--initial-state",
             "x0",
             "--device",
@@ -231,10 +239,10 @@ fn two_cli_calls_through_final_state_equal_one() {
             .concat()
         })
         .collect();
-    assert_close_both("two calls y", &joined, &yall, 1e-4);
+    assert_close_both(&format!("{mode} two calls y"), &joined, &yall, 1e-4);
     let (fa, _) = read_f64(&oall, "final_state");
     let (fb, _) = read_f64(&o2, "final_state");
-    assert_close_both("two calls state", &fb, &fa, 1e-4);
+    assert_close_both(&format!("{mode} two calls state"), &fb, &fa, 1e-4);
 }
 
 #[test]
@@ -277,7 +285,8 @@ fn bad_batches_exit_2_with_one_line() {
             "--initial-state",
             "x0",
         ],
-        &["--mode", "conv", "--cu-seqlens", "cu"],
+        &["--mode", "kernel", "--cu-seqlens", "cu"],
+        &["--mode", "conv", "--cu-seqlens", "bad"],
         &["--mode", "scan", "--layout", "blhd"],
         &["--mode", "scan", "--layout", "blhd", "--device", "cpu"],
     ] {

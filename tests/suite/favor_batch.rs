@@ -136,38 +136,18 @@ fn trig_features_per_sequence() {
     check(ctx(), &x, Some(&[0, 7, 70, 120]), &o, 1e-4);
 }
 
-/// f16 storage (f32 arithmetic): native f16 with offsets; packed f16 (no SHADER_F16) for whole
-/// batches, and a typed error for packed sequences (its outputs are packed in whole words).
+/// f16 storage (f32 arithmetic), native and packed (no SHADER_F16), whole batches and packed
+/// sequences (the packed-f16 output is staged from the poisoned tensor: tokens past the last
+/// offset stay NaN).
 #[test]
 fn f16_native_and_packed() {
     let x = case::<half::f16>((1, 2011, 3, 60), 64, Layout::Blhd, 60);
     for causal in [false, true] {
         check(ctx(), &x, Some(&CU), &positive(causal), TOL_F16);
+        check(ctx_packed(), &x, Some(&CU), &positive(causal), TOL_F16);
     }
     let y = case::<half::f16>((2, 300, 3, 33), 40, Layout::Blhd, 61);
     check(ctx_packed(), &y, None, &positive(true), TOL_F16);
-    let ([q, k, v], w) = tensors(ctx_packed(), &x);
-    let cs = CuSeqlens::new("test", &CU, 2011).unwrap();
-    let out = Tensor::<half::f16>::empty(ctx_packed(), &x.d.out_shape).unwrap();
-    let r = favor_attention_batch_into(
-        ctx_packed(),
-        (&q, &k, &v),
-        &w,
-        Layout::Blhd,
-        Some(&cs),
-        &out,
-        &positive(true),
-    );
-    assert!(
-        matches!(
-            r,
-            Err(Error::InvalidArgument {
-                name: "cu_seqlens",
-                ..
-            })
-        ),
-        "{r:?}"
-    );
 }
 
 /// Host copy of tokens `[t0, t1)` of a `[B, L, H, D]` (blhd) tensor.

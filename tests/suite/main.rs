@@ -54,6 +54,7 @@ mod linear_numerics;
 mod literal_2p20;
 mod mamba;
 mod nonfinite_patterns;
+mod packed_f16_tails;
 mod positional_attention;
 mod recurrent;
 mod rope;

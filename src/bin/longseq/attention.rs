@@ -40,8 +40,8 @@ pub(crate) use batch::read_cu_seqlens;
 /// sequences, B = 1; tokens past the last offset are written as 0) and grouped heads from the
 /// k/v shapes (k, v: [B, Hkv, Lk, ·], Hkv dividing Hq), on the GPU and the reference; softmax
 /// without --causal or --window also takes Lk ≠ Lq (diag's blocks need Lk = Lq).
-/// Linear attention (elementwise maps; also GQA and Lk ≠ Lq), lightning and norm take --layout and
-/// --cu-seqlens too; a causal linear or lightning run on that path, or one given
+/// Linear attention (elementwise maps; also GQA and Lk ≠ Lq), lightning and norm (also Lk ≠ Lq
+/// without --causal) take --layout and --cu-seqlens too; a causal linear or lightning run on that path, or one given
 /// `--initial-state NAME` ([N, Hq, Dk, Dv]; linear with its denominator also reads NAME_z
 /// [N, Hq, Dk]), also writes `final_state` (and `final_z`) per sequence. `--device cpu` runs the
 /// per-sequence f64 reference there (no f32 CPU path reads strides or packed sequences yet).

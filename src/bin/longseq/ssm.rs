@@ -27,7 +27,7 @@ use longseq::types::batch::Layout;
 ///   u                                   [B, H, L] input (modes conv and scan; in mode kernel only
 ///                                                its L is used, or pass --len); [B, L, H] with
 ///                                                --layout blhd
-/// Mode scan also takes (issue 14) --layout blhd (u and y as [B, L, H]; bhld = [B, H, L], the
+/// Modes scan and conv also take (issue 14) --layout blhd (u and y as [B, L, H]; bhld = [B, H, L], the
 /// attention CLI's names without D), --cu-seqlens NAME (an i32/i64 tensor of N + 1 offsets in
 /// --input: packed sequences, B = 1; each starts from its own state, nothing crosses a boundary,
 /// y past the last offset is written as 0) and --initial-state NAME ([N, H, N2, 2] in --input:
@@ -356,14 +356,16 @@ pub fn run(a: Args) -> Result<(), CliError> {
         input: a.input.as_deref(),
         output: a.output.as_deref(),
         force_reference: a.force_reference,
+        conv: a.mode == Mode::Conv,
     };
     if batch.wanted() {
         return match (a.mode, &u) {
-            (Mode::Scan, Some((u, shape))) => {
+            (Mode::Scan | Mode::Conv, Some((u, shape))) => {
                 ssm_batch::run(&batch, &m, (u, shape), disc, &mut dev, ctx.as_ref())
             }
             _ => Err(CliError::Input(
-                "--layout blhd, --cu-seqlens and --initial-state go with --mode scan".into(),
+                "--layout blhd, --cu-seqlens and --initial-state go with --mode scan or conv"
+                    .into(),
             )),
         };
     }

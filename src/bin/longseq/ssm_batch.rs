@@ -1,11 +1,11 @@
-//! `longseq ssm --mode scan` over real-world batches (issue 14): `--layout blhd` (u, y as
+//! `longseq ssm --mode scan|conv` over real-world batches (issue 14): `--layout blhd` (u, y as
 //! [B, L, H]), `--cu-seqlens NAME` (packed sequences, B = 1), `--initial-state NAME`
 //! ([N, H, N2, 2]: each stored mode's complex state as (re, im)); writes y and `final_state`
 //! ([N, H, N2, 2]). Tokens past the last packed offset are written as 0 (the GPU op leaves them
 //! untouched in a zeroed output; the reference does not write them).
 
 use longseq::reference::ssm::{self as rs, SeqBatch};
-use longseq::ssm::{s4d_scan_batch, DiagonalSsm, Discretization, S4dBatch};
+use longseq::ssm::{s4d_conv_batch, s4d_scan_batch, DiagonalSsm, Discretization, S4dBatch};
 use longseq::types::batch::{CuSeqlens, Layout};
 use longseq::{Context, Tensor};
 use num_complex::Complex64;
@@ -22,6 +22,8 @@ pub struct Batch<'a> {
     pub input: Option<&'a str>,
     pub output: Option<&'a str>,
     pub force_reference: bool,
+    /// The convolution mode (`s4d_conv_batch`) rather than the scan.
+    pub conv: bool,
 }
 
 impl Batch<'_> {
@@ -83,7 +85,7 @@ fn read_extra(
     Ok((cu, x0))
 }
 
-/// Runs the scan on the GPU and/or the reference and writes y and final_state.
+/// Runs the scan or the convolution on the GPU and/or the reference and writes y and final_state.
 pub fn run(
     a: &Batch<'_>,
     m: &rs::DiagonalSsm,
@@ -125,7 +127,10 @@ pub fn run(
                 initial_state: tx0.as_ref(),
             };
             let go = || -> longseq::Result<Vec<f32>> {
-                let (y, fin) = s4d_scan_batch(c, &dm, &tu, disc, &opts)?;
+                let (y, fin) = match a.conv {
+                    true => s4d_conv_batch(c, &dm, &tu, disc, &opts)?,
+                    false => s4d_scan_batch(c, &dm, &tu, disc, &opts)?,
+                };
                 Ok([y.to_vec(c)?, fin.to_vec(c)?].concat())
             };
             let o = devices::gpu_timed(go)?;
