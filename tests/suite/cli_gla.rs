@@ -227,3 +227,82 @@ fn blhd_and_cu_seqlens_run_on_the_gpu_the_cpu_path_and_the_reference() {
         assert_close_both(&label, &last, &want_last, TOL_F32);
     }
 }
+
+/// `--initial-state`: the first 70 tokens, then the rest from the written `final_state`, equal the
+/// f64 recurrence over all tokens (o and final_state), on the GPU and on the CPU path.
+#[test]
+fn initial_state_two_calls_equal_one_call() {
+    let (b, h, cut) = (2, 3, 70);
+    let t = tensors(&[b, h]);
+    let part = |lo: usize, hi: usize| -> Vec<(&'static str, Vec<usize>, Vec<f64>)> {
+        t.iter()
+            .map(|(n, s, x)| {
+                let d = s[3];
+                let mut y = Vec::new();
+                for r in 0..b * h {
+                    y.extend_from_slice(&x[(r * L + lo) * d..(r * L + hi) * d]);
+                }
+                (*n, vec![b, h, hi - lo, d], y)
+            })
+            .collect()
+    };
+    let run = |input: &str, output: &str, dev: &str, s0: bool| {
+        let mut args = vec![
+            "attention",
+            "--input",
+            input,
+            "--method",
+            "gla",
+            "--device",
+            dev,
+            "--output",
+            output,
+        ];
+        if s0 {
+            args.extend(["--initial-state", "s0"]);
+        }
+        let o = longseq(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        (
+            files::read_f64(output, "o").0,
+            files::read_f64(output, "final_state").0,
+        )
+    };
+    let r = GlaRef {
+        q: &t[0].2,
+        k: &t[1].2,
+        v: &t[2].2,
+        g: &t[3].2,
+        initial_state: None,
+        scale: None,
+    };
+    let gd = GlaDims {
+        rows: b * h,
+        len: L,
+        dk: DK,
+        dv: DV,
+    };
+    let (want_o, want_s) = gla_ref(gd, &r).unwrap();
+    for dev in ["gpu,reference", "cpu,reference"] {
+        let first = tmp("s0-a.safetensors");
+        write(&first, &part(0, cut));
+        let (o1, s1) = run(&first, &tmp("s0-a-o.safetensors"), dev, false);
+        let mut rest = part(cut, L);
+        rest.push(("s0", vec![b, h, DK, DV], s1));
+        let second = tmp("s0-b.safetensors");
+        write(&second, &rest);
+        let (o2, s2) = run(&second, &tmp("s0-b-o.safetensors"), dev, true);
+        let mut got = Vec::new();
+        for r in 0..b * h {
+            got.extend_from_slice(&o1[r * cut * DV..(r + 1) * cut * DV]);
+            got.extend_from_slice(&o2[r * (L - cut) * DV..(r + 1) * (L - cut) * DV]);
+        }
+        assert_close_both(
+            &format!("cli gla two calls o {dev}"),
+            &got,
+            &want_o,
+            TOL_F32,
+        );
+        assert_close_both(&format!("cli gla two calls S {dev}"), &s2, &want_s, TOL_F32);
+    }
+}

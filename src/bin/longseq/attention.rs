@@ -49,8 +49,9 @@ pub(crate) use batch::read_cu_seqlens;
 /// Lk); causal favor (positive) also --initial-state NAME with NAME_z and NAME_max ([N, H, M]: the
 /// running key maxima the state is scaled by) and then writes final_state [N, H, M, Dv],
 /// final_z and final_max.
-/// Gla takes --layout blhd and --cu-seqlens on the f32 CPU path and the reference (cpu,reference
-/// by default; the GPU op has neither yet), and then also writes `final_state` [B or N, H, Dk, Dv].
+/// Gla with rank-4 q, k, v, g takes --layout blhd, --cu-seqlens and --initial-state NAME
+/// ([B or N, H, Dk, Dv]) on the GPU, the f32 CPU path and the reference, and also writes
+/// `final_state` [B or N, H, Dk, Dv].
 #[derive(clap::Args)]
 #[command(
     verbatim_doc_comment,
@@ -72,6 +73,7 @@ pub struct Args {
     /// is the state S before the first token, and NAME_z [N, Hq, Dk] the denominator's z (linear
     /// with its denominator). The output file then also gets final_state (and final_z).
     /// Causal favor: NAME [N, H, M, Dv], NAME_z and NAME_max [N, H, M] (final_max too).
+    /// gla: NAME [N, H, Dk, Dv] is the state S before the first token (f32).
     #[arg(long, value_name = "NAME")]
     initial_state: Option<String>,
     /// Prefix of the tensor names, e.g. `layer0.`.
@@ -269,7 +271,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
     }
     let layout = longseq::types::batch::Layout::parse(&a.layout).unwrap_or_default();
     let packed = layout != longseq::types::batch::Layout::Bhld || a.cu_seqlens.is_some();
-    if a.method == Method::Gla && packed {
+    if a.method == Method::Gla && (packed || a.initial_state.is_some() || q.shape.len() == 4) {
         return gla_batch::run(&a, &st, (q, k, v), layout);
     }
     if favor_batch::wanted(&a, layout) {

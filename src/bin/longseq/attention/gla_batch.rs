@@ -1,4 +1,5 @@
-//! `longseq attention --method gla` with `--layout blhd` and/or `--cu-seqlens NAME`: the GPU op
+//! `longseq attention --method gla` with `--layout blhd`, `--cu-seqlens NAME` and/or
+//! `--initial-state NAME` (`[B or N, H, Dk, Dv]`, the state before each sequence): the GPU op
 //! (strides and packed sequences in the kernel), the f32 CPU path (strides, each packed sequence
 //! from zero) and the f64 reference, sequence by sequence; default gpu,reference (cpu,reference
 //! without an adapter). o and final_state are both checked against the reference (exit 3 past
@@ -12,7 +13,7 @@ use longseq::reference::gla::{gla_ref, gla_ref_varlen, GlaDims, GlaRef};
 use longseq::types::batch::{CuSeqlens, Layout};
 use longseq::{Context, Element, Tensor};
 
-use super::{Args, NanPolicy};
+use super::{staging, Args, NanPolicy};
 use crate::check::{self, StorageDtype};
 use crate::devices;
 use crate::io::{self, CliError, HostTensor, Out};
@@ -48,7 +49,7 @@ pub(super) fn run(
     let rank4 = |t: &HostTensor| -> Result<[usize; 4], CliError> {
         <[usize; 4]>::try_from(&t.shape[..]).map_err(|_| {
             CliError::Input(format!(
-                "--layout/--cu-seqlens with gla need rank-4 q, k, v, g; got {:?}",
+                "--layout/--cu-seqlens/--initial-state with gla need rank-4 q, k, v, g; got {:?}",
                 t.shape
             ))
         })
@@ -100,6 +101,11 @@ pub(super) fn run(
             "--cu-seqlens needs B = 1 (packed sequences), got B = {b}"
         )));
     }
+    let slots = cu.as_ref().map_or(b, |c| c.count());
+    let h0 = match &a.initial_state {
+        Some(n) => Some(staging::read_state(a, st, n, vec![slots, h, dk, dv])?),
+        None => None,
+    };
     let ctx = dev.open()?;
     println!(
         "input: {} q {:?} ({}), B = {b}, H = {h}, L = {l}, Dk = {dk}, Dv = {dv}{}",
@@ -111,8 +117,8 @@ pub(super) fn run(
             c.count()
         ))
     );
-    let slots = cu.as_ref().map_or(b, |c| c.count());
     let shapes = (want(dk), want(dv), slots);
+    let fs = [slots, h, dk, dv];
     let gpu = match &ctx {
         Some(c) => {
             let x = GpuRun {
@@ -120,6 +126,7 @@ pub(super) fn run(
                 layout,
                 cu: cu.as_ref(),
                 shapes,
+                h0: h0.as_deref().map(|x| (x, &fs[..])),
             };
             Some(match dtype {
                 StorageDtype::F32 => x.run::<f32>(c, [&q, &k, &v, &g], |x| x.to_vec())?,
@@ -136,6 +143,7 @@ pub(super) fn run(
                 scale: a.scale,
                 layout,
                 cu_seqlens: cu.as_ref(),
+                initial_state: h0.as_deref(),
                 ..GlaHost::new(&q, &k, &v, &g)
             };
             let shape = GlaShape {
@@ -161,12 +169,13 @@ pub(super) fn run(
             permute(&x, (b, h, l, d), layout, false)
         };
         let (q, k, v, g) = (f(&q, dk), f(&k, dk), f(&v, dv), f(&g, dk));
+        let s0: Option<Vec<f64>> = h0.as_ref().map(|x| x.iter().map(|&y| y as f64).collect());
         let r = GlaRef {
             q: &q,
             k: &k,
             v: &v,
             g: &g,
-            initial_state: None,
+            initial_state: s0.as_deref(),
             scale: a.scale.map(f64::from),
         };
         let dims = GlaDims {
@@ -234,6 +243,8 @@ struct GpuRun<'a> {
     cu: Option<&'a CuSeqlens>,
     /// q's and v's shapes in the layout, and the state slots (B or N).
     shapes: (Vec<usize>, Vec<usize>, usize),
+    /// The initial state f32 and its shape `[slots, H, Dk, Dv]`, if any.
+    h0: Option<(&'a [f32], &'a [usize])>,
 }
 
 impl GpuRun<'_> {
@@ -247,10 +258,15 @@ impl GpuRun<'_> {
         let (qs, vs, _) = &self.shapes;
         let up = |x: &[f32], s: &[usize]| Tensor::from_slice(ctx, &conv(x), s);
         let (tq, tk, tv, tg) = (up(q, qs)?, up(k, qs)?, up(v, vs)?, up(g, qs)?);
+        let ts0 = match self.h0 {
+            Some((s0, shape)) => Some(Tensor::<f32>::from_slice(ctx, s0, shape)?),
+            None => None,
+        };
         let x = GlaInputs {
             scale: self.a.scale,
             layout: self.layout,
             cu_seqlens: self.cu,
+            initial_state: ts0.as_ref(),
             ..GlaInputs::new(&tq, &tk, &tv, &tg)
         };
         let go = || -> longseq::Result<(Vec<T>, Vec<f32>)> {
