@@ -1,5 +1,5 @@
 //! `longseq attention --method softmax|diag` and `longseq rope` with `--layout blhd` /
-//! `--seq-layout blhd`, `--cu-seqlens NAME` (i32 and i64 offsets) and grouped heads from the k/v
+//! `--layout blhd`, `--cu-seqlens NAME` (i32 and i64 offsets) and grouped heads from the k/v
 //! shapes: the written output against the library's f64 references, and the exit codes of bad
 //! offsets and of methods or devices that do not take them.
 
@@ -130,7 +130,7 @@ fn rope_blhd_varlen_writes_the_reference() {
             &path,
             "--tensor",
             "q",
-            "--seq-layout",
+            "--layout",
             "blhd",
             "--cu-seqlens",
             "cu_seqlens",
@@ -191,7 +191,7 @@ fn bad_batches_exit_2() {
             "rope",
             "--tensor",
             "q",
-            "--seq-layout",
+            "--layout",
             "blhd",
             "--cu-seqlens",
             "bad",

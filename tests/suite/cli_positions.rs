@@ -207,12 +207,17 @@ fn rope_equals_the_rotation_for_every_scaling_and_layout() {
         ),
     ];
     for (name, extra, angle, scale) in &cases {
-        for (layout, half) in [("interleaved", false), ("half", true)] {
+        // `--layout half` is the older spelling of `--pairs half`.
+        for (flag, layout, half) in [
+            ("--pairs", "interleaved", false),
+            ("--pairs", "half", true),
+            ("--layout", "half", true),
+        ] {
             let res = bin()
                 .args([
                     "rope", "--input", &input, "--output", &out, "--device", "gpu",
                 ])
-                .args(["--scaling", name, "--layout", layout, "--offset", "1500"])
+                .args(["--scaling", name, flag, layout, "--offset", "1500"])
                 .args(extra)
                 .output()
                 .unwrap();
@@ -221,7 +226,7 @@ fn rope_equals_the_rotation_for_every_scaling_and_layout() {
             assert_eq!(got_shape, shape);
             let want = rope_by_complex(&x, (rows, l, d), offset, half, angle, *scale);
             assert_close(
-                &format!("rope {name} {layout}"),
+                &format!("rope {name} {flag} {layout}"),
                 &f64s(&got),
                 &want,
                 TOL_F32,
@@ -259,6 +264,7 @@ fn rope_bad_options_are_one_line_and_exit_2() {
             "40",
         ],
         vec!["--base=-3"],
+        vec!["--layout", "half", "--pairs", "interleaved"],
     ] {
         let res = bin()
             .args(["rope", "--input", &good])

@@ -145,7 +145,7 @@ pub struct Args {
     rerope_base: f64,
     /// ReRoPE's pair layout: interleaved (x[2i], x[2i+1]) or half (x[i], x[i + D/2]).
     #[arg(long, value_enum, default_value = "interleaved")]
-    rerope_layout: crate::rope::Layout,
+    rerope_layout: crate::rope::Pairs,
     /// Output the numerator alone (no normalisation).
     #[arg(long)]
     no_denominator: bool,
@@ -527,8 +527,8 @@ fn positional(a: &Args) -> Option<PositionalOptions<'static>> {
             window,
             base: a.rerope_base,
             layout: match a.rerope_layout {
-                crate::rope::Layout::Interleaved => RopeLayout::Interleaved,
-                crate::rope::Layout::Half => RopeLayout::HalfSplit,
+                crate::rope::Pairs::Interleaved => RopeLayout::Interleaved,
+                crate::rope::Pairs::Half => RopeLayout::HalfSplit,
             },
         }),
     };

@@ -40,10 +40,14 @@ pub struct Args {
     /// safetensors file holding the tensor (and optionally `positions`).
     #[arg(long)]
     input: String,
-    /// Memory layout of x: bhld = [B, H, L, D] (any [.., L, D]), blhd = [B, L, H, D]. (Not
-    /// `--layout`, which names the rotation's pair layout here.)
-    #[arg(long, default_value = "bhld", value_parser = ["bhld", "blhd"])]
-    seq_layout: String,
+    /// Memory layout of x, as in `attention`: bhld = [B, H, L, D] (any [.., L, D]), blhd =
+    /// [B, L, H, D]. The older spellings `--layout interleaved|half` still name the pairs.
+    #[arg(
+        long,
+        default_value = "bhld",
+        value_parser = ["bhld", "blhd", "interleaved", "half"]
+    )]
+    layout: String,
     /// Packed variable-length sequences: the name of an i32/i64 offsets tensor in --input (B = 1);
     /// positions restart at each sequence, tokens past the last offset are written as 0.
     #[arg(long, value_name = "NAME")]
@@ -72,9 +76,9 @@ pub struct Args {
     /// YaRN ramp end β (in rotations over L_train).
     #[arg(long, default_value_t = 32.0)]
     yarn_beta: f64,
-    /// Which elements form the rotated pairs.
-    #[arg(long, value_enum, default_value = "interleaved")]
-    layout: Layout,
+    /// Which elements form the rotated pairs (default interleaved).
+    #[arg(long, value_enum)]
+    pairs: Option<Pairs>,
     /// Position of row 0.
     #[arg(long, default_value_t = 0)]
     offset: u32,
@@ -136,7 +140,7 @@ fn describe_scaling(s: &RopeScaling) -> String {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Layout {
+pub enum Pairs {
     /// Pairs (x[2i], x[2i+1]) (RoFormer, LLaMA reference code).
     Interleaved,
     /// Pairs (x[i], x[i + D/2]) (GPT-NeoX, Hugging Face rotate_half).
@@ -168,9 +172,26 @@ fn options(a: &Args) -> Result<RopeOptions, CliError> {
             beta: a.yarn_beta,
         },
     };
-    let layout = match a.layout {
-        Layout::Interleaved => RopeLayout::Interleaved,
-        Layout::Half => RopeLayout::HalfSplit,
+    let old = match a.layout.as_str() {
+        "interleaved" => Some(Pairs::Interleaved),
+        "half" => Some(Pairs::Half),
+        _ => None,
+    };
+    let layout = match (a.pairs, old) {
+        (Some(p), Some(o)) if p != o => {
+            return Err(CliError::Input(format!(
+                "--layout {} and --pairs {} disagree; use --pairs for the pairs and --layout \
+                 bhld|blhd for the memory layout",
+                a.layout,
+                if p == Pairs::Half {
+                    "half"
+                } else {
+                    "interleaved"
+                }
+            )))
+        }
+        (Some(Pairs::Half), _) | (None, Some(Pairs::Half)) => RopeLayout::HalfSplit,
+        _ => RopeLayout::Interleaved,
     };
     Ok(RopeOptions {
         base: a.base,
@@ -188,7 +209,8 @@ pub fn run(a: Args) -> Result<(), CliError> {
     let pos_name = format!("{}positions", a.prefix);
     let x = io::read(&st, &x_name, &a.input)?;
     let mut opts = options(&a)?;
-    opts.seq_layout = longseq::types::batch::Layout::parse(&a.seq_layout).unwrap_or_default();
+    // bhld when --layout names the pairs (the older spelling).
+    opts.seq_layout = longseq::types::batch::Layout::parse(&a.layout).unwrap_or_default();
     let len = match opts.seq_layout {
         longseq::types::batch::Layout::Blhd if x.shape.len() == 4 => x.shape[1],
         _ => check_rope(&x.shape, &opts)?.1,
