@@ -1,7 +1,8 @@
 // FAVOR+ over real-world batches (issue 14): one sequence at a time, read through strides, with the
 // causal positive state carried in and out (src/attention/favor_batch.rs).
 // A sequence: batch entry b, tokens [t0, t0 + n), all H heads; its dense copy is [H, n, D] f32.
-// seq_gather:    dense[h, t, e] = f32(x[x_off + base + h·hs + (t0 + t)·ts + e]), base = b·bs.
+// seq_gather:    dense[h, t, e] = f32(x[x_off + base + (h / group)·hs + (t0 + t)·ts + e]), base = b·bs
+//                (group = Hq / Hkv for k and v under GQA: query head h reads kv head h / group).
 // seq_store:     out[x_off + base + h·hs + (t0 + t)·ts + e] = dense[h, t, e] (only these tokens).
 // fold_max:      dst[r·stride + t·M + a] = max(dst[..], m0[m_off + r·M + a]) for t < count: the
 //                initial state's log-scale m0 joins the key maxima (kmax of chunk 0, krun of the
@@ -33,6 +34,10 @@ struct Params {
     s_off: u32,
     z_off: u32,
     norm: f32,
+    group: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -57,7 +62,7 @@ fn strided(i: u32) -> u32 {
     let e = i % p.d;
     let t = (i / p.d) % p.n;
     let h = i / (p.d * p.n);
-    return p.x_off + p.base + h * p.hs + (p.t0 + t) * p.ts + e;
+    return p.x_off + p.base + (h / p.group) * p.hs + (p.t0 + t) * p.ts + e;
 }
 
 @compute @workgroup_size(WG)

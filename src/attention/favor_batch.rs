@@ -53,6 +53,10 @@ crate::uniform! {
         s_off: u32,
         z_off: u32,
         norm: f32,
+        group: u32,
+        _pad0: u32,
+        _pad1: u32,
+        _pad2: u32,
     }
 }
 
@@ -106,11 +110,12 @@ impl FavorState {
 /// [`favor_attention`](super::favor_attention) over a batch in `layout` (q, k `[B, H, L, Dk]`,
 /// v `[B, H, L, Dv]`, or `[B, L, H, D]` each; rank 3 `[H, L, D]` with bhld), optionally packed
 /// (`cu`, B = 1: sequence i holds tokens `[cu[i], cu[i + 1])`; each gets its own features and
-/// sums, tokens past the last offset are left untouched, zero in the new output). Hq = Hkv and
-/// Lq = Lk. `omega: [M, Dk]` f32 as given.
+/// sums, tokens past the last offset are left untouched, zero in the new output). Grouped heads
+/// (GQA/MQA): k, v `[B, Hkv, L, ·]` with Hkv dividing Hq, query head h reads kv head
+/// h / (Hq / Hkv); Lq = Lk. `omega: [M, Dk]` f32 as given.
 ///
 /// # Errors
-/// [`Error::Shape`] for mismatched shapes, grouped heads or Lq ≠ Lk, B ≠ 1 with `cu`, or ω not
+/// [`Error::Shape`] for mismatched shapes, Hkv not dividing Hq or Lq ≠ Lk, B ≠ 1 with `cu`, or ω not
 /// `[M, Dk]`; [`Error::InvalidArgument`] for M = 0 or a last offset past L; [`Error::TooLarge`] when a sequence's copies do
 /// not fit a storage binding.
 pub fn favor_attention_batch<T: Element>(
@@ -274,15 +279,8 @@ impl<T: Element> RowOp for FavorBatch<'_, T> {
 
     fn plan(&self, ctx: &Context) -> Result<(Self::Dims, Plan)> {
         let (q, k, v) = (self.q.shape(), self.k.shape(), self.v.shape());
+        // Grouped heads (GQA/MQA) are read through the gather; Lq = Lk.
         let g = check_gqa(OP, q, k, v, self.layout, true)?;
-        if g.kv_heads != g.q_heads {
-            return Err(Error::Shape {
-                op: OP,
-                name: "k",
-                expected: format!("{} heads, as q (no grouped heads for FAVOR+)", g.q_heads),
-                got: k.to_vec(),
-            });
-        }
         let m = check_omega(OP, self.omega.shape(), g.dk)? as u64;
         super::linear::check_varlen(OP, &g, self.cu)?;
         let (h, dk, dv) = (g.q_heads as u64, g.dk as u64, g.dv as u64);
@@ -358,9 +356,10 @@ impl<T: Element> RowOp for FavorBatch<'_, T> {
                 n,
                 storage: p.storage,
             };
-            for (t, buf, d) in [(self.q, &dq, dk), (self.k, &dk_, dk), (self.v, &dv_, dv)] {
+            let kv = [(self.k, &dk_, dk, true), (self.v, &dv_, dv, true)];
+            for (t, buf, d, grouped) in [(self.q, &dq, dk, false)].into_iter().chain(kv) {
                 let x = Bind::elems(ctx, 1, t.buffer(), es, 0, t.len() as u64);
-                record_strided(s, "seq_gather", &seq, d, x, buf)?;
+                record_strided(s, ("seq_gather", grouped), &seq, d, x, buf)?;
             }
             let x = |d: u64| h * n * d * 4;
             let run = Core {
@@ -385,7 +384,7 @@ impl<T: Element> RowOp for FavorBatch<'_, T> {
             record_core(s, &run, &o)?;
             let total: u64 = g.out_shape.iter().map(|&x| x as u64).product();
             let out = p.out.bind(ctx, 3, total);
-            record_strided(s, "seq_store", &seq, dv, out, &dout)?;
+            record_strided(s, ("seq_store", false), &seq, dv, out, &dout)?;
         }
         Ok(())
     }
@@ -441,10 +440,11 @@ struct Seq<'g> {
 }
 
 /// `seq_gather` (x: the strided input at slot 1, `dense` its copy) or `seq_store` (x: the strided
-/// output at slot 3, `dense` the sequence's output) over one sequence of feature dim `d`.
+/// output at slot 3, `dense` the sequence's output) over one sequence of feature dim `d`;
+/// `grouped`: x is k or v with Hkv heads, query head h reads kv head h / (Hq / Hkv).
 fn record_strided(
     s: &mut Schedule<'_>,
-    entry: &'static str,
+    (entry, grouped): (&'static str, bool),
     q: &Seq<'_>,
     d: u64,
     x: (Bind<'_>, u32),
@@ -452,7 +452,11 @@ fn record_strided(
 ) -> Result<()> {
     let ctx = s.context();
     let g = q.g;
-    let st = g.layout.strides(g.q_heads, g.q_len, d as usize);
+    let (heads, group) = match grouped {
+        true => (g.kv_heads, g.q_heads / g.kv_heads.max(1)),
+        false => (g.q_heads, 1),
+    };
+    let st = g.layout.strides(heads, g.q_len, d as usize);
     let total = g.q_heads as u64 * q.n * d;
     let prm = Params {
         heads: g.q_heads as u32,
@@ -464,6 +468,7 @@ fn record_strided(
         ts: st.token as u32,
         total: total as u32,
         x_off: x.1,
+        group: group as u32,
         ..Zeroable::zeroed()
     };
     let pl = ctx

@@ -221,7 +221,7 @@ fn readme_lines_run() {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/data/gqa_varlen_blhd.safetensors"
     );
-    let lines: [&[&str]; 2] = [
+    let lines: [&[&str]; 3] = [
         &[
             "--method",
             "softmax",
@@ -232,6 +232,18 @@ fn readme_lines_run() {
             "--causal",
         ],
         &["--method", "softmax", "--layout", "blhd", "--alibi"],
+        // README's FAVOR+ line: grouped heads, packed sequences, causal.
+        &[
+            "--feature-map",
+            "favor",
+            "--num-features",
+            "64",
+            "--causal",
+            "--layout",
+            "blhd",
+            "--cu-seqlens",
+            "cu_seqlens",
+        ],
     ];
     for args in lines {
         let o = bin()

@@ -298,3 +298,58 @@ fn favor_packed_sequences_carry_the_state_through_the_cli() {
     assert_eq!(r.status.code(), Some(2), "{}", stderr(&r));
     assert_eq!(stderr(&r).lines().count(), 1, "{}", stderr(&r));
 }
+
+/// Grouped heads (GQA, [B, H, L, D] without other batch flags): q with 4 heads, k and v with 2;
+/// the written `o` equals the f64 per-sequence reference, causal and not.
+#[test]
+fn favor_grouped_heads_through_the_cli() {
+    use common::files::{draw_uniform, read_f64, tmp_in, write_f32};
+    use longseq::attention::FavorOptions;
+    use longseq::reference::attention::favor_attention_batch;
+    use longseq::types::{attention::check_gqa, Layout};
+    let (hq, hkv, l, d, m) = (4, 2, 50, 12, 16);
+    let (sq, skv) = (vec![1, hq, l, d], vec![1, hkv, l, d]);
+    let q = draw_uniform(hq * l * d, -1.0, 1.0, 90);
+    let k = draw_uniform(hkv * l * d, -1.0, 1.0, 91);
+    let v = draw_uniform(hkv * l * d, -1.0, 1.0, 92);
+    let w = draw_omega(m, d, OmegaDraw::OrthogonalChi, 6).unwrap();
+    let input = tmp_in("favor-gqa", "in.safetensors");
+    let wv: Vec<f64> = w.iter().map(|&y| y as f64).collect();
+    write_f32(
+        &input,
+        &[
+            ("q", sq.clone(), q.clone()),
+            ("k", skv.clone(), k.clone()),
+            ("v", skv.clone(), v.clone()),
+            ("W", vec![m, d], wv),
+        ],
+    );
+    let g = check_gqa("test", &sq, &skv, &skv, Layout::Bhld, true).unwrap();
+    let f32s = |x: &[f64]| x.iter().map(|&y| y as f32).collect::<Vec<f32>>();
+    for causal in [false, true] {
+        let out = tmp_in("favor-gqa", &format!("o{causal}.safetensors"));
+        let mut args = vec!["attention", "--input", &input, "--feature-map", "favor"];
+        args.extend(["--omega", "W", "--output", &out]);
+        if causal {
+            args.push("--causal");
+        }
+        let r = common::files::longseq(&args);
+        assert!(r.status.success(), "{}", stderr(&r));
+        let opts = FavorOptions {
+            kind: FavorKind::Positive,
+            causal,
+        };
+        let (qf, kf, vf) = (f32s(&q), f32s(&k), f32s(&v));
+        let want = favor_attention_batch((&qf, &kf, &vf), &g, &w, &opts, None, None)
+            .unwrap()
+            .o;
+        let (got, shape) = read_f64(&out, "o");
+        assert_eq!(shape, sq);
+        assert_close_both(
+            &format!("cli favor gqa causal={causal}"),
+            &got,
+            &want,
+            TOL_F32,
+        );
+    }
+}

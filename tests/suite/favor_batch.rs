@@ -20,7 +20,7 @@ use longseq::{Context, Element, Error, Tensor};
 /// fla's varlen offsets, packed in L = 2011 (11 tokens past the last offset).
 const CU: [i64; 6] = [0, 15, 100, 300, 1200, 2000];
 
-/// Inputs of one case: q, k, v as `T` and their dims (Hq = Hkv).
+/// Inputs of one case: q, k, v as `T` and their dims.
 struct Case<T> {
     q: Vec<T>,
     k: Vec<T>,
@@ -36,6 +36,16 @@ fn case<T: Element>(
     layout: Layout,
     seed: u64,
 ) -> Case<T> {
+    gqa_case((b, l, h, h, d), m, layout, seed)
+}
+
+/// As [`case`] with Hkv kv heads (grouped heads: Hkv divides Hq).
+fn gqa_case<T: Element>(
+    (b, l, h, hkv, d): (usize, usize, usize, usize, usize),
+    m: usize,
+    layout: Layout,
+    seed: u64,
+) -> Case<T> {
     let mut r = rng(seed);
     let mut make = |n| -> Vec<T> {
         randn(&mut r, n, 0.5)
@@ -45,11 +55,11 @@ fn case<T: Element>(
     };
     let (q, k, v) = (
         make(b * h * l * d),
-        make(b * h * l * d),
-        make(b * h * l * d),
+        make(b * hkv * l * d),
+        make(b * hkv * l * d),
     );
-    let s = layout.shape(b, h, l, d);
-    let dims = check_gqa("test", &s, &s, &s, layout, true).unwrap();
+    let (s, skv) = (layout.shape(b, h, l, d), layout.shape(b, hkv, l, d));
+    let dims = check_gqa("test", &s, &skv, &skv, layout, true).unwrap();
     let omega = draw_omega(m, d, OmegaDraw::OrthogonalChi, seed).unwrap();
     Case {
         q,
@@ -62,10 +72,11 @@ fn case<T: Element>(
 
 fn tensors<T: Element>(c: &Context, x: &Case<T>) -> ([Tensor<T>; 3], Tensor<f32>) {
     let s = x.d.layout.shape(x.d.batch, x.d.q_heads, x.d.q_len, x.d.dk);
-    let t = |v: &[T]| Tensor::from_slice(c, v, &s).unwrap();
+    let skv = x.d.layout.shape(x.d.batch, x.d.kv_heads, x.d.q_len, x.d.dk);
+    let t = |v: &[T], s: &[usize]| Tensor::from_slice(c, v, s).unwrap();
     let m = x.omega.len() / x.d.dk;
     let w = Tensor::from_slice(c, &x.omega, &[m, x.d.dk]).unwrap();
-    ([t(&x.q), t(&x.k), t(&x.v)], w)
+    ([t(&x.q, &s), t(&x.k, &skv), t(&x.v, &skv)], w)
 }
 
 /// The GPU op into a NaN-poisoned output against the reference.
@@ -79,8 +90,8 @@ fn check<T: Element>(c: &Context, x: &Case<T>, cu: Option<&[i64]>, o: &FavorOpti
     favor_attention_batch_into(c, (&q, &k, &v), &w, x.d.layout, cs.as_ref(), &out, o).unwrap();
     let got = to_f64(&out.to_vec(c).unwrap());
     let label = format!(
-        "{:?} {:?} causal={} B={} L={} H={} D={} cu={:?}",
-        x.d.layout, o.kind, o.causal, x.d.batch, x.d.q_len, x.d.q_heads, x.d.dk, cu
+        "{:?} {:?} causal={} B={} L={} H={}/{} D={} cu={:?}",
+        x.d.layout, o.kind, o.causal, x.d.batch, x.d.q_len, x.d.q_heads, x.d.kv_heads, x.d.dk, cu
     );
     assert_close_both(&label, &got, &want, tol);
     // Inputs are never modified.
@@ -103,6 +114,47 @@ fn fla_shapes_f32() {
             for causal in [false, true] {
                 check(ctx(), &x, None, &positive(causal), TOL_F32);
             }
+        }
+    }
+}
+
+/// Grouped heads: GQA (Hq = 4, Hkv = 2) and MQA (Hkv = 1), both layouts, causal and not, with
+/// and without fla's offsets, positive and trig features; query head h reads kv head h / (Hq / Hkv).
+#[test]
+fn grouped_heads_gqa_and_mqa() {
+    for (i, hkv) in [2, 1].into_iter().enumerate() {
+        for layout in [Layout::Bhld, Layout::Blhd] {
+            let x = gqa_case::<f32>((2, 137, 4, hkv, 24), 40, layout, 70 + i as u64);
+            for causal in [false, true] {
+                check(ctx(), &x, None, &positive(causal), TOL_F32);
+            }
+            let trig = FavorOptions {
+                kind: FavorKind::Trig,
+                causal: false,
+            };
+            check(ctx(), &x, None, &trig, TOL_F32);
+            let p = gqa_case::<f32>((1, 2011, 4, hkv, 24), 40, layout, 80 + i as u64);
+            check(ctx(), &p, Some(&CU), &positive(true), TOL_F32);
+        }
+        // The grouped reference equals the ungrouped one on kv heads repeated Hq / Hkv times.
+        let x = gqa_case::<f32>((2, 137, 4, hkv, 24), 40, Layout::Bhld, 70 + i as u64);
+        let rep = |v: &[f32]| -> Vec<f32> {
+            let per = 137 * 24;
+            (0..2 * 4)
+                .flat_map(|r| {
+                    let src = (r / 4) * hkv + (r % 4) / (4 / hkv);
+                    v[src * per..][..per].to_vec()
+                })
+                .collect()
+        };
+        let s = Layout::Bhld.shape(2, 4, 137, 24);
+        let full = check_gqa("test", &s, &s, &s, Layout::Bhld, true).unwrap();
+        let (k, v) = (rep(&x.k), rep(&x.v));
+        for causal in [false, true] {
+            let o = positive(causal);
+            let g = favor_attention_batch((&x.q, &x.k, &x.v), &x.d, &x.omega, &o, None, None);
+            let f = favor_attention_batch((&x.q, &k, &v), &full, &x.omega, &o, None, None);
+            assert_eq!(g.unwrap().o, f.unwrap().o, "Hkv = {hkv}, causal = {causal}");
         }
     }
 }
@@ -346,8 +398,8 @@ fn bad_input_is_a_typed_error() {
         "{:?}",
         r.err()
     );
-    // Grouped heads.
-    let k1 = Tensor::<f32>::empty(c, &[2, 20, 1, 8]).unwrap();
+    // Hkv not dividing Hq.
+    let k1 = Tensor::<f32>::empty(c, &[2, 20, 3, 8]).unwrap();
     let r = favor_attention_batch_into(
         c,
         (&q, &k1, &k1),

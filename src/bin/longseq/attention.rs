@@ -45,7 +45,7 @@ pub(crate) use batch::read_cu_seqlens;
 /// `--initial-state NAME` ([N, Hq, Dk, Dv]; linear with its denominator also reads NAME_z
 /// [N, Hq, Dk]), also writes `final_state` (and `final_z`) per sequence. `--device cpu` runs the
 /// per-sequence f64 reference there (no f32 CPU path reads strides or packed sequences yet).
-/// Favor features take --layout and --cu-seqlens (features and sums per sequence; Hq = Hkv, Lq =
+/// Favor features take --layout and --cu-seqlens (features and sums per sequence; grouped kv heads; Lq =
 /// Lk); causal favor (positive) also --initial-state NAME with NAME_z and NAME_max ([N, H, M]: the
 /// running key maxima the state is scaled by) and then writes final_state [N, H, M, Dv],
 /// final_z and final_max.
@@ -274,7 +274,7 @@ pub fn run(a: Args) -> Result<(), CliError> {
     if a.method == Method::Gla && (packed || a.initial_state.is_some() || q.shape.len() == 4) {
         return gla_batch::run(&a, &st, (q, k, v), layout);
     }
-    if favor_batch::wanted(&a, layout) {
+    if favor_batch::wanted(&a, layout, &q.shape, &k.shape) {
         return favor_batch::run(&a, &st, (q, k, v), layout);
     }
     if linear_batch::wanted(&a, layout, &q.shape, &k.shape, &v.shape) {

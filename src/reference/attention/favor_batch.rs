@@ -26,13 +26,14 @@ pub struct FavorBatchOut {
     pub m: Vec<f64>,
 }
 
-/// FAVOR attention of q, k, v (laid out as `d` says; Hq = Hkv, Lq = Lk) with optional packed
+/// FAVOR attention of q, k, v (laid out as `d` says; Hkv dividing Hq, query head h reading kv
+/// head h / (Hq / Hkv); Lq = Lk) with optional packed
 /// sequences (B = 1) and, for causal positive features, an optional initial state
 /// `(S [N, H, M, Dv], z [N, H, M], m [N, H, M])`.
 ///
 /// # Errors
 /// [`Error::DataLength`] for slices that do not match `d`; [`Error::Shape`] / [`Error::InvalidArgument`]
-/// for ω not `[M, Dk]`; [`Error::InvalidArgument`] for grouped heads, Lq ≠ Lk, packed sequences with
+/// for ω not `[M, Dk]`; [`Error::InvalidArgument`] for Hkv not dividing Hq, Lq ≠ Lk, packed sequences with
 /// B ≠ 1, a state with other than causal positive features, or one of the wrong length.
 pub fn favor_attention_batch<T: Element>(
     (q, k, v): (&[T], &[T], &[T]),
@@ -49,15 +50,16 @@ pub fn favor_attention_batch<T: Element>(
         name,
         reason: reason.into(),
     };
-    if d.kv_heads != h || d.kv_len != l {
-        return Err(bad("d", "needs Hkv = Hq and Lk = Lq"));
+    let hkv = d.kv_heads;
+    if hkv == 0 || h % hkv != 0 || d.kv_len != l {
+        return Err(bad("d", "needs Hkv dividing Hq and Lk = Lq"));
     }
     let m = check_omega(OP, &[omega.len() / dk.max(1), dk], dk)?;
-    for (x, n) in [(q, dk), (k, dk), (v, dv)] {
-        if x.len() != b * h * l * n {
+    for (x, hx, n) in [(q, h, dk), (k, hkv, dk), (v, hkv, dv)] {
+        if x.len() != b * hx * l * n {
             return Err(Error::DataLength {
-                shape: d.layout.shape(b, h, l, n).to_vec(),
-                expected: b * h * l * n,
+                shape: d.layout.shape(b, hx, l, n).to_vec(),
+                expected: b * hx * l * n,
                 got: x.len(),
             });
         }
@@ -80,7 +82,8 @@ pub fn favor_attention_batch<T: Element>(
             ));
         }
     }
-    let (sq, sv) = (d.layout.strides(h, l, dk), d.layout.strides(h, l, dv));
+    let (sq, so) = (d.layout.strides(h, l, dk), d.layout.strides(h, l, dv));
+    let (sk, sv) = (d.layout.strides(hkv, l, dk), d.layout.strides(hkv, l, dv));
     let mut out = FavorBatchOut {
         o: vec![f64::NAN; b * h * l * dv],
         s: Vec::new(),
@@ -96,14 +99,17 @@ pub fn favor_attention_batch<T: Element>(
         let len = range.len();
         for hh in 0..h {
             // The sequence's rows of this head, dense.
-            let rows = |x: &[T], st: &crate::types::Strides, w: usize| -> Vec<T> {
+            // Query head hh reads kv head hh / (Hq / Hkv).
+            let rows = |x: &[T], st: &crate::types::Strides, w: usize, hx: usize| -> Vec<T> {
                 range
                     .clone()
                     .flat_map(|t| (0..w).map(move |e| (t, e)))
-                    .map(|(t, e)| x[st.index(bi, hh, t, e)])
+                    .map(|(t, e)| x[st.index(bi, hx, t, e)])
                     .collect()
             };
-            let (qr, kr, vr) = (rows(q, &sq, dk), rows(k, &sq, dk), rows(v, &sv, dv));
+            let hk = hh / (h / hkv);
+            let qr = rows(q, &sq, dk, hh);
+            let (kr, vr) = (rows(k, &sk, dk, hk), rows(v, &sv, dv, hk));
             let mut o = vec![0.0f64; len * dv];
             let row = si * h + hh;
             if stateful {
@@ -141,7 +147,7 @@ pub fn favor_attention_batch<T: Element>(
             }
             for (t, i) in range.clone().enumerate() {
                 for e in 0..dv {
-                    out.o[sv.index(bi, hh, i, e)] = o[t * dv + e];
+                    out.o[so.index(bi, hh, i, e)] = o[t * dv + e];
                 }
             }
         }

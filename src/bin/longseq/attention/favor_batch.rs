@@ -18,10 +18,16 @@ use super::{op_from_args, read_cu_seqlens, staging, Args, Method, Phi};
 use crate::io::{CliError, HostTensor};
 use crate::methods::Op;
 
-/// Whether this path runs: FAVOR features with a layout, packing or an initial state.
-pub(super) fn wanted(a: &Args, layout: Layout) -> bool {
+/// Whether this path runs: FAVOR features with a layout, packing, an initial state or grouped
+/// heads (k's heads not q's).
+pub(super) fn wanted(a: &Args, layout: Layout, q: &[usize], k: &[usize]) -> bool {
     let favor = matches!((a.method, a.feature_map), (Method::Linear, Phi::Favor(_)));
-    favor && (layout != Layout::Bhld || a.cu_seqlens.is_some() || a.initial_state.is_some())
+    let grouped = q.len() == 4 && k.len() == 4 && q[..2] != k[..2];
+    favor
+        && (layout != Layout::Bhld
+            || a.cu_seqlens.is_some()
+            || a.initial_state.is_some()
+            || grouped)
 }
 
 /// The op after the checks.
@@ -124,13 +130,8 @@ fn plan(
     (qs, ks, vs): &(Vec<usize>, Vec<usize>, Vec<usize>),
     layout: Layout,
 ) -> Result<Run, CliError> {
+    // Grouped heads (Hkv dividing Hq) are allowed; Lq = Lk.
     let g = GqaDims::check("attention", qs, ks, vs, layout, true)?;
-    if g.kv_heads != g.q_heads {
-        return Err(CliError::Input(format!(
-            "favor features need k and v with q's {} heads (no grouped heads)",
-            g.q_heads
-        )));
-    }
     let cu = match &a.cu_seqlens {
         Some(n) => Some(read_cu_seqlens(st, n, &a.input, g.q_len)?),
         None => None,
