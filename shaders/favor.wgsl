@@ -57,7 +57,7 @@ struct Params {
     chunk: u32,   // keys per chunk of the chunk engine (per-feature stabilisers)
     n_chunks: u32,
     o_off: u32,   // favor_intra: element offset of the output binding
-    a0: u32,      // favor_intra_w: the block of features [a0, a1) of this dispatch
+    a0: u32,      // favor_intra_w: features [a0, a1) of this dispatch; favor_proj: Dk; scans
     a1: u32,
     _pad0: u32,
     _pad1: u32,
@@ -133,7 +133,18 @@ fn favor_proj(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
     for (var e = 0u; e < PT * PT; e++) {
         acc[e] = 0.0;
     }
-    for (var a = 0u; a < p.dk; a++) {
+    // Dk in blocks [a0, a1) across dispatches (the first writes, the rest add): lavapipe stops
+    // an invocation past 65 535 loop iterations, and each step of a runs the register loops too.
+    if (p.a0 > 0u) {
+        for (var i = 0u; i < PT; i++) {
+            for (var j = 0u; j < PT; j++) {
+                if (t0 + i < nt && r0 + j < p.m) {
+                    acc[i * PT + j] = feat[(t0 + i) * n_feat() + r0 + j];
+                }
+            }
+        }
+    }
+    for (var a = p.a0; a < p.a1; a++) {
         var xs: array<f32, PT>;
         var ws: array<f32, PT>;
         for (var i = 0u; i < PT; i++) {

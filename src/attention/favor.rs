@@ -160,7 +160,16 @@ where
     };
     let [x, omega, feat, log] = b;
     let groups = tiles.div_ceil(WG as u64);
-    s.dispatch(&*pl("favor_proj")?, &proj, &[x, omega, feat], groups)?;
+    let pp = pl("favor_proj")?;
+    let dk = prm.dk as u64;
+    for a0 in (0..dk.max(1)).step_by(PROJ_DK_BLOCK as usize) {
+        let blk = Params {
+            a0: a0 as u32,
+            a1: (a0 + PROJ_DK_BLOCK).min(dk) as u32,
+            ..proj
+        };
+        s.dispatch(&pp, &blk, &[x, omega, feat], groups)?;
+    }
     s.dispatch(
         &*pl("favor_logits")?,
         prm,
@@ -172,6 +181,10 @@ where
 /// Iterations per invocation and dispatch of the loops over chunks (`key_max_scan`) and over
 /// positions (`head_max`, times WG): lavapipe stops an invocation silently past 65 535.
 pub(super) const SCAN_BLOCK: u64 = 32_768;
+
+/// Dk per `favor_proj` dispatch: each step over Dk runs its register loops as well, and past
+/// Dk ≈ 3 800 in one invocation lavapipe stopped it early (tests/suite/favor_loops.rs).
+const PROJ_DK_BLOCK: u64 = 1024;
 
 /// Tokens and features per `favor_proj` register tile (PT in shaders/favor.wgsl).
 const PROJ_TILE: u64 = 8;
