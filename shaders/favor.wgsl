@@ -57,7 +57,7 @@ struct Params {
     chunk: u32,   // keys per chunk of the chunk engine (per-feature stabilisers)
     n_chunks: u32,
     o_off: u32,   // favor_intra: element offset of the output binding
-    a0: u32,      // favor_intra_w: the block of features [a0, a1) of this dispatch
+    a0: u32,      // favor_intra_w: features [a0, a1) of this dispatch; favor_proj: Dk; scans
     a1: u32,
     _pad0: u32,
     _pad1: u32,
@@ -133,7 +133,18 @@ fn favor_proj(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
     for (var e = 0u; e < PT * PT; e++) {
         acc[e] = 0.0;
     }
-    for (var a = 0u; a < p.dk; a++) {
+    // Dk in blocks [a0, a1) across dispatches (the first writes, the rest add): lavapipe stops
+    // an invocation past 65 535 loop iterations, and each step of a runs the register loops too.
+    if (p.a0 > 0u) {
+        for (var i = 0u; i < PT; i++) {
+            for (var j = 0u; j < PT; j++) {
+                if (t0 + i < nt && r0 + j < p.m) {
+                    acc[i * PT + j] = feat[(t0 + i) * n_feat() + r0 + j];
+                }
+            }
+        }
+    }
+    for (var a = p.a0; a < p.a1; a++) {
         var xs: array<f32, PT>;
         var ws: array<f32, PT>;
         for (var i = 0u; i < PT; i++) {
@@ -473,4 +484,92 @@ fn cast_f32(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
         return;
     }
     xf[idx] = ld_x(p.x_off + idx);
+}
+
+// Trig features, causal (favor_trig.rs): one key stabiliser per chunk, hk = ‖k'‖²/2 per key,
+// kc [R, nc] its running maximum over chunks 0..=c, krun [R, L] over keys 0..=t (key_chunk_max,
+// key_max_scan and key_running_max with p.m = 1). Row i's terms are all taken relative to krun_i.
+// trig_fill_max: kmax [R, nc, F] = kc broadcast over F (bound at logscale), the engine's RESCALE.
+@compute @workgroup_size(WG)
+fn trig_fill_max(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let idx = wg_index(wg, nwg) * WG + lid;
+    if (idx >= p.total) {
+        return;
+    }
+    kmax[idx] = logscale[idx / n_feat()];
+}
+
+// One invocation per key feature element (feat holds ω_r·k' twice, logscale = hk, kmax = kc):
+// xf = sin|cos (for trig_intra_w); feat = M^(-1/2) exp(hk_t − kc[c(t)]) sin|cos ≤ M^(-1/2).
+@compute @workgroup_size(WG)
+fn trig_exp_keys(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_index) lid: u32) {
+    let idx = wg_index(wg, nwg) * WG + lid;
+    if (idx >= p.total) {
+        return;
+    }
+    let f = n_feat();
+    let pos = idx / f;
+    let c = (pos % p.len) / p.chunk;
+    let y = feat[idx];
+    let u = select(cos(y), sin(y), idx % f < p.m);
+    xf[idx] = u;
+    feat[idx] = p.norm * exp(logscale[pos] - kmax[(pos / p.len) * p.n_chunks + c]) * u;
+}
+
+// One invocation per query feature element (feat holds ω_r·q' twice, kmax = kc, krun [R, L]):
+// xf = sin|cos; feat = M^(-1/2) exp(kc[c−1] − krun_t) sin|cos, the scale of the state entering
+// t's chunk relative to row t's largest key (0 in chunk 0). exp(‖q'‖²/2) cancels in the ratio.
+@compute @workgroup_size(WG)
+fn trig_exp_query(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let idx = wg_index(wg, nwg) * WG + lid;
+    if (idx >= p.total) {
+        return;
+    }
+    let f = n_feat();
+    let pos = idx / f;
+    let c = (pos % p.len) / p.chunk;
+    let y = feat[idx];
+    let u = select(cos(y), sin(y), idx % f < p.m);
+    xf[idx] = u;
+    var g = 0.0;
+    if (c > 0u) {
+        g = p.norm * exp(kmax[(pos / p.len) * p.n_chunks + c - 1u] - krun[pos]) * u;
+    }
+    feat[idx] = g;
+}
+
+// As favor_intra_w for trig: w_ij = exp(hk_j − krun_i) Σ_{a in [a0, a1)} uq_ia uk_ja, j ≤ i in
+// one chunk (feat = uq, xf = uk [R, L, F], logscale = hk, krun [R, L]); favor_intra adds M^(-1).
+@compute @workgroup_size(WG)
+fn trig_intra_w(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let idx = wg_index(wg, nwg) * WG + lid;
+    if (idx >= p.total) {
+        return;
+    }
+    let ch = p.chunk;
+    let rc = idx / (ch * ch);
+    let i = (idx / ch) % ch;
+    let j = idx % ch;
+    let c = rc % p.n_chunks;
+    let n = min(ch, p.len - c * ch);
+    let f = n_feat();
+    var w = 0.0;
+    if (j <= i && i < n) {
+        let t0 = (rc / p.n_chunks) * p.len + c * ch;
+        let qb = (t0 + i) * f;
+        let kb = (t0 + j) * f;
+        var s = 0.0;
+        for (var a = p.a0; a < p.a1; a++) {
+            s = fma(feat[qb + a], xf[kb + a], s);
+        }
+        w = exp(logscale[t0 + j] - krun[t0 + i]) * s;
+    }
+    if (p.a0 > 0u) {
+        w += wij[idx];
+    }
+    wij[idx] = w;
 }

@@ -73,3 +73,74 @@ fn norm_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg:
         st_o(ob + d, gain[d] * (x[xb + d] / (rms + p.eps)) + bias[d]);
     }
 }
+
+var<workgroup> red: array<f32, WG>;
+
+// Tree reduction over the workgroup (sum, or max when mx); every invocation gets the result.
+fn reduce(lid: u32, v: f32, mx: bool) -> f32 {
+    red[lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            red[lid] = select(red[lid] + red[lid + s], max(red[lid], red[lid + s]), mx);
+        }
+        workgroupBarrier();
+    }
+    let r = red[0];
+    workgroupBarrier();
+    return r;
+}
+
+// As norm_rows with one workgroup per row, each invocation a strided part of Dv: rows past
+// NORM_ROW_DV (host) looped Dv three times in one invocation, past lavapipe's 65 535 iterations.
+@compute @workgroup_size(WG)
+fn norm_rows_wide(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let row = wg.x + nwg.x * (wg.y + nwg.y * wg.z);
+    if (row >= p.n) {
+        return;
+    }
+    let xb = row * p.dv;
+    let ob = p.o_off + row * p.dv;
+    let n = f32(p.dv);
+    if (NORM == 2u) {
+        var part = 0.0;
+        for (var d = lid; d < p.dv; d += WG) {
+            part += x[xb + d];
+        }
+        let mean = reduce(lid, part, false) / n;
+        part = 0.0;
+        for (var d = lid; d < p.dv; d += WG) {
+            let c = x[xb + d] - mean;
+            part += c * c;
+        }
+        let inv = 1.0 / sqrt(reduce(lid, part, false) / n + p.eps);
+        for (var d = lid; d < p.dv; d += WG) {
+            st_o(ob + d, gain[d] * (x[xb + d] - mean) * inv + bias[d]);
+        }
+        return;
+    }
+    var big = 0.0;
+    var nan = 0.0;
+    for (var d = lid; d < p.dv; d += WG) {
+        let v = x[xb + d];
+        big = max(big, abs(v));
+        nan = select(nan, 1.0, v != v);
+    }
+    big = reduce(lid, big, true);
+    let any_nan = reduce(lid, nan, true) > 0.0;
+    var ss = 0.0;
+    if (big > 0.0) {
+        for (var d = lid; d < p.dv; d += WG) {
+            let t = x[xb + d] / big;
+            ss += t * t;
+        }
+    }
+    var rms = big * sqrt(reduce(lid, ss, false) / n);
+    if (big > 3.4028235e38 && !any_nan) {
+        rms = big;
+    }
+    for (var d = lid; d < p.dv; d += WG) {
+        st_o(ob + d, gain[d] * (x[xb + d] / (rms + p.eps)) + bias[d]);
+    }
+}

@@ -31,15 +31,23 @@
 //! the spread of logits across rows, along L or inside a chunk (a key later in row i's chunk that
 //! raises a feature's maximum by any amount no longer costs row i anything: tests/suite/favor_range.rs,
 //! a sink inside a chunk). A row with every weight 0 outputs 0.
-//! Trig features, and prefill (whose state keeps one log-scale per row for recurrent decoding),
-//! keep one key stabiliser per head over all L (and per query row its largest log-feature): a key
-//! whose largest log-feature lies more than ≈ 87 below the head's maximum underflows to 0 (about
-//! 745 in the f64 reference, which uses that scheme); in causal mode a later, far larger key can
-//! so zero an earlier row's every weight (guard: 0).
+//! Trig features, causal (without a state out): the key log-scale `‖k'‖²/2` is one number per
+//! key, kept as a running maximum per chunk (the engine's state rescaled when a larger one
+//! arrives) and per row (`favor::trig`). Every term within ≈ 87 (in log) of its row's largest
+//! key is kept, whatever later keys bring (tests/suite/favor_range.rs: keys from position 200 on
+//! ≈ 125 above the earlier ones; before, those rows were all 0). Trig sums of cosines cancel, so
+//! a row's relative error in f32 follows the estimator's own sensitivity to rounding (there:
+//! ≈ 1e-2 at ‖q‖, ‖k‖ ≈ 40-60, M = 256), not 1e-5.
+//! Trig non-causal, and prefill (whose state keeps one log-scale per row for recurrent
+//! decoding), keep one key stabiliser per head over all L: a key whose log-scale lies more than
+//! ≈ 87 below the head's maximum underflows to 0 (about 745 in the f64 reference, which uses
+//! that scheme). Non-causal, every row sees the key holding that maximum, so no row is lost to
+//! it; a causal prefill can still zero a row before a far larger key (guard: 0).
 
 use bytemuck::Zeroable;
 
 use super::chunk::{self, Job};
+pub(crate) mod trig;
 pub(crate) use super::favor_core::{record_core, Core};
 use crate::bind::{scratch, Bind};
 use crate::driver::{self, Input, Pass, Plan, RowOp};
@@ -136,7 +144,12 @@ pub(crate) fn record_features(
 /// Records `favor_logits` over `prm.total` tokens (binds: x, ω, feat, logscale), after
 /// `favor_proj` has written the projections `ω_r·x'` into feat in register tiles (one storage
 /// load per FMA in `favor_logits`' own loop was the FAVOR+ bottleneck on CPU adapters).
-fn record_logits<P>(s: &mut Schedule<'_>, pl: &P, prm: &Params, b: [Bind<'_>; 4]) -> Result<()>
+pub(super) fn record_logits<P>(
+    s: &mut Schedule<'_>,
+    pl: &P,
+    prm: &Params,
+    b: [Bind<'_>; 4],
+) -> Result<()>
 where
     P: Fn(&'static str) -> Result<std::sync::Arc<wgpu::ComputePipeline>>,
 {
@@ -147,7 +160,16 @@ where
     };
     let [x, omega, feat, log] = b;
     let groups = tiles.div_ceil(WG as u64);
-    s.dispatch(&*pl("favor_proj")?, &proj, &[x, omega, feat], groups)?;
+    let pp = pl("favor_proj")?;
+    let dk = prm.dk as u64;
+    for a0 in (0..dk.max(1)).step_by(PROJ_DK_BLOCK as usize) {
+        let blk = Params {
+            a0: a0 as u32,
+            a1: (a0 + PROJ_DK_BLOCK).min(dk) as u32,
+            ..proj
+        };
+        s.dispatch(&pp, &blk, &[x, omega, feat], groups)?;
+    }
     s.dispatch(
         &*pl("favor_logits")?,
         prm,
@@ -158,7 +180,11 @@ where
 
 /// Iterations per invocation and dispatch of the loops over chunks (`key_max_scan`) and over
 /// positions (`head_max`, times WG): lavapipe stops an invocation silently past 65 535.
-const SCAN_BLOCK: u64 = 32_768;
+pub(super) const SCAN_BLOCK: u64 = 32_768;
+
+/// Dk per `favor_proj` dispatch: each step over Dk runs its register loops as well, and past
+/// Dk ≈ 3 800 in one invocation lavapipe stopped it early (tests/suite/favor_loops.rs).
+const PROJ_DK_BLOCK: u64 = 1024;
 
 /// Tokens and features per `favor_proj` register tile (PT in shaders/favor.wgsl).
 const PROJ_TILE: u64 = 8;
@@ -272,7 +298,23 @@ pub(super) fn intra_bytes(len: u64, chunk: u64) -> u64 {
     len.div_ceil(chunk) * chunk * chunk * 4
 }
 
-/// Causal positive FAVOR+: adds each chunk's own keys `j ≤ i` in the log domain to `nd`
+/// The intra-chunk weights' inputs: positive logits (query, key) `[nr, len, M]` and each row's
+/// stabiliser, as [`record_positive`] left them; or trig sines and cosines (query, key)
+/// `[nr, len, 2M]` and the scales, as [`trig::record_causal`] left them.
+pub(super) enum IntraW<'a> {
+    Positive {
+        lq: &'a wgpu::Buffer,
+        lk: &'a wgpu::Buffer,
+        logscale: &'a wgpu::Buffer,
+    },
+    Trig {
+        uq: &'a wgpu::Buffer,
+        uk: &'a wgpu::Buffer,
+        sc: &'a trig::Scales,
+    },
+}
+
+/// Causal FAVOR+ (positive, or trig): adds each chunk's own keys `j ≤ i` in the log domain to `nd`
 /// (`[nr, len, Dv + 1]` f32, the engine's numerator and denominator over earlier chunks) and
 /// writes the ratio into the pass's output. `xv = [v | 1]`, logits and `logscale` as
 /// [`record_positive`] left them. The weights go through a scratch `[nr, nc, chunk, chunk]`, one
@@ -283,15 +325,17 @@ pub(super) fn record_intra(
     s: &mut Schedule<'_>,
     (nr, len, dv, m): (u64, u64, u64, u64),
     chunk: u64,
-    (lq, lk, logscale): (&wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer),
+    weights: IntraW<'_>,
     (xv, nd): (&wgpu::Buffer, &wgpu::Buffer),
     out: (Bind<'_>, u32),
 ) -> Result<()> {
     let ctx = s.context();
     let nc = len.div_ceil(chunk);
+    let trig = matches!(weights, IntraW::Trig { .. }) as u32;
     let pl = |entry| {
+        let consts = [("WG", WG), ("TRIG", trig)];
         ctx.pipelines
-            .get(ctx, "favor", entry, Storage::F32, &[("WG", WG)])
+            .get(ctx, "favor", entry, Storage::F32, &consts)
     };
     let n_w = nr * nc * chunk * chunk;
     let wij = scratch(ctx, n_w * 4);
@@ -308,16 +352,27 @@ pub(super) fn record_intra(
         o_off: out.1,
         ..Zeroable::zeroed()
     };
-    let w_pl = pl("favor_intra_w")?;
-    let logits = [
-        Bind::prefix_at(4, logscale, nr * len * 4).0,
-        Bind::prefix_at(6, lk, nr * len * m * 4).0,
-        Bind::prefix_at(8, lq, nr * len * m * 4).0,
-        b_w,
-    ];
-    for a0 in (0..m.max(1)).step_by(FEAT_BLOCK as usize) {
+    let per_key = |slot, b| Bind::prefix_at(slot, b, nr * len * 4).0;
+    let (entry, f, logits) = match weights {
+        IntraW::Positive { lq, lk, logscale } => {
+            let feats = |slot, b| Bind::prefix_at(slot, b, nr * len * m * 4).0;
+            let b = vec![per_key(4, logscale), feats(6, lk), feats(8, lq), b_w];
+            ("favor_intra_w", m, b)
+        }
+        IntraW::Trig { uq, uk, sc } => {
+            let feats = |slot, b| Bind::prefix_at(slot, b, nr * len * 2 * m * 4).0;
+            let (hk, krun) = (per_key(4, &sc.hk), per_key(8, &sc.krun));
+            (
+                "trig_intra_w",
+                2 * m,
+                vec![feats(3, uq), hk, feats(6, uk), krun, b_w],
+            )
+        }
+    };
+    let w_pl = pl(entry)?;
+    for a0 in (0..f.max(1)).step_by(FEAT_BLOCK as usize) {
         prm.a0 = a0 as u32;
-        prm.a1 = (a0 + FEAT_BLOCK).min(m) as u32;
+        prm.a1 = (a0 + FEAT_BLOCK).min(f) as u32;
         s.dispatch(&w_pl, &prm, &logits, n_w.div_ceil(WG as u64))?;
     }
     let w = nr * len * (dv + 1) * 4;
@@ -501,7 +556,7 @@ impl<'a, T: Element> RowOp for Favor<'a, T> {
         let (len, dk, dv) = (d.len as u64, d.dk as u64, d.dv as u64);
         let f = self.kind.num_features(m as usize) as u64;
         let es = size_of::<T>() as u64;
-        let split = self.causal && self.kind == FavorKind::Positive && self.state.is_none();
+        let split = self.causal && self.state.is_none();
         let job = core_job(len, f, dv, self.causal, split);
         let mut plan = Plan::new(d.out_shape.clone(), d.rows as u64, len * dv)
             .bytes("q", len * dk * es)

@@ -7,7 +7,8 @@
 //! runs on its own: its tokens of every head are gathered into a dense f32 `[H, n, D]` copy
 //! (`seq_gather`, shaders/favor_batch.wgsl), the FAVOR pipeline of [`super::favor`] runs on it
 //! (features per sequence, nothing crosses a boundary), and `seq_store` writes its outputs back
-//! through the output's strides. Tokens past the last offset are never written.
+//! through the output's strides. Tokens past the last offset are never written. Stabilisers and
+//! the range that holds are [`super::favor`]'s (causal trig: one key stabiliser per chunk).
 //!
 //! The state of causal positive FAVOR+. The op stabilises every key feature `r` by the running
 //! maximum of its logits `a_r(k_j) = ω_rᵀk_j' − ‖k_j'‖²/2` (see [`super::favor`]); the state keeps
@@ -397,7 +398,8 @@ fn seq_bytes(
     o: &FavorOptions,
     (h, n, dk, dv, f): (u64, u64, u64, u64, u64),
 ) -> Vec<(&'static str, u64)> {
-    let split = o.causal && o.kind == FavorKind::Positive;
+    // Causal runs (positive or trig) split the engine's work (favor_core).
+    let split = o.causal;
     let job = super::favor::core_job(n, f, dv, o.causal, split);
     let chunk = super::chunk::chunk_len(ctx, &job) as u64;
     let mut b = vec![

@@ -3,9 +3,10 @@
 //! sequence's dense copy, with the state in and out).
 
 use super::chunk::{self, PassBinds};
+use super::favor::trig::{self, Scales};
 use super::favor::{
     core_job, record_cast_f32, record_extend_v, record_features, record_intra, record_positive,
-    FavorKind, StateOut,
+    FavorKind, IntraW, StateOut,
 };
 use crate::bind::{scratch, Bind};
 use crate::driver::OutSlot;
@@ -43,21 +44,28 @@ pub(crate) fn record_core(s: &mut Schedule<'_>, c: &Core<'_>, out: &OutSlot<'_>)
     let sizes = (nr, len, dk, m);
     let w = c.omega;
     let [xq, xk, xv] = c.x;
-    // Per-feature key stabilisers; trig features and prefill (whose state keeps one log-scale
-    // per row for decoding) use the head-wide one. Causal, they split the engine's work:
-    // earlier chunks through its state, the chunk's own keys in the log domain (record_intra).
+    // Per-feature key stabilisers (positive); causal trig without a state out: one per chunk,
+    // rows relative to their own running maximum (favor::trig); non-causal trig and prefill
+    // (whose state keeps one log-scale per row for decoding) use the head-wide one. Causal, they
+    // split the engine's work: earlier chunks through its state, the chunk's own keys in the log
+    // domain (record_intra).
     let per_feature = kind == FavorKind::Positive && c.prefill.is_none();
-    let split = per_feature && c.causal;
+    let trig = kind == FavorKind::Trig && c.causal && c.prefill.is_none() && c.carry.is_none();
+    let split = (per_feature && c.causal) || trig;
     let job = core_job(len, f, dv, c.causal, split);
     let chunk = chunk::chunk_len(ctx, &job) as u64;
     let nc = len.div_ceil(chunk);
-    let kmax = per_feature.then(|| scratch(ctx, nr * nc * f * 4));
+    let kmax = (per_feature || trig).then(|| scratch(ctx, nr * nc * f * 4));
+    let scales = trig.then(|| Scales::new(ctx, nr, len, nc));
     let logits = split.then(|| {
         let n = nr * len * f * 4;
         (scratch(ctx, n), scratch(ctx, n))
     });
     let carry = c.carry.as_ref().filter(|_| split);
-    if let Some(km) = &kmax {
+    if let (Some(km), Some(sc), Some((uq, uk))) = (&kmax, &scales, &logits) {
+        let bufs = (&fq, &fk, km, &logs);
+        trig::record_causal(s, storage, (xq, xk), w, sizes, bufs, (uq, uk), chunk, sc)?;
+    } else if let Some(km) = &kmax {
         let bufs = (&fq, &fk, km, &logs);
         let lg = logits.as_ref().map(|(a, b)| (a, b));
         let m0 = carry.map(|k| k.init[0]);
@@ -118,5 +126,13 @@ pub(crate) fn record_core(s: &mut Schedule<'_>, c: &Core<'_>, out: &OutSlot<'_>)
         record_final(s, k, (nr, nc, dv, m), km, ts)?;
     }
     let o = out.bind(ctx, 10, nr * len * dv);
-    record_intra(s, (nr, len, dv, m), chunk, (lq, lk, &logs), (xv, nd), o)
+    let weights = match &scales {
+        Some(sc) => IntraW::Trig { uq: lq, uk: lk, sc },
+        None => IntraW::Positive {
+            lq,
+            lk,
+            logscale: &logs,
+        },
+    };
+    record_intra(s, (nr, len, dv, m), chunk, weights, (xv, nd), o)
 }

@@ -60,13 +60,12 @@ fn record_norm_rows(
 ) -> Result<()> {
     let ctx = s.context();
     let wg = workgroup_size(ctx);
-    let pl = ctx.pipelines.get(
-        ctx,
-        "transnormer",
-        "norm_rows",
-        storage,
-        &[("NORM", norm.shader_id()), ("WG", wg)],
-    )?;
+    let wide = dv > NORM_ROW_DV;
+    let entry = if wide { "norm_rows_wide" } else { "norm_rows" };
+    let consts = [("NORM", norm.shader_id()), ("WG", wg)];
+    let pl = ctx
+        .pipelines
+        .get(ctx, "transnormer", entry, storage, &consts)?;
     let bx = Bind {
         slot: 1,
         buffer: src,
@@ -81,8 +80,13 @@ fn record_norm_rows(
         o_off,
     };
     let binds = [bx, Bind::all(2, gain), Bind::all(3, bias), bo];
-    s.dispatch(&pl, &prm, &binds, n.div_ceil(wg as u64))
+    let groups = if wide { n } else { n.div_ceil(wg as u64) };
+    s.dispatch(&pl, &prm, &binds, groups)
 }
+
+/// Widest row `norm_rows` takes in one invocation (it loops Dv three times; lavapipe stops an
+/// invocation past 65 535 iterations); wider rows run one workgroup per row (`norm_rows_wide`).
+const NORM_ROW_DV: u64 = 8192;
 
 /// A norm's device parameters: gain and bias of length Dv (ones and zeros when not given).
 struct NormCfg {

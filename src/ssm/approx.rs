@@ -186,7 +186,7 @@ impl<T: Element> RowOp for HippoApprox<'_, T> {
         let lim = ctx.limits();
         let fixed = match opts.step {
             Step::Fixed(dt) => {
-                let (ab, bb) = fixed_step_matrices(opts, dt)?;
+                // The size check first: the matrices cost O(N³) on the host.
                 let nmax = (opts.n.next_power_of_two().max(64)) as u64;
                 let mem = lim.max_compute_workgroup_storage_size as u64;
                 if opts.n > MAX_FIXED_N || 2 * nmax * 4 > mem {
@@ -197,6 +197,7 @@ impl<T: Element> RowOp for HippoApprox<'_, T> {
                         limit: mem,
                     });
                 }
+                let (ab, bb) = fixed_step_matrices(opts, dt)?;
                 let nn = opts.n;
                 let ab: Vec<f32> = (0..nn * nn)
                     .map(|k| ab[(k % nn) * nn + k / nn] as f32)

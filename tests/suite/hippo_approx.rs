@@ -224,3 +224,29 @@ fn bad_shapes_and_options_are_typed_errors() {
         );
     }
 }
+
+/// The fixed-step kernel (`lti`) loops N/WG · (N + 1) times per step in one invocation: the host
+/// cuts a series into dispatches of at most 32 768 such iterations and refuses a step that alone
+/// passes it, and N is capped at 2048 (the state in workgroup memory). So the largest N runs whole
+/// loops (N = 2048, ~16 400 iterations a step), and N = 2049 is a typed error, not a wrong answer
+/// (issue 11, item 1; this guard held before the audit too).
+#[test]
+fn the_largest_fixed_step_state_runs_whole_loops() {
+    let o = HippoApproxOptions {
+        n: 2048,
+        measure: Measure::LegT,
+        theta: 1.0,
+        step: Step::Fixed(0.01),
+        method: Method::Bilinear,
+    };
+    let f = randn(&mut rng(31), 5, 1.0);
+    let e = run(ctx(), &f, &[1, 5], &o, |x| x.to_vec());
+    eprintln!("N = 2048, L = 5: rel err {e:.3e}");
+    assert!(e <= TOL_F32, "N = 2048: relative error {e:.3e}");
+    let tf = Tensor::from_slice(ctx(), &f, &[1, 5]).unwrap();
+    let wide = HippoApproxOptions { n: 2049, ..o };
+    assert!(matches!(
+        hippo_approx(ctx(), &tf, &wide),
+        Err(Error::TooLarge { .. })
+    ));
+}

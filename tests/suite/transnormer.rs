@@ -283,3 +283,46 @@ fn linear_attention_with_the_elu_map_matches_reference() {
         assert_close(&format!("elu causal={causal}"), &got, &want, TOL_F32);
     }
 }
+
+/// The output norm (`norm_rows`) looped over Dv three times in one invocation per row: at wide
+/// Dv lavapipe could stop it early (issue 11, item 1). Rows wider than its bound now run one
+/// workgroup per row. NormAttention's chunk engine refuses such Dv first (typed error), so the
+/// norm is reached through DiagAttention (ReLU blocks): RMSNorm and LayerNorm, causal and not,
+/// both tile families, f32.
+#[test]
+fn norm_rows_of_wide_dv_run_whole_loops() {
+    let mut fails = Vec::new();
+    for (label, ctx) in [("cpu tiles", ctx()), ("gpu tiles", ctx_gpu_tiles())] {
+        for (i, (norm, causal)) in [(Norm::RmsNorm, false), (Norm::LayerNorm, true)]
+            .into_iter()
+            .enumerate()
+        {
+            let case = (1, 5, 4, 40_001);
+            let x = inputs(case, 900 + i as u64, |x| x.to_vec());
+            let (g, b) = affine_for(norm, case.3, 901 + i as u64);
+            let aff = Affine {
+                gain: g.as_deref(),
+                bias: b.as_deref(),
+            };
+            let o = DiagAttentionOptions {
+                block: 3,
+                causal,
+                weights: DiagWeights::Relu,
+                norm,
+                ..Default::default()
+            };
+            let got = gpu(ctx, &x, &|q, k, v, out| {
+                diag_attention_into(ctx, q, k, v, &aff, out, &o).unwrap()
+            });
+            let want =
+                reference::attention::diag_attention(&x.q, &x.k, &x.v, &x.d, &aff, &o).unwrap();
+            let e = rel_err(&got, &want);
+            let l = format!("{label} {norm:?} causal={causal} {case:?}");
+            eprintln!("wide norm {l}: rel err {e:.2e}");
+            if e.is_nan() || e > TOL_F32 {
+                fails.push(format!("{l}: {e:.3e}"));
+            }
+        }
+    }
+    assert!(fails.is_empty(), "{fails:#?}");
+}
