@@ -159,8 +159,9 @@ fn pass_table(w: &str, runs: usize, mut f: impl FnMut()) {
         / runs as f64;
     for t in &times {
         let ms = t.total.as_secs_f64() * 1e3 / runs as f64;
+        let cpu = t.cpu.as_secs_f64() * 1e3 / runs as f64;
         println!(
-            "{w} pass {:<12} {:>4} dispatches/run {ms:8.1} ms ({:4.1}%)",
+            "{w} pass {:<12} {:>4} dispatches/run {ms:8.1} ms ({:4.1}%) cpu {cpu:8.0} ms",
             t.name,
             t.count / runs as u64,
             100.0 * ms / wall

@@ -204,10 +204,11 @@ impl<'a> Schedule<'a> {
         if self.owned && crate::profile::enabled() {
             let fresh = Schedule::new(self.ctx).encoder;
             let done = std::mem::replace(&mut self.encoder, fresh);
-            let t = std::time::Instant::now();
+            let (t, cpu) = (std::time::Instant::now(), crate::profile::cpu_time());
             self.ctx.queue.submit([done.finish()]);
             if self.ctx.wait().is_ok() {
-                crate::profile::add(name, t.elapsed());
+                let used = crate::profile::cpu_time().saturating_sub(cpu);
+                crate::profile::add(name, t.elapsed(), used);
             }
         }
         #[cfg(target_arch = "wasm32")]
