@@ -40,6 +40,8 @@ struct Args {
     only: Vec<String>,
     /// W3: also time the kernel and the convolution alone.
     parts: bool,
+    /// W1, W2: also time each pass of the chunk engine (submit and wait after each).
+    passes: bool,
 }
 
 fn args() -> Args {
@@ -50,6 +52,7 @@ fn args() -> Args {
         l3: 16384,
         only: vec!["W1".into(), "W2".into(), "W3".into()],
         parts: false,
+        passes: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut it = argv.chunks(2);
@@ -66,6 +69,7 @@ fn args() -> Args {
             "--l" => a.l = v.parse().unwrap_or_else(|_| usage()),
             "--l3" => a.l3 = v.parse().unwrap_or_else(|_| usage()),
             "--parts" => a.parts = v == "1",
+            "--passes" => a.passes = v == "1",
             _ => usage(),
         }
     }
@@ -74,7 +78,7 @@ fn args() -> Args {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: workloads [--device gpu,cpu,reference] [--runs N] [--l L] [--l3 L] [--only W1,..,W6] [--parts 1]"
+        "usage: workloads [--device gpu,cpu,reference] [--runs N] [--l L] [--l3 L] [--only W1,..,W6] [--parts 1] [--passes 1]"
     );
     std::process::exit(2)
 }
@@ -108,6 +112,12 @@ fn linear(a: &Args, ctx: Option<&Context>, causal: bool) {
                     ctx.wait().unwrap();
                 });
                 report(w, "gpu", ms, gflop);
+                if a.passes {
+                    pass_table(w, a.runs, || {
+                        linear_attention_into(ctx, &tq, &tk, &tv, &out, &opts).unwrap();
+                        ctx.wait().unwrap();
+                    });
+                }
             }
             ("cpu", _) => {
                 let dims = check_shapes(w, &shape, &shape, &shape).unwrap();
@@ -127,6 +137,39 @@ fn linear(a: &Args, ctx: Option<&Context>, causal: bool) {
             _ => {}
         }
     }
+}
+
+/// Runs `f` `runs` times with pass timing on and prints each pass's mean ms per run.
+fn pass_table(w: &str, runs: usize, mut f: impl FnMut()) {
+    longseq::profile::set_enabled(true);
+    f();
+    longseq::profile::pass_times();
+    let runs = runs.max(1);
+    let s = std::time::Instant::now();
+    for _ in 0..runs {
+        f();
+    }
+    let wall = s.elapsed().as_secs_f64() * 1e3 / runs as f64;
+    longseq::profile::set_enabled(false);
+    let times = longseq::profile::pass_times();
+    let sum: f64 = times
+        .iter()
+        .map(|t| t.total.as_secs_f64() * 1e3)
+        .sum::<f64>()
+        / runs as f64;
+    for t in &times {
+        let ms = t.total.as_secs_f64() * 1e3 / runs as f64;
+        let cpu = t.cpu.as_secs_f64() * 1e3 / runs as f64;
+        println!(
+            "{w} pass {:<12} {:>4} dispatches/run {ms:8.1} ms ({:4.1}%) cpu {cpu:8.0} ms",
+            t.name,
+            t.count / runs as u64,
+            100.0 * ms / wall
+        );
+    }
+    println!(
+        "{w} passes sum {sum:.1} ms of {wall:.1} ms per run (timed run, waits after each pass)"
+    );
 }
 
 fn s4d(a: &Args, ctx: Option<&Context>) {

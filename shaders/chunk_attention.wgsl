@@ -9,7 +9,8 @@
 // Non-causal: KV = the sum over every chunk, no intra-chunk term (and λ = 1).
 //
 // Layout (f32 scratch of one pass; R rows = (batch, head) pairs, nc chunks of CP ≥ CHUNK slots,
-// slots past CHUNK and rows past L are zero): qt, kt = φ(Q)ᵀ, φ(K)ᵀ per chunk [R, nc, Dkp, CP];
+// slots past CHUNK and rows past L are zero): qt, kt = φ(Q)ᵀ, φ(K)ᵀ per chunk [R, nc, Dkp, CP]
+// (kt causal only);
 // kw = φ(K) rows weighted by λ^(C−1−j) [R, nc, CP, Dkp]; vp = V padded [R, nc, CP, Dvp];
 // state [R, nc, W] with W = Dkp·Dvp (KV) + Dkp (z); carry [R, W] (the state entering this segment
 // of L, then the state after it). Dkp, Dvp are multiples of TR, TC; CP of TR, TC and 4.
@@ -172,7 +173,10 @@ fn prep_qk(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
     for (var e = 0u; e < 4u; e++) {
         let i = ((cb + a4 * 4u + e) * CP + sl0) / 4u;
         qt[i] = vec4<f32>(qm[0][e], qm[1][e], qm[2][e], qm[3][e]);
-        kt[i] = vec4<f32>(km[0][e], km[1][e], km[2][e], km[3][e]);
+        // kt feeds the causal scores only.
+        if (CAUSAL) {
+            kt[i] = vec4<f32>(km[0][e], km[1][e], km[2][e], km[3][e]);
+        }
     }
 }
 

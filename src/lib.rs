@@ -53,6 +53,7 @@ mod kernels;
 pub mod math;
 mod pipeline;
 pub mod positions;
+pub mod profile;
 pub mod reference;
 pub mod schedule;
 pub mod series;

@@ -64,6 +64,8 @@ fn fold(n: u64, m: u64) -> Option<[u32; 3]> {
 pub struct Schedule<'a> {
     ctx: &'a Context,
     encoder: wgpu::CommandEncoder,
+    /// The schedule submits its own encoder (not an application's): pass timing may split it.
+    owned: bool,
 }
 
 impl<'a> Schedule<'a> {
@@ -74,14 +76,22 @@ impl<'a> Schedule<'a> {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("longseq schedule"),
             });
-        Self { ctx, encoder }
+        Self {
+            ctx,
+            encoder,
+            owned: true,
+        }
     }
 
     /// Records into an application's own encoder (made on `ctx`'s device), so longseq ops join
     /// the application's command stream; [`Schedule::into_encoder`] hands it back unsubmitted.
     /// Internal buffers (parameters, scratch) stay alive as long as the commands need them.
     pub fn from_encoder(ctx: &'a Context, encoder: wgpu::CommandEncoder) -> Self {
-        Self { ctx, encoder }
+        Self {
+            ctx,
+            encoder,
+            owned: false,
+        }
     }
 
     /// The encoder with everything recorded so far, for the application to submit.
@@ -185,6 +195,24 @@ impl<'a> Schedule<'a> {
         if size > 0 {
             self.encoder.copy_buffer_to_buffer(src, from, dst, to, size);
         }
+    }
+
+    /// With [`crate::profile`] on (and the schedule's own encoder), submits what is recorded so
+    /// far, waits, and adds the wall time to pass `name`; otherwise nothing.
+    pub(crate) fn mark(&mut self, name: &'static str) {
+        #[cfg(not(target_arch = "wasm32"))]
+        if self.owned && crate::profile::enabled() {
+            let fresh = Schedule::new(self.ctx).encoder;
+            let done = std::mem::replace(&mut self.encoder, fresh);
+            let (t, cpu) = (std::time::Instant::now(), crate::profile::cpu_time());
+            self.ctx.queue.submit([done.finish()]);
+            if self.ctx.wait().is_ok() {
+                let used = crate::profile::cpu_time().saturating_sub(cpu);
+                crate::profile::add(name, t.elapsed(), used);
+            }
+        }
+        #[cfg(target_arch = "wasm32")]
+        let _ = name;
     }
 
     /// Sends everything recorded in one submission. Does not wait; reading a tensor back or

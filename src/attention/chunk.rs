@@ -481,6 +481,7 @@ fn record_passes(
         };
         let binds = [whole(10, carry), at(12, ls.0), at(13, lz.0)];
         s.dispatch(&*pl("load_state", wg)?, &lp, &binds, groups(n, wg))?;
+        s.mark("load_state");
     }
     let n = seg.nr * slots / 4 * geo.dkp / 4;
     prm.total = n as u32;
@@ -493,15 +494,18 @@ fn record_passes(
         whole(7, kw),
     ];
     s.dispatch(&*pl("prep_qk", wg)?, &prm, &binds, groups(n, wg))?;
+    s.mark("prep_qk");
     let n = seg.nr * slots * geo.dvp / 4;
     prm.total = n as u32;
     let binds = [at(3, b.v.0), whole(8, vp)];
     s.dispatch(&*pl("prep_v", wg)?, &prm, &binds, groups(n, wg))?;
+    s.mark("prep_v");
     if sweep != Sweep::Apply {
         let n = seg.nr * nc * (geo.dkp / tr as u64) * (geo.dvp / tc as u64);
         prm.total = n as u32;
         let binds = [whole(7, kw), whole(8, vp), whole(9, state)];
         s.dispatch(&*pl("chunk_state", wg)?, &prm, &binds, groups(n, wg))?;
+        s.mark("chunk_state");
         let n = seg.nr * w4;
         prm.total = n as u32;
         // Without RESCALE, slot 14 is never read; any buffer fills it.
@@ -512,6 +516,7 @@ fn record_passes(
             whole(14, logs.unwrap_or(slopes)),
         ];
         s.dispatch(&*pl("scan", wg)?, &prm, &binds, groups(n, wg))?;
+        s.mark("scan");
     }
     if sweep == Sweep::Sum {
         return Ok(());
@@ -521,6 +526,7 @@ fn record_passes(
         prm.total = n as u32;
         let binds = [whole(10, carry), at(12, ts.0), at(13, tz.0)];
         s.dispatch(&*pl("totals", wg)?, &prm, &binds, groups(n, wg))?;
+        s.mark("totals");
     }
     prm.total = (seg.nr * nc) as u32;
     let st = if job.causal {
@@ -536,7 +542,9 @@ fn record_passes(
         st,
         at(11, b.o.0),
     ];
-    s.dispatch(&*pl("chunk_apply", wg_apply)?, &prm, &binds, seg.nr * nc)
+    s.dispatch(&*pl("chunk_apply", wg_apply)?, &prm, &binds, seg.nr * nc)?;
+    s.mark("chunk_apply");
+    Ok(())
 }
 
 /// Records the engine over rows `[r0, r0 + nr)` (all of L) that the caller has bound, e.g. one
