@@ -38,11 +38,12 @@
 //! ≈ 125 above the earlier ones; before, those rows were all 0). Trig sums of cosines cancel, so
 //! a row's relative error in f32 follows the estimator's own sensitivity to rounding (there:
 //! ≈ 1e-2 at ‖q‖, ‖k‖ ≈ 40-60, M = 256), not 1e-5.
-//! Trig non-causal, and prefill (whose state keeps one log-scale per row for recurrent
+//! Trig non-causal, and the state a prefill writes (one log-scale per row for recurrent
 //! decoding), keep one key stabiliser per head over all L: a key whose log-scale lies more than
 //! ≈ 87 below the head's maximum underflows to 0 (about 745 in the f64 reference, which uses
 //! that scheme). Non-causal, every row sees the key holding that maximum, so no row is lost to
-//! it; a causal prefill can still zero a row before a far larger key (guard: 0).
+//! it; a prefill's output rows are computed a second time with the causal scheme above (twice
+//! the work) so that no row is lost there either.
 
 use bytemuck::Zeroable;
 
@@ -556,7 +557,8 @@ impl<'a, T: Element> RowOp for Favor<'a, T> {
         let (len, dk, dv) = (d.len as u64, d.dk as u64, d.dv as u64);
         let f = self.kind.num_features(m as usize) as u64;
         let es = size_of::<T>() as u64;
-        let split = self.causal && self.state.is_none();
+        // A causal prefill also runs the split core for its rows (record_rows).
+        let split = self.causal;
         let job = core_job(len, f, dv, self.causal, split);
         let mut plan = Plan::new(d.out_shape.clone(), d.rows as u64, len * dv)
             .bytes("q", len * dk * es)
@@ -603,7 +605,17 @@ impl<'a, T: Element> RowOp for Favor<'a, T> {
             prefill: self.state.as_ref().map(|st| (st, r0)),
             carry: None,
         };
-        record_core(s, &run, &p.out)
+        record_core(s, &run, &p.out)?;
+        if run.prefill.is_none() || !self.causal {
+            return Ok(());
+        }
+        // The prefill's state keeps one log-scale per row (head-wide stabiliser), which can zero
+        // a row before a far larger key; its rows are recomputed with the running maxima.
+        let rows = Core {
+            prefill: None,
+            ..run
+        };
+        record_core(s, &rows, &p.out)
     }
 }
 

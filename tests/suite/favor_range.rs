@@ -71,9 +71,20 @@ fn activations(seed: u64, l: usize, d: usize, sign: f32, sinks: Sinks) -> Vec<f3
 /// (relative error, rows all zero on the GPU but not in the reference, [`sensitivity`]).
 fn run<T: Element>(
     ctx: &Context,
+    dims: (usize, usize, usize, usize, usize),
+    case: (FavorKind, bool, Sinks),
+    seed: u64,
+    conv: impl Fn(&[f32]) -> Vec<T>,
+) -> (f64, usize, f64) {
+    run_as(ctx, dims, case, (seed, false), conv)
+}
+
+/// As [`run`]; `prefill` runs causal FAVOR through recurrent decoding's prefill (rows and state).
+fn run_as<T: Element>(
+    ctx: &Context,
     (rows, l, dk, dv, m): (usize, usize, usize, usize, usize),
     (kind, causal, sinks): (FavorKind, bool, Sinks),
-    seed: u64,
+    (seed, prefill): (u64, bool),
     conv: impl Fn(&[f32]) -> Vec<T>,
 ) -> (f64, usize, f64) {
     let mut q = Vec::new();
@@ -91,7 +102,15 @@ fn run<T: Element>(
     let t = |x: &[T], s: &[usize]| Tensor::from_slice(ctx, x, s).unwrap();
     let out = Tensor::<T>::nan(ctx, &sv).unwrap();
     let tw = Tensor::from_slice(ctx, &w, &[m, dk]).unwrap();
-    favor_attention_into(ctx, &t(&q, &sq), &t(&k, &sq), &t(&v, &sv), &tw, &out, &o).unwrap();
+    let (tq, tk, tv) = (t(&q, &sq), t(&k, &sq), t(&v, &sv));
+    if prefill {
+        use longseq::attention::recurrent::{prefill_into, Features, RecurrentState};
+        let f = Features::Favor { omega: tw, kind };
+        let st = RecurrentState::empty(ctx, &f, &[rows], dk, dv).unwrap();
+        prefill_into(ctx, &tq, &tk, &tv, &out, &st).unwrap();
+    } else {
+        favor_attention_into(ctx, &tq, &tk, &tv, &tw, &out, &o).unwrap();
+    }
     let got = to_f64(&out.to_vec(ctx).unwrap());
     let want = reference::attention::favor_attention(&q, &k, &v, &d, &w, &o).unwrap();
     assert!(
@@ -209,6 +228,24 @@ fn check_trig<T: Element>(ctx: &Context, label: &str, tol: f64, conv: impl Fn(&[
 fn trig_causal_rows_before_larger_keys_are_not_lost_f32() {
     check_trig(ctx(), "f32 cpu tiles", 1e-3, |x| x.to_vec());
     check_trig(ctx_gpu_tiles(), "f32 gpu tiles", 1e-3, |x| x.to_vec());
+}
+
+/// Recurrent decoding's prefill (its state keeps one log-scale per row): its rows, positive and
+/// trig, with keys of norm 60 from position 200 on. Before, rows 0..200 came out 0 (the prefill
+/// used the head-wide key stabiliser for its rows too).
+#[test]
+fn prefill_rows_before_larger_keys_are_not_lost() {
+    for kind in [FavorKind::Positive, FavorKind::Trig] {
+        let case = (kind, true, Sinks::LargeFrom(200));
+        let (e, lost, sens) = run_as(ctx(), DIMS, case, (31, true), |x| x.to_vec());
+        eprintln!("prefill {kind:?}: rel err {e:.3e} (sensitivity {sens:.3e}), {lost} rows lost");
+        assert_eq!(lost, 0, "prefill {kind:?}: rows lost");
+        let bound = 1e-3 + 10.0 * sens;
+        assert!(
+            e <= bound,
+            "prefill {kind:?}: relative error {e:.3e} > {bound:.1e}"
+        );
+    }
 }
 
 #[test]
