@@ -46,6 +46,7 @@ pub struct PassTime {
     pub cpu: Duration,
 }
 
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 pub(crate) fn add(name: &'static str, wall: Duration, cpu: Duration) {
     let mut m = TIMES.lock().unwrap_or_else(|e| e.into_inner());
     let e = m.entry(name).or_insert((0, Duration::ZERO, Duration::ZERO));
@@ -55,6 +56,7 @@ pub(crate) fn add(name: &'static str, wall: Duration, cpu: Duration) {
 }
 
 /// User + system CPU time of the whole process so far (Linux: /proc/self/stat, 100 ticks/s).
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
 pub(crate) fn cpu_time() -> Duration {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     let after = stat.rsplit_once(')').map_or("", |x| x.1);

@@ -65,6 +65,7 @@ pub struct Schedule<'a> {
     ctx: &'a Context,
     encoder: wgpu::CommandEncoder,
     /// The schedule submits its own encoder (not an application's): pass timing may split it.
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     owned: bool,
 }
 

@@ -152,6 +152,24 @@ fn rope_blhd_varlen_writes_the_reference() {
         .for_each(|x| *x = 0.0);
     let got: Vec<f64> = got.iter().map(|&x| x as f64).collect();
     assert_close("rope", &got, &want, 1e-5);
+    // `--seq-layout` (the spelling before `--layout`) still names the memory layout.
+    let out2 = tmp("rope-o2.safetensors");
+    let o = bin()
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .args([
+            "rope",
+            "--input",
+            &path,
+            "--tensor",
+            "q",
+            "--seq-layout",
+            "blhd",
+        ])
+        .args(["--cu-seqlens", "cu_seqlens", "--output", &out2])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(read(&out2, "x").0, read(&out, "x").0);
 }
 
 /// Bad offsets, a method without the flags here, and the CPU path: one line on stderr, exit 2.

@@ -299,21 +299,28 @@ fn favor_packed_sequences_carry_the_state_through_the_cli() {
     assert_eq!(stderr(&r).lines().count(), 1, "{}", stderr(&r));
 }
 
-/// Grouped heads (GQA, [B, H, L, D] without other batch flags): q with 4 heads, k and v with 2;
-/// the written `o` equals the f64 per-sequence reference, causal and not.
+/// Grouped heads (GQA, [B, H, L, D] and [H, L, D] without other batch flags): q with 4 heads, k
+/// and v with 2; the written `o` equals the f64 per-sequence reference, causal and not.
 #[test]
 fn favor_grouped_heads_through_the_cli() {
+    let (hq, hkv, l, d, m) = (4, 2, 50, 12, 16);
+    for rank3 in [false, true] {
+        grouped_run((hq, hkv, l, d, m), rank3);
+    }
+}
+
+fn grouped_run((hq, hkv, l, d, m): (usize, usize, usize, usize, usize), rank3: bool) {
     use common::files::{draw_uniform, read_f64, tmp_in, write_f32};
     use longseq::attention::FavorOptions;
     use longseq::reference::attention::favor_attention_batch;
     use longseq::types::{attention::check_gqa, Layout};
-    let (hq, hkv, l, d, m) = (4, 2, 50, 12, 16);
-    let (sq, skv) = (vec![1, hq, l, d], vec![1, hkv, l, d]);
+    let lead: &[usize] = if rank3 { &[] } else { &[1] };
+    let (sq, skv) = ([lead, &[hq, l, d]].concat(), [lead, &[hkv, l, d]].concat());
     let q = draw_uniform(hq * l * d, -1.0, 1.0, 90);
     let k = draw_uniform(hkv * l * d, -1.0, 1.0, 91);
     let v = draw_uniform(hkv * l * d, -1.0, 1.0, 92);
     let w = draw_omega(m, d, OmegaDraw::OrthogonalChi, 6).unwrap();
-    let input = tmp_in("favor-gqa", "in.safetensors");
+    let input = tmp_in("favor-gqa", &format!("in{rank3}.safetensors"));
     let wv: Vec<f64> = w.iter().map(|&y| y as f64).collect();
     write_f32(
         &input,
@@ -327,7 +334,7 @@ fn favor_grouped_heads_through_the_cli() {
     let g = check_gqa("test", &sq, &skv, &skv, Layout::Bhld, true).unwrap();
     let f32s = |x: &[f64]| x.iter().map(|&y| y as f32).collect::<Vec<f32>>();
     for causal in [false, true] {
-        let out = tmp_in("favor-gqa", &format!("o{causal}.safetensors"));
+        let out = tmp_in("favor-gqa", &format!("o{causal}{rank3}.safetensors"));
         let mut args = vec!["attention", "--input", &input, "--feature-map", "favor"];
         args.extend(["--omega", "W", "--output", &out]);
         if causal {

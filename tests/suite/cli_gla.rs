@@ -305,4 +305,28 @@ fn initial_state_two_calls_equal_one_call() {
         );
         assert_close_both(&format!("cli gla two calls S {dev}"), &s2, &want_s, TOL_F32);
     }
+    // A NaN in the state with `--nan error`: one line, exit 2.
+    let mut rest = part(cut, L);
+    let mut s0 = vec![0.5; b * h * DK * DV];
+    s0[7] = f64::NAN;
+    rest.push(("s0", vec![b, h, DK, DV], s0));
+    let bad = tmp("s0-nan.safetensors");
+    write(&bad, &rest);
+    let o = longseq(&[
+        "attention",
+        "--input",
+        &bad,
+        "--method",
+        "gla",
+        "--initial-state",
+        "s0",
+        "--nan",
+        "error",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }

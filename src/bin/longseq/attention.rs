@@ -73,7 +73,8 @@ pub struct Args {
     /// is the state S before the first token, and NAME_z [N, Hq, Dk] the denominator's z (linear
     /// with its denominator). The output file then also gets final_state (and final_z).
     /// Causal favor: NAME [N, H, M, Dv], NAME_z and NAME_max [N, H, M] (final_max too).
-    /// gla: NAME [N, H, Dk, Dv] is the state S before the first token (f32).
+    /// gla: NAME [B, H, Dk, Dv] ([N, H, Dk, Dv] with --cu-seqlens) is the state S before the
+    /// first token (read as f32).
     #[arg(long, value_name = "NAME")]
     initial_state: Option<String>,
     /// Prefix of the tensor names, e.g. `layer0.`.

@@ -44,6 +44,7 @@ pub struct Args {
     /// [B, L, H, D]. The older spellings `--layout interleaved|half` still name the pairs.
     #[arg(
         long,
+        alias = "seq-layout",
         default_value = "bhld",
         value_parser = ["bhld", "blhd", "interleaved", "half"]
     )]

@@ -2,8 +2,9 @@
 //! `--layout blhd`, `--cu-seqlens NAME` and, for causal positive features (FAVOR+), a state in
 //! and out: `--initial-state NAME` reads S `NAME` [N, H, M, Dv], z `NAME_z` [N, H, M] and the
 //! running key maxima `NAME_max` [N, H, M] (what `attention::FavorState` documents), and the
-//! output file gets `final_state`, `final_z` and `final_max`. Hq = Hkv and Lq = Lk. GPU against
-//! the per-sequence f64 reference; `--device cpu` runs that reference. Tokens past the last
+//! output file gets `final_state`, `final_z` and `final_max`. Grouped kv heads (Hkv dividing Hq);
+//! Lq = Lk. GPU against the per-sequence f64 reference; `--device cpu` runs that reference (no
+//! comparison with `softmax_out` on this path). Tokens past the last
 //! packed offset are written as 0 (the GPU op leaves them untouched in a zeroed output).
 
 use half::f16;
@@ -22,7 +23,8 @@ use crate::methods::Op;
 /// heads (k's heads not q's).
 pub(super) fn wanted(a: &Args, layout: Layout, q: &[usize], k: &[usize]) -> bool {
     let favor = matches!((a.method, a.feature_map), (Method::Linear, Phi::Favor(_)));
-    let grouped = q.len() == 4 && k.len() == 4 && q[..2] != k[..2];
+    let lead = |x: &[usize]| x[..x.len().saturating_sub(2)].to_vec();
+    let grouped = q.len() >= 3 && q.len() == k.len() && lead(q) != lead(k);
     favor
         && (layout != Layout::Bhld
             || a.cu_seqlens.is_some()

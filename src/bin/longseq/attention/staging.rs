@@ -164,7 +164,11 @@ pub(super) fn read_state(
             t.shape, want[0]
         )));
     }
-    Ok(t.to_f32())
+    let x = t.to_f32();
+    if a.nan == super::NanPolicy::Error {
+        longseq::check_no_nan("attention", "initial_state", &x)?;
+    }
+    Ok(x)
 }
 
 /// Runs what `dev` asks for: the GPU on `ctx` (`gpu32` / `gpu16` by the staged dtype), the CPU
