@@ -76,15 +76,26 @@ fn run<T: Element>(
     seed: u64,
     conv: impl Fn(&[f32]) -> Vec<T>,
 ) -> (f64, usize, f64) {
-    run_as(ctx, dims, case, (seed, false), conv)
+    run_as(ctx, dims, case, (seed, Path::Op), conv)
 }
 
-/// As [`run`]; `prefill` runs causal FAVOR through recurrent decoding's prefill (rows and state).
+/// Which implementation [`run_as`] checks.
+#[derive(Clone, Copy, PartialEq)]
+enum Path {
+    /// `favor_attention_into` on the GPU.
+    Op,
+    /// Recurrent decoding's prefill on the GPU (rows and state).
+    Prefill,
+    /// The f32 CPU path, `longseq::cpu::attention::favor_attention`.
+    Cpu,
+}
+
+/// As [`run`], on the given [`Path`].
 fn run_as<T: Element>(
     ctx: &Context,
     (rows, l, dk, dv, m): (usize, usize, usize, usize, usize),
     (kind, causal, sinks): (FavorKind, bool, Sinks),
-    (seed, prefill): (u64, bool),
+    (seed, path): (u64, Path),
     conv: impl Fn(&[f32]) -> Vec<T>,
 ) -> (f64, usize, f64) {
     let mut q = Vec::new();
@@ -103,15 +114,19 @@ fn run_as<T: Element>(
     let out = Tensor::<T>::nan(ctx, &sv).unwrap();
     let tw = Tensor::from_slice(ctx, &w, &[m, dk]).unwrap();
     let (tq, tk, tv) = (t(&q, &sq), t(&k, &sq), t(&v, &sv));
-    if prefill {
-        use longseq::attention::recurrent::{prefill_into, Features, RecurrentState};
-        let f = Features::Favor { omega: tw, kind };
-        let st = RecurrentState::empty(ctx, &f, &[rows], dk, dv).unwrap();
-        prefill_into(ctx, &tq, &tk, &tv, &out, &st).unwrap();
+    let got = if path == Path::Cpu {
+        to_f64(&longseq::cpu::attention::favor_attention(&q, &k, &v, &d, &w, &o).unwrap())
     } else {
-        favor_attention_into(ctx, &tq, &tk, &tv, &tw, &out, &o).unwrap();
-    }
-    let got = to_f64(&out.to_vec(ctx).unwrap());
+        if path == Path::Prefill {
+            use longseq::attention::recurrent::{prefill_into, Features, RecurrentState};
+            let f = Features::Favor { omega: tw, kind };
+            let st = RecurrentState::empty(ctx, &f, &[rows], dk, dv).unwrap();
+            prefill_into(ctx, &tq, &tk, &tv, &out, &st).unwrap();
+        } else {
+            favor_attention_into(ctx, &tq, &tk, &tv, &tw, &out, &o).unwrap();
+        }
+        to_f64(&out.to_vec(ctx).unwrap())
+    };
     let want = reference::attention::favor_attention(&q, &k, &v, &d, &w, &o).unwrap();
     assert!(
         want.iter().all(|x| x.is_finite()),
@@ -237,7 +252,7 @@ fn trig_causal_rows_before_larger_keys_are_not_lost_f32() {
 fn prefill_rows_before_larger_keys_are_not_lost() {
     for kind in [FavorKind::Positive, FavorKind::Trig] {
         let case = (kind, true, Sinks::LargeFrom(200));
-        let (e, lost, sens) = run_as(ctx(), DIMS, case, (31, true), |x| x.to_vec());
+        let (e, lost, sens) = run_as(ctx(), DIMS, case, (31, Path::Prefill), |x| x.to_vec());
         eprintln!("prefill {kind:?}: rel err {e:.3e} (sensitivity {sens:.3e}), {lost} rows lost");
         assert_eq!(lost, 0, "prefill {kind:?}: rows lost");
         let bound = 1e-3 + 10.0 * sens;
@@ -245,6 +260,29 @@ fn prefill_rows_before_larger_keys_are_not_lost() {
             e <= bound,
             "prefill {kind:?}: relative error {e:.3e} > {bound:.1e}"
         );
+    }
+}
+
+/// The f32 CPU path, causal trig (its own running maximum) and positive, same keys. Before, trig
+/// used the head-wide stabiliser there too.
+#[test]
+fn cpu_path_rows_before_larger_keys_are_not_lost() {
+    for kind in [FavorKind::Positive, FavorKind::Trig] {
+        for (i, from) in [200usize, 257].into_iter().enumerate() {
+            let case = (kind, true, Sinks::LargeFrom(from));
+            let (e, lost, sens) = run_as(ctx(), DIMS, case, (21 + i as u64, Path::Cpu), |x| {
+                x.to_vec()
+            });
+            eprintln!(
+                "cpu {kind:?} from {from}: rel err {e:.3e} (sensitivity {sens:.3e}), {lost} lost"
+            );
+            assert_eq!(lost, 0, "cpu {kind:?} from {from}: rows lost");
+            let bound = 1e-3 + 10.0 * sens;
+            assert!(
+                e <= bound,
+                "cpu {kind:?} from {from}: relative error {e:.3e} > {bound:.1e}"
+            );
+        }
     }
 }
 

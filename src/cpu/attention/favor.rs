@@ -65,6 +65,18 @@ pub fn favor_attention_into<T: Element>(
             store(&o32, o);
             return;
         }
+        if opts.causal {
+            let (xq, xk) = (&q[row * l * dk..][..l * dk], &k[row * l * dk..][..l * dk]);
+            let mut o32 = vec![0.0f32; l * dv];
+            causal_trig(
+                (xq, xk, &v[row * l * dv..][..l * dv]),
+                (dk, dv),
+                omega,
+                &mut o32,
+            );
+            store(&o32, o);
+            return;
+        }
         let (fq, _) = features(&q[row * l * dk..][..l * dk], dk, omega, opts.kind, false);
         let (fk, _) = features(&k[row * l * dk..][..l * dk], dk, omega, opts.kind, true);
         let mut o32 = vec![0.0f32; l * dv];
@@ -191,6 +203,59 @@ fn causal_positive((lq, lk, v): (&[f32], &[f32], &[f32]), m: usize, dv: usize, o
             let p = (uq[r] + mx[r] - c).exp();
             for (a, x) in acc.iter_mut().zip(&s[r * (dv + 1)..][..dv + 1]) {
                 *a += p * x;
+            }
+        }
+        let den = acc[dv];
+        for (y, &a) in oi.iter_mut().zip(&acc[..dv]) {
+            *y = if den == 0.0 { 0.0 } else { a / den };
+        }
+    }
+}
+
+/// Causal trigonometric FAVOR of one head, each row stabilised by the keys it sees: a key's
+/// features carry one scalar `e^(‖k'‖²/2)`, so the state holds `Σ_j e^(h_j − m) u(k_j) [v_j, 1]`
+/// (`u = [sin ωx', cos ωx']`, `h_j = ‖k_j'‖²/2`, m their running maximum, rescaled when it grows)
+/// and row i takes `u(q_i)·S / u(q_i)·z` (the query's own scale cancels). A head-wide stabiliser
+/// would let a later, much larger key underflow every earlier row to zero.
+fn causal_trig(
+    (q, k, v): (&[f32], &[f32], &[f32]),
+    (dk, dv): (usize, usize),
+    omega: &[f32],
+    o: &mut [f32],
+) {
+    let m = omega.len() / dk;
+    let (uq, _) = features(q, dk, omega, FavorKind::Trig, false);
+    let s4 = (dk as f32).powf(-0.25);
+    let h: Vec<f32> = k
+        .chunks(dk)
+        .map(|r| 0.5 * r.iter().map(|a| (a * s4) * (a * s4)).sum::<f32>())
+        .collect();
+    // Per-row stabilised trig features are M^(−1/2)·u: the scale cancels in the ratio.
+    let (uk, _) = features(k, dk, omega, FavorKind::Trig, false);
+    let f = 2 * m;
+    let mut mx = f32::NEG_INFINITY;
+    let mut s = vec![0.0f32; f * (dv + 1)];
+    let mut acc = vec![0.0f32; dv + 1];
+    for (i, oi) in o.chunks_mut(dv).enumerate() {
+        let vi = &v[i * dv..][..dv];
+        // NaN never becomes the stabiliser (as the GPU's running maximum).
+        let new = if h[i] > mx { h[i] } else { mx };
+        if new != mx {
+            let scale = (mx - new).exp();
+            s.iter_mut().for_each(|x| *x *= scale);
+            mx = new;
+        }
+        let w = (h[i] - mx).exp();
+        for (a, &ua) in uk[i * f..][..f].iter().enumerate() {
+            let sa = &mut s[a * (dv + 1)..][..dv + 1];
+            for (x, &ve) in sa.iter_mut().zip(vi.iter().chain([1.0f32].iter())) {
+                *x += w * ua * ve;
+            }
+        }
+        acc.fill(0.0);
+        for (a, &ua) in uq[i * f..][..f].iter().enumerate() {
+            for (y, x) in acc.iter_mut().zip(&s[a * (dv + 1)..][..dv + 1]) {
+                *y += ua * x;
             }
         }
         let den = acc[dv];
