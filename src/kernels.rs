@@ -55,7 +55,7 @@ pub(crate) const KERNELS: &[Kernel] = &[
     ),
     kernel!(
         "transnormer",
-        ["norm_rows"],
+        ["norm_rows", "norm_rows_wide"],
         crate::attention::transnormer::NormParams
     ),
     kernel!(
@@ -68,13 +68,19 @@ pub(crate) const KERNELS: &[Kernel] = &[
             "favor_exp_head",
             "key_chunk_max",
             "key_max_scan",
+            "key_max_fill",
             "key_running_max",
             "favor_exp_keys",
             "favor_exp_query",
             "map_features",
             "cast_f32",
             "extend_v",
-            "favor_intra"
+            "favor_intra_w",
+            "favor_intra",
+            "trig_fill_max",
+            "trig_exp_keys",
+            "trig_exp_query",
+            "trig_intra_w"
         ],
         crate::attention::favor::Params
     ),
