@@ -83,6 +83,31 @@ crate::uniform! {
     }
 }
 
+impl Params {
+    /// What every feature pass over rows `[nr, len, Dk]` with M random features shares: x at
+    /// element offset `x_off`, the `x' = x·Dk^(−1/4)` and `M^(−1/2)` scales, and the chunking
+    /// `(chunk, n_chunks)` of the causal passes ((0, 0) when not chunked).
+    fn features(
+        (nr, len, dk, m): (u64, u64, u64, u64),
+        x_off: u32,
+        (chunk, nc): (u64, u64),
+    ) -> Self {
+        Self {
+            rows: nr as u32,
+            len: len as u32,
+            dk: dk as u32,
+            m: m as u32,
+            x_off,
+            total: (nr * len) as u32,
+            scale: (dk as f32).powf(-0.25),
+            norm: (m as f32).powf(-0.5),
+            chunk: chunk as u32,
+            n_chunks: nc as u32,
+            ..Zeroable::zeroed()
+        }
+    }
+}
+
 pub(crate) const WG: u32 = 64;
 
 /// Where the key stabiliser goes: `None` = per position (queries); `Some` = per head, written to
@@ -111,16 +136,8 @@ pub(crate) fn record_features(
     let b_feat = Bind::prefix_at(3, feat, nr * len * f * 4).0;
     let b_log = Bind::prefix_at(4, logscale, nr * len * 4).0;
     let mut prm = Params {
-        rows: nr as u32,
-        len: len as u32,
-        dk: dk as u32,
-        m: m as u32,
-        x_off: x.1,
         head_off: head.map_or(0, |h| h.1),
-        total: (nr * len) as u32,
-        scale: (dk as f32).powf(-0.25),
-        norm: (m as f32).powf(-0.5),
-        ..Zeroable::zeroed()
+        ..Params::features((nr, len, dk, m), x.1, (0, 0))
     };
     record_logits(s, &pl, &prm, [x.0, b_omega, b_feat, b_log])?;
     prm.total = (nr * len * f) as u32;
@@ -225,19 +242,7 @@ pub(super) fn record_positive(
         Some((_, lk)) => Bind::prefix_at(6, lk, nr * len * m * 4).0,
         None => Bind::prefix_at(6, logscale, nr * len * 4).0,
     };
-    let mut prm = Params {
-        rows: nr as u32,
-        len: len as u32,
-        dk: dk as u32,
-        m: m as u32,
-        x_off: xk.1,
-        total: (nr * len) as u32,
-        scale: (dk as f32).powf(-0.25),
-        norm: (m as f32).powf(-0.5),
-        chunk: chunk as u32,
-        n_chunks: nc as u32,
-        ..Zeroable::zeroed()
-    };
+    let mut prm = Params::features((nr, len, dk, m), xk.1, (chunk, nc));
     let groups = |n: u64| n.div_ceil(WG as u64);
     record_logits(s, &pl, &prm, [xk.0, b_omega, b_fk, b_log])?;
     prm.total = (nr * nc * m) as u32;

@@ -9,8 +9,6 @@
 //! So the key that holds row i's maximum has scale exactly 1, whatever later keys bring (with one
 //! stabiliser per head, a later key ≥ 87 above every earlier one underflowed their rows to 0).
 
-use bytemuck::Zeroable;
-
 use super::{record_logits, Params, SCAN_BLOCK, WG};
 use crate::bind::{scratch, Bind};
 use crate::pipeline::Storage;
@@ -59,19 +57,7 @@ pub(crate) fn record_causal(
     let per_key = |slot, b| Bind::prefix_at(slot, b, nr * len * 4).0;
     let per_chunk = |slot, b| Bind::prefix_at(slot, b, nr * nc * 4).0;
     let groups = |n: u64| n.div_ceil(WG as u64);
-    let mut prm = Params {
-        rows: nr as u32,
-        len: len as u32,
-        dk: dk as u32,
-        m: m as u32,
-        x_off: xk.1,
-        total: (nr * len) as u32,
-        scale: (dk as f32).powf(-0.25),
-        norm: (m as f32).powf(-0.5),
-        chunk: chunk as u32,
-        n_chunks: nc as u32,
-        ..Zeroable::zeroed()
-    };
+    let mut prm = Params::features((nr, len, dk, m), xk.1, (chunk, nc));
     record_logits(
         s,
         &pl,
