@@ -229,10 +229,12 @@ fn chunk_state(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     let d4n = DVP / 4u;
     var acc: array<vec4<f32>, TR * TC4>;
     var zacc: array<vec4<f32>, TR4>;
-    for (var e = 0u; e < TR * TC4; e++) {
+    // #unroll e TR * TC4
+{
         acc[e] = vec4<f32>(0.0);
     }
-    for (var e = 0u; e < TR4; e++) {
+    // #unroll e TR4
+{
         zacc[e] = vec4<f32>(0.0);
     }
     let kb = rc * CP * a4n + a0 / 4u;
@@ -240,34 +242,42 @@ fn chunk_state(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     for (var j = 0u; j < CHUNK; j++) {
         var kr: array<vec4<f32>, TR4>;
         var vr: array<vec4<f32>, TC4>;
-        for (var e = 0u; e < TR4; e++) {
+        // #unroll e TR4
+{
             kr[e] = kw[kb + j * a4n + e];
         }
-        for (var e = 0u; e < TC4; e++) {
+        // #unroll e TC4
+{
             vr[e] = vp[vb + j * d4n + e];
         }
-        for (var i = 0u; i < TR; i++) {
+        // #unroll i TR
+{
             let s = vec4<f32>(kr[i / 4u][i % 4u]);
-            for (var e = 0u; e < TC4; e++) {
+            // #unroll e TC4
+{
                 acc[i * TC4 + e] = fma(s, vr[e], acc[i * TC4 + e]);
             }
         }
         if (d0 == 0u) {
-            for (var e = 0u; e < TR4; e++) {
+            // #unroll e TR4
+{
                 zacc[e] += kr[e];
             }
         }
     }
     let sb = rc * width4();
-    for (var i = 0u; i < TR; i++) {
+    // #unroll i TR
+{
         // Padded feature rows (a >= dk) hold 0·v: NaN for an Inf in v, a term with no source.
         let keep = a0 + i < p.dk;
-        for (var e = 0u; e < TC4; e++) {
+        // #unroll e TC4
+{
             state[sb + (a0 + i) * d4n + d0 / 4u + e] = select(vec4<f32>(0.0), acc[i * TC4 + e], keep);
         }
     }
     if (d0 == 0u) {
-        for (var e = 0u; e < TR4; e++) {
+        // #unroll e TR4
+{
             state[sb + DKP * d4n + a0 / 4u + e] = zacc[e];
         }
     }
@@ -383,7 +393,8 @@ fn scores(rc: u32, r: u32, lid: u32) {
         let j0 = (tile / tc) * TR;
         let i0 = (tile % tc) * TC;
         var acc: array<vec4<f32>, TR * TC4>;
-        for (var e = 0u; e < TR * TC4; e++) {
+        // #unroll e TR * TC4
+{
             acc[e] = vec4<f32>(0.0);
         }
         if (j0 < i0 + TC) {
@@ -391,23 +402,29 @@ fn scores(rc: u32, r: u32, lid: u32) {
                 let b = (rc * DKP + a) * c4;
                 var kr: array<vec4<f32>, TR4>;
                 var qr: array<vec4<f32>, TC4>;
-                for (var e = 0u; e < TR4; e++) {
+                // #unroll e TR4
+{
                     kr[e] = kt[b + j0 / 4u + e];
                 }
-                for (var e = 0u; e < TC4; e++) {
+                // #unroll e TC4
+{
                     qr[e] = qt[b + i0 / 4u + e];
                 }
-                for (var jj = 0u; jj < TR; jj++) {
+                // #unroll jj TR
+{
                     let s = vec4<f32>(kr[jj / 4u][jj % 4u]);
-                    for (var e = 0u; e < TC4; e++) {
+                    // #unroll e TC4
+{
                         acc[jj * TC4 + e] = fma(s, qr[e], acc[jj * TC4 + e]);
                     }
                 }
             }
         }
-        for (var jj = 0u; jj < TR; jj++) {
+        // #unroll jj TR
+{
             let j = j0 + jj;
-            for (var e = 0u; e < TC4; e++) {
+            // #unroll e TC4
+{
                 let i = vec4<u32>(i0 + e * 4u) + vec4<u32>(0u, 1u, 2u, 3u);
                 var w = acc[jj * TC4 + e];
                 if (DECAY) {
@@ -478,7 +495,8 @@ fn chunk_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
             continue;
         }
         var acc: array<vec4<f32>, TR * TC4>;
-        for (var e = 0u; e < TR * TC4; e++) {
+        // #unroll e TR * TC4
+{
             acc[e] = vec4<f32>(0.0);
         }
         // The state entering a sequence's first chunk is an empty sum: no term, not Inf·0.
@@ -486,23 +504,29 @@ fn chunk_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
         for (var a = 0u; a < na; a++) {
             var qr: array<vec4<f32>, TR4>;
             var sr: array<vec4<f32>, TC4>;
-            for (var e = 0u; e < TR4; e++) {
+            // #unroll e TR4
+{
                 qr[e] = qt[(rc * DKP + a) * c4 + i0 / 4u + e];
             }
-            for (var e = 0u; e < TC4; e++) {
+            // #unroll e TC4
+{
                 sr[e] = state[sb + a * d4n + d0 / 4u + e];
             }
-            for (var ii = 0u; ii < TR; ii++) {
+            // #unroll ii TR
+{
                 let s = vec4<f32>(qr[ii / 4u][ii % 4u]);
-                for (var e = 0u; e < TC4; e++) {
+                // #unroll e TC4
+{
                     acc[ii * TC4 + e] = fma(s, sr[e], acc[ii * TC4 + e]);
                 }
             }
         }
         if (DECAY) {
-            for (var ii = 0u; ii < TR; ii++) {
+            // #unroll ii TR
+{
                 let g = vec4<f32>(exp(lam * f32(i0 + ii + 1u)));
-                for (var e = 0u; e < TC4; e++) {
+                // #unroll e TC4
+{
                     acc[ii * TC4 + e] *= g;
                 }
             }
@@ -513,15 +537,19 @@ fn chunk_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
             for (var j = 0u; j < i0; j++) {
                 var ar: array<vec4<f32>, TR4>;
                 var vr: array<vec4<f32>, TC4>;
-                for (var e = 0u; e < TR4; e++) {
+                // #unroll e TR4
+{
                     ar[e] = at[j * c4 + i0 / 4u + e];
                 }
-                for (var e = 0u; e < TC4; e++) {
+                // #unroll e TC4
+{
                     vr[e] = vp[vb + j * d4n + e];
                 }
-                for (var ii = 0u; ii < TR; ii++) {
+                // #unroll ii TR
+{
                     let s = vec4<f32>(ar[ii / 4u][ii % 4u]);
-                    for (var e = 0u; e < TC4; e++) {
+                    // #unroll e TC4
+{
                         acc[ii * TC4 + e] = fma(s, vr[e], acc[ii * TC4 + e]);
                     }
                 }
@@ -531,16 +559,20 @@ fn chunk_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
             for (var j = i0; j < i0 + TR; j++) {
                 var ar: array<vec4<f32>, TR4>;
                 var vr: array<vec4<f32>, TC4>;
-                for (var e = 0u; e < TR4; e++) {
+                // #unroll e TR4
+{
                     ar[e] = at[j * c4 + i0 / 4u + e];
                 }
-                for (var e = 0u; e < TC4; e++) {
+                // #unroll e TC4
+{
                     vr[e] = vp[vb + j * d4n + e];
                 }
-                for (var ii = 0u; ii < TR; ii++) {
+                // #unroll ii TR
+{
                     if (j <= i0 + ii) {
                         let s = vec4<f32>(ar[ii / 4u][ii % 4u]);
-                        for (var e = 0u; e < TC4; e++) {
+                        // #unroll e TC4
+{
                             acc[ii * TC4 + e] = fma(s, vr[e], acc[ii * TC4 + e]);
                         }
                     }
@@ -548,25 +580,30 @@ fn chunk_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
             }
         }
         let ob = p.o_off + row_base(r, p.o_bs, p.o_hs, 1u) + c * CHUNK * p.o_ts;
-        for (var ii = 0u; ii < TR; ii++) {
+        // Keep this loop small enough for NIR to unroll: a tile indexed dynamically leaves
+        // registers for memory (2.5x slower on lavapipe).
+        // #unroll k TR * TC4
+{
+            let ii = k / TC4;
             let i = i0 + ii;
-            if (i >= n) {
-                break;
+            var y = acc[k];
+            if (DEN) {
+                let dn = den[i / 4u][ii % 4u];
+                // 0/0 (all weights 0) -> 0; a NaN denominator still gives NaN.
+                y = select(y / dn, vec4<f32>(0.0), vec4<bool>(dn == 0.0));
             }
-            let dn = den[i / 4u][i % 4u];
-            for (var e = 0u; e < TC4; e++) {
-                let x = acc[ii * TC4 + e];
-                for (var f = 0u; f < 4u; f++) {
-                    let d = d0 + e * 4u + f;
-                    if (d < p.dv) {
-                        var y = x[f];
-                        if (DEN) {
-                            // 0/0 (all weights 0) -> 0; a NaN denominator still gives NaN.
-                            y = select(y / dn, 0.0, dn == 0.0);
-                        }
-                        st_o(ob + i * p.o_ts + d, y);
-                    }
-                }
+            let d = d0 + (k % TC4) * 4u;
+            let o0 = ob + i * p.o_ts + d;
+            // One branch per vec4 (four branches stop the unrolling): a column m past the last
+            // valid one, dv − 1 − d, stores that column's value again instead.
+            if (i < n && d < p.dv) {
+                let m = p.dv - 1u - d;
+                let y1 = select(y.x, y.y, m >= 1u);
+                let y2 = select(y1, y.z, m >= 2u);
+                st_o(o0, y.x);
+                st_o(o0 + min(1u, m), y1);
+                st_o(o0 + min(2u, m), y2);
+                st_o(o0 + min(3u, m), select(y2, y.w, m >= 3u));
             }
         }
     }

@@ -130,14 +130,17 @@ fn favor_proj(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
     let t0 = (gid / tf) * PT;
     let r0 = (gid % tf) * PT;
     var acc: array<f32, PT * PT>;
-    for (var e = 0u; e < PT * PT; e++) {
+    // #unroll e PT * PT
+{
         acc[e] = 0.0;
     }
     // Dk in blocks [a0, a1) across dispatches (the first writes, the rest add): lavapipe stops
     // an invocation past 65 535 loop iterations, and each step of a runs the register loops too.
     if (p.a0 > 0u) {
-        for (var i = 0u; i < PT; i++) {
-            for (var j = 0u; j < PT; j++) {
+        // #unroll i PT
+{
+            // #unroll j PT
+{
                 if (t0 + i < nt && r0 + j < p.m) {
                     acc[i * PT + j] = feat[(t0 + i) * n_feat() + r0 + j];
                 }
@@ -147,19 +150,24 @@ fn favor_proj(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
     for (var a = p.a0; a < p.a1; a++) {
         var xs: array<f32, PT>;
         var ws: array<f32, PT>;
-        for (var i = 0u; i < PT; i++) {
+        // #unroll i PT
+{
             // Past the last token or feature: re-read the last one (in the binding; not written).
             xs[i] = ld_x(p.x_off + min(t0 + i, nt - 1u) * p.dk + a) * p.scale;
             ws[i] = omega[min(r0 + i, p.m - 1u) * p.dk + a];
         }
-        for (var i = 0u; i < PT; i++) {
-            for (var j = 0u; j < PT; j++) {
+        // #unroll i PT
+{
+            // #unroll j PT
+{
                 acc[i * PT + j] = fma(xs[i], ws[j], acc[i * PT + j]);
             }
         }
     }
-    for (var i = 0u; i < PT; i++) {
-        for (var j = 0u; j < PT; j++) {
+    // #unroll i PT
+{
+        // #unroll j PT
+{
             if (t0 + i < nt && r0 + j < p.m) {
                 feat[(t0 + i) * n_feat() + r0 + j] = acc[i * PT + j];
             }

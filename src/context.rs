@@ -95,8 +95,7 @@ impl Context {
     /// order wgpu lists them. Empty when there is none.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn adapters() -> Vec<wgpu::AdapterInfo> {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let instance = wgpu::Instance::new(instance_descriptor());
         pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
             .into_iter()
             .filter(|a| {
@@ -135,8 +134,7 @@ impl Context {
     /// the limits the ops use, raised to the adapter's: buffer and storage-binding size,
     /// workgroup storage, invocations per workgroup.
     pub async fn new_async(opts: &ContextOptions) -> Result<Self> {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let instance = wgpu::Instance::new(instance_descriptor());
         let wanted = opts
             .adapter
             .clone()
@@ -360,4 +358,13 @@ impl ScratchPool {
             pool.truncate(POOL_KEEP);
         }
     }
+}
+
+/// wgpu's defaults without shader debug info (`InstanceFlags::DEBUG`, on in debug builds): its
+/// per-statement source locations cost quadratic time in the size of a shader, and the unrolled
+/// register tiles made pipeline creation several times slower. `WGPU_DEBUG=1` restores it.
+fn instance_descriptor() -> wgpu::InstanceDescriptor {
+    let mut d = wgpu::InstanceDescriptor::new_without_display_handle();
+    d.flags.remove(wgpu::InstanceFlags::DEBUG);
+    d.with_env()
 }

@@ -214,7 +214,7 @@ mod reflection {
 
     /// The members and span of `source`'s uniform at group 0, binding 0.
     fn params_of(name: &str, source: &str) -> (Vec<(String, u32)>, u32, naga::Module) {
-        let code = specialise(source, Storage::F32);
+        let code = specialise(&crate::unroll::expand(source).unwrap(), Storage::F32);
         let module = naga::front::wgsl::parse_str(&code)
             .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&code)));
         let (_, var) = module
@@ -279,7 +279,7 @@ mod reflection {
     fn every_storage_mode_parses() {
         for k in KERNELS {
             for storage in [Storage::F32, Storage::F16, Storage::F16Packed] {
-                let code = specialise(k.source(), storage);
+                let code = specialise(&crate::unroll::expand(k.source()).unwrap(), storage);
                 if let Err(e) = naga::front::wgsl::parse_str(&code) {
                     panic!("{} ({storage:?}): {}", k.name, e.emit_to_string(&code));
                 }

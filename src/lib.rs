@@ -61,6 +61,7 @@ mod sizes;
 pub mod ssm;
 pub mod tensor;
 pub mod types;
+mod unroll;
 
 pub use context::{Context, ContextOptions, TileFamily};
 

@@ -233,6 +233,7 @@ fn substitute_consts(
 }
 
 /// Builds one compute pipeline inside a validation error scope.
+#[cfg(test)]
 fn compile(
     ctx: &Context,
     shader: &str,
@@ -240,17 +241,42 @@ fn compile(
     code: String,
     constants: &[(&'static str, u32)],
 ) -> Result<wgpu::ComputePipeline> {
+    let module = create_module(ctx, shader, entry, code)?;
+    compile_module(ctx, shader, entry, &module, constants)
+}
+
+/// Parses `code` inside a validation error scope: a bad shader is an [`Error::Shader`].
+fn create_module(
+    ctx: &Context,
+    shader: &str,
+    entry: &str,
+    code: String,
+) -> Result<wgpu::ShaderModule> {
+    let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let module = ctx
+        .device
+        .create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(shader),
+            source: wgpu::ShaderSource::Wgsl(code.into()),
+        });
+    popped_error(shader, entry, scope).map(|()| module)
+}
+
+/// Builds one compute pipeline of `module` inside a validation error scope.
+fn compile_module(
+    ctx: &Context,
+    shader: &str,
+    entry: &str,
+    module: &wgpu::ShaderModule,
+    constants: &[(&'static str, u32)],
+) -> Result<wgpu::ComputePipeline> {
     let consts: Vec<(&str, f64)> = constants.iter().map(|&(n, v)| (n, v as f64)).collect();
     let dev = &ctx.device;
     let scope = dev.push_error_scope(wgpu::ErrorFilter::Validation);
-    let module = dev.create_shader_module(wgpu::ShaderModuleDescriptor {
-        label: Some(shader),
-        source: wgpu::ShaderSource::Wgsl(code.into()),
-    });
     let pipeline = dev.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
         label: Some(entry),
         layout: None,
-        module: &module,
+        module,
         entry_point: Some(entry),
         compilation_options: wgpu::PipelineCompilationOptions {
             constants: &consts,
@@ -258,6 +284,11 @@ fn compile(
         },
         cache: None,
     });
+    popped_error(shader, entry, scope).map(|()| pipeline)
+}
+
+/// The error an error scope caught, as an [`Error::Shader`].
+fn popped_error(shader: &str, entry: &str, scope: wgpu::ErrorScopeGuard) -> Result<()> {
     // On the web nothing may block: a shader error reaches the browser console instead.
     #[cfg(target_arch = "wasm32")]
     let popped: Option<wgpu::Error> = {
@@ -273,7 +304,7 @@ fn compile(
             message: err.to_string(),
             source: crate::error::wgpu_source(err),
         }),
-        None => Ok(pipeline),
+        None => Ok(()),
     }
 }
 
@@ -285,10 +316,16 @@ struct Key {
     constants: Vec<(&'static str, u32)>,
 }
 
-/// Compiled pipelines, one per (shader, entry point, storage, override constants).
+/// A shader module: (shader, storage, the compile-time constants substituted into the source).
+type ModuleKey = (&'static str, Storage, Vec<(&'static str, u32)>);
+
+/// Compiled pipelines, one per (shader, entry point, storage, override constants), and their
+/// modules, shared by the entry points of one source (parsing the unrolled register tiles is
+/// a large part of a pipeline's cost).
 #[derive(Default)]
 pub(crate) struct PipelineCache {
     map: Mutex<HashMap<Key, Arc<wgpu::ComputePipeline>>>,
+    modules: Mutex<HashMap<ModuleKey, Arc<wgpu::ShaderModule>>>,
 }
 
 impl PipelineCache {
@@ -319,11 +356,32 @@ impl PipelineCache {
             source: None,
         })?;
         let (code, overrides) = substitute_consts(src, constants);
-        let code = specialise(&code, storage);
-        if let Ok(dir) = std::env::var("LONGSEQ_DUMP_WGSL") {
-            let _ = std::fs::write(format!("{dir}/{shader}.{storage:?}.wgsl"), &code);
-        }
-        let pipeline = compile(ctx, shader, entry, code, &overrides)?;
+        let substituted: Vec<_> = constants
+            .iter()
+            .filter(|c| !overrides.contains(c))
+            .copied()
+            .collect();
+        let mkey = (shader, storage, substituted);
+        let cached = self.modules.lock().unwrap().get(&mkey).cloned();
+        let module = match cached {
+            Some(m) => m,
+            None => {
+                let code = crate::unroll::expand(&code).map_err(|message| Error::Shader {
+                    shader: shader.into(),
+                    entry: entry.into(),
+                    message,
+                    source: None,
+                })?;
+                let code = specialise(&code, storage);
+                if let Ok(dir) = std::env::var("LONGSEQ_DUMP_WGSL") {
+                    let _ = std::fs::write(format!("{dir}/{shader}.{storage:?}.wgsl"), &code);
+                }
+                let m = Arc::new(create_module(ctx, shader, entry, code)?);
+                self.modules.lock().unwrap().insert(mkey, m.clone());
+                m
+            }
+        };
+        let pipeline = compile_module(ctx, shader, entry, &module, &overrides)?;
         let p = Arc::new(pipeline);
         self.map.lock().unwrap().insert(key, p.clone());
         Ok(p)

@@ -97,15 +97,13 @@ impl Geo {
         }
     }
 
-    /// Loop iterations of one `chunk_apply` invocation (the engine's longest), counting per
-    /// feature of a TR×TC tile 1 + TR (the row loop; the vec4 loops unroll). Measured on
-    /// lavapipe, CPU tiles, causal, Dv = 3: Dkp 1104 runs (estimate 38 700), 2112 stops early
-    /// (73 800); non-causal 2112 runs (37 900).
+    /// Loop iterations of one `chunk_apply` invocation (the engine's longest): one per feature
+    /// of a TR×TC tile (the tile's own loops are unrolled in the source), plus the tile loop.
     fn trips(&self, job: &Job) -> u64 {
         let (tr, tc, wa, _) = self.family.tiles();
         let (tr, tc, cp) = (tr as u64, tc as u64, self.cp as u64);
         let per = |tiles: u64| tiles.div_ceil(wa as u64);
-        let cost = 1 + tr;
+        let cost = 1;
         let scores = match job.causal {
             true => per((cp / tr) * (cp / tc)) * self.dkp * cost,
             false => 0,

@@ -3,10 +3,11 @@
 /// Which tile shapes the chunk engine uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TileFamily {
-    /// Larger register tiles (8×8 per invocation): CPU adapters (lavapipe, SwiftShader, WARP),
-    /// where every load is a scalar loop and arithmetic is wide. Not larger: on lavapipe 16×16
-    /// (and 8×16) ran the contractions 2–3× slower than 8×8 (W1-shaped, issue 10), its tile
-    /// loops no longer unrolled into registers.
+    /// Large register tiles (16×16 per invocation, 16-wide apply workgroups): CPU adapters
+    /// (lavapipe, SwiftShader, WARP), where every load is a scalar loop and arithmetic is wide.
+    /// Measured on lavapipe, W1-shaped (issue 10), CPU ms of chunk_state / chunk_apply: 16×16
+    /// 130 / 185, 8×8 190 / 245, 32×32 130 / 440; the tile loops are unrolled in the source
+    /// (`src/unroll.rs`), so larger tiles stay in registers.
     Cpu,
     /// Small register tiles (4×4) and wide workgroups: discrete and integrated GPUs.
     Gpu,
@@ -31,7 +32,7 @@ impl TileFamily {
     /// (TR, TC) register tile, invocations per apply workgroup, per other workgroup.
     pub(crate) fn tiles(self) -> (u32, u32, u32, u32) {
         match self {
-            TileFamily::Cpu => (8, 8, 64, 64),
+            TileFamily::Cpu => (16, 16, 16, 64),
             TileFamily::Gpu => (4, 4, 64, 64),
         }
     }
