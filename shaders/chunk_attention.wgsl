@@ -230,11 +230,11 @@ fn chunk_state(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     var acc: array<vec4<f32>, TR * TC4>;
     var zacc: array<vec4<f32>, TR4>;
     // #unroll e TR * TC4
-{
+    {
         acc[e] = vec4<f32>(0.0);
     }
     // #unroll e TR4
-{
+    {
         zacc[e] = vec4<f32>(0.0);
     }
     let kb = rc * CP * a4n + a0 / 4u;
@@ -243,41 +243,41 @@ fn chunk_state(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
         var kr: array<vec4<f32>, TR4>;
         var vr: array<vec4<f32>, TC4>;
         // #unroll e TR4
-{
+        {
             kr[e] = kw[kb + j * a4n + e];
         }
         // #unroll e TC4
-{
+        {
             vr[e] = vp[vb + j * d4n + e];
         }
         // #unroll i TR
-{
+        {
             let s = vec4<f32>(kr[i / 4u][i % 4u]);
             // #unroll e TC4
-{
+            {
                 acc[i * TC4 + e] = fma(s, vr[e], acc[i * TC4 + e]);
             }
         }
         if (d0 == 0u) {
             // #unroll e TR4
-{
+            {
                 zacc[e] += kr[e];
             }
         }
     }
     let sb = rc * width4();
     // #unroll i TR
-{
+    {
         // Padded feature rows (a >= dk) hold 0·v: NaN for an Inf in v, a term with no source.
         let keep = a0 + i < p.dk;
         // #unroll e TC4
-{
+        {
             state[sb + (a0 + i) * d4n + d0 / 4u + e] = select(vec4<f32>(0.0), acc[i * TC4 + e], keep);
         }
     }
     if (d0 == 0u) {
         // #unroll e TR4
-{
+        {
             state[sb + DKP * d4n + a0 / 4u + e] = zacc[e];
         }
     }
@@ -394,7 +394,7 @@ fn scores(rc: u32, r: u32, lid: u32) {
         let i0 = (tile % tc) * TC;
         var acc: array<vec4<f32>, TR * TC4>;
         // #unroll e TR * TC4
-{
+        {
             acc[e] = vec4<f32>(0.0);
         }
         if (j0 < i0 + TC) {
@@ -403,28 +403,28 @@ fn scores(rc: u32, r: u32, lid: u32) {
                 var kr: array<vec4<f32>, TR4>;
                 var qr: array<vec4<f32>, TC4>;
                 // #unroll e TR4
-{
+                {
                     kr[e] = kt[b + j0 / 4u + e];
                 }
                 // #unroll e TC4
-{
+                {
                     qr[e] = qt[b + i0 / 4u + e];
                 }
                 // #unroll jj TR
-{
+                {
                     let s = vec4<f32>(kr[jj / 4u][jj % 4u]);
                     // #unroll e TC4
-{
+                    {
                         acc[jj * TC4 + e] = fma(s, qr[e], acc[jj * TC4 + e]);
                     }
                 }
             }
         }
         // #unroll jj TR
-{
+        {
             let j = j0 + jj;
             // #unroll e TC4
-{
+            {
                 let i = vec4<u32>(i0 + e * 4u) + vec4<u32>(0u, 1u, 2u, 3u);
                 var w = acc[jj * TC4 + e];
                 if (DECAY) {
@@ -496,7 +496,7 @@ fn chunk_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
         }
         var acc: array<vec4<f32>, TR * TC4>;
         // #unroll e TR * TC4
-{
+        {
             acc[e] = vec4<f32>(0.0);
         }
         // The state entering a sequence's first chunk is an empty sum: no term, not Inf·0.
@@ -505,28 +505,28 @@ fn chunk_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
             var qr: array<vec4<f32>, TR4>;
             var sr: array<vec4<f32>, TC4>;
             // #unroll e TR4
-{
+            {
                 qr[e] = qt[(rc * DKP + a) * c4 + i0 / 4u + e];
             }
             // #unroll e TC4
-{
+            {
                 sr[e] = state[sb + a * d4n + d0 / 4u + e];
             }
             // #unroll ii TR
-{
+            {
                 let s = vec4<f32>(qr[ii / 4u][ii % 4u]);
                 // #unroll e TC4
-{
+                {
                     acc[ii * TC4 + e] = fma(s, sr[e], acc[ii * TC4 + e]);
                 }
             }
         }
         if (DECAY) {
             // #unroll ii TR
-{
+            {
                 let g = vec4<f32>(exp(lam * f32(i0 + ii + 1u)));
                 // #unroll e TC4
-{
+                {
                     acc[ii * TC4 + e] *= g;
                 }
             }
@@ -538,18 +538,18 @@ fn chunk_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
                 var ar: array<vec4<f32>, TR4>;
                 var vr: array<vec4<f32>, TC4>;
                 // #unroll e TR4
-{
+                {
                     ar[e] = at[j * c4 + i0 / 4u + e];
                 }
                 // #unroll e TC4
-{
+                {
                     vr[e] = vp[vb + j * d4n + e];
                 }
                 // #unroll ii TR
-{
+                {
                     let s = vec4<f32>(ar[ii / 4u][ii % 4u]);
                     // #unroll e TC4
-{
+                    {
                         acc[ii * TC4 + e] = fma(s, vr[e], acc[ii * TC4 + e]);
                     }
                 }
@@ -560,19 +560,19 @@ fn chunk_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
                 var ar: array<vec4<f32>, TR4>;
                 var vr: array<vec4<f32>, TC4>;
                 // #unroll e TR4
-{
+                {
                     ar[e] = at[j * c4 + i0 / 4u + e];
                 }
                 // #unroll e TC4
-{
+                {
                     vr[e] = vp[vb + j * d4n + e];
                 }
                 // #unroll ii TR
-{
+                {
                     if (j <= i0 + ii) {
                         let s = vec4<f32>(ar[ii / 4u][ii % 4u]);
                         // #unroll e TC4
-{
+                        {
                             acc[ii * TC4 + e] = fma(s, vr[e], acc[ii * TC4 + e]);
                         }
                     }
@@ -583,7 +583,7 @@ fn chunk_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
         // Keep this loop small enough for NIR to unroll: a tile indexed dynamically leaves
         // registers for memory (2.5x slower on lavapipe).
         // #unroll k TR * TC4
-{
+        {
             let ii = k / TC4;
             let i = i0 + ii;
             var y = acc[k];

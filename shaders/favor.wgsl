@@ -131,16 +131,16 @@ fn favor_proj(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
     let r0 = (gid % tf) * PT;
     var acc: array<f32, PT * PT>;
     // #unroll e PT * PT
-{
+    {
         acc[e] = 0.0;
     }
     // Dk in blocks [a0, a1) across dispatches (the first writes, the rest add): lavapipe stops
     // an invocation past 65 535 loop iterations, and each step of a runs the register loops too.
     if (p.a0 > 0u) {
         // #unroll i PT
-{
+        {
             // #unroll j PT
-{
+            {
                 if (t0 + i < nt && r0 + j < p.m) {
                     acc[i * PT + j] = feat[(t0 + i) * n_feat() + r0 + j];
                 }
@@ -151,23 +151,23 @@ fn favor_proj(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
         var xs: array<f32, PT>;
         var ws: array<f32, PT>;
         // #unroll i PT
-{
+        {
             // Past the last token or feature: re-read the last one (in the binding; not written).
             xs[i] = ld_x(p.x_off + min(t0 + i, nt - 1u) * p.dk + a) * p.scale;
             ws[i] = omega[min(r0 + i, p.m - 1u) * p.dk + a];
         }
         // #unroll i PT
-{
+        {
             // #unroll j PT
-{
+            {
                 acc[i * PT + j] = fma(xs[i], ws[j], acc[i * PT + j]);
             }
         }
     }
     // #unroll i PT
-{
+    {
         // #unroll j PT
-{
+        {
             if (t0 + i < nt && r0 + j < p.m) {
                 feat[(t0 + i) * n_feat() + r0 + j] = acc[i * PT + j];
             }

@@ -210,26 +210,27 @@ pub(crate) fn specialise(src: &str, storage: Storage) -> String {
     out + src
 }
 
+/// Constants as (name, value) pairs.
+type Consts = Vec<(&'static str, u32)>;
+
 /// Splits `constants` into those `src` declares as `const NAME: u32 = ..;` (compile-time sizes
 /// such as register tiles, which size function-scope arrays where overrides may not), substituted
-/// into the source, and the pipeline overrides.
-fn substitute_consts(
-    src: &str,
-    constants: &[(&'static str, u32)],
-) -> (String, Vec<(&'static str, u32)>) {
+/// into the source, and the pipeline overrides: (code, substituted, overrides).
+fn substitute_consts(src: &str, constants: &[(&'static str, u32)]) -> (String, Consts, Consts) {
     let mut code = src.to_string();
-    let mut overrides = Vec::new();
+    let (mut substituted, mut overrides) = (Vec::new(), Vec::new());
     for &(name, v) in constants {
         let decl = format!("const {name}: u32 = ");
         match code.find(&decl) {
             Some(at) => {
                 let end = at + code[at..].find(';').expect("const declaration ends with ;");
                 code.replace_range(at..end, &format!("{decl}{v}u"));
+                substituted.push((name, v));
             }
             None => overrides.push((name, v)),
         }
     }
-    (code, overrides)
+    (code, substituted, overrides)
 }
 
 /// Builds one compute pipeline inside a validation error scope.
@@ -317,7 +318,7 @@ struct Key {
 }
 
 /// A shader module: (shader, storage, the compile-time constants substituted into the source).
-type ModuleKey = (&'static str, Storage, Vec<(&'static str, u32)>);
+type ModuleKey = (&'static str, Storage, Consts);
 
 /// Compiled pipelines, one per (shader, entry point, storage, override constants), and their
 /// modules, shared by the entry points of one source (parsing the unrolled register tiles is
@@ -355,12 +356,7 @@ impl PipelineCache {
             message: "no such shader".into(),
             source: None,
         })?;
-        let (code, overrides) = substitute_consts(src, constants);
-        let substituted: Vec<_> = constants
-            .iter()
-            .filter(|c| !overrides.contains(c))
-            .copied()
-            .collect();
+        let (code, substituted, overrides) = substitute_consts(src, constants);
         let mkey = (shader, storage, substituted);
         let cached = self.modules.lock().unwrap().get(&mkey).cloned();
         let module = match cached {
@@ -395,7 +391,8 @@ mod tests {
     #[test]
     fn const_sizes_are_substituted_and_the_rest_are_overrides() {
         let src = "const TR: u32 = 16u;\nconst TRX: u32 = 3u;\noverride WG: u32 = 64u;\n";
-        let (code, over) = substitute_consts(src, &[("TR", 4), ("WG", 32)]);
+        let (code, subst, over) = substitute_consts(src, &[("TR", 4), ("WG", 32)]);
+        assert_eq!(subst, vec![("TR", 4)]);
         assert_eq!(
             code,
             "const TR: u32 = 4u;\nconst TRX: u32 = 3u;\noverride WG: u32 = 64u;\n"

@@ -103,13 +103,12 @@ impl Geo {
         let (tr, tc, wa, _) = self.family.tiles();
         let (tr, tc, cp) = (tr as u64, tc as u64, self.cp as u64);
         let per = |tiles: u64| tiles.div_ceil(wa as u64);
-        let cost = 1;
         let scores = match job.causal {
-            true => per((cp / tr) * (cp / tc)) * self.dkp * cost,
+            true => per((cp / tr) * (cp / tc)) * self.dkp,
             false => 0,
         };
         let den = per(cp / 4) * (self.dkp / 4 + cp);
-        let apply = per((cp / tr) * (self.dvp / tc)) * (self.dkp + cp + tr) * cost;
+        let apply = per((cp / tr) * (self.dvp / tc)) * (self.dkp + cp + tr);
         scores + den + apply
     }
 
