@@ -29,6 +29,9 @@ override DEN: bool = true;
 // Causal FAVOR+: per-chunk, per-feature key log-scales (logs); the state entering chunk c stays at
 // chunk c−1's scale and there is no intra-chunk term (FAVOR+ adds it in the log domain).
 override RESCALE: bool = false;
+// The host checked that q, k, v rows are 4-aligned (offsets, strides, Dk and Dv multiples of 4):
+// the prep passes read them a vec4 at a time through q4, k4, v4 (the same buffers).
+override VEC_IN: bool = false;
 
 // Padded head dims Dkp, Dvp (multiples of TR, TC): compile-time, so the contractions have constant
 // trip counts and index arithmetic divides by constants. The pipeline substitutes the host's values;
@@ -98,6 +101,9 @@ struct Params {
 @group(0) @binding(13) var<storage, read_write> z_out: array<f32>;
 // RESCALE: logs [R, nc, Dk] f32, the log-scale of chunk c's key features (non-decreasing in c).
 @group(0) @binding(14) var<storage, read> logs: array<f32>;
+@group(0) @binding(15) var<storage, read> q4: array<ST4>;
+@group(0) @binding(16) var<storage, read> k4: array<ST4>;
+@group(0) @binding(17) var<storage, read> v4: array<ST4>;
 
 var<workgroup> at: array<vec4<f32>, CP * CP / 4u>;  // masked, decayed scores, transposed: [j][i]
 var<workgroup> den: array<vec4<f32>, CP / 4u>;
@@ -147,7 +153,17 @@ fn prep_qk(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
         let t = c * CHUNK + sl;
         var qv = vec4<f32>(0.0);
         var kv = vec4<f32>(0.0);
-        if (sl < CHUNK) {
+        if (VEC_IN) {
+            let a = a4 * 4u;
+            if (sl < CHUNK && a < p.dk && t < p.lq) {
+                let x = ld4_q4((qb + t * p.q_ts + a) / 4u);
+                qv = vec4<f32>(phi(x.x), phi(x.y), phi(x.z), phi(x.w));
+            }
+            if (sl < CHUNK && a < p.dk && t < p.lk) {
+                let x = ld4_k4((kb + t * p.k_ts + a) / 4u);
+                kv = vec4<f32>(phi(x.x), phi(x.y), phi(x.z), phi(x.w));
+            }
+        } else if (sl < CHUNK) {
             for (var e = 0u; e < 4u; e++) {
                 let a = a4 * 4u + e;
                 if (a < p.dk && t < p.lq) {
@@ -198,8 +214,12 @@ fn prep_v(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
     let sl = s % CP;
     let t = c * CHUNK + sl;
     var x = vec4<f32>(0.0);
-    if (sl < CHUNK && t < p.lk) {
-        let vb = p.v_off + row_base(r, p.v_bs, p.v_hs, p.group);
+    let vb = p.v_off + row_base(r, p.v_bs, p.v_hs, p.group);
+    if (VEC_IN) {
+        if (sl < CHUNK && t < p.lk && d4 * 4u < p.dv) {
+            x = ld4_v4((vb + t * p.v_ts + d4 * 4u) / 4u);
+        }
+    } else if (sl < CHUNK && t < p.lk) {
         for (var e = 0u; e < 4u; e++) {
             let d = d4 * 4u + e;
             if (d < p.dv) {

@@ -2,6 +2,9 @@
 //!
 //! Each shader in `shaders/` declares its element arrays as `array<ST>` (read) or `array<OT>`
 //! (written) and reads and writes them only through `ld_NAME(i) -> f32` and `st_NAME(i, f32)`.
+//! A read array may also be declared `array<ST4>`, four elements per entry, and read through
+//! `ld4_NAME(i4) -> vec4<f32>` (entry i4 = elements 4·i4 .. 4·i4 + 3): one load per four elements,
+//! for tensors whose rows the host has checked are 4-aligned.
 //! This module prepends the dtype prelude and generates those accessors, so one WGSL file serves
 //! f32, native f16 (SHADER_F16) and f16 packed two to a `u32` word (adapters without f16).
 
@@ -177,12 +180,15 @@ fn prelude(src: &str) -> String {
 
 /// The prelude plus accessors for every `array<ST>` / `array<OT>` binding in `src`.
 pub(crate) fn specialise(src: &str, storage: Storage) -> String {
-    let (st, ot, head) = match storage {
-        Storage::F32 => ("f32", "f32", ""),
-        Storage::F16 => ("f16", "f16", "enable f16;\n"),
-        Storage::F16Packed => ("u32", "f32", ""),
+    let (st, st4, ot, head) = match storage {
+        Storage::F32 => ("f32", "vec4<f32>", "f32", ""),
+        Storage::F16 => ("f16", "vec4<f16>", "f16", "enable f16;\n"),
+        Storage::F16Packed => ("u32", "vec2<u32>", "f32", ""),
     };
-    let mut out = format!("{head}alias ST = {st};\nalias OT = {ot};\n{}", prelude(src));
+    let mut out = format!(
+        "{head}alias ST = {st};\nalias ST4 = {st4};\nalias OT = {ot};\n{}",
+        prelude(src)
+    );
     for line in src.lines() {
         let l = line.trim();
         let Some(rest) = l.strip_prefix("@group(0)") else {
@@ -203,6 +209,14 @@ pub(crate) fn specialise(src: &str, storage: Storage) -> String {
                 _ => format!("return f32({name}[i]);"),
             };
             out += &format!("fn ld_{name}(i: u32) -> f32 {{ {body} }}\n");
+        } else if ty == "array<ST4>" {
+            let body = match storage {
+                Storage::F16Packed => format!(
+                    "let w = {name}[i]; return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));"
+                ),
+                _ => format!("return vec4<f32>({name}[i]);"),
+            };
+            out += &format!("fn ld4_{name}(i: u32) -> vec4<f32> {{ {body} }}\n");
         } else if ty == "array<OT>" {
             out += &format!("fn st_{name}(i: u32, x: f32) {{ {name}[i] = OT(x); }}\n");
         }
@@ -403,10 +417,15 @@ mod tests {
     #[test]
     fn accessors_follow_the_storage_mode() {
         let src = "@group(0) @binding(1) var<storage, read> x: array<ST>;\n\
-                   @group(0) @binding(2) var<storage, read_write> y: array<OT>;\n";
+                   @group(0) @binding(2) var<storage, read_write> y: array<OT>;\n\
+                   @group(0) @binding(3) var<storage, read> x4: array<ST4>;\n";
         let packed = specialise(src, Storage::F16Packed);
         assert!(packed
             .contains("fn ld_x(i: u32) -> f32 { return unpack2x16float(x[i >> 1u])[i & 1u]; }"));
+        assert!(packed.contains("alias ST4 = vec2<u32>;"));
+        assert!(packed.contains("unpack2x16float(w.x), unpack2x16float(w.y)"));
+        assert!(specialise(src, Storage::F32)
+            .contains("fn ld4_x4(i: u32) -> vec4<f32> { return vec4<f32>(x4[i]); }"));
         assert!(packed.contains("alias OT = f32;"));
         let native = specialise(src, Storage::F16);
         assert!(native.starts_with("enable f16;"));

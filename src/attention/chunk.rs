@@ -289,6 +289,20 @@ pub(crate) struct PassBinds<'b> {
     pub initial: Option<((Bind<'b>, u32), (Bind<'b>, u32))>,
 }
 
+/// Whether every q, k, v row this pass reads starts on a 4-element boundary of its binding and
+/// spans whole quads (offsets, strides, Dk and Dv multiples of 4): the prep passes then read them
+/// as vec4 (one load per four elements instead of four).
+fn rows_aligned(job: &Job, gm: &Geom, b: &PassBinds<'_>) -> bool {
+    let q4 = |x: u64| x % 4 == 0;
+    let st = |s: &Strides| [s.batch, s.head, s.token].iter().all(|&x| q4(x as u64));
+    q4(job.dk as u64)
+        && q4(job.dv as u64)
+        && [b.q.1, b.k.1, b.v.1].iter().all(|&o| q4(o as u64))
+        && st(&gm.q)
+        && st(&gm.k)
+        && st(&gm.v)
+}
+
 fn at(slot: u32, b: Bind<'_>) -> Bind<'_> {
     Bind { slot, ..b }
 }
@@ -407,9 +421,11 @@ fn record_passes(
             (&dummy, 1)
         }
     };
+    let vec_in = rows_aligned(job, gm, b);
     let consts = |w: u32| {
         [
             ("FMAP", job.fmap),
+            ("VEC_IN", vec_in as u32),
             ("WG", w),
             ("CHUNK", geo.chunk),
             ("CP", geo.cp),
@@ -482,6 +498,9 @@ fn record_passes(
     }
     let n = seg.nr * slots / 4 * geo.dkp / 4;
     prm.total = n as u32;
+    // Without VEC_IN the vec4 views are never read; a 16-byte buffer fills their slots.
+    let quad = (!vec_in).then(|| upload_f32(ctx, &[0f32; 4]));
+    let view = |slot, bind| quad.as_ref().map_or(at(slot, bind), |z| whole(slot, z));
     let binds = [
         at(1, b.q.0),
         at(2, b.k.0),
@@ -489,12 +508,14 @@ fn record_passes(
         whole(5, qt),
         whole(6, kt),
         whole(7, kw),
+        view(15, b.q.0),
+        view(16, b.k.0),
     ];
     s.dispatch(&*pl("prep_qk", wg)?, &prm, &binds, groups(n, wg))?;
     s.mark("prep_qk");
     let n = seg.nr * slots * geo.dvp / 4;
     prm.total = n as u32;
-    let binds = [at(3, b.v.0), whole(8, vp)];
+    let binds = [at(3, b.v.0), whole(8, vp), view(17, b.v.0)];
     s.dispatch(&*pl("prep_v", wg)?, &prm, &binds, groups(n, wg))?;
     s.mark("prep_v");
     if sweep != Sweep::Apply {
