@@ -32,6 +32,8 @@ override RESCALE: bool = false;
 // The host checked that q, k, v rows are 4-aligned (offsets, strides, Dk and Dv multiples of 4):
 // the prep passes read them a vec4 at a time through q4, k4, v4 (the same buffers).
 override VEC_IN: bool = false;
+// VEC_IN with Dv = DVP and CP = CHUNK: the contractions read V through v4 and prep_v is skipped.
+override V_DIRECT: bool = false;
 
 // Padded head dims Dkp, Dvp (multiples of TR, TC): compile-time, so the contractions have constant
 // trip counts and index arithmetic divides by constants. The pipeline substitutes the host's values;
@@ -125,6 +127,19 @@ fn row_base(r: u32, bs: u32, hs: u32, grp: u32) -> u32 {
     let g = p.g0 + r;
     let b = g / p.hq - p.g0 / p.hq;
     return b * bs + ((g % p.hq) / grp) * hs - ((p.g0 % p.hq) / grp) * hs;
+}
+
+// V of chunk rc's slot j, value dims 4q..4q+3 (0 past the segment's keys); vrow = v_row(row).
+fn v_quad(rc: u32, vrow: u32, c: u32, j: u32, q: u32) -> vec4<f32> {
+    if (V_DIRECT) {
+        let t = c * CHUNK + j;
+        return select(vec4<f32>(0.0), ld4_v4((vrow + t * p.v_ts) / 4u + q), t < p.lk);
+    }
+    return vp[(rc * CP + j) * (DVP / 4u) + q];
+}
+
+fn v_row(r: u32) -> u32 {
+    return p.v_off + row_base(r, p.v_bs, p.v_hs, p.group);
 }
 
 // One invocation per (row, 4 slots, 4 features): φ once per element, into qt, kt and kw.
@@ -258,7 +273,8 @@ fn chunk_state(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
         zacc[e] = vec4<f32>(0.0);
     }
     let kb = rc * CP * a4n + a0 / 4u;
-    let vb = rc * CP * d4n + d0 / 4u;
+    let c = rc % p.n_chunks;
+    let vrow = v_row(rc / p.n_chunks);
     for (var j = 0u; j < CHUNK; j++) {
         var kr: array<vec4<f32>, TR4>;
         var vr: array<vec4<f32>, TC4>;
@@ -268,7 +284,7 @@ fn chunk_state(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
         }
         // #unroll e TC4
         {
-            vr[e] = vp[vb + j * d4n + e];
+            vr[e] = v_quad(rc, vrow, c, j, d0 / 4u + e);
         }
         // #unroll i TR
         {
@@ -552,7 +568,7 @@ fn chunk_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
             }
         }
         if (CAUSAL && !RESCALE) {
-            let vb = rc * CP * d4n + d0 / 4u;
+            let vrow = v_row(r);
             // Keys before the tile's rows: every row sees them.
             for (var j = 0u; j < i0; j++) {
                 var ar: array<vec4<f32>, TR4>;
@@ -563,7 +579,7 @@ fn chunk_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
                 }
                 // #unroll e TC4
                 {
-                    vr[e] = vp[vb + j * d4n + e];
+                    vr[e] = v_quad(rc, vrow, c, j, d0 / 4u + e);
                 }
                 // #unroll ii TR
                 {
@@ -585,7 +601,7 @@ fn chunk_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
                 }
                 // #unroll e TC4
                 {
-                    vr[e] = vp[vb + j * d4n + e];
+                    vr[e] = v_quad(rc, vrow, c, j, d0 / 4u + e);
                 }
                 // #unroll ii TR
                 {

@@ -422,10 +422,13 @@ fn record_passes(
         }
     };
     let vec_in = rows_aligned(job, gm, b);
+    // V read in place by the contractions (no padding to make): prep_v is skipped.
+    let v_direct = vec_in && geo.dvp == job.dv && geo.cp == geo.chunk;
     let consts = |w: u32| {
         [
             ("FMAP", job.fmap),
             ("VEC_IN", vec_in as u32),
+            ("V_DIRECT", v_direct as u32),
             ("WG", w),
             ("CHUNK", geo.chunk),
             ("CP", geo.cp),
@@ -515,13 +518,15 @@ fn record_passes(
     s.mark("prep_qk");
     let n = seg.nr * slots * geo.dvp / 4;
     prm.total = n as u32;
-    let binds = [at(3, b.v.0), whole(8, vp), view(17, b.v.0)];
-    s.dispatch(&*pl("prep_v", wg)?, &prm, &binds, groups(n, wg))?;
-    s.mark("prep_v");
+    if !v_direct {
+        let binds = [at(3, b.v.0), whole(8, vp), view(17, b.v.0)];
+        s.dispatch(&*pl("prep_v", wg)?, &prm, &binds, groups(n, wg))?;
+        s.mark("prep_v");
+    }
     if sweep != Sweep::Apply {
         let n = seg.nr * nc * (geo.dkp / tr as u64) * (geo.dvp / tc as u64);
         prm.total = n as u32;
-        let binds = [whole(7, kw), whole(8, vp), whole(9, state)];
+        let binds = [whole(7, kw), whole(8, vp), whole(9, state), view(17, b.v.0)];
         s.dispatch(&*pl("chunk_state", wg)?, &prm, &binds, groups(n, wg))?;
         s.mark("chunk_state");
         let n = seg.nr * w4;
@@ -559,6 +564,7 @@ fn record_passes(
         whole(8, vp),
         st,
         at(11, b.o.0),
+        view(17, b.v.0),
     ];
     s.dispatch(&*pl("chunk_apply", wg_apply)?, &prm, &binds, seg.nr * nc)?;
     s.mark("chunk_apply");
