@@ -191,8 +191,7 @@ fn discretize(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
 // Positions per invocation: W Abar^l0 is evaluated exactly once per mode and multiplied by the
 // exactly evaluated Abar^r, r < RUN, shared through workgroup memory: two roundings per output
 // whatever l, and ~RUN times fewer exp/cos/sin than one evaluation per output.
-override RUN: u32 = 8u; // <= RUN_MAX and <= WG
-const RUN_MAX: u32 = 32u;
+const RUN: u32 = 8u; // <= WG; the host substitutes its value
 
 var<workgroup> apow: array<vec2<f32>, WG>;
 
@@ -213,8 +212,9 @@ fn vandermonde(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     // Flat index of l0 inside the pass, and whether any of the RUN positions lies in it.
     let rel0 = i32(hh * p.len + l0) - i32(p.l0);
     let live = l0 < p.len && rel0 + i32(RUN) > 0 && rel0 < i32(p.ne);
-    var acc: array<f32, RUN_MAX>;
-    for (var r = 0u; r < RUN; r++) {
+    var acc: array<f32, RUN>;
+    // #unroll r RUN
+    {
         acc[r] = 0.0;
     }
     let base = (p.h0 + hh) * p.n2 * 7u;
@@ -232,7 +232,8 @@ fn vandermonde(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
                 let o = base + (c0 + j) * 7u;
                 let w = vec2<f32>(bitcast<f32>(modes[o]), bitcast<f32>(modes[o + 1u]));
                 let z = cmul(w, abar_pow(o, l0));
-                for (var r = 0u; r < RUN; r++) {
+                // #unroll r RUN
+                {
                     acc[r] += cmul(z, apow[j * RUN + r]).x;
                 }
             }

@@ -127,8 +127,9 @@ impl<T: Element> DiagonalSsm<T> {
     }
 }
 
-/// Positions per invocation of `vandermonde` (`RUN`, at most `RUN_MAX` = 32): one exp/cos/sin
-/// triple per mode serves RUN outputs. 32 measured ~20 % faster than 8 on W3's kernel (lavapipe).
+/// Positions per invocation of `vandermonde` (`RUN`, a compile-time constant so the RUN
+/// accumulators are unrolled into registers): one exp/cos/sin triple per mode serves RUN outputs.
+/// 32 measured ~20 % faster than 8 on W3's kernel (lavapipe).
 fn vandermonde_run(wg: u32) -> u64 {
     32.min(wg as u64)
 }
