@@ -81,6 +81,9 @@ struct Params {
 @group(0) @binding(6) var<storage, read> rot: array<f32>;
 @group(0) @binding(7) var<storage, read_write> st: array<f32>;
 @group(0) @binding(8) var<storage, read> bounds: array<u32>;   // [Lq][2] sequence of each token
+// attend_reg with VEC_V: v again, read a vec4 at a time (the host checked v's rows are 4-aligned).
+@group(0) @binding(9) var<storage, read> v4: array<ST4>;
+override VEC_V: bool = false;
 
 // Row r of the pass is (batch b, query head h) = divmod(r0 + r, heads); the element offsets below
 // are relative to row 0 of the pass (u32 arithmetic wraps, so the difference is exact).
@@ -574,13 +577,21 @@ fn attend_reg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
             for (var j = j0; j < j_end; j++) {
                 let jl = j - j0;
                 var vr: array<vec4<f32>, 4>;
-                for (var c = 0u; c < 16u; c++) {
-                    let d = d0 + c;
-                    var x = 0.0;
-                    if (d < p.dv) {
-                        x = ld_v(vb + (j - p.klo) * p.v_ts + d);
+                if (VEC_V) {
+                    let vj = (vb + (j - p.klo) * p.v_ts + d0) / 4u;
+                    for (var c4 = 0u; c4 < 4u; c4++) {
+                        let x = ld4_v4(vj + c4);
+                        vr[c4] = select(vec4<f32>(0.0), x, d0 + c4 * 4u < p.dv);
                     }
-                    vr[c / 4u][c % 4u] = x;
+                } else {
+                    for (var c = 0u; c < 16u; c++) {
+                        let d = d0 + c;
+                        var x = 0.0;
+                        if (d < p.dv) {
+                            x = ld_v(vb + (j - p.klo) * p.v_ts + d);
+                        }
+                        vr[c / 4u][c % 4u] = x;
+                    }
                 }
                 for (var g = 0u; g < 4u; g++) {
                     let w4 = rp_s[jl * 8u + og * 4u + g];

@@ -204,9 +204,18 @@ fn record_attend_pass<T: Element>(
             "attend_reg"
         }
     };
-    let pl = ctx
-        .pipelines
-        .get(ctx, "softmax_attention", entry, storage, &consts)?;
+    // attend_reg reads v a vec4 at a time when its rows are 4-aligned (checked per segment).
+    let reg = t.family == AttentionTiles::Cpu;
+    let sv_ = d.v();
+    let v_rows4 = d.dv % 4 == 0 && [sv_.batch, sv_.head, sv_.token].iter().all(|&x| x % 4 == 0);
+    let pl = |vec_v: bool| {
+        let mut c = consts.clone();
+        if reg {
+            c.push(("VEC_V", vec_v as u32));
+        }
+        ctx.pipelines
+            .get(ctx, "softmax_attention", entry, storage, &c)
+    };
     let es = size_of::<T>() as u64;
     let (dk, dv) = (d.dk as u64, d.dv as u64);
     let ((r0, nr), (q0, nq)) = (pass.rows, pass.queries);
@@ -309,12 +318,18 @@ fn record_attend_pass<T: Element>(
             _pad1: 0,
             _pad2: 0,
         };
-        // `attend_reg` has no ReRoPE, so its layout has no `rot`.
+        // `attend_reg` has no ReRoPE, so its layout has no `rot`; slot 9 is v's vec4 view.
+        let vec_v = v_rows4 && v_off % 4 == 0;
+        let bv4 = if vec_v {
+            Bind { slot: 9, ..bv }
+        } else {
+            whole(9, &dummy)
+        };
         let binds = match t.family {
             AttentionTiles::Gpu => vec![bq_, bk_, bv, bo, bs, br, bst, bsq],
-            AttentionTiles::Cpu => vec![bq_, bk_, bv, bo, bs, bst, bsq],
+            AttentionTiles::Cpu => vec![bq_, bk_, bv, bo, bs, bst, bsq, bv4],
         };
-        s.dispatch(&pl, &prm, &binds, total)?;
+        s.dispatch(&*pl(vec_v)?, &prm, &binds, total)?;
     }
     Ok(())
 }
