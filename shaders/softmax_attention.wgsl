@@ -429,6 +429,31 @@ fn row_update(rr: u32, i: u32, j0: u32, j_end: u32) {
     rrow_alpha[rr] = alpha;
 }
 
+// Four columns d.. of a row, one branch for the caller (a branch per column stops the
+// unrolling): m = dv − 1 − d is the last valid offset; a column past it reads, or stores again,
+// column m's value.
+fn st_quad(at: u32, m: u32) -> vec4<f32> {
+    return vec4<f32>(st[at], st[at + min(1u, m)], st[at + min(2u, m)], st[at + min(3u, m)]);
+}
+
+fn put_st(at: u32, m: u32, y: vec4<f32>) {
+    let y1 = select(y.x, y.y, m >= 1u);
+    let y2 = select(y1, y.z, m >= 2u);
+    st[at] = y.x;
+    st[at + min(1u, m)] = y1;
+    st[at + min(2u, m)] = y2;
+    st[at + min(3u, m)] = select(y2, y.w, m >= 3u);
+}
+
+fn put_o(at: u32, m: u32, y: vec4<f32>) {
+    let y1 = select(y.x, y.y, m >= 1u);
+    let y2 = select(y1, y.z, m >= 2u);
+    st_o(at, y.x);
+    st_o(at + min(1u, m), y1);
+    st_o(at + min(2u, m), y2);
+    st_o(at + min(3u, m), select(y2, y.w, m >= 3u));
+}
+
 @compute @workgroup_size(WG)
 fn attend_reg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_index) lid: u32) {
@@ -468,18 +493,20 @@ fn attend_reg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
     let d0 = (lid % ncb) * 16u;
     let oi0 = i0 + og * RT;
 
+    // Every loop that indexes acc is unrolled (// #unroll): one runtime index would move the
+    // whole tile from registers to memory. Partial vec4s go through a local copy.
     var acc: array<vec4<f32>, 64>;   // [RT rows][4 vec4 of columns]
-    for (var e = 0u; e < 64u; e++) {
+    // #unroll e 64
+    {
         acc[e] = vec4<f32>(0.0);
     }
     if (!first && o_own) {
-        for (var rr = 0u; rr < RT; rr++) {
-            let i = oi0 + rr;
-            for (var c = 0u; c < 16u; c++) {
-                let d = d0 + c;
-                if (i < q_end && d < p.dv) {
-                    acc[rr * 4u + c / 4u][c % 4u] = st[(sb + i - p.q0) * p.dv + d];
-                }
+        // #unroll t 64
+        {
+            let i = oi0 + t / 4u;
+            let d = d0 + (t % 4u) * 4u;
+            if (i < q_end && d < p.dv) {
+                acc[t] = st_quad((sb + i - p.q0) * p.dv + d, p.dv - 1u - d);
             }
         }
     }
@@ -502,7 +529,8 @@ fn attend_reg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
     for (var j0 = seg_lo; j0 < seg_hi; j0 += RK) {
         let j_end = min(j0 + RK, seg_hi);
         var s: array<vec4<f32>, 32>;   // [RT rows][2 vec4 of keys]
-        for (var e = 0u; e < 32u; e++) {
+        // #unroll e 32
+        {
             s[e] = vec4<f32>(0.0);
         }
         for (var a0 = 0u; a0 < p.dk; a0 += RDKC) {
@@ -530,7 +558,8 @@ fn attend_reg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
                     let q3 = rq_s[a * 8u + sg * 4u + 3u];
                     let k0 = rk_s[a * 8u + sk * 2u];
                     let k1 = rk_s[a * 8u + sk * 2u + 1u];
-                    for (var c = 0u; c < 4u; c++) {
+                    // #unroll c 4
+                    {
                         let x0 = vec4<f32>(q0[c]);
                         let x1 = vec4<f32>(q1[c]);
                         let x2 = vec4<f32>(q2[c]);
@@ -548,15 +577,21 @@ fn attend_reg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
             }
         }
         if (s_own) {
-            for (var rr = 0u; rr < RT; rr++) {
-                let il = sg * RT + rr;
-                for (var c = 0u; c < 2u; c++) {
-                    var x = s[rr * 2u + c];
-                    for (var e = 0u; e < 4u; e++) {
-                        x[e] = logit(x[e], i0 + il, j0 + sk * 8u + c * 4u + e);
-                    }
-                    rs_s[il * 8u + sk * 2u + c] = x;
+            // The dots out first (unrolled, s stays in registers), then the logits in a loop:
+            // logit() inlined once, not once per element of the tile.
+            // #unroll t 32
+            {
+                rs_s[(sg * RT + t / 2u) * 8u + sk * 2u + t % 2u] = s[t];
+            }
+            for (var t = 0u; t < 32u; t++) {
+                let il = sg * RT + t / 2u;
+                let c = t % 2u;
+                let at = il * 8u + sk * 2u + c;
+                var x = rs_s[at];
+                for (var e = 0u; e < 4u; e++) {
+                    x[e] = logit(x[e], i0 + il, j0 + sk * 8u + c * 4u + e);
                 }
+                rs_s[at] = x;
             }
         }
         workgroupBarrier();
@@ -568,39 +603,44 @@ fn attend_reg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
             // Every row of the tile sees every key of [j0, j_end): no masked weight to skip.
             let o_last = min(oi0 + RT, q_end) - 1u;
             let full = oi0 < q_end && key_range(o_last).x <= j0 && key_range(oi0).y >= j_end;
-            for (var rr = 0u; rr < RT; rr++) {
+            // #unroll rr RT
+            {
                 let al = vec4<f32>(rrow_alpha[og * RT + rr]);
-                for (var c = 0u; c < 4u; c++) {
+                // #unroll c 4
+                {
                     acc[rr * 4u + c] *= al;
                 }
             }
             for (var j = j0; j < j_end; j++) {
                 let jl = j - j0;
                 var vr: array<vec4<f32>, 4>;
-                if (VEC_V) {
-                    let vj = (vb + (j - p.klo) * p.v_ts + d0) / 4u;
-                    for (var c4 = 0u; c4 < 4u; c4++) {
-                        let x = ld4_v4(vj + c4);
-                        vr[c4] = select(vec4<f32>(0.0), x, d0 + c4 * 4u < p.dv);
-                    }
-                } else {
-                    for (var c = 0u; c < 16u; c++) {
-                        let d = d0 + c;
-                        var x = 0.0;
-                        if (d < p.dv) {
-                            x = ld_v(vb + (j - p.klo) * p.v_ts + d);
+                // #unroll c4 4
+                {
+                    let d = d0 + c4 * 4u;
+                    var x = vec4<f32>(0.0);
+                    if (VEC_V) {
+                        let y = ld4_v4((vb + (j - p.klo) * p.v_ts + d) / 4u);
+                        x = select(x, y, d < p.dv);
+                    } else {
+                        for (var f = 0u; f < 4u; f++) {
+                            if (d + f < p.dv) {
+                                x[f] = ld_v(vb + (j - p.klo) * p.v_ts + d + f);
+                            }
                         }
-                        vr[c / 4u][c % 4u] = x;
                     }
+                    vr[c4] = x;
                 }
-                for (var g = 0u; g < 4u; g++) {
+                // #unroll g 4
+                {
                     let w4 = rp_s[jl * 8u + og * 4u + g];
-                    for (var e = 0u; e < 4u; e++) {
+                    // #unroll e 4
+                    {
                         let w = vec4<f32>(w4[e]);
                         let rr = g * 4u + e;
                         // A masked key's v may be NaN, and 0 * NaN is NaN: skip, never weigh by 0.
                         let keep = full || !(w4[e] < 0.0);
-                        for (var c = 0u; c < 4u; c++) {
+                        // #unroll c 4
+                        {
                             let y = fma(w, vr[c], acc[rr * 4u + c]);
                             acc[rr * 4u + c] = select(acc[rr * 4u + c], y, keep);
                         }
@@ -612,13 +652,12 @@ fn attend_reg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
     workgroupBarrier();
     if (!last) {
         if (o_own) {
-            for (var rr = 0u; rr < RT; rr++) {
-                let i = oi0 + rr;
-                for (var c = 0u; c < 16u; c++) {
-                    let d = d0 + c;
-                    if (i < q_end && d < p.dv) {
-                        st[(sb + i - p.q0) * p.dv + d] = acc[rr * 4u + c / 4u][c % 4u];
-                    }
+            // #unroll t 64
+            {
+                let i = oi0 + t / 4u;
+                let d = d0 + (t % 4u) * 4u;
+                if (i < q_end && d < p.dv) {
+                    put_st((sb + i - p.q0) * p.dv + d, p.dv - 1u - d, acc[t]);
                 }
             }
         }
@@ -632,21 +671,20 @@ fn attend_reg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
         return;
     }
     if (o_own) {
+        // Rows past the last packed offset (or the pass) keep their output.
+        var live = 0u;
         for (var rr = 0u; rr < RT; rr++) {
+            let kr = key_range(oi0 + rr);
+            live |= select(0u, 1u << rr, kr.x < kr.y && oi0 + rr < q_end);
+        }
+        // #unroll t 64
+        {
+            let rr = t / 4u;
             let i = oi0 + rr;
-            let kr = key_range(i);
-            if (kr.x >= kr.y) {
-                continue;   // past the last packed offset (or the pass): output kept
-            }
-            var l = 1.0;
-            if (WMODE == 0u) {
-                l = rrow_l[og * RT + rr];
-            }
-            for (var c = 0u; c < 16u; c++) {
-                let d = d0 + c;
-                if (i < q_end && d < p.dv) {
-                    st_o(ob + (i - p.q0) * p.o_ts + d, acc[rr * 4u + c / 4u][c % 4u] / l);
-                }
+            let d = d0 + (t % 4u) * 4u;
+            if ((live & (1u << rr)) != 0u && d < p.dv) {
+                let l = select(1.0, rrow_l[og * RT + rr], WMODE == 0u);
+                put_o(ob + (i - p.q0) * p.o_ts + d, p.dv - 1u - d, acc[t] / l);
             }
         }
     }
