@@ -293,10 +293,10 @@ pub(crate) struct PassBinds<'b> {
 /// spans whole quads (offsets, strides, Dk and Dv multiples of 4): the prep passes then read them
 /// as vec4 (one load per four elements instead of four).
 fn rows_aligned(job: &Job, gm: &Geom, b: &PassBinds<'_>) -> bool {
-    let q4 = |x: u64| x % 4 == 0;
+    let q4 = |x: u64| x.is_multiple_of(4);
     let st = |s: &Strides| [s.batch, s.head, s.token].iter().all(|&x| q4(x as u64));
-    q4(job.dk as u64)
-        && q4(job.dv as u64)
+    q4(job.dk)
+        && q4(job.dv)
         && [b.q.1, b.k.1, b.v.1].iter().all(|&o| q4(o as u64))
         && st(&gm.q)
         && st(&gm.k)

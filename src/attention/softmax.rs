@@ -207,7 +207,9 @@ fn record_attend_pass<T: Element>(
     // attend_reg reads v a vec4 at a time when its rows are 4-aligned (checked per segment).
     let reg = t.family == AttentionTiles::Cpu;
     let sv_ = d.v();
-    let v_rows4 = d.dv % 4 == 0 && [sv_.batch, sv_.head, sv_.token].iter().all(|&x| x % 4 == 0);
+    let v_rows4 = [d.dv, sv_.batch, sv_.head, sv_.token]
+        .iter()
+        .all(|&x| x.is_multiple_of(4));
     let pl = |vec_v: bool| {
         let mut c = consts.clone();
         if reg {
@@ -319,7 +321,7 @@ fn record_attend_pass<T: Element>(
             _pad2: 0,
         };
         // `attend_reg` has no ReRoPE, so its layout has no `rot`; slot 9 is v's vec4 view.
-        let vec_v = v_rows4 && v_off % 4 == 0;
+        let vec_v = v_rows4 && v_off.is_multiple_of(4);
         let bv4 = if vec_v {
             Bind { slot: 9, ..bv }
         } else {
