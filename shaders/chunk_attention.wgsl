@@ -11,7 +11,8 @@
 // Layout (f32 scratch of one pass; R rows = (batch, head) pairs, nc chunks of CP ≥ CHUNK slots,
 // slots past CHUNK and rows past L are zero): qt, kt = φ(Q)ᵀ, φ(K)ᵀ per chunk [R, nc, Dkp, CP]
 // (kt causal only);
-// kw = φ(K) rows weighted by λ^(C−1−j) [R, nc, CP, Dkp]; vp = V padded [R, nc, CP, Dvp];
+// kw = φ(K) rows weighted by λ^(C−1−j) [R, nc, CP, Dkp]; vp = V padded [R, nc, CP, Dvp] (unused
+// with V_DIRECT: V itself);
 // state [R, nc, W] with W = Dkp·Dvp (KV) + Dkp (z); carry [R, W] (the state entering this segment
 // of L, then the state after it). Dkp, Dvp are multiples of TR, TC; CP of TR, TC and 4.
 // Pipeline: [load_state] -> prep_qk, prep_v -> chunk_state -> scan -> [totals] -> chunk_apply.

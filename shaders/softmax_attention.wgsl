@@ -494,7 +494,7 @@ fn attend_reg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
     let oi0 = i0 + og * RT;
 
     // Every loop that indexes acc is unrolled (// #unroll): one runtime index would move the
-    // whole tile from registers to memory. Partial vec4s go through a local copy.
+    // whole tile from registers to memory. Quads load and store through st_quad / put_*.
     var acc: array<vec4<f32>, 64>;   // [RT rows][4 vec4 of columns]
     // #unroll e 64
     {

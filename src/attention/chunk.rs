@@ -3,7 +3,8 @@
 //! Lightning attention (per-head decay), NormAttention's numerator, FAVOR+'s core (features
 //! precomputed) and the causal prefill of recurrent decoding (the state after all of L).
 //!
-//! Passes: φ once per element (`prep_qk`, `prep_v`, into zero-padded f32 tiles), per-chunk states
+//! Passes: φ once per element (`prep_qk`, `prep_v`, into zero-padded f32 tiles; 4-aligned rows
+//! are read as vec4, and V needing no padding is read in place, without `prep_v`), per-chunk states
 //! `Σ_j λ^(C−1−j) φ(k_j) v_jᵀ` (`chunk_state`), the carried state over chunks (`scan`), then per
 //! chunk the masked score block in workgroup memory and the output (`chunk_apply`). Tile sizes
 //! come from the adapter ([`TileFamily`]); the padded head dims Dkp, Dvp are compile-time constants
