@@ -130,13 +130,15 @@ fn row_base(r: u32, bs: u32, hs: u32, grp: u32) -> u32 {
     return b * bs + ((g % p.hq) / grp) * hs - ((p.g0 % p.hq) / grp) * hs;
 }
 
-// V of chunk rc's slot j, value dims 4q..4q+3 (0 past the segment's keys); vrow = v_row(row).
-fn v_quad(rc: u32, vrow: u32, c: u32, j: u32, q: u32) -> vec4<f32> {
+// V of chunk rc's slot j, value dims 4n..4n+3 (0 past the segment's keys); vrow = v_row(row).
+fn v_quad(rc: u32, vrow: u32, c: u32, j: u32, n: u32) -> vec4<f32> {
     if (V_DIRECT) {
         let t = c * CHUNK + j;
-        return select(vec4<f32>(0.0), ld4_v4((vrow + t * p.v_ts) / 4u + q), t < p.lk);
+        // Past the keys, the load reads the last key's row (in the binding) and is discarded.
+        let tl = min(t, max(p.lk, 1u) - 1u);
+        return select(vec4<f32>(0.0), ld4_v4((vrow + tl * p.v_ts) / 4u + n), t < p.lk);
     }
-    return vp[(rc * CP + j) * (DVP / 4u) + q];
+    return vp[(rc * CP + j) * (DVP / 4u) + n];
 }
 
 fn v_row(r: u32) -> u32 {

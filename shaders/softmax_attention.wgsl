@@ -619,7 +619,8 @@ fn attend_reg(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
                     let d = d0 + c4 * 4u;
                     var x = vec4<f32>(0.0);
                     if (VEC_V) {
-                        let y = ld4_v4((vb + (j - p.klo) * p.v_ts + d) / 4u);
+                        // VEC_V: Dv is a multiple of 4; a quad past it reads the last one.
+                        let y = ld4_v4((vb + (j - p.klo) * p.v_ts + min(d, p.dv - 4u)) / 4u);
                         x = select(x, y, d < p.dv);
                     } else {
                         for (var f = 0u; f < 4u; f++) {

@@ -240,7 +240,8 @@ fn vandermonde(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
         }
     }
     if (live) {
-        for (var r = 0u; r < RUN; r++) {
+        // #unroll r RUN
+        {
             let rel = rel0 + i32(r);
             if (l0 + r < p.len && rel >= 0 && rel < i32(p.ne)) {
                 st_k(p.k_off + u32(rel), 2.0 * acc[r]);

@@ -444,8 +444,14 @@ fn record_passes(
         ]
     };
     let pl = |entry, w| {
+        let mut c = consts(w);
+        if matches!(entry, "scan" | "totals" | "load_state") {
+            // They read no input: one pipeline whatever the inputs' alignment.
+            c[1].1 = 0;
+            c[2].1 = 0;
+        }
         ctx.pipelines
-            .get(ctx, "chunk_attention", entry, job.storage, &consts(w))
+            .get(ctx, "chunk_attention", entry, job.storage, &c)
     };
     let bsl = whole(4, slopes);
     let w4 = geo.width() / 4;

@@ -206,10 +206,6 @@ fn record_attend_pass<T: Element>(
     };
     // attend_reg reads v a vec4 at a time when its rows are 4-aligned (checked per segment).
     let reg = t.family == AttentionTiles::Cpu;
-    let sv_ = d.v();
-    let v_rows4 = [d.dv, sv_.batch, sv_.head, sv_.token]
-        .iter()
-        .all(|&x| x.is_multiple_of(4));
     let pl = |vec_v: bool| {
         let mut c = consts.clone();
         if reg {
@@ -223,6 +219,9 @@ fn record_attend_pass<T: Element>(
     let ((r0, nr), (q0, nq)) = (pass.rows, pass.queries);
     let rl = r0 + nr - 1;
     let (sq, sk, sv, so) = (d.q(), d.k(), d.v(), d.o());
+    let v_rows4 = [d.dv, sv.batch, sv.head, sv.token]
+        .iter()
+        .all(|&x| x.is_multiple_of(4));
     let n_cb = t.n_cb as u64;
     // Each binding spans its first row's first token to its last row's last token.
     let q_span = |s: &Strides, n: u64, w: u64| {

@@ -234,44 +234,51 @@ fn splits_one_row_along_l_past_the_binding_limit() {
 
 #[test]
 fn nan_reaches_exactly_the_outputs_the_reference_makes_nan() {
-    let (rows, l, dk, dv) = (3, 150, 4, 5);
-    for fm in [FeatureMap::Elu1, FeatureMap::Relu] {
-        for causal in [false, true] {
-            let mut g = rng(5);
-            let mut q = randn(&mut g, rows * l * dk, 1.0);
-            let mut k = randn(&mut g, rows * l * dk, 1.0);
-            let mut v = randn(&mut g, rows * l * dv, 1.0);
-            k[(l + 70) * dk + 2] = f32::NAN; // row 1, position 70
-            v[5 * dv + 1] = f32::NAN; // row 0, position 5, column 1
-            q[(2 * l + 3) * dk] = f32::NAN; // row 2, position 3
-            let o = opts(fm, causal);
-            let d = check_shapes("t", &[rows, l, dk], &[rows, l, dk], &[rows, l, dv]).unwrap();
-            let want = reference::attention::linear_attention(&q, &k, &v, &d, &o).unwrap();
-            assert!(want.iter().any(|x| x.is_nan()) && want.iter().any(|x| !x.is_nan()));
-            let c = ctx();
-            let out = Tensor::<f32>::nan(c, &d.out_shape).unwrap();
-            let t = |x: &[f32], s: &[usize]| Tensor::from_slice(c, x, s).unwrap();
-            linear_attention_into(
-                c,
-                &t(&q, &[rows, l, dk]),
-                &t(&k, &[rows, l, dk]),
-                &t(&v, &[rows, l, dv]),
-                &out,
-                &o,
-            )
-            .unwrap();
-            let got = to_f64(&out.to_vec(c).unwrap());
-            let mism = got
-                .iter()
-                .zip(&want)
-                .filter(|(g, w)| g.is_nan() != w.is_nan())
-                .count();
-            assert_eq!(
-                mism, 0,
-                "{fm:?} causal={causal}: NaN pattern differs at {mism} outputs"
-            );
-            assert_close("non-NaN outputs", &got, &want, TOL_F32);
-        }
+    // Dv = 16 takes the vec4 reads with V in place (CPU tiles), Dv = 5 the scalar path.
+    for (fm, causal, dv) in [
+        (FeatureMap::Elu1, false, 5),
+        (FeatureMap::Elu1, true, 5),
+        (FeatureMap::Relu, false, 5),
+        (FeatureMap::Relu, true, 5),
+        (FeatureMap::Elu1, false, 16),
+        (FeatureMap::Elu1, true, 16),
+    ] {
+        let (rows, l, dk) = (3, 150, 4);
+        let mut g = rng(5);
+        let mut q = randn(&mut g, rows * l * dk, 1.0);
+        let mut k = randn(&mut g, rows * l * dk, 1.0);
+        let mut v = randn(&mut g, rows * l * dv, 1.0);
+        k[(l + 70) * dk + 2] = f32::NAN; // row 1, position 70
+        v[5 * dv + 1] = f32::NAN; // row 0, position 5, column 1
+        v[140 * dv + 2] = f32::NAN; // row 0, position 140 (the ragged last chunk)
+        q[(2 * l + 3) * dk] = f32::NAN; // row 2, position 3
+        let o = opts(fm, causal);
+        let d = check_shapes("t", &[rows, l, dk], &[rows, l, dk], &[rows, l, dv]).unwrap();
+        let want = reference::attention::linear_attention(&q, &k, &v, &d, &o).unwrap();
+        assert!(want.iter().any(|x| x.is_nan()) && want.iter().any(|x| !x.is_nan()));
+        let c = ctx();
+        let out = Tensor::<f32>::nan(c, &d.out_shape).unwrap();
+        let t = |x: &[f32], s: &[usize]| Tensor::from_slice(c, x, s).unwrap();
+        linear_attention_into(
+            c,
+            &t(&q, &[rows, l, dk]),
+            &t(&k, &[rows, l, dk]),
+            &t(&v, &[rows, l, dv]),
+            &out,
+            &o,
+        )
+        .unwrap();
+        let got = to_f64(&out.to_vec(c).unwrap());
+        let mism = got
+            .iter()
+            .zip(&want)
+            .filter(|(g, w)| g.is_nan() != w.is_nan())
+            .count();
+        assert_eq!(
+            mism, 0,
+            "{fm:?} causal={causal} Dv={dv}: NaN pattern differs at {mism} outputs"
+        );
+        assert_close("non-NaN outputs", &got, &want, TOL_F32);
     }
 }
 
