@@ -633,16 +633,9 @@ fn chunk_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
             }
             let d = d0 + (k % TC4) * 4u;
             let o0 = ob + i * p.o_ts + d;
-            // One branch per vec4 (four branches stop the unrolling): a column m past the last
-            // valid one, dv − 1 − d, stores that column's value again instead.
+            // One branch per vec4 (put_o, from the prelude).
             if (i < n && d < p.dv) {
-                let m = p.dv - 1u - d;
-                let y1 = select(y.x, y.y, m >= 1u);
-                let y2 = select(y1, y.z, m >= 2u);
-                st_o(o0, y.x);
-                st_o(o0 + min(1u, m), y1);
-                st_o(o0 + min(2u, m), y2);
-                st_o(o0 + min(3u, m), select(y2, y.w, m >= 3u));
+                put_o(o0, p.dv - 1u - d, y);
             }
         }
     }

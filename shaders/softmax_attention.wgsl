@@ -429,9 +429,8 @@ fn row_update(rr: u32, i: u32, j0: u32, j_end: u32) {
     rrow_alpha[rr] = alpha;
 }
 
-// Four columns d.. of a row, one branch for the caller (a branch per column stops the
-// unrolling): m = dv − 1 − d is the last valid offset; a column past it reads, or stores again,
-// column m's value.
+// Four columns d.. of a row of st, like put_o (prelude) for o: one branch for the caller, and a
+// column past m = dv − 1 − d reads, or stores again, column m's value.
 fn st_quad(at: u32, m: u32) -> vec4<f32> {
     return vec4<f32>(st[at], st[at + min(1u, m)], st[at + min(2u, m)], st[at + min(3u, m)]);
 }
@@ -443,15 +442,6 @@ fn put_st(at: u32, m: u32, y: vec4<f32>) {
     st[at + min(1u, m)] = y1;
     st[at + min(2u, m)] = y2;
     st[at + min(3u, m)] = select(y2, y.w, m >= 3u);
-}
-
-fn put_o(at: u32, m: u32, y: vec4<f32>) {
-    let y1 = select(y.x, y.y, m >= 1u);
-    let y2 = select(y1, y.z, m >= 2u);
-    st_o(at, y.x);
-    st_o(at + min(1u, m), y1);
-    st_o(at + min(2u, m), y2);
-    st_o(at + min(3u, m), select(y2, y.w, m >= 3u));
 }
 
 @compute @workgroup_size(WG)

@@ -128,6 +128,21 @@ fn gid(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
 }",
     ),
     (
+        "put_o",
+        None,
+        "// Stores columns d..d+3 of a row of o with one branch at the caller (a branch per column
+// stops unrolling): m = dv - 1 - d is the last valid offset; a column past it stores column m's
+// value again.
+fn put_o(at: u32, m: u32, y: vec4<f32>) {
+    let y1 = select(y.x, y.y, m >= 1u);
+    let y2 = select(y1, y.z, m >= 2u);
+    st_o(at, y.x);
+    st_o(at + min(1u, m), y1);
+    st_o(at + min(2u, m), y2);
+    st_o(at + min(3u, m), select(y2, y.w, m >= 3u));
+}",
+    ),
+    (
         "fmax",
         None,
         "// max that keeps NaN out of neither argument's way: b when b > a, else a.

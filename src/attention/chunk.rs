@@ -447,8 +447,11 @@ fn record_passes(
         let mut c = consts(w);
         if matches!(entry, "scan" | "totals" | "load_state") {
             // They read no input: one pipeline whatever the inputs' alignment.
-            c[1].1 = 0;
-            c[2].1 = 0;
+            for (name, v) in c.iter_mut() {
+                if matches!(*name, "VEC_IN" | "V_DIRECT") {
+                    *v = 0;
+                }
+            }
         }
         ctx.pipelines
             .get(ctx, "chunk_attention", entry, job.storage, &c)
