@@ -208,5 +208,15 @@ fn main() {
             flop / 1e9,
             flop / ms / 1e6
         );
+        // With LONGSEQ_PASS_TIMES=1: where the time went, per pass (summed over warm-up and runs).
+        for t in longseq::profile::pass_times() {
+            let per = (a.runs + 1) as f64;
+            println!(
+                "|   pass {} | {} | | {:.1} | | |",
+                t.name,
+                t.count,
+                t.total.as_secs_f64() * 1e3 / per
+            );
+        }
     }
 }

@@ -3,9 +3,9 @@
 // x: [R, L, Dk] (queries or keys, storage dtype); omega: [M, Dk] f32;
 // feat: [R, L, F] f32, F = M (positive) or 2M (trig: sin block, then cos block);
 // logscale: [R, L] f32; head: [R] f32 (head_off: element offset into a caller's tensor).
-// favor_proj:   feat_r = w_r.x' (register-tiled), read by favor_logits.
-// favor_logits: x' = x d^(-1/4); positive: feat_r = w_r.x' - |x'|^2/2, logscale = max_r feat_r;
+// favor_proj:   x' = x d^(-1/4), register-tiled; positive: feat_r = w_r.x' - |x'|^2/2;
 //               trig: feat_r = feat_{M+r} = w_r.x', logscale = |x'|^2/2.
+// favor_logits: positive: logscale = max_r feat_r.
 // head_max:     head[r] = max_t logscale[r, t] (the key stabiliser, over all keys of a head).
 // favor_exp_*:  positive: M^(-1/2) exp(feat - c); trig: M^(-1/2) exp(logscale - c) sin|cos(feat),
 //               c = logscale[r, t] (row: queries, or one key in a decoding step) or head[r] (keys).
@@ -18,19 +18,21 @@
 // key_running_max: causal: krun[r, t, a] = max over keys 0..=t of feat[r, ., a].
 // favor_exp_keys:  feat = M^(-1/2) exp(feat - kmax[r, c(t), a]) <= M^(-1/2); causal: the logits
 //                  are kept in xf [R, L, M] for favor_intra.
-// favor_exp_query: cq = max_a (feat[a] + best_a), best = krun[r, t] (causal) or kmax, the row's
+// query_max:       cq = max_a (feat[a] + best_a), best = krun[r, t] (causal) or kmax, the row's
 //                  largest log-term over the keys it sees (that term is exact, none exceeds it).
-//                  Non-causal: feat = M^(-1/2) exp(feat + kmax[a] - cq). Causal: the features meet
+// favor_exp_query: non-causal: feat = M^(-1/2) exp(feat + kmax[a] - cq). Causal: the features meet
 //                  only the state entering t's chunk c, whose scale is kmax[c-1] <= krun[t]:
 //                  feat = M^(-1/2) exp(feat + kmax[r, c-1, a] - cq) <= M^(-1/2) (0 in chunk 0);
 //                  cq goes to logscale[r, t] and the logits to krun (same index) for favor_intra.
 // extend_v:        xv = [v | 1]: [R, L, Dv + 1] f32 into feat (p.dk = Dv), the engine's values
 //                  when it returns numerator and denominator unsplit.
 // favor_intra_w:   causal: w_ij = Σ_{a in [a0, a1)} exp(lq_ia + lk_ja − cq_i) for j ≤ i in one
-//                  chunk (0 above the diagonal) into wij [R, nc, CH, CH], one invocation per entry;
+//                  chunk into wij [R, nc, CH, CH] (above the diagonal: unwritten, unread), one
+//                  invocation per IT×IT tile of the lower triangle;
 //                  the host cuts M into blocks of at most FEAT_BLOCK features (one dispatch each,
 //                  the first writes, the rest add), so no invocation loops past lavapipe's limit.
-// favor_intra:     causal: one invocation per output (row, t, e) adds its chunk's own keys j <= i,
+// favor_intra:     causal: one invocation per IT×IT tile of outputs (rows t, dims e) adds its
+//                  chunk's own keys j <= i,
 //                  weights M^(-1) w_ij <= 1 (the log domain), to the engine's [num | den] of the
 //                  earlier chunks (nd) and writes num / den (0 for 0/0). So no key is ever scaled
 //                  by a later key's maximum (the old limit: a later key in i's chunk raising a
@@ -75,6 +77,11 @@ struct Params {
 @group(0) @binding(9) var<storage, read> nd: array<f32>;
 @group(0) @binding(10) var<storage, read_write> ratio: array<f32>;
 @group(0) @binding(11) var<storage, read_write> wij: array<f32>;
+// favor_proj with VEC_X: x and omega again, four elements per entry (the host checked x_off and
+// Dk are multiples of 4).
+@group(0) @binding(12) var<storage, read> x4: array<ST4>;
+@group(0) @binding(13) var<storage, read> omega4: array<vec4<f32>>;
+override VEC_X: bool = false;
 
 var<workgroup> red: array<f32, WG>;
 
@@ -113,8 +120,9 @@ fn reduce_max(lid: u32, v: f32) -> f32 {
     return r;
 }
 
-// One workgroup per position (r, t).
-const PT: u32 = 8u;  // favor_proj: tokens and features per register tile (PROJ_TILE on the host)
+// favor_proj: tokens and features per register tile (compile-time: it sizes function-scope
+// arrays; the pipeline substitutes the host's TileFamily::proj_tile).
+const PT: u32 = 16u;
 
 // One invocation per PT×PT tile of (token, feature): feat[t, r] = ω_r·x'_t, PT + PT loads per
 // PT·PT FMAs (loads, not arithmetic, bound CPU adapters). p.total = tiles; tokens = rows·len.
@@ -147,65 +155,92 @@ fn favor_proj(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
             }
         }
     }
-    for (var a = p.a0; a < p.a1; a++) {
-        var xs: array<f32, PT>;
-        var ws: array<f32, PT>;
-        // #unroll i PT
-        {
-            // Past the last token or feature: re-read the last one (in the binding; not written).
-            xs[i] = ld_x(p.x_off + min(t0 + i, nt - 1u) * p.dk + a) * p.scale;
-            ws[i] = omega[min(r0 + i, p.m - 1u) * p.dk + a];
-        }
-        // #unroll i PT
-        {
-            // #unroll j PT
+    // Positive: ω_r·x' − ‖x'‖²/2 = Σ_a (ω_ra x'_a − x'_a²/2), so each block of Dk subtracts its
+    // own part of the norm. Trig: the norm goes to logscale (the tile of features 0).
+    var sq: array<f32, PT>;
+    // #unroll i PT
+    {
+        sq[i] = 0.0;
+    }
+    if (VEC_X) {
+        // Four steps of Dk per load (x_off, Dk and the block bounds are multiples of 4).
+        for (var a4 = p.a0 / 4u; a4 < p.a1 / 4u; a4++) {
+            var xs: array<vec4<f32>, PT>;
+            var ws: array<vec4<f32>, PT>;
+            // #unroll i PT
             {
-                acc[i * PT + j] = fma(xs[i], ws[j], acc[i * PT + j]);
+                xs[i] = ld4_x4((p.x_off + min(t0 + i, nt - 1u) * p.dk) / 4u + a4) * p.scale;
+                ws[i] = omega4[min(r0 + i, p.m - 1u) * (p.dk / 4u) + a4];
+                sq[i] += dot(xs[i], xs[i]);
+            }
+            // #unroll i PT
+            {
+                // #unroll j PT
+                {
+                    acc[i * PT + j] += dot(xs[i], ws[j]);
+                }
+            }
+        }
+    } else {
+        for (var a = p.a0; a < p.a1; a++) {
+            var xs: array<f32, PT>;
+            var ws: array<f32, PT>;
+            // #unroll i PT
+            {
+                // Past the last token or feature: re-read the last one (in the binding; not
+                // written).
+                xs[i] = ld_x(p.x_off + min(t0 + i, nt - 1u) * p.dk + a) * p.scale;
+                ws[i] = omega[min(r0 + i, p.m - 1u) * p.dk + a];
+                sq[i] = fma(xs[i], xs[i], sq[i]);
+            }
+            // #unroll i PT
+            {
+                // #unroll j PT
+                {
+                    acc[i * PT + j] = fma(xs[i], ws[j], acc[i * PT + j]);
+                }
             }
         }
     }
     // #unroll i PT
     {
+        let half_sq = 0.5 * sq[i];
+        if (TRIG == 1u && r0 == 0u && t0 + i < nt) {
+            logscale[t0 + i] = select(half_sq, logscale[t0 + i] + half_sq, p.a0 > 0u);
+        }
         // #unroll j PT
         {
             if (t0 + i < nt && r0 + j < p.m) {
-                feat[(t0 + i) * n_feat() + r0 + j] = acc[i * PT + j];
+                let f = (t0 + i) * n_feat() + r0 + j;
+                if (TRIG == 1u) {
+                    feat[f] = acc[i * PT + j];
+                    feat[f + p.m] = acc[i * PT + j];
+                } else {
+                    feat[f] = acc[i * PT + j] - half_sq;
+                }
             }
         }
     }
 }
 
+// Positive features: logscale = the largest logit of each position over features [a0, a1) (the
+// host cuts M in blocks of SCAN_BLOCK; the first writes, the rest fold in). One invocation per
+// position; p.total = positions.
 @compute @workgroup_size(WG)
 fn favor_logits(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                 @builtin(local_invocation_index) lid: u32) {
-    let wid = wg_index(wg, nwg);
-    if (wid >= p.total) {
+    let t = wg_index(wg, nwg) * WG + lid;
+    if (t >= p.total) {
         return;
     }
-    let xb = p.x_off + wid * p.dk;
-    var part = 0.0;
-    for (var a = lid; a < p.dk; a += WG) {
-        let y = ld_x(xb + a) * p.scale;
-        part += y * y;
-    }
-    let half_sq = 0.5 * reduce_sum(lid, part);
-    let fb = wid * n_feat();
     var mx = NEG_BIG;
-    for (var r = lid; r < p.m; r += WG) {
-        let dot = feat[fb + r];  // ω_r·x', from favor_proj
-        if (TRIG == 1u) {
-            feat[fb + r] = dot;
-            feat[fb + p.m + r] = dot;
-        } else {
-            let u = dot - half_sq;
-            feat[fb + r] = u;
-            mx = fmax(mx, u);
-        }
+    if (p.a0 > 0u) {
+        mx = logscale[t];
     }
-    let row_max = reduce_max(lid, mx);
-    if (lid == 0u) {
-        logscale[wid] = select(row_max, half_sq, TRIG == 1u);
+    for (var r = p.a0; r < p.a1; r++) {
+        mx = fmax(mx, feat[t * p.m + r]);
     }
+    logscale[t] = mx;
 }
 
 // One workgroup per row r (head): the maximum log-scale over its L positions.
@@ -343,79 +378,144 @@ fn key_running_max(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups
     }
 }
 
-// One invocation per key feature element.
+// One invocation per key position, features [a0, a1) (blocks of SCAN_BLOCK): the position's
+// divisions once, not per element (integer division is scalar on CPU adapters).
 @compute @workgroup_size(WG)
 fn favor_exp_keys(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                   @builtin(local_invocation_index) lid: u32) {
-    let idx = wg_index(wg, nwg) * WG + lid;
-    if (idx >= p.total) {
+    let t = wg_index(wg, nwg) * WG + lid;
+    if (t >= p.total) {
         return;
     }
-    let pos = idx / p.m;
-    let c = (pos % p.len) / p.chunk;
-    let at = ((pos / p.len) * p.n_chunks + c) * p.m + idx % p.m;
-    if (CAUSAL == 1u) {
-        xf[idx] = feat[idx];
+    let kb = ((t / p.len) * p.n_chunks + (t % p.len) / p.chunk) * p.m;
+    let fb = t * p.m;
+    for (var a = p.a0; a < p.a1; a++) {
+        let u = feat[fb + a];
+        if (CAUSAL == 1u) {
+            xf[fb + a] = u;
+        }
+        feat[fb + a] = p.norm * exp(u - kmax[kb + a]);
     }
-    feat[idx] = p.norm * exp(feat[idx] - kmax[at]);
 }
 
-// One workgroup per query position.
+// One invocation per query position: logscale = cq over features [a0, a1) (the host cuts M in
+// blocks of SCAN_BLOCK; the first writes, the rest fold in).
 @compute @workgroup_size(WG)
-fn favor_exp_query(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-                   @builtin(local_invocation_index) lid: u32) {
-    let wid = wg_index(wg, nwg);
-    if (wid >= p.total) {
+fn query_max(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+    let t = wg_index(wg, nwg) * WG + lid;
+    if (t >= p.total) {
         return;
     }
-    let c = (wid % p.len) / p.chunk;
-    let kb = ((wid / p.len) * p.n_chunks + c) * p.m;
-    let fb = wid * p.m;
+    let kb = ((t / p.len) * p.n_chunks + (t % p.len) / p.chunk) * p.m;
+    let fb = t * p.m;
     var mx = NEG_BIG;
-    for (var a = lid; a < p.m; a += WG) {
+    if (p.a0 > 0u) {
+        mx = logscale[t];
+    }
+    for (var a = p.a0; a < p.a1; a++) {
         var best = kmax[kb + a];
         if (CAUSAL == 1u) {
             best = krun[fb + a];
         }
         mx = fmax(mx, feat[fb + a] + best);
     }
-    let cq = reduce_max(lid, mx);
-    if (CAUSAL == 1u) {
-        if (lid == 0u) {
-            logscale[wid] = cq;
-        }
-        for (var a = lid; a < p.m; a += WG) {
-            let u = feat[fb + a];
-            krun[fb + a] = u;
-            let prev = kmax[select(kb, kb - p.m, c > 0u) + a];
-            feat[fb + a] = select(0.0, p.norm * exp(u + prev - cq), c > 0u);
-        }
+    logscale[t] = mx;
+}
+
+// One invocation per query position, features [a0, a1), after query_max.
+@compute @workgroup_size(WG)
+fn favor_exp_query(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                   @builtin(local_invocation_index) lid: u32) {
+    let t = wg_index(wg, nwg) * WG + lid;
+    if (t >= p.total) {
         return;
     }
-    for (var a = lid; a < p.m; a += WG) {
-        feat[fb + a] = p.norm * exp(feat[fb + a] + kmax[kb + a] - cq);
+    let c = (t % p.len) / p.chunk;
+    let kb = ((t / p.len) * p.n_chunks + c) * p.m;
+    let fb = t * p.m;
+    let cq = logscale[t];
+    for (var a = p.a0; a < p.a1; a++) {
+        let u = feat[fb + a];
+        if (CAUSAL == 1u) {
+            krun[fb + a] = u;
+            // The state entering chunk c is at chunk c − 1's scale (none in chunk 0).
+            let prev = kmax[select(kb, kb - p.m, c > 0u) + a];
+            feat[fb + a] = select(0.0, p.norm * exp(u + prev - cq), c > 0u);
+        } else {
+            feat[fb + a] = p.norm * exp(u + kmax[kb + a] - cq);
+        }
     }
 }
 
-// One invocation per element of xv [R, L, Dv + 1].
+// One invocation per position of xv [R, L, Dv + 1], values [a0, a1).
 @compute @workgroup_size(WG)
 fn extend_v(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
-    let idx = wg_index(wg, nwg) * WG + lid;
-    if (idx >= p.total) {
+    let t = wg_index(wg, nwg) * WG + lid;
+    if (t >= p.total) {
         return;
     }
     let we = p.dk + 1u;
-    let e = idx % we;
-    var y = 1.0;
-    if (e < p.dk) {
-        y = ld_x(p.x_off + (idx / we) * p.dk + e);
+    for (var e = p.a0; e < p.a1; e++) {
+        var y = 1.0;
+        if (e < p.dk) {
+            y = ld_x(p.x_off + t * p.dk + e);
+        }
+        feat[t * we + e] = y;
     }
-    feat[idx] = y;
 }
 
-// One invocation per entry (row, chunk, i, j) of wij, chunks of p.chunk keys. lq = krun,
-// lk = xf, cq = logscale.
+// Register tiles of the intra-chunk terms: IT rows (queries) × IT columns (keys, or value dims),
+// IT + IT loads per IT·IT exp or FMA (one load per term was the causal FAVOR+ bottleneck).
+const IT: u32 = 8u;
+
+// Lower-triangle tile k (row-major, tj <= ti) of a chunk -> (ti, tj).
+fn tri_tile(k: u32) -> vec2<u32> {
+    var ti = u32((sqrt(f32(8u * k + 1u)) - 1.0) * 0.5);
+    if ((ti + 1u) * (ti + 2u) / 2u <= k) {
+        ti += 1u;
+    }
+    if (ti * (ti + 1u) / 2u > k) {
+        ti -= 1u;
+    }
+    return vec2<u32>(ti, k - ti * (ti + 1u) / 2u);
+}
+
+// The work of one intra-weight invocation: chunk rc, rows i0.., columns j0.. (IT each), n rows in
+// the chunk, t0 its first position (global). None when the tile lies past a ragged chunk's end.
+struct WTile {
+    rc: u32,
+    i0: u32,
+    j0: u32,
+    n: u32,
+    t0: u32,
+}
+
+fn w_tile(idx: u32) -> WTile {
+    let nt = (p.chunk + IT - 1u) / IT;
+    let ntri = nt * (nt + 1u) / 2u;
+    let rc = idx / ntri;
+    let tt = tri_tile(idx % ntri);
+    let c = rc % p.n_chunks;
+    let n = min(p.chunk, p.len - c * p.chunk);
+    let t0 = (rc / p.n_chunks) * p.len + c * p.chunk;
+    return WTile(rc, tt.x * IT, tt.y * IT, n, t0);
+}
+
+// Entry (i, j) of wij for tile w: written (added past the first feature block) where j <= i < n;
+// entries above the diagonal are never written nor read.
+fn put_w(w: WTile, i: u32, j: u32, v: f32) {
+    let ii = w.i0 + i;
+    let jj = w.j0 + j;
+    if (ii < w.n && jj <= ii) {
+        let at = (w.rc * p.chunk + ii) * p.chunk + jj;
+        wij[at] = select(v, v + wij[at], p.a0 > 0u);
+    }
+}
+
+// One invocation per lower-triangle IT×IT tile (row, chunk, i, j) of wij, chunks of p.chunk keys.
+// lq = krun, lk = xf, cq = logscale.
 @compute @workgroup_size(WG)
 fn favor_intra_w(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) lid: u32) {
@@ -423,29 +523,53 @@ fn favor_intra_w(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) 
     if (idx >= p.total) {
         return;
     }
-    let ch = p.chunk;
-    let rc = idx / (ch * ch);
-    let i = (idx / ch) % ch;
-    let j = idx % ch;
-    let c = rc % p.n_chunks;
-    let n = min(ch, p.len - c * ch);
-    var w = 0.0;
-    if (j <= i && i < n) {
-        let t0 = (rc / p.n_chunks) * p.len + c * ch;
-        let qb = (t0 + i) * p.m;
-        let kb = (t0 + j) * p.m;
-        let cq = logscale[t0 + i];
-        for (var a = p.a0; a < p.a1; a++) {
-            w += exp(krun[qb + a] + xf[kb + a] - cq);
+    let w = w_tile(idx);
+    if (w.i0 >= w.n) {
+        return;
+    }
+    var cq: array<f32, IT>;
+    var qb: array<u32, IT>;
+    var kb: array<u32, IT>;
+    // #unroll i IT
+    {
+        // Rows or keys past the chunk's end re-read its last one (not written).
+        let ii = w.t0 + min(w.i0 + i, w.n - 1u);
+        cq[i] = logscale[ii];
+        qb[i] = ii * p.m;
+        kb[i] = (w.t0 + min(w.j0 + i, w.n - 1u)) * p.m;
+    }
+    var acc: array<f32, IT * IT>;
+    // #unroll e IT * IT
+    {
+        acc[e] = 0.0;
+    }
+    for (var a = p.a0; a < p.a1; a++) {
+        var lq: array<f32, IT>;
+        var lk: array<f32, IT>;
+        // #unroll i IT
+        {
+            lq[i] = krun[qb[i] + a];
+            lk[i] = xf[kb[i] + a];
+        }
+        // #unroll i IT
+        {
+            // #unroll j IT
+            {
+                acc[i * IT + j] += exp(lq[i] + lk[j] - cq[i]);
+            }
         }
     }
-    if (p.a0 > 0u) {
-        w += wij[idx];
+    // #unroll i IT
+    {
+        // #unroll j IT
+        {
+            put_w(w, i, j, acc[i * IT + j]);
+        }
     }
-    wij[idx] = w;
 }
 
-// One invocation per output element (row, t, e), e < Dv = p.dk; xv = feat [R, L, Dv + 1].
+// One invocation per (row, chunk, IT rows, IT value dims e < Dv = p.dk); xv = feat [R, L, Dv + 1].
+// Adds the chunk's own keys j <= i, weights M^(-1) w_ij <= 1, to nd and writes the ratio.
 @compute @workgroup_size(WG)
 fn favor_intra(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
@@ -455,23 +579,83 @@ fn favor_intra(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     }
     let dv = p.dk;
     let we = dv + 1u;
-    let e = idx % dv;
-    let t = idx / dv;
-    let r = t / p.len;
-    let c = (t % p.len) / p.chunk;
-    let i = (t % p.len) % p.chunk;
-    let t0 = t - i;
-    let wb = ((r * p.n_chunks + c) * p.chunk + i) * p.chunk;
-    let w2 = p.norm * p.norm;
-    var num = nd[t * we + e];
-    var den = nd[t * we + dv];
-    for (var j = 0u; j <= i; j++) {
-        let w = w2 * wij[wb + j];
-        num += w * feat[(t0 + j) * we + e];
-        den += w;
+    let ch = p.chunk;
+    let ne = (dv + IT - 1u) / IT;
+    let nt = (ch + IT - 1u) / IT;
+    let e0 = (idx % ne) * IT;
+    let i0 = ((idx / ne) % nt) * IT;
+    let rc = idx / (ne * nt);
+    let c = rc % p.n_chunks;
+    let n = min(ch, p.len - c * ch);
+    if (i0 >= n) {
+        return;
     }
-    // 0/0 (every weight underflowed) -> 0, as the engine's guard.
-    ratio[p.o_off + t * dv + e] = select(num / den, 0.0, den == 0.0);
+    let t0 = (rc / p.n_chunks) * p.len + c * ch;
+    let w2 = p.norm * p.norm;
+    var wb: array<u32, IT>;
+    var den: array<f32, IT>;
+    var num: array<f32, IT * IT>;
+    // #unroll i IT
+    {
+        // Rows past the chunk's end or dims past Dv re-read the last one (not written).
+        let t = t0 + min(i0 + i, n - 1u);
+        wb[i] = (rc * ch + min(i0 + i, n - 1u)) * ch;
+        den[i] = nd[t * we + dv];
+        // #unroll e IT
+        {
+            num[i * IT + e] = nd[t * we + min(e0 + e, dv - 1u)];
+        }
+    }
+    // Keys before the tile's rows: every row sees them.
+    for (var j = 0u; j < i0; j++) {
+        var ws: array<f32, IT>;
+        var vs: array<f32, IT>;
+        // #unroll i IT
+        {
+            ws[i] = w2 * wij[wb[i] + j];
+            vs[i] = feat[(t0 + j) * we + min(e0 + i, dv - 1u)];
+        }
+        // #unroll i IT
+        {
+            den[i] += ws[i];
+            // #unroll e IT
+            {
+                num[i * IT + e] = fma(ws[i], vs[e], num[i * IT + e]);
+            }
+        }
+    }
+    // The diagonal block: row i takes keys j <= i only (a NaN in a later v_j stays out of it;
+    // wij above the diagonal is never written).
+    for (var j = i0; j < min(i0 + IT, n); j++) {
+        var ws: array<f32, IT>;
+        var vs: array<f32, IT>;
+        // #unroll i IT
+        {
+            ws[i] = w2 * wij[wb[i] + j];
+            vs[i] = feat[(t0 + j) * we + min(e0 + i, dv - 1u)];
+        }
+        // #unroll i IT
+        {
+            let on = j <= i0 + i;
+            den[i] += select(0.0, ws[i], on);
+            // #unroll e IT
+            {
+                num[i * IT + e] += select(0.0, ws[i] * vs[e], on);
+            }
+        }
+    }
+    // #unroll i IT
+    {
+        // #unroll e IT
+        {
+            if (i0 + i < n && e0 + e < dv) {
+                // 0/0 (every weight underflowed) -> 0, as the engine's guard.
+                let d = den[i];
+                let y = select(num[i * IT + e] / d, 0.0, d == 0.0);
+                ratio[p.o_off + (t0 + i0 + i) * dv + e0 + e] = y;
+            }
+        }
+    }
 }
 
 @compute @workgroup_size(WG)
@@ -558,26 +742,51 @@ fn trig_intra_w(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n
     if (idx >= p.total) {
         return;
     }
-    let ch = p.chunk;
-    let rc = idx / (ch * ch);
-    let i = (idx / ch) % ch;
-    let j = idx % ch;
-    let c = rc % p.n_chunks;
-    let n = min(ch, p.len - c * ch);
+    let w = w_tile(idx);
+    if (w.i0 >= w.n) {
+        return;
+    }
     let f = n_feat();
-    var w = 0.0;
-    if (j <= i && i < n) {
-        let t0 = (rc / p.n_chunks) * p.len + c * ch;
-        let qb = (t0 + i) * f;
-        let kb = (t0 + j) * f;
-        var s = 0.0;
-        for (var a = p.a0; a < p.a1; a++) {
-            s = fma(feat[qb + a], xf[kb + a], s);
+    var rq: array<f32, IT>;
+    var hk: array<f32, IT>;
+    var qb: array<u32, IT>;
+    var kb: array<u32, IT>;
+    // #unroll i IT
+    {
+        // Rows or keys past the chunk's end re-read its last one (not written).
+        let ti = w.t0 + min(w.i0 + i, w.n - 1u);
+        let tj = w.t0 + min(w.j0 + i, w.n - 1u);
+        rq[i] = krun[ti];
+        hk[i] = logscale[tj];
+        qb[i] = ti * f;
+        kb[i] = tj * f;
+    }
+    var acc: array<f32, IT * IT>;
+    // #unroll e IT * IT
+    {
+        acc[e] = 0.0;
+    }
+    for (var a = p.a0; a < p.a1; a++) {
+        var uq: array<f32, IT>;
+        var uk: array<f32, IT>;
+        // #unroll i IT
+        {
+            uq[i] = feat[qb[i] + a];
+            uk[i] = xf[kb[i] + a];
         }
-        w = exp(logscale[t0 + j] - krun[t0 + i]) * s;
+        // #unroll i IT
+        {
+            // #unroll j IT
+            {
+                acc[i * IT + j] = fma(uq[i], uk[j], acc[i * IT + j]);
+            }
+        }
     }
-    if (p.a0 > 0u) {
-        w += wij[idx];
+    // #unroll i IT
+    {
+        // #unroll j IT
+        {
+            put_w(w, i, j, exp(hk[j] - rq[i]) * acc[i * IT + j]);
+        }
     }
-    wij[idx] = w;
 }

@@ -71,6 +71,7 @@ pub(crate) const KERNELS: &[Kernel] = &[
             "key_max_fill",
             "key_running_max",
             "favor_exp_keys",
+            "query_max",
             "favor_exp_query",
             "map_features",
             "cast_f32",

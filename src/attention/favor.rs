@@ -139,7 +139,9 @@ pub(crate) fn record_features(
         head_off: head.map_or(0, |h| h.1),
         ..Params::features((nr, len, dk, m), x.1, (0, 0))
     };
-    record_logits(s, &pl, &prm, [x.0, b_omega, b_feat, b_log])?;
+    let row_max = kind == FavorKind::Positive;
+    let st = (storage, kind == FavorKind::Trig);
+    record_logits(s, st, &prm, [x.0, b_omega, b_feat, b_log], row_max)?;
     prm.total = (nr * len * f) as u32;
     let groups = (nr * len * f).div_ceil(WG as u64);
     match head {
@@ -159,26 +161,45 @@ pub(crate) fn record_features(
     }
 }
 
-/// Records `favor_logits` over `prm.total` tokens (binds: x, ω, feat, logscale), after
-/// `favor_proj` has written the projections `ω_r·x'` into feat in register tiles (one storage
-/// load per FMA in `favor_logits`' own loop was the FAVOR+ bottleneck on CPU adapters).
-pub(super) fn record_logits<P>(
+/// Records the logits of `prm.total` tokens (binds: x, ω, feat, logscale) with `favor_proj`, in
+/// register tiles: positive `ω_r·x' − ‖x'‖²/2` (and with `row_max`, each token's largest one in
+/// logscale, `favor_logits`); trig `ω_r·x'` in both halves of feat and `‖x'‖²/2` in logscale.
+/// (One storage load per FMA, or one workgroup per token, was the FAVOR+ bottleneck on CPU
+/// adapters.)
+pub(super) fn record_logits(
     s: &mut Schedule<'_>,
-    pl: &P,
+    (storage, trig): (Storage, bool),
     prm: &Params,
     b: [Bind<'_>; 4],
-) -> Result<()>
-where
-    P: Fn(&'static str) -> Result<std::sync::Arc<wgpu::ComputePipeline>>,
-{
-    let tiles = (prm.total as u64).div_ceil(PROJ_TILE) * (prm.m as u64).div_ceil(PROJ_TILE);
+    row_max: bool,
+) -> Result<()> {
+    let ctx = s.context();
+    let pt = ctx.tile_family().proj_tile();
+    let tiles = (prm.total as u64).div_ceil(pt as u64) * (prm.m as u64).div_ceil(pt as u64);
     let proj = Params {
         total: tiles as u32,
         ..*prm
     };
+    // Rows of x and ω on 4-element boundaries: favor_proj reads them as vec4 (views at 12, 13).
+    let vec = prm.x_off.is_multiple_of(4) && prm.dk.is_multiple_of(4);
+    let pl = |entry, vec: bool| {
+        let consts = [
+            ("WG", WG),
+            ("TRIG", trig as u32),
+            ("VEC_X", vec as u32),
+            ("PT", pt),
+        ];
+        ctx.pipelines.get(ctx, "favor", entry, storage, &consts)
+    };
+    let quad = (!vec).then(|| crate::bind::upload_f32(ctx, &[0f32; 4]));
     let [x, omega, feat, log] = b;
+    let (x4, omega4) = match &quad {
+        Some(z) => (Bind::all(12, z), Bind::all(13, z)),
+        None => (Bind { slot: 12, ..x }, Bind { slot: 13, ..omega }),
+    };
+    let b = [x, omega, feat, log, x4, omega4];
     let groups = tiles.div_ceil(WG as u64);
-    let pp = pl("favor_proj")?;
+    let pp = pl("favor_proj", vec)?;
     let dk = prm.dk as u64;
     for a0 in (0..dk.max(1)).step_by(PROJ_DK_BLOCK as usize) {
         let blk = Params {
@@ -186,14 +207,28 @@ where
             a1: (a0 + PROJ_DK_BLOCK).min(dk) as u32,
             ..proj
         };
-        s.dispatch(&pp, &blk, &[x, omega, feat], groups)?;
+        s.dispatch(&pp, &blk, &b, groups)?;
     }
-    s.dispatch(
-        &*pl("favor_logits")?,
-        prm,
-        &[x, feat, log],
-        prm.total as u64,
-    )
+    s.mark("favor_proj");
+    if row_max {
+        let rm = pl("favor_logits", false)?;
+        let m = prm.m as u64;
+        for a0 in (0..m.max(1)).step_by(SCAN_BLOCK as usize) {
+            let blk = Params {
+                a0: a0 as u32,
+                a1: (a0 + SCAN_BLOCK).min(m) as u32,
+                ..*prm
+            };
+            s.dispatch(
+                &rm,
+                &blk,
+                &[feat, log],
+                (prm.total as u64).div_ceil(WG as u64),
+            )?;
+        }
+        s.mark("favor_logits");
+    }
+    Ok(())
 }
 
 /// Iterations per invocation and dispatch of the loops over chunks (`key_max_scan`) and over
@@ -203,9 +238,6 @@ pub(super) const SCAN_BLOCK: u64 = 32_768;
 /// Dk per `favor_proj` dispatch: each step over Dk runs its register loops as well, and past
 /// Dk ≈ 3 800 in one invocation lavapipe stopped it early (tests/suite/favor_loops.rs).
 const PROJ_DK_BLOCK: u64 = 1024;
-
-/// Tokens and features per `favor_proj` register tile (PT in shaders/favor.wgsl).
-const PROJ_TILE: u64 = 8;
 
 /// Records positive FAVOR features of queries `xq` into `fq` and keys `xk` into `fk` (both
 /// `[nr, len, M]` f32) with one key stabiliser per (chunk of `chunk` keys, feature) in
@@ -244,7 +276,13 @@ pub(super) fn record_positive(
     };
     let mut prm = Params::features((nr, len, dk, m), xk.1, (chunk, nc));
     let groups = |n: u64| n.div_ceil(WG as u64);
-    record_logits(s, &pl, &prm, [xk.0, b_omega, b_fk, b_log])?;
+    record_logits(
+        s,
+        (storage, false),
+        &prm,
+        [xk.0, b_omega, b_fk, b_log],
+        false,
+    )?;
     prm.total = (nr * nc * m) as u32;
     s.dispatch(
         &*pl("key_chunk_max")?,
@@ -258,6 +296,7 @@ pub(super) fn record_positive(
         None => Ok(()),
     };
     fold(s, kmax, nc * m, 1)?;
+    s.mark("key_chunk_max");
     prm.total = (nr * m) as u32;
     let scan = pl("key_max_scan")?;
     for c0 in (0..nc).step_by(SCAN_BLOCK as usize) {
@@ -277,27 +316,43 @@ pub(super) fn record_positive(
         s.dispatch(&*pl("key_running_max")?, &prm, &binds, groups(nr * nc * m))?;
         fold(s, b_run.buffer, len * m, chunk.min(len))?;
     }
-    prm.total = (nr * len * m) as u32;
-    s.dispatch(
-        &*pl("favor_exp_keys")?,
-        &prm,
-        &[b_fk, b_max, b_lk],
-        groups(nr * len * m),
-    )?;
+    prm.total = (nr * len) as u32;
+    let ek = pl("favor_exp_keys")?;
+    for a0 in (0..m.max(1)).step_by(SCAN_BLOCK as usize) {
+        prm.a0 = a0 as u32;
+        prm.a1 = (a0 + SCAN_BLOCK).min(m) as u32;
+        s.dispatch(&ek, &prm, &[b_fk, b_max, b_lk], groups(nr * len))?;
+    }
+    (prm.a0, prm.a1) = (0, 0);
+    s.mark("key_max_exp");
     prm.x_off = xq.1;
     prm.total = (nr * len) as u32;
-    record_logits(s, &pl, &prm, [xq.0, b_omega, b_fq, b_log])?;
-    s.dispatch(
-        &*pl("favor_exp_query")?,
+    record_logits(
+        s,
+        (storage, false),
         &prm,
-        &[b_fq, b_max, b_run, b_log],
-        nr * len,
-    )
+        [xq.0, b_omega, b_fq, b_log],
+        false,
+    )?;
+    let binds = [b_fq, b_max, b_run, b_log];
+    for entry in ["query_max", "favor_exp_query"] {
+        let pp = pl(entry)?;
+        for a0 in (0..m.max(1)).step_by(SCAN_BLOCK as usize) {
+            prm.a0 = a0 as u32;
+            prm.a1 = (a0 + SCAN_BLOCK).min(m) as u32;
+            s.dispatch(&pp, &prm, &binds, groups(nr * len))?;
+        }
+    }
+    s.mark("favor_exp_query");
+    Ok(())
 }
 
 /// Features per dispatch of `favor_intra_w`: each of its invocations loops once per feature, and
 /// lavapipe stops an invocation silently past 65 535 loop iterations (all loops together).
 const FEAT_BLOCK: u64 = 32_768;
+
+/// Rows and columns of the intra-chunk register tiles (IT in shaders/favor.wgsl).
+const INTRA_TILE: u64 = 8;
 
 /// Bytes per row of L of [`record_intra`]'s weights `[nc, chunk, chunk]` f32, for a row of `len`.
 pub(super) fn intra_bytes(len: u64, chunk: u64) -> u64 {
@@ -376,11 +431,18 @@ pub(super) fn record_intra(
         }
     };
     let w_pl = pl(entry)?;
+    // Register tiles of INTRA_TILE rows and columns (IT in shaders/favor.wgsl): the weights'
+    // lower triangle, and the output's rows × value dims.
+    let nt = chunk.div_ceil(INTRA_TILE);
+    let w_tiles = nr * nc * nt * (nt + 1) / 2;
+    prm.total = w_tiles as u32;
     for a0 in (0..f.max(1)).step_by(FEAT_BLOCK as usize) {
         prm.a0 = a0 as u32;
         prm.a1 = (a0 + FEAT_BLOCK).min(f) as u32;
-        s.dispatch(&w_pl, &prm, &logits, n_w.div_ceil(WG as u64))?;
+        s.dispatch(&w_pl, &prm, &logits, w_tiles.div_ceil(WG as u64))?;
     }
+    (prm.a0, prm.a1) = (0, 0);
+    s.mark("favor_intra_w");
     let w = nr * len * (dv + 1) * 4;
     let binds = [
         Bind::prefix_at(3, xv, w).0,
@@ -388,13 +450,16 @@ pub(super) fn record_intra(
         out.0,
         b_w,
     ];
-    prm.total = (nr * len * dv) as u32;
+    let o_tiles = nr * nc * nt * dv.div_ceil(INTRA_TILE);
+    prm.total = o_tiles as u32;
     s.dispatch(
         &*pl("favor_intra")?,
         &prm,
         &binds,
-        (nr * len * dv).div_ceil(WG as u64),
-    )
+        o_tiles.div_ceil(WG as u64),
+    )?;
+    s.mark("favor_intra");
+    Ok(())
 }
 
 /// Records `xv = [v | 1]` (`[n, Dv + 1]` f32) from `x` (`[n, Dv]`, bound at slot 1).
@@ -409,15 +474,20 @@ pub(super) fn record_extend_v(
     let pl = ctx
         .pipelines
         .get(ctx, "favor", "extend_v", storage, &[("WG", WG)])?;
-    let total = n * (dv + 1);
-    let prm = Params {
-        dk: dv as u32,
-        x_off: x.1,
-        total: total as u32,
-        ..Zeroable::zeroed()
-    };
-    let b = Bind::prefix_at(3, xv, total * 4).0;
-    s.dispatch(&pl, &prm, &[x.0, b], total.div_ceil(WG as u64))
+    let b = Bind::prefix_at(3, xv, n * (dv + 1) * 4).0;
+    // One invocation per position, its Dv + 1 values in blocks of SCAN_BLOCK.
+    for a0 in (0..dv + 1).step_by(SCAN_BLOCK as usize) {
+        let prm = Params {
+            dk: dv as u32,
+            x_off: x.1,
+            total: n as u32,
+            a0: a0 as u32,
+            a1: (a0 + SCAN_BLOCK).min(dv + 1) as u32,
+            ..Zeroable::zeroed()
+        };
+        s.dispatch(&pl, &prm, &[x.0, b], n.div_ceil(WG as u64))?;
+    }
+    Ok(())
 }
 
 /// Records `xf[0..n] = f32(x[first..first + n])` (x bound at slot 1, xf at slot 6).

@@ -36,4 +36,13 @@ impl TileFamily {
             TileFamily::Gpu => (4, 4, 64, 64),
         }
     }
+
+    /// Tokens and features per FAVOR+ projection tile (`favor_proj`). Lavapipe, W1-shaped
+    /// (M = 64), ms per projection: 8×8 ≈ 130, 16×16 ≈ 100 (issue 10).
+    pub(crate) fn proj_tile(self) -> u32 {
+        match self {
+            TileFamily::Cpu => 16,
+            TileFamily::Gpu => 4,
+        }
+    }
 }

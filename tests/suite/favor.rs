@@ -50,7 +50,14 @@ const CASES: [(usize, usize, usize, usize, usize); 5] = [
     (1, 130, 32, 1, 7),
 ];
 
-fn sweep(dtype: &str) {
+/// Every case, kind and causality in `dtype` (f32, f16, f16-packed), with the adapter's tile family
+/// or (`gpu_tiles`) the GPU family forced (small projection tiles).
+fn sweep(dtype: &str, gpu_tiles: bool) {
+    let (c, cp) = if gpu_tiles {
+        (ctx_gpu_tiles(), ctx_gpu_tiles_packed())
+    } else {
+        (ctx(), ctx_packed())
+    };
     let mut seed = 100;
     for &(rows, l, dk, dv, m) in &CASES {
         for kind in KINDS {
@@ -71,15 +78,15 @@ fn sweep(dtype: &str) {
                 let x = (&q[..], &k[..], &v[..]);
                 let (e, tol) = match dtype {
                     "f32" => (
-                        run(ctx(), dims, x, &w, &o, |x| x.to_vec()),
+                        run(c, dims, x, &w, &o, |x| x.to_vec()),
                         tol_f32(kind, &q, &k, (rows, l, dk), &w, causal),
                     ),
-                    "f16" => (run(ctx(), dims, x, &w, &o, to_f16), TOL_F16),
-                    _ => (run(ctx_packed(), dims, x, &w, &o, to_f16), TOL_F16),
+                    "f16" => (run(c, dims, x, &w, &o, to_f16), TOL_F16),
+                    _ => (run(cp, dims, x, &w, &o, to_f16), TOL_F16),
                 };
                 assert!(
                     e <= tol,
-                    "{dtype} {kind:?} causal={causal} rows={rows} L={l} Dk={dk} Dv={dv} M={m}: \
+                    "{dtype} gpu_tiles={gpu_tiles} {kind:?} causal={causal} rows={rows} L={l} Dk={dk} Dv={dv} M={m}: \
                      relative error {e:.3e} > {tol:.1e}"
                 );
             }
@@ -89,19 +96,26 @@ fn sweep(dtype: &str) {
 
 #[test]
 fn gpu_matches_reference_f32() {
-    sweep("f32");
+    sweep("f32", false);
 }
 
 #[test]
 fn gpu_matches_reference_f16_native() {
     assert!(ctx().shader_f16());
-    sweep("f16");
+    sweep("f16", false);
 }
 
 #[test]
 fn gpu_matches_reference_f16_packed() {
     assert!(!ctx_packed().shader_f16());
-    sweep("f16-packed");
+    sweep("f16-packed", false);
+}
+
+#[test]
+fn gpu_tile_family_matches_reference_f32_and_f16() {
+    sweep("f32", true);
+    sweep("f16", true);
+    sweep("f16-packed", true);
 }
 
 /// f32 tolerance: TOL_F32, or for trig features f32 rounding (1e-7) times the ratio's condition
@@ -480,4 +494,58 @@ pub fn trig_condition(
         worst = worst.max(abs / den.abs());
     }
     worst
+}
+
+/// A NaN in one entry of q, k or v (mid-sequence, in a ragged chunk): the GPU output's NaN
+/// positions equal the f64 reference's, and the rest agree to the f32 tolerance; positive and
+/// trig, causal and not, both tile families, Dk and Dv multiples of 4 (vec4 reads) and not.
+#[test]
+fn a_nan_in_q_k_or_v_follows_the_reference_pattern() {
+    let (rows, l, m) = (2usize, 150usize, 24usize);
+    for (dk, dv) in [(16usize, 8usize), (6, 5)] {
+        let mut g = rng(77 + dk as u64);
+        let x = [
+            randn(&mut g, rows * l * dk, 0.5),
+            randn(&mut g, rows * l * dk, 0.5),
+            randn(&mut g, rows * l * dv, 1.0),
+        ];
+        let w = draw_omega(m, dk, OmegaDraw::OrthogonalChi, 5).unwrap();
+        for (which, at) in [(0usize, 70usize), (1, 100), (2, 131)] {
+            let mut x = x.clone();
+            let d = if which == 2 { dv } else { dk };
+            x[which][(l + at) * d + 1] = f32::NAN;
+            for c in [ctx(), ctx_gpu_tiles()] {
+                for kind in KINDS {
+                    for causal in [false, true] {
+                        let o = FavorOptions { kind, causal };
+                        let (sq, sv) = ([rows, l, dk], [rows, l, dv]);
+                        let dims = check_shapes("test", &sq, &sq, &sv).unwrap();
+                        let t = |v: &[f32], s: &[usize]| Tensor::from_slice(c, v, s).unwrap();
+                        let tw = t(&w, &[m, dk]);
+                        let out = Tensor::<f32>::nan(c, &dims.out_shape).unwrap();
+                        let (tq, tk, tv) = (t(&x[0], &sq), t(&x[1], &sq), t(&x[2], &sv));
+                        favor_attention_into(c, &tq, &tk, &tv, &tw, &out, &o).unwrap();
+                        let got = to_f64(&out.to_vec(c).unwrap());
+                        let want = reference::attention::favor_attention(
+                            &x[0], &x[1], &x[2], &dims, &w, &o,
+                        )
+                        .unwrap();
+                        let case =
+                            format!("{kind:?} causal={causal} Dk={dk} Dv={dv} NaN in {which}");
+                        let nan: Vec<bool> = got.iter().map(|v| v.is_nan()).collect();
+                        let want_nan: Vec<bool> = want.iter().map(|v| v.is_nan()).collect();
+                        let bad = (0..nan.len()).filter(|&i| nan[i] != want_nan[i]).count();
+                        assert_eq!(bad, 0, "{case}: NaN pattern differs in {bad} entries");
+                        assert!(want_nan.iter().any(|&b| b), "{case}: no NaN to follow");
+                        let keep = |v: &[f64]| -> Vec<f64> {
+                            v.iter().copied().filter(|v| !v.is_nan()).collect()
+                        };
+                        let e = rel_err(&keep(&got), &keep(&want));
+                        let tol = tol_f32(kind, &x[0], &x[1], (rows, l, dk), &w, causal);
+                        assert!(e <= tol.max(1e-4), "{case}: relative error {e:.2e}");
+                    }
+                }
+            }
+        }
+    }
 }

@@ -60,9 +60,10 @@ pub(crate) fn record_causal(
     let mut prm = Params::features((nr, len, dk, m), xk.1, (chunk, nc));
     record_logits(
         s,
-        &pl,
+        (storage, true),
         &prm,
         [xk.0, b_omega, feats(3, fk), per_key(4, &sc.hk)],
+        false,
     )?;
     // The positive path's per-feature maxima with one "feature": hk.
     let scalar = Params { m: 1, ..prm };
@@ -105,9 +106,10 @@ pub(crate) fn record_causal(
     prm.total = (nr * len) as u32;
     record_logits(
         s,
-        &pl,
+        (storage, true),
         &prm,
         [xq.0, b_omega, feats(3, fq), per_key(4, logscale)],
+        false,
     )?;
     prm.total = (nr * len * f) as u32;
     let binds = [feats(3, fq), feats(6, uq), kc7, krun8];
