@@ -210,6 +210,12 @@ fn s4d(a: &Args, ctx: Option<&Context>) {
                     ctx.wait().unwrap();
                 });
                 report("W3", "gpu", ms, gflop);
+                if a.passes {
+                    pass_table("W3", a.runs, || {
+                        s4d_conv_into(ctx, &ssm, &tu, &y, disc).unwrap();
+                        ctx.wait().unwrap();
+                    });
+                }
                 if a.parts {
                     // The two halves alone: where the time goes.
                     let k = Tensor::<f32>::empty(ctx, &[h, l]).unwrap();

@@ -121,16 +121,27 @@ fn sub_fft(s: u32, cnt: u32, sign: f32, lid: u32, start: u32) -> u32 {
     return src;
 }
 
-// Sample t of real row r of the pass, 0 past L; non-finite as 0 when patching.
+// Sample t of real row r of the pass, 0 past L; non-finite as 0 (and recorded) when patching.
 fn load_x(r: u32, t: u32) -> f32 {
     if (r >= p.rows || t >= p.len) {
         return 0.0;
     }
     let v = ld_x(p.x_off + r * p.len + t);
     if ((p.flags & 1u) != 0u && !finite(v)) {
+        note_nf(r, t);
         return 0.0;
     }
     return v;
+}
+
+// Records non-finite sample t of row r in nf (cleared before): col_fwd loads every sample of the
+// pass exactly once, so the record needs no pass of its own.
+fn note_nf(r: u32, t: u32) {
+    let slot = atomicAdd(&nf[r * NF_W], 1u);
+    atomicMax(&nf[r * NF_W + 1u], p.len - t);
+    if (slot < NF_MAX) {
+        atomicStore(&nf[r * NF_W + 2u + slot], t);
+    }
 }
 
 // log2 of n, n1, n2 and g.
@@ -314,22 +325,5 @@ fn col_inv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
                 st_y(p.y_off + (ra + 1u) * p.len + t, conv_out(ra + 1u, t, v.y));
             }
         }
-    }
-}
-
-// Records the non-finite samples of x: [rows, len] in nf (cleared before).
-@compute @workgroup_size(WG)
-fn detect_nf(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-             @builtin(local_invocation_index) lid: u32) {
-    let i = gid(wg, nwg, lid);
-    if (i >= p.rows * p.len || finite(ld_x(p.x_off + i))) {
-        return;
-    }
-    let r = i / p.len;
-    let t = i % p.len;
-    let slot = atomicAdd(&nf[r * NF_W], 1u);
-    atomicMax(&nf[r * NF_W + 1u], p.len - t);
-    if (slot < NF_MAX) {
-        atomicStore(&nf[r * NF_W + 2u + slot], t);
     }
 }

@@ -121,7 +121,7 @@ pub(crate) const KERNELS: &[Kernel] = &[
     ),
     kernel!(
         "fft_conv",
-        ["col_fwd", "row_kspec", "row_conv", "col_inv", "detect_nf"],
+        ["col_fwd", "row_kspec", "row_conv", "col_inv"],
         crate::ssm::conv::Params
     ),
     kernel!(

@@ -138,13 +138,16 @@ impl FourStep {
         let bt = Bind::all(4, tw);
         let bk = bind_buffer(ctx, "causal_conv", "K", 1, k)?;
         prm.total = cols as u32;
-        let binds = [bk, Bind::all(2, &z), bt];
+        // No patching of K (flags 0): the non-finite record is never touched.
+        let nf = scratch(ctx, NF_W * 4);
+        let binds = [bk, Bind::all(2, &z), bt, Bind::all(8, &nf)];
         s.dispatch(
             &*self.pipeline(ctx, "col_fwd", storage)?,
             &prm,
             &binds,
             cols,
         )?;
+        s.mark("kspec_col_fwd");
         prm.total = rows as u32;
         let binds = [Bind::all(2, &z), Bind::all(3, &kf), bt];
         s.dispatch(
@@ -153,6 +156,7 @@ impl FourStep {
             &binds,
             rows,
         )?;
+        s.mark("row_kspec");
         Ok(kf)
     }
 
@@ -188,28 +192,25 @@ impl FourStep {
         let bd = bind_buffer(ctx, "causal_conv", "D", 5, d)?;
         let bk = bind_buffer(ctx, "causal_conv", "K", 7, k)?;
         let st = p.storage;
-        let wg = self.wg as u64;
 
-        s.dispatch(
-            &*self.pipeline(ctx, "detect_nf", st)?,
-            &prm,
-            &[bu, bnf],
-            (nr * len).div_ceil(wg),
-        )?;
         prm.total = cols as u32;
         s.dispatch(
             &*self.pipeline(ctx, "col_fwd", st)?,
             &prm,
-            &[bu, bz, bt],
+            &[bu, bz, bt, bnf],
             cols,
         )?;
+        s.mark("col_fwd");
         prm.total = rows as u32;
         let binds = [bz, bkf, bt];
         s.dispatch(&*self.pipeline(ctx, "row_conv", st)?, &prm, &binds, rows)?;
+        s.mark("row_conv");
         prm.total = cols as u32;
         // The record read back without atomics (slot 9, the same buffer).
         let binds = [bu, bz, bt, bd, by, bk, Bind::all(9, &nf)];
-        s.dispatch(&*self.pipeline(ctx, "col_inv", st)?, &prm, &binds, cols)
+        s.dispatch(&*self.pipeline(ctx, "col_inv", st)?, &prm, &binds, cols)?;
+        s.mark("col_inv");
+        Ok(())
     }
 }
 
