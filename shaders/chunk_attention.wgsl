@@ -47,6 +47,9 @@ const TR: u32 = 16u;
 const TC: u32 = 16u;
 const TR4: u32 = TR / 4u;
 const TC4: u32 = TC / 4u;
+// Columns per tile of the causal score block (TC or TC / 2; substituted too).
+const SC: u32 = 8u;
+const SC4: u32 = SC / 4u;
 
 struct Params {
     len: u32,       // rows of L in this segment (the longer of q's and k's)
@@ -422,50 +425,63 @@ fn load_state(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
     carry[gid / 4u][gid % 4u] = x;
 }
 
-// Causal only: at[j][i] = λ^(i−j) φ(q_i)·φ(k_j) for j ≤ i, else 0, in TR×TC tiles (rows j, cols i).
+// Causal only: at[j][i] = λ^(i−j) φ(q_i)·φ(k_j) for j ≤ i in TR×SC tiles (rows j, cols i), only
+// the tiles on or below the diagonal (those above are never written, and never read). SC = TC/2
+// on CPU adapters: 20 half tiles spread over both SIMD batches of the workgroup where 10 full ones
+// left the second batch 3/8 busy.
 fn scores(rc: u32, r: u32, lid: u32) {
     let c4 = CP / 4u;
-    let tc = CP / TC;
-    let ntile = (CP / TR) * tc;
+    let nbi = CP / SC;
+    let per = TR / SC;  // column tiles per row tile: tile (jb, ib) is live for ib >= jb·per
+    let nbj = CP / TR;
+    let nlive = nbj * nbi - per * nbj * (nbj - 1u) / 2u;
     let lam = -slope(r);
-    for (var tile = lid; tile < ntile; tile += WG) {
-        let j0 = (tile / tc) * TR;
-        let i0 = (tile % tc) * TC;
-        var acc: array<vec4<f32>, TR * TC4>;
-        // #unroll e TR * TC4
+    for (var tile = lid; tile < nlive; tile += WG) {
+        var jb = 0u;
+        var rest = tile;
+        loop {
+            let n = nbi - jb * per;
+            if (rest < n) {
+                break;
+            }
+            rest -= n;
+            jb++;
+        }
+        let j0 = jb * TR;
+        let i0 = (jb * per + rest) * SC;
+        var acc: array<vec4<f32>, TR * SC4>;
+        // #unroll e TR * SC4
         {
             acc[e] = vec4<f32>(0.0);
         }
-        if (j0 < i0 + TC) {
-            for (var a = 0u; a < DKP; a++) {
-                let b = (rc * DKP + a) * c4;
-                var kr: array<vec4<f32>, TR4>;
-                var qr: array<vec4<f32>, TC4>;
-                // #unroll e TR4
+        for (var a = 0u; a < DKP; a++) {
+            let b = (rc * DKP + a) * c4;
+            var kr: array<vec4<f32>, TR4>;
+            var qr: array<vec4<f32>, SC4>;
+            // #unroll e TR4
+            {
+                kr[e] = kt[b + j0 / 4u + e];
+            }
+            // #unroll e SC4
+            {
+                qr[e] = qt[b + i0 / 4u + e];
+            }
+            // #unroll jj TR
+            {
+                let s = vec4<f32>(kr[jj / 4u][jj % 4u]);
+                // #unroll e SC4
                 {
-                    kr[e] = kt[b + j0 / 4u + e];
-                }
-                // #unroll e TC4
-                {
-                    qr[e] = qt[b + i0 / 4u + e];
-                }
-                // #unroll jj TR
-                {
-                    let s = vec4<f32>(kr[jj / 4u][jj % 4u]);
-                    // #unroll e TC4
-                    {
-                        acc[jj * TC4 + e] = fma(s, qr[e], acc[jj * TC4 + e]);
-                    }
+                    acc[jj * SC4 + e] = fma(s, qr[e], acc[jj * SC4 + e]);
                 }
             }
         }
         // #unroll jj TR
         {
             let j = j0 + jj;
-            // #unroll e TC4
+            // #unroll e SC4
             {
                 let i = vec4<u32>(i0 + e * 4u) + vec4<u32>(0u, 1u, 2u, 3u);
-                var w = acc[jj * TC4 + e];
+                var w = acc[jj * SC4 + e];
                 if (DECAY) {
                     w *= exp(lam * max(vec4<f32>(i) - f32(j), vec4<f32>(0.0)));
                 }
@@ -492,7 +508,8 @@ fn denominators(rc: u32, sb: u32, lam: f32, lid: u32) {
             d *= exp(lam * i);
         }
         if (CAUSAL && !RESCALE) {
-            for (var j = 0u; j < CP; j++) {
+            // Keys up to the quad's last row: at holds no tile above the diagonal.
+            for (var j = 0u; j < i4 * 4u + 4u; j++) {
                 d += at[j * c4 + i4];
             }
         }

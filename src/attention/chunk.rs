@@ -105,7 +105,14 @@ impl Geo {
         let (tr, tc, cp) = (tr as u64, tc as u64, self.cp as u64);
         let per = |tiles: u64| tiles.div_ceil(wa as u64);
         let scores = match job.causal {
-            true => per((cp / tr) * (cp / tc)) * self.dkp,
+            true => {
+                // The score block's live tiles (on or below the diagonal), TR×SC each, and the
+                // search for a tile's row (at most cp / tr steps).
+                let sc = score_cols(tc as u32) as u64;
+                let (nbj, nbi) = (cp / tr, cp / sc);
+                let live = nbj * nbi - (tr / sc) * nbj * (nbj - 1) / 2;
+                per(live) * (self.dkp + nbj)
+            }
             false => 0,
         };
         let den = per(cp / 4) * (self.dkp / 4 + cp);
@@ -304,6 +311,17 @@ fn rows_aligned(job: &Job, gm: &Geom, b: &PassBinds<'_>) -> bool {
         && st(&gm.v)
 }
 
+/// Columns per tile of the causal score block (SC in shaders/chunk_attention.wgsl): half a TC
+/// tile where that stays a whole number of vec4 (lavapipe, W2: the lower triangle's 20 half tiles
+/// fill both SIMD batches of the 16-invocation workgroup where 10 full ones did not).
+fn score_cols(tc: u32) -> u32 {
+    if tc >= 8 {
+        tc / 2
+    } else {
+        tc
+    }
+}
+
 fn at(slot: u32, b: Bind<'_>) -> Bind<'_> {
     Bind { slot, ..b }
 }
@@ -439,6 +457,7 @@ fn record_passes(
             ("RESCALE", logs.is_some() as u32),
             ("TR", tr),
             ("TC", tc),
+            ("SC", score_cols(tc)),
             ("DKP", geo.dkp as u32),
             ("DVP", geo.dvp as u32),
         ]
