@@ -111,7 +111,8 @@ struct Params {
 @group(0) @binding(16) var<storage, read> k4: array<ST4>;
 @group(0) @binding(17) var<storage, read> v4: array<ST4>;
 
-var<workgroup> at: array<vec4<f32>, CP * CP / 4u>;  // masked, decayed scores, transposed: [j][i]
+// Masked, decayed scores, transposed: [j][i]; tiles above the diagonal are never written.
+var<workgroup> at: array<vec4<f32>, CP * CP / 4u>;
 var<workgroup> den: array<vec4<f32>, CP / 4u>;
 
 fn slope(r: u32) -> f32 {

@@ -467,7 +467,8 @@ fn extend_v(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: 
 }
 
 // Register tiles of the intra-chunk terms: IT rows (queries) × IT columns (keys, or value dims),
-// IT + IT loads per IT·IT exp or FMA (one load per term was the causal FAVOR+ bottleneck).
+// IT + IT loads per IT·IT exp or FMA (one load per term was the causal FAVOR+ bottleneck). The
+// pipeline substitutes the host's INTRA_TILE.
 const IT: u32 = 8u;
 
 // Lower-triangle tile k (row-major, tj <= ti) of a chunk -> (ti, tj).

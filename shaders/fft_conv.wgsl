@@ -44,7 +44,7 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> y: array<OT>;
 @group(0) @binding(7) var<storage, read> kraw: array<ST>;
 @group(0) @binding(8) var<storage, read_write> nf: array<atomic<u32>>;
-@group(0) @binding(9) var<storage, read> nfr: array<u32>; // nf, read after detect_nf
+@group(0) @binding(9) var<storage, read> nfr: array<u32>; // nf, read after col_fwd wrote it
 
 // Two halves of SH: each Stockham stage reads one and writes the other.
 var<workgroup> sh: array<vec2<f32>, 2u * SH>;

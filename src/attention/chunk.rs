@@ -36,6 +36,9 @@ pub(crate) struct Job {
     /// Feature dim (Dk, or m' for precomputed features).
     pub dk: u64,
     pub dv: u64,
+    /// Causal FAVOR+ with per-chunk key stabilisers (RESCALE): no score block, the chunk's own
+    /// keys come from `favor_intra`.
+    pub rescale: bool,
 }
 
 /// Decay rates: `[H]` f32 on the device, and H (row r of the whole tensor is head r mod H).
@@ -99,12 +102,13 @@ impl Geo {
     }
 
     /// Loop iterations of one `chunk_apply` invocation (the engine's longest): one per feature
-    /// of a TR×TC tile (the tile's own loops are unrolled in the source), plus the tile loop.
+    /// of a TR×SC score tile and of a TR×TC output tile (the tiles' own loops are unrolled in
+    /// the source), plus the tile loops.
     fn trips(&self, job: &Job) -> u64 {
         let (tr, tc, wa, _) = self.family.tiles();
         let (tr, tc, cp) = (tr as u64, tc as u64, self.cp as u64);
         let per = |tiles: u64| tiles.div_ceil(wa as u64);
-        let scores = match job.causal {
+        let scores = match job.causal && !job.rescale {
             true => {
                 // The score block's live tiles (on or below the diagonal), TR×SC each, and the
                 // search for a tile's row (at most cp / tr steps).

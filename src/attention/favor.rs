@@ -231,8 +231,9 @@ pub(super) fn record_logits(
     Ok(())
 }
 
-/// Iterations per invocation and dispatch of the loops over chunks (`key_max_scan`) and over
-/// positions (`head_max`, times WG): lavapipe stops an invocation silently past 65 535.
+/// Iterations per invocation and dispatch of the loops over chunks (`key_max_scan`), over
+/// positions (`head_max`, times WG), over features (`favor_logits`, `query_max`, the `favor_exp_*`
+/// passes) and over values (`extend_v`): lavapipe stops an invocation silently past 65 535.
 pub(super) const SCAN_BLOCK: u64 = 32_768;
 
 /// Dk per `favor_proj` dispatch: each step over Dk runs its register loops as well, and past
@@ -351,7 +352,7 @@ pub(super) fn record_positive(
 /// lavapipe stops an invocation silently past 65 535 loop iterations (all loops together).
 const FEAT_BLOCK: u64 = 32_768;
 
-/// Rows and columns of the intra-chunk register tiles (IT in shaders/favor.wgsl).
+/// Rows and columns of the intra-chunk register tiles (IT in shaders/favor.wgsl, substituted).
 const INTRA_TILE: u64 = 8;
 
 /// Bytes per row of L of [`record_intra`]'s weights `[nc, chunk, chunk]` f32, for a row of `len`.
@@ -378,9 +379,9 @@ pub(super) enum IntraW<'a> {
 /// Causal FAVOR+ (positive, or trig): adds each chunk's own keys `j ≤ i` in the log domain to `nd`
 /// (`[nr, len, Dv + 1]` f32, the engine's numerator and denominator over earlier chunks) and
 /// writes the ratio into the pass's output. `xv = [v | 1]`, logits and `logscale` as
-/// [`record_positive`] left them. The weights go through a scratch `[nr, nc, chunk, chunk]`, one
-/// invocation per weight and per output, so no invocation loops more than `FEAT_BLOCK` or
-/// `chunk` times whatever M and Dv.
+/// [`record_positive`] left them. The weights go through a scratch `[nr, nc, chunk, chunk]` (its
+/// lower triangle), one invocation per 8×8 register tile of weights and of outputs, so no
+/// invocation loops more than `FEAT_BLOCK` or `chunk` times whatever M and Dv.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn record_intra(
     s: &mut Schedule<'_>,
@@ -394,7 +395,7 @@ pub(super) fn record_intra(
     let nc = len.div_ceil(chunk);
     let trig = matches!(weights, IntraW::Trig { .. }) as u32;
     let pl = |entry| {
-        let consts = [("WG", WG), ("TRIG", trig)];
+        let consts = [("WG", WG), ("TRIG", trig), ("IT", INTRA_TILE as u32)];
         ctx.pipelines
             .get(ctx, "favor", entry, Storage::F32, &consts)
     };
@@ -708,5 +709,6 @@ pub(super) fn core_job(len: u64, f: u64, dv: u64, causal: bool, split: bool) -> 
         len,
         dk: f,
         dv: dv + split as u64,
+        rescale: split,
     }
 }

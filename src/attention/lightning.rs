@@ -59,6 +59,7 @@ impl Decayed<'_> {
             len: d.len as u64,
             dk: d.dk as u64,
             dv: d.dv as u64,
+            rescale: false,
         }
     }
 }

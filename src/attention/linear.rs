@@ -290,6 +290,7 @@ impl<T: Element> Linear<'_, T> {
             len: d.q_len.max(d.kv_len) as u64,
             dk: d.dk as u64,
             dv: d.dv as u64,
+            rescale: false,
         }
     }
 }

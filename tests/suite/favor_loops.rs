@@ -170,11 +170,12 @@ fn feature_dims_past_every_choice_are_a_typed_error() {
     assert!(out.to_vec(c).unwrap().iter().all(|x| x.is_nan()));
 }
 
-/// `favor_proj` (the projections ω_r·x') looped over Dk in each invocation, with 8×8 register
-/// tiles inside: at Dk = 70 001 lavapipe stopped it early (every row off; Dk = 6 001 still ran).
-/// It now runs Dk in blocks of 1024 across dispatches. Inputs of σ = 0.1 keep the f32 rounding
-/// of 70 001-term logits under the bound. Positive features (trig shares the kernel), causal and
-/// not, both tile families.
+/// `favor_proj` (the projections ω_r·x') looped over Dk in each invocation: at Dk = 70 001
+/// lavapipe stopped it early (every row off; Dk = 6 001 still ran). It now runs Dk in blocks of
+/// 1024 across dispatches, each subtracting its share of ‖x'‖²/2. Inputs of σ = 0.1 keep the f32
+/// rounding of 70 001-term logits under the bound. Positive features, causal and not, both tile
+/// families (scalar reads: Dk is odd); `dk_blocks_on_the_vec4_path` covers the vec4 reads and
+/// trig's accumulated log-scale.
 #[test]
 fn large_dk_runs_the_whole_projection() {
     let mut fails = Vec::new();
@@ -190,6 +191,29 @@ fn large_dk_runs_the_whole_projection() {
             eprintln!("{case}: rel err {e:.3e}, {bad} rows off");
             if !within(e, 1e-4) || bad > 0 {
                 fails.push(format!("{case}: rel err {e:.3e}, {bad} rows off"));
+            }
+        }
+    }
+    assert!(fails.is_empty(), "{fails:#?}");
+}
+
+/// Dk = 2052 (a multiple of 4: `favor_proj` reads x and ω as vec4) in three blocks of Dk: the
+/// positive logits subtract each block's share of ‖x'‖²/2, trig accumulates ‖x'‖²/2 into its
+/// log-scale and rewrites both halves of its features per block. Positive and trig, causal and
+/// not, both tile families, against the f64 reference.
+#[test]
+fn dk_blocks_on_the_vec4_path() {
+    let mut fails = Vec::new();
+    for (label, ctx) in [("cpu tiles", ctx()), ("gpu tiles", ctx_gpu_tiles())] {
+        for kind in [FavorKind::Positive, FavorKind::Trig] {
+            for causal in [false, true] {
+                let o = FavorOptions { kind, causal };
+                let dims = (2, 37, 2052, 5, 12);
+                let (e, bad) = run(ctx, dims, &o, (91, 0.2));
+                let case = format!("{label} {kind:?} {dims:?} causal={causal}");
+                if !within(e, 1e-4) || bad > 0 {
+                    fails.push(format!("{case}: rel err {e:.3e}, {bad} rows off"));
+                }
             }
         }
     }
