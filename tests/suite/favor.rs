@@ -407,26 +407,30 @@ fn a_later_huge_key_does_not_zero_an_earlier_causal_row() {
     }
 }
 
-/// Bindings capped at 64 KiB: many passes, unaligned offsets, f32 and f16.
+/// Bindings capped at 64 KiB: many passes, f32 and f16. Dk = 7: unaligned row offsets (scalar
+/// projection reads); Dk = 8: every pass's rows start 4-aligned at a non-zero offset, so the
+/// projection reads x as vec4 from inside the binding.
 #[test]
 fn splits_work_past_the_storage_binding_limit() {
     let ctx = ctx_small_bindings(64 * 1024);
-    let (rows, l, dk, dv, m) = (9, 101, 7, 33, 40);
-    let mut g = rng(12);
-    let q = randn(&mut g, rows * l * dk, 0.5);
-    let k = randn(&mut g, rows * l * dk, 0.5);
-    let v = randn(&mut g, rows * l * dv, 1.0);
-    let w = draw_omega(m, dk, OmegaDraw::OrthogonalChi, 5).unwrap();
-    for causal in [false, true] {
-        let o = FavorOptions {
-            kind: FavorKind::Positive,
-            causal,
-        };
-        let x = (&q[..], &k[..], &v[..]);
-        let e = run(&ctx, (rows, l, dk, dv), x, &w, &o, |x| x.to_vec());
-        assert!(e <= TOL_F32, "f32 causal={causal}: {e}");
-        let e = run(&ctx, (rows, l, dk, dv), x, &w, &o, to_f16);
-        assert!(e <= TOL_F16, "f16 causal={causal}: {e}");
+    for dk in [7usize, 8] {
+        let (rows, l, dv, m) = (9, 101, 33, 40);
+        let mut g = rng(12 + dk as u64);
+        let q = randn(&mut g, rows * l * dk, 0.5);
+        let k = randn(&mut g, rows * l * dk, 0.5);
+        let v = randn(&mut g, rows * l * dv, 1.0);
+        let w = draw_omega(m, dk, OmegaDraw::OrthogonalChi, 5).unwrap();
+        for causal in [false, true] {
+            let o = FavorOptions {
+                kind: FavorKind::Positive,
+                causal,
+            };
+            let x = (&q[..], &k[..], &v[..]);
+            let e = run(&ctx, (rows, l, dk, dv), x, &w, &o, |x| x.to_vec());
+            assert!(e <= TOL_F32, "f32 Dk={dk} causal={causal}: {e}");
+            let e = run(&ctx, (rows, l, dk, dv), x, &w, &o, to_f16);
+            assert!(e <= TOL_F16, "f16 Dk={dk} causal={causal}: {e}");
+        }
     }
 }
 
