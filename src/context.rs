@@ -54,6 +54,8 @@ pub struct Context {
     tiles: TileFamily,
     pub(crate) pipelines: PipelineCache,
     pub(crate) chunk_scratch: ScratchPool,
+    /// Four zero f32, made once: the binding for a slot a pipeline declares but never reads.
+    zero_quad: std::sync::OnceLock<wgpu::Buffer>,
     /// Unique per context, so a tensor can tell which context made it.
     id: u64,
 }
@@ -240,8 +242,17 @@ impl Context {
             tiles,
             pipelines: PipelineCache::default(),
             chunk_scratch: ScratchPool::default(),
+            zero_quad: std::sync::OnceLock::new(),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         }
+    }
+
+    /// A 16-byte storage buffer of zeros (one vec4, so it fills any array binding), made on first
+    /// use and kept: ops bind it at slots their pipeline declares but does not read (the vec4
+    /// views of unaligned rows, absent decay slopes) instead of making a buffer per call.
+    pub(crate) fn zero_quad(&self) -> &wgpu::Buffer {
+        self.zero_quad
+            .get_or_init(|| crate::bind::upload_f32(self, &[0f32; 4]))
     }
 
     /// Tells contexts apart: tensors remember the id of the context that made them.

@@ -11,7 +11,7 @@
 //! of each pipeline (cached per value). A row whose tensors exceed the storage-binding limit is
 //! split along L into segments that carry the state from one to the next.
 
-use crate::bind::{upload_f32, Bind};
+use crate::bind::Bind;
 use crate::driver::Pass;
 use crate::pipeline::Storage;
 use crate::schedule::{rows_per_pass, Schedule};
@@ -436,13 +436,10 @@ fn record_passes(
     let (tr, tc, wg_apply, wg) = geo.family.tiles();
     let nc = geo.chunks(seg.len);
     let slots = nc * geo.cp as u64;
-    let dummy;
+    // Without decay the slopes are never read: the context's zero quad fills their slot.
     let (slopes, heads) = match decay {
         Some(d) => (d.slopes, d.heads),
-        None => {
-            dummy = upload_f32(ctx, &[0f32]);
-            (&dummy, 1)
-        }
+        None => (ctx.zero_quad(), 1),
     };
     let vec_in = rows_aligned(job, gm, b);
     // V read in place by the contractions (no padding to make): prep_v is skipped.
@@ -534,9 +531,11 @@ fn record_passes(
     }
     let n = seg.nr * slots / 4 * geo.dkp / 4;
     prm.total = n as u32;
-    // Without VEC_IN the vec4 views are never read; a 16-byte buffer fills their slots.
-    let quad = (!vec_in).then(|| upload_f32(ctx, &[0f32; 4]));
-    let view = |slot, bind| quad.as_ref().map_or(at(slot, bind), |z| whole(slot, z));
+    // Without VEC_IN the vec4 views are never read; the context's zero quad fills their slots.
+    let view = |slot, bind| match vec_in {
+        true => at(slot, bind),
+        false => whole(slot, ctx.zero_quad()),
+    };
     let binds = [
         at(1, b.q.0),
         at(2, b.k.0),

@@ -151,12 +151,8 @@ pub(crate) fn record_features(
         Some((h, _)) => {
             prm.total = nr as u32;
             let hm = pl("head_max")?;
-            for t0 in (0..len.max(1)).step_by((SCAN_BLOCK * WG as u64) as usize) {
-                prm.a0 = t0 as u32;
-                prm.a1 = (t0 + SCAN_BLOCK * WG as u64).min(len) as u32;
-                s.dispatch(&hm, &prm, &[b_log, h], nr)?;
-            }
-            (prm.a0, prm.a1) = (0, 0);
+            let block = SCAN_BLOCK * WG as u64;
+            dispatch_blocks(s, &hm, &prm, &[b_log, h], nr, (len, block))?;
             prm.total = (nr * len * f) as u32;
             s.dispatch(&*pl("favor_exp_head")?, &prm, &[b_feat, b_log, h], groups)
         }
@@ -193,42 +189,54 @@ pub(super) fn record_logits(
         ];
         ctx.pipelines.get(ctx, "favor", entry, storage, &consts)
     };
-    let quad = (!vec).then(|| crate::bind::upload_f32(ctx, &[0f32; 4]));
     let [x, omega, feat, log] = b;
-    let (x4, omega4) = match &quad {
-        Some(z) => (Bind::all(12, z), Bind::all(13, z)),
-        None => (Bind { slot: 12, ..x }, Bind { slot: 13, ..omega }),
+    // Without VEC_X the views are never read: the context's zero quad fills their slots.
+    let (x4, omega4) = match vec {
+        true => (Bind { slot: 12, ..x }, Bind { slot: 13, ..omega }),
+        false => {
+            let z = ctx.zero_quad();
+            (Bind::all(12, z), Bind::all(13, z))
+        }
     };
     let b = [x, omega, feat, log, x4, omega4];
     let groups = tiles.div_ceil(WG as u64);
     let pp = pl("favor_proj", vec)?;
-    let dk = prm.dk as u64;
-    for a0 in (0..dk.max(1)).step_by(PROJ_DK_BLOCK as usize) {
-        let blk = Params {
-            a0: a0 as u32,
-            a1: (a0 + PROJ_DK_BLOCK).min(dk) as u32,
-            ..proj
-        };
-        s.dispatch(&pp, &blk, &b, groups)?;
-    }
+    dispatch_blocks(s, &pp, &proj, &b, groups, (prm.dk as u64, PROJ_DK_BLOCK))?;
     s.mark("favor_proj");
     if row_max {
         let rm = pl("favor_logits", false)?;
-        let m = prm.m as u64;
-        for a0 in (0..m.max(1)).step_by(SCAN_BLOCK as usize) {
-            let blk = Params {
-                a0: a0 as u32,
-                a1: (a0 + SCAN_BLOCK).min(m) as u32,
-                ..*prm
-            };
-            s.dispatch(
-                &rm,
-                &blk,
-                &[feat, log],
-                (prm.total as u64).div_ceil(WG as u64),
-            )?;
-        }
+        let groups = (prm.total as u64).div_ceil(WG as u64);
+        dispatch_blocks(
+            s,
+            &rm,
+            prm,
+            &[feat, log],
+            groups,
+            (prm.m as u64, SCAN_BLOCK),
+        )?;
         s.mark("favor_logits");
+    }
+    Ok(())
+}
+
+/// Dispatches `pl` once per block `[a0, a1)` of `0..n` (`block` long, the last shorter; one empty
+/// block when n = 0) with `prm`'s a0, a1 set, so an invocation looping over that dim stays under
+/// lavapipe's 65 535 iterations.
+pub(super) fn dispatch_blocks(
+    s: &mut Schedule<'_>,
+    pl: &wgpu::ComputePipeline,
+    prm: &Params,
+    binds: &[Bind<'_>],
+    groups: u64,
+    (n, block): (u64, u64),
+) -> Result<()> {
+    for a0 in (0..n.max(1)).step_by(block as usize) {
+        let blk = Params {
+            a0: a0 as u32,
+            a1: (a0 + block).min(n) as u32,
+            ..*prm
+        };
+        s.dispatch(pl, &blk, binds, groups)?;
     }
     Ok(())
 }
@@ -321,12 +329,8 @@ pub(super) fn record_positive(
     }
     prm.total = (nr * len) as u32;
     let ek = pl("favor_exp_keys")?;
-    for a0 in (0..m.max(1)).step_by(SCAN_BLOCK as usize) {
-        prm.a0 = a0 as u32;
-        prm.a1 = (a0 + SCAN_BLOCK).min(m) as u32;
-        s.dispatch(&ek, &prm, &[b_fk, b_max, b_lk], groups(nr * len))?;
-    }
-    (prm.a0, prm.a1) = (0, 0);
+    let binds = [b_fk, b_max, b_lk];
+    dispatch_blocks(s, &ek, &prm, &binds, groups(nr * len), (m, SCAN_BLOCK))?;
     s.mark("key_max_exp");
     prm.x_off = xq.1;
     prm.total = (nr * len) as u32;
@@ -340,11 +344,7 @@ pub(super) fn record_positive(
     let binds = [b_fq, b_max, b_run, b_log];
     for entry in ["query_max", "favor_exp_query"] {
         let pp = pl(entry)?;
-        for a0 in (0..m.max(1)).step_by(SCAN_BLOCK as usize) {
-            prm.a0 = a0 as u32;
-            prm.a1 = (a0 + SCAN_BLOCK).min(m) as u32;
-            s.dispatch(&pp, &prm, &binds, groups(nr * len))?;
-        }
+        dispatch_blocks(s, &pp, &prm, &binds, groups(nr * len), (m, SCAN_BLOCK))?;
     }
     s.mark("favor_exp_query");
     Ok(())
@@ -363,19 +363,15 @@ pub(super) fn record_extend_v(
         .pipelines
         .get(ctx, "favor", "extend_v", storage, &[("WG", WG)])?;
     let b = Bind::prefix_at(3, xv, n * (dv + 1) * 4).0;
+    let prm = Params {
+        dk: dv as u32,
+        x_off: x.1,
+        total: n as u32,
+        ..Zeroable::zeroed()
+    };
     // One invocation per position, its Dv + 1 values in blocks of SCAN_BLOCK.
-    for a0 in (0..dv + 1).step_by(SCAN_BLOCK as usize) {
-        let prm = Params {
-            dk: dv as u32,
-            x_off: x.1,
-            total: n as u32,
-            a0: a0 as u32,
-            a1: (a0 + SCAN_BLOCK).min(dv + 1) as u32,
-            ..Zeroable::zeroed()
-        };
-        s.dispatch(&pl, &prm, &[x.0, b], n.div_ceil(WG as u64))?;
-    }
-    Ok(())
+    let groups = n.div_ceil(WG as u64);
+    dispatch_blocks(s, &pl, &prm, &[x.0, b], groups, (dv + 1, SCAN_BLOCK))
 }
 
 /// Records `xf[0..n] = f32(x[first..first + n])` (x bound at slot 1, xf at slot 6).

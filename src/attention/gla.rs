@@ -457,10 +457,9 @@ impl<T: Element, const SSD: bool> Gated<'_, T, SSD> {
         let sn = dk * dv;
         let (s0, sl) = (sp.slot0 * sn, nr * sn);
         let (blast, st_off) = Bind::elems(ctx, 9, self.last.buffer(), 4, s0, sl);
-        let dummy = scratch(ctx, 4);
         let bh0 = match self.initial_state {
             Some(h) => Bind::elems(ctx, 5, h.buffer(), 4, s0, sl).0,
-            None => Bind::all(5, &dummy),
+            None => Bind::all(5, ctx.zero_quad()),
         };
         let nchunks = len.div_ceil(CHUNK as u64);
         let mut prm = Params {

@@ -17,7 +17,7 @@
 //! split into segments).
 
 use super::chunk::Geom;
-use crate::bind::{scratch, upload_f32, upload_u32, Bind};
+use crate::bind::{scratch, upload_u32, Bind};
 use crate::driver::Pass;
 use crate::schedule::{fold_grid, Schedule};
 use crate::types::CuSeqlens;
@@ -199,8 +199,7 @@ pub(crate) fn record_fix(s: &mut Schedule<'_>, io: &FixIo<'_>, p: &Pass<'_>) -> 
     // The first dispatch also runs the initial state's term (Dk more iterations).
     let block = (LOOP_BUDGET.saturating_sub(dk) / (dk + 2)).max(1);
     let terms = pl("terms")?;
-    // terms reads binding 8 whatever s0_on says: a one-element stand-in without a state.
-    let none = upload_f32(ctx, &[0.0]);
+    // terms reads binding 8 whatever s0_on says: the context's zeros stand in without a state.
     let binds = [
         bq,
         bk,
@@ -208,7 +207,7 @@ pub(crate) fn record_fix(s: &mut Schedule<'_>, io: &FixIo<'_>, p: &Pass<'_>) -> 
         b_st,
         b_acc,
         bo,
-        whole(8, io.initial.unwrap_or(&none)),
+        whole(8, io.initial.unwrap_or(ctx.zero_quad())),
     ];
     let mut j0 = 0;
     while j0 < len {

@@ -247,13 +247,13 @@ fn record_attend_pass<T: Element>(
     let n_seg = (kmax - kmin).div_ceil(pass.keys);
     let ml_off = nr * nq * dv;
     let state = (n_seg > 1).then(|| scratch(ctx, (ml_off + nr * nq * 2) * 4));
-    // Unused inputs still need a binding; a buffer cannot be bound read-only and read-write in
-    // one dispatch, hence two dummies.
-    let (dummy, dummy_rw) = (scratch(ctx, 16), scratch(ctx, 16));
-    let bs = whole(5, pos.slopes.unwrap_or(&dummy));
-    let br = whole(6, pos.rerope.map_or(&dummy, |r| r.2));
+    // Unused inputs still need a binding: the context's zero quad for the read-only ones; a
+    // buffer cannot be bound read-only and read-write in one dispatch, hence a second dummy.
+    let (dummy, dummy_rw) = (ctx.zero_quad(), scratch(ctx, 16));
+    let bs = whole(5, pos.slopes.unwrap_or(dummy));
+    let br = whole(6, pos.rerope.map_or(dummy, |r| r.2));
     let bst = whole(7, state.as_ref().unwrap_or(&dummy_rw));
-    let bsq = whole(8, pos.seqs.unwrap_or(&dummy));
+    let bsq = whole(8, pos.seqs.unwrap_or(dummy));
     for seg in 0..n_seg {
         let klo = kmin + seg * pass.keys;
         let khi = (klo + pass.keys).min(kmax);
@@ -324,7 +324,7 @@ fn record_attend_pass<T: Element>(
         let bv4 = if vec_v {
             Bind { slot: 9, ..bv }
         } else {
-            whole(9, &dummy)
+            whole(9, dummy)
         };
         let binds = match t.family {
             AttentionTiles::Gpu => vec![bq_, bk_, bv, bo, bs, br, bst, bsq],

@@ -362,10 +362,9 @@ impl<T: Element> RowOp for Selective<'_, '_, T> {
         let bd = bind_whole(ctx, op, "D", 6, x.d.unwrap_or(x.a))?;
         let bbias = bind_whole(ctx, op, "delta_bias", 8, x.delta_bias.unwrap_or(x.a))?;
         let (blast, st_off) = Bind::elems(ctx, 14, self.last.buffer(), 4, r0 * n, nr * n);
-        let dummy = scratch(ctx, 4);
         let bh0 = match x.initial_state {
             Some(h) => Bind::elems(ctx, 9, h.buffer(), 4, r0 * n, nr * n).0,
-            None => Bind::all(9, &dummy),
+            None => Bind::all(9, ctx.zero_quad()),
         };
         let (bout, out_off) = p.out.bind(ctx, 13, nr * len);
         let mut prm = Params {

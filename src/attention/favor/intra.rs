@@ -99,12 +99,8 @@ pub(crate) fn record_intra(
     let nt = chunk.div_ceil(INTRA_TILE);
     let w_tiles = nr * nc * nt * (nt + 1) / 2;
     prm.total = w_tiles as u32;
-    for a0 in (0..f.max(1)).step_by(FEAT_BLOCK as usize) {
-        prm.a0 = a0 as u32;
-        prm.a1 = (a0 + FEAT_BLOCK).min(f) as u32;
-        s.dispatch(&w_pl, &prm, &logits, w_tiles.div_ceil(WG as u64))?;
-    }
-    (prm.a0, prm.a1) = (0, 0);
+    let groups = w_tiles.div_ceil(WG as u64);
+    super::dispatch_blocks(s, &w_pl, &prm, &logits, groups, (f, FEAT_BLOCK))?;
     s.mark("favor_intra_w");
     let w = nr * len * (dv + 1) * 4;
     let binds = [
