@@ -16,16 +16,29 @@ use longseq::{Context, Element, Error, Tensor};
 
 const KINDS: [FavorKind; 2] = [FavorKind::Positive, FavorKind::Trig];
 
-/// GPU (output poisoned with NaN) vs reference on the same dtype-rounded inputs.
-#[allow(clippy::too_many_arguments)]
+/// GPU (output poisoned with NaN) vs reference on the same dtype-rounded inputs: the relative
+/// error.
 fn run<T: Element>(
+    ctx: &Context,
+    dims: (usize, usize, usize, usize),
+    x: (&[f32], &[f32], &[f32]),
+    omega: &[f32],
+    o: &FavorOptions,
+    conv: impl Fn(&[f32]) -> Vec<T>,
+) -> f64 {
+    let (got, want) = outputs(ctx, dims, x, omega, o, conv);
+    rel_err(&got, &want)
+}
+
+/// The GPU output (poisoned with NaN first) and the reference's, after checking q is unmodified.
+fn outputs<T: Element>(
     ctx: &Context,
     (rows, l, dk, dv): (usize, usize, usize, usize),
     x: (&[f32], &[f32], &[f32]),
     omega: &[f32],
     o: &FavorOptions,
     conv: impl Fn(&[f32]) -> Vec<T>,
-) -> f64 {
+) -> (Vec<f64>, Vec<f64>) {
     let (q, k, v) = (conv(x.0), conv(x.1), conv(x.2));
     let (sq, sv) = ([rows, l, dk], [rows, l, dv]);
     let d = check_shapes("test", &sq, &sq, &sv).unwrap();
@@ -38,7 +51,7 @@ fn run<T: Element>(
     let got = to_f64(&out.to_vec(ctx).unwrap());
     let want = reference::attention::favor_attention(&q, &k, &v, &d, omega, o).unwrap();
     assert_eq!(to_f64(&tq.to_vec(ctx).unwrap()), to_f64(&q));
-    rel_err(&got, &want)
+    (got, want)
 }
 
 /// (rows, L, Dk, Dv, M): L and D off the power of two, M not a multiple of Dk.
@@ -522,29 +535,16 @@ fn a_nan_in_q_k_or_v_follows_the_reference_pattern() {
                 for kind in KINDS {
                     for causal in [false, true] {
                         let o = FavorOptions { kind, causal };
-                        let (sq, sv) = ([rows, l, dk], [rows, l, dv]);
-                        let dims = check_shapes("test", &sq, &sq, &sv).unwrap();
-                        let t = |v: &[f32], s: &[usize]| Tensor::from_slice(c, v, s).unwrap();
-                        let tw = t(&w, &[m, dk]);
-                        let out = Tensor::<f32>::nan(c, &dims.out_shape).unwrap();
-                        let (tq, tk, tv) = (t(&x[0], &sq), t(&x[1], &sq), t(&x[2], &sv));
-                        favor_attention_into(c, &tq, &tk, &tv, &tw, &out, &o).unwrap();
-                        let got = to_f64(&out.to_vec(c).unwrap());
-                        let want = reference::attention::favor_attention(
-                            &x[0], &x[1], &x[2], &dims, &w, &o,
-                        )
-                        .unwrap();
+                        let xs = (&x[0][..], &x[1][..], &x[2][..]);
+                        let dims = (rows, l, dk, dv);
+                        let (got, want) = outputs(c, dims, xs, &w, &o, |x| x.to_vec());
                         let case =
                             format!("{kind:?} causal={causal} Dk={dk} Dv={dv} NaN in {which}");
-                        let nan: Vec<bool> = got.iter().map(|v| v.is_nan()).collect();
-                        let want_nan: Vec<bool> = want.iter().map(|v| v.is_nan()).collect();
-                        let bad = (0..nan.len()).filter(|&i| nan[i] != want_nan[i]).count();
+                        let bad = nan_mismatches(&got, &want);
                         assert_eq!(bad, 0, "{case}: NaN pattern differs in {bad} entries");
-                        assert!(want_nan.iter().any(|&b| b), "{case}: no NaN to follow");
-                        let keep = |v: &[f64]| -> Vec<f64> {
-                            v.iter().copied().filter(|v| !v.is_nan()).collect()
-                        };
-                        let e = rel_err(&keep(&got), &keep(&want));
+                        assert!(want.iter().any(|v| v.is_nan()), "{case}: no NaN to follow");
+                        // rel_err skips the outputs NaN in both.
+                        let e = rel_err(&got, &want);
                         let tol = tol_f32(kind, &x[0], &x[1], (rows, l, dk), &w, causal);
                         assert!(e <= tol.max(1e-4), "{case}: relative error {e:.2e}");
                     }

@@ -198,11 +198,7 @@ fn nan_reaches_exactly_the_outputs_the_recurrence_makes_nan() {
     let o = LightningOptions::default();
     let (got, want) = run(ctx(), &s, &sv, (&q, &k, &v), Some(&sl), &o, |x| x.to_vec());
     assert!(want.iter().any(|x| x.is_nan()) && want.iter().any(|x| !x.is_nan()));
-    let mism = got
-        .iter()
-        .zip(&want)
-        .filter(|(g, w)| g.is_nan() != w.is_nan())
-        .count();
+    let mism = nan_mismatches(&got, &want);
     assert_eq!(mism, 0, "NaN pattern differs at {mism} outputs");
     assert_close("non-NaN outputs", &got, &want, TOL_F32);
 }

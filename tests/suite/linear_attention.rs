@@ -269,11 +269,7 @@ fn nan_reaches_exactly_the_outputs_the_reference_makes_nan() {
         )
         .unwrap();
         let got = to_f64(&out.to_vec(c).unwrap());
-        let mism = got
-            .iter()
-            .zip(&want)
-            .filter(|(g, w)| g.is_nan() != w.is_nan())
-            .count();
+        let mism = nan_mismatches(&got, &want);
         assert_eq!(
             mism, 0,
             "{fm:?} causal={causal} Dv={dv}: NaN pattern differs at {mism} outputs"

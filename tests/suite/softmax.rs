@@ -251,11 +251,7 @@ fn nan_reaches_exactly_the_outputs_the_reference_makes_nan() {
         for fam in FAMILIES {
             let (got, want) = run(fctx(fam, true), &s, &sv, (&q, &k, &v), &o, |x| x.to_vec());
             assert!(want.iter().any(|x| x.is_nan()) && want.iter().any(|x| !x.is_nan()));
-            let mism = got
-                .iter()
-                .zip(&want)
-                .filter(|(g, w)| g.is_nan() != w.is_nan())
-                .count();
+            let mism = nan_mismatches(&got, &want);
             assert_eq!(
                 mism, 0,
                 "{fam:?} causal={causal} Dv={dv}: NaN pattern differs at {mism}"

@@ -104,6 +104,15 @@ pub fn to_f64<T: Element>(x: &[T]) -> Vec<f64> {
     x.iter().map(|v| v.to_f64()).collect()
 }
 
+/// Outputs that are NaN in one of `got` and the reference `want` but not in the other.
+pub fn nan_mismatches(got: &[f64], want: &[f64]) -> usize {
+    assert_eq!(got.len(), want.len(), "length mismatch");
+    got.iter()
+        .zip(want)
+        .filter(|(g, w)| g.is_nan() != w.is_nan())
+        .count()
+}
+
 /// Normwise relative error, or +∞ when the NaN patterns differ (NaN never passes by accident).
 pub fn rel_err(got: &[f64], want: &[f64]) -> f64 {
     assert_eq!(got.len(), want.len(), "length mismatch");
