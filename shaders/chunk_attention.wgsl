@@ -1,8 +1,8 @@
 // The chunk engine: kernelized linear attention in chunks of CHUNK rows (Katharopoulos et al. 2020,
 // eqs. 4-6 and 16-20), with an optional per-head decay (Lightning Attention-2, Qin et al. 2024) and
 // an optional denominator. One algorithm serves linear attention (any feature map, causal or not),
-// Lightning (DECAY), NormAttention (no DEN), FAVOR+'s core (features precomputed, FMAP = identity)
-// and the causal prefill of recurrent decoding (totals).
+// Lightning (DECAY), NormAttention (no DEN), FAVOR+'s core (features precomputed, FMAP = identity),
+// the causal prefill of recurrent decoding (totals) and DiagAttention's softmax blocks (SOFTMAX).
 //
 //   o_i = [λ^(i+1) φ(q_i) KV_c + Σ_{j≤i in chunk} λ^(i−j) (φ(q_i)·φ(k_j)) v_j] / den_i   (i, j local)
 //   KV_{c+1} = λ^C KV_c + Σ_j λ^(C−1−j) φ(k_j) v_jᵀ;   z likewise with v_j = 1;   λ = exp(−s_h).
@@ -10,12 +10,13 @@
 //
 // Layout (f32 scratch of one pass; R rows = (batch, head) pairs, nc chunks of CP ≥ CHUNK slots,
 // slots past CHUNK and rows past L are zero): qt, kt = φ(Q)ᵀ, φ(K)ᵀ per chunk [R, nc, Dkp, CP]
-// (kt causal only);
+// (kt causal or SOFTMAX only);
 // kw = φ(K) rows weighted by λ^(C−1−j) [R, nc, CP, Dkp]; vp = V padded [R, nc, CP, Dvp] (unused
 // with V_DIRECT: V itself);
 // state [R, nc, W] with W = Dkp·Dvp (KV) + Dkp (z); carry [R, W] (the state entering this segment
 // of L, then the state after it). Dkp, Dvp are multiples of TR, TC; CP of TR, TC and 4.
-// Pipeline: [load_state] -> prep_qk, prep_v -> chunk_state -> scan -> [totals] -> chunk_apply.
+// Pipeline: [load_state] -> prep_qk, prep_v -> chunk_state -> scan -> [totals] -> chunk_apply
+// (SOFTMAX: prep_qk, prep_v -> chunk_apply).
 // Contractions are register-tiled: an invocation owns a TR×TC block of its output and loads TR+TC
 // values (as vec4) per TR·TC FMAs; the host picks TR, TC per adapter (large on CPU adapters).
 // No invocation loops more than max(CP, Dkp, nc) times; the host keeps nc ≤ 32 768 per segment.
@@ -33,6 +34,10 @@ override RESCALE: bool = false;
 // The host checked that q, k, v rows are 4-aligned (offsets, strides, Dk and Dv multiples of 4):
 // the prep passes read them a vec4 at a time through q4, k4, v4 (the same buffers).
 override VEC_IN: bool = false;
+// DiagAttention with softmax weights (TransNormer, Qin et al. 2022): one chunk is one block, the
+// identity map gives q, k; per chunk the scores (causal or the whole block), then per query row
+// weights exp(scale·s − max) normalised by their sum; no state, no carry.
+override SOFTMAX: bool = false;
 // VEC_IN with Dv = DVP and CP = CHUNK: the contractions read V through v4 and prep_v is skipped.
 override V_DIRECT: bool = false;
 
@@ -87,7 +92,7 @@ struct Params {
     o_bs: u32,
     o_hs: u32,
     o_ts: u32,
-    _pad0: u32,
+    scale: f32,     // SOFTMAX: the logit scale
     _pad1: u32,
 }
 
@@ -205,14 +210,16 @@ fn prep_qk(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
             let n = min(CHUNK, p.len - c * CHUNK);
             w = exp(lam * f32(n - 1u - min(sl, n - 1u)));
         }
-        kw[((r * p.n_chunks + c) * CP + sl) * a4n + a4] = kv * w;
+        if (!SOFTMAX) {
+            kw[((r * p.n_chunks + c) * CP + sl) * a4n + a4] = kv * w;
+        }
     }
     let cb = (r * p.n_chunks + c) * DKP;
     for (var e = 0u; e < 4u; e++) {
         let i = ((cb + a4 * 4u + e) * CP + sl0) / 4u;
         qt[i] = vec4<f32>(qm[0][e], qm[1][e], qm[2][e], qm[3][e]);
-        // kt feeds the causal scores only.
-        if (CAUSAL) {
+        // kt feeds the score blocks only.
+        if (CAUSAL || SOFTMAX) {
             kt[i] = vec4<f32>(km[0][e], km[1][e], km[2][e], km[3][e]);
         }
     }
@@ -430,10 +437,12 @@ fn load_state(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
 // the tiles on or below the diagonal (those above are never written, and never read). SC = TC/2
 // on CPU adapters: 20 half tiles spread over both SIMD batches of the workgroup where 10 full ones
 // left the second batch 3/8 busy.
+// SOFTMAX without CAUSAL: every tile, unmasked.
 fn scores(rc: u32, r: u32, lid: u32) {
     let c4 = CP / 4u;
     let nbi = CP / SC;
-    let per = TR / SC;  // column tiles per row tile: tile (jb, ib) is live for ib >= jb·per
+    // Column tiles per row tile: tile (jb, ib) is live for ib >= jb·per.
+    let per = select(0u, TR / SC, CAUSAL);
     let nbj = CP / TR;
     let nlive = nbj * nbi - per * nbj * (nbj - 1u) / 2u;
     let lam = -slope(r);
@@ -486,7 +495,10 @@ fn scores(rc: u32, r: u32, lid: u32) {
                 if (DECAY) {
                     w *= exp(lam * max(vec4<f32>(i) - f32(j), vec4<f32>(0.0)));
                 }
-                at[(j * CP + i0) / 4u + e] = select(vec4<f32>(0.0), w, vec4<u32>(j) <= i);
+                if (CAUSAL) {
+                    w = select(vec4<f32>(0.0), w, vec4<u32>(j) <= i);
+                }
+                at[(j * CP + i0) / 4u + e] = w;
             }
         }
     }
@@ -518,6 +530,33 @@ fn denominators(rc: u32, sb: u32, lam: f32, lid: u32) {
     }
 }
 
+// SOFTMAX: at[j][i] becomes exp(scale·s − m_i) over the keys query i sees (j < nk, and j <= i
+// when causal; m_i their maximum, NaN ignored as f64::max does), den_i their sum; four rows per
+// invocation.
+fn softmax_rows(nk: u32, lid: u32) {
+    let c4 = CP / 4u;
+    for (var i4 = lid; i4 < c4; i4 += WG) {
+        let iv = vec4<u32>(i4 * 4u) + vec4<u32>(0u, 1u, 2u, 3u);
+        let jn = select(nk, min(nk, i4 * 4u + 4u), CAUSAL);
+        var m = vec4<f32>(-3.4028235e38);
+        for (var j = 0u; j < jn; j++) {
+            let x = at[j * c4 + i4] * p.scale;
+            let live = (vec4<u32>(j) <= iv) | vec4<bool>(!CAUSAL);
+            m = select(m, x, live & (x > m));
+        }
+        var d = vec4<f32>(0.0);
+        for (var j = 0u; j < jn; j++) {
+            let x = at[j * c4 + i4] * p.scale - m;
+            let live = (vec4<u32>(j) <= iv) | vec4<bool>(!CAUSAL);
+            // exp of -inf (a -inf logit) is exactly 0; NaN stays NaN.
+            let w = select(select(exp(x), vec4<f32>(0.0), x < vec4<f32>(-200.0)), vec4<f32>(0.0), !live);
+            at[j * c4 + i4] = w;
+            d += w;
+        }
+        den[i4] = d;
+    }
+}
+
 // One workgroup per (row, chunk): scores (causal), denominators (DEN), then the output in TR×TC
 // tiles (rows i, cols d) = carried state term + masked scores × V, divided by den.
 @compute @workgroup_size(WG)
@@ -531,11 +570,15 @@ fn chunk_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     let c = rc % p.n_chunks;
     let lam = -slope(r);
     let sb = select(r, rc, CAUSAL) * width4();
-    if (CAUSAL && !RESCALE) {
+    // Keys of this chunk (none when q is the longer one).
+    let nk = min(CHUNK, max(p.lk, c * CHUNK) - c * CHUNK);
+    if ((CAUSAL || SOFTMAX) && !RESCALE) {
         scores(rc, r, lid);
     }
     workgroupBarrier();
-    if (DEN) {
+    if (SOFTMAX) {
+        softmax_rows(nk, lid);
+    } else if (DEN) {
         denominators(rc, sb, lam, lid);
     }
     workgroupBarrier();
@@ -557,7 +600,7 @@ fn chunk_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
             acc[e] = vec4<f32>(0.0);
         }
         // The state entering a sequence's first chunk is an empty sum: no term, not Inf·0.
-        let na = select(DKP, 0u, CAUSAL && c == 0u && p.first == 1u);
+        let na = select(DKP, 0u, (CAUSAL && c == 0u && p.first == 1u) || SOFTMAX);
         for (var a = 0u; a < na; a++) {
             var qr: array<vec4<f32>, TR4>;
             var sr: array<vec4<f32>, TC4>;
@@ -588,10 +631,12 @@ fn chunk_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
                 }
             }
         }
-        if (CAUSAL && !RESCALE) {
+        if ((CAUSAL || SOFTMAX) && !RESCALE) {
             let vrow = v_row(r);
-            // Keys before the tile's rows: every row sees them.
-            for (var j = 0u; j < i0; j++) {
+            // Keys before the tile's rows (all keys of the block without CAUSAL): every row
+            // sees them.
+            let jb = select(nk, i0, CAUSAL);
+            for (var j = 0u; j < jb; j++) {
                 var ar: array<vec4<f32>, TR4>;
                 var vr: array<vec4<f32>, TC4>;
                 // #unroll e TR4
@@ -613,7 +658,7 @@ fn chunk_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
             }
             // The diagonal block: row i takes keys j <= i only, so a NaN or Inf in a later v_j
             // never meets a masked 0.
-            for (var j = i0; j < i0 + TR; j++) {
+            for (var j = i0; j < select(i0, i0 + TR, CAUSAL); j++) {
                 var ar: array<vec4<f32>, TR4>;
                 var vr: array<vec4<f32>, TC4>;
                 // #unroll e TR4
@@ -644,7 +689,10 @@ fn chunk_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
             let ii = k / TC4;
             let i = i0 + ii;
             var y = acc[k];
-            if (DEN) {
+            if (SOFTMAX) {
+                // den >= 1 unless a logit is NaN or +Inf, or all are -inf: then NaN, as 0/0.
+                y = y / den[i / 4u][ii % 4u];
+            } else if (DEN) {
                 let dn = den[i / 4u][ii % 4u];
                 // 0/0 (all weights 0) -> 0; a NaN denominator still gives NaN.
                 y = select(y / dn, vec4<f32>(0.0), vec4<bool>(dn == 0.0));

@@ -1,7 +1,8 @@
 //! The chunk engine (shaders/chunk_attention.wgsl): one chunked, register-tiled algorithm for
 //! kernelized linear attention (any feature map, causal or not, with or without the denominator),
 //! Lightning attention (per-head decay), NormAttention's numerator, FAVOR+'s core (features
-//! precomputed) and the causal prefill of recurrent decoding (the state after all of L).
+//! precomputed), the causal prefill of recurrent decoding (the state after all of L) and
+//! DiagAttention's softmax blocks (a chunk per block, no state: [`Job::softmax`]).
 //!
 //! Passes: φ once per element (`prep_qk`, `prep_v`, into zero-padded f32 tiles; 4-aligned rows
 //! are read as vec4, and V needing no padding is read in place, without `prep_v`), per-chunk states
@@ -39,6 +40,9 @@ pub(crate) struct Job {
     /// Causal FAVOR+ with per-chunk key stabilisers (RESCALE): no score block, the chunk's own
     /// keys come from `favor_intra`.
     pub rescale: bool,
+    /// DiagAttention's softmax weights with this logit scale (SOFTMAX): a chunk is a block, the
+    /// map is the identity, and no state crosses chunks (no `chunk_state`, `scan`, carry).
+    pub softmax: Option<f32>,
 }
 
 /// Decay rates: `[H]` f32 on the device, and H (row r of the whole tensor is head r mod H).
@@ -56,6 +60,8 @@ struct Geo {
     cp: u32,
     dkp: u64,
     dvp: u64,
+    /// No chunk states (SOFTMAX).
+    stateless: bool,
 }
 
 impl Geo {
@@ -98,6 +104,7 @@ impl Geo {
             cp: pad_slots(family, chunk),
             dkp: job.dk.next_multiple_of(tr as u64),
             dvp: job.dv.next_multiple_of(tc as u64),
+            stateless: job.softmax.is_some(),
         }
     }
 
@@ -108,18 +115,22 @@ impl Geo {
         let (tr, tc, wa, _) = self.family.tiles();
         let (tr, tc, cp) = (tr as u64, tc as u64, self.cp as u64);
         let per = |tiles: u64| tiles.div_ceil(wa as u64);
-        let scores = match job.causal && !job.rescale {
+        let scores = match (job.causal || self.stateless) && !job.rescale {
             true => {
-                // The score block's live tiles (on or below the diagonal), TR×SC each, and the
-                // search for a tile's row (at most cp / tr steps).
+                // The score block's live tiles (on or below the diagonal when causal), TR×SC
+                // each, and the search for a tile's row (at most cp / tr steps).
                 let sc = score_cols(tc as u32) as u64;
                 let (nbj, nbi) = (cp / tr, cp / sc);
-                let live = nbj * nbi - (tr / sc) * nbj * (nbj - 1) / 2;
-                per(live) * (self.dkp + nbj)
+                let above = match job.causal {
+                    true => (tr / sc) * nbj * (nbj - 1) / 2,
+                    false => 0,
+                };
+                per(nbj * nbi - above) * (self.dkp + nbj)
             }
             false => 0,
         };
-        let den = per(cp / 4) * (self.dkp / 4 + cp);
+        // The denominators, or the softmax's two sweeps over a row's keys.
+        let den = per(cp / 4) * (self.dkp / 4 + 2 * cp);
         let apply = per((cp / tr) * (self.dvp / tc)) * (self.dkp + cp + tr);
         scores + den + apply
     }
@@ -134,10 +145,14 @@ impl Geo {
     /// Scratch bytes per row for a segment of `len` rows of L.
     fn scratch_bytes(&self, len: u64) -> [(&'static str, u64); 4] {
         let slots = self.chunks(len) * self.cp as u64;
+        let states = match self.stateless {
+            true => 0,
+            false => self.chunks(len) * self.width() * 4,
+        };
         [
             ("features", slots * self.dkp * 4),
             ("padded v", slots * self.dvp * 4),
-            ("chunk state", self.chunks(len) * self.width() * 4),
+            ("chunk state", states),
             ("carried state", self.width() * 4),
         ]
     }
@@ -146,6 +161,13 @@ impl Geo {
 /// Rows per chunk the engine uses for `job` on `ctx` (FAVOR+ stabilises its keys per chunk).
 pub(crate) fn chunk_len(ctx: &Context, job: &Job) -> u32 {
     Geo::new(ctx, job).chunk
+}
+
+/// Whether the engine runs `job` on `ctx` with the job's own chunk: the score block fits
+/// workgroup memory and no invocation loops too long (else callers take another kernel).
+pub(crate) fn runs(ctx: &Context, job: &Job) -> bool {
+    let geo = Geo::new(ctx, job);
+    Some(geo.chunk) == job.chunk && fits(ctx, geo.cp as u64) && geo.trips(job) <= LOOP_BUDGET
 }
 
 /// Bytes per row of every scratch binding of the engine for a row of `len`, for callers that plan
@@ -199,7 +221,7 @@ crate::uniform! {
     o_bs: u32,
     o_hs: u32,
     o_ts: u32,
-    _pad0: u32,
+    scale: f32,
     _pad1: u32,
     }
 }
@@ -246,20 +268,34 @@ impl Geom {
 
     /// The rows of a checked grouped-heads call in its layout.
     pub fn of(g: &GqaDims) -> Self {
-        let l = g.layout;
+        let heads = (g.q_heads, g.kv_heads);
+        Self::grouped(g.layout, heads, (g.q_len, g.kv_len), (g.dk, g.dv))
+    }
+
+    /// The same for the sizes of an attend call (softmax attention, DiagAttention).
+    pub fn of_attend(g: &super::softmax_plan::Geom) -> Self {
+        Self::grouped(g.layout, (g.hq, g.hkv), (g.lq, g.lk), (g.dk, g.dv))
+    }
+
+    fn grouped(
+        l: Layout,
+        (hq, hkv): (usize, usize),
+        (lq, lk): (usize, usize),
+        (dk, dv): (usize, usize),
+    ) -> Self {
         Self {
-            hq: g.q_heads as u64,
-            group: g.group() as u64,
-            lq: g.q_len as u64,
-            lk: g.kv_len as u64,
+            hq: hq as u64,
+            group: (hq / hkv) as u64,
+            lq: lq as u64,
+            lk: lk as u64,
             unit: match l {
                 Layout::Bhld => 1,
-                Layout::Blhd => g.q_heads as u64,
+                Layout::Blhd => hq as u64,
             },
-            q: l.strides(g.q_heads, g.q_len, g.dk),
-            k: l.strides(g.kv_heads, g.kv_len, g.dk),
-            v: l.strides(g.kv_heads, g.kv_len, g.dv),
-            o: l.strides(g.q_heads, g.q_len, g.dv),
+            q: l.strides(hq, lq, dk),
+            k: l.strides(hkv, lk, dk),
+            v: l.strides(hkv, lk, dv),
+            o: l.strides(hq, lq, dv),
         }
     }
 
@@ -382,13 +418,15 @@ fn record_segment(
     let slots = nc * geo.cp as u64;
     let feat = seg.nr * slots * geo.dkp * 4;
     let pool = &ctx.chunk_scratch;
+    // SOFTMAX writes no weighted keys and no chunk states: stand-ins for their bindings.
+    let lean = |n: u64| if geo.stateless { 16 } else { n };
     let (qt, kt, kw) = (
         pool.take(ctx, feat),
         pool.take(ctx, feat),
-        pool.take(ctx, feat),
+        pool.take(ctx, lean(feat)),
     );
     let vp = pool.take(ctx, seg.nr * slots * geo.dvp * 4);
-    let state = pool.take(ctx, seg.nr * nc * geo.width() * 4);
+    let state = pool.take(ctx, lean(seg.nr * nc * geo.width() * 4));
     let r = record_passes(
         s,
         job,
@@ -456,6 +494,7 @@ fn record_passes(
             ("DECAY", decay.is_some() as u32),
             ("DEN", job.denominator as u32),
             ("RESCALE", logs.is_some() as u32),
+            ("SOFTMAX", geo.stateless as u32),
             ("TR", tr),
             ("TC", tc),
             ("SC", score_cols(tc)),
@@ -513,7 +552,7 @@ fn record_passes(
         o_bs: gm.o.batch as u32,
         o_hs: gm.o.head as u32,
         o_ts: gm.o.token as u32,
-        _pad0: 0,
+        scale: job.softmax.unwrap_or(0.0),
         _pad1: 0,
     };
     let groups = |n: u64, w: u32| n.div_ceil(w as u64);
@@ -555,7 +594,7 @@ fn record_passes(
         s.dispatch(&*pl("prep_v", wg)?, &prm, &binds, groups(n, wg))?;
         s.mark("prep_v");
     }
-    if sweep != Sweep::Apply {
+    if sweep != Sweep::Apply && !geo.stateless {
         let n = seg.nr * nc * (geo.dkp / tr as u64) * (geo.dvp / tc as u64);
         prm.total = n as u32;
         let binds = [whole(7, kw), whole(8, vp), whole(9, state), view(17, b.v.0)];
@@ -839,7 +878,7 @@ fn record_span<'b>(
     };
     let carry = ctx.chunk_scratch.take(ctx, rows[0].1 * geo.width() * 4);
     let segs: Vec<u64> = (0..len).step_by(seg_len as usize).collect();
-    let sweeps: &[Sweep] = if job.causal || segs.len() == 1 {
+    let sweeps: &[Sweep] = if job.causal || segs.len() == 1 || geo.stateless {
         &[Sweep::Both]
     } else {
         &[Sweep::Sum, Sweep::Apply]

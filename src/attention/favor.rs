@@ -593,5 +593,6 @@ pub(super) fn core_job(len: u64, f: u64, dv: u64, causal: bool, split: bool) -> 
         dk: f,
         dv: dv + split as u64,
         rescale: split,
+        softmax: None,
     }
 }

@@ -60,6 +60,7 @@ impl Decayed<'_> {
             dk: d.dk as u64,
             dv: d.dv as u64,
             rescale: false,
+            softmax: None,
         }
     }
 }

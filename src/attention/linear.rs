@@ -291,6 +291,7 @@ impl<T: Element> Linear<'_, T> {
             dk: d.dk as u64,
             dv: d.dv as u64,
             rescale: false,
+            softmax: None,
         }
     }
 }

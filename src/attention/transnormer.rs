@@ -9,7 +9,7 @@
 //! Norm acts per (batch, head, position) over Dv. (TransNormer's code normalises the concatenation
 //! of all heads; with one head that is the same.)
 
-use super::chunk::Geom as ChunkGeom;
+use super::chunk::{self, Geom as ChunkGeom, Io, Job};
 use super::lightning::{decayed_plan, record_decayed_pass, Decayed};
 use super::lightning_fix::{record_fix, FixIo};
 use super::softmax::{attend_plan, attend_rows, check_batch, record_attend_rows, upload_seqs};
@@ -435,6 +435,9 @@ const DIAG_OP: &str = "diag_attention";
 /// DiagAttention: `q, k: [B, H, L, Dk]` (or `[H, L, Dk]`), `v: [.., L, Dv]` -> `o: [.., L, Dv]`
 /// in the inputs' dtype. Query i attends only to keys of its own block `⌊i/w⌋` (and `j ≤ i` when
 /// causal) with softmax weights, or relu weights followed by the norm. Cost O(L·w·D).
+/// Softmax blocks of w ≤ 64 run on the chunk engine (a chunk per block: register-tiled scores,
+/// the row softmax in workgroup memory, then the weights times V); longer blocks, relu weights and
+/// packed sequences on the tiled softmax kernels.
 ///
 /// Errors: [`Error::Shape`], [`Error::InvalidArgument`] (block 0, a non-finite scale, ε,
 /// parameters given to SimpleRMSNorm), [`Error::TooLarge`].
@@ -512,10 +515,42 @@ struct DiagOp<'a, T: Element> {
     opts: &'a DiagAttentionOptions,
 }
 
+/// Blocks up to this long with softmax weights run on the chunk engine (a chunk per block).
+const ENGINE_BLOCK: u32 = 64;
+
+/// DiagAttention on the chunk engine: softmax weights, no packed sequences, a block of at most
+/// [`ENGINE_BLOCK`] that the engine's tiles fit; `None` otherwise (the attend kernels).
+fn engine_job(ctx: &Context, d: &Geom, cfg: &Attend, packed: bool) -> Option<Job> {
+    if cfg.relu || packed || cfg.block > ENGINE_BLOCK || d.lq == 0 {
+        return None;
+    }
+    let job = Job {
+        storage: Storage::F32,
+        fmap: crate::attention::FeatureMap::Identity.shader_id(),
+        causal: cfg.causal,
+        denominator: false,
+        eps: 0.0,
+        chunk: Some(cfg.block),
+        len: d.lq as u64,
+        dk: d.dk as u64,
+        dv: d.dv as u64,
+        rescale: false,
+        softmax: Some(cfg.scale),
+    };
+    chunk::runs(ctx, &job).then_some(job)
+}
+
 impl<T: Element> RowOp for DiagOp<'_, T> {
     type T = T;
-    /// Sizes, the attend pass, the norm after relu weights, the packed sequences' table.
-    type Dims = (Geom, Attend, Option<NormCfg>, Option<wgpu::Buffer>);
+    /// Sizes, the attend pass, the norm after relu weights, the packed sequences' table, the
+    /// chunk engine's job (softmax weights in short blocks).
+    type Dims = (
+        Geom,
+        Attend,
+        Option<NormCfg>,
+        Option<wgpu::Buffer>,
+        Option<Job>,
+    );
     const NAME: &'static str = DIAG_OP;
 
     fn plan(&self, ctx: &Context) -> Result<(Self::Dims, Plan)> {
@@ -550,6 +585,17 @@ impl<T: Element> RowOp for DiagOp<'_, T> {
             block: o.block.min(d.lq as u32),
             relu,
         };
+        if let Some(job) = engine_job(ctx, &d, &cfg, cu.is_some()) {
+            let es = size_of::<T>() as u64;
+            let gm = ChunkGeom::of_attend(&d);
+            let mut plan = Plan::new(out_shape, d.rows(), gm.lq * job.dv)
+                .bytes("q", job.len * job.dk * es)
+                .bytes("v", job.len * job.dv * es);
+            plan.row_bytes.extend(chunk::row_bytes(ctx, &job));
+            plan.split_len = true;
+            plan.row_group = gm.unit;
+            return Ok(((d, cfg, None, None, Some(job)), plan));
+        }
         let mut plan = attend_plan::<T>(&d, out_shape);
         plan.partial_out = cu.is_some();
         let mut norm = None;
@@ -558,7 +604,7 @@ impl<T: Element> RowOp for DiagOp<'_, T> {
             norm = Some(NormCfg::new(ctx, o.norm, o.eps, affine, d.dv));
         }
         let seqs = upload_seqs(ctx, cu, d.lq);
-        Ok(((d, cfg, norm, seqs), plan))
+        Ok(((d, cfg, norm, seqs, None), plan))
     }
 
     fn inputs(&self) -> Vec<Input<'_>> {
@@ -566,7 +612,24 @@ impl<T: Element> RowOp for DiagOp<'_, T> {
     }
 
     fn record_rows(&self, s: &mut Schedule<'_>, dims: &Self::Dims, p: &Pass<'_>) -> Result<()> {
-        let (d, cfg, norm, seqs) = dims;
+        let (d, cfg, norm, seqs, engine) = dims;
+        if let Some(job) = engine {
+            let io = Io {
+                q: self.q.buffer(),
+                k: self.k.buffer(),
+                v: self.v.buffer(),
+                in_bytes: size_of::<T>() as u64,
+                totals: None,
+                geom: ChunkGeom::of_attend(d),
+                initial: None,
+                seqs: None,
+            };
+            let job = Job {
+                storage: p.storage,
+                ..*job
+            };
+            return chunk::record_pass(s, DIAG_OP, &job, None, &io, p);
+        }
         let (qkv, rows) = ((self.q, self.k, self.v), attend_rows(d, p));
         let pos = PosBias {
             seqs: seqs.as_ref(),

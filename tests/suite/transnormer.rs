@@ -149,6 +149,7 @@ fn norm_attention_matches_reference() {
 #[test]
 fn diag_attention_matches_reference() {
     diag_sweep(ctx(), TOL_F32, "f32", |x| x.to_vec());
+    diag_sweep(ctx_gpu_tiles(), TOL_F32, "f32 gpu tiles", |x| x.to_vec());
     diag_sweep(ctx(), TOL_F16, "f16", to_f16);
     diag_sweep(ctx_packed(), TOL_F16, "f16-packed", to_f16);
 }
@@ -180,6 +181,59 @@ fn diag_with_one_block_is_softmax_attention() {
 
 /// The NormAttention reference (quadratic form) against the linear-attention reference without
 /// denominator (recurrent form), normalised afterwards.
+/// NaN and ±Inf inputs give NaN exactly where the reference does, on both paths (the chunk
+/// engine: softmax weights in blocks ≤ 64; the attend kernels: longer blocks, relu weights) and
+/// both tile families: a NaN in q, k or v, a +Inf logit (a row of NaN) and −Inf logits (weights
+/// exactly 0).
+#[test]
+fn diag_nan_and_inf_follow_the_reference_pattern() {
+    let (rows, l, dk, dv) = (3, 150, 8, 6);
+    let mut g = rng(91);
+    let mut q = randn(&mut g, rows * l * dk, 1.0);
+    let mut k = randn(&mut g, rows * l * dk, 1.0);
+    let mut v = randn(&mut g, rows * l * dv, 1.0);
+    q[3 * dk] = f32::NAN; // row 0, position 3
+    k[(l + 70) * dk + 2] = f32::NAN; // row 1, position 70
+    v[(2 * l + 5) * dv + 1] = f32::NAN; // row 2, position 5
+    q[(l + 100) * dk + 1] = f32::INFINITY; // row 1, position 100: ±Inf logits
+    k[(2 * l + 120) * dk] = f32::NEG_INFINITY; // row 2, position 120
+    let sq = vec![rows, l, dk];
+    let sv = vec![rows, l, dv];
+    let d = check_shapes("test", &sq, &sq, &sv).unwrap();
+    let x = Inputs { q, k, v, sq, sv, d };
+    let none = Affine::default();
+    for c in [ctx(), ctx_gpu_tiles()] {
+        for causal in [false, true] {
+            for (block, weights) in [
+                (64, DiagWeights::Softmax),
+                (10, DiagWeights::Softmax),
+                (100, DiagWeights::Softmax),
+                (7, DiagWeights::Relu),
+            ] {
+                let o = DiagAttentionOptions {
+                    block,
+                    causal,
+                    weights,
+                    ..Default::default()
+                };
+                let got = gpu(c, &x, &|q, k, v, out| {
+                    diag_attention_into(c, q, k, v, &none, out, &o).unwrap()
+                });
+                let want = reference::attention::diag_attention(&x.q, &x.k, &x.v, &x.d, &none, &o)
+                    .unwrap();
+                assert!(want.iter().any(|x| x.is_nan()) && want.iter().any(|x| !x.is_nan()));
+                let label = format!("w={block} {weights:?} causal={causal}");
+                assert_eq!(
+                    nan_mismatches(&got, &want),
+                    0,
+                    "{label}: NaN pattern differs"
+                );
+                assert_close_elementwise(&label, &got, &want, 10.0 * TOL_F32, 10.0 * TOL_F32);
+            }
+        }
+    }
+}
+
 #[test]
 fn norm_reference_matches_normalised_linear_reference() {
     let x = inputs((2, 33, 4, 6), 8, |x| x.to_vec());
