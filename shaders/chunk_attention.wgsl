@@ -38,6 +38,9 @@ override VEC_IN: bool = false;
 // identity map gives q, k; per chunk the scores (causal or the whole block), then per query row
 // weights exp(scale·s − max) normalised by their sum; no state, no carry.
 override SOFTMAX: bool = false;
+// Causal chunk_apply: an invocation takes row tiles r and nrt − 1 − r (the host sets it while
+// the doubled tile loop stays in the loop budget).
+override PAIR: bool = false;
 // VEC_IN with Dv = DVP and CP = CHUNK: the contractions read V through v4 and prep_v is skipped.
 override V_DIRECT: bool = false;
 
@@ -585,93 +588,80 @@ fn chunk_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     let c4 = CP / 4u;
     let d4n = DVP / 4u;
     let tv = DVP / TC;
-    let ntile = (CP / TR) * tv;
+    let nrt = CP / TR;
+    let ntile = nrt * tv;
     // Query rows of this chunk (none when k is the longer one).
     let n = min(CHUNK, max(p.lq, c * CHUNK) - c * CHUNK);
-    for (var tile = lid; tile < ntile; tile += WG) {
-        let i0 = (tile / tv) * TR;
-        let d0 = (tile % tv) * TC;
-        if (i0 >= n) {
-            continue;
-        }
-        var acc: array<vec4<f32>, TR * TC4>;
-        // #unroll e TR * TC4
-        {
-            acc[e] = vec4<f32>(0.0);
-        }
-        // The state entering a sequence's first chunk is an empty sum: no term, not Inf·0.
-        let na = select(DKP, 0u, (CAUSAL && c == 0u && p.first == 1u) || SOFTMAX);
-        for (var a = 0u; a < na; a++) {
-            var qr: array<vec4<f32>, TR4>;
-            var sr: array<vec4<f32>, TC4>;
-            // #unroll e TR4
-            {
-                qr[e] = qt[(rc * DKP + a) * c4 + i0 / 4u + e];
+    // PAIR: a row tile's keys grow with it, so an invocation takes row tiles r and nrt−1−r
+    // (tiles u and u + half): equal work per invocation, and on CPU adapters (16×16 tiles,
+    // 16 invocations) one SIMD batch instead of two whose slower half sets the pace.
+    let half = select(ntile, (nrt + 1u) / 2u * tv, PAIR);
+    for (var u = lid; u < half; u += WG) {
+        for (var tile = u; tile < ntile; tile += half) {
+            var rt = tile / tv;
+            if (tile >= half) {
+                rt = nrt - 1u - (tile - half) / tv;
             }
-            // #unroll e TC4
-            {
-                sr[e] = state[sb + a * d4n + d0 / 4u + e];
+            let i0 = rt * TR;
+            let d0 = (tile % half % tv) * TC;
+            if (i0 >= n) {
+                continue;
             }
-            // #unroll ii TR
+            var acc: array<vec4<f32>, TR * TC4>;
+            // #unroll e TR * TC4
             {
-                let s = vec4<f32>(qr[ii / 4u][ii % 4u]);
-                // #unroll e TC4
-                {
-                    acc[ii * TC4 + e] = fma(s, sr[e], acc[ii * TC4 + e]);
-                }
+                acc[e] = vec4<f32>(0.0);
             }
-        }
-        if (DECAY) {
-            // #unroll ii TR
-            {
-                let g = vec4<f32>(exp(lam * f32(i0 + ii + 1u)));
-                // #unroll e TC4
-                {
-                    acc[ii * TC4 + e] *= g;
-                }
-            }
-        }
-        if ((CAUSAL || SOFTMAX) && !RESCALE) {
-            let vrow = v_row(r);
-            // Keys before the tile's rows (all keys of the block without CAUSAL): every row
-            // sees them.
-            let jb = select(nk, i0, CAUSAL);
-            for (var j = 0u; j < jb; j++) {
-                var ar: array<vec4<f32>, TR4>;
-                var vr: array<vec4<f32>, TC4>;
+            // The state entering a sequence's first chunk is an empty sum: no term, not Inf·0.
+            let na = select(DKP, 0u, (CAUSAL && c == 0u && p.first == 1u) || SOFTMAX);
+            for (var a = 0u; a < na; a++) {
+                var qr: array<vec4<f32>, TR4>;
+                var sr: array<vec4<f32>, TC4>;
                 // #unroll e TR4
                 {
-                    ar[e] = at[j * c4 + i0 / 4u + e];
+                    qr[e] = qt[(rc * DKP + a) * c4 + i0 / 4u + e];
                 }
                 // #unroll e TC4
                 {
-                    vr[e] = v_quad(rc, vrow, c, j, d0 / 4u + e);
+                    sr[e] = state[sb + a * d4n + d0 / 4u + e];
                 }
                 // #unroll ii TR
                 {
-                    let s = vec4<f32>(ar[ii / 4u][ii % 4u]);
+                    let s = vec4<f32>(qr[ii / 4u][ii % 4u]);
                     // #unroll e TC4
                     {
-                        acc[ii * TC4 + e] = fma(s, vr[e], acc[ii * TC4 + e]);
+                        acc[ii * TC4 + e] = fma(s, sr[e], acc[ii * TC4 + e]);
                     }
                 }
             }
-            // The diagonal block: row i takes keys j <= i only, so a NaN or Inf in a later v_j
-            // never meets a masked 0.
-            for (var j = i0; j < select(i0, i0 + TR, CAUSAL); j++) {
-                var ar: array<vec4<f32>, TR4>;
-                var vr: array<vec4<f32>, TC4>;
-                // #unroll e TR4
-                {
-                    ar[e] = at[j * c4 + i0 / 4u + e];
-                }
-                // #unroll e TC4
-                {
-                    vr[e] = v_quad(rc, vrow, c, j, d0 / 4u + e);
-                }
+            if (DECAY) {
                 // #unroll ii TR
                 {
-                    if (j <= i0 + ii) {
+                    let g = vec4<f32>(exp(lam * f32(i0 + ii + 1u)));
+                    // #unroll e TC4
+                    {
+                        acc[ii * TC4 + e] *= g;
+                    }
+                }
+            }
+            if ((CAUSAL || SOFTMAX) && !RESCALE) {
+                let vrow = v_row(r);
+                // Keys before the tile's rows (all keys of the block without CAUSAL): every row
+                // sees them.
+                let jb = select(nk, i0, CAUSAL);
+                for (var j = 0u; j < jb; j++) {
+                    var ar: array<vec4<f32>, TR4>;
+                    var vr: array<vec4<f32>, TC4>;
+                    // #unroll e TR4
+                    {
+                        ar[e] = at[j * c4 + i0 / 4u + e];
+                    }
+                    // #unroll e TC4
+                    {
+                        vr[e] = v_quad(rc, vrow, c, j, d0 / 4u + e);
+                    }
+                    // #unroll ii TR
+                    {
                         let s = vec4<f32>(ar[ii / 4u][ii % 4u]);
                         // #unroll e TC4
                         {
@@ -679,29 +669,53 @@ fn chunk_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
                         }
                     }
                 }
+                // The diagonal block: row i takes keys j <= i only, so a NaN or Inf in a later v_j
+                // never meets a masked 0.
+                for (var j = i0; j < select(i0, i0 + TR, CAUSAL); j++) {
+                    var ar: array<vec4<f32>, TR4>;
+                    var vr: array<vec4<f32>, TC4>;
+                    // #unroll e TR4
+                    {
+                        ar[e] = at[j * c4 + i0 / 4u + e];
+                    }
+                    // #unroll e TC4
+                    {
+                        vr[e] = v_quad(rc, vrow, c, j, d0 / 4u + e);
+                    }
+                    // #unroll ii TR
+                    {
+                        if (j <= i0 + ii) {
+                            let s = vec4<f32>(ar[ii / 4u][ii % 4u]);
+                            // #unroll e TC4
+                            {
+                                acc[ii * TC4 + e] = fma(s, vr[e], acc[ii * TC4 + e]);
+                            }
+                        }
+                    }
+                }
             }
-        }
-        let ob = p.o_off + row_base(r, p.o_bs, p.o_hs, 1u) + c * CHUNK * p.o_ts;
-        // Keep this loop small enough for NIR to unroll: a tile indexed dynamically leaves
-        // registers for memory (2.5x slower on lavapipe).
-        // #unroll k TR * TC4
-        {
-            let ii = k / TC4;
-            let i = i0 + ii;
-            var y = acc[k];
-            if (SOFTMAX) {
-                // den >= 1 unless a logit is NaN or +Inf, or all are -inf: then NaN, as 0/0.
-                y = y / den[i / 4u][ii % 4u];
-            } else if (DEN) {
-                let dn = den[i / 4u][ii % 4u];
-                // 0/0 (all weights 0) -> 0; a NaN denominator still gives NaN.
-                y = select(y / dn, vec4<f32>(0.0), vec4<bool>(dn == 0.0));
-            }
-            let d = d0 + (k % TC4) * 4u;
-            let o0 = ob + i * p.o_ts + d;
-            // One branch per vec4 (put_o, from the prelude).
-            if (i < n && d < p.dv) {
-                put_o(o0, p.dv - 1u - d, y);
+            let ob = p.o_off + row_base(r, p.o_bs, p.o_hs, 1u) + c * CHUNK * p.o_ts;
+            // Keep this loop small enough for NIR to unroll: a tile indexed dynamically leaves
+            // registers for memory (2.5x slower on lavapipe).
+            // #unroll k TR * TC4
+            {
+                let ii = k / TC4;
+                let i = i0 + ii;
+                var y = acc[k];
+                if (SOFTMAX) {
+                    // den >= 1 unless a logit is NaN or +Inf, or all are -inf: then NaN, as 0/0.
+                    y = y / den[i / 4u][ii % 4u];
+                } else if (DEN) {
+                    let dn = den[i / 4u][ii % 4u];
+                    // 0/0 (all weights 0) -> 0; a NaN denominator still gives NaN.
+                    y = select(y / dn, vec4<f32>(0.0), vec4<bool>(dn == 0.0));
+                }
+                let d = d0 + (k % TC4) * 4u;
+                let o0 = ob + i * p.o_ts + d;
+                // One branch per vec4 (put_o, from the prelude).
+                if (i < n && d < p.dv) {
+                    put_o(o0, p.dv - 1u - d, y);
+                }
             }
         }
     }

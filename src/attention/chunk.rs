@@ -112,6 +112,16 @@ impl Geo {
     /// of a TR×SC score tile and of a TR×TC output tile (the tiles' own loops are unrolled in
     /// the source), plus the tile loops.
     fn trips(&self, job: &Job) -> u64 {
+        self.trips_with(job, self.pair(job))
+    }
+
+    /// Whether `chunk_apply` pairs row tiles r and nrt − 1 − r in one invocation (PAIR):
+    /// causal, with a score block, and only while the doubled tile loop stays in the budget.
+    fn pair(&self, job: &Job) -> bool {
+        job.causal && !job.rescale && self.trips_with(job, true) <= LOOP_BUDGET
+    }
+
+    fn trips_with(&self, job: &Job, pair: bool) -> u64 {
         let (tr, tc, wa, _) = self.family.tiles();
         let (tr, tc, cp) = (tr as u64, tc as u64, self.cp as u64);
         let per = |tiles: u64| tiles.div_ceil(wa as u64);
@@ -131,7 +141,13 @@ impl Geo {
         };
         // The denominators, or the softmax's two sweeps over a row's keys.
         let den = per(cp / 4) * (self.dkp / 4 + 2 * cp);
-        let apply = per((cp / tr) * (self.dvp / tc)) * (self.dkp + cp + tr);
+        // PAIR: two output tiles per invocation (row tiles r and nrt − 1 − r).
+        let (nrt, tv) = (cp / tr, self.dvp / tc);
+        let tiles = match pair {
+            true => per(nrt.div_ceil(2) * tv) * 2,
+            false => per(nrt * tv),
+        };
+        let apply = tiles * (self.dkp + cp + tr);
         scores + den + apply
     }
 
@@ -495,6 +511,7 @@ fn record_passes(
             ("DEN", job.denominator as u32),
             ("RESCALE", logs.is_some() as u32),
             ("SOFTMAX", geo.stateless as u32),
+            ("PAIR", geo.pair(job) as u32),
             ("TR", tr),
             ("TC", tc),
             ("SC", score_cols(tc)),
