@@ -440,7 +440,7 @@ fn load_state(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg
 // the tiles on or below the diagonal (those above are never written, and never read). SC = TC/2
 // on CPU adapters: 20 half tiles spread over both SIMD batches of the workgroup where 10 full ones
 // left the second batch 3/8 busy.
-// SOFTMAX without CAUSAL: every tile, unmasked.
+// SOFTMAX: the logits scale·s; without CAUSAL every tile, unmasked.
 fn scores(rc: u32, r: u32, lid: u32) {
     let c4 = CP / 4u;
     let nbi = CP / SC;
@@ -498,6 +498,9 @@ fn scores(rc: u32, r: u32, lid: u32) {
                 if (DECAY) {
                     w *= exp(lam * max(vec4<f32>(i) - f32(j), vec4<f32>(0.0)));
                 }
+                if (SOFTMAX) {
+                    w *= p.scale;   // the logit, once per score
+                }
                 if (CAUSAL) {
                     w = select(vec4<f32>(0.0), w, vec4<u32>(j) <= i);
                 }
@@ -533,9 +536,9 @@ fn denominators(rc: u32, sb: u32, lam: f32, lid: u32) {
     }
 }
 
-// SOFTMAX: at[j][i] becomes exp(scale·s − m_i) over the keys query i sees (j < nk, and j <= i
-// when causal; m_i their maximum, NaN ignored as f64::max does), den_i their sum; four rows per
-// invocation.
+// SOFTMAX: at[j][i], the logit scale·s (scores), becomes exp(scale·s − m_i) over the keys query
+// i sees (j < nk, and j <= i when causal; m_i their maximum, NaN ignored as f64::max does), den_i
+// their sum; four rows per invocation.
 fn softmax_rows(nk: u32, lid: u32) {
     let c4 = CP / 4u;
     for (var i4 = lid; i4 < c4; i4 += WG) {
@@ -543,13 +546,13 @@ fn softmax_rows(nk: u32, lid: u32) {
         let jn = select(nk, min(nk, i4 * 4u + 4u), CAUSAL);
         var m = vec4<f32>(-3.4028235e38);
         for (var j = 0u; j < jn; j++) {
-            let x = at[j * c4 + i4] * p.scale;
+            let x = at[j * c4 + i4];
             let live = (vec4<u32>(j) <= iv) | vec4<bool>(!CAUSAL);
             m = select(m, x, live & (x > m));
         }
         var d = vec4<f32>(0.0);
         for (var j = 0u; j < jn; j++) {
-            let x = at[j * c4 + i4] * p.scale - m;
+            let x = at[j * c4 + i4] - m;
             let live = (vec4<u32>(j) <= iv) | vec4<bool>(!CAUSAL);
             // exp of -inf (a -inf logit) is exactly 0; NaN stays NaN.
             let w = select(select(exp(x), vec4<f32>(0.0), x < vec4<f32>(-200.0)), vec4<f32>(0.0), !live);

@@ -179,11 +179,11 @@ pub(crate) fn chunk_len(ctx: &Context, job: &Job) -> u32 {
     Geo::new(ctx, job).chunk
 }
 
-/// Whether the engine runs `job` on `ctx` with the job's own chunk: the score block fits
-/// workgroup memory and no invocation loops too long (else callers take another kernel).
+/// Whether the engine runs `job` on `ctx`: its chunk's score block fits workgroup memory and no
+/// invocation loops too long (else callers take another kernel).
 pub(crate) fn runs(ctx: &Context, job: &Job) -> bool {
     let geo = Geo::new(ctx, job);
-    Some(geo.chunk) == job.chunk && fits(ctx, geo.cp as u64) && geo.trips(job) <= LOOP_BUDGET
+    fits(ctx, geo.cp as u64) && geo.trips(job) <= LOOP_BUDGET
 }
 
 /// Bytes per row of every scratch binding of the engine for a row of `len`, for callers that plan
