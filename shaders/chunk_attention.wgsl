@@ -19,7 +19,8 @@
 // (SOFTMAX: prep_qk, prep_v -> chunk_apply).
 // Contractions are register-tiled: an invocation owns a TR×TC block of its output and loads TR+TC
 // values (as vec4) per TR·TC FMAs; the host picks TR, TC per adapter (large on CPU adapters).
-// No invocation loops more than max(CP, Dkp, nc) times; the host keeps nc ≤ 32 768 per segment.
+// No invocation loops more than max(CP, Dkp, nc, GROUP·CHUNK) times; the host keeps nc ≤ 32 768
+// per segment and GROUP·CHUNK ≤ 1024.
 
 override FMAP: u32 = 0u;     // feature map (FMAP_* codes; phi from the prelude)
 override WG: u32 = 64u;      // invocations per workgroup
@@ -43,6 +44,9 @@ override SOFTMAX: bool = false;
 override PAIR: bool = false;
 // VEC_IN with Dv = DVP and CP = CHUNK: the contractions read V through v4 and prep_v is skipped.
 override V_DIRECT: bool = false;
+// Non-causal: a chunk_state invocation sums GROUP consecutive chunks into one state, so the
+// states written and scanned shrink by GROUP (the scan sees ceil(nc / GROUP) "chunks").
+override GROUP: u32 = 1u;
 
 // Padded head dims Dkp, Dvp (multiples of TR, TC): compile-time, so the contractions have constant
 // trip counts and index arithmetic divides by constants. The pipeline substitutes the host's values;
@@ -262,8 +266,8 @@ fn prep_v(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
     vp[gid] = x;
 }
 
-// One invocation per (row, chunk, TR×TC tile of KV): KV_c = Σ_j kw_j v_jᵀ, and z_c = Σ_j kw_j by
-// the first tile column.
+// One invocation per (row, group of GROUP chunks, TR×TC tile of KV): KV_c = Σ_j kw_j v_jᵀ, and
+// z_c = Σ_j kw_j by the first tile column.
 @compute @workgroup_size(WG)
 fn chunk_state(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
@@ -273,7 +277,8 @@ fn chunk_state(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     }
     let tv = DVP / TC;
     let ntile = (DKP / TR) * tv;
-    let rc = gid / ntile;
+    let ng = (p.n_chunks + GROUP - 1u) / GROUP;
+    let rg = gid / ntile;
     let tile = gid % ntile;
     let a0 = (tile / tv) * TR;
     let d0 = (tile % tv) * TC;
@@ -289,10 +294,15 @@ fn chunk_state(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     {
         zacc[e] = vec4<f32>(0.0);
     }
-    let kb = rc * CP * a4n + a0 / 4u;
-    let c = rc % p.n_chunks;
-    let vrow = v_row(rc / p.n_chunks);
-    for (var j = 0u; j < CHUNK; j++) {
+    let r = rg / ng;
+    let c0 = (rg % ng) * GROUP;
+    let vrow = v_row(r);
+    // Slots past CHUNK hold zeros in kw (and vp): the chunks' rows run back to back.
+    for (var t = 0u; t < min(GROUP, p.n_chunks - c0) * CHUNK; t++) {
+        let c = c0 + t / CHUNK;
+        let j = t % CHUNK;
+        let rc = r * p.n_chunks + c;
+        let kb = rc * CP * a4n + a0 / 4u;
         var kr: array<vec4<f32>, TR4>;
         var vr: array<vec4<f32>, TC4>;
         // #unroll e TR4
@@ -318,7 +328,7 @@ fn chunk_state(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
             }
         }
     }
-    let sb = rc * width4();
+    let sb = rg * width4();
     // #unroll i TR
     {
         // Padded feature rows (a >= dk) hold 0·v: NaN for an Inf in v, a term with no source.

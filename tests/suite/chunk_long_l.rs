@@ -171,3 +171,51 @@ fn lightning_splits_one_row_along_l() {
         );
     }
 }
+
+/// Non-causal runs sum the states of several chunks per `chunk_state` invocation (at this shape 2
+/// with CPU tiles, 16 with GPU tiles; 47 chunks, so the last group is short), f32 and f16, both
+/// tile families; and split along L past a 256 KiB binding, where each segment's groups add to
+/// the carried sum.
+#[test]
+fn non_causal_state_groups_match_the_reference() {
+    let (rows, l, dk, dv) = (5, 3000, 64, 64);
+    let mut g = rng(47);
+    let q = randn(&mut g, rows * l * dk, 0.5);
+    let k = randn(&mut g, rows * l * dk, 0.5);
+    let v = randn(&mut g, rows * l * dv, 1.0);
+    let (sk, sv) = ([rows, l, dk], [rows, l, dv]);
+    let d = check_shapes("t", &sk, &sk, &sv).unwrap();
+    let split = |tiles| {
+        open(ContextOptions {
+            max_storage_binding_size: Some(256 * 1024),
+            tiles: Some(tiles),
+            ..Default::default()
+        })
+    };
+    let (cpu_split, gpu_split) = (split(TileFamily::Cpu), split(TileFamily::Gpu));
+    let cs: [&Context; 4] = [ctx(), ctx_gpu_tiles(), &cpu_split, &gpu_split];
+    for fm in [FeatureMap::Elu1, FeatureMap::Relu] {
+        let o = LinearAttentionOptions {
+            feature_map: fm,
+            causal: false,
+            ..Default::default()
+        };
+        for (i, c) in cs.iter().enumerate() {
+            let label = format!("{fm:?} {:?} split={}", c.tile_family(), i >= 2);
+            let want = reference::attention::linear_attention(&q, &k, &v, &d, &o).unwrap();
+            let [tq, tk, tv] = [(&q, &sk), (&k, &sk), (&v, &sv)]
+                .map(|(x, s)| Tensor::from_slice(c, x, s).unwrap());
+            let out = Tensor::<f32>::nan(c, &sv).unwrap();
+            linear_attention_into(c, &tq, &tk, &tv, &out, &o).unwrap();
+            check(&label, &to_f64(&out.to_vec(c).unwrap()), &want, TOL_F32);
+            let (qh, kh, vh) = (to_f16(&q), to_f16(&k), to_f16(&v));
+            let want = reference::attention::linear_attention(&qh, &kh, &vh, &d, &o).unwrap();
+            let [tq, tk, tv] = [(&qh, &sk), (&kh, &sk), (&vh, &sv)]
+                .map(|(x, s)| Tensor::from_slice(c, x, s).unwrap());
+            let out = Tensor::<half::f16>::nan(c, &sv).unwrap();
+            linear_attention_into(c, &tq, &tk, &tv, &out, &o).unwrap();
+            let label = format!("{label} f16");
+            check(&label, &to_f64(&out.to_vec(c).unwrap()), &want, TOL_F16);
+        }
+    }
+}
