@@ -47,6 +47,10 @@ override V_DIRECT: bool = false;
 // Non-causal: a chunk_state invocation sums GROUP consecutive chunks into one state, so the
 // states written and scanned shrink by GROUP (the scan sees ceil(nc / GROUP) "chunks").
 override GROUP: u32 = 1u;
+// A chunk_state invocation runs every chunk of the segment in order and does the scan's work:
+// it starts from the carry, writes the state entering each chunk (CAUSAL) and the carry after
+// the segment; no scan pass runs (the host sets it where tiles × rows fill the adapter).
+override SCAN_IN: bool = false;
 
 // Padded head dims Dkp, Dvp (multiples of TR, TC): compile-time, so the contractions have constant
 // trip counts and index arithmetic divides by constants. The pipeline substitutes the host's values;
@@ -267,7 +271,7 @@ fn prep_v(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: ve
 }
 
 // One invocation per (row, group of GROUP chunks, TR×TC tile of KV): KV_c = Σ_j kw_j v_jᵀ, and
-// z_c = Σ_j kw_j by the first tile column.
+// z_c = Σ_j kw_j by the first tile column. SCAN_IN: one group of every chunk, from the carry.
 @compute @workgroup_size(WG)
 fn chunk_state(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
@@ -277,73 +281,122 @@ fn chunk_state(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     }
     let tv = DVP / TC;
     let ntile = (DKP / TR) * tv;
-    let ng = (p.n_chunks + GROUP - 1u) / GROUP;
+    let group = select(GROUP, p.n_chunks, SCAN_IN);
+    let ng = (p.n_chunks + group - 1u) / group;
     let rg = gid / ntile;
     let tile = gid % ntile;
     let a0 = (tile / tv) * TR;
     let d0 = (tile % tv) * TC;
     let a4n = DKP / 4u;
-    let d4n = DVP / 4u;
+    let r = rg / ng;
+    let c0 = (rg % ng) * group;
     var acc: array<vec4<f32>, TR * TC4>;
     var zacc: array<vec4<f32>, TR4>;
+    let from_carry = SCAN_IN && p.first == 0u;
+    let cb = r * width4();
     // #unroll e TR * TC4
     {
         acc[e] = vec4<f32>(0.0);
+        if (from_carry) {
+            acc[e] = carry[cb + kv_entry(a0, d0, e)];
+        }
     }
     // #unroll e TR4
     {
         zacc[e] = vec4<f32>(0.0);
+        if (from_carry) {
+            zacc[e] = carry[cb + DKP * DVP / 4u + a0 / 4u + e];
+        }
     }
-    let r = rg / ng;
-    let c0 = (rg % ng) * GROUP;
     let vrow = v_row(r);
-    // Slots past CHUNK hold zeros in kw (and vp): the chunks' rows run back to back.
-    for (var t = 0u; t < min(GROUP, p.n_chunks - c0) * CHUNK; t++) {
-        let c = c0 + t / CHUNK;
-        let j = t % CHUNK;
+    for (var c = c0; c < min(c0 + group, p.n_chunks); c++) {
         let rc = r * p.n_chunks + c;
-        let kb = rc * CP * a4n + a0 / 4u;
-        var kr: array<vec4<f32>, TR4>;
-        var vr: array<vec4<f32>, TC4>;
-        // #unroll e TR4
-        {
-            kr[e] = kw[kb + j * a4n + e];
-        }
-        // #unroll e TC4
-        {
-            vr[e] = v_quad(rc, vrow, c, j, d0 / 4u + e);
-        }
-        // #unroll i TR
-        {
-            let s = vec4<f32>(kr[i / 4u][i % 4u]);
-            // #unroll e TC4
-            {
-                acc[i * TC4 + e] = fma(s, vr[e], acc[i * TC4 + e]);
+        if (SCAN_IN) {
+            if (CAUSAL) {
+                // The state entering chunk c.
+                let sb = rc * width4();
+                // #unroll e TR * TC4
+                {
+                    state[sb + kv_entry(a0, d0, e)] = kv_kept(a0, e, acc[e]);
+                }
+                if (d0 == 0u) {
+                    // #unroll e TR4
+                    {
+                        state[sb + DKP * DVP / 4u + a0 / 4u + e] = zacc[e];
+                    }
+                }
+            }
+            if (DECAY) {
+                let g = vec4<f32>(exp(-slope(r) * f32(min(CHUNK, p.len - c * CHUNK))));
+                // #unroll e TR * TC4
+                {
+                    acc[e] *= g;
+                }
+                // #unroll e TR4
+                {
+                    zacc[e] *= g;
+                }
             }
         }
-        if (d0 == 0u) {
+        let kb = rc * CP * a4n + a0 / 4u;
+        for (var j = 0u; j < CHUNK; j++) {
+            var kr: array<vec4<f32>, TR4>;
+            var vr: array<vec4<f32>, TC4>;
             // #unroll e TR4
             {
-                zacc[e] += kr[e];
+                kr[e] = kw[kb + j * a4n + e];
+            }
+            // #unroll e TC4
+            {
+                vr[e] = v_quad(rc, vrow, c, j, d0 / 4u + e);
+            }
+            // #unroll i TR
+            {
+                let s = vec4<f32>(kr[i / 4u][i % 4u]);
+                // #unroll e TC4
+                {
+                    acc[i * TC4 + e] = fma(s, vr[e], acc[i * TC4 + e]);
+                }
+            }
+            if (d0 == 0u) {
+                // #unroll e TR4
+                {
+                    zacc[e] += kr[e];
+                }
             }
         }
     }
-    let sb = rg * width4();
-    // #unroll i TR
+    // SCAN_IN: the carry after the segment; else this group's state.
+    let sb = select(rg * width4(), cb, SCAN_IN);
+    // #unroll e TR * TC4
     {
-        // Padded feature rows (a >= dk) hold 0·v: NaN for an Inf in v, a term with no source.
-        let keep = a0 + i < p.dk;
-        // #unroll e TC4
-        {
-            state[sb + (a0 + i) * d4n + d0 / 4u + e] = select(vec4<f32>(0.0), acc[i * TC4 + e], keep);
+        let x = kv_kept(a0, e, acc[e]);
+        if (SCAN_IN) {
+            carry[sb + kv_entry(a0, d0, e)] = x;
+        } else {
+            state[sb + kv_entry(a0, d0, e)] = x;
         }
     }
     if (d0 == 0u) {
         // #unroll e TR4
         {
-            state[sb + DKP * d4n + a0 / 4u + e] = zacc[e];
+            if (SCAN_IN) {
+                carry[sb + DKP * DVP / 4u + a0 / 4u + e] = zacc[e];
+            } else {
+                state[sb + DKP * DVP / 4u + a0 / 4u + e] = zacc[e];
+            }
         }
     }
+}
+
+// Offset (vec4) of a TR×TC tile's entry e (row e / TC4, column quad e % TC4) in a state.
+fn kv_entry(a0: u32, d0: u32, e: u32) -> u32 {
+    return (a0 + e / TC4) * (DVP / 4u) + d0 / 4u + e % TC4;
+}
+
+// Padded feature rows (a >= dk) hold 0·v: NaN for an Inf in v, a term with no source.
+fn kv_kept(a0: u32, e: u32, x: vec4<f32>) -> vec4<f32> {
+    return select(vec4<f32>(0.0), x, a0 + e / TC4 < p.dk);
 }
 
 // Factors moving the 4 state entries e (feature rows of KV, or of z) of row r from chunk c−1's key

@@ -496,7 +496,11 @@ fn record_passes(
         None => (ctx.zero_quad(), 1),
     };
     let vec_in = rows_aligned(job, gm, b);
-    let group = state_group(geo, job, seg.nr, nc, decay.is_some());
+    let scan_in = scan_in_state(geo, job, seg);
+    let group = match scan_in {
+        true => 1,
+        false => state_group(geo, job, seg.nr, nc, decay.is_some()),
+    };
     // V read in place by the contractions (no padding to make): prep_v is skipped.
     let v_direct = vec_in && geo.dvp == job.dv && geo.cp == geo.chunk;
     let consts = |w: u32| {
@@ -514,6 +518,7 @@ fn record_passes(
             ("SOFTMAX", geo.stateless as u32),
             ("PAIR", geo.pair(job) as u32),
             ("GROUP", group),
+            ("SCAN_IN", scan_in as u32),
             ("TR", tr),
             ("TC", tc),
             ("SC", score_cols(tc)),
@@ -614,12 +619,25 @@ fn record_passes(
         s.mark("prep_v");
     }
     if sweep != Sweep::Apply && !geo.stateless {
-        let ng = nc.div_ceil(group as u64);
+        let ng = match scan_in {
+            true => 1,
+            false => nc.div_ceil(group as u64),
+        };
         let n = seg.nr * ng * (geo.dkp / tr as u64) * (geo.dvp / tc as u64);
         prm.total = n as u32;
-        let binds = [whole(7, kw), whole(8, vp), whole(9, state), view(17, b.v.0)];
+        let binds = [
+            bsl,
+            whole(7, kw),
+            whole(8, vp),
+            whole(9, state),
+            whole(10, carry),
+            view(17, b.v.0),
+        ];
         s.dispatch(&*pl("chunk_state", wg)?, &prm, &binds, groups(n, wg))?;
         s.mark("chunk_state");
+    }
+    if sweep != Sweep::Apply && !geo.stateless && !scan_in {
+        let ng = nc.div_ceil(group as u64);
         let n = seg.nr * w4;
         // The scan sums one state per group (GROUP > 1 only without CAUSAL, DECAY and RESCALE,
         // where it reads no chunk lengths).
@@ -666,6 +684,22 @@ fn record_passes(
     s.dispatch(&*pl("chunk_apply", wg_apply)?, &prm, &binds, seg.nr * nc)?;
     s.mark("chunk_apply");
     Ok(())
+}
+
+/// Whether `chunk_state` runs each (row, tile) through every chunk of the segment in order and
+/// does the scan's work (SCAN_IN): causal runs on CPU adapters, whose few cores the rows × tiles
+/// invocations still fill, while the segment stays within 8192 rows of L (an invocation's loop).
+/// W2 on lavapipe: the scan pass (~11 ms, a read and a write of every chunk state) goes, paired
+/// median 0.91 of W2's time; W1 (non-causal, groups of 16 chunks and a scan of 4) lost 3% with it.
+fn scan_in_state(geo: &Geo, job: &Job, seg: Segment) -> bool {
+    let (tr, tc, _, _) = geo.family.tiles();
+    let tiles = seg.nr * (geo.dkp / tr as u64) * (geo.dvp / tc as u64);
+    geo.family == TileFamily::Cpu
+        && job.causal
+        && !job.rescale
+        && !geo.stateless
+        && seg.len <= 8192
+        && tiles >= 256
 }
 
 /// Chunks one `chunk_state` invocation sums: 1 where every chunk's own state is needed (causal,

@@ -219,3 +219,83 @@ fn non_causal_state_groups_match_the_reference() {
         }
     }
 }
+
+/// Causal runs on CPU tiles whose rows × tiles fill the adapter scan inside `chunk_state`
+/// (SCAN_IN): each (row, tile) runs every chunk in order from the carry. Linear (f32, f16),
+/// Lightning and NormAttention at 16 rows × L = 1500 (ragged last chunk), Dk = Dv = 64; and one
+/// row with Dk = Dv = 256 whole and split along L past a 1 MiB binding, where every segment
+/// after the first starts from the carried (decayed) state.
+#[test]
+fn causal_scan_in_chunk_state_matches_the_reference() {
+    let split = open(ContextOptions {
+        max_storage_binding_size: Some(1024 * 1024),
+        tiles: Some(TileFamily::Cpu),
+        ..Default::default()
+    });
+    for (rows, l, dd, cs) in [
+        (16, 1500, 64, vec![ctx()]),
+        (1, 3000, 256, vec![ctx(), &split]),
+    ] {
+        let mut g = rng(rows as u64 + dd as u64);
+        let q = randn(&mut g, rows * l * dd, 0.3);
+        let k = randn(&mut g, rows * l * dd, 0.3);
+        let v = randn(&mut g, rows * l * dd, 1.0);
+        let sh = [rows, l, dd];
+        let d = check_shapes("t", &sh, &sh, &sh).unwrap();
+        let slopes: Vec<f32> = (0..rows).map(|h| 0.002 + 0.05 * h as f32).collect();
+        for c in cs {
+            let label = format!("rows={rows} L={l} D={dd} split={}", !std::ptr::eq(c, ctx()));
+            let [tq, tk, tv] = [&q, &k, &v].map(|x| Tensor::from_slice(c, x, &sh).unwrap());
+            let o = LinearAttentionOptions {
+                feature_map: FeatureMap::Elu1,
+                causal: true,
+                ..Default::default()
+            };
+            let want = reference::attention::linear_attention(&q, &k, &v, &d, &o).unwrap();
+            let out = Tensor::<f32>::nan(c, &sh).unwrap();
+            linear_attention_into(c, &tq, &tk, &tv, &out, &o).unwrap();
+            check(
+                &format!("linear {label}"),
+                &to_f64(&out.to_vec(c).unwrap()),
+                &want,
+                TOL_F32,
+            );
+            let lo = LightningOptions::default();
+            let want =
+                reference::attention::lightning_attention(&q, &k, &v, &d, rows, Some(&slopes), &lo)
+                    .unwrap();
+            let out = Tensor::<f32>::nan(c, &sh).unwrap();
+            lightning_attention_into(c, &tq, &tk, &tv, Some(&slopes), &out, &lo).unwrap();
+            check(
+                &format!("lightning {label}"),
+                &to_f64(&out.to_vec(c).unwrap()),
+                &want,
+                TOL_F32,
+            );
+            if dd == 64 {
+                let no = NormAttentionOptions {
+                    causal: true,
+                    feature_map: FeatureMap::Elu1,
+                    ..Default::default()
+                };
+                let aff = Affine::default();
+                let want = reference::attention::norm_attention(&q, &k, &v, &d, &aff, &no).unwrap();
+                let out = Tensor::<f32>::nan(c, &sh).unwrap();
+                norm_attention_into(c, &tq, &tk, &tv, &aff, &out, &no).unwrap();
+                check(
+                    &format!("norm {label}"),
+                    &to_f64(&out.to_vec(c).unwrap()),
+                    &want,
+                    TOL_F32,
+                );
+                let (qh, kh, vh) = (to_f16(&q), to_f16(&k), to_f16(&v));
+                let want = reference::attention::linear_attention(&qh, &kh, &vh, &d, &o).unwrap();
+                let [tq, tk, tv] = [&qh, &kh, &vh].map(|x| Tensor::from_slice(c, x, &sh).unwrap());
+                let out = Tensor::<half::f16>::nan(c, &sh).unwrap();
+                linear_attention_into(c, &tq, &tk, &tv, &out, &o).unwrap();
+                let got = to_f64(&out.to_vec(c).unwrap());
+                check(&format!("linear f16 {label}"), &got, &want, TOL_F16);
+            }
+        }
+    }
+}
