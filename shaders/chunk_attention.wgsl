@@ -16,11 +16,11 @@
 // state [R, nc, W] with W = Dkp·Dvp (KV) + Dkp (z); carry [R, W] (the state entering this segment
 // of L, then the state after it). Dkp, Dvp are multiples of TR, TC; CP of TR, TC and 4.
 // Pipeline: [load_state] -> prep_qk, prep_v -> chunk_state -> scan -> [totals] -> chunk_apply
-// (SOFTMAX: prep_qk, prep_v -> chunk_apply).
+// (SCAN_IN: no scan; SOFTMAX: prep_qk, prep_v -> chunk_apply).
 // Contractions are register-tiled: an invocation owns a TR×TC block of its output and loads TR+TC
 // values (as vec4) per TR·TC FMAs; the host picks TR, TC per adapter (large on CPU adapters).
 // No invocation loops more than max(CP, Dkp, nc, GROUP·CHUNK) times; the host keeps nc ≤ 32 768
-// per segment and GROUP·CHUNK ≤ 1024.
+// per segment, GROUP·CHUNK ≤ 1024 and (SCAN_IN) the segment ≤ 8192 rows.
 
 override FMAP: u32 = 0u;     // feature map (FMAP_* codes; phi from the prelude)
 override WG: u32 = 64u;      // invocations per workgroup

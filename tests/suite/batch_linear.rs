@@ -348,10 +348,41 @@ fn tokens(
 
 /// Causal linear attention with a state: one call from an initial state equals two calls (the
 /// second from the first's final state), and both match the reference, outputs and final S, z.
+/// The second size fills the CPU tiles' SCAN_IN threshold (16 rows × 16 tiles): there
+/// chunk_state starts from the initial state itself.
 #[test]
 fn state_in_and_out_two_calls_equal_one() {
+    for dims in [(2, 4, 2, 300, 24, 20, 137), (2, 8, 4, 300, 64, 64, 137)] {
+        state_in_and_out(dims);
+    }
     use longseq::attention::{linear_attention_with_state, LinearState};
-    let (b, hq, hkv, l, dk, dv, cut) = (2, 4, 2, 300, 24, 20, 137);
+    // Without an initial state the state starts at zero; non-causal is refused.
+    let c = ctx();
+    let x = Tensor::from_slice(c, &randn(&mut rng(2), 2 * 9 * 8, 0.5), &[2, 9, 8]).unwrap();
+    let o = opts(FeatureMap::Elu1, true, Layout::Bhld);
+    let (a, _) = linear_attention_with_state(c, &x, &x, &x, None, &o).unwrap();
+    let zero = LinearState::zeros(c, 1, 2, 8, 8).unwrap();
+    let (b2, _) = linear_attention_with_state(c, &x, &x, &x, Some(&zero), &o).unwrap();
+    assert_eq!(a.to_vec(c).unwrap(), b2.to_vec(c).unwrap());
+    let nc = opts(FeatureMap::Elu1, false, Layout::Bhld);
+    assert!(matches!(
+        linear_attention_with_state(c, &x, &x, &x, None, &nc),
+        Err(Error::InvalidArgument { name: "causal", .. })
+    ));
+    let bad = LinearState::zeros(c, 2, 2, 8, 8).unwrap();
+    assert!(matches!(
+        linear_attention_with_state(c, &x, &x, &x, Some(&bad), &o),
+        Err(Error::Shape {
+            name: "initial_state",
+            ..
+        })
+    ));
+}
+
+fn state_in_and_out(
+    (b, hq, hkv, l, dk, dv, cut): (usize, usize, usize, usize, usize, usize, usize),
+) {
+    use longseq::attention::{linear_attention_with_state, LinearState};
     for layout in [Layout::Bhld, Layout::Blhd] {
         for c in contexts_f32() {
             let mut r = rng(41);
@@ -436,27 +467,6 @@ fn state_in_and_out_two_calls_equal_one() {
             );
         }
     }
-    // Without an initial state the state starts at zero; non-causal is refused.
-    let c = ctx();
-    let x = Tensor::from_slice(c, &randn(&mut rng(2), 2 * 9 * 8, 0.5), &[2, 9, 8]).unwrap();
-    let o = opts(FeatureMap::Elu1, true, Layout::Bhld);
-    let (a, _) = linear_attention_with_state(c, &x, &x, &x, None, &o).unwrap();
-    let zero = LinearState::zeros(c, 1, 2, 8, 8).unwrap();
-    let (b2, _) = linear_attention_with_state(c, &x, &x, &x, Some(&zero), &o).unwrap();
-    assert_eq!(a.to_vec(c).unwrap(), b2.to_vec(c).unwrap());
-    let nc = opts(FeatureMap::Elu1, false, Layout::Bhld);
-    assert!(matches!(
-        linear_attention_with_state(c, &x, &x, &x, None, &nc),
-        Err(Error::InvalidArgument { name: "causal", .. })
-    ));
-    let bad = LinearState::zeros(c, 2, 2, 8, 8).unwrap();
-    assert!(matches!(
-        linear_attention_with_state(c, &x, &x, &x, Some(&bad), &o),
-        Err(Error::Shape {
-            name: "initial_state",
-            ..
-        })
-    ));
 }
 
 /// Lightning (decayed, no denominator) in both layouts at fla's shapes, f32 and f16, and with
