@@ -129,6 +129,7 @@ struct Params {
 
 // Masked, decayed scores, transposed: [j][i]; tiles above the diagonal are never written.
 var<workgroup> at: array<vec4<f32>, CP * CP / 4u>;
+// SOFTMAX: each query row's sum of weights.
 var<workgroup> den: array<vec4<f32>, CP / 4u>;
 
 fn slope(r: u32) -> f32 {
@@ -573,32 +574,6 @@ fn scores(rc: u32, r: u32, lid: u32) {
     }
 }
 
-// den_i = λ^(i+1) φ(q_i)·z + Σ_j at[j][i] + ε, four rows per invocation.
-fn denominators(rc: u32, sb: u32, lam: f32, lid: u32) {
-    let c4 = CP / 4u;
-    let zb = sb + DKP * DVP / 4u;
-    for (var i4 = lid; i4 < c4; i4 += WG) {
-        var d = vec4<f32>(0.0);
-        for (var a4 = 0u; a4 < DKP / 4u; a4++) {
-            let z = state[zb + a4];
-            for (var e = 0u; e < 4u; e++) {
-                d = fma(qt[(rc * DKP + a4 * 4u + e) * c4 + i4], vec4<f32>(z[e]), d);
-            }
-        }
-        if (DECAY) {
-            let i = vec4<f32>(vec4<u32>(i4 * 4u) + vec4<u32>(1u, 2u, 3u, 4u));
-            d *= exp(lam * i);
-        }
-        if (CAUSAL && !RESCALE) {
-            // Keys up to the quad's last row: at holds no tile above the diagonal.
-            for (var j = 0u; j < i4 * 4u + 4u; j++) {
-                d += at[j * c4 + i4];
-            }
-        }
-        den[i4] = d + p.eps;
-    }
-}
-
 // SOFTMAX: at[j][i], the logit scale·s (scores), becomes exp(scale·s − m_i) over the keys query
 // i sees (j < nk, and j <= i when causal; m_i their maximum, NaN ignored as f64::max does), den_i
 // their sum; four rows per invocation.
@@ -626,8 +601,10 @@ fn softmax_rows(nk: u32, lid: u32) {
     }
 }
 
-// One workgroup per (row, chunk): scores (causal), denominators (DEN), then the output in TR×TC
-// tiles (rows i, cols d) = carried state term + masked scores × V, divided by den.
+// One workgroup per (row, chunk): scores (causal), then the output in TR×TC tiles (rows i,
+// cols d) = carried state term + masked scores × V, divided by the tile's own denominators
+// den_i = λ^(i+1) φ(q_i)·z + Σ_j at[j][i] + ε (DEN; SOFTMAX: the row pass's sums). Without
+// scores no barrier runs (lavapipe: W1's chunk_apply 29 -> 27 ms against a denominator pass).
 @compute @workgroup_size(WG)
 fn chunk_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
@@ -643,14 +620,12 @@ fn chunk_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
     let nk = min(CHUNK, max(p.lk, c * CHUNK) - c * CHUNK);
     if ((CAUSAL || SOFTMAX) && !RESCALE) {
         scores(rc, r, lid);
+        workgroupBarrier();
     }
-    workgroupBarrier();
     if (SOFTMAX) {
         softmax_rows(nk, lid);
-    } else if (DEN) {
-        denominators(rc, sb, lam, lid);
+        workgroupBarrier();
     }
-    workgroupBarrier();
     let c4 = CP / 4u;
     let d4n = DVP / 4u;
     let tv = DVP / TC;
@@ -678,6 +653,13 @@ fn chunk_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
             {
                 acc[e] = vec4<f32>(0.0);
             }
+            // The tile's denominators (rows i0.., as quads); each column tile repeats them.
+            var dacc: array<vec4<f32>, TR4>;
+            // #unroll e TR4
+            {
+                dacc[e] = vec4<f32>(0.0);
+            }
+            let nden = DEN && !SOFTMAX;
             // The state entering a sequence's first chunk is an empty sum: no term, not Inf·0.
             let na = select(DKP, 0u, (CAUSAL && c == 0u && p.first == 1u) || SOFTMAX);
             for (var a = 0u; a < na; a++) {
@@ -690,6 +672,13 @@ fn chunk_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
                 // #unroll e TC4
                 {
                     sr[e] = state[sb + a * d4n + d0 / 4u + e];
+                }
+                if (nden) {
+                    let z = vec4<f32>(state[sb + DKP * d4n + a / 4u][a % 4u]);
+                    // #unroll e TR4
+                    {
+                        dacc[e] = fma(qr[e], z, dacc[e]);
+                    }
                 }
                 // #unroll ii TR
                 {
@@ -708,6 +697,7 @@ fn chunk_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
                     {
                         acc[ii * TC4 + e] *= g;
                     }
+                    dacc[ii / 4u][ii % 4u] *= g.x;
                 }
             }
             if ((CAUSAL || SOFTMAX) && !RESCALE) {
@@ -721,6 +711,9 @@ fn chunk_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
                     // #unroll e TR4
                     {
                         ar[e] = at[j * c4 + i0 / 4u + e];
+                        if (nden) {
+                            dacc[e] += ar[e];
+                        }
                     }
                     // #unroll e TC4
                     {
@@ -743,6 +736,9 @@ fn chunk_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
                     // #unroll e TR4
                     {
                         ar[e] = at[j * c4 + i0 / 4u + e];
+                        if (nden) {
+                            dacc[e] += ar[e];
+                        }
                     }
                     // #unroll e TC4
                     {
@@ -772,7 +768,7 @@ fn chunk_apply(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nw
                     // den >= 1 unless a logit is NaN or +Inf, or all are -inf: then NaN, as 0/0.
                     y = y / den[i / 4u][ii % 4u];
                 } else if (DEN) {
-                    let dn = den[i / 4u][ii % 4u];
+                    let dn = dacc[ii / 4u][ii % 4u] + p.eps;
                     // 0/0 (all weights 0) -> 0; a NaN denominator still gives NaN.
                     y = select(y / dn, vec4<f32>(0.0), vec4<bool>(dn == 0.0));
                 }

@@ -139,8 +139,12 @@ impl Geo {
             }
             false => 0,
         };
-        // The denominators, or the softmax's two sweeps over a row's keys.
-        let den = per(cp / 4) * (self.dkp / 4 + 2 * cp);
+        // The softmax's two sweeps over a row's keys (the other denominators ride in the
+        // output tiles' loops).
+        let den = match self.stateless {
+            true => per(cp / 4) * 2 * cp,
+            false => 0,
+        };
         // PAIR: two output tiles per invocation (row tiles r and nrt − 1 − r).
         let (nrt, tv) = (cp / tr, self.dvp / tc);
         let tiles = match pair {
