@@ -201,3 +201,17 @@ fn reference_only_and_cpu_path_only_runs_write_their_result() {
         assert_close(device, &o, &want, tol);
     }
 }
+
+/// A fresh shell without XDG_RUNTIME_DIR: listing adapters (the GL backend's EGL probe) prints
+/// no error line.
+#[test]
+fn info_without_xdg_runtime_dir_prints_no_error() {
+    let o = bin()
+        .arg("info")
+        .env_remove("XDG_RUNTIME_DIR")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(!err.contains("XDG_RUNTIME_DIR"), "{err}");
+}

@@ -57,7 +57,33 @@ enum Command {
     Ssd(ssd::Args),
 }
 
+/// Without `XDG_RUNTIME_DIR` (a fresh shell, ssh, CI), EGL's Wayland probe in wgpu's GL backend
+/// prints "error: XDG_RUNTIME_DIR is invalid or not set" while adapters are listed, which reads
+/// as a failure. The CLI is headless and needs no compositor, so it points the variable at a
+/// private empty directory of its own first (Linux only; the library never touches it).
+#[cfg(target_os = "linux")]
+fn quiet_gl_probe() {
+    use std::os::unix::fs::PermissionsExt;
+    if std::env::var_os("XDG_RUNTIME_DIR").is_some() {
+        return;
+    }
+    let name = match std::env::var("USER") {
+        Ok(u) if !u.is_empty() => format!("longseq-runtime-{u}"),
+        _ => "longseq-runtime".to_string(),
+    };
+    let dir = std::env::temp_dir().join(name);
+    let private = std::fs::create_dir_all(&dir)
+        .and_then(|_| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)));
+    if private.is_ok() {
+        std::env::set_var("XDG_RUNTIME_DIR", &dir);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn quiet_gl_probe() {}
+
 fn main() -> ExitCode {
+    quiet_gl_probe();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => return usage_error(e),
