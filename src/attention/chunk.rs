@@ -158,6 +158,11 @@ impl Geo {
     fn chunks(&self, len: u64) -> u64 {
         len.div_ceil(self.chunk as u64)
     }
+    /// TR×TC tiles of one row's KV state (one `chunk_state` invocation each, per group).
+    fn kv_tiles(&self) -> u64 {
+        let (tr, tc, _, _) = self.family.tiles();
+        (self.dkp / tr as u64) * (self.dvp / tc as u64)
+    }
     /// State entries per chunk (KV then z), f32.
     fn width(&self) -> u64 {
         self.dkp * self.dvp + self.dkp
@@ -505,6 +510,12 @@ fn record_passes(
         true => 1,
         false => state_group(geo, job, seg.nr, nc, decay.is_some()),
     };
+    // States chunk_state writes per row: SCAN_IN writes the carry (and, causal, every chunk's
+    // entering state) from one invocation per tile.
+    let ng = match scan_in {
+        true => 1,
+        false => nc.div_ceil(group as u64),
+    };
     // V read in place by the contractions (no padding to make): prep_v is skipped.
     let v_direct = vec_in && geo.dvp == job.dv && geo.cp == geo.chunk;
     let consts = |w: u32| {
@@ -623,11 +634,7 @@ fn record_passes(
         s.mark("prep_v");
     }
     if sweep != Sweep::Apply && !geo.stateless {
-        let ng = match scan_in {
-            true => 1,
-            false => nc.div_ceil(group as u64),
-        };
-        let n = seg.nr * ng * (geo.dkp / tr as u64) * (geo.dvp / tc as u64);
+        let n = seg.nr * ng * geo.kv_tiles();
         prm.total = n as u32;
         let binds = [
             bsl,
@@ -641,7 +648,6 @@ fn record_passes(
         s.mark("chunk_state");
     }
     if sweep != Sweep::Apply && !geo.stateless && !scan_in {
-        let ng = nc.div_ceil(group as u64);
         let n = seg.nr * w4;
         // The scan sums one state per group (GROUP > 1 only without CAUSAL, DECAY and RESCALE,
         // where it reads no chunk lengths).
@@ -696,8 +702,7 @@ fn record_passes(
 /// W2 on lavapipe: the scan pass (~11 ms, a read and a write of every chunk state) goes, paired
 /// median 0.91 of W2's time; W1 (non-causal, groups of 16 chunks and a scan of 4) lost 3% with it.
 fn scan_in_state(geo: &Geo, job: &Job, seg: Segment) -> bool {
-    let (tr, tc, _, _) = geo.family.tiles();
-    let tiles = seg.nr * (geo.dkp / tr as u64) * (geo.dvp / tc as u64);
+    let tiles = seg.nr * geo.kv_tiles();
     geo.family == TileFamily::Cpu
         && job.causal
         && !job.rescale
@@ -714,8 +719,7 @@ fn state_group(geo: &Geo, job: &Job, nr: u64, nc: u64, decay: bool) -> u32 {
     if job.causal || job.rescale || decay || geo.stateless {
         return 1;
     }
-    let (tr, tc, _, _) = geo.family.tiles();
-    let tiles = nr * (geo.dkp / tr as u64) * (geo.dvp / tc as u64);
+    let tiles = nr * geo.kv_tiles();
     let mut g = (1024 / geo.chunk.max(1) as u64).max(1);
     g = 1 << g.ilog2();
     while g > 1 && (g / 2 >= nc || tiles * nc.div_ceil(g) < 1024) {
